@@ -1,0 +1,1 @@
+//! kvmprov-hypervisor (being written)

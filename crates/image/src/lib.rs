@@ -1,0 +1,1 @@
+//! kvmprov-image (being written)

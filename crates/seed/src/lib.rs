@@ -1,0 +1,1 @@
+//! kvmprov-seed (being written)

@@ -1,1 +1,322 @@
-//! kvmprov-seed (being written)
+//! kvmprov-seed: the cloud-init NoCloud seed of one instance — `user-data`, `meta-data`,
+//! `network-config` (v2) — and the ISO9660 image (Joliet + Rock Ridge, label `cidata`) that
+//! carries them. Pure data in, bytes out; no external tools (no `cloud-localds`).
+//!
+//! cloud-init reads these documents with PyYAML (YAML 1.1), where `yes`, `on`, `0777` or
+//! `1e3` are not strings. We therefore emit every string as a double-quoted scalar with JSON
+//! escapes (a subset of YAML's), and only booleans and integers plain: the guest reads exactly
+//! the types we meant, whatever the user typed.
+
+use std::fmt;
+use std::io::Cursor;
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+    #[error("cannot generate an SSH key: {0}")]
+    Key(String),
+    #[error("cannot write the seed ISO: {0}")]
+    Iso(String),
+}
+
+/// An ed25519 key pair in OpenSSH formats. `Debug` never shows the private half.
+#[derive(Clone)]
+pub struct HostKeys {
+    pub ed25519_private_openssh: String,
+    pub ed25519_public_openssh: String,
+}
+
+impl fmt::Debug for HostKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostKeys")
+            .field("ed25519_private_openssh", &"<redacted>")
+            .field("ed25519_public_openssh", &self.ed25519_public_openssh)
+            .finish()
+    }
+}
+
+impl HostKeys {
+    /// A fresh ed25519 key pair from the OS random source.
+    pub fn generate() -> Result<HostKeys, SeedError> {
+        generate_pair("")
+    }
+
+    pub fn private_openssh(&self) -> &str {
+        &self.ed25519_private_openssh
+    }
+
+    pub fn public_openssh(&self) -> &str {
+        &self.ed25519_public_openssh
+    }
+}
+
+/// An ed25519 user key for kvmprov's own SSH logins, with a comment naming it.
+pub fn generate_client_key(comment: &str) -> Result<HostKeys, SeedError> {
+    generate_pair(comment)
+}
+
+fn generate_pair(comment: &str) -> Result<HostKeys, SeedError> {
+    let mut key = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+        .map_err(|e| SeedError::Key(e.to_string()))?;
+    key.set_comment(comment);
+    let private = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| SeedError::Key(e.to_string()))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| SeedError::Key(e.to_string()))?;
+    Ok(HostKeys {
+        ed25519_private_openssh: private.to_string(),
+        ed25519_public_openssh: public,
+    })
+}
+
+/// SHA-512 crypt (`$6$…`) with a random salt and the default 5000 rounds, as `mkpasswd -m
+/// sha-512` and `openssl passwd -6` produce and `/etc/shadow` expects.
+pub fn hash_password(plain: &str) -> Result<String, SeedError> {
+    let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
+        .map_err(|e| SeedError::Hash(format!("{e:?}")))?;
+    sha_crypt::sha512_simple(plain, &params).map_err(|e| SeedError::Hash(format!("{e:?}")))
+}
+
+/// How the guest gets its address. The NIC is matched by MAC, whatever the guest names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkSpec {
+    Dhcp {
+        mac: String,
+    },
+    Static {
+        mac: String,
+        /// `address/prefix`, e.g. `192.168.122.50/24`.
+        address: String,
+        gateway: Option<Ipv4Addr>,
+        dns: Vec<Ipv4Addr>,
+    },
+}
+
+/// Everything one instance's seed says. `Debug` redacts the password hash.
+#[derive(Clone)]
+pub struct SeedSpec {
+    pub instance_id: String,
+    pub hostname: String,
+    pub user: String,
+    /// A SHA-512 crypt hash, never the plain password. `None` locks password login.
+    pub password_hash: Option<String>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub ssh_password_authentication: bool,
+    pub host_keys: HostKeys,
+    pub network: NetworkSpec,
+    pub packages: Vec<String>,
+    pub runcmd: Vec<String>,
+}
+
+impl fmt::Debug for SeedSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeedSpec")
+            .field("instance_id", &self.instance_id)
+            .field("hostname", &self.hostname)
+            .field("user", &self.user)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ssh_authorized_keys", &self.ssh_authorized_keys)
+            .field(
+                "ssh_password_authentication",
+                &self.ssh_password_authentication,
+            )
+            .field("host_keys", &self.host_keys)
+            .field("network", &self.network)
+            .field("packages", &self.packages)
+            .field("runcmd", &self.runcmd)
+            .finish()
+    }
+}
+
+/// Block-style YAML for a JSON value; strings double-quoted with JSON escapes (valid YAML 1.1).
+fn yaml(v: &Value) -> String {
+    let mut out = String::new();
+    emit(v, 0, &mut out);
+    out
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => Value::String(s.clone()).to_string(),
+        Value::Null => "null".into(),
+        Value::Object(m) if m.is_empty() => "{}".into(),
+        Value::Array(a) if a.is_empty() => "[]".into(),
+        other => other.to_string(),
+    }
+}
+
+fn is_block(v: &Value) -> bool {
+    matches!(v, Value::Object(m) if !m.is_empty()) || matches!(v, Value::Array(a) if !a.is_empty())
+}
+
+fn emit(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, val) in m {
+                let key = Value::String(k.clone()).to_string();
+                if is_block(val) {
+                    out.push_str(&format!("{pad}{key}:\n"));
+                    emit(val, indent + 2, out);
+                } else {
+                    out.push_str(&format!("{pad}{key}: {}\n", scalar(val)));
+                }
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for item in a {
+                if is_block(item) {
+                    // "- " then the first line of the nested block on the same line.
+                    let mut nested = String::new();
+                    emit(item, indent + 2, &mut nested);
+                    let trimmed = nested.trim_start_matches(' ');
+                    out.push_str(&format!("{pad}- {trimmed}"));
+                } else {
+                    out.push_str(&format!("{pad}- {}\n", scalar(item)));
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}
+
+/// `user-data`: the user, SSH access, the pinned host key, hostname, pass-through extras.
+pub fn user_data(spec: &SeedSpec) -> String {
+    let mut user = Map::new();
+    user.insert("name".into(), json!(spec.user));
+    user.insert("shell".into(), json!("/bin/bash"));
+    user.insert("groups".into(), json!(["sudo"]));
+    user.insert("sudo".into(), json!("ALL=(ALL) NOPASSWD:ALL"));
+    match &spec.password_hash {
+        Some(hash) => {
+            user.insert("lock_passwd".into(), json!(false));
+            user.insert("hashed_passwd".into(), json!(hash));
+        }
+        None => {
+            user.insert("lock_passwd".into(), json!(true));
+        }
+    }
+    if !spec.ssh_authorized_keys.is_empty() {
+        user.insert(
+            "ssh_authorized_keys".into(),
+            json!(spec.ssh_authorized_keys),
+        );
+    }
+    let mut doc = Map::new();
+    doc.insert("hostname".into(), json!(spec.hostname));
+    doc.insert("manage_etc_hosts".into(), json!(true));
+    doc.insert("users".into(), Value::Array(vec![Value::Object(user)]));
+    doc.insert("disable_root".into(), json!(true));
+    doc.insert("ssh_pwauth".into(), json!(spec.ssh_password_authentication));
+    // Only our pinned host key may exist: known_hosts is written before the first boot.
+    // cloud-init generates only the listed types that are missing, so none here.
+    doc.insert("ssh_deletekeys".into(), json!(true));
+    doc.insert("ssh_genkeytypes".into(), json!(["ed25519"]));
+    doc.insert(
+        "ssh_keys".into(),
+        json!({
+            "ed25519_private": spec.host_keys.ed25519_private_openssh,
+            "ed25519_public": spec.host_keys.ed25519_public_openssh.trim(),
+        }),
+    );
+    if !spec.packages.is_empty() {
+        doc.insert("packages".into(), json!(spec.packages));
+    }
+    if !spec.runcmd.is_empty() {
+        doc.insert("runcmd".into(), json!(spec.runcmd));
+    }
+    format!("#cloud-config\n{}", yaml(&Value::Object(doc)))
+}
+
+/// `meta-data`: a new `instance-id` makes cloud-init treat the boot as a new instance.
+pub fn meta_data(spec: &SeedSpec) -> String {
+    yaml(&json!({
+        "instance-id": spec.instance_id,
+        "local-hostname": spec.hostname,
+    }))
+}
+
+/// `network-config` version 2, the NIC matched by MAC.
+pub fn network_config(spec: &SeedSpec) -> String {
+    let nic = match &spec.network {
+        NetworkSpec::Dhcp { mac } => json!({
+            "match": { "macaddress": mac },
+            "dhcp4": true,
+        }),
+        NetworkSpec::Static {
+            mac,
+            address,
+            gateway,
+            dns,
+        } => {
+            let mut nic = Map::new();
+            nic.insert("match".into(), json!({ "macaddress": mac }));
+            nic.insert("dhcp4".into(), json!(false));
+            nic.insert("addresses".into(), json!([address]));
+            if let Some(gw) = gateway {
+                nic.insert(
+                    "routes".into(),
+                    json!([{ "to": "0.0.0.0/0", "via": gw.to_string() }]),
+                );
+            }
+            if !dns.is_empty() {
+                let servers: Vec<String> = dns.iter().map(Ipv4Addr::to_string).collect();
+                nic.insert("nameservers".into(), json!({ "addresses": servers }));
+            }
+            Value::Object(nic)
+        }
+    };
+    yaml(&json!({
+        "version": 2,
+        "ethernets": { "primary": nic },
+    }))
+}
+
+/// The NoCloud seed ISO: ISO9660 with Joliet and Rock Ridge, volume label `cidata`.
+pub fn build_iso(spec: &SeedSpec) -> Result<Vec<u8>, SeedError> {
+    use hadris_iso::read::PathSeparator;
+    use hadris_iso::write::options::{CreationFeatures, IsoFormatOptions};
+    use hadris_iso::write::{InputEntry, InputMetadata, InputTree, IsoImageWriter};
+
+    // Files readable by root only inside the guest's view of the CD (Rock Ridge modes).
+    let meta = InputMetadata {
+        mode: Some(0o400),
+        uid: Some(0),
+        gid: Some(0),
+        ..InputMetadata::default()
+    };
+    let entries = vec![
+        InputEntry::file("meta-data", meta_data(spec).into_bytes()).with_metadata(meta),
+        InputEntry::file("network-config", network_config(spec).into_bytes()).with_metadata(meta),
+        InputEntry::file("user-data", user_data(spec).into_bytes()).with_metadata(meta),
+    ];
+    let tree = InputTree::new(PathSeparator::ForwardSlash, entries);
+    let options = IsoFormatOptions {
+        volume_name: "cidata".to_string(),
+        system_id: None,
+        volume_set_id: None,
+        publisher_id: None,
+        preparer_id: None,
+        application_id: Some("kvmprov".to_string()),
+        sector_size: 2048,
+        path_separator: PathSeparator::ForwardSlash,
+        strict_charset: false,
+        features: CreationFeatures::extensions(),
+    };
+    let out = IsoImageWriter::create(Cursor::new(Vec::new()), tree, options)
+        .map_err(|e| SeedError::Iso(e.to_string()))?;
+    Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+use super::*;
+use std::process::Command;
+
+fn spec(network: NetworkSpec) -> SeedSpec {
+    SeedSpec {
+        instance_id: "app-01-1732480000".into(),
+        hostname: "app-01".into(),
+        user: "debian".into(),
+        password_hash: Some(hash_password("pw").unwrap()),
+        ssh_authorized_keys: vec![
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests op@host".into(),
+        ],
+        ssh_password_authentication: false,
+        host_keys: HostKeys::generate().unwrap(),
+        network,
+        packages: vec!["yes".into(), "0777".into()],
+        runcmd: vec!["echo on: 1e3 # not a comment".into(), "null".into()],
+    }
+}
+
+fn dhcp() -> NetworkSpec {
+    NetworkSpec::Dhcp {
+        mac: "52:54:00:12:34:56".into(),
+    }
+}
+
+/// Parse YAML with PyYAML (what cloud-init uses) and return it as JSON.
+fn pyyaml(text: &str) -> Option<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("doc.yaml");
+    std::fs::write(&f, text).unwrap();
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(&f)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No module named 'yaml'") {
+            eprintln!("skipped: python3-yaml is not installed");
+            return None;
+        }
+        panic!("PyYAML rejected the document: {err}\n{text}");
+    }
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn user_data_types_survive_pyyaml() {
+    let s = spec(dhcp());
+    let ud = user_data(&s);
+    assert!(ud.starts_with("#cloud-config\n"));
+    let Some(v) = pyyaml(&ud) else { return };
+    assert_eq!(v["hostname"], "app-01");
+    assert_eq!(v["ssh_pwauth"], false);
+    assert_eq!(v["packages"], json!(["yes", "0777"]));
+    assert_eq!(v["runcmd"], json!(["echo on: 1e3 # not a comment", "null"]));
+    assert_eq!(v["users"][0]["name"], "debian");
+    assert_eq!(v["users"][0]["lock_passwd"], false);
+    assert!(v["users"][0]["hashed_passwd"]
+        .as_str()
+        .unwrap()
+        .starts_with("$6$"));
+    assert_eq!(
+        v["ssh_keys"]["ed25519_private"],
+        s.host_keys.ed25519_private_openssh
+    );
+    assert_eq!(v["ssh_genkeytypes"], json!(["ed25519"]));
+}
+
+#[test]
+fn hostile_strings_stay_strings() {
+    let hostile = [
+        "yes",
+        "no",
+        "on",
+        "off",
+        "true",
+        "null",
+        "~",
+        "0777",
+        "1e3",
+        "1_000",
+        "0x1f",
+        "1:20",
+        "2001-01-01",
+        "a: b",
+        "#x",
+        " lead",
+        "trail ",
+        "multi\nline",
+        "tab\there",
+        "ünï\u{1F600}",
+        "\"quoted\"",
+        "back\\slash",
+        "- dash",
+        "[x]",
+        "{y}",
+        "&a",
+        "*b",
+        "!tag",
+        "%p",
+        "@at",
+        "`bq",
+        "\u{7}bell",
+    ];
+    let mut s = spec(dhcp());
+    s.runcmd = hostile.iter().map(|h| h.to_string()).collect();
+    let Some(v) = pyyaml(&user_data(&s)) else {
+        return;
+    };
+    assert_eq!(v["runcmd"], json!(hostile));
+}
+
+#[test]
+fn meta_data_and_network_config() {
+    let s = spec(NetworkSpec::Static {
+        mac: "52:54:00:aa:bb:cc".into(),
+        address: "192.168.122.50/24".into(),
+        gateway: Some(Ipv4Addr::new(192, 168, 122, 1)),
+        dns: vec![Ipv4Addr::new(192, 168, 122, 1)],
+    });
+    let Some(md) = pyyaml(&meta_data(&s)) else {
+        return;
+    };
+    assert_eq!(
+        md,
+        json!({"instance-id": "app-01-1732480000", "local-hostname": "app-01"})
+    );
+    let nc = pyyaml(&network_config(&s)).unwrap();
+    assert_eq!(nc["version"], 2);
+    let nic = &nc["ethernets"]["primary"];
+    assert_eq!(nic["match"]["macaddress"], "52:54:00:aa:bb:cc");
+    assert_eq!(nic["addresses"], json!(["192.168.122.50/24"]));
+    assert_eq!(
+        nic["routes"],
+        json!([{"to": "0.0.0.0/0", "via": "192.168.122.1"}])
+    );
+    assert_eq!(nic["nameservers"]["addresses"], json!(["192.168.122.1"]));
+    let d = pyyaml(&network_config(&spec(dhcp()))).unwrap();
+    assert_eq!(d["ethernets"]["primary"]["dhcp4"], true);
+}
+
+#[test]
+fn cloud_init_schema_accepts_user_data() {
+    if Command::new("cloud-init")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: cloud-init is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("user-data");
+    std::fs::write(&f, user_data(&spec(dhcp()))).unwrap();
+    let out = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Valid"), "{text}");
+}
+
+#[test]
+fn iso_reads_back_with_isoinfo_and_blkid() {
+    if Command::new("isoinfo").arg("-version").output().is_err() {
+        eprintln!("skipped: isoinfo (genisoimage) is not installed");
+        return;
+    }
+    let s = spec(dhcp());
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("seed.iso");
+    std::fs::write(&f, build_iso(&s).unwrap()).unwrap();
+    let d = Command::new("isoinfo")
+        .arg("-d")
+        .arg("-i")
+        .arg(&f)
+        .output()
+        .unwrap();
+    let d = String::from_utf8_lossy(&d.stdout);
+    assert!(d.contains("Volume id: cidata"), "{d}");
+    assert!(d.contains("Joliet"), "{d}");
+    assert!(d.contains("Rock Ridge"), "{d}");
+    for (name, want) in [
+        ("user-data", user_data(&s)),
+        ("meta-data", meta_data(&s)),
+        ("network-config", network_config(&s)),
+    ] {
+        for ext in ["-R", "-J"] {
+            let out = Command::new("isoinfo")
+                .arg(ext)
+                .arg("-x")
+                .arg(format!("/{name}"))
+                .arg("-i")
+                .arg(&f)
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                want,
+                "{name} via {ext}"
+            );
+        }
+    }
+    let l = Command::new("isoinfo")
+        .args(["-R", "-l", "-i"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let l = String::from_utf8_lossy(&l.stdout);
+    assert!(!l.contains(";1"), "{l}");
+    if let Ok(b) = Command::new("blkid").arg(&f).output() {
+        let b = String::from_utf8_lossy(&b.stdout);
+        assert!(b.contains("LABEL=\"cidata\""), "{b}");
+        assert!(b.contains("TYPE=\"iso9660\""), "{b}");
+    }
+}
+
+#[test]
+fn password_hash_is_sha512_crypt() {
+    let h = hash_password("s3cret").unwrap();
+    assert!(h.starts_with("$6$"), "{h}");
+    assert!(sha_crypt::sha512_check("s3cret", &h).is_ok());
+    assert!(sha_crypt::sha512_check("other", &h).is_err());
+    // openssl computes the same hash from the same salt.
+    let salt = h.split('$').nth(2).unwrap();
+    if let Ok(o) = Command::new("openssl")
+        .args(["passwd", "-6", "-salt", salt, "s3cret"])
+        .output()
+    {
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), h);
+    }
+    assert_ne!(hash_password("s3cret").unwrap(), h, "salt must be random");
+}
+
+#[test]
+fn host_keys_are_valid_openssh() {
+    let k = HostKeys::generate().unwrap();
+    assert!(k.ed25519_public_openssh.starts_with("ssh-ed25519 "));
+    assert!(!format!("{k:?}").contains("PRIVATE"));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("key");
+    std::fs::write(&f, &k.ed25519_private_openssh).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let Ok(out) = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&f)
+        .output()
+    else {
+        eprintln!("skipped: ssh-keygen is not installed");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let derived = String::from_utf8_lossy(&out.stdout);
+    let field = |s: &str| s.split_whitespace().nth(1).map(String::from);
+    assert_eq!(field(&derived), field(&k.ed25519_public_openssh));
+}
+
+#[test]
+fn debug_redacts_secrets() {
+    let s = spec(dhcp());
+    let d = format!("{s:?}");
+    assert!(!d.contains("$6$"), "{d}");
+    assert!(!d.contains("PRIVATE KEY"), "{d}");
+}

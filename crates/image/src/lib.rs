@@ -1,1 +1,684 @@
-//! kvmprov-image (being written)
+//! kvmprov-image: Debian cloud images, resolved through their checksum manifests, downloaded
+//! once (streamed, hashed while written, resumable), verified, and cached under names that carry
+//! their checksum, each with a JSON sidecar.
+//!
+//! The downloader knows nothing of libvirt or of where the bytes will be used.
+
+pub mod manifest;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512};
+
+pub use manifest::{parse_json_manifest, parse_sha512sums, ManifestError};
+
+/// Bytes read per chunk while streaming.
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("GET {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}: {detail}")]
+    Transport { url: String, detail: String },
+    #[error("GET {url}: the connection closed after {got} of {expected} bytes")]
+    Truncated { url: String, got: u64, expected: u64 },
+    #[error("{url}: {source}")]
+    Manifest {
+        url: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("checksum mismatch for {url}: expected sha512 {expected}, got {actual}")]
+    DigestMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ImageError {
+    /// Worth another attempt: the network or the server, not the request or the bytes.
+    fn transient(&self) -> bool {
+        match self {
+            ImageError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            ImageError::Transport { .. } | ImageError::Truncated { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One catalog entry, as the image cache needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub image_name: String,
+    pub image_url: String,
+    pub checksum_manifest_url: String,
+    pub pinned_sha512: Option<String>,
+}
+
+/// Where to download an image from and what it must hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resolved {
+    pub image_name: String,
+    pub download_url: String,
+    pub sha512: String,
+    pub version: Option<String>,
+    /// Final name in the cache: `<stem>-<first 16 hex>.<ext>`.
+    pub file_name: String,
+    /// How the digest was found: `json-manifest`, `sha512sums` or `pinned`.
+    pub source: String,
+}
+
+/// A verified image in the cache (what its sidecar records).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedImage {
+    pub image_name: String,
+    #[serde(skip)]
+    pub path: PathBuf,
+    pub sha512: String,
+    pub size: u64,
+    pub version: Option<String>,
+    pub url: String,
+    /// Seconds since the epoch.
+    pub cached_at: String,
+}
+
+/// Progress of one download.
+pub trait Progress {
+    fn start(&mut self, total: Option<u64>, resumed_from: u64);
+    fn advance(&mut self, bytes: u64);
+    fn finish(&mut self);
+}
+
+/// No progress output.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&mut self, _: Option<u64>, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
+
+/// HTTP with deadlines and bounded retries.
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    /// Attempts per request (first try included).
+    pub attempts: u32,
+    /// First retry delay; doubled each time.
+    pub backoff: Duration,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Self::with_timeouts(Duration::from_secs(10), Duration::from_secs(30))
+    }
+
+    /// `connect`: to establish a connection; `stall`: longest wait for any bytes.
+    pub fn with_timeouts(connect: Duration, stall: Duration) -> Client {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(connect)
+            .timeout_read(stall)
+            .timeout_write(stall)
+            .redirects(5)
+            .user_agent(concat!("kvmprov/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Client {
+            agent,
+            attempts: 4,
+            backoff: Duration::from_secs(1),
+        }
+    }
+
+    /// Run `f` until it succeeds, fails for good, or the attempts are used up.
+    fn retry<T>(&self, what: &str, mut f: impl FnMut() -> Result<T, ImageError>) -> Result<T, ImageError> {
+        let mut delay = self.backoff;
+        let mut attempt = 1;
+        loop {
+            match f() {
+                Err(e) if e.transient() && attempt < self.attempts => {
+                    tracing::warn!("{what}: {e}; retrying in {:.1}s ({attempt}/{})", delay.as_secs_f64(), self.attempts);
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn request(&self, url: &str, headers: &[(&str, String)]) -> Result<ureq::Response, ImageError> {
+        let mut req = self.agent.get(url);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        match req.call() {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(status, _)) => Err(ImageError::Status {
+                url: url.to_string(),
+                status,
+            }),
+            Err(ureq::Error::Transport(t)) => Err(ImageError::Transport {
+                url: url.to_string(),
+                detail: transport_detail(&t),
+            }),
+        }
+    }
+
+    /// A small text document (manifest): `http(s)://` or `file://`.
+    pub fn get_text(&self, url: &str) -> Result<String, ImageError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            return fs::read_to_string(path).map_err(io_err(Path::new(path)));
+        }
+        self.retry(url, || {
+            let resp = self.request(url, &[])?;
+            let mut text = String::new();
+            resp.into_reader()
+                .take(16 * 1024 * 1024)
+                .read_to_string(&mut text)
+                .map_err(|e| ImageError::Transport {
+                    url: url.to_string(),
+                    detail: e.to_string(),
+                })?;
+            Ok(text)
+        })
+    }
+}
+
+fn transport_detail(t: &ureq::Transport) -> String {
+    use ureq::ErrorKind as K;
+    let kind = match t.kind() {
+        K::Dns => "DNS lookup failed",
+        K::ConnectionFailed => "connection failed",
+        K::TooManyRedirects => "too many redirects",
+        K::InvalidUrl | K::UnknownScheme => "invalid URL",
+        K::Io => "I/O error (timeout or connection reset)",
+        K::InsecureRequestHttpsOnly => "refused to send an https-only request over http",
+        K::BadStatus | K::BadHeader => "malformed HTTP response",
+        K::InvalidProxyUrl | K::ProxyConnect | K::ProxyUnauthorized => "proxy error",
+        _ => "transport error",
+    };
+    match t.message() {
+        Some(m) => format!("{kind}: {m}"),
+        None => match std::error::Error::source(t) {
+            Some(s) => format!("{kind}: {s}"),
+            None => kind.to_string(),
+        },
+    }
+}
+
+/// The last path segment of a URL.
+fn file_name_of(url: &str) -> Result<&str, ImageError> {
+    url.rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ImageError::Invalid(format!("{url} does not end in a file name")))
+}
+
+/// `debian-12-genericcloud-amd64.qcow2` + digest → `debian-12-genericcloud-amd64-<16 hex>.qcow2`.
+pub fn cache_file_name(image_file: &str, sha512: &str) -> String {
+    let short = &sha512[..16.min(sha512.len())];
+    match image_file.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}-{short}.{ext}"),
+        None => format!("{image_file}-{short}"),
+    }
+}
+
+/// Find out what `latest` is: URL, digest and version.
+pub fn resolve(client: &Client, entry: &CatalogEntry) -> Result<Resolved, ImageError> {
+    let image_file = file_name_of(&entry.image_url)?.to_string();
+    if let Some(sum) = &entry.pinned_sha512 {
+        let sha512 = sum.to_ascii_lowercase();
+        return Ok(Resolved {
+            image_name: entry.image_name.clone(),
+            download_url: entry.image_url.clone(),
+            file_name: cache_file_name(&image_file, &sha512),
+            sha512,
+            version: None,
+            source: "pinned".into(),
+        });
+    }
+    let manifest_url = &entry.checksum_manifest_url;
+    let sums_lookup = |text: &str, file: &str| {
+        parse_sha512sums(text, file).map_err(|source| ImageError::Manifest {
+            url: manifest_url.clone(),
+            source,
+        })
+    };
+
+    // The JSON manifest beside the image names the dated build behind `latest`.
+    if let Some(pin) = json_pin(client, &entry.image_url)? {
+        let dated_url = dated_url(&entry.image_url, &pin.dated_ref)?;
+        let sums = client.get_text(manifest_url)?;
+        if let Ok(listed) = parse_sha512sums(&sums, &image_file) {
+            if listed != pin.sha512 {
+                // `latest` moved between our two requests: the dated build is consistent.
+                tracing::warn!(
+                    "{manifest_url} lists another build for {image_file} than the JSON manifest; using the dated build {dated_url}"
+                );
+            }
+        }
+        return Ok(Resolved {
+            image_name: entry.image_name.clone(),
+            download_url: dated_url,
+            file_name: cache_file_name(&image_file, &pin.sha512),
+            sha512: pin.sha512,
+            version: pin.version,
+            source: "json-manifest".into(),
+        });
+    }
+
+    let sums = client.get_text(manifest_url)?;
+    let sha512 = sums_lookup(&sums, &image_file)?;
+    Ok(Resolved {
+        image_name: entry.image_name.clone(),
+        download_url: entry.image_url.clone(),
+        file_name: cache_file_name(&image_file, &sha512),
+        sha512,
+        version: None,
+        source: "sha512sums".into(),
+    })
+}
+
+/// `<dir>/<stem>.json` beside an http(s) image URL, if the server has one (404: none).
+fn json_pin(client: &Client, image_url: &str) -> Result<Option<manifest::JsonPin>, ImageError> {
+    if !image_url.starts_with("http://") && !image_url.starts_with("https://") {
+        return Ok(None);
+    }
+    let Some((dir, file)) = image_url.rsplit_once('/') else {
+        return Ok(None);
+    };
+    let stem = file.rsplit_once('.').map(|(s, _)| s).unwrap_or(file);
+    let url = format!("{dir}/{stem}.json");
+    match client.get_text(&url) {
+        Ok(text) => parse_json_manifest(&text)
+            .map(Some)
+            .map_err(|source| ImageError::Manifest { url, source }),
+        Err(ImageError::Status { status: 404 | 410, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The dated URL: `data.ref` is relative to the directory holding `<suite>/latest/`.
+fn dated_url(image_url: &str, dated_ref: &str) -> Result<String, ImageError> {
+    let mut parts: Vec<&str> = image_url.split('/').collect();
+    // …/<base>/<suite>/latest/<file> → …/<base>/<dated_ref>
+    if parts.len() < 6 {
+        return Err(ImageError::Invalid(format!("{image_url} is not laid out as <base>/<suite>/latest/<file>")));
+    }
+    parts.truncate(parts.len() - 3);
+    Ok(format!("{}/{dated_ref}", parts.join("/")))
+}
+
+/// The sidecar of a cached image: `<file>.json`.
+pub fn sidecar_path(image: &Path) -> PathBuf {
+    let mut s = image.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+fn part_path(cache_dir: &Path, file_name: &str) -> PathBuf {
+    cache_dir.join(format!("{file_name}.part"))
+}
+
+fn part_meta_path(cache_dir: &Path, file_name: &str) -> PathBuf {
+    cache_dir.join(format!("{file_name}.part.json"))
+}
+
+/// Is this version cached? Only `stat`s: the file and its sidecar exist and the size matches.
+pub fn lookup(cache_dir: &Path, resolved: &Resolved) -> Result<Option<CachedImage>, ImageError> {
+    let path = cache_dir.join(&resolved.file_name);
+    let Some(cached) = read_sidecar(&path)? else {
+        return Ok(None);
+    };
+    match fs::metadata(&path) {
+        Ok(m) if m.len() == cached.size && cached.sha512 == resolved.sha512 => Ok(Some(cached)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+fn read_sidecar(image: &Path) -> Result<Option<CachedImage>, ImageError> {
+    let side = sidecar_path(image);
+    let text = match fs::read_to_string(&side) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&side)(e)),
+    };
+    match serde_json::from_str::<CachedImage>(&text) {
+        Ok(mut c) => {
+            c.path = image.to_path_buf();
+            Ok(Some(c))
+        }
+        Err(e) => {
+            tracing::warn!("ignoring unreadable sidecar {}: {e}", side.display());
+            Ok(None)
+        }
+    }
+}
+
+/// Every cached image (by sidecar), newest first.
+pub fn list_cached(cache_dir: &Path) -> Result<Vec<CachedImage>, ImageError> {
+    let entries = match fs::read_dir(cache_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(cache_dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_err(cache_dir))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.ends_with(".json") || name.ends_with(".part") {
+            continue;
+        }
+        if let Some(c) = read_sidecar(&path)? {
+            if path.is_file() {
+                out.push(c);
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        let t = |c: &CachedImage| c.cached_at.parse::<u64>().unwrap_or(0);
+        t(b).cmp(&t(a)).then_with(|| a.path.cmp(&b.path))
+    });
+    Ok(out)
+}
+
+/// The newest cached version of `image_name`.
+pub fn newest_cached(cache_dir: &Path, image_name: &str) -> Result<Option<CachedImage>, ImageError> {
+    Ok(list_cached(cache_dir)?
+        .into_iter()
+        .find(|c| c.image_name == image_name))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Re-hash a file and compare.
+pub fn verify(path: &Path, sha512: &str) -> Result<(), ImageError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut h = Sha512::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let actual = hex(&h.finalize());
+    if actual != sha512 {
+        return Err(ImageError::DigestMismatch {
+            url: path.display().to_string(),
+            expected: sha512.to_string(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Move a damaged file (and its sidecar) aside; never delete it silently.
+pub fn quarantine(path: &Path) -> Result<PathBuf, ImageError> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".damaged-{stamp}"));
+    let aside = PathBuf::from(aside);
+    fs::rename(path, &aside).map_err(io_err(path))?;
+    let side = sidecar_path(path);
+    if side.exists() {
+        fs::remove_file(&side).map_err(io_err(&side))?;
+    }
+    Ok(aside)
+}
+
+/// What we remember about a partial download, to resume it safely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PartMeta {
+    url: String,
+    sha512: String,
+    validator: Option<String>,
+}
+
+/// Download, verify and cache one image. Resumes a `.part` left by an earlier attempt.
+pub fn download(
+    client: &Client,
+    cache_dir: &Path,
+    resolved: &Resolved,
+    progress: &mut dyn Progress,
+) -> Result<CachedImage, ImageError> {
+    fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+    let url = resolved.download_url.as_str();
+    let part = part_path(cache_dir, &resolved.file_name);
+    let meta_path = part_meta_path(cache_dir, &resolved.file_name);
+    let result = client.retry(url, || fetch_into(client, &part, &meta_path, resolved, progress));
+    progress.finish();
+    let (size, actual) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if !e.transient() {
+                // Bad bytes or a refused request: nothing here is worth resuming.
+                let _ = fs::remove_file(&part);
+                let _ = fs::remove_file(&meta_path);
+            }
+            return Err(e);
+        }
+    };
+    if actual != resolved.sha512 {
+        let _ = fs::remove_file(&part);
+        let _ = fs::remove_file(&meta_path);
+        return Err(ImageError::DigestMismatch {
+            url: url.to_string(),
+            expected: resolved.sha512.clone(),
+            actual,
+        });
+    }
+    let final_path = cache_dir.join(&resolved.file_name);
+    fs::rename(&part, &final_path).map_err(io_err(&final_path))?;
+    let _ = fs::remove_file(&meta_path);
+    let cached = CachedImage {
+        image_name: resolved.image_name.clone(),
+        path: final_path.clone(),
+        sha512: resolved.sha512.clone(),
+        size,
+        version: resolved.version.clone(),
+        url: url.to_string(),
+        cached_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .to_string(),
+    };
+    write_atomic(
+        &sidecar_path(&final_path),
+        serde_json::to_string_pretty(&cached)
+            .map_err(|e| ImageError::Invalid(e.to_string()))?
+            .as_bytes(),
+    )?;
+    Ok(cached)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// One attempt: continue the part file (hashing what it has first), stream the rest into it.
+/// Returns the total size and the digest of the whole file.
+fn fetch_into(
+    client: &Client,
+    part: &Path,
+    meta_path: &Path,
+    resolved: &Resolved,
+    progress: &mut dyn Progress,
+) -> Result<(u64, String), ImageError> {
+    let url = resolved.download_url.as_str();
+    let meta: Option<PartMeta> = fs::read_to_string(meta_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    // Resume only what we can prove is the same file: same URL, digest and a validator.
+    let resumable = match &meta {
+        Some(m) if have > 0 => m.url == url && m.sha512 == resolved.sha512 && m.validator.is_some(),
+        _ => false,
+    };
+    let mut headers = Vec::new();
+    if resumable {
+        headers.push(("Range", format!("bytes={have}-")));
+        if let Some(v) = meta.as_ref().and_then(|m| m.validator.clone()) {
+            headers.push(("If-Range", v));
+        }
+    }
+    let resp = match client.request(url, &headers) {
+        // The part already holds every byte.
+        Err(ImageError::Status { status: 416, .. }) if resumable => {
+            fs::remove_file(part).map_err(io_err(part))?;
+            return Err(ImageError::Truncated {
+                url: url.to_string(),
+                got: 0,
+                expected: have,
+            });
+        }
+        other => other?,
+    };
+    let appending = resumable && resp.status() == 206;
+    let validator = resp
+        .header("ETag")
+        .or_else(|| resp.header("Last-Modified"))
+        .map(String::from);
+    let length: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok());
+    let start = if appending { have } else { 0 };
+    write_atomic(
+        meta_path,
+        serde_json::to_string(&PartMeta {
+            url: url.to_string(),
+            sha512: resolved.sha512.clone(),
+            validator,
+        })
+        .map_err(|e| ImageError::Invalid(e.to_string()))?
+        .as_bytes(),
+    )?;
+
+    let mut hasher = Sha512::new();
+    let mut file = if appending {
+        // Hash what we already have, then append.
+        let mut f = File::open(part).map_err(io_err(part))?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = f.read(&mut buf).map_err(io_err(part))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        OpenOptions::new().append(true).open(part).map_err(io_err(part))?
+    } else {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(part)
+            .map_err(io_err(part))?
+    };
+    progress.start(length.map(|l| l + start), start);
+    let mut reader = resp.into_reader();
+    let mut buf = vec![0u8; CHUNK];
+    let mut got: u64 = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = file.sync_all();
+                return Err(ImageError::Transport {
+                    url: url.to_string(),
+                    detail: format!("reading the body after {} bytes: {e}", start + got),
+                });
+            }
+        };
+        file.write_all(&buf[..n]).map_err(io_err(part))?;
+        hasher.update(&buf[..n]);
+        got += n as u64;
+        progress.advance(n as u64);
+    }
+    file.sync_all().map_err(io_err(part))?;
+    if let Some(expected) = length {
+        if got < expected {
+            return Err(ImageError::Truncated {
+                url: url.to_string(),
+                got: start + got,
+                expected: start + expected,
+            });
+        }
+    }
+    Ok((start + got, hex(&hasher.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_names_carry_the_digest() {
+        assert_eq!(
+            cache_file_name("debian-12-genericcloud-amd64.qcow2", &"ab".repeat(64)),
+            "debian-12-genericcloud-amd64-abababababababab.qcow2"
+        );
+    }
+
+    #[test]
+    fn dated_url_replaces_suite_latest_file() {
+        assert_eq!(
+            dated_url(
+                "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2",
+                "bookworm/20241004-1890/debian-12-genericcloud-amd64-20241004-1890.qcow2"
+            )
+            .unwrap(),
+            "https://cloud.debian.org/images/cloud/bookworm/20241004-1890/debian-12-genericcloud-amd64-20241004-1890.qcow2"
+        );
+    }
+}

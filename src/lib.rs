@@ -1,0 +1,10 @@
+//! kvmprov: provision Debian cloud-image VMs on KVM/libvirt from one YAML file.
+//!
+//! Data flows one way: `config` → `stages` → (`kvmprov_image`, `kvmprov_seed`,
+//! `kvmprov_hypervisor`, `guest`). Lower layers never read the config file or print.
+pub mod cli;
+pub mod config;
+pub mod guest;
+pub mod plan;
+pub mod stages;
+pub mod state;

@@ -27,7 +27,11 @@ pub enum ImageError {
     #[error("GET {url}: {detail}")]
     Transport { url: String, detail: String },
     #[error("GET {url}: the connection closed after {got} of {expected} bytes")]
-    Truncated { url: String, got: u64, expected: u64 },
+    Truncated {
+        url: String,
+        got: u64,
+        expected: u64,
+    },
     #[error("{url}: {source}")]
     Manifest {
         url: String,
@@ -158,13 +162,21 @@ impl Client {
     }
 
     /// Run `f` until it succeeds, fails for good, or the attempts are used up.
-    fn retry<T>(&self, what: &str, mut f: impl FnMut() -> Result<T, ImageError>) -> Result<T, ImageError> {
+    fn retry<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut() -> Result<T, ImageError>,
+    ) -> Result<T, ImageError> {
         let mut delay = self.backoff;
         let mut attempt = 1;
         loop {
             match f() {
                 Err(e) if e.transient() && attempt < self.attempts => {
-                    tracing::warn!("{what}: {e}; retrying in {:.1}s ({attempt}/{})", delay.as_secs_f64(), self.attempts);
+                    tracing::warn!(
+                        "{what}: {e}; retrying in {:.1}s ({attempt}/{})",
+                        delay.as_secs_f64(),
+                        self.attempts
+                    );
                     std::thread::sleep(delay);
                     delay *= 2;
                     attempt += 1;
@@ -321,7 +333,9 @@ fn json_pin(client: &Client, image_url: &str) -> Result<Option<manifest::JsonPin
         Ok(text) => parse_json_manifest(&text)
             .map(Some)
             .map_err(|source| ImageError::Manifest { url, source }),
-        Err(ImageError::Status { status: 404 | 410, .. }) => Ok(None),
+        Err(ImageError::Status {
+            status: 404 | 410, ..
+        }) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -331,7 +345,9 @@ fn dated_url(image_url: &str, dated_ref: &str) -> Result<String, ImageError> {
     let mut parts: Vec<&str> = image_url.split('/').collect();
     // …/<base>/<suite>/latest/<file> → …/<base>/<dated_ref>
     if parts.len() < 6 {
-        return Err(ImageError::Invalid(format!("{image_url} is not laid out as <base>/<suite>/latest/<file>")));
+        return Err(ImageError::Invalid(format!(
+            "{image_url} is not laid out as <base>/<suite>/latest/<file>"
+        )));
     }
     parts.truncate(parts.len() - 3);
     Ok(format!("{}/{dated_ref}", parts.join("/")))
@@ -395,7 +411,9 @@ pub fn list_cached(cache_dir: &Path) -> Result<Vec<CachedImage>, ImageError> {
     let mut out = Vec::new();
     for entry in entries {
         let path = entry.map_err(io_err(cache_dir))?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         if name.ends_with(".json") || name.ends_with(".part") {
             continue;
         }
@@ -413,7 +431,10 @@ pub fn list_cached(cache_dir: &Path) -> Result<Vec<CachedImage>, ImageError> {
 }
 
 /// The newest cached version of `image_name`.
-pub fn newest_cached(cache_dir: &Path, image_name: &str) -> Result<Option<CachedImage>, ImageError> {
+pub fn newest_cached(
+    cache_dir: &Path,
+    image_name: &str,
+) -> Result<Option<CachedImage>, ImageError> {
     Ok(list_cached(cache_dir)?
         .into_iter()
         .find(|c| c.image_name == image_name))
@@ -482,7 +503,9 @@ pub fn download(
     let url = resolved.download_url.as_str();
     let part = part_path(cache_dir, &resolved.file_name);
     let meta_path = part_meta_path(cache_dir, &resolved.file_name);
-    let result = client.retry(url, || fetch_into(client, &part, &meta_path, resolved, progress));
+    let result = client.retry(url, || {
+        fetch_into(client, &part, &meta_path, resolved, progress)
+    });
     progress.finish();
     let (size, actual) = match result {
         Ok(r) => r,
@@ -613,7 +636,10 @@ fn fetch_into(
             }
             hasher.update(&buf[..n]);
         }
-        OpenOptions::new().append(true).open(part).map_err(io_err(part))?
+        OpenOptions::new()
+            .append(true)
+            .open(part)
+            .map_err(io_err(part))?
     } else {
         OpenOptions::new()
             .write(true)

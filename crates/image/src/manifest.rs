@@ -6,7 +6,9 @@ use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
-    #[error("line {line}: malformed checksum line (expected `<128 hex digits>  <file name>`): {text:?}")]
+    #[error(
+        "line {line}: malformed checksum line (expected `<128 hex digits>  <file name>`): {text:?}"
+    )]
     Malformed { line: usize, text: String },
     #[error("no line for `{file}`")]
     Missing { file: String },
@@ -127,7 +129,10 @@ mod tests {
             hex("11"),
             hex("AB")
         );
-        assert_eq!(parse_sha512sums(&text, "debian-12.qcow2").unwrap(), hex("ab"));
+        assert_eq!(
+            parse_sha512sums(&text, "debian-12.qcow2").unwrap(),
+            hex("ab")
+        );
         let text = format!("{}  debian-12.qcow2\n", hex(A));
         assert_eq!(parse_sha512sums(&text, "debian-12.qcow2").unwrap(), hex(A));
     }
@@ -137,13 +142,24 @@ mod tests {
         let text = format!("{}  other.qcow2\n", hex(A));
         assert_eq!(
             parse_sha512sums(&text, "x.qcow2"),
-            Err(ManifestError::Missing { file: "x.qcow2".into() })
+            Err(ManifestError::Missing {
+                file: "x.qcow2".into()
+            })
         );
         let text = format!("{}  ok\nzz{}  bad\n", hex(A), &hex(A)[2..]);
-        assert!(matches!(parse_sha512sums(&text, "x"), Err(ManifestError::Malformed { line: 2, .. })));
+        assert!(matches!(
+            parse_sha512sums(&text, "x"),
+            Err(ManifestError::Malformed { line: 2, .. })
+        ));
         let text = format!("{}  short\n", &hex(A)[..100]);
-        assert!(matches!(parse_sha512sums(&text, "x"), Err(ManifestError::Malformed { line: 1, .. })));
-        assert!(matches!(parse_sha512sums("nospace\n", "x"), Err(ManifestError::Malformed { line: 1, .. })));
+        assert!(matches!(
+            parse_sha512sums(&text, "x"),
+            Err(ManifestError::Malformed { line: 1, .. })
+        ));
+        assert!(matches!(
+            parse_sha512sums("nospace\n", "x"),
+            Err(ManifestError::Malformed { line: 1, .. })
+        ));
     }
 
     fn manifest(digest: &str) -> String {
@@ -176,10 +192,22 @@ mod tests {
 
     #[test]
     fn json_manifest_errors() {
-        assert!(matches!(parse_json_manifest("{"), Err(ManifestError::Json(_))));
-        assert_eq!(parse_json_manifest(r#"{"items": []}"#), Err(ManifestError::NoUpload));
-        assert!(matches!(parse_json_manifest(&manifest("sha256:abc")), Err(ManifestError::Digest(_))));
-        assert!(matches!(parse_json_manifest(&manifest("sha512:AAAA")), Err(ManifestError::Digest(_))));
+        assert!(matches!(
+            parse_json_manifest("{"),
+            Err(ManifestError::Json(_))
+        ));
+        assert_eq!(
+            parse_json_manifest(r#"{"items": []}"#),
+            Err(ManifestError::NoUpload)
+        );
+        assert!(matches!(
+            parse_json_manifest(&manifest("sha256:abc")),
+            Err(ManifestError::Digest(_))
+        ));
+        assert!(matches!(
+            parse_json_manifest(&manifest("sha512:AAAA")),
+            Err(ManifestError::Digest(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,77 @@
+# kvmprov: thin wrappers over the CLI. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CONFIG     ?= vars/kvm-provisioning.yml
+EXTRA_ARGS ?=
+STAGE      ?=
+KVMPROV    := target/release/kvmprov
+RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
+
+.PHONY: help venv build deps check ping image-cache provision provision-stage provision-check \
+        cleanup cleanup-force cleanup-force-disks status test test-unit test-e2e demo demo-clean bench
+
+help: ## List the targets
+	@echo "kvmprov make targets (CONFIG=$(CONFIG); pass options with EXTRA_ARGS=\"-e key=value\"):"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1|\2/' | column -t -s '|'
+
+venv: build ## Same as build (the replaced project's `make venv` step)
+
+build: ## Build the release binary (target/release/kvmprov)
+	cargo build --release --locked
+
+deps: ## Install host packages (apt) and make /dev/kvm usable without udev (needs root)
+	bash testkit/install-deps.sh
+
+check: build ## Validate the variables file offline (errors name line:column)
+	$(RUN) check
+
+ping: build ## Connect to the hypervisor: versions, domain types, networks
+	$(RUN) ping
+
+image-cache: build ## Download, verify and cache the images the instances use
+	$(RUN) image-cache
+
+provision: build ## Run kvm_provision_stage (default full: preflight, image-cache, provision, runtime)
+	$(RUN) provision
+
+provision-stage: build ## Run one stage: make provision-stage STAGE=image-cache
+	@test -n "$(STAGE)" || { echo "usage: make provision-stage STAGE=preflight|image-cache|provision|runtime|full" >&2; exit 2; }
+	$(RUN) provision --stage $(STAGE)
+
+provision-check: build ## Preflight in check mode: report, change nothing
+	$(RUN) --check preflight
+
+cleanup: build ## Show what cleanup would remove (changes nothing)
+	$(RUN) cleanup
+
+cleanup-force: build ## Remove the declared domains (disks kept)
+	$(RUN) -e kvm_cleanup_confirmed=true cleanup
+
+cleanup-force-disks: build ## Remove the declared domains and their disks, seeds and logs
+	$(RUN) -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup
+
+status: build ## Show the declared instances: state, IP, SSH, snapshots
+	$(RUN) status
+
+test: deps ## Run every check and test: fmt, clippy, unit, libvirt test driver, end-to-end (needs root)
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo build --release --locked
+	cargo test --workspace --locked
+	bash tests/e2e/run.sh
+
+test-unit: ## Only the fast tests (no daemon, no guests)
+	cargo test --workspace --locked
+
+test-e2e: build ## Only the end-to-end tests (real libvirtd in a namespace, TCG guests)
+	bash tests/e2e/run.sh
+
+demo: deps build ## Build a Debian image, serve it locally and provision + SSH into a VM (no internet)
+	bash testkit/demo.sh up
+
+demo-clean: build ## Remove everything `make demo` created
+	bash testkit/demo.sh down
+
+bench: deps build ## Provision 10 instances: kvmprov vs the qemu-img/cloud-localds/virt-install chain
+	bash tests/bench/provision.sh

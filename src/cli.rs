@@ -1,0 +1,233 @@
+//! Command-line interface: arguments, dispatch, output and exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, StageChoice};
+use crate::plan::{error_chain, render_summary, OutputFormat, StageReport};
+use crate::stages::{self, Session};
+
+/// Exit codes (documented in the README).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvmprov",
+    version,
+    about = "Provision Debian cloud-image VMs on KVM/libvirt from one YAML file",
+    long_about = "Provision Debian cloud-image VMs on KVM/libvirt from one YAML file.\n\n\
+        kvmprov caches verified Debian cloud images, creates per-instance overlay disks and \
+        cloud-init seeds, defines and starts libvirt domains, waits until each guest answers \
+        over SSH (with pinned host keys), takes optional snapshots and cleans up strictly \
+        within the declared instances.\n\n\
+        Stages: preflight -> image-cache -> provision -> runtime (`provision` runs the stage \
+        named by kvm_provision_stage; `full` runs all four). Every command that changes \
+        something accepts --check to print its plan and change nothing.",
+    after_help = "Exit codes: 0 success, 1 a stage failed, 2 usage or configuration error."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// The variables file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "vars/kvm-provisioning.yml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+    /// Override a top-level variable; VALUE is YAML (`true` is a boolean). Repeatable.
+    #[arg(
+        short = 'e',
+        long = "extra-var",
+        global = true,
+        value_name = "KEY=VALUE"
+    )]
+    pub extra: Vec<String>,
+    /// Print the plan and change nothing.
+    #[arg(long, global = true)]
+    pub check: bool,
+    /// Output format: human (progress and a summary table) or json (one document on stdout).
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Instances worked on at once (default: all, at most 8).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate the variables file offline and print a summary.
+    Check,
+    /// Connect to the hypervisor and print versions, domain types and networks.
+    Ping,
+    /// Check the hypervisor: reachable, domain type, networks, pool paths and access, free space.
+    Preflight,
+    /// Download, verify and cache the catalog images used by the instances.
+    ImageCache(ImageCacheArgs),
+    /// Run the stage named by kvm_provision_stage (`full`: all stages).
+    Provision(ProvisionArgs),
+    /// Start declared domains, wait for SSH and cloud-init, take snapshots.
+    Runtime,
+    /// Remove declared instances (plan only unless kvm_cleanup_confirmed=true).
+    Cleanup,
+    /// Show each declared instance: state, domain type, image, IP, SSH, snapshots.
+    Status,
+    /// Open an SSH session to an instance, with its pinned host key.
+    Ssh(SshArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImageCacheArgs {
+    /// Cache every catalog image, not only those instances use.
+    #[arg(long)]
+    pub all: bool,
+    #[command(subcommand)]
+    pub action: Option<ImageCacheAction>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCacheAction {
+    /// List cached image versions no domain's disk is backed by; delete them with --yes.
+    Prune {
+        /// Really delete them.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ProvisionArgs {
+    /// Run this stage instead of kvm_provision_stage.
+    #[arg(long, value_parser = ["full", "preflight", "image-cache", "provision", "runtime"])]
+    pub stage: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SshArgs {
+    /// The instance name.
+    pub name: String,
+    /// A command to run instead of an interactive shell.
+    #[arg(trailing_var_arg = true)]
+    pub command: Vec<String>,
+}
+
+/// Parse arguments, run, and return the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.global.verbose);
+    run(cli)
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KVMPROV_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "kvmprov={level},kvmprov_image={level},kvmprov_seed={level},kvmprov_hypervisor={level}"
+        ))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn run(cli: Cli) -> i32 {
+    let g = &cli.global;
+    let cfg = match config::load(&g.config, &g.extra) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return EXIT_USAGE;
+        }
+    };
+    let session = Session::new(cfg, g.check, g.output, g.jobs.map(usize::from));
+    let result = match cli.command {
+        Command::Check => return stages::check::run(&session),
+        Command::Ping => return stages::ping::run(&session),
+        Command::Ssh(args) => return stages::status::ssh(&session, &args.name, &args.command),
+        Command::Status => return stages::status::run(&session),
+        Command::Preflight => stages::run_stages(&session, &[StageChoice::Preflight]),
+        Command::ImageCache(args) => match args.action {
+            Some(ImageCacheAction::Prune { yes }) => stages::image_cache::prune(&session, yes),
+            None => stages::image_cache::run_all(&session, args.all),
+        },
+        Command::Provision(args) => {
+            let stage = match args.stage.as_deref() {
+                Some(s) => parse_stage(s),
+                None => session.cfg.stage,
+            };
+            stages::run_stages(&session, &stages::selected(stage))
+        }
+        Command::Runtime => stages::run_stages(&session, &[StageChoice::Runtime]),
+        Command::Cleanup => stages::cleanup::run(&session),
+    };
+    finish(&session, result)
+}
+
+fn parse_stage(s: &str) -> StageChoice {
+    match s {
+        "preflight" => StageChoice::Preflight,
+        "image-cache" => StageChoice::ImageCache,
+        "provision" => StageChoice::Provision,
+        "runtime" => StageChoice::Runtime,
+        _ => StageChoice::Full,
+    }
+}
+
+/// Print the summary (human) or the JSON document, and pick the exit code.
+fn finish(session: &Session, result: Result<Vec<StageReport>, stages::StageError>) -> i32 {
+    let (reports, fatal) = match result {
+        Ok(r) => (r, None),
+        Err(stages::StageError { reports, error }) => (reports, Some(error)),
+    };
+    let failed = fatal.is_some() || reports.iter().any(StageReport::failed);
+    match session.output {
+        OutputFormat::Human => {
+            print!("{}", render_summary(&reports, session.check));
+            if let Some(e) = &fatal {
+                eprintln!("error: {e}");
+            }
+        }
+        OutputFormat::Json => {
+            let doc = serde_json::json!({
+                "ok": !failed,
+                "check": session.check,
+                "error": fatal,
+                "stages": reports,
+            });
+            println!("{doc:#}");
+        }
+    }
+    if failed {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    }
+}

@@ -1,0 +1,476 @@
+//! Cleanup: remove exactly the declared instances, never anything else.
+//!
+//! The seed's five rules, plus path safety: scope is the declared names compared byte for
+//! byte; a declared name missing in libvirt is skipped; undeclared domains are never touched;
+//! disks only with `kvm_cleanup_remove_instance_disks=true`, and then only the instance's own
+//! files whose real path (symlinks resolved) lies inside the instance pool, is not in the image
+//! cache and is used by no other domain. Without `kvm_cleanup_confirmed=true` nothing changes.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
+
+use crate::config::Config;
+use crate::plan::{run as run_action, Action, Op, Outcome, StageReport, Status};
+use crate::stages::provision::{console_name, disk_name, seed_name};
+use crate::stages::{RunLock, Session, StageError};
+use crate::state;
+
+/// How long a guest gets to shut down cleanly before it is destroyed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A domain as cleanup sees it.
+#[derive(Debug, Clone)]
+pub struct DomainFacts {
+    pub name: String,
+    pub state: DomainState,
+    /// Real paths of its disks and their backing files.
+    pub files: Vec<PathBuf>,
+}
+
+/// A file cleanup might delete.
+#[derive(Debug, Clone)]
+pub struct FileFacts {
+    pub instance: String,
+    pub path: PathBuf,
+    /// `None`: does not exist (or is a dangling link: then `dangling` is set).
+    pub real: Option<PathBuf>,
+    pub dangling: bool,
+}
+
+/// What cleanup saw.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub domains: Vec<DomainFacts>,
+    pub files: Vec<FileFacts>,
+    pub pool_real: PathBuf,
+    pub cache_real: PathBuf,
+}
+
+/// A step of the cleanup plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Skip,
+    Stop,
+    Undefine,
+    Delete(PathBuf),
+    Refuse,
+}
+
+/// Pure: the plan. Scope is exactly the declared names.
+pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
+    let declared: Vec<&str> = cfg.instances.iter().map(|i| i.name.as_str()).collect();
+    let mut out = Vec::new();
+    for name in &declared {
+        match o
+            .domains
+            .iter()
+            .find(|d| d.name.as_bytes() == name.as_bytes())
+        {
+            None => out.push((
+                Action::new(*name, Op::Skip, "no such domain in libvirt"),
+                Step::Skip,
+            )),
+            Some(d) => {
+                if matches!(
+                    d.state,
+                    DomainState::Running | DomainState::Paused | DomainState::Other
+                ) {
+                    out.push((
+                        Action::new(
+                            *name,
+                            Op::Stop,
+                            format!(
+                                "{:?}: shut down (destroy after {}s)",
+                                d.state,
+                                SHUTDOWN_GRACE.as_secs()
+                            ),
+                        ),
+                        Step::Stop,
+                    ));
+                }
+                out.push((
+                    Action::new(
+                        *name,
+                        Op::Undefine,
+                        "declared instance: undefine with snapshot metadata and NVRAM",
+                    ),
+                    Step::Undefine,
+                ));
+            }
+        }
+    }
+    if !cfg.cleanup_remove_disks {
+        return out;
+    }
+    // Files other (undeclared) domains use: never deleted.
+    let foreign: Vec<&PathBuf> = o
+        .domains
+        .iter()
+        .filter(|d| !declared.iter().any(|n| n.as_bytes() == d.name.as_bytes()))
+        .flat_map(|d| d.files.iter())
+        .collect();
+    for f in &o.files {
+        let shown = f.path.display().to_string();
+        let Some(real) = &f.real else {
+            if f.dangling {
+                out.push((
+                    Action::new(
+                        &f.instance,
+                        Op::Refuse,
+                        format!("{shown} is a dangling symlink: left alone"),
+                    ),
+                    Step::Refuse,
+                ));
+            }
+            continue;
+        };
+        let refusal = if !real.starts_with(&o.pool_real) {
+            Some(format!(
+                "{shown} resolves to {} outside the instance pool {}",
+                real.display(),
+                o.pool_real.display()
+            ))
+        } else if real.starts_with(&o.cache_real) {
+            Some(format!(
+                "{shown} resolves to {} in the image cache",
+                real.display()
+            ))
+        } else if foreign.contains(&real) {
+            Some(format!("{shown} is used by another (undeclared) domain"))
+        } else {
+            None
+        };
+        match refusal {
+            Some(why) => out.push((Action::new(&f.instance, Op::Refuse, why), Step::Refuse)),
+            None => out.push((
+                Action::new(&f.instance, Op::Delete, shown),
+                Step::Delete(real.clone()),
+            )),
+        }
+    }
+    out
+}
+
+/// The files cleanup may delete for an instance: its disk, seed, console log and pinned key.
+pub fn instance_files(cfg: &Config, instance: &str) -> Vec<PathBuf> {
+    let pool = &cfg.instance_pool_path;
+    let dir = state::state_dir(pool);
+    vec![
+        pool.join(disk_name(instance)),
+        pool.join(seed_name(instance)),
+        pool.join(console_name(instance)),
+        state::host_key_path(&dir, instance),
+        dir.join(format!("{instance}.known_hosts")),
+    ]
+}
+
+/// The backing file named in a qcow2 header, if any (resolved against the image's directory).
+pub fn qcow2_backing(path: &Path) -> Option<PathBuf> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = [0u8; 20];
+    f.read_exact(&mut h).ok()?;
+    if &h[..4] != b"QFI\xfb" {
+        return None;
+    }
+    let off = u64::from_be_bytes(h[8..16].try_into().ok()?);
+    let len = u32::from_be_bytes(h[16..20].try_into().ok()?) as usize;
+    if off == 0 || len == 0 || len > 4096 {
+        return None;
+    }
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(off)).ok()?;
+    let mut name = vec![0u8; len];
+    f.read_exact(&mut name).ok()?;
+    let name = PathBuf::from(String::from_utf8(name).ok()?);
+    Some(match path.parent() {
+        Some(dir) if name.is_relative() => dir.join(name),
+        _ => name,
+    })
+}
+
+/// Real paths of a disk and its whole backing chain.
+fn chain(disk: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut next = Some(disk.to_path_buf());
+    while let Some(p) = next.take() {
+        let real = p.canonicalize().unwrap_or(p);
+        if out.contains(&real) || out.len() > 16 {
+            break;
+        }
+        next = qcow2_backing(&real);
+        out.push(real);
+    }
+    out
+}
+
+fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
+    let mut out = Vec::new();
+    for d in hv.domains()? {
+        let files = match hv.domain_xml(&d.name) {
+            Ok(x) => kvmprov_hypervisor::xml::parse_domain_xml(&x)?
+                .disk_paths
+                .iter()
+                .flat_map(|p| chain(p))
+                .collect(),
+            // Gone between the listing and now: nothing to protect.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        out.push(DomainFacts {
+            name: d.name,
+            state: d.state,
+            files,
+        });
+    }
+    Ok(out)
+}
+
+/// Every file some domain's disks use, backing files included (for `image-cache prune`).
+pub fn paths_in_use(hv: &Hypervisor) -> Result<Vec<PathBuf>, HvError> {
+    Ok(domain_facts(hv)?
+        .into_iter()
+        .flat_map(|d| d.files)
+        .collect())
+}
+
+fn observe(cfg: &Config, hv: &Hypervisor) -> Result<Observed, HvError> {
+    let domains = domain_facts(hv)?;
+    let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let mut files = Vec::new();
+    for inst in &cfg.instances {
+        for path in instance_files(cfg, &inst.name) {
+            let is_link = path
+                .symlink_metadata()
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false);
+            let resolved = path.canonicalize().ok();
+            files.push(FileFacts {
+                instance: inst.name.clone(),
+                dangling: is_link && resolved.is_none(),
+                real: resolved,
+                path,
+            });
+        }
+    }
+    Ok(Observed {
+        domains,
+        files,
+        pool_real: real(&cfg.instance_pool_path),
+        cache_real: real(&cfg.image_cache_path),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    Hypervisor(#[from] HvError),
+    #[error("cannot delete {path}: {source}")]
+    Delete {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn stop(hv: &Hypervisor, name: &str) -> Result<(), HvError> {
+    let gone = |r: Result<(), HvError>| match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    };
+    if let Some(d) = hv.domain(name)? {
+        if d.state == DomainState::Running {
+            // A guest that ignores ACPI is destroyed after the grace period.
+            if gone(hv.shutdown(name)).is_ok() {
+                let until = Instant::now() + SHUTDOWN_GRACE;
+                while Instant::now() < until {
+                    match hv.domain(name)? {
+                        Some(d) if d.state == DomainState::Running => {
+                            std::thread::sleep(Duration::from_millis(500))
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+    match hv.domain(name)? {
+        Some(d) if d.state != DomainState::ShutOff => gone(hv.destroy(name)),
+        _ => Ok(()),
+    }
+}
+
+pub fn run(s: &Session) -> Result<Vec<StageReport>, StageError> {
+    let _lock = if s.check || !s.cfg.cleanup_confirmed {
+        None
+    } else {
+        Some(RunLock::acquire(s).map_err(|e| StageError::new(Vec::new(), &e))?)
+    };
+    let hv = s.connect().map_err(|e| StageError::new(Vec::new(), &e))?;
+    let observed = observe(&s.cfg, &hv).map_err(|e| StageError::new(Vec::new(), &e))?;
+    let dry = s.check || !s.cfg.cleanup_confirmed;
+    s.printer.stage_header("cleanup", dry);
+    let mut report = StageReport::new("cleanup");
+    for (action, step) in plan(&s.cfg, &observed) {
+        let outcome = match step {
+            Step::Skip => Outcome {
+                action,
+                status: Status::Done,
+                seconds: 0.0,
+            },
+            Step::Refuse if dry => Outcome {
+                action,
+                status: Status::Planned,
+                seconds: 0.0,
+            },
+            Step::Refuse => Outcome {
+                action,
+                status: Status::Done,
+                seconds: 0.0,
+            },
+            _ if dry => Outcome {
+                action,
+                status: Status::Planned,
+                seconds: 0.0,
+            },
+            Step::Stop => {
+                let name = action.target.clone();
+                run_action(action, || stop(&hv, &name))
+            }
+            Step::Undefine => {
+                let name = action.target.clone();
+                run_action(action, || match hv.undefine(&name) {
+                    Err(e) if e.is_not_found() => Ok(()),
+                    other => other,
+                })
+            }
+            Step::Delete(path) => run_action(action, || match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CleanupError::Delete {
+                    path: path.clone(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            }),
+        };
+        s.printer.outcome(&outcome);
+        report.outcomes.push(outcome);
+    }
+    if dry && !s.check && s.output == crate::plan::OutputFormat::Human {
+        println!("  nothing changed: confirm with -e kvm_cleanup_confirmed=true (make cleanup-force), add -e kvm_cleanup_remove_instance_disks=true to delete disks (make cleanup-force-disks)");
+    }
+    // Let libvirt's pool listing forget deleted files.
+    if !dry && s.cfg.cleanup_remove_disks {
+        if let Ok(Some(p)) = hv.pool_by_path(&s.cfg.instance_pool_path) {
+            let _ = hv.refresh_pool(&p.name);
+        }
+    }
+    Ok(vec![report])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(remove: bool) -> Config {
+        let text = format!(
+            "kvm_image_cache_path: /c\nkvm_instance_disk_pool_path: /p\nkvm_cleanup_remove_instance_disks: {remove}\n\
+             kvm_cloud_image_catalog:\n  - {{image_name: d, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}}\n\
+             kvm_instance_definitions:\n  - {{instance_name: app-01, image_name: d}}\n  - {{instance_name: gone, image_name: d}}\n"
+        );
+        crate::config::parse(Path::new("t.yml"), &text, &[]).unwrap()
+    }
+
+    fn dom(name: &str, state: DomainState, files: &[&str]) -> DomainFacts {
+        DomainFacts {
+            name: name.into(),
+            state,
+            files: files.iter().map(PathBuf::from).collect(),
+        }
+    }
+
+    fn file(inst: &str, path: &str, real: Option<&str>) -> FileFacts {
+        FileFacts {
+            instance: inst.into(),
+            path: path.into(),
+            real: real.map(PathBuf::from),
+            dangling: false,
+        }
+    }
+
+    fn observed(files: Vec<FileFacts>) -> Observed {
+        Observed {
+            domains: vec![
+                dom("app-01", DomainState::Running, &["/p/app-01.qcow2"]),
+                dom("app-0", DomainState::Running, &["/p/app-0.qcow2"]),
+                dom("APP-01", DomainState::Running, &["/p/shared.qcow2"]),
+            ],
+            files,
+            pool_real: "/p".into(),
+            cache_real: "/c".into(),
+        }
+    }
+
+    #[test]
+    fn scope_is_exact_names() {
+        let p = plan(&cfg(false), &observed(vec![]));
+        let targets: Vec<(&str, Op)> = p.iter().map(|(a, _)| (a.target.as_str(), a.op)).collect();
+        assert_eq!(
+            targets,
+            vec![
+                ("app-01", Op::Stop),
+                ("app-01", Op::Undefine),
+                ("gone", Op::Skip)
+            ]
+        );
+    }
+
+    #[test]
+    fn disks_only_when_asked_and_only_inside_the_pool() {
+        let files = vec![
+            file("app-01", "/p/app-01.qcow2", Some("/p/app-01.qcow2")),
+            file("app-01", "/p/app-01-seed.iso", Some("/etc/passwd")),
+            file("app-01", "/p/app-01-console.log", Some("/c/debian.qcow2")),
+            file("gone", "/p/gone.qcow2", Some("/p/shared.qcow2")),
+            file("gone", "/p/gone-seed.iso", None),
+        ];
+        assert!(plan(&cfg(false), &observed(files.clone()))
+            .iter()
+            .all(|(a, _)| a.op != Op::Delete && a.op != Op::Refuse));
+        let p = plan(&cfg(true), &observed(files));
+        let steps: Vec<&Step> = p.iter().map(|(_, s)| s).collect();
+        assert!(steps.contains(&&Step::Delete("/p/app-01.qcow2".into())));
+        let refused: Vec<&str> = p
+            .iter()
+            .filter(|(a, _)| a.op == Op::Refuse)
+            .map(|(a, _)| a.reason.as_str())
+            .collect();
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(refused[0].contains("outside the instance pool"));
+        assert!(refused[1].contains("image cache") || refused[1].contains("outside"));
+        assert!(refused[2].contains("another (undeclared) domain"));
+    }
+
+    #[test]
+    fn shut_off_domain_is_only_undefined() {
+        let mut o = observed(vec![]);
+        o.domains[0].state = DomainState::ShutOff;
+        let ops: Vec<Op> = plan(&cfg(false), &o).iter().map(|(a, _)| a.op).collect();
+        assert_eq!(ops, vec![Op::Undefine, Op::Skip]);
+    }
+
+    #[test]
+    fn backing_chain_from_qcow2_header() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("o.qcow2");
+        let name = b"base.qcow2";
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[8..16].copy_from_slice(&40u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        h[40..40 + name.len()].copy_from_slice(name);
+        std::fs::write(&p, &h).unwrap();
+        assert_eq!(qcow2_backing(&p), Some(t.path().join("base.qcow2")));
+    }
+}

@@ -1,0 +1,275 @@
+//! The stages: preflight → image-cache → provision → runtime, and cleanup.
+//!
+//! Each stage observes the hypervisor, plans with a pure function, and applies the plan (or,
+//! with `--check`, only prints it). This module holds what they share: the session, the lock
+//! and the order in which `full` runs them.
+
+pub mod check;
+pub mod cleanup;
+pub mod image_cache;
+pub mod ping;
+pub mod preflight;
+pub mod provision;
+pub mod runtime;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use kvmprov_hypervisor::Hypervisor;
+use kvmprov_image::CachedImage;
+
+use crate::config::{Config, StageChoice};
+use crate::plan::{error_chain, OutputFormat, Printer, StageReport};
+
+/// Most instances worked on at once by default: beyond this the host, not kvmprov, is the limit.
+const DEFAULT_MAX_JOBS: usize = 8;
+
+/// One invocation: the resolved config and how to run.
+pub struct Session {
+    pub cfg: Config,
+    pub check: bool,
+    pub output: OutputFormat,
+    pub jobs: usize,
+    pub printer: Printer,
+}
+
+impl Session {
+    pub fn new(cfg: Config, check: bool, output: OutputFormat, jobs: Option<usize>) -> Self {
+        let jobs = jobs
+            .unwrap_or_else(|| cfg.instances.len().clamp(1, DEFAULT_MAX_JOBS))
+            .max(1);
+        Session {
+            cfg,
+            check,
+            output,
+            jobs,
+            printer: Printer { format: output },
+        }
+    }
+
+    pub fn connect(&self) -> Result<Hypervisor, kvmprov_hypervisor::HvError> {
+        Hypervisor::connect(&self.cfg.libvirt_uri)
+    }
+
+    /// kvmprov's own files for this instance pool: operator key, pinned host keys.
+    pub fn state_dir(&self) -> PathBuf {
+        crate::state::state_dir(&self.cfg.instance_pool_path)
+    }
+}
+
+/// A run that could not go on: the reports so far and why it stopped.
+#[derive(Debug)]
+pub struct StageError {
+    pub reports: Vec<StageReport>,
+    pub error: String,
+}
+
+impl StageError {
+    pub fn new(reports: Vec<StageReport>, e: &dyn std::error::Error) -> Self {
+        StageError {
+            reports,
+            error: error_chain(e),
+        }
+    }
+}
+
+/// `full` runs every stage in order; any other choice runs only that stage (the seed's rule).
+pub fn selected(stage: StageChoice) -> Vec<StageChoice> {
+    match stage {
+        StageChoice::Full => vec![
+            StageChoice::Preflight,
+            StageChoice::ImageCache,
+            StageChoice::Provision,
+            StageChoice::Runtime,
+        ],
+        one => vec![one],
+    }
+}
+
+/// What a stage hands on to the next within one run.
+#[derive(Default)]
+pub struct Handoff {
+    /// image_name → the cached version this run resolved (image-cache stage).
+    pub images: BTreeMap<String, CachedImage>,
+}
+
+/// Run stages in order under the run lock, stopping at the first stage that fails.
+pub fn run_stages(s: &Session, stages: &[StageChoice]) -> Result<Vec<StageReport>, StageError> {
+    let _lock = if s.check {
+        None
+    } else {
+        Some(RunLock::acquire(s).map_err(|e| StageError::new(Vec::new(), &e))?)
+    };
+    let hv = s.connect().map_err(|e| StageError::new(Vec::new(), &e))?;
+    let mut reports = Vec::new();
+    let mut handoff = Handoff::default();
+    for stage in stages {
+        s.printer.stage_header(stage.as_str(), s.check);
+        // Each stage's own error type, flattened to its cause chain.
+        let result: Result<StageReport, String> = match stage {
+            StageChoice::Preflight => preflight::run(s, &hv).map_err(|e| error_chain(&e)),
+            StageChoice::ImageCache => {
+                image_cache::run(s, false, &mut handoff).map_err(|e| error_chain(&e))
+            }
+            StageChoice::Provision => provision::run(s, &hv, &handoff).map_err(|e| error_chain(&e)),
+            StageChoice::Runtime => runtime::run(s, &hv).map_err(|e| error_chain(&e)),
+            StageChoice::Full => unreachable!("selected() expands full"),
+        };
+        match result {
+            Ok(report) => {
+                let failed = report.failed();
+                reports.push(report);
+                if failed {
+                    break;
+                }
+            }
+            Err(e) => {
+                return Err(StageError {
+                    reports,
+                    error: format!("{} stage: {e}", stage.as_str()),
+                })
+            }
+        }
+    }
+    Ok(reports)
+}
+
+/// One run at a time per hypervisor and instance pool.
+pub struct RunLock {
+    _file: File,
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot open the lock file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another kvmprov run ({holder}) is working on {uri} with pool {pool}; wait for it to finish (lock file {path})")]
+    Busy {
+        holder: String,
+        uri: String,
+        pool: String,
+        path: PathBuf,
+    },
+}
+
+impl RunLock {
+    pub fn acquire(s: &Session) -> Result<RunLock, LockError> {
+        let key = format!(
+            "{}\n{}",
+            s.cfg.libvirt_uri,
+            s.cfg.instance_pool_path.display()
+        );
+        let path = std::env::temp_dir().join(format!(
+            "kvmprov-{}.lock",
+            &crate::state::digest_hex(key.as_bytes())[..16]
+        ));
+        let open = |path: &PathBuf| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+        };
+        let mut file = open(&path).map_err(|source| LockError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "pid unknown".to_string());
+                return Err(LockError::Busy {
+                    holder,
+                    uri: s.cfg.libvirt_uri.clone(),
+                    pool: s.cfg.instance_pool_path.display().to_string(),
+                    path,
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(LockError::Open { path, source })
+            }
+        }
+        // Who holds it, for the message the next run prints.
+        let _ = file.set_len(0);
+        let _ = writeln!(file, "pid {}", std::process::id());
+        Ok(RunLock { _file: file, path })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        tracing::debug!("releasing {}", self.path.display());
+    }
+}
+
+/// Run `f` over `items` with at most `jobs` at once, keeping the input order in the result.
+pub fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let jobs = jobs.max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(items.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .filter_map(|m| m.into_inner().ok().flatten())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_expands_to_four_stages_in_order() {
+        assert_eq!(
+            selected(StageChoice::Full),
+            vec![
+                StageChoice::Preflight,
+                StageChoice::ImageCache,
+                StageChoice::Provision,
+                StageChoice::Runtime
+            ]
+        );
+        assert_eq!(selected(StageChoice::Runtime), vec![StageChoice::Runtime]);
+    }
+
+    #[test]
+    fn parallel_keeps_order_and_bounds_jobs() {
+        let items: Vec<u32> = (0..20).collect();
+        let running = std::sync::atomic::AtomicUsize::new(0);
+        let peak = std::sync::atomic::AtomicUsize::new(0);
+        let out = parallel(&items, 3, |x| {
+            let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            x * 2
+        });
+        assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+        assert!(peak.load(std::sync::atomic::Ordering::SeqCst) <= 3);
+    }
+}

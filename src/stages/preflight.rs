@@ -1,0 +1,509 @@
+//! Preflight: is this hypervisor ready for our instances? One line per check.
+//!
+//! Observation (I/O) is gathered first; [`plan`] is pure and decides, for each check, whether
+//! it passes, needs a fix kvmprov may apply (create a directory, start a network, grant the
+//! qemu user traverse access with an ACL) or fails with the exact remedy.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kvmprov_hypervisor::{HostInfo, Hypervisor, NetworkInfo};
+
+use crate::config::{Config, DomainTypeChoice};
+use crate::plan::{Action, Op, Outcome, StageReport, Status};
+use crate::stages::Session;
+
+/// Headroom kept free in the instance pool beyond the planned initial disk sizes.
+const POOL_HEADROOM_BYTES: u64 = 256 * 1024 * 1024;
+/// Initial size of one instance's files: qcow2 overlay header + seed ISO + console log.
+const INITIAL_BYTES_PER_INSTANCE: u64 = 8 * 1024 * 1024;
+
+/// What preflight saw.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub host: HostInfo,
+    pub networks: Vec<NetworkInfo>,
+    pub paths: Vec<PathState>,
+    pub pool_free_bytes: Option<u64>,
+    pub missing_instances: usize,
+    /// Tools kvmprov needs on a local hypervisor and whether each is on PATH.
+    pub tools: Vec<(&'static str, &'static str, bool)>,
+    pub qemu_user: String,
+    /// Whether paths and tools could be checked (local hypervisor).
+    pub local: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PathState {
+    pub key: &'static str,
+    pub path: PathBuf,
+    pub exists: bool,
+    pub is_dir: bool,
+    /// Directories on the way (the path itself included) the qemu user cannot traverse.
+    pub blocked: Vec<PathBuf>,
+}
+
+/// A fix kvmprov can apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fix {
+    CreateDir(PathBuf),
+    StartNetwork(String),
+    GrantTraverse { user: String, dirs: Vec<PathBuf> },
+}
+
+/// The verdict on one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Apply(Fix),
+    Fail(String),
+}
+
+/// The domain type `auto` resolves to on this host, or why the wanted one is unavailable.
+pub fn resolve_domain_type(
+    choice: DomainTypeChoice,
+    host: &HostInfo,
+) -> Result<(&'static str, String), String> {
+    match choice {
+        DomainTypeChoice::Kvm if host.kvm => Ok(("kvm", "kvm requested and available".into())),
+        DomainTypeChoice::Kvm => Err(
+            "kvm requested but the hypervisor does not offer it (no /dev/kvm access?); set kvm_domain_type: qemu to emulate (slow) or auto".into(),
+        ),
+        DomainTypeChoice::Qemu if host.qemu => Ok(("qemu", "qemu (TCG emulation) requested and available".into())),
+        DomainTypeChoice::Qemu => Err("qemu requested but the hypervisor offers no x86_64 qemu emulator".into()),
+        DomainTypeChoice::Auto if host.kvm => Ok(("kvm", "auto: kvm is available".into())),
+        DomainTypeChoice::Auto if host.qemu => Ok((
+            "qemu",
+            "auto: kvm is not available, using qemu (TCG emulation, slower)".into(),
+        )),
+        DomainTypeChoice::Auto => Err("the hypervisor offers neither kvm nor qemu domains for x86_64".into()),
+    }
+}
+
+/// Pure: the checks and their verdicts.
+pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
+    let mut out = Vec::new();
+    out.push((
+        Action::new(
+            "hypervisor",
+            Op::Check,
+            format!(
+                "{} reachable: libvirt {}, {} {}",
+                cfg.libvirt_uri, o.host.libvirt_version, o.host.driver, o.host.hypervisor_version
+            ),
+        ),
+        Verdict::Pass,
+    ));
+    match resolve_domain_type(cfg.domain_type, &o.host) {
+        Ok((_, why)) => out.push((Action::new("domain type", Op::Check, why), Verdict::Pass)),
+        Err(why) => out.push((
+            Action::new(
+                "domain type",
+                Op::Check,
+                format!("{:?}", cfg.domain_type).to_lowercase(),
+            ),
+            Verdict::Fail(why),
+        )),
+    }
+
+    for name in cfg.required_networks() {
+        let target = format!("network {name}");
+        match o.networks.iter().find(|n| n.name == name) {
+            Some(n) if n.active => out.push((
+                Action::new(target, Op::Check, "defined and active"),
+                Verdict::Pass,
+            )),
+            Some(_) if cfg.auto_start_networks => out.push((
+                Action::new(target, Op::Fix, "inactive: starting it (kvm_auto_start_required_libvirt_networks=true)"),
+                Verdict::Apply(Fix::StartNetwork(name.clone())),
+            )),
+            Some(_) => out.push((
+                Action::new(target, Op::Check, "defined but inactive"),
+                Verdict::Fail(format!(
+                    "network `{name}` is inactive: start it (`virsh net-start {name}`) or run with -e kvm_auto_start_required_libvirt_networks=true"
+                )),
+            )),
+            None => {
+                let known: Vec<String> = o
+                    .networks
+                    .iter()
+                    .map(|n| format!("{} ({})", n.name, if n.active { "active" } else { "inactive" }))
+                    .collect();
+                out.push((
+                    Action::new(target, Op::Check, "Network not found"),
+                    Verdict::Fail(format!(
+                        "Network not found: `{name}`; networks defined on {}: {}. Set kvm_default_libvirt_network_name or the instance's libvirt_network_name to one of them",
+                        cfg.libvirt_uri,
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    )),
+                ));
+            }
+        }
+    }
+
+    if o.local {
+        for (tool, why, found) in &o.tools {
+            let action = Action::new(format!("tool {tool}"), Op::Check, *why);
+            out.push(if *found {
+                (action, Verdict::Pass)
+            } else {
+                (
+                    action,
+                    Verdict::Fail(format!(
+                        "`{tool}` is not installed on the hypervisor ({why})"
+                    )),
+                )
+            });
+        }
+    }
+
+    for p in &o.paths {
+        let target = format!("{}", p.path.display());
+        if p.exists && !p.is_dir {
+            out.push((
+                Action::new(target, Op::Check, p.key),
+                Verdict::Fail(format!(
+                    "{} `{}` exists and is not a directory",
+                    p.key,
+                    p.path.display()
+                )),
+            ));
+            continue;
+        }
+        if !p.exists {
+            out.push((
+                Action::new(
+                    target.clone(),
+                    Op::Create,
+                    format!("{}: missing, creating it", p.key),
+                ),
+                Verdict::Apply(Fix::CreateDir(p.path.clone())),
+            ));
+        } else {
+            out.push((
+                Action::new(
+                    target.clone(),
+                    Op::Check,
+                    format!("{}: directory exists", p.key),
+                ),
+                Verdict::Pass,
+            ));
+        }
+        if !o.local {
+            continue;
+        }
+        if p.blocked.is_empty() {
+            out.push((
+                Action::new(
+                    target,
+                    Op::Check,
+                    format!("qemu user `{}` can traverse it", o.qemu_user),
+                ),
+                Verdict::Pass,
+            ));
+        } else {
+            let cmds: Vec<String> = p
+                .blocked
+                .iter()
+                .map(|d| format!("setfacl -m u:{}:x {}", o.qemu_user, d.display()))
+                .collect();
+            if cfg.auto_fix_pool_access {
+                out.push((
+                    Action::new(
+                        target,
+                        Op::Fix,
+                        format!(
+                            "qemu user `{}` cannot traverse: {}",
+                            o.qemu_user,
+                            cmds.join("; ")
+                        ),
+                    ),
+                    Verdict::Apply(Fix::GrantTraverse {
+                        user: o.qemu_user.clone(),
+                        dirs: p.blocked.clone(),
+                    }),
+                ));
+            } else {
+                out.push((
+                    Action::new(target, Op::Check, format!("qemu user `{}` access", o.qemu_user)),
+                    Verdict::Fail(format!(
+                        "qemu user `{}` cannot traverse {}; fix: {} (or set kvm_auto_fix_runtime_pool_access=true)",
+                        o.qemu_user,
+                        p.blocked.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+                        cmds.join("; ")
+                    )),
+                ));
+            }
+        }
+    }
+
+    if let Some(free) = o.pool_free_bytes {
+        let need = o.missing_instances as u64 * INITIAL_BYTES_PER_INSTANCE + POOL_HEADROOM_BYTES;
+        let action = Action::new(
+            "free space",
+            Op::Check,
+            format!(
+                "instance pool: {} MiB free, {} MiB needed for {} new instance(s)",
+                free / (1 << 20),
+                need / (1 << 20),
+                o.missing_instances
+            ),
+        );
+        out.push(if free >= need {
+            (action, Verdict::Pass)
+        } else {
+            let msg = format!(
+                "only {} MiB free in {}, need {} MiB",
+                free / (1 << 20),
+                cfg.instance_pool_path.display(),
+                need / (1 << 20)
+            );
+            (action, Verdict::Fail(msg))
+        });
+    }
+    out
+}
+
+/// Is this URI a hypervisor on this machine (so its paths are our paths)?
+pub fn is_local(uri: &str) -> bool {
+    uri.starts_with("qemu:///") || uri.starts_with("test:///")
+}
+
+/// The user qemu runs as (`user = "…"` in qemu.conf; Debian's default is libvirt-qemu).
+pub fn qemu_user() -> String {
+    if let Ok(text) = std::fs::read_to_string("/etc/libvirt/qemu.conf") {
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("user") {
+                if let Some(v) = rest.trim_start().strip_prefix('=') {
+                    let v = v.trim().trim_matches('"');
+                    if !v.is_empty() {
+                        return v.to_string();
+                    }
+                }
+            }
+        }
+    }
+    "libvirt-qemu".to_string()
+}
+
+/// The directories from `/` down to `path` (those that exist) that `user` cannot traverse.
+pub fn blocked_dirs(user: &str, path: &Path) -> Vec<PathBuf> {
+    let dirs: Vec<PathBuf> = path
+        .ancestors()
+        .filter(|d| d.is_dir())
+        .map(Path::to_path_buf)
+        .collect();
+    if dirs.is_empty() {
+        return Vec::new();
+    }
+    // One process checks them all, as that user (groups and ACLs included).
+    let out = Command::new("runuser")
+        .args([
+            "-u",
+            user,
+            "--",
+            "sh",
+            "-c",
+            r#"for d; do [ -x "$d" ] || printf '%s\n' "$d"; done"#,
+            "sh",
+        ])
+        .args(&dirs)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .rev()
+            .collect(),
+        _ => {
+            tracing::warn!("could not check access as `{user}` with runuser; assuming access");
+            Vec::new()
+        }
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|d| d.exists())?;
+    let st = rustix::fs::statvfs(existing).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, kvmprov_hypervisor::HvError> {
+    let cfg = &s.cfg;
+    let host = hv.host_info()?;
+    let networks = hv.networks()?;
+    let local = is_local(&cfg.libvirt_uri);
+    let user = qemu_user();
+    let paths = [
+        ("image cache", &cfg.image_cache_path),
+        ("instance pool", &cfg.instance_pool_path),
+    ]
+    .into_iter()
+    .map(|(key, path)| PathState {
+        key,
+        path: path.clone(),
+        exists: path.exists(),
+        is_dir: path.is_dir(),
+        blocked: if local && path.is_dir() {
+            blocked_dirs(&user, path)
+        } else {
+            Vec::new()
+        },
+    })
+    .collect();
+    let existing: Vec<String> = hv.domains()?.into_iter().map(|d| d.name).collect();
+    let missing_instances = cfg
+        .instances
+        .iter()
+        .filter(|i| !existing.contains(&i.name))
+        .count();
+    let mut tools = vec![(
+        "qemu-img",
+        "libvirt runs it to create the qcow2 overlay disks",
+        on_path("qemu-img"),
+    )];
+    if cfg.auto_fix_pool_access {
+        tools.push((
+            "setfacl",
+            "grants the qemu user access (kvm_auto_fix_runtime_pool_access=true)",
+            on_path("setfacl"),
+        ));
+    }
+    tools.push((
+        "ssh",
+        "runtime checks log in to the guests with OpenSSH",
+        on_path("ssh"),
+    ));
+    Ok(Observed {
+        host,
+        networks,
+        paths,
+        pool_free_bytes: if local {
+            free_bytes(&cfg.instance_pool_path)
+        } else {
+            None
+        },
+        missing_instances,
+        tools: if local { tools } else { Vec::new() },
+        qemu_user: user,
+        local,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setfacl on {path} failed: {detail}")]
+    Acl { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Hypervisor(#[from] kvmprov_hypervisor::HvError),
+}
+
+fn apply_fix(hv: &Hypervisor, fix: &Fix) -> Result<(), FixError> {
+    match fix {
+        Fix::CreateDir(path) => {
+            std::fs::create_dir_all(path).map_err(|source| FixError::CreateDir {
+                path: path.clone(),
+                source,
+            })
+        }
+        Fix::StartNetwork(name) => Ok(hv.start_network(name)?),
+        Fix::GrantTraverse { user, dirs } => {
+            for d in dirs {
+                let out = Command::new("setfacl")
+                    .arg("-m")
+                    .arg(format!("u:{user}:x"))
+                    .arg(d)
+                    .output()
+                    .map_err(|e| FixError::Acl {
+                        path: d.clone(),
+                        detail: e.to_string(),
+                    })?;
+                if !out.status.success() {
+                    return Err(FixError::Acl {
+                        path: d.clone(),
+                        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    });
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, kvmprov_hypervisor::HvError> {
+    let observed = observe(s, hv)?;
+    let mut report = StageReport::new("preflight");
+    for (action, verdict) in plan(&s.cfg, &observed) {
+        let outcome = match verdict {
+            Verdict::Pass => Outcome {
+                action,
+                status: Status::Done,
+                seconds: 0.0,
+            },
+            Verdict::Fail(why) => Outcome {
+                action,
+                status: Status::Failed(why),
+                seconds: 0.0,
+            },
+            Verdict::Apply(_) if s.check => Outcome {
+                action,
+                status: Status::Planned,
+                seconds: 0.0,
+            },
+            Verdict::Apply(fix) => crate::plan::run(action, || apply_fix(hv, &fix)),
+        };
+        s.printer.outcome(&outcome);
+        report.outcomes.push(outcome);
+    }
+    // A directory created just now may still block the qemu user: check again.
+    if !s.check && observed.local && report.outcomes.iter().any(|o| o.action.op == Op::Create) {
+        let user = &observed.qemu_user;
+        for path in [&s.cfg.image_cache_path, &s.cfg.instance_pool_path] {
+            let blocked = blocked_dirs(user, path);
+            if blocked.is_empty() {
+                continue;
+            }
+            let action = Action::new(
+                path.display().to_string(),
+                if s.cfg.auto_fix_pool_access {
+                    Op::Fix
+                } else {
+                    Op::Check
+                },
+                format!("qemu user `{user}` cannot traverse the new directory"),
+            );
+            let outcome = if s.cfg.auto_fix_pool_access {
+                let fix = Fix::GrantTraverse {
+                    user: user.clone(),
+                    dirs: blocked,
+                };
+                crate::plan::run(action, || apply_fix(hv, &fix))
+            } else {
+                Outcome {
+                    action,
+                    status: Status::Failed(format!(
+                        "fix: setfacl -m u:{user}:x on {} (or set kvm_auto_fix_runtime_pool_access=true)",
+                        blocked.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                    )),
+                    seconds: 0.0,
+                }
+            };
+            s.printer.outcome(&outcome);
+            report.outcomes.push(outcome);
+        }
+    }
+    Ok(report)
+}

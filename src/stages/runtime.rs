@@ -1,0 +1,336 @@
+//! Runtime stage: start the declared domains, find each guest's address, wait for SSH (pinned
+//! host key) and for cloud-init to finish, then take the declared snapshot once.
+//! All instances in parallel; every wait has a deadline and says what it was waiting for.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
+
+use crate::config::Instance;
+use crate::guest::{self, CloudInitStatus, SshTarget};
+use crate::plan::{Action, Op, Outcome, StageReport, Status};
+use crate::stages::provision::console_name;
+use crate::stages::{parallel, Session};
+use crate::state;
+
+/// How often we look again while waiting.
+const POLL: Duration = Duration::from_millis(500);
+
+/// What runtime will do for one instance, from its observed state (pure).
+pub fn plan_instance(
+    inst: &Instance,
+    state: Option<DomainState>,
+    snapshots: &[String],
+) -> Vec<Action> {
+    let name = &inst.name;
+    let Some(state) = state else {
+        return vec![Action::new(
+            name,
+            Op::Check,
+            "domain not defined: run the provision stage first",
+        )];
+    };
+    let mut actions = Vec::new();
+    if state != DomainState::Running {
+        actions.push(Action::new(name, Op::Start, format!("domain is {state:?}")));
+    }
+    let via = match &inst.ipv4 {
+        Some(s) => format!("static {}", s.address.addr()),
+        None => format!("DHCP lease on `{}`", inst.network),
+    };
+    actions.push(Action::new(
+        name,
+        Op::Wait,
+        format!("address ({via}), SSH with pinned host key, cloud-init done"),
+    ));
+    if let Some(snap) = &inst.snapshot_name {
+        if snapshots.iter().any(|s| s == snap) {
+            actions.push(Action::new(
+                name,
+                Op::Keep,
+                format!("snapshot `{snap}` exists"),
+            ));
+        } else {
+            actions.push(Action::new(
+                name,
+                Op::Snapshot,
+                format!("take `{snap}` after the checks pass"),
+            ));
+        }
+    }
+    actions
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Hypervisor(#[from] HvError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Guest(#[from] guest::GuestError),
+    #[error("timed out after {seconds}s waiting for {what}\n      last console lines ({console}):\n{tail}")]
+    Timeout {
+        seconds: u64,
+        what: String,
+        console: String,
+        tail: String,
+    },
+    #[error("cloud-init finished with errors: {0}")]
+    CloudInit(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
+    let mut report = StageReport::new("runtime");
+    let mut observed = Vec::new();
+    for inst in &s.cfg.instances {
+        let dom = hv.domain(&inst.name)?;
+        let snaps = match &dom {
+            Some(_) => hv.snapshots(&inst.name)?,
+            None => Vec::new(),
+        };
+        observed.push((inst, dom.map(|d| d.state), snaps));
+    }
+    if s.check {
+        for (inst, st, snaps) in &observed {
+            for action in plan_instance(inst, *st, snaps) {
+                let o = Outcome {
+                    action,
+                    status: Status::Planned,
+                    seconds: 0.0,
+                };
+                s.printer.outcome(&o);
+                report.outcomes.push(o);
+            }
+        }
+        return Ok(report);
+    }
+    // Waiting is idle time: every instance gets its own worker.
+    let jobs = s.jobs.max(s.cfg.instances.len()).min(64);
+    let results = parallel(&observed, jobs, |(inst, st, snaps)| {
+        let mut outcomes = Vec::new();
+        for action in plan_instance(inst, *st, snaps) {
+            let failed_before = outcomes.iter().any(Outcome::failed);
+            let outcome = if failed_before {
+                Outcome {
+                    action,
+                    status: Status::Failed("skipped: an earlier step failed".into()),
+                    seconds: 0.0,
+                }
+            } else {
+                apply(s, hv, inst, action)
+            };
+            s.printer.outcome(&outcome);
+            outcomes.push(outcome);
+        }
+        outcomes
+    });
+    report.outcomes.extend(results.into_iter().flatten());
+    Ok(report)
+}
+
+fn apply(s: &Session, hv: &Hypervisor, inst: &Instance, action: Action) -> Outcome {
+    let started = Instant::now();
+    let mut action = action;
+    let result: Result<(), RuntimeError> = match action.op {
+        Op::Start => (|| {
+            hv.start(&inst.name)?;
+            if s.cfg.domain_autostart {
+                hv.set_autostart(&inst.name, true)?;
+            }
+            Ok(())
+        })(),
+        Op::Wait => match wait_ready(s, hv, inst) {
+            Ok(summary) => {
+                action.reason = summary;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Op::Snapshot => {
+            let snap = inst.snapshot_name.clone().unwrap_or_default();
+            hv.create_snapshot(
+                &inst.name,
+                &snap,
+                "taken by kvmprov after the runtime checks passed",
+            )
+            .map_err(RuntimeError::from)
+        }
+        Op::Check => Err(RuntimeError::Invalid(action.reason.clone())),
+        _ => Ok(()),
+    };
+    Outcome {
+        action,
+        status: match result {
+            Ok(()) => Status::Done,
+            Err(e) => Status::Failed(crate::plan::error_chain(&e)),
+        },
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Wait until the guest answers over SSH and cloud-init is done; returns a one-line summary.
+fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, RuntimeError> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(s.cfg.runtime_timeout_seconds);
+    let console = s.cfg.instance_pool_path.join(console_name(&inst.name));
+    let timeout = |what: String| RuntimeError::Timeout {
+        seconds: s.cfg.runtime_timeout_seconds,
+        what,
+        console: console.display().to_string(),
+        tail: guest::console_tail(&console, 15)
+            .lines()
+            .map(|l| format!("        {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+
+    // 1. The address.
+    let mac = inst
+        .mac
+        .clone()
+        .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(&inst.name));
+    let addr: Ipv4Addr = match &inst.ipv4 {
+        Some(st) => st.address.addr(),
+        None => loop {
+            if let Some(ip) = hv.dhcp_lease(&inst.network, &mac)? {
+                break ip;
+            }
+            if let Ok(Some(ip)) = hv.agent_ipv4(&inst.name, &mac) {
+                break ip;
+            }
+            if Instant::now() >= deadline {
+                return Err(timeout(format!(
+                    "an IPv4 address (DHCP lease for {mac} on network `{}`, or the guest agent)",
+                    inst.network
+                )));
+            }
+            std::thread::sleep(POLL);
+        },
+    };
+    let addr = IpAddr::V4(addr);
+    let t_addr = start.elapsed();
+
+    // 2. TCP 22.
+    while !guest::tcp_open(addr, 22, Duration::from_secs(2)) {
+        if Instant::now() >= deadline {
+            return Err(timeout(format!("TCP port 22 on {addr}")));
+        }
+        std::thread::sleep(POLL);
+    }
+    let port_open = Instant::now();
+
+    // 3. SSH with the pinned key, then cloud-init. ssh exits 255 while sshd is not ready yet
+    // (or still presents a host key other than ours): retry until the deadline.
+    let dir = state::state_dir(&s.cfg.instance_pool_path);
+    let identity: PathBuf = state::operator_key(&dir, false)?
+        .map(|k| k.private_path)
+        .ok_or_else(|| {
+            RuntimeError::Invalid(format!(
+                "no operator key in {}: the instance was not provisioned by kvmprov",
+                dir.display()
+            ))
+        })?;
+    let target = SshTarget {
+        user: s.cfg.cloud_init.user.clone(),
+        addr,
+        identity,
+        known_hosts: state::known_hosts_for(&dir, &inst.name, &addr.to_string())?,
+        jump: None,
+    };
+    let mut last_ssh_error;
+    let mut ssh_ok: Option<Instant> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timeout(if ssh_ok.is_some() {
+                "cloud-init to finish".to_string()
+            } else {
+                format!("SSH login as {}@{addr}", target.user)
+            }));
+        }
+        let out = guest::ssh_run(&target, "cloud-init status --wait --long", remaining)?;
+        if out.code == Some(255) {
+            last_ssh_error = out.stderr.trim().to_string();
+            tracing::debug!("{}: ssh not ready: {last_ssh_error}", inst.name);
+            std::thread::sleep(POLL);
+            continue;
+        }
+        ssh_ok.get_or_insert_with(Instant::now);
+        match guest::parse_cloud_init_status(&out) {
+            CloudInitStatus::Done => break,
+            CloudInitStatus::Degraded(d) => {
+                tracing::warn!("{}: cloud-init finished degraded: {d}", inst.name);
+                break;
+            }
+            CloudInitStatus::Error(d) => return Err(RuntimeError::CloudInit(d)),
+            CloudInitStatus::Other(d) => {
+                tracing::debug!("{}: cloud-init not done yet: {d}", inst.name);
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+    let ssh_after_port = ssh_ok
+        .map(|t| t.duration_since(port_open))
+        .unwrap_or_default();
+    Ok(format!(
+        "ready at {addr}: address after {:.0}s, ssh {:.1}s after port 22 opened, cloud-init done after {:.0}s",
+        t_addr.as_secs_f64(),
+        ssh_after_port.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(snapshot: Option<&str>) -> Instance {
+        Instance {
+            name: "a".into(),
+            image_name: "debian-12".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            disk_size_gib: 4,
+            network: "default".into(),
+            ipv4: None,
+            mac: None,
+            snapshot_name: snapshot.map(String::from),
+            packages: vec![],
+            runcmd: vec![],
+        }
+    }
+
+    #[test]
+    fn stopped_domain_is_started_then_waited_for_then_snapshotted() {
+        let ops: Vec<Op> = plan_instance(&inst(Some("base")), Some(DomainState::ShutOff), &[])
+            .into_iter()
+            .map(|a| a.op)
+            .collect();
+        assert_eq!(ops, vec![Op::Start, Op::Wait, Op::Snapshot]);
+    }
+
+    #[test]
+    fn existing_snapshot_is_kept_and_running_domain_not_restarted() {
+        let ops: Vec<Op> = plan_instance(
+            &inst(Some("base")),
+            Some(DomainState::Running),
+            &["base".into()],
+        )
+        .into_iter()
+        .map(|a| a.op)
+        .collect();
+        assert_eq!(ops, vec![Op::Wait, Op::Keep]);
+    }
+
+    #[test]
+    fn undefined_domain_is_an_error_line() {
+        let a = plan_instance(&inst(None), None, &[]);
+        assert_eq!(a.len(), 1);
+        assert!(a[0].reason.contains("provision stage"));
+    }
+}

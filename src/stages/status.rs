@@ -1,0 +1,197 @@
+//! `kvmprov status` (a table of the declared instances) and `kvmprov ssh NAME`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use kvmprov_hypervisor::{HvError, Hypervisor};
+use serde::Serialize;
+
+use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::config::Instance;
+use crate::guest::{self, SshTarget};
+use crate::plan::{error_chain, OutputFormat};
+use crate::stages::Session;
+use crate::state;
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub state: String,
+    pub domain_type: String,
+    pub image: String,
+    pub ip: Option<String>,
+    pub ssh_ready: bool,
+    pub snapshots: Vec<String>,
+}
+
+/// The guest's current IPv4: static from the config, else the DHCP lease, else the agent.
+pub fn address(hv: &Hypervisor, inst: &Instance) -> Result<Option<Ipv4Addr>, HvError> {
+    if let Some(st) = &inst.ipv4 {
+        return Ok(Some(st.address.addr()));
+    }
+    let mac = inst
+        .mac
+        .clone()
+        .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(&inst.name));
+    if let Some(ip) = hv.dhcp_lease(&inst.network, &mac)? {
+        return Ok(Some(ip));
+    }
+    Ok(hv.agent_ipv4(&inst.name, &mac).ok().flatten())
+}
+
+fn ssh_target(s: &Session, inst: &Instance, addr: Ipv4Addr) -> Result<SshTarget, String> {
+    let dir = state::state_dir(&s.cfg.instance_pool_path);
+    let key = state::operator_key(&dir, false)
+        .map_err(|e| error_chain(&e))?
+        .ok_or_else(|| {
+            format!(
+                "no operator key in {}: was `{}` provisioned by kvmprov?",
+                dir.display(),
+                inst.name
+            )
+        })?;
+    let known_hosts =
+        state::known_hosts_for(&dir, &inst.name, &addr.to_string()).map_err(|e| error_chain(&e))?;
+    Ok(SshTarget {
+        user: s.cfg.cloud_init.user.clone(),
+        addr: IpAddr::V4(addr),
+        identity: key.private_path,
+        known_hosts,
+        jump: None,
+    })
+}
+
+fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Row, HvError> {
+    let Some(dom) = hv.domain(&inst.name)? else {
+        return Ok(Row {
+            name: inst.name.clone(),
+            state: "not defined".into(),
+            domain_type: "-".into(),
+            image: "-".into(),
+            ip: None,
+            ssh_ready: false,
+            snapshots: Vec::new(),
+        });
+    };
+    let observed = kvmprov_hypervisor::xml::parse_domain_xml(&hv.domain_xml(&inst.name)?)?;
+    let running = dom.state == kvmprov_hypervisor::DomainState::Running;
+    let ip = if running { address(hv, inst)? } else { None };
+    let ssh_ready = match ip {
+        Some(a) if guest::tcp_open(IpAddr::V4(a), 22, Duration::from_secs(1)) => {
+            ssh_target(s, inst, a)
+                .ok()
+                .and_then(|t| guest::ssh_run(&t, "true", Duration::from_secs(8)).ok())
+                .is_some_and(|o| o.code == Some(0))
+        }
+        _ => false,
+    };
+    Ok(Row {
+        name: inst.name.clone(),
+        state: format!("{:?}", dom.state).to_lowercase(),
+        domain_type: observed.domain_type.unwrap_or_else(|| "-".into()),
+        image: observed
+            .metadata
+            .map(|m| {
+                format!("{} {}", m.image_name, m.image_version.unwrap_or_default())
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_else(|| "-".into()),
+        ip: ip.map(|a| a.to_string()),
+        ssh_ready,
+        snapshots: hv.snapshots(&inst.name)?,
+    })
+}
+
+pub fn run(s: &Session) -> i32 {
+    let hv = match s.connect() {
+        Ok(hv) => hv,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return EXIT_FAILED;
+        }
+    };
+    let rows: Result<Vec<Row>, HvError> =
+        crate::stages::parallel(&s.cfg.instances, 8, |i| row(s, &hv, i))
+            .into_iter()
+            .collect();
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return EXIT_FAILED;
+        }
+    };
+    if s.output == OutputFormat::Json {
+        println!("{}", serde_json::json!({ "instances": rows }));
+        return EXIT_OK;
+    }
+    println!(
+        "{:<16} {:<12} {:<5} {:<26} {:<16} {:<4} snapshots",
+        "instance", "state", "type", "image", "ip", "ssh"
+    );
+    for r in &rows {
+        println!(
+            "{:<16} {:<12} {:<5} {:<26} {:<16} {:<4} {}",
+            r.name,
+            r.state,
+            r.domain_type,
+            r.image,
+            r.ip.as_deref().unwrap_or("-"),
+            if r.ssh_ready { "yes" } else { "no" },
+            if r.snapshots.is_empty() {
+                "-".to_string()
+            } else {
+                r.snapshots.join(",")
+            }
+        );
+    }
+    EXIT_OK
+}
+
+/// Replace this process with `ssh` to the instance (interactive unless a command is given).
+pub fn ssh(s: &Session, name: &str, command: &[String]) -> i32 {
+    let Some(inst) = s.cfg.instance(name) else {
+        let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
+        eprintln!(
+            "error: `{name}` is not a declared instance (declared: {}){}",
+            names.join(", "),
+            crate::config::did_you_mean(name, &names)
+        );
+        return EXIT_USAGE;
+    };
+    let addr = match s.connect().and_then(|hv| address(&hv, inst)) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            eprintln!(
+                "error: `{name}` has no IPv4 address yet (is it running? try `kvmprov status`)"
+            );
+            return EXIT_FAILED;
+        }
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return EXIT_FAILED;
+        }
+    };
+    let target = match ssh_target(s, inst, addr) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let mut cmd = Command::new("ssh");
+    if command.is_empty() {
+        // Interactive: allocate a terminal; BatchMode stays on (keys only, no prompts).
+        cmd.arg("-t");
+    }
+    cmd.args(target.args(10));
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    let err = cmd.exec();
+    eprintln!("error: cannot run ssh: {err}");
+    EXIT_FAILED
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# `make demo` / `make demo-clean`: the main job on a machine without internet.
+#   up:   build a Debian 12 cloud image locally (cached), serve it on 127.0.0.1 laid out like
+#         cloud.debian.org, start libvirtd in a private network namespace, and run
+#         `kvmprov provision` (stage full) for one VM, demo-01. Prints how to log in.
+#   down: remove the VM, its files, the mirror, libvirtd and the namespace.
+# Needs root. Its state lives in /var/tmp/kvmprov-demo.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+KVMPROV="$ROOT/target/release/kvmprov"
+DEMO=/var/tmp/kvmprov-demo
+NS=kvmprov-demo
+CACHE=${KVMPROV_TESTKIT_CACHE:-/var/cache/kvmprov-testkit}
+SUITE=bookworm
+VERSION=20261124-0001
+CFG="$DEMO/vars.yml"
+
+say() { printf '==> %s\n' "$*"; }
+
+[ "$(id -u)" -eq 0 ] || { echo "make demo needs root (network namespace, libvirtd)" >&2; exit 2; }
+
+down() {
+    set +e
+    if [ -f "$CFG" ] && ip netns list 2>/dev/null | grep -qw "$NS"; then
+        say "removing demo-01 (kvmprov cleanup, disks included)"
+        ip netns exec "$NS" "$KVMPROV" -c "$CFG" -e kvm_cleanup_confirmed=true \
+            -e kvm_cleanup_remove_instance_disks=true cleanup
+    fi
+    if [ -f "$DEMO/mirror.pid" ]; then
+        kill "$(cat "$DEMO/mirror.pid")" 2>/dev/null
+        rm -f "$DEMO/mirror.pid"
+    fi
+    bash "$ROOT/testkit/netns-libvirtd.sh" down "$NS"
+    rm -rf "$DEMO"
+    say "demo removed (the built image stays cached in $CACHE)"
+}
+
+up() {
+    mkdir -p "$DEMO"
+    chmod 0755 "$DEMO"
+    say "building the $SUITE test image (cached after the first time)"
+    image=$(bash "$ROOT/testkit/build-image.sh" "$SUITE" "$CACHE" | tail -n 1)
+    say "starting libvirtd in network namespace $NS"
+    bash "$ROOT/testkit/netns-libvirtd.sh" up "$NS"
+    say "serving the image on 127.0.0.1 (inside $NS) like cloud.debian.org"
+    rm -rf "$DEMO/mirror"
+    bash "$ROOT/testkit/make-mirror.sh" "$image" "$DEMO/mirror" "$SUITE" "$VERSION"
+    rm -f "$DEMO/mirror.port"
+    ip netns exec "$NS" python3 "$ROOT/testkit/mirror.py" --root "$DEMO/mirror" --port 0 \
+        --port-file "$DEMO/mirror.port" --log "$DEMO/mirror.log" >"$DEMO/mirror.out" 2>&1 &
+    echo $! >"$DEMO/mirror.pid"
+    for _ in $(seq 1 50); do [ -s "$DEMO/mirror.port" ] && break; sleep 0.1; done
+    port=$(cat "$DEMO/mirror.port")
+    base="http://127.0.0.1:$port/images/cloud/$SUITE/latest"
+    cat >"$CFG" <<EOF
+# The demo's variables file (written by testkit/demo.sh).
+kvm_hypervisor_host: localhost
+kvm_domain_type: auto
+kvm_image_cache_path: $DEMO/images
+kvm_instance_disk_pool_path: $DEMO/instances
+kvm_runtime_timeout_seconds: 900
+kvm_cloud_image_catalog:
+  - image_name: debian-12
+    image_url: $base/debian-12-genericcloud-amd64.qcow2
+    image_checksum_manifest_url: $base/SHA512SUMS
+kvm_cloud_init_defaults:
+  user: debian
+  password: "demo-password"
+kvm_instance_definitions:
+  - instance_name: demo-01
+    image_name: debian-12
+    vcpus: 2
+    memory_mib: 1024
+    disk_size_gib: 8
+    snapshot_name: baseline
+EOF
+    chmod 0600 "$CFG"
+    # Nested KVM crashes real guests on some hosts: DEMO_DOMAIN_TYPE=qemu forces emulation.
+    say "kvmprov provision (full): preflight, image-cache, provision, runtime"
+    ip netns exec "$NS" "$KVMPROV" -c "$CFG" -e "kvm_domain_type=${DEMO_DOMAIN_TYPE:-qemu}" provision
+    say "logging in over SSH (pinned host key): hostname, cloud-init status"
+    ip netns exec "$NS" "$KVMPROV" -c "$CFG" ssh demo-01 -- 'hostname; cloud-init status'
+    cat <<EOF
+
+demo-01 is up. The guests live in network namespace $NS, so run kvmprov there:
+
+  ip netns exec $NS $KVMPROV -c $CFG ssh demo-01     # log in
+  ip netns exec $NS $KVMPROV -c $CFG status          # state, IP, SSH, snapshots
+  make demo-clean                                     # remove everything the demo created
+EOF
+}
+
+case "${1:-up}" in
+    up) up ;;
+    down) down ;;
+    *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

@@ -1,0 +1,90 @@
+# Shared helpers for the end-to-end tests (sourced, not run).
+# A test environment: a network namespace with its own libvirtd, a local mirror on 127.0.0.1
+# inside it serving a locally built Debian image, and a scratch directory. Everything started
+# here is recorded and removed by e2e_teardown, which the caller runs from an EXIT trap.
+
+E2E_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+KVMPROV="$E2E_ROOT/target/release/kvmprov"
+TESTKIT="$E2E_ROOT/testkit"
+E2E_CACHE=${KVMPROV_TESTKIT_CACHE:-/var/cache/kvmprov-testkit}
+E2E_SUITE=${E2E_SUITE:-bookworm}
+E2E_VERSION=${E2E_VERSION:-20261124-0001}
+
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+
+log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+pass() { PASSED=$((PASSED + 1)); log "PASS: $*"; }
+fail() { FAILED=$((FAILED + 1)); FAILED_NAMES+=("$*"); log "FAIL: $*"; }
+
+# check NAME CMD...: run a check, record pass/fail, never abort the suite.
+check() {
+    local name=$1
+    shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+# Run inside the test namespace.
+in_ns() { ip netns exec "$E2E_NS" "$@"; }
+
+# Run kvmprov inside the namespace (so it reaches the guests and the mirror).
+kp() { in_ns "$KVMPROV" "$@"; }
+
+e2e_setup() {
+    E2E_NS=${E2E_NS:-kvmprov-e2e-$$}
+    E2E_DIR=$(mktemp -d /tmp/kvmprov-e2e.XXXXXX)
+    chmod 0755 "$E2E_DIR"
+    log "scratch $E2E_DIR, namespace $E2E_NS"
+    log "building (or reusing) the $E2E_SUITE test image"
+    E2E_IMAGE=$(bash "$TESTKIT/build-image.sh" "$E2E_SUITE" "$E2E_CACHE" | tail -n 1)
+    [ -f "$E2E_IMAGE" ] || { log "image build did not produce a file: $E2E_IMAGE"; return 1; }
+    bash "$TESTKIT/netns-libvirtd.sh" up "$E2E_NS"
+    E2E_NS_UP=1
+    E2E_MIRROR="$E2E_DIR/mirror"
+    bash "$TESTKIT/make-mirror.sh" "$E2E_IMAGE" "$E2E_MIRROR" "$E2E_SUITE" "$E2E_VERSION"
+    in_ns ip link set lo up
+    in_ns python3 "$TESTKIT/mirror.py" --root "$E2E_MIRROR" --port 0 \
+        --port-file "$E2E_DIR/mirror.port" --log "$E2E_DIR/mirror.log" >"$E2E_DIR/mirror.out" 2>&1 &
+    E2E_MIRROR_PID=$!
+    for _ in $(seq 1 50); do [ -s "$E2E_DIR/mirror.port" ] && break; sleep 0.1; done
+    E2E_PORT=$(cat "$E2E_DIR/mirror.port")
+    E2E_BASE="http://127.0.0.1:$E2E_PORT/images/cloud"
+    log "mirror at $E2E_BASE (pid $E2E_MIRROR_PID)"
+}
+
+# Domains this test declared (set by the test) are destroyed and undefined here, whatever
+# state the run left them in; then the mirror, libvirtd and the namespace go.
+e2e_teardown() {
+    set +e
+    if [ -n "${E2E_NS_UP:-}" ]; then
+        for d in ${E2E_DOMAINS:-}; do
+            in_ns virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
+            in_ns virsh -q -c qemu:///system undefine "$d" --snapshots-metadata --nvram >/dev/null 2>&1 ||
+                in_ns virsh -q -c qemu:///system undefine "$d" --snapshots-metadata >/dev/null 2>&1
+        done
+        local pools
+        pools=$(in_ns virsh -q -c qemu:///system pool-list --all --name 2>/dev/null)
+        for p in $pools; do
+            case "$p" in kvmprov-*)
+                in_ns virsh -q -c qemu:///system pool-destroy "$p" >/dev/null 2>&1
+                in_ns virsh -q -c qemu:///system pool-undefine "$p" >/dev/null 2>&1 ;;
+            esac
+        done
+    fi
+    [ -n "${E2E_MIRROR_PID:-}" ] && kill "$E2E_MIRROR_PID" 2>/dev/null && wait "$E2E_MIRROR_PID" 2>/dev/null
+    [ -n "${E2E_NS_UP:-}" ] && bash "$TESTKIT/netns-libvirtd.sh" down "$E2E_NS"
+    [ -n "${E2E_DIR:-}" ] && [ -d "$E2E_DIR" ] && rm -rf "$E2E_DIR"
+    return 0
+}
+
+e2e_summary() {
+    echo
+    if [ "$FAILED" -gt 0 ]; then
+        log "failed checks:"
+        for n in "${FAILED_NAMES[@]}"; do log "  - $n"; done
+    fi
+    echo "e2e: $PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+}

@@ -97,6 +97,9 @@ fn one(s: &Session, client: &Client, c: &CatalogImage, handoff: &mut Handoff) ->
     };
     let action = plan_one(&resolved, &step);
     if s.check {
+        if matches!(step, Step::Download) {
+            handoff.pending.push(resolved.image_name.clone());
+        }
         return Outcome {
             action,
             status: Status::Planned,

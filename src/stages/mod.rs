@@ -94,6 +94,8 @@ pub fn selected(stage: StageChoice) -> Vec<StageChoice> {
 pub struct Handoff {
     /// image_name → the cached version this run resolved (image-cache stage).
     pub images: BTreeMap<String, CachedImage>,
+    /// image names a `--check` run would download (so provision can plan around them).
+    pub pending: Vec<String>,
 }
 
 /// Run stages in order under the run lock, stopping at the first stage that fails.

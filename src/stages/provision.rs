@@ -239,7 +239,11 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
         };
         let mac = mac_of(inst);
         let image = images.get(&inst.image_name);
-        let p = plan_instance(inst, image, &found, &mac);
+        let mut p = plan_instance(inst, image, &found, &mac);
+        // In check mode the image-cache stage only planned its download.
+        if matches!(p, InstancePlan::Blocked(_)) && handoff.pending.contains(&inst.image_name) {
+            p = InstancePlan::Create { disk: true };
+        }
         planned.push((inst, p));
     }
 

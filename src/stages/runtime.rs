@@ -242,25 +242,35 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
         known_hosts: state::known_hosts_for(&dir, &inst.name, &addr.to_string())?,
         jump: None,
     };
-    let mut last_ssh_error;
-    let mut ssh_ok: Option<Instant> = None;
+    // ssh exits 255 while sshd is not up yet (or still offers a host key other than ours).
+    let mut last_ssh_error = String::new();
+    let ssh_ok = loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timeout(format!(
+                "SSH login as {}@{addr} with the pinned host key (last ssh error: {})",
+                target.user,
+                if last_ssh_error.is_empty() {
+                    "none"
+                } else {
+                    &last_ssh_error
+                }
+            )));
+        }
+        let out = guest::ssh_run(&target, "true", remaining.min(Duration::from_secs(30)))?;
+        if out.code == Some(0) {
+            break Instant::now();
+        }
+        last_ssh_error = out.stderr.trim().to_string();
+        tracing::debug!("{}: ssh not ready: {last_ssh_error}", inst.name);
+        std::thread::sleep(POLL);
+    };
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(timeout(if ssh_ok.is_some() {
-                "cloud-init to finish".to_string()
-            } else {
-                format!("SSH login as {}@{addr}", target.user)
-            }));
+            return Err(timeout("cloud-init to finish".to_string()));
         }
         let out = guest::ssh_run(&target, "cloud-init status --wait --long", remaining)?;
-        if out.code == Some(255) {
-            last_ssh_error = out.stderr.trim().to_string();
-            tracing::debug!("{}: ssh not ready: {last_ssh_error}", inst.name);
-            std::thread::sleep(POLL);
-            continue;
-        }
-        ssh_ok.get_or_insert_with(Instant::now);
         match guest::parse_cloud_init_status(&out) {
             CloudInitStatus::Done => break,
             CloudInitStatus::Degraded(d) => {
@@ -274,9 +284,7 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
             }
         }
     }
-    let ssh_after_port = ssh_ok
-        .map(|t| t.duration_since(port_open))
-        .unwrap_or_default();
+    let ssh_after_port = ssh_ok.duration_since(port_open);
     Ok(format!(
         "ready at {addr}: address after {:.0}s, ssh {:.1}s after port 22 opened, cloud-init done after {:.0}s",
         t_addr.as_secs_f64(),

@@ -45,7 +45,8 @@ e2e_setup() {
     E2E_MIRROR="$E2E_DIR/mirror"
     bash "$TESTKIT/make-mirror.sh" "$E2E_IMAGE" "$E2E_MIRROR" "$E2E_SUITE" "$E2E_VERSION"
     in_ns ip link set lo up
-    in_ns python3 "$TESTKIT/mirror.py" --root "$E2E_MIRROR" --port 0 \
+    # Not through in_ns: a function in the background would be a subshell, and $! its PID.
+    ip netns exec "$E2E_NS" python3 "$TESTKIT/mirror.py" --root "$E2E_MIRROR" --port 0 \
         --port-file "$E2E_DIR/mirror.port" --log "$E2E_DIR/mirror.log" >"$E2E_DIR/mirror.out" 2>&1 &
     E2E_MIRROR_PID=$!
     for _ in $(seq 1 50); do [ -s "$E2E_DIR/mirror.port" ] && break; sleep 0.1; done

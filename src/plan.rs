@@ -15,6 +15,7 @@ use serde::Serialize;
 #[serde(rename_all = "kebab-case")]
 pub enum Op {
     /// Already as wanted: nothing to do.
+    #[serde(rename = "ok")]
     Keep,
     /// A check that only reads.
     Check,

@@ -1,0 +1,325 @@
+//! The kvmprov binary as a user runs it: exit codes, messages, and plans against libvirt's test
+//! driver (a node description file gives each test a known hypervisor state).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kvmprov(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvmprov"))
+        .args(args)
+        .env_remove("KVMPROV_LOG")
+        .output()
+        .expect("run kvmprov")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A config for instances `names` with cache/pool under `dir`, talking to `uri`.
+fn config(dir: &Path, uri: &str, names: &[&str]) -> PathBuf {
+    let mut y = format!(
+        "kvm_libvirt_uri: \"{uri}\"\nkvm_domain_type: qemu\nkvm_image_cache_path: {0}/images\nkvm_instance_disk_pool_path: {0}/instances\n\
+         kvm_cloud_image_catalog:\n  - image_name: debian-12\n    image_url: http://127.0.0.1:9/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2\n    image_checksum_manifest_url: http://127.0.0.1:9/images/cloud/bookworm/latest/SHA512SUMS\n\
+         kvm_cloud_init_defaults:\n  password: \"cli-test-secret\"\nkvm_instance_definitions:\n",
+        dir.display()
+    );
+    for n in names {
+        y.push_str(&format!("  - instance_name: {n}\n    image_name: debian-12\n    vcpus: 1\n    memory_mib: 512\n"));
+    }
+    let p = dir.join("vars.yml");
+    std::fs::write(&p, y).unwrap();
+    p
+}
+
+/// A test-driver node: the default network, and `domains` (name, vcpus) already defined.
+fn node(dir: &Path, domains: &[(&str, u32)]) -> String {
+    let mut x = String::from("<node>\n");
+    x.push_str("<network><name>default</name><bridge name='virbr0'/><forward/><ip address='192.168.122.1' netmask='255.255.255.0'/></network>\n");
+    for (name, vcpus) in domains {
+        let mac = kvmprov_hypervisor::xml::mac_for(name);
+        x.push_str(&format!(
+            "<domain type='test'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>{vcpus}</vcpu>\
+             <os><type>hvm</type></os><metadata><kvmprov:instance xmlns:kvmprov='{ns}'><kvmprov:image name='debian-12' version='' sha512=''/>\
+             <kvmprov:config digest='' instance-id='{name}-1'/></kvmprov:instance></metadata>\
+             <devices><interface type='network'><source network='default'/><mac address='{mac}'/></interface></devices></domain>\n",
+            ns = kvmprov_hypervisor::xml::METADATA_NS
+        ));
+    }
+    x.push_str("</node>\n");
+    let p = dir.join("node.xml");
+    std::fs::write(&p, x).unwrap();
+    format!("test://{}", p.display())
+}
+
+#[test]
+fn shipped_example_passes_check() {
+    let o = kvmprov(&[
+        "-c",
+        repo().join("vars/kvm-provisioning.yml").to_str().unwrap(),
+        "check",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("instances       2"), "{}", text(&o));
+}
+
+#[test]
+fn config_errors_exit_2_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(repo().join("vars/kvm-provisioning.yml")).unwrap();
+    let cases = [
+        (
+            "typo",
+            good.replace("kvm_instance_definitions:", "kvm_instance_definition:"),
+            "did you mean `kvm_instance_definitions`",
+        ),
+        (
+            "duplicate",
+            good.replace("instance_name: app-02", "instance_name: app-01"),
+            "declared twice",
+        ),
+        (
+            "missing image",
+            good.replace(
+                "    image_name: debian-13\n    vcpus",
+                "    image_name: debian-14\n    vcpus",
+            ),
+            "not in kvm_cloud_image_catalog",
+        ),
+        (
+            "relative path",
+            good.replace(
+                "kvm_image_cache_path: /var/lib",
+                "kvm_image_cache_path: var/lib",
+            ),
+            "absolute",
+        ),
+        (
+            "yaml syntax",
+            good.replace("kvm_domain_type: auto", "kvm_domain_type: [auto"),
+            "YAML syntax error",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let f = dir.path().join(format!("{}.yml", name.replace(' ', "-")));
+        std::fs::write(&f, body).unwrap();
+        let o = kvmprov(&["-c", f.to_str().unwrap(), "check"]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {t}");
+        assert!(t.contains(want), "{name}: {t}");
+        let prefix = format!("error: {}:", f.display());
+        assert!(t.starts_with(&prefix), "{name}: {t}");
+        let pos: Vec<&str> = t[prefix.len()..].splitn(3, ':').collect();
+        assert!(
+            pos[0].parse::<u32>().is_ok() && pos[1].parse::<u32>().is_ok(),
+            "{name}: no line:column in {t}"
+        );
+    }
+}
+
+#[test]
+fn overrides_are_applied_and_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["a-01"]);
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        "kvm_cleanup_confirmed=true",
+        "-e",
+        "kvm_provision_stage=runtime",
+        "--output",
+        "json",
+        "check",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["cleanup_confirmed"], true);
+    assert_eq!(v["stage"], "runtime");
+    assert_eq!(v["cloud_init"]["password"], "<redacted>");
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        "kvm_cleanup_confirmed=perhaps",
+        "check",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("-e kvm_cleanup_confirmed=perhaps"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn ping_test_driver_and_no_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["a-01"]);
+    let o = kvmprov(&["-c", cfg.to_str().unwrap(), "ping"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("libvirt version") && t.contains("domain type kvm    available"),
+        "{t}"
+    );
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        "kvm_libvirt_uri=qemu+unix:///system?socket=/nonexistent/sock",
+        "ping",
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert_eq!(t.trim().lines().count(), 1, "{t}");
+    assert!(
+        t.starts_with("error: cannot connect to the hypervisor"),
+        "{t}"
+    );
+}
+
+fn plan_ops(cfg: &Path, uri: &str) -> Vec<(String, String, String)> {
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        &format!("kvm_libvirt_uri={uri}"),
+        "--check",
+        "--output",
+        "json",
+        "provision",
+        "--stage",
+        "provision",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    v["stages"][0]["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["target"].as_str().unwrap().to_string(),
+                o["op"].as_str().unwrap().to_string(),
+                o["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn provision_plans_for_empty_partial_and_full_hosts_and_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["web-01", "web-02", "web-03"];
+    let cfg = config(dir.path(), "test:///default", &names);
+    // Empty host: the pools and every instance are to be created (no image cached yet: blocked).
+    let uri = node(dir.path(), &[]);
+    let ops = plan_ops(&cfg, &uri);
+    assert_eq!(
+        ops.iter()
+            .filter(|(t, op, _)| t.starts_with("pool ") && op == "create")
+            .count(),
+        2,
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .filter(|(t, _, _)| names.contains(&t.as_str()))
+            .all(|(_, op, r)| op == "create" && r.contains("not cached")),
+        "{ops:?}"
+    );
+    // Partly provisioned: web-01 exists and matches, web-02 drifted, web-03 missing.
+    let uri = node(dir.path(), &[("web-01", 1), ("web-02", 4)]);
+    let ops = plan_ops(&cfg, &uri);
+    let find = |n: &str| ops.iter().find(|(t, _, _)| t == n).cloned().unwrap();
+    assert_eq!(find("web-01").1, "ok");
+    assert_eq!(find("web-02").1, "drift");
+    assert!(find("web-02").2.contains("vcpus 4 (config 1)"), "{ops:?}");
+    assert_eq!(find("web-03").1, "create");
+    // Fully provisioned: nothing to do.
+    let uri = node(dir.path(), &[("web-01", 1), ("web-02", 1), ("web-03", 1)]);
+    let ops = plan_ops(&cfg, &uri);
+    assert!(
+        ops.iter()
+            .filter(|(t, _, _)| names.contains(&t.as_str()))
+            .all(|(_, op, _)| op == "ok"),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn cleanup_without_confirmation_only_plans_and_never_touches_undeclared() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["app-01", "gone-01"]);
+    let uri = node(dir.path(), &[("app-01", 1), ("app-0", 1), ("APP-01", 1)]);
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        &format!("kvm_libvirt_uri={uri}"),
+        "--output",
+        "json",
+        "cleanup",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let outcomes = v["stages"][0]["outcomes"].as_array().unwrap();
+    let targets: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["target"].as_str().unwrap())
+        .collect();
+    assert!(
+        targets.iter().all(|t| *t == "app-01" || *t == "gone-01"),
+        "{targets:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o["status"] == "planned" || o["op"] == "skip"),
+        "{outcomes:?}"
+    );
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        &format!("kvm_libvirt_uri={uri}"),
+        "cleanup",
+    ]);
+    assert!(
+        text(&o).contains("kvm_cleanup_confirmed=true"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn help_explains_every_command() {
+    let o = kvmprov(&["--help"]);
+    let t = text(&o);
+    for cmd in [
+        "check",
+        "ping",
+        "preflight",
+        "image-cache",
+        "provision",
+        "runtime",
+        "cleanup",
+        "status",
+        "ssh",
+    ] {
+        assert!(t.contains(cmd), "{cmd} missing from --help: {t}");
+        let o = kvmprov(&[cmd, "--help"]);
+        assert_eq!(o.status.code(), Some(0), "{cmd} --help");
+    }
+    let o = kvmprov(&["nonsense"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -81,7 +81,7 @@ pub enum Command {
     /// Run the stage named by kvm_provision_stage (`full`: all stages).
     Provision(ProvisionArgs),
     /// Start declared domains, wait for SSH and cloud-init, take snapshots.
-    Runtime,
+    Runtime(RuntimeArgs),
     /// Remove declared instances (plan only unless kvm_cleanup_confirmed=true).
     Cleanup,
     /// Show each declared instance: state, domain type, image, IP, SSH, snapshots.
@@ -114,6 +114,15 @@ pub struct ProvisionArgs {
     /// Run this stage instead of kvm_provision_stage.
     #[arg(long, value_parser = ["full", "preflight", "image-cache", "provision", "runtime"])]
     pub stage: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RuntimeArgs {
+    /// Runtime only starts the domains: no waiting for SSH/cloud-init, no snapshots.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Args, Debug)]
@@ -167,7 +176,13 @@ fn run(cli: Cli) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let session = Session::new(cfg, g.check, g.output, g.jobs.map(usize::from));
+    let no_wait = match &cli.command {
+        Command::Provision(a) => a.runtime.no_wait,
+        Command::Runtime(a) => a.no_wait,
+        _ => false,
+    };
+    let mut session = Session::new(cfg, g.check, g.output, g.jobs.map(usize::from));
+    session.no_wait = no_wait;
     let result = match cli.command {
         Command::Check => return stages::check::run(&session),
         Command::Ping => return stages::ping::run(&session),
@@ -185,7 +200,7 @@ fn run(cli: Cli) -> i32 {
             };
             stages::run_stages(&session, &stages::selected(stage))
         }
-        Command::Runtime => stages::run_stages(&session, &[StageChoice::Runtime]),
+        Command::Runtime(_) => stages::run_stages(&session, &[StageChoice::Runtime]),
         Command::Cleanup => stages::cleanup::run(&session),
     };
     finish(&session, result)

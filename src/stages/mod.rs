@@ -34,6 +34,8 @@ pub struct Session {
     pub output: OutputFormat,
     pub jobs: usize,
     pub printer: Printer,
+    /// Runtime only starts domains (`--no-wait`).
+    pub no_wait: bool,
 }
 
 impl Session {
@@ -47,6 +49,7 @@ impl Session {
             output,
             jobs,
             printer: Printer { format: output },
+            no_wait: false,
         }
     }
 

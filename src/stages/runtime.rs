@@ -16,13 +16,14 @@ use crate::stages::{parallel, Session};
 use crate::state;
 
 /// How often we look again while waiting.
-const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(250);
 
 /// What runtime will do for one instance, from its observed state (pure).
 pub fn plan_instance(
     inst: &Instance,
     state: Option<DomainState>,
     snapshots: &[String],
+    wait: bool,
 ) -> Vec<Action> {
     let name = &inst.name;
     let Some(state) = state else {
@@ -35,6 +36,9 @@ pub fn plan_instance(
     let mut actions = Vec::new();
     if state != DomainState::Running {
         actions.push(Action::new(name, Op::Start, format!("domain is {state:?}")));
+    }
+    if !wait {
+        return actions;
     }
     let via = match &inst.ipv4 {
         Some(s) => format!("static {}", s.address.addr()),
@@ -97,7 +101,7 @@ pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
     }
     if s.check {
         for (inst, st, snaps) in &observed {
-            for action in plan_instance(inst, *st, snaps) {
+            for action in plan_instance(inst, *st, snaps, !s.no_wait) {
                 let o = Outcome {
                     action,
                     status: Status::Planned,
@@ -113,7 +117,7 @@ pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
     let jobs = s.jobs.max(s.cfg.instances.len()).min(64);
     let results = parallel(&observed, jobs, |(inst, st, snaps)| {
         let mut outcomes = Vec::new();
-        for action in plan_instance(inst, *st, snaps) {
+        for action in plan_instance(inst, *st, snaps, !s.no_wait) {
             let failed_before = outcomes.iter().any(Outcome::failed);
             let outcome = if failed_before {
                 Outcome {
@@ -189,39 +193,44 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
             .join("\n"),
     };
 
-    // 1. The address.
+    // 1. The address, and 2. TCP 22 on it. A DHCP address is looked up again while we wait:
+    // the guest may renew to another one, and a stale lease may have answered first.
     let mac = inst
         .mac
         .clone()
         .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(&inst.name));
-    let addr: Ipv4Addr = match &inst.ipv4 {
-        Some(st) => st.address.addr(),
-        None => loop {
-            if let Some(ip) = hv.dhcp_lease(&inst.network, &mac)? {
-                break ip;
+    let lookup = || -> Result<Option<Ipv4Addr>, RuntimeError> {
+        if let Some(st) = &inst.ipv4 {
+            return Ok(Some(st.address.addr()));
+        }
+        if let Some(ip) = hv.dhcp_lease(&inst.network, &mac)? {
+            return Ok(Some(ip));
+        }
+        Ok(hv.agent_ipv4(&inst.name, &mac).ok().flatten())
+    };
+    let mut t_addr = None;
+    let addr = loop {
+        match lookup()? {
+            Some(ip) => {
+                t_addr.get_or_insert_with(|| start.elapsed());
+                if guest::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)) {
+                    break IpAddr::V4(ip);
+                }
+                if Instant::now() >= deadline {
+                    return Err(timeout(format!("TCP port 22 on {ip}")));
+                }
             }
-            if let Ok(Some(ip)) = hv.agent_ipv4(&inst.name, &mac) {
-                break ip;
-            }
-            if Instant::now() >= deadline {
+            None if Instant::now() >= deadline => {
                 return Err(timeout(format!(
                     "an IPv4 address (DHCP lease for {mac} on network `{}`, or the guest agent)",
                     inst.network
                 )));
             }
-            std::thread::sleep(POLL);
-        },
-    };
-    let addr = IpAddr::V4(addr);
-    let t_addr = start.elapsed();
-
-    // 2. TCP 22.
-    while !guest::tcp_open(addr, 22, Duration::from_secs(2)) {
-        if Instant::now() >= deadline {
-            return Err(timeout(format!("TCP port 22 on {addr}")));
+            None => {}
         }
         std::thread::sleep(POLL);
-    }
+    };
+    let t_addr = t_addr.unwrap_or_default();
     let port_open = Instant::now();
 
     // 3. SSH with the pinned key, then cloud-init. ssh exits 255 while sshd is not ready yet
@@ -315,10 +324,11 @@ mod tests {
 
     #[test]
     fn stopped_domain_is_started_then_waited_for_then_snapshotted() {
-        let ops: Vec<Op> = plan_instance(&inst(Some("base")), Some(DomainState::ShutOff), &[])
-            .into_iter()
-            .map(|a| a.op)
-            .collect();
+        let ops: Vec<Op> =
+            plan_instance(&inst(Some("base")), Some(DomainState::ShutOff), &[], true)
+                .into_iter()
+                .map(|a| a.op)
+                .collect();
         assert_eq!(ops, vec![Op::Start, Op::Wait, Op::Snapshot]);
     }
 
@@ -328,6 +338,7 @@ mod tests {
             &inst(Some("base")),
             Some(DomainState::Running),
             &["base".into()],
+            true,
         )
         .into_iter()
         .map(|a| a.op)
@@ -336,8 +347,18 @@ mod tests {
     }
 
     #[test]
+    fn no_wait_only_starts() {
+        let ops: Vec<Op> =
+            plan_instance(&inst(Some("base")), Some(DomainState::ShutOff), &[], false)
+                .into_iter()
+                .map(|a| a.op)
+                .collect();
+        assert_eq!(ops, vec![Op::Start]);
+    }
+
+    #[test]
     fn undefined_domain_is_an_error_line() {
-        let a = plan_instance(&inst(None), None, &[]);
+        let a = plan_instance(&inst(None), None, &[], true);
         assert_eq!(a.len(), 1);
         assert!(a[0].reason.contains("provision stage"));
     }

@@ -542,21 +542,28 @@ impl Hypervisor {
                 virt::error::Error::last_error(),
             ));
         }
-        let mut found = None;
+        // Stale leases of an earlier guest with the same MAC can outlive it (the lease file is
+        // kept across daemon restarts): the newest lease (latest expiry) is the current one.
+        let mut found: Option<(i64, Ipv4Addr)> = None;
         for i in 0..n as usize {
             // SAFETY: i < n, and every element is a valid lease pointer until freed below.
             unsafe {
                 let lease = *leases.add(i);
-                if found.is_none() && !lease.is_null() && !(*lease).ipaddr.is_null() {
+                if !lease.is_null() && !(*lease).ipaddr.is_null() {
                     let ip = CStr::from_ptr((*lease).ipaddr).to_string_lossy();
-                    found = ip.parse::<Ipv4Addr>().ok();
+                    let expiry = (*lease).expirytime;
+                    if let Ok(ip) = ip.parse::<Ipv4Addr>() {
+                        if found.is_none_or(|(e, _)| expiry > e) {
+                            found = Some((expiry, ip));
+                        }
+                    }
                 }
                 virt_sys::virNetworkDHCPLeaseFree(lease);
             }
         }
         // SAFETY: the array itself was allocated by libvirt with malloc.
         unsafe { libc::free(leases as *mut libc::c_void) };
-        Ok(found)
+        Ok(found.map(|(_, ip)| ip))
     }
 
     /// The guest agent's IPv4 for the interface with `mac` (needs qemu-guest-agent running).

@@ -104,7 +104,7 @@ pub struct CachedImage {
     pub size: u64,
     pub version: Option<String>,
     pub url: String,
-    /// Seconds since the epoch.
+    /// Milliseconds since the epoch (orders versions cached within the same second).
     pub cached_at: String,
 }
 
@@ -424,7 +424,7 @@ pub fn list_cached(cache_dir: &Path) -> Result<Vec<CachedImage>, ImageError> {
         }
     }
     out.sort_by(|a, b| {
-        let t = |c: &CachedImage| c.cached_at.parse::<u64>().unwrap_or(0);
+        let t = |c: &CachedImage| c.cached_at.parse::<u128>().unwrap_or(0);
         t(b).cmp(&t(a)).then_with(|| a.path.cmp(&b.path))
     });
     Ok(out)
@@ -539,7 +539,7 @@ pub fn download(
         url: url.to_string(),
         cached_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_millis())
             .unwrap_or(0)
             .to_string(),
     };

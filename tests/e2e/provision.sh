@@ -1,0 +1,103 @@
+# Scenario: preflight and provision against the real libvirtd, no guest boot.
+# Preflight cases (missing network, inactive network with/without auto-start, a pool path the
+# qemu user cannot traverse with/without the ACL fix), what provision generates (domain XML
+# valid for libvirt's schema, seed ISO readable with isoinfo, user-data accepted by
+# cloud-init, nothing world-readable, no plain password), and 20 instances in parallel.
+# Sourced by tests/e2e/run.sh.
+
+P="$E2E_DIR/prov"
+mkdir -p "$P"
+chmod 0755 "$P"
+N=12
+[ "$E2E_SUITE" = trixie ] && N=13
+# pcfg FILE POOL_DIR COUNT [extra instance fields]: a config with COUNT instances p-01…
+pcfg() {
+    local f=$1 pool=$2 count=$3 extra=${4:-} i
+    cat >"$f" <<EOF
+kvm_domain_type: qemu
+kvm_image_cache_path: $E2E_DIR/images
+kvm_instance_disk_pool_path: $pool
+kvm_cloud_image_catalog:
+  - image_name: debian-$N
+    image_url: $E2E_BASE/$E2E_SUITE/latest/debian-$N-genericcloud-amd64.qcow2
+    image_checksum_manifest_url: $E2E_BASE/$E2E_SUITE/latest/SHA512SUMS
+kvm_cloud_init_defaults:
+  password: "prov-Plain-Secret-77"
+kvm_instance_definitions:
+EOF
+    for i in $(seq -w 1 "$count"); do
+        echo "  - {instance_name: p-$i, image_name: debian-$N, vcpus: 1, memory_mib: 256, disk_size_gib: 4$extra}" >>"$f"
+    done
+}
+for i in $(seq -w 1 20); do E2E_DOMAINS="$E2E_DOMAINS p-$i"; done
+
+# --- preflight: networks ---------------------------------------------------------------------
+pcfg "$P/net.yml" "$P/pool" 1 ", libvirt_network_name: nosuchnet"
+set +e
+out=$(kp -c "$P/net.yml" preflight 2>&1); rc=$?
+set -e
+check "preflight fails on a missing network (exit 1)" test "$rc" -eq 1
+check "the missing-network message lists the defined networks" grep -q "Network not found: \`nosuchnet\`.*default (active)" <<<"$out"
+
+cat >"$P/off.xml" <<EOF
+<network><name>kvmprov-e2e-off</name><bridge name='virbr-kpoff'/><ip address='192.168.150.1' netmask='255.255.255.0'/></network>
+EOF
+virsh_ns net-define "$P/off.xml" >/dev/null
+pcfg "$P/off.yml" "$P/pool" 1 ", libvirt_network_name: kvmprov-e2e-off"
+set +e
+out=$(kp -c "$P/off.yml" preflight 2>&1); rc=$?
+set -e
+check "preflight fails on an inactive network without auto-start" test "$rc" -eq 1
+check "the inactive-network message says how to start it" grep -q "kvm_auto_start_required_libvirt_networks=true" <<<"$out"
+check "preflight with auto-start starts the network" \
+    kp -c "$P/off.yml" -e kvm_auto_start_required_libvirt_networks=true preflight
+check "the network is active afterwards" bash -c 'grep -qx kvmprov-e2e-off <<<"$0"' "$(virsh_ns net-list --name)"
+virsh_ns net-destroy kvmprov-e2e-off >/dev/null 2>&1 || true
+virsh_ns net-undefine kvmprov-e2e-off >/dev/null 2>&1 || true
+
+# --- preflight: a pool the qemu user cannot reach ---------------------------------------------
+mkdir -p "$P/locked/pool"
+chmod 0700 "$P/locked"
+pcfg "$P/locked.yml" "$P/locked/pool" 1
+set +e
+out=$(kp -c "$P/locked.yml" -e kvm_auto_fix_runtime_pool_access=false preflight 2>&1); rc=$?
+set -e
+check "preflight fails when libvirt-qemu cannot traverse the pool" test "$rc" -eq 1
+check "the message prints the exact setfacl fix" grep -q "setfacl -m u:libvirt-qemu:x $P/locked" <<<"$out"
+check "preflight with the ACL fix succeeds" kp -c "$P/locked.yml" preflight
+check "the ACL grants libvirt-qemu traverse" bash -c 'getfacl -p "$0" 2>/dev/null | grep -q "^user:libvirt-qemu:--x"' "$P/locked"
+check "mode bits of the locked directory are unchanged" test "$(stat -c %a "$P/locked")" = 700
+
+# --- what provision generates -----------------------------------------------------------------
+pcfg "$P/one.yml" "$P/pool" 1
+check "provision (preflight..provision) for one instance" kp -c "$P/one.yml" provision --stage provision
+virsh_ns dumpxml p-01 >"$P/p-01.xml"
+check "the domain XML passes virt-xml-validate" virt-xml-validate "$P/p-01.xml" domain
+seed="$P/pool/p-01-seed.iso"
+iso_r=$(isoinfo -R -x /user-data -i "$seed")
+iso_j=$(isoinfo -J -x /user-data -i "$seed")
+check "the seed's user-data reads back through Rock Ridge and Joliet alike" test -n "$iso_r" -a "$iso_r" = "$iso_j"
+check "the seed's meta-data names the host" bash -c 'isoinfo -R -x /meta-data -i "$0" | grep -q "\"local-hostname\": \"p-01\""' "$seed"
+printf '%s\n' "$iso_r" >"$P/user-data"
+check "cloud-init schema accepts the user-data" cloud-init schema --config-file "$P/user-data"
+check "user-data has the SHA-512 hash, not the password" \
+    bash -c 'grep -q "\$6\$" "$0" && ! grep -q "prov-Plain-Secret-77" "$0"' "$P/user-data"
+check "no file in the pool is world-readable" test -z "$(find "$P/pool" -type f -perm -o+r)"
+check "the plain password is in no file of the pool" bash -c '! grep -rqa "prov-Plain-Secret-77" "$0"' "$P/pool"
+kp -c "$P/one.yml" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null
+
+# --- 20 instances in parallel -----------------------------------------------------------------
+pcfg "$P/twenty.yml" "$P/pool" 20
+start=$(date +%s%N)
+check "provision of 20 instances succeeds" kp -c "$P/twenty.yml" provision --stage provision
+log "20 instances: disks, seeds, domains in $((($(date +%s%N) - start) / 1000000)) ms"
+defined=$(virsh_ns list --all --name | grep -c '^p-' || true)
+check "all 20 domains are defined (got $defined)" test "$defined" -eq 20
+again=$(kp -c "$P/twenty.yml" --output json provision --stage provision)
+check "a second provision run plans nothing" python3 -c '
+import json, sys
+doc = json.loads(sys.argv[1])
+sys.exit(0 if all(o["op"] == "ok" for s in doc["stages"] for o in s["outcomes"]) else 1)' "$again"
+kp -c "$P/twenty.yml" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null
+left=$(virsh_ns list --all --name | grep -c '^p-' || true)
+check "cleanup removed all 20" test "$left" -eq 0

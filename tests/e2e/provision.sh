@@ -25,11 +25,12 @@ kvm_cloud_init_defaults:
   password: "prov-Plain-Secret-77"
 kvm_instance_definitions:
 EOF
-    for i in $(seq -w 1 "$count"); do
+    for i in $(seq 1 "$count"); do
+        i=$(printf %02d "$i")
         echo "  - {instance_name: p-$i, image_name: debian-$N, vcpus: 1, memory_mib: 256, disk_size_gib: 4$extra}" >>"$f"
     done
 }
-for i in $(seq -w 1 20); do E2E_DOMAINS="$E2E_DOMAINS p-$i"; done
+for i in $(seq 1 20); do E2E_DOMAINS="$E2E_DOMAINS p-$(printf %02d "$i")"; done
 
 # --- preflight: networks ---------------------------------------------------------------------
 pcfg "$P/net.yml" "$P/pool" 1 ", libvirt_network_name: nosuchnet"
@@ -66,10 +67,11 @@ check "preflight fails when libvirt-qemu cannot traverse the pool" test "$rc" -e
 check "the message prints the exact setfacl fix" grep -q "setfacl -m u:libvirt-qemu:x $P/locked" <<<"$out"
 check "preflight with the ACL fix succeeds" kp -c "$P/locked.yml" preflight
 check "the ACL grants libvirt-qemu traverse" bash -c 'getfacl -p "$0" 2>/dev/null | grep -q "^user:libvirt-qemu:--x"' "$P/locked"
-check "mode bits of the locked directory are unchanged" test "$(stat -c %a "$P/locked")" = 700
+check "others still have no access to the locked directory" test "$(stat -c %A "$P/locked" | cut -c8-10)" = "---"
 
 # --- what provision generates -----------------------------------------------------------------
 pcfg "$P/one.yml" "$P/pool" 1
+check "image-cache for the provision scenario" kp -c "$P/one.yml" image-cache
 check "provision (preflight..provision) for one instance" kp -c "$P/one.yml" provision --stage provision
 virsh_ns dumpxml p-01 >"$P/p-01.xml"
 check "the domain XML passes virt-xml-validate" virt-xml-validate "$P/p-01.xml" domain
@@ -81,7 +83,7 @@ check "the seed's meta-data names the host" bash -c 'isoinfo -R -x /meta-data -i
 printf '%s\n' "$iso_r" >"$P/user-data"
 check "cloud-init schema accepts the user-data" cloud-init schema --config-file "$P/user-data"
 check "user-data has the SHA-512 hash, not the password" \
-    bash -c 'grep -q "\$6\$" "$0" && ! grep -q "prov-Plain-Secret-77" "$0"' "$P/user-data"
+    bash -c 'grep -qF "\"\$6\$" "$0" && ! grep -q "prov-Plain-Secret-77" "$0"' "$P/user-data"
 check "no file in the pool is world-readable" test -z "$(find "$P/pool" -type f -perm -o+r)"
 check "the plain password is in no file of the pool" bash -c '! grep -rqa "prov-Plain-Secret-77" "$0"' "$P/pool"
 kp -c "$P/one.yml" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null

@@ -59,7 +59,7 @@ proptest! {
 
     #[test]
     fn extra_vars_never_panic(arg in "\\PC{0,80}") {
-        if let Err(e) = kvmprov::config::parse(Path::new("vars.yml"), GOOD, &[arg.clone()]) {
+        if let Err(e) = kvmprov::config::parse(Path::new("vars.yml"), GOOD, std::slice::from_ref(&arg)) {
             let msg = e.to_string();
             prop_assert!(located(&msg), "{}", msg);
         }

@@ -7,7 +7,7 @@ N=12
 cat >"$CFG" <<EOF
 kvm_hypervisor_host: localhost
 kvm_domain_type: qemu
-kvm_image_cache_path: $E2E_DIR/images
+kvm_image_cache_path: $E2E_DIR/boot-images
 kvm_instance_disk_pool_path: $E2E_DIR/instances
 kvm_runtime_timeout_seconds: 600
 kvm_cloud_image_catalog:
@@ -48,7 +48,7 @@ before=$(virsh_ns list --all --name)
 check "provision --check exits 0" kp -c "$CFG" --check provision
 after=$(virsh_ns list --all --name)
 check "provision --check defined no domain" test "$before" = "$after"
-check "provision --check downloaded nothing" test ! -e "$E2E_DIR/images"
+check "provision --check downloaded nothing" test ! -e "$E2E_DIR/boot-images"
 
 # --- the full run -----------------------------------------------------------------------------
 log "kvmprov provision (full): two TCG guests, this takes a few minutes"
@@ -98,7 +98,7 @@ print(sum(1 for s in doc["stages"] for o in s["outcomes"] if o["op"] in mut and 
 check "second run changed nothing (changed=$changed)" test "$changed" -eq 0
 
 # --- cleanup: plan only, then for real ---------------------------------------------------------
-instance_id() { virsh_ns dumpxml "$1" | sed -n "s/.*instance-id='\([^']*\)'.*/\1/p"; }
+instance_id() { virsh_ns dumpxml "$1" | grep -o "instance-id=[\"'][^\"']*" | cut -c14-; }
 old_id=$(instance_id e2e-dhcp)
 before=$(virsh_ns list --all --name)
 kp -c "$CFG" cleanup >/dev/null
@@ -107,7 +107,7 @@ kp -c "$CFG" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=
 left=$(virsh_ns list --all --name)
 check "confirmed cleanup removed both domains" bash -c '! grep -q "^e2e-" <<<"$0"' "$left"
 check "confirmed cleanup removed the disks" test ! -e "$E2E_DIR/instances/e2e-dhcp.qcow2"
-check "cleanup kept the cached image" bash -c 'ls "$0"/*.qcow2 >/dev/null' "$E2E_DIR/images"
+check "cleanup kept the cached image" bash -c 'ls "$0"/*.qcow2 >/dev/null' "$E2E_DIR/boot-images"
 
 
 # --- cleanup then provision again: same name, new instance-id, working guest -------------------

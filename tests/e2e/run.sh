@@ -2,9 +2,10 @@
 # End-to-end tests: a real libvirtd in a private network namespace, a locally built Debian
 # image on a local mirror (127.0.0.1 inside the namespace), kvmprov driving it. Scenarios
 # (each a file here, sourced in order, sharing one namespace): boot (real guests, SSH),
-# provision (preflight cases, 20 instances in parallel, generated files), cleanup (decoys).
+# provision (preflight cases, 20 instances in parallel, generated files), cleanup (decoys),
+# faults (SIGKILL at many points, two runs at once, SIGTERM).
 # Prints "e2e: N passed, N failed" and exits non-zero when any check failed.
-#   tests/e2e/run.sh [SCENARIO...]      default: boot provision cleanup
+#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -13,7 +14,7 @@ source "$(dirname "$0")/lib.sh"
 [ -x "$KVMPROV" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(boot provision cleanup)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(provision cleanup faults boot)
 
 E2E_DOMAINS=""
 trap e2e_teardown EXIT

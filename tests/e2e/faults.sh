@@ -1,0 +1,123 @@
+# Scenario: faults. kvmprov killed with SIGKILL at many points across download, seed and
+# volume creation and define, then re-run: every re-run converges to the same final state,
+# no half-written file under a final name, no orphan, the cache holds only verified files.
+# Two runs at once: one works, the other stops with a clear message, no duplicates.
+# SIGTERM: prompt stop with exit 143, and the next run completes.
+# Sourced by tests/e2e/run.sh.
+
+F="$E2E_DIR/faults"
+mkdir -p "$F"
+chmod 0755 "$F"
+N=12
+[ "$E2E_SUITE" = trixie ] && N=13
+FCFG="$F/vars.yml"
+cat >"$FCFG" <<EOF
+kvm_domain_type: qemu
+kvm_image_cache_path: $F/images
+kvm_instance_disk_pool_path: $F/instances
+kvm_cloud_image_catalog:
+  - image_name: debian-$N
+    image_url: $E2E_BASE/$E2E_SUITE/latest/debian-$N-genericcloud-amd64.qcow2
+    image_checksum_manifest_url: $E2E_BASE/$E2E_SUITE/latest/SHA512SUMS
+kvm_cloud_init_defaults:
+  password: "faults-secret"
+kvm_instance_definitions:
+EOF
+FNAMES=""
+for i in 1 2 3 4 5 6; do
+    echo "  - {instance_name: f-0$i, image_name: debian-$N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}" >>"$FCFG"
+    FNAMES="$FNAMES f-0$i"
+done
+E2E_DOMAINS="$E2E_DOMAINS $FNAMES"
+fkp() { kp -c "$FCFG" "$@"; }
+# The work that is killed: the image cache, then provision (no guest boot). A script, so a
+# new session (setsid) can run it and the kill reaches kvmprov, not only the shell around it.
+cat >"$F/work.sh" <<EOF
+ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" image-cache >/dev/null 2>&1 &&
+    ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" provision --stage provision >/dev/null 2>&1
+EOF
+work() { bash "$F/work.sh"; }
+
+# What a converged host looks like: the declared domains, exactly their two volumes each, one
+# verified image + sidecar in the cache and nothing else.
+converged() {
+    local doms vols want_vols img sum want
+    doms=$(virsh_ns list --all --name | grep '^f-0' | sort | tr '\n' ' ')
+    [ "$doms" = "f-01 f-02 f-03 f-04 f-05 f-06 " ] || { log "domains: $doms"; return 1; }
+    vols=$(cd "$F/instances" && ls | sort | tr '\n' ' ')
+    want_vols=""
+    for d in $FNAMES; do want_vols="$want_vols$d-seed.iso $d.qcow2 "; done
+    want_vols=$(tr ' ' '\n' <<<"$want_vols" | grep . | sort | tr '\n' ' ')
+    [ "$vols" = "$want_vols" ] || { log "pool: $vols"; return 1; }
+    img=$(cd "$F/images" && ls | grep -v '\.json$')
+    [ "$(wc -w <<<"$img")" -eq 1 ] || { log "cache: $(ls "$F/images")"; return 1; }
+    case "$img" in *.part) log "cache holds a part file"; return 1 ;; esac
+    sum=$(sha512sum "$F/images/$img" | cut -d' ' -f1)
+    want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha512"])' "$F/images/$img.json")
+    [ "$sum" = "$want" ] || { log "cached image does not verify"; return 1; }
+}
+reset_host() {
+    fkp -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null 2>&1 || true
+    rm -rf "$F/images"
+}
+
+# --- SIGKILL at many points ------------------------------------------------------------------
+kills=0
+converges=0
+for delay in 0.02 0.05 0.08 0.12 0.16 0.2 0.25 0.3 0.35 0.4 0.45 0.5 0.6 0.7 0.8 0.9 1.0 1.1 1.25 1.4 1.6 1.8; do
+    setsid bash "$F/work.sh" &
+    pid=$!
+    sleep "$delay"
+    kill -KILL -- "-$pid" 2>/dev/null && kills=$((kills + 1))
+    wait "$pid" 2>/dev/null || true
+    # Half-written files never under a final name.
+    for f in "$F"/images/*.qcow2; do
+        [ -e "$f" ] || continue
+        [ -e "$f.json" ] || { log "kill at ${delay}s: $f without sidecar"; }
+    done
+    if work && converged; then converges=$((converges + 1)); else log "no convergence after a kill at ${delay}s"; fi
+    reset_host
+done
+log "SIGKILL points: $kills delivered, $converges of 22 re-runs converged"
+check "every re-run after SIGKILL converged ($converges/22)" test "$converges" -eq 22
+check "at least 20 kills were delivered mid-run ($kills)" test "$kills" -ge 20
+
+# --- two runs at once --------------------------------------------------------------------------
+fkp image-cache >/dev/null
+fkp --output json provision --stage provision >"$F/r1.json" 2>"$F/r1.err" &
+p1=$!
+fkp --output json provision --stage provision >"$F/r2.json" 2>"$F/r2.err" &
+p2=$!
+rc1=0; rc2=0
+wait "$p1" || rc1=$?
+wait "$p2" || rc2=$?
+check "two concurrent runs: the host converged without duplicates" converged
+if [ "$rc1" -ne 0 ] || [ "$rc2" -ne 0 ]; then
+    check "the run that lost the lock says so clearly" \
+        grep -q "another kvmprov run (pid [0-9]*) is working on" "$F/r1.json" "$F/r2.json" "$F/r1.err" "$F/r2.err"
+fi
+created=$(python3 -c '
+import json, sys
+n = 0
+for f in sys.argv[1:]:
+    try:
+        doc = json.load(open(f))
+    except ValueError:
+        continue
+    n += sum(1 for s in doc["stages"] for o in s["outcomes"] if o["op"] == "create" and o["status"] == "done" and not o["target"].startswith("pool "))
+print(n)' "$F/r1.json" "$F/r2.json")
+check "exactly one run created the 6 instances (created=$created)" test "$created" -eq 6
+reset_host
+
+# --- SIGTERM -------------------------------------------------------------------------------------
+fkp image-cache >/dev/null
+ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" provision --stage provision >/dev/null 2>&1 &
+pid=$!
+sleep 0.05
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+check "SIGTERM ends the run with 143 (got $rc), or it had finished (0)" test "$rc" -eq 143 -o "$rc" -eq 0
+check "the next run completes after SIGTERM" work
+check "and converges" converged
+reset_host

@@ -26,6 +26,8 @@ use crate::plan::{error_chain, OutputFormat, Printer, StageReport};
 
 /// Most instances worked on at once by default: beyond this the host, not kvmprov, is the limit.
 const DEFAULT_MAX_JOBS: usize = 8;
+/// How long a run waits for another one on the same hypervisor and pool before giving up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One invocation: the resolved config and how to run.
 pub struct Session {
@@ -188,23 +190,38 @@ impl RunLock {
             path: path.clone(),
             source,
         })?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path)
-                    .ok()
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
-                    .unwrap_or_else(|| "pid unknown".to_string());
-                return Err(LockError::Busy {
-                    holder,
-                    uri: s.cfg.libvirt_uri.clone(),
-                    pool: s.cfg.instance_pool_path.display().to_string(),
-                    path,
-                });
-            }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(LockError::Open { path, source })
+        // Another run may be finishing (or a killed one still exiting): wait a little for it.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = std::fs::read_to_string(&path)
+                        .ok()
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| "pid unknown".to_string());
+                    if std::time::Instant::now() >= deadline {
+                        return Err(LockError::Busy {
+                            holder,
+                            uri: s.cfg.libvirt_uri.clone(),
+                            pool: s.cfg.instance_pool_path.display().to_string(),
+                            path,
+                        });
+                    }
+                    if !told {
+                        eprintln!(
+                            "waiting up to {}s for another kvmprov run ({holder}) on this hypervisor and pool",
+                            LOCK_WAIT.as_secs()
+                        );
+                        told = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(LockError::Open { path, source })
+                }
             }
         }
         // Who holds it, for the message the next run prints.

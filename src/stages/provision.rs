@@ -423,12 +423,8 @@ fn create(
         format!("{}\n", spec.host_keys.ed25519_public_openssh.trim()).as_bytes(),
     )?;
     let seed_vol = seed_name(&inst.name);
-    if sh
-        .hv
-        .volumes(&sh.instance_pool)?
-        .iter()
-        .any(|v| v.name == seed_vol)
-    {
+    // A seed left by an interrupted run belongs to no domain: replace it.
+    if sh.hv.volume_exists(&sh.instance_pool, &seed_vol)? {
         sh.hv.delete_volume(&sh.instance_pool, &seed_vol)?;
     }
     sh.hv

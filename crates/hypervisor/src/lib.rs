@@ -288,6 +288,11 @@ impl Hypervisor {
             }
         };
         if !pool.is_active().map_err(lv(format!("pool {name}")))? {
+            // A run killed between define and build leaves a pool without its directory:
+            // building again is harmless when the directory exists.
+            if outcome == PoolOutcome::Existed {
+                let _ = pool.build(0);
+            }
             pool.create(0).map_err(lv(format!("start pool {name}")))?;
             if outcome == PoolOutcome::Existed {
                 return Ok(PoolOutcome::Started);
@@ -384,6 +389,22 @@ impl Hypervisor {
             return Err(e);
         }
         volume_info(&v)
+    }
+
+    /// Does `pool` hold a volume called `name`? (One lookup, not a listing.)
+    pub fn volume_exists(&self, pool: &str, name: &str) -> Result<bool, HvError> {
+        let p = self.lookup_pool(pool)?;
+        match p.lookup_storage_vol_by_name(name) {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = lv(format!("look up volume {name} in {pool}"))(e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     pub fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {

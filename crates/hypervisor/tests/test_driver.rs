@@ -124,3 +124,21 @@ fn pools_and_volumes() {
         .all(|v| v.name != "seed.iso"));
     assert!(hv.pool("no-such-pool").unwrap().is_none());
 }
+
+#[test]
+fn volume_exists_looks_up_one_volume() {
+    let hv = hv();
+    let dir = tempfile::tempdir().unwrap();
+    hv.ensure_dir_pool("kp-pool2", &dir.path().join("p"))
+        .unwrap();
+    assert!(!hv.volume_exists("kp-pool2", "a.qcow2").unwrap());
+    hv.create_overlay(
+        "kp-pool2",
+        "a.qcow2",
+        &dir.path().join("b.qcow2"),
+        "qcow2",
+        1 << 30,
+    )
+    .unwrap();
+    assert!(hv.volume_exists("kp-pool2", "a.qcow2").unwrap());
+}

@@ -210,8 +210,8 @@ fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
     let mut out = Vec::new();
     for d in hv.domains()? {
         let files = match hv.domain_xml(&d.name) {
-            Ok(x) => kvmprov_hypervisor::xml::parse_domain_xml(&x)?
-                .disk_paths
+            // Disks with their backing chains, console logs and NVRAM: all protected.
+            Ok(x) => kvmprov_hypervisor::xml::domain_files(&x)?
                 .iter()
                 .flat_map(|p| chain(p))
                 .collect(),

@@ -69,6 +69,13 @@ check "preflight with the ACL fix succeeds" kp -c "$P/locked.yml" preflight
 check "the ACL grants libvirt-qemu traverse" bash -c 'getfacl -p "$0" 2>/dev/null | grep -q "^user:libvirt-qemu:--x"' "$P/locked"
 check "others still have no access to the locked directory" test "$(stat -c %A "$P/locked" | cut -c8-10)" = "---"
 
+# --- the hypervisor crate against this real daemon (overlay, upload read-back, define/start) ---
+mkdir -p "$P/hv"
+chmod 0755 "$P/hv"
+check "hypervisor crate: real-daemon test" in_ns env KVMPROV_HV_TEST_URI=qemu:///system \
+    KVMPROV_HV_TEST_DIR="$P/hv" KVMPROV_HV_TEST_NETWORK=default \
+    cargo test -q --locked --manifest-path "$E2E_ROOT/Cargo.toml" -p kvmprov-hypervisor --test libvirt real_daemon
+
 # --- what provision generates -----------------------------------------------------------------
 pcfg "$P/one.yml" "$P/pool" 1
 check "image-cache for the provision scenario" kp -c "$P/one.yml" image-cache

@@ -2,8 +2,11 @@
 //!
 //! A thin, typed layer over the `virt` crate: connection and host facts, networks, `dir`
 //! storage pools and volumes (qcow2 overlays, uploads through streams), domains and snapshots,
-//! DHCP leases. It works the same for `qemu:///system`, `qemu+ssh://host/system` and libvirt's
-//! `test:///default` driver. `xml` holds what the generated XML looks like.
+//! DHCP leases and guest-agent addresses. It works the same for `qemu:///system`,
+//! `qemu+ssh://host/system` and libvirt's `test:///default` driver. `xml` holds what the XML
+//! looks like, both ways, as pure functions.
+//!
+//! Every error names what was being done and carries libvirt's own message on one line.
 
 pub mod xml;
 
@@ -15,10 +18,12 @@ use std::sync::Once;
 use serde::Serialize;
 use virt::connect::Connect;
 use virt::domain::Domain;
-use virt::error::ErrorNumber;
+use virt::network::Network;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
+
+pub use xml::{domain_types, NetworkIpv4};
 
 /// A libvirt failure, with what we were doing.
 #[derive(Debug, thiserror::Error)]
@@ -29,53 +34,67 @@ pub enum HvError {
     Libvirt {
         what: String,
         message: String,
-        /// libvirt's error number, for `is_not_found`.
+        /// libvirt's error number (`virErrorNumber`), for `is_not_found`.
         code: Option<u32>,
     },
-    #[error("unexpected XML from libvirt: {0}")]
-    Xml(String),
+    #[error("{what}: {source}")]
+    Xml {
+        what: String,
+        #[source]
+        source: roxmltree::Error,
+    },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
 }
 
 impl HvError {
     /// The object (domain, network, pool, volume, snapshot) does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, HvError::Libvirt { code: Some(c), .. } if NOT_FOUND.contains(c))
+        self.code_is(&[
+            virt_sys::VIR_ERR_NO_DOMAIN,
+            virt_sys::VIR_ERR_NO_NETWORK,
+            virt_sys::VIR_ERR_NO_STORAGE_POOL,
+            virt_sys::VIR_ERR_NO_STORAGE_VOL,
+            virt_sys::VIR_ERR_NO_DOMAIN_SNAPSHOT,
+        ])
+    }
+
+    /// The driver does not support the call or one of its flags.
+    fn is_unsupported(&self) -> bool {
+        self.code_is(&[
+            virt_sys::VIR_ERR_NO_SUPPORT,
+            virt_sys::VIR_ERR_INVALID_ARG,
+            virt_sys::VIR_ERR_ARGUMENT_UNSUPPORTED,
+        ])
+    }
+
+    fn code_is(&self, codes: &[u32]) -> bool {
+        matches!(self, HvError::Libvirt { code: Some(c), .. } if codes.contains(c))
     }
 }
 
-const NOT_FOUND: &[u32] = &[
-    virt_sys::VIR_ERR_NO_DOMAIN,
-    virt_sys::VIR_ERR_NO_NETWORK,
-    virt_sys::VIR_ERR_NO_STORAGE_POOL,
-    virt_sys::VIR_ERR_NO_STORAGE_VOL,
-    virt_sys::VIR_ERR_NO_DOMAIN_SNAPSHOT,
-];
+/// libvirt messages can carry the stderr of ssh or a helper: keep one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
 
+/// Map a libvirt error to `HvError::Libvirt`, saying what we were doing.
 fn lv(what: impl Into<String>) -> impl FnOnce(virt::error::Error) -> HvError {
     let what = what.into();
-    move |e| {
-        let code = match e.code() {
-            virt::enumutil::Enum::Known(k) => error_number(k),
-            virt::enumutil::Enum::Unknown(raw) => Some(raw),
-        };
-        HvError::Libvirt {
-            what,
-            message: e.message().trim().to_string(),
-            code,
-        }
+    move |e| HvError::Libvirt {
+        what,
+        message: one_line(e.message()),
+        code: Some(e.code().to_raw()),
     }
 }
 
-/// The raw number of the not-found errors we care about.
-fn error_number(k: ErrorNumber) -> Option<u32> {
-    Some(match k {
-        ErrorNumber::NoDomain => virt_sys::VIR_ERR_NO_DOMAIN,
-        ErrorNumber::NoNetwork => virt_sys::VIR_ERR_NO_NETWORK,
-        ErrorNumber::NoStoragePool => virt_sys::VIR_ERR_NO_STORAGE_POOL,
-        ErrorNumber::NoStorageVolume => virt_sys::VIR_ERR_NO_STORAGE_VOL,
-        ErrorNumber::NoDomainSnapshot => virt_sys::VIR_ERR_NO_DOMAIN_SNAPSHOT,
-        _ => return None,
-    })
+/// `Ok(None)` for a not-found error, the error otherwise.
+fn none_if_missing<T>(r: Result<T, HvError>) -> Result<Option<T>, HvError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Host facts for `ping` and preflight.
@@ -83,6 +102,7 @@ fn error_number(k: ErrorNumber) -> Option<u32> {
 pub struct HostInfo {
     pub hostname: String,
     pub libvirt_version: String,
+    /// `QEMU`, `TEST`, ...
     pub driver: String,
     pub hypervisor_version: String,
     /// Domain type `kvm` offered for x86_64 guests.
@@ -97,13 +117,18 @@ pub struct NetworkInfo {
     pub active: bool,
     pub autostart: bool,
     pub bridge: Option<String>,
+    /// `nat`, `route`, `bridge`, ...; `None` for an isolated network.
+    pub forward: Option<String>,
+    pub ipv4: Option<NetworkIpv4>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolInfo {
     pub name: String,
+    /// The target directory (empty for pools without one).
     pub path: PathBuf,
     pub active: bool,
+    /// Free space; 0 for an inactive pool.
     pub available_bytes: u64,
 }
 
@@ -111,8 +136,14 @@ pub struct PoolInfo {
 pub struct VolumeInfo {
     pub name: String,
     pub path: PathBuf,
+    /// Virtual size in bytes.
     pub capacity: u64,
+    /// Bytes used on the host.
     pub allocation: u64,
+    /// `qcow2`, `raw`, `iso`, ...
+    pub format: Option<String>,
+    /// The backing file of a qcow2 overlay.
+    pub backing_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,15 +159,37 @@ pub enum DomainState {
 #[derive(Debug, Clone, Serialize)]
 pub struct DomainInfo {
     pub name: String,
+    pub uuid: String,
     pub state: DomainState,
+    /// Defined (survives a stop), as opposed to transient.
+    pub persistent: bool,
 }
 
 /// What `ensure_dir_pool` had to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolOutcome {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PoolAction {
+    /// Already defined and active (it was refreshed).
     Existed,
+    /// Defined but inactive: started.
     Started,
+    /// Defined, built (directory created), started, set to autostart.
     Defined,
+}
+
+/// The pool `ensure_dir_pool` made sure of. Its name differs from the one asked for when
+/// another pool already served the directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolOutcome {
+    pub pool: PoolInfo,
+    pub action: PoolAction,
+}
+
+/// One DHCP lease as libvirt reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lease {
+    ip: String,
+    /// Unix seconds; 0 means the lease never expires.
+    expiry: i64,
 }
 
 /// A libvirt connection.
@@ -150,13 +203,14 @@ fn version_string(v: u32) -> String {
 }
 
 impl Hypervisor {
+    /// Open `uri`. The error is one sentence naming the URI, with libvirt's reason.
     pub fn connect(uri: &str) -> Result<Self, HvError> {
         // libvirt prints every error to stderr unless told not to; we report them ourselves.
         static QUIET: Once = Once::new();
         QUIET.call_once(virt::error::clear_error_callback);
         let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect {
             uri: uri.to_string(),
-            message: e.message().trim().to_string(),
+            message: one_line(e.message()),
         })?;
         Ok(Hypervisor {
             conn,
@@ -168,9 +222,10 @@ impl Hypervisor {
         &self.uri
     }
 
+    /// Versions, host name, driver and the x86_64 domain types the host offers.
     pub fn host_info(&self) -> Result<HostInfo, HvError> {
         let caps = self.conn.capabilities().map_err(lv("read capabilities"))?;
-        let (kvm, qemu) = domain_types(&caps)?;
+        let (kvm, qemu) = xml::domain_types(&caps)?;
         Ok(HostInfo {
             hostname: self.conn.hostname().map_err(lv("read host name"))?,
             libvirt_version: version_string(
@@ -189,6 +244,7 @@ impl Hypervisor {
         })
     }
 
+    /// All networks, active and inactive, sorted by name.
     pub fn networks(&self) -> Result<Vec<NetworkInfo>, HvError> {
         let nets = self
             .conn
@@ -196,117 +252,27 @@ impl Hypervisor {
             .map_err(lv("list networks"))?;
         let mut out = Vec::new();
         for n in nets {
-            let name = n.name().map_err(lv("read network name"))?;
-            let active = n.is_active().map_err(lv(format!("network {name}")))?;
-            out.push(NetworkInfo {
-                autostart: n.autostart().unwrap_or(false),
-                bridge: n.bridge_name().ok(),
-                name,
-                active,
-            });
+            match network_info(&n) {
+                Ok(info) => out.push(info),
+                // Undefined between the listing and now.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
+    /// Start a defined network; a network that is already active is left alone.
     pub fn start_network(&self, name: &str) -> Result<(), HvError> {
         let n = self
             .conn
             .lookup_network_by_name(name)
             .map_err(lv(format!("look up network {name}")))?;
+        if n.is_active().map_err(lv(format!("network {name}")))? {
+            return Ok(());
+        }
         n.create().map_err(lv(format!("start network {name}")))
-    }
-
-    fn pool_info(p: &StoragePool) -> Result<PoolInfo, HvError> {
-        let name = p.name().map_err(lv("read pool name"))?;
-        let xml = p.xml_desc(0).map_err(lv(format!("read pool {name}")))?;
-        let doc = roxmltree::Document::parse(&xml).map_err(|e| HvError::Xml(e.to_string()))?;
-        let path = doc
-            .descendants()
-            .find(|n| {
-                n.has_tag_name("path") && n.parent().is_some_and(|p| p.has_tag_name("target"))
-            })
-            .and_then(|n| n.text())
-            .map(PathBuf::from)
-            .unwrap_or_default();
-        let active = p.is_active().map_err(lv(format!("pool {name}")))?;
-        let available_bytes = if active {
-            p.info().map(|i| i.available).unwrap_or(0)
-        } else {
-            0
-        };
-        Ok(PoolInfo {
-            name,
-            path,
-            active,
-            available_bytes,
-        })
-    }
-
-    pub fn pool(&self, name: &str) -> Result<Option<PoolInfo>, HvError> {
-        match self.conn.lookup_storage_pool_by_name(name) {
-            Ok(p) => Ok(Some(Self::pool_info(&p)?)),
-            Err(e) => {
-                let e = lv(format!("look up pool {name}"))(e);
-                if e.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
-    /// The pool whose target is `path` (paths compared as given, then canonicalized).
-    pub fn pool_by_path(&self, path: &Path) -> Result<Option<PoolInfo>, HvError> {
-        let want = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        for p in self
-            .conn
-            .list_all_storage_pools(0)
-            .map_err(lv("list storage pools"))?
-        {
-            let info = Self::pool_info(&p)?;
-            if info.path == path || info.path.canonicalize().is_ok_and(|c| c == want) {
-                return Ok(Some(info));
-            }
-        }
-        Ok(None)
-    }
-
-    /// A started `dir` pool named `name` at `path`: defined, built and started as needed.
-    pub fn ensure_dir_pool(&self, name: &str, path: &Path) -> Result<PoolOutcome, HvError> {
-        let (pool, outcome) = match self.conn.lookup_storage_pool_by_name(name) {
-            Ok(p) => (p, PoolOutcome::Existed),
-            Err(_) => {
-                let p = self
-                    .conn
-                    .define_storage_pool_xml(&xml::pool_xml(name, path), 0)
-                    .map_err(lv(format!("define pool {name} at {}", path.display())))?;
-                p.build(0).map_err(lv(format!("build pool {name}")))?;
-                let _ = p.set_autostart(true);
-                (p, PoolOutcome::Defined)
-            }
-        };
-        if !pool.is_active().map_err(lv(format!("pool {name}")))? {
-            // A run killed between define and build leaves a pool without its directory:
-            // building again is harmless when the directory exists.
-            if outcome == PoolOutcome::Existed {
-                let _ = pool.build(0);
-            }
-            pool.create(0).map_err(lv(format!("start pool {name}")))?;
-            if outcome == PoolOutcome::Existed {
-                return Ok(PoolOutcome::Started);
-            }
-        }
-        Ok(outcome)
-    }
-
-    pub fn refresh_pool(&self, name: &str) -> Result<(), HvError> {
-        let p = self
-            .conn
-            .lookup_storage_pool_by_name(name)
-            .map_err(lv(format!("look up pool {name}")))?;
-        p.refresh(0).map_err(lv(format!("refresh pool {name}")))
     }
 
     fn lookup_pool(&self, name: &str) -> Result<StoragePool, HvError> {
@@ -315,20 +281,125 @@ impl Hypervisor {
             .map_err(lv(format!("look up pool {name}")))
     }
 
+    pub fn pool(&self, name: &str) -> Result<Option<PoolInfo>, HvError> {
+        match none_if_missing(self.lookup_pool(name))? {
+            Some(p) => Ok(Some(pool_info(&p)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The pool whose target is `path`: compared as given, then both canonicalized on this
+    /// machine (when the hypervisor is remote only the first comparison can match).
+    pub fn pool_by_path(&self, path: &Path) -> Result<Option<PoolInfo>, HvError> {
+        Ok(self.find_pool_by_path(path)?.map(|(_, info)| info))
+    }
+
+    fn find_pool_by_path(&self, path: &Path) -> Result<Option<(StoragePool, PoolInfo)>, HvError> {
+        let want = path.canonicalize().ok();
+        for p in self
+            .conn
+            .list_all_storage_pools(0)
+            .map_err(lv("list storage pools"))?
+        {
+            let info = match pool_info(&p) {
+                Ok(info) => info,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            let same =
+                info.path == path || (want.is_some() && info.path.canonicalize().ok() == want);
+            if same && !info.path.as_os_str().is_empty() {
+                return Ok(Some((p, info)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// An active `dir` pool serving `path`. A pool already serving the directory is reused
+    /// whatever its name (two pools on one directory would each list the other's volumes);
+    /// otherwise `name` is defined, built (mkdir), started and set to autostart. An existing
+    /// active pool is refreshed so files created behind libvirt's back show up.
+    pub fn ensure_dir_pool(&self, name: &str, path: &Path) -> Result<PoolOutcome, HvError> {
+        let (pool, mut action) = match self.find_pool_by_path(path)? {
+            Some((p, _)) => (p, PoolAction::Existed),
+            None => {
+                if let Some(other) = self.pool(name)? {
+                    return Err(HvError::Invalid {
+                        what: format!("create pool {name} for {}", path.display()),
+                        reason: format!(
+                            "a pool of that name already exists for {}",
+                            other.path.display()
+                        ),
+                    });
+                }
+                let p = self
+                    .conn
+                    .define_storage_pool_xml(&xml::pool_xml(name, path), 0)
+                    .map_err(lv(format!("define pool {name} at {}", path.display())))?;
+                p.build(0)
+                    .map_err(lv(format!("build pool {name} (create {})", path.display())))?;
+                p.set_autostart(true)
+                    .map_err(lv(format!("set autostart of pool {name}")))?;
+                (p, PoolAction::Defined)
+            }
+        };
+        let pool_name = pool.name().map_err(lv("read pool name"))?;
+        if pool.is_active().map_err(lv(format!("pool {pool_name}")))? {
+            pool.refresh(0)
+                .map_err(lv(format!("refresh pool {pool_name}")))?;
+        } else {
+            if pool.create(0).is_err() {
+                // The usual reason: its directory was removed. Building recreates it.
+                pool.build(0)
+                    .map_err(lv(format!("build pool {pool_name}")))?;
+                pool.create(0)
+                    .map_err(lv(format!("start pool {pool_name}")))?;
+            }
+            if action == PoolAction::Existed {
+                action = PoolAction::Started;
+            }
+        }
+        Ok(PoolOutcome {
+            pool: pool_info(&pool)?,
+            action,
+        })
+    }
+
+    /// Stop and undefine a pool. Its directory and files stay: libvirt forgets the pool only.
+    pub fn remove_pool(&self, name: &str) -> Result<(), HvError> {
+        let p = self.lookup_pool(name)?;
+        if p.is_active().map_err(lv(format!("pool {name}")))? {
+            p.destroy().map_err(lv(format!("stop pool {name}")))?;
+        }
+        p.undefine().map_err(lv(format!("undefine pool {name}")))
+    }
+
+    /// Rescan a pool's directory.
+    pub fn refresh_pool(&self, name: &str) -> Result<(), HvError> {
+        self.lookup_pool(name)?
+            .refresh(0)
+            .map_err(lv(format!("refresh pool {name}")))
+    }
+
+    /// The volumes of a pool, sorted by name.
     pub fn volumes(&self, pool: &str) -> Result<Vec<VolumeInfo>, HvError> {
         let p = self.lookup_pool(pool)?;
         let mut out = Vec::new();
         for v in p
             .list_all_volumes(0)
-            .map_err(lv(format!("list volumes of {pool}")))?
+            .map_err(lv(format!("list volumes of pool {pool}")))?
         {
-            out.push(volume_info(&v)?);
+            match volume_info(&v) {
+                Ok(info) => out.push(info),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    /// A qcow2 overlay backed by `backing_path` (libvirt runs qemu-img for it).
+    /// A qcow2 overlay of `capacity_bytes` backed by `backing_path` (libvirt runs qemu-img).
     pub fn create_overlay(
         &self,
         pool: &str,
@@ -340,7 +411,7 @@ impl Hypervisor {
         let p = self.lookup_pool(pool)?;
         let xml = xml::overlay_volume_xml(name, capacity_bytes, backing_path, backing_format);
         let v = StorageVol::create_xml(&p, &xml, 0).map_err(lv(format!(
-            "create overlay {name} on {}",
+            "create overlay {name} in pool {pool} on {}",
             backing_path.display()
         )))?;
         volume_info(&v)
@@ -356,48 +427,32 @@ impl Hypervisor {
         format: &str,
     ) -> Result<VolumeInfo, HvError> {
         let p = self.lookup_pool(pool)?;
+        let what = format!("upload volume {name} to pool {pool}");
         let v = StorageVol::create_xml(
             &p,
             &xml::raw_volume_xml(name, bytes.len() as u64, format),
             0,
         )
-        .map_err(lv(format!("create volume {name}")))?;
-        let result = (|| {
-            let stream = Stream::new(&self.conn, 0).map_err(lv("open upload stream"))?;
-            v.upload(&stream, 0, bytes.len() as u64, 0)
-                .map_err(lv(format!("upload to {name}")))?;
-            let mut sent = 0;
-            while sent < bytes.len() {
-                let n = stream
-                    .send(&bytes[sent..])
-                    .map_err(lv(format!("upload to {name}")))?;
-                if n <= 0 {
-                    return Err(HvError::Libvirt {
-                        what: format!("upload to {name}"),
-                        message: "stream accepted no data".into(),
-                        code: None,
-                    });
-                }
-                sent += n as usize;
-            }
-            stream
-                .finish()
-                .map_err(lv(format!("finish upload to {name}")))
-        })();
-        if let Err(e) = result {
+        .map_err(lv(format!("create volume {name} in pool {pool}")))?;
+        let sent = Stream::new(&self.conn, 0)
+            .map_err(lv(what.clone()))
+            .and_then(|stream| send_volume(&v, stream, bytes, &what));
+        if let Err(e) = sent {
+            // Best effort: the upload error is the one worth reporting.
             let _ = v.delete(0);
             return Err(e);
         }
         volume_info(&v)
     }
 
-    /// Does `pool` hold a volume called `name`? (One lookup, not a listing.)
+    /// Does `pool` hold a volume called `name`? One lookup, not a listing: a listing races with
+    /// volumes other workers are creating (found by the SIGKILL fault test).
     pub fn volume_exists(&self, pool: &str, name: &str) -> Result<bool, HvError> {
         let p = self.lookup_pool(pool)?;
         match p.lookup_storage_vol_by_name(name) {
             Ok(_) => Ok(true),
             Err(e) => {
-                let e = lv(format!("look up volume {name} in {pool}"))(e);
+                let e = lv(format!("look up volume {name} in pool {pool}"))(e);
                 if e.is_not_found() {
                     Ok(false)
                 } else {
@@ -411,56 +466,47 @@ impl Hypervisor {
         let p = self.lookup_pool(pool)?;
         let v = p
             .lookup_storage_vol_by_name(name)
-            .map_err(lv(format!("look up volume {name} in {pool}")))?;
-        v.delete(0).map_err(lv(format!("delete volume {name}")))
+            .map_err(lv(format!("look up volume {name} in pool {pool}")))?;
+        v.delete(0)
+            .map_err(lv(format!("delete volume {name} in pool {pool}")))
     }
 
     fn lookup_domain(&self, name: &str) -> Result<Domain, HvError> {
         self.conn
             .lookup_domain_by_name(name)
-            .map_err(lv(format!("domain {name}")))
+            .map_err(lv(format!("look up domain {name}")))
     }
 
+    /// All domains, running or not, sorted by name.
     pub fn domains(&self) -> Result<Vec<DomainInfo>, HvError> {
         let mut out = Vec::new();
         for d in self.conn.list_all_domains(0).map_err(lv("list domains"))? {
-            let name = d.name().map_err(lv("read domain name"))?;
-            let state = match d.state() {
-                Ok((s, _)) => map_state(s),
-                Err(e) => {
-                    let e = lv(format!("domain {name}"))(e);
-                    if e.is_not_found() {
-                        continue;
-                    }
-                    return Err(e);
-                }
-            };
-            out.push(DomainInfo { name, state });
+            match domain_info(&d) {
+                Ok(info) => out.push(info),
+                // Undefined between the listing and now.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
     pub fn domain(&self, name: &str) -> Result<Option<DomainInfo>, HvError> {
-        match self.lookup_domain(name) {
-            Ok(d) => {
-                let (s, _) = d.state().map_err(lv(format!("domain {name}")))?;
-                Ok(Some(DomainInfo {
-                    name: name.to_string(),
-                    state: map_state(s),
-                }))
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
+        match none_if_missing(self.lookup_domain(name))? {
+            Some(d) => none_if_missing(domain_info(&d)),
+            None => Ok(None),
         }
     }
 
+    /// The domain's persistent definition as libvirt stores it.
     pub fn domain_xml(&self, name: &str) -> Result<String, HvError> {
         self.lookup_domain(name)?
             .xml_desc(0)
-            .map_err(lv(format!("read XML of {name}")))
+            .map_err(lv(format!("read XML of domain {name}")))
     }
 
+    /// Define (or redefine) a persistent domain.
     pub fn define(&self, xml: &str) -> Result<(), HvError> {
         self.conn
             .define_domain_xml(xml)
@@ -472,55 +518,65 @@ impl Hypervisor {
         self.lookup_domain(name)?
             .create()
             .map(|_| ())
-            .map_err(lv(format!("start {name}")))
+            .map_err(lv(format!("start domain {name}")))
     }
 
     pub fn set_autostart(&self, name: &str, on: bool) -> Result<(), HvError> {
         self.lookup_domain(name)?
             .set_autostart(on)
             .map(|_| ())
-            .map_err(lv(format!("set autostart of {name}")))
+            .map_err(lv(format!("set autostart of domain {name}")))
     }
 
+    /// Ask the guest to power off (ACPI); returns at once.
     pub fn shutdown(&self, name: &str) -> Result<(), HvError> {
         self.lookup_domain(name)?
             .shutdown()
             .map(|_| ())
-            .map_err(lv(format!("shut down {name}")))
+            .map_err(lv(format!("shut down domain {name}")))
     }
 
+    /// Power off at once.
     pub fn destroy(&self, name: &str) -> Result<(), HvError> {
         self.lookup_domain(name)?
             .destroy()
             .map(|_| ())
-            .map_err(lv(format!("destroy {name}")))
+            .map_err(lv(format!("destroy domain {name}")))
     }
 
-    /// Undefine with snapshot metadata and NVRAM; drivers that reject a flag get a plainer call.
+    /// Undefine with snapshot metadata, NVRAM and managed save; when the driver rejects a
+    /// flag, retry with fewer. Disks are left alone.
     pub fn undefine(&self, name: &str) -> Result<(), HvError> {
         let d = self.lookup_domain(name)?;
-        let all = virt_sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-            | virt_sys::VIR_DOMAIN_UNDEFINE_NVRAM
-            | virt_sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE;
-        match d.undefine_flags(all) {
-            Ok(()) => Ok(()),
-            Err(first) => {
-                let first = lv(format!("undefine {name}"))(first);
-                if first.is_not_found() {
-                    return Err(first);
-                }
-                d.undefine_flags(virt_sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-                    .map_err(|_| first)
+        let what = format!("undefine domain {name}");
+        let attempts = [
+            virt_sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | virt_sys::VIR_DOMAIN_UNDEFINE_NVRAM
+                | virt_sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
+            virt_sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+            0,
+        ];
+        let mut last = None;
+        for flags in attempts {
+            match d.undefine_flags(flags).map_err(lv(what.clone())) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_unsupported() => last = Some(e),
+                Err(e) => return Err(e),
             }
         }
+        Err(last.unwrap_or(HvError::Invalid {
+            what,
+            reason: "no undefine call was tried".into(),
+        }))
     }
 
+    /// Snapshot names, sorted.
     pub fn snapshots(&self, name: &str) -> Result<Vec<String>, HvError> {
         let d = self.lookup_domain(name)?;
         let mut out = Vec::new();
         for s in d
             .list_all_snapshots(0)
-            .map_err(lv(format!("list snapshots of {name}")))?
+            .map_err(lv(format!("list snapshots of domain {name}")))?
         {
             out.push(s.name().map_err(lv("read snapshot name"))?);
         }
@@ -528,71 +584,44 @@ impl Hypervisor {
         Ok(out)
     }
 
+    /// Take a snapshot; atomic, so a failure leaves no half snapshot behind.
     pub fn create_snapshot(
         &self,
         name: &str,
         snapshot: &str,
         description: &str,
     ) -> Result<(), HvError> {
-        let d = self.lookup_domain(name)?;
-        let xml = format!(
-            "<domainsnapshot><name>{}</name><description>{}</description></domainsnapshot>",
-            xml::esc(snapshot),
-            xml::esc(description)
-        );
-        d.create_snapshot_xml(&xml, virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+        self.lookup_domain(name)?
+            .create_snapshot_xml(
+                &xml::snapshot_xml(snapshot, description),
+                virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
+            )
             .map(|_| ())
-            .map_err(lv(format!("snapshot {snapshot} of {name}")))
+            .map_err(lv(format!("create snapshot {snapshot} of domain {name}")))
     }
 
-    /// The IPv4 address the network's DHCP server leased to `mac`, if any.
+    /// The IPv4 address the network's DHCP server leased to `mac`, if any. With several
+    /// leases (an earlier guest with the same MAC), the newest one.
     pub fn dhcp_lease(&self, network: &str, mac: &str) -> Result<Option<Ipv4Addr>, HvError> {
+        let what = format!("read DHCP leases of {mac} on network {network}");
         let net = self
             .conn
             .lookup_network_by_name(network)
             .map_err(lv(format!("look up network {network}")))?;
-        let mac_c = CString::new(mac).map_err(|_| HvError::Xml(format!("bad MAC {mac:?}")))?;
-        let mut leases: *mut virt_sys::virNetworkDHCPLeasePtr = std::ptr::null_mut();
-        // SAFETY: `net` is a live network handle; libvirt allocates `leases` (an array of
-        // `n` lease pointers) which we read once and free with the matching libvirt/libc calls.
-        let n = unsafe {
-            virt_sys::virNetworkGetDHCPLeases(net.as_ptr(), mac_c.as_ptr(), &mut leases, 0)
-        };
-        if n < 0 {
-            return Err(lv(format!("read DHCP leases of {network}"))(
-                virt::error::Error::last_error(),
-            ));
-        }
-        // Stale leases of an earlier guest with the same MAC can outlive it (the lease file is
-        // kept across daemon restarts): the newest lease (latest expiry) is the current one.
-        let mut found: Option<(i64, Ipv4Addr)> = None;
-        for i in 0..n as usize {
-            // SAFETY: i < n, and every element is a valid lease pointer until freed below.
-            unsafe {
-                let lease = *leases.add(i);
-                if !lease.is_null() && !(*lease).ipaddr.is_null() {
-                    let ip = CStr::from_ptr((*lease).ipaddr).to_string_lossy();
-                    let expiry = (*lease).expirytime;
-                    if let Ok(ip) = ip.parse::<Ipv4Addr>() {
-                        if found.is_none_or(|(e, _)| expiry > e) {
-                            found = Some((expiry, ip));
-                        }
-                    }
-                }
-                virt_sys::virNetworkDHCPLeaseFree(lease);
-            }
-        }
-        // SAFETY: the array itself was allocated by libvirt with malloc.
-        unsafe { libc::free(leases as *mut libc::c_void) };
-        Ok(found.map(|(_, ip)| ip))
+        let mac_c = CString::new(mac).map_err(|_| HvError::Invalid {
+            what: what.clone(),
+            reason: "the MAC address contains a NUL byte".into(),
+        })?;
+        let leases = dhcp_leases(&net, &mac_c).map_err(lv(what))?;
+        Ok(newest_ipv4(&leases))
     }
 
     /// The guest agent's IPv4 for the interface with `mac` (needs qemu-guest-agent running).
     pub fn agent_ipv4(&self, name: &str, mac: &str) -> Result<Option<Ipv4Addr>, HvError> {
-        let d = self.lookup_domain(name)?;
-        let ifaces = d
+        let ifaces = self
+            .lookup_domain(name)?
             .interface_addresses(virt_sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)
-            .map_err(lv(format!("ask the guest agent of {name}")))?;
+            .map_err(lv(format!("ask the guest agent of domain {name}")))?;
         Ok(ifaces
             .iter()
             .filter(|i| {
@@ -605,17 +634,146 @@ impl Hypervisor {
     }
 }
 
+/// Stream `bytes` into `v`; the stream is finished on success and aborted on failure.
+fn send_volume(v: &StorageVol, stream: Stream, bytes: &[u8], what: &str) -> Result<(), HvError> {
+    // Chunks like virsh's: one message per chunk stays under libvirt's RPC payload limit.
+    const CHUNK: usize = 256 * 1024;
+    let sent = v
+        .upload(&stream, 0, bytes.len() as u64, 0)
+        .map_err(lv(what))
+        .and_then(|()| {
+            for chunk in bytes.chunks(CHUNK) {
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let n = stream.send(rest).map_err(lv(what))?;
+                    // Blocking streams send at least one byte or fail.
+                    let n = usize::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
+                        HvError::Invalid {
+                            what: what.to_string(),
+                            reason: format!("the stream accepted no data (returned {n})"),
+                        }
+                    })?;
+                    rest = &rest[n.min(rest.len())..];
+                }
+            }
+            Ok(())
+        });
+    match sent {
+        Ok(()) => stream.finish().map_err(lv(what)),
+        Err(e) => {
+            let _ = stream.abort();
+            Err(e)
+        }
+    }
+}
+
+/// The DHCP leases libvirt knows for `mac` on `net`. virt 0.5 has no wrapper for
+/// `virNetworkGetDHCPLeases`: this is the crate's only direct FFI call.
+fn dhcp_leases(net: &Network, mac: &CStr) -> Result<Vec<Lease>, virt::error::Error> {
+    let mut leases: *mut virt_sys::virNetworkDHCPLeasePtr = std::ptr::null_mut();
+    // SAFETY: `net` is a live handle for the whole call and `mac` is NUL-terminated. On
+    // success libvirt stores in `leases` a malloc'ed array of `n` lease pointers we own.
+    let n =
+        unsafe { virt_sys::virNetworkGetDHCPLeases(net.as_ptr(), mac.as_ptr(), &mut leases, 0) };
+    if n < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let mut out = Vec::new();
+    for i in 0..n as usize {
+        // SAFETY: i < n; each element is a lease (or null) we read, then free exactly once.
+        unsafe {
+            let lease = *leases.add(i);
+            if lease.is_null() {
+                continue;
+            }
+            let ipv4 = (*lease).type_ == virt_sys::VIR_IP_ADDR_TYPE_IPV4 as std::os::raw::c_int;
+            if ipv4 && !(*lease).ipaddr.is_null() {
+                out.push(Lease {
+                    ip: CStr::from_ptr((*lease).ipaddr)
+                        .to_string_lossy()
+                        .into_owned(),
+                    expiry: (*lease).expirytime,
+                });
+            }
+            virt_sys::virNetworkDHCPLeaseFree(lease);
+        }
+    }
+    // SAFETY: the array itself was allocated by libvirt with malloc (free(NULL) is a no-op).
+    unsafe { libc::free(leases.cast()) };
+    Ok(out)
+}
+
+/// The address of the newest lease. Stale leases of an earlier guest with the same MAC can
+/// outlive it (the lease file survives daemon restarts); expiry 0 means "never" and wins.
+fn newest_ipv4(leases: &[Lease]) -> Option<Ipv4Addr> {
+    leases
+        .iter()
+        .filter_map(|l| {
+            let ip = l.ip.parse::<Ipv4Addr>().ok()?;
+            let expiry = if l.expiry == 0 { i64::MAX } else { l.expiry };
+            Some((expiry, ip))
+        })
+        .max_by_key(|(expiry, _)| *expiry)
+        .map(|(_, ip)| ip)
+}
+
+fn network_info(n: &Network) -> Result<NetworkInfo, HvError> {
+    let name = n.name().map_err(lv("read network name"))?;
+    let what = format!("read network {name}");
+    let facts = xml::parse_network_xml(&n.xml_desc(0).map_err(lv(what.clone()))?)?;
+    Ok(NetworkInfo {
+        active: n.is_active().map_err(lv(what.clone()))?,
+        autostart: n.autostart().map_err(lv(what))?,
+        bridge: facts.bridge,
+        forward: facts.forward,
+        ipv4: facts.ipv4,
+        name,
+    })
+}
+
+fn pool_info(p: &StoragePool) -> Result<PoolInfo, HvError> {
+    let name = p.name().map_err(lv("read pool name"))?;
+    let what = format!("read pool {name}");
+    let path = xml::parse_pool_path(&p.xml_desc(0).map_err(lv(what.clone()))?)?;
+    let active = p.is_active().map_err(lv(what.clone()))?;
+    let available_bytes = if active {
+        p.info().map_err(lv(what))?.available
+    } else {
+        0
+    };
+    Ok(PoolInfo {
+        name,
+        path: path.unwrap_or_default(),
+        active,
+        available_bytes,
+    })
+}
+
 fn volume_info(v: &StorageVol) -> Result<VolumeInfo, HvError> {
     let name = v.name().map_err(lv("read volume name"))?;
-    let path = v
-        .path()
-        .map_err(lv(format!("read path of volume {name}")))?;
-    let info = v.info().map_err(lv(format!("read volume {name}")))?;
+    let what = format!("read volume {name}");
+    let path = v.path().map_err(lv(what.clone()))?;
+    let info = v.info().map_err(lv(what.clone()))?;
+    let facts = xml::parse_volume_xml(&v.xml_desc(0).map_err(lv(what))?)?;
     Ok(VolumeInfo {
         name,
         path: PathBuf::from(path),
         capacity: info.capacity,
         allocation: info.allocation,
+        format: facts.format,
+        backing_path: facts.backing_path,
+    })
+}
+
+fn domain_info(d: &Domain) -> Result<DomainInfo, HvError> {
+    let name = d.name().map_err(lv("read domain name"))?;
+    let what = format!("read domain {name}");
+    let (state, _reason) = d.state().map_err(lv(what.clone()))?;
+    Ok(DomainInfo {
+        uuid: d.uuid_string().map_err(lv(what.clone()))?,
+        state: map_state(state),
+        persistent: d.is_persistent().map_err(lv(what))?,
+        name,
     })
 }
 
@@ -630,48 +788,59 @@ fn map_state(s: virt::domain::DomainStateEnum) -> DomainState {
     }
 }
 
-/// Which x86_64 domain types the capabilities XML offers: (kvm, qemu).
-pub fn domain_types(caps: &str) -> Result<(bool, bool), HvError> {
-    let doc = roxmltree::Document::parse(caps).map_err(|e| HvError::Xml(e.to_string()))?;
-    let (mut kvm, mut qemu) = (false, false);
-    for guest in doc.descendants().filter(|n| n.has_tag_name("guest")) {
-        let x86 = guest
-            .children()
-            .find(|n| n.has_tag_name("arch"))
-            .and_then(|a| a.attribute("name"))
-            .is_some_and(|n| n == "x86_64");
-        for d in guest.descendants().filter(|n| n.has_tag_name("domain")) {
-            match d.attribute("type") {
-                Some("kvm") if x86 => kvm = true,
-                Some("qemu") if x86 => qemu = true,
-                // libvirt's test driver (any arch) stands in for both, so tests can plan.
-                Some("test") => {
-                    kvm = true;
-                    qemu = true;
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok((kvm, qemu))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn capabilities_domain_types() {
-        let caps = "<capabilities><guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/></arch></guest>\
-                    <guest><arch name='i686'><domain type='kvm'/></arch></guest></capabilities>";
-        assert_eq!(domain_types(caps).unwrap(), (false, true));
-        let caps = "<capabilities><guest><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest></capabilities>";
-        assert_eq!(domain_types(caps).unwrap(), (true, true));
-    }
-
-    #[test]
     fn versions_are_dotted() {
         assert_eq!(version_string(9_000_000), "9.0.0");
         assert_eq!(version_string(7_002_015), "7.2.15");
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        assert_eq!(
+            one_line("Cannot recv data: Host key verification failed.\r\n: Connection reset\n"),
+            "Cannot recv data: Host key verification failed. : Connection reset"
+        );
+    }
+
+    fn lease(ip: &str, expiry: i64) -> Lease {
+        Lease {
+            ip: ip.into(),
+            expiry,
+        }
+    }
+
+    #[test]
+    fn newest_lease_wins() {
+        assert_eq!(newest_ipv4(&[]), None);
+        let leases = [
+            lease("192.168.122.10", 1000),
+            lease("192.168.122.11", 3000),
+            lease("192.168.122.12", 2000),
+        ];
+        assert_eq!(newest_ipv4(&leases), Some(Ipv4Addr::new(192, 168, 122, 11)));
+        // A lease that never expires beats any dated one; junk is skipped.
+        let leases = [
+            lease("192.168.122.11", 3000),
+            lease("192.168.122.20", 0),
+            lease("not-an-ip", 9999),
+        ];
+        assert_eq!(newest_ipv4(&leases), Some(Ipv4Addr::new(192, 168, 122, 20)));
+    }
+
+    #[test]
+    fn not_found_and_unsupported_codes() {
+        let e = |code| HvError::Libvirt {
+            what: "x".into(),
+            message: "y".into(),
+            code: Some(code),
+        };
+        assert!(e(virt_sys::VIR_ERR_NO_DOMAIN).is_not_found());
+        assert!(!e(virt_sys::VIR_ERR_OPERATION_FAILED).is_not_found());
+        assert!(e(virt_sys::VIR_ERR_NO_SUPPORT).is_unsupported());
+        assert!(!e(virt_sys::VIR_ERR_NO_DOMAIN).is_unsupported());
     }
 }

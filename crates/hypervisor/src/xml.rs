@@ -1,15 +1,22 @@
-//! What the domain XML looks like: typed specs in, escaped XML out; and the reverse, the facts
-//! kvmprov needs from an existing domain (drift detection, cleanup, status).
+//! What the XML kvmprov exchanges with libvirt looks like: typed specs in, escaped XML out
+//! (domains, pools, volumes, snapshots); and the reverse, the facts kvmprov reads back from
+//! libvirt's XML (domains for drift detection and cleanup, capabilities, networks, pools,
+//! volumes). Pure functions only: no libvirt calls here.
 
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+
+use roxmltree::{Document, Node};
+use serde::Serialize;
 
 use crate::HvError;
 
-/// The XML namespace of kvmprov's `<metadata>` element.
+/// The XML namespace of kvmprov's `<metadata>` element. Never change it: domains defined by
+/// earlier versions would lose their metadata (and look foreign to cleanup).
 pub const METADATA_NS: &str = "https://kvmprov.dev/xmlns/instance/1";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum DomainType {
     Kvm,
     /// TCG emulation: slow, but works where KVM does not (nested hosts).
@@ -26,7 +33,7 @@ impl DomainType {
 }
 
 /// What kvmprov records in each domain it defines.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KvmprovMetadata {
     pub image_name: String,
     pub image_version: Option<String>,
@@ -42,15 +49,24 @@ pub struct DomainSpec {
     pub domain_type: DomainType,
     pub vcpus: u32,
     pub memory_mib: u64,
+    /// The qcow2 overlay (vda).
     pub disk_path: PathBuf,
+    /// The cloud-init NoCloud ISO (a read-only CD).
     pub seed_path: PathBuf,
+    /// The libvirt network the NIC joins.
     pub network: String,
     pub mac: String,
+    /// Where libvirt writes the serial console (truncated at each start).
     pub console_log: PathBuf,
     pub metadata: KvmprovMetadata,
 }
 
-/// Escape text for XML content and attribute values.
+/// Escape text for XML content and attribute values (both quote styles).
+///
+/// Tab, newline and carriage return become character references so they survive attribute
+/// value normalization. Characters XML 1.0 cannot carry at all (other control characters,
+/// U+FFFE/U+FFFF) become U+FFFD: libvirt would reject the whole document otherwise, and the
+/// config layer rejects such names long before they get here.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -60,6 +76,10 @@ pub fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
             c => out.push(c),
         }
     }
@@ -75,9 +95,10 @@ fn p(path: &Path) -> String {
 /// file, virtio-rng, a guest-agent channel, and kvmprov's metadata.
 pub fn domain_xml(s: &DomainSpec) -> String {
     let m = &s.metadata;
-    // Under TCG there is no host CPU to pass through; qemu's default model is the safe choice.
+    // KVM: host-model gives the guest the host's features while staying a named, migratable
+    // model. TCG has no host CPU to expose; qemu's default model is the safe choice there.
     let cpu = match s.domain_type {
-        DomainType::Kvm => "  <cpu mode='host-passthrough' check='none'/>\n",
+        DomainType::Kvm => "  <cpu mode='host-model' check='partial'/>\n",
         DomainType::Qemu => "",
     };
     let mut x = String::new();
@@ -216,8 +237,18 @@ pub fn raw_volume_xml(name: &str, capacity: u64, format: &str) -> String {
     )
 }
 
-/// Deterministic MAC `52:54:00:xx:xx:xx` from the instance name: FNV-1a 32-bit of the name,
-/// low 24 bits. Stable across versions (changing it would make every domain drift).
+/// A snapshot with a name and a description; libvirt picks the disks and the memory state.
+pub fn snapshot_xml(name: &str, description: &str) -> String {
+    format!(
+        "<domainsnapshot>\n  <name>{}</name>\n  <description>{}</description>\n</domainsnapshot>\n",
+        esc(name),
+        esc(description)
+    )
+}
+
+/// Deterministic MAC `52:54:00:xx:xx:xx` (QEMU's locally administered prefix) from the
+/// instance name: the low 24 bits of the 32-bit FNV-1a hash of the name's UTF-8 bytes.
+/// Stable across versions: changing it would make every existing domain drift.
 pub fn mac_for(instance_name: &str) -> String {
     let mut h: u32 = 0x811c_9dc5;
     for b in instance_name.bytes() {
@@ -232,43 +263,61 @@ pub fn mac_for(instance_name: &str) -> String {
     )
 }
 
+fn parse<'i>(what: &str, xml: &'i str) -> Result<Document<'i>, HvError> {
+    Document::parse(xml).map_err(|source| HvError::Xml {
+        what: what.to_string(),
+        source,
+    })
+}
+
+fn child<'a, 'i>(n: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
+    n.children()
+        .find(|c| c.is_element() && c.tag_name().name() == name)
+}
+
+fn children<'a, 'i: 'a>(n: Node<'a, 'i>, name: &'a str) -> impl Iterator<Item = Node<'a, 'i>> {
+    n.children()
+        .filter(move |c| c.is_element() && c.tag_name().name() == name)
+}
+
 /// What kvmprov reads back from a domain's XML.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedDomain {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub networks: Vec<String>,
+    /// Lower case, in device order.
     pub macs: Vec<String>,
-    /// Source files of all disks (disk and cdrom).
+    /// Source files (or block devices) of all disks, disk and cdrom, in device order.
     pub disk_paths: Vec<PathBuf>,
+    /// `kvm`, `qemu`, or whatever else the driver uses (`test`).
     pub domain_type: Option<String>,
+    /// `None` for domains kvmprov did not define.
     pub metadata: Option<KvmprovMetadata>,
 }
 
-fn memory_mib(node: roxmltree::Node) -> Option<u64> {
+/// `<memory unit=...>` in MiB (libvirt's default unit is KiB); `None` if unparsable.
+fn memory_mib(node: Node) -> Option<u64> {
     let value: u64 = node.text()?.trim().parse().ok()?;
     let unit = node.attribute("unit").unwrap_or("KiB");
     let bytes = match unit {
-        "b" | "bytes" => value,
-        "KB" => value * 1000,
-        "k" | "KiB" => value << 10,
-        "MB" => value * 1_000_000,
-        "M" | "MiB" => value << 20,
-        "GB" => value * 1_000_000_000,
-        "G" | "GiB" => value << 30,
-        _ => return None,
-    };
+        "b" | "bytes" => Some(value),
+        "KB" => value.checked_mul(1000),
+        "k" | "KiB" => value.checked_mul(1 << 10),
+        "MB" => value.checked_mul(1_000_000),
+        "M" | "MiB" => value.checked_mul(1 << 20),
+        "GB" => value.checked_mul(1_000_000_000),
+        "G" | "GiB" => value.checked_mul(1 << 30),
+        "TB" => value.checked_mul(1_000_000_000_000),
+        "T" | "TiB" => value.checked_mul(1 << 40),
+        _ => None,
+    }?;
     Some(bytes >> 20)
 }
 
-fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree::Node<'a, 'i>> {
-    n.children()
-        .find(|c| c.is_element() && c.tag_name().name() == name)
-}
-
-/// Parse the facts of a domain XML.
+/// Parse the facts of a domain XML (ours or anyone's).
 pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| HvError::Xml(e.to_string()))?;
+    let doc = parse("domain XML", xml)?;
     let root = doc.root_element();
 
     let vcpus = child(root, "vcpu")
@@ -331,6 +380,155 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
     })
 }
 
+/// Every host file a domain's XML names: disk and CD sources, serial/console log files,
+/// UEFI NVRAM. Cleanup must never delete one of these for another domain.
+pub fn domain_files(xml: &str) -> Result<Vec<PathBuf>, HvError> {
+    let doc = parse("domain XML", xml)?;
+    let root = doc.root_element();
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(devices) = child(root, "devices") {
+        for dev in devices.children().filter(|c| c.is_element()) {
+            let found = match dev.tag_name().name() {
+                "disk" => child(dev, "source")
+                    .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev"))),
+                "serial" | "console" => child(dev, "log").and_then(|l| l.attribute("file")),
+                _ => None,
+            };
+            files.extend(found.map(PathBuf::from));
+        }
+    }
+    let nvram = child(root, "os")
+        .and_then(|os| child(os, "nvram"))
+        .and_then(|n| n.text());
+    files.extend(nvram.map(|t| PathBuf::from(t.trim())));
+    // libvirt repeats the serial log under <console>: keep each file once, in order.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.clone()));
+    Ok(files)
+}
+
+/// Which x86_64 domain types the capabilities XML offers: (kvm, qemu).
+pub fn domain_types(caps: &str) -> Result<(bool, bool), HvError> {
+    let doc = parse("capabilities XML", caps)?;
+    let (mut kvm, mut qemu) = (false, false);
+    for guest in doc.descendants().filter(|n| n.has_tag_name("guest")) {
+        let x86 = child(guest, "arch")
+            .and_then(|a| a.attribute("name"))
+            .is_some_and(|n| n == "x86_64");
+        for d in guest.descendants().filter(|n| n.has_tag_name("domain")) {
+            match d.attribute("type") {
+                Some("kvm") if x86 => kvm = true,
+                Some("qemu") if x86 => qemu = true,
+                // libvirt's test driver (any arch) stands in for both, so tests can plan.
+                Some("test") => {
+                    kvm = true;
+                    qemu = true;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((kvm, qemu))
+}
+
+/// A libvirt network's IPv4 side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkIpv4 {
+    /// The host's address on the network (the guests' gateway).
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    /// The first DHCP range, inclusive; `None` without a DHCP server.
+    pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
+}
+
+/// The facts of a network's XML.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkFacts {
+    pub bridge: Option<String>,
+    /// `nat`, `route`, `bridge`, ...; `None` for an isolated network.
+    pub forward: Option<String>,
+    pub ipv4: Option<NetworkIpv4>,
+}
+
+fn netmask_prefix(mask: Ipv4Addr) -> Option<u8> {
+    let bits = u32::from(mask);
+    let ones = bits.leading_ones();
+    // A netmask is contiguous ones then zeros.
+    (bits.checked_shl(ones).unwrap_or(0) == 0).then_some(ones as u8)
+}
+
+/// Parse a network's XML: bridge, forward mode, and the first IPv4 `<ip>` with its DHCP range.
+pub fn parse_network_xml(xml: &str) -> Result<NetworkFacts, HvError> {
+    let doc = parse("network XML", xml)?;
+    let root = doc.root_element();
+    let ipv4 = children(root, "ip")
+        .filter(|ip| ip.attribute("family").unwrap_or("ipv4") == "ipv4")
+        .find_map(|ip| {
+            let address: Ipv4Addr = ip.attribute("address")?.parse().ok()?;
+            let prefix = match (ip.attribute("prefix"), ip.attribute("netmask")) {
+                (Some(p), _) => p.parse().ok().filter(|p| *p <= 32)?,
+                (None, Some(m)) => netmask_prefix(m.parse().ok()?)?,
+                (None, None) => return None,
+            };
+            let dhcp_range = child(ip, "dhcp")
+                .and_then(|d| child(d, "range"))
+                .and_then(|r| {
+                    Some((
+                        r.attribute("start")?.parse().ok()?,
+                        r.attribute("end")?.parse().ok()?,
+                    ))
+                });
+            Some(NetworkIpv4 {
+                address,
+                prefix,
+                dhcp_range,
+            })
+        });
+    Ok(NetworkFacts {
+        bridge: child(root, "bridge")
+            .and_then(|b| b.attribute("name"))
+            .map(String::from),
+        forward: child(root, "forward").map(|f| f.attribute("mode").unwrap_or("nat").to_string()),
+        ipv4,
+    })
+}
+
+/// A storage pool's target directory (`None` for pools without one, e.g. rbd).
+pub fn parse_pool_path(xml: &str) -> Result<Option<PathBuf>, HvError> {
+    let doc = parse("storage pool XML", xml)?;
+    Ok(child(doc.root_element(), "target")
+        .and_then(|t| child(t, "path"))
+        .and_then(|p| p.text())
+        .map(|t| PathBuf::from(t.trim())))
+}
+
+/// The facts of a volume's XML that `virStorageVolGetInfo` does not give.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VolumeFacts {
+    /// `qcow2`, `raw`, `iso`, ...
+    pub format: Option<String>,
+    /// The backing file of a qcow2 overlay.
+    pub backing_path: Option<PathBuf>,
+}
+
+/// Parse a volume's XML: its format and backing file.
+pub fn parse_volume_xml(xml: &str) -> Result<VolumeFacts, HvError> {
+    let doc = parse("storage volume XML", xml)?;
+    let root = doc.root_element();
+    let format_of = |n: Node| {
+        child(n, "format")
+            .and_then(|f| f.attribute("type"))
+            .map(String::from)
+    };
+    Ok(VolumeFacts {
+        format: child(root, "target").and_then(format_of),
+        backing_path: child(root, "backingStore")
+            .and_then(|b| child(b, "path"))
+            .and_then(|p| p.text())
+            .map(|t| PathBuf::from(t.trim())),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +554,14 @@ mod tests {
         }
     }
 
+    /// The element `name` under `devices` whose child `target` has attribute `dev`.
+    fn device<'a, 'i>(doc: &'a Document<'i>, name: &'a str, dev: &str) -> Node<'a, 'i> {
+        let devices = child(doc.root_element(), "devices").unwrap();
+        children(devices, name)
+            .find(|d| child(*d, "target").and_then(|t| t.attribute("dev")) == Some(dev))
+            .unwrap_or_else(|| panic!("no {name} with target {dev}"))
+    }
+
     #[test]
     fn round_trip() {
         let s = spec("app-01", DomainType::Qemu);
@@ -373,25 +579,157 @@ mod tests {
     }
 
     #[test]
-    fn seed_cd_is_on_virtio_scsi_and_machine_is_q35() {
+    fn seed_cd_is_read_only_on_virtio_scsi_and_machine_is_q35() {
         let x = domain_xml(&spec("a", DomainType::Kvm));
-        assert!(x.contains("model='virtio-scsi'"));
-        assert!(x.contains("<target dev='sda' bus='scsi'/>"));
+        let doc = Document::parse(&x).unwrap();
+        let cd = device(&doc, "disk", "sda");
+        assert_eq!(cd.attribute("device"), Some("cdrom"));
+        assert_eq!(child(cd, "target").unwrap().attribute("bus"), Some("scsi"));
+        assert!(child(cd, "readonly").is_some());
+        let devices = child(doc.root_element(), "devices").unwrap();
+        let scsi: Vec<_> = children(devices, "controller")
+            .filter(|c| c.attribute("type") == Some("scsi"))
+            .collect();
+        assert_eq!(scsi.len(), 1);
+        assert_eq!(scsi[0].attribute("model"), Some("virtio-scsi"));
+        // No AHCI in the Debian cloud kernel: nothing may sit on SATA.
         assert!(!x.contains("sata"));
-        assert!(x.contains("machine='q35'"));
-        assert!(x.contains("host-passthrough"));
-        assert!(!domain_xml(&spec("a", DomainType::Qemu)).contains("host-passthrough"));
+        let os_type = child(child(doc.root_element(), "os").unwrap(), "type").unwrap();
+        assert_eq!(os_type.attribute("machine"), Some("q35"));
+        assert_eq!(os_type.attribute("arch"), Some("x86_64"));
+        let vda = device(&doc, "disk", "vda");
+        assert_eq!(
+            child(vda, "target").unwrap().attribute("bus"),
+            Some("virtio")
+        );
+        assert_eq!(
+            child(vda, "driver").unwrap().attribute("type"),
+            Some("qcow2")
+        );
+    }
+
+    #[test]
+    fn devices_console_agent_rng_nic() {
+        let x = domain_xml(&spec("a", DomainType::Qemu));
+        let doc = Document::parse(&x).unwrap();
+        let devices = child(doc.root_element(), "devices").unwrap();
+        let serial = child(devices, "serial").unwrap();
+        let log = child(serial, "log").unwrap();
+        assert_eq!(log.attribute("file"), Some("/p/a-console.log"));
+        assert_eq!(log.attribute("append"), Some("off"));
+        assert!(child(devices, "console").is_some());
+        let agent = child(child(devices, "channel").unwrap(), "target").unwrap();
+        assert_eq!(agent.attribute("name"), Some("org.qemu.guest_agent.0"));
+        assert_eq!(
+            child(devices, "rng").unwrap().attribute("model"),
+            Some("virtio")
+        );
+        let nic = child(devices, "interface").unwrap();
+        assert_eq!(
+            child(nic, "model").unwrap().attribute("type"),
+            Some("virtio")
+        );
+        assert!(child(devices, "graphics").is_none());
+        assert_eq!(
+            child(doc.root_element(), "on_crash").unwrap().text(),
+            Some("destroy")
+        );
+    }
+
+    #[test]
+    fn kvm_gets_host_model_cpu_and_qemu_none() {
+        let kvm = domain_xml(&spec("a", DomainType::Kvm));
+        let doc = Document::parse(&kvm).unwrap();
+        assert_eq!(doc.root_element().attribute("type"), Some("kvm"));
+        let cpu = child(doc.root_element(), "cpu").unwrap();
+        assert_eq!(cpu.attribute("mode"), Some("host-model"));
+
+        let tcg = domain_xml(&spec("a", DomainType::Qemu));
+        let doc = Document::parse(&tcg).unwrap();
+        assert_eq!(doc.root_element().attribute("type"), Some("qemu"));
+        assert!(child(doc.root_element(), "cpu").is_none());
     }
 
     #[test]
     fn hostile_values_are_escaped() {
-        let mut s = spec("a", DomainType::Qemu);
+        let mut s = spec("a'\"<b>&c", DomainType::Qemu);
         s.disk_path = "/p/x'><evil/>&.qcow2".into();
+        s.seed_path = "/p/new\nline\ttab\r.iso".into();
+        s.network = "n\"et'".into();
+        s.console_log = "/p/]]><!--".into();
         s.metadata.image_name = "<\"&'>".into();
+        s.metadata.instance_id = "</kvmprov:instance>".into();
         let x = domain_xml(&s);
+        let doc = Document::parse(&x).unwrap();
+        assert_eq!(
+            child(doc.root_element(), "name").unwrap().text(),
+            Some("a'\"<b>&c")
+        );
         let o = parse_domain_xml(&x).unwrap();
-        assert_eq!(o.disk_paths[0], PathBuf::from("/p/x'><evil/>&.qcow2"));
-        assert_eq!(o.metadata.unwrap().image_name, "<\"&'>");
+        assert_eq!(
+            o.disk_paths,
+            vec![
+                PathBuf::from("/p/x'><evil/>&.qcow2"),
+                PathBuf::from("/p/new\nline\ttab\r.iso")
+            ]
+        );
+        assert_eq!(o.networks, vec!["n\"et'"]);
+        let md = o.metadata.unwrap();
+        assert_eq!(md.image_name, "<\"&'>");
+        assert_eq!(md.instance_id, "</kvmprov:instance>");
+        assert_eq!(
+            domain_files(&x).unwrap()[2],
+            PathBuf::from("/p/]]><!--"),
+            "console log"
+        );
+        // One device each: nothing injected.
+        let devices = child(doc.root_element(), "devices").unwrap();
+        assert_eq!(children(devices, "disk").count(), 2);
+        assert_eq!(
+            doc.descendants().filter(|n| n.has_tag_name("evil")).count(),
+            0
+        );
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_are_replaced() {
+        assert_eq!(esc("a\u{0}b\u{1b}c\u{ffff}"), "a\u{fffd}b\u{fffd}c\u{fffd}");
+        let x = pool_xml("p\u{7}", Path::new("/d"));
+        assert!(Document::parse(&x).is_ok(), "{x}");
+    }
+
+    #[test]
+    fn builders_escape_and_round_trip() {
+        let x = overlay_volume_xml("a&b.qcow2", 1 << 30, Path::new("/c/<b>.qcow2"), "qcow2");
+        let f = parse_volume_xml(&x).unwrap();
+        assert_eq!(f.format.as_deref(), Some("qcow2"));
+        assert_eq!(f.backing_path, Some(PathBuf::from("/c/<b>.qcow2")));
+        let doc = Document::parse(&x).unwrap();
+        assert_eq!(
+            child(doc.root_element(), "name").unwrap().text(),
+            Some("a&b.qcow2")
+        );
+
+        let x = raw_volume_xml("seed'.iso", 5, "raw");
+        assert_eq!(parse_volume_xml(&x).unwrap().format.as_deref(), Some("raw"));
+        assert_eq!(parse_volume_xml(&x).unwrap().backing_path, None);
+
+        let x = pool_xml("kp&<", Path::new("/srv/a'b"));
+        assert_eq!(
+            parse_pool_path(&x).unwrap(),
+            Some(PathBuf::from("/srv/a'b"))
+        );
+
+        let x = snapshot_xml("base<1>", "made by \"kvmprov\" & co");
+        let doc = Document::parse(&x).unwrap();
+        assert_eq!(
+            child(doc.root_element(), "name").unwrap().text(),
+            Some("base<1>")
+        );
+        assert_eq!(
+            child(doc.root_element(), "description").unwrap().text(),
+            Some("made by \"kvmprov\" & co")
+        );
     }
 
     #[test]
@@ -401,6 +739,7 @@ mod tests {
         assert!(mac_for("x").starts_with("52:54:00:"));
         // Pinned: changing the derivation would make every existing domain drift.
         assert_eq!(mac_for(""), "52:54:00:1c:9d:c5");
+        assert_eq!(mac_for("app-01"), "52:54:00:db:d2:78");
     }
 
     #[test]
@@ -411,53 +750,151 @@ mod tests {
         .unwrap();
         assert_eq!(o.metadata, None);
         assert_eq!(o.memory_mib, 1024);
+        // Same element names in another namespace are not ours.
+        let o = parse_domain_xml(
+            "<domain type='kvm'><metadata><x:instance xmlns:x='https://example.com/1'>\
+             <x:image name='debian-12'/><x:config digest='d'/></x:instance></metadata></domain>",
+        )
+        .unwrap();
+        assert_eq!(o.metadata, None);
     }
 
     #[test]
+    fn memory_units_and_overflow() {
+        let mem = |m: &str| {
+            parse_domain_xml(&format!("<domain>{m}</domain>"))
+                .unwrap()
+                .memory_mib
+        };
+        assert_eq!(mem("<memory unit='GiB'>2</memory>"), 2048);
+        assert_eq!(mem("<memory unit='bytes'>1073741824</memory>"), 1024);
+        assert_eq!(mem("<memory unit='KiB'>2097152</memory>"), 2048);
+        assert_eq!(mem("<memory unit='TiB'>99999999999</memory>"), 0);
+        assert_eq!(mem("<memory unit='parsecs'>1</memory>"), 0);
+    }
+
+    #[test]
+    fn malformed_xml_is_an_error_naming_what() {
+        let e = parse_domain_xml("<domain><name>x</domain>").unwrap_err();
+        assert!(e.to_string().starts_with("domain XML:"), "{e}");
+    }
+
+    #[test]
+    fn files_of_a_domain() {
+        let x = "<domain><os><nvram>/var/lib/libvirt/qemu/nvram/x_VARS.fd</nvram></os><devices>\
+                 <disk type='block'><source dev='/dev/vg/x'/></disk>\
+                 <disk type='file'><source file='/p/x.qcow2'/></disk>\
+                 <disk type='network'><source protocol='rbd' name='pool/x'/></disk>\
+                 <serial type='pty'><log file='/p/x.log'/></serial>\
+                 <channel type='unix'><target type='virtio'/></channel>\
+                 <console type='pty'><log file='/p/x.log'/></console></devices></domain>";
+        assert_eq!(
+            domain_files(x).unwrap(),
+            vec![
+                PathBuf::from("/dev/vg/x"),
+                PathBuf::from("/p/x.qcow2"),
+                PathBuf::from("/p/x.log"),
+                PathBuf::from("/var/lib/libvirt/qemu/nvram/x_VARS.fd"),
+            ]
+        );
+    }
+
+    #[test]
+    fn capabilities_domain_types() {
+        let caps = "<capabilities><guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/></arch></guest>\
+                    <guest><arch name='i686'><domain type='kvm'/></arch></guest></capabilities>";
+        assert_eq!(domain_types(caps).unwrap(), (false, true));
+        let caps = "<capabilities><guest><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest></capabilities>";
+        assert_eq!(domain_types(caps).unwrap(), (true, true));
+        assert_eq!(domain_types("<capabilities/>").unwrap(), (false, false));
+    }
+
+    #[test]
+    fn networks() {
+        let x = "<network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>\
+                 <ip family='ipv6' address='fd00::1' prefix='64'/>\
+                 <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp>\
+                 <range start='192.168.122.2' end='192.168.122.254'/></dhcp></ip></network>";
+        let f = parse_network_xml(x).unwrap();
+        assert_eq!(f.bridge.as_deref(), Some("virbr0"));
+        assert_eq!(f.forward.as_deref(), Some("nat"));
+        assert_eq!(
+            f.ipv4,
+            Some(NetworkIpv4 {
+                address: Ipv4Addr::new(192, 168, 122, 1),
+                prefix: 24,
+                dhcp_range: Some((
+                    Ipv4Addr::new(192, 168, 122, 2),
+                    Ipv4Addr::new(192, 168, 122, 254)
+                )),
+            })
+        );
+        let f = parse_network_xml(
+            "<network><name>iso</name><ip address='10.0.0.1' prefix='16'/></network>",
+        )
+        .unwrap();
+        assert_eq!(f.forward, None);
+        assert_eq!(f.bridge, None);
+        assert_eq!(f.ipv4.as_ref().map(|i| i.prefix), Some(16));
+        assert_eq!(f.ipv4.and_then(|i| i.dhcp_range), None);
+        // A non-contiguous netmask is not a prefix.
+        let f =
+            parse_network_xml("<network><ip address='10.0.0.1' netmask='255.0.255.0'/></network>")
+                .unwrap();
+        assert_eq!(f.ipv4, None);
+    }
+
+    #[test]
+    fn netmasks() {
+        assert_eq!(netmask_prefix(Ipv4Addr::new(255, 255, 255, 255)), Some(32));
+        assert_eq!(netmask_prefix(Ipv4Addr::new(0, 0, 0, 0)), Some(0));
+        assert_eq!(netmask_prefix(Ipv4Addr::new(255, 255, 240, 0)), Some(20));
+        assert_eq!(netmask_prefix(Ipv4Addr::new(255, 255, 0, 255)), None);
+    }
+
+    /// `virt-xml-validate` checks against libvirt's own RelaxNG schemas.
+    #[test]
     fn validates_with_virt_xml_validate() {
-        let Ok(out) = std::process::Command::new("virt-xml-validate")
+        if std::process::Command::new("virt-xml-validate")
             .arg("--help")
             .output()
-        else {
-            eprintln!("skipped: virt-xml-validate is not installed");
+            .is_err()
+        {
+            eprintln!("skipped: virt-xml-validate is not installed (libvirt-clients)");
             return;
-        };
-        let _ = out;
+        }
         let dir = tempfile::tempdir().unwrap();
-        for dt in [DomainType::Kvm, DomainType::Qemu] {
-            let f = dir.path().join("d.xml");
-            std::fs::write(&f, domain_xml(&spec("app-01", dt))).unwrap();
+        let mut hostile = spec("a&b'c", DomainType::Kvm);
+        hostile.disk_path = "/p/<x>&'\".qcow2".into();
+        let cases = [
+            ("domain", domain_xml(&spec("app-01", DomainType::Kvm))),
+            ("domain", domain_xml(&spec("app-01", DomainType::Qemu))),
+            ("domain", domain_xml(&hostile)),
+            ("storagepool", pool_xml("kvmprov-x", Path::new("/p"))),
+            (
+                "storagevol",
+                overlay_volume_xml("a.qcow2", 1 << 30, Path::new("/c/b.qcow2"), "qcow2"),
+            ),
+            ("storagevol", raw_volume_xml("a-seed.iso", 366592, "raw")),
+            (
+                "domainsnapshot",
+                snapshot_xml("baseline", "after first boot"),
+            ),
+        ];
+        for (i, (schema, xml)) in cases.iter().enumerate() {
+            let f = dir.path().join(format!("{i}.xml"));
+            std::fs::write(&f, xml).unwrap();
             let o = std::process::Command::new("virt-xml-validate")
                 .arg(&f)
-                .arg("domain")
+                .arg(schema)
                 .output()
                 .unwrap();
             assert!(
                 o.status.success(),
-                "{}{}",
+                "{schema} #{i} invalid:\n{xml}\n{}{}",
                 String::from_utf8_lossy(&o.stdout),
                 String::from_utf8_lossy(&o.stderr)
             );
         }
-        let f = dir.path().join("p.xml");
-        std::fs::write(&f, pool_xml("kvmprov-x", Path::new("/p"))).unwrap();
-        let o = std::process::Command::new("virt-xml-validate")
-            .arg(&f)
-            .arg("storagepool")
-            .output()
-            .unwrap();
-        assert!(o.status.success());
-        let f = dir.path().join("v.xml");
-        std::fs::write(
-            &f,
-            overlay_volume_xml("a.qcow2", 1 << 30, Path::new("/c/b.qcow2"), "qcow2"),
-        )
-        .unwrap();
-        let o = std::process::Command::new("virt-xml-validate")
-            .arg(&f)
-            .arg("storagevol")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }

@@ -62,17 +62,21 @@ reset_host() {
 }
 
 # --- SIGKILL at many points ------------------------------------------------------------------
-# Kill points spread over one uninterrupted run's duration.
-t0=$(date +%s%N)
-work
-run_ms=$((($(date +%s%N) - t0) / 1000000))
-reset_host
+# Kill points spread over an uninterrupted run's duration (the faster of two runs).
+run_ms=999999
+for _ in 1 2; do
+    t0=$(date +%s%N)
+    work
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    [ "$ms" -lt "$run_ms" ] && run_ms=$ms
+    reset_host
+done
 log "an uninterrupted run takes ${run_ms} ms; killing at 22 points within it"
 kills=0
 converges=0
 for k in $(seq 1 22); do
-    delay=$(printf '0.%03d' $((run_ms * k / 26)))
-    [ "$((run_ms * k / 26))" -ge 1000 ] && delay=$((run_ms * k / 26 / 1000)).$(printf %03d $((run_ms * k / 26 % 1000)))
+    delay=$(printf '0.%03d' $((run_ms * k / 25)))
+    [ "$((run_ms * k / 25))" -ge 1000 ] && delay=$((run_ms * k / 25 / 1000)).$(printf %03d $((run_ms * k / 25 % 1000)))
     setsid bash "$F/work.sh" &
     pid=$!
     sleep "$delay"

@@ -266,7 +266,14 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
                 }
             )));
         }
+        let attempt = Instant::now();
         let out = guest::ssh_run(&target, "true", remaining.min(Duration::from_secs(30)))?;
+        tracing::debug!(
+            "{}: ssh attempt exited {:?} after {:.2}s",
+            inst.name,
+            out.code,
+            attempt.elapsed().as_secs_f64()
+        );
         if out.code == Some(0) {
             break Instant::now();
         }

@@ -72,6 +72,9 @@ check "shadow holds a SHA-512 crypt hash" grep -q '^debian:\$6\$' <<<"$shadow"
 check "shadow does not hold the plain password" bash -c '! grep -q "e2e-Plain-Secret-42" <<<"$0"' "$shadow"
 ci=$(ssh_out e2e-static "cloud-init status --long")
 check "cloud-init finished without errors" grep -q "status: done" <<<"$ci"
+st=$(kp -c "$CFG" status 2>&1)
+check "status shows both guests running and SSH-ready" \
+    bash -c 'grep -Eq "^e2e-dhcp +running .* yes " <<<"$0" && grep -Eq "^e2e-static +running .*192.168.122.60 +yes " <<<"$0"' "$st"
 snaps=$(virsh_ns snapshot-list e2e-static --name)
 check "snapshot baseline exists" grep -qx baseline <<<"$snaps"
 

@@ -87,9 +87,13 @@ check "unconfirmed cleanup changes nothing (domains and pool listing)" test "$al
 check "unconfirmed cleanup says how to confirm" grep -q "kvm_cleanup_confirmed=true" <<<"$out"
 check "decoys intact after unconfirmed cleanup" test "$before" = "$(fingerprint)"
 
+# A paused declared domain is stopped and removed too.
+virsh_ns start app-03 >/dev/null
+virsh_ns suspend app-03 >/dev/null
+check "app-03 is paused before cleanup" test "$(virsh_ns domstate app-03)" = paused
 out=$(ckp -e kvm_cleanup_confirmed=true cleanup 2>&1) || true
 left=$(virsh_ns list --all --name)
-check "cleanup-force removed app-01, app-02, app-03" bash -c '! grep -qx "app-0[123]" <<<"$0"' "$left"
+check "cleanup-force removed app-01, app-02 and the paused app-03" bash -c '! grep -qx "app-0[123]" <<<"$0"' "$left"
 check "cleanup-force kept the disks" test -f "$C/instances/app-01.qcow2"
 check "decoys intact after cleanup-force" test "$before" = "$(fingerprint)"
 
@@ -107,3 +111,12 @@ check "the refusal for app-02 is reported" grep -q "refuse.*app-02.*outside the 
 check "decoys intact after cleanup-force-disks" test "$before" = "$(fingerprint)"
 check "decoy app-0 is still running" test "$(virsh_ns domstate app-0)" = running
 check "cache file untouched" test -f "$cached_image"
+
+# image-cache prune: the cached image backs decoy-link's disk (through a symlink): kept.
+out=$(ckp image-cache prune --yes 2>&1)
+check "prune keeps an image a domain's disk uses" bash -c 'grep -q "ok .*backs a domain" <<<"$0" && test -f "$1"' "$out" "$cached_image"
+virsh_ns undefine decoy-link >/dev/null
+out=$(ckp image-cache prune 2>&1)
+check "prune without --yes only lists the unused image" bash -c 'grep -q "delete .*used by no domain" <<<"$0" && test -f "$1"' "$out" "$cached_image"
+ckp image-cache prune --yes >/dev/null 2>&1
+check "prune --yes deletes it with its sidecar" test ! -e "$cached_image" -a ! -e "$cached_image.json"

@@ -98,8 +98,18 @@ kp -c "$P/one.yml" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_
 # --- 20 instances in parallel -----------------------------------------------------------------
 pcfg "$P/twenty.yml" "$P/pool" 20
 start=$(date +%s%N)
-check "provision of 20 instances succeeds" kp -c "$P/twenty.yml" provision --stage provision
+ip netns exec "$E2E_NS" "$KVMPROV" -c "$P/twenty.yml" -vvv provision --stage provision >"$P/twenty.log" 2>&1 &
+kpid=$!
+# Every process's arguments, sampled while kvmprov works: the password must never be there.
+: >"$P/ps.log"
+while kill -0 "$kpid" 2>/dev/null; do ps -eo args >>"$P/ps.log"; sleep 0.01; done
+rc=0
+wait "$kpid" || rc=$?
 log "20 instances: disks, seeds, domains in $((($(date +%s%N) - start) / 1000000)) ms"
+check "provision of 20 instances succeeds" test "$rc" -eq 0
+check "the password is in no process argument (ps sampled $(grep -c '^COMMAND' "$P/ps.log") times)" \
+    bash -c '! grep -q "prov-Plain-Secret-77" "$0"' "$P/ps.log"
+check "the password is not in the -vvv log" bash -c '! grep -q "prov-Plain-Secret-77" "$0"' "$P/twenty.log"
 defined=$(virsh_ns list --all --name | grep -c '^p-' || true)
 check "all 20 domains are defined (got $defined)" test "$defined" -eq 20
 again=$(kp -c "$P/twenty.yml" --output json provision --stage provision)

@@ -528,8 +528,6 @@ pub fn download(
         });
     }
     let final_path = cache_dir.join(&resolved.file_name);
-    fs::rename(&part, &final_path).map_err(io_err(&final_path))?;
-    let _ = fs::remove_file(&meta_path);
     let cached = CachedImage {
         image_name: resolved.image_name.clone(),
         path: final_path.clone(),
@@ -543,12 +541,16 @@ pub fn download(
             .unwrap_or(0)
             .to_string(),
     };
+    // Sidecar first, then the image under its final name: a kill in between leaves a sidecar
+    // without image (ignored by lookup), never an image without its record.
     write_atomic(
         &sidecar_path(&final_path),
         serde_json::to_string_pretty(&cached)
             .map_err(|e| ImageError::Invalid(e.to_string()))?
             .as_bytes(),
     )?;
+    fs::rename(&part, &final_path).map_err(io_err(&final_path))?;
+    let _ = fs::remove_file(&meta_path);
     Ok(cached)
 }
 

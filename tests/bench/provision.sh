@@ -87,7 +87,7 @@ for i in $(seq 1 "$COUNT"); do
     in_ns virt-install --connect qemu:///system --import --name "$n" --memory 256 --vcpus 1 \
         --disk "path=$E2E_DIR/b/$n.qcow2,format=qcow2,bus=virtio" \
         --disk "path=$E2E_DIR/b/$n-seed.iso,device=cdrom,bus=scsi" \
-        --controller scsi,model=virtio-scsi --network network=default --osinfo debian12 \
+        --controller scsi,model=virtio-scsi --network network=default --osinfo debian11 \
         --virt-type qemu --graphics none --noautoconsole --quiet >/dev/null
 done
 t1=$(now)

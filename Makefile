@@ -13,7 +13,7 @@ RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
 help: ## List the targets
 	@echo "kvmprov make targets (CONFIG=$(CONFIG); pass options with EXTRA_ARGS=\"-e key=value\"):"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1|\2/' | column -t -s '|'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-20s %s\n", $$1, $$2 }'
 
 venv: build ## Same as build (the replaced project's `make venv` step)
 

@@ -28,20 +28,9 @@ secs() { python3 -c "import sys; print(f'{(int(sys.argv[2]) - int(sys.argv[1])) 
 
 # cfg FILE PREFIX COUNT
 cfg() {
-    cat >"$1" <<EOF
-kvm_domain_type: qemu
-kvm_image_cache_path: $E2E_DIR/images
-kvm_instance_disk_pool_path: $E2E_DIR/$2
-kvm_cloud_image_catalog:
-  - image_name: debian-12
-    image_url: $E2E_BASE/$E2E_SUITE/latest/debian-12-genericcloud-amd64.qcow2
-    image_checksum_manifest_url: $E2E_BASE/$E2E_SUITE/latest/SHA512SUMS
-kvm_cloud_init_defaults:
-  password: "bench-password"
-kvm_instance_definitions:
-EOF
+    e2e_config_head "$E2E_DIR/images" "$E2E_DIR/$2" bench-password >"$1"
     for i in $(seq 1 "$3"); do
-        echo "  - {instance_name: $2-$(printf %02d "$i"), image_name: debian-12, vcpus: 1, memory_mib: 256, disk_size_gib: 4}" >>"$1"
+        echo "  - {instance_name: $2-$(printf %02d "$i"), image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}" >>"$1"
     done
 }
 stop_all() { # prefix

@@ -2,8 +2,7 @@
 # idempotently, cleaned up. Sourced by tests/e2e/run.sh (which sets up and tears down).
 CFG="$E2E_DIR/vars.yml"
 E2E_DOMAINS="$E2E_DOMAINS e2e-dhcp e2e-static"
-N=12
-[ "$E2E_SUITE" = trixie ] && N=13
+N=$E2E_N
 cat >"$CFG" <<EOF
 kvm_hypervisor_host: localhost
 kvm_domain_type: qemu

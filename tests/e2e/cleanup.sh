@@ -10,21 +10,14 @@ C="$E2E_DIR/cleanup"
 mkdir -p "$C/outside"
 chmod 0755 "$C" "$C/outside"
 CCFG="$C/vars.yml"
-N=12
-[ "$E2E_SUITE" = trixie ] && N=13
-cat >"$CCFG" <<EOF
-kvm_domain_type: qemu
-kvm_image_cache_path: $C/images
-kvm_instance_disk_pool_path: $C/instances
-kvm_cloud_image_catalog:
-  - image_name: debian-$N
-    image_url: $E2E_BASE/$E2E_SUITE/latest/debian-$N-genericcloud-amd64.qcow2
-    image_checksum_manifest_url: $E2E_BASE/$E2E_SUITE/latest/SHA512SUMS
-kvm_instance_definitions:
-  - {instance_name: app-01, image_name: debian-$N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}
-  - {instance_name: app-02, image_name: debian-$N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}
-  - {instance_name: app-03, image_name: debian-$N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}
+{
+    e2e_config_head "$C/images" "$C/instances"
+    cat <<EOF
+  - {instance_name: app-01, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}
+  - {instance_name: app-02, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}
+  - {instance_name: app-03, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}
 EOF
+} >"$CCFG"
 E2E_DOMAINS="$E2E_DOMAINS app-01 app-02 app-03 app-0 APP-01 decoy-pool decoy-link"
 ckp() { kp -c "$CCFG" "$@"; }
 

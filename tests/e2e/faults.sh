@@ -8,24 +8,11 @@
 F="$E2E_DIR/faults"
 mkdir -p "$F"
 chmod 0755 "$F"
-N=12
-[ "$E2E_SUITE" = trixie ] && N=13
 FCFG="$F/vars.yml"
-cat >"$FCFG" <<EOF
-kvm_domain_type: qemu
-kvm_image_cache_path: $F/images
-kvm_instance_disk_pool_path: $F/instances
-kvm_cloud_image_catalog:
-  - image_name: debian-$N
-    image_url: $E2E_BASE/$E2E_SUITE/latest/debian-$N-genericcloud-amd64.qcow2
-    image_checksum_manifest_url: $E2E_BASE/$E2E_SUITE/latest/SHA512SUMS
-kvm_cloud_init_defaults:
-  password: "faults-secret"
-kvm_instance_definitions:
-EOF
+e2e_config_head "$F/images" "$F/instances" faults-secret >"$FCFG"
 FNAMES=""
 for i in 1 2 3 4 5 6; do
-    echo "  - {instance_name: f-0$i, image_name: debian-$N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}" >>"$FCFG"
+    echo "  - {instance_name: f-0$i, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}" >>"$FCFG"
     FNAMES="$FNAMES f-0$i"
 done
 E2E_DOMAINS="$E2E_DOMAINS $FNAMES"

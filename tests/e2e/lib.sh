@@ -9,6 +9,8 @@ TESTKIT="$E2E_ROOT/testkit"
 E2E_CACHE=${KVMPROV_TESTKIT_CACHE:-/var/cache/kvmprov-testkit}
 E2E_SUITE=${E2E_SUITE:-bookworm}
 E2E_VERSION=${E2E_VERSION:-20261124-0001}
+E2E_N=12
+[ "$E2E_SUITE" = trixie ] && E2E_N=13
 
 PASSED=0
 FAILED=0
@@ -31,6 +33,23 @@ in_ns() { ip netns exec "$E2E_NS" "$@"; }
 
 # Run kvmprov inside the namespace (so it reaches the guests and the mirror).
 kp() { in_ns "$KVMPROV" "$@"; }
+
+# The head of a test variables file: qemu domains, the given cache and pool, the mirror's image
+# as debian-$E2E_N, an optional password, and the `kvm_instance_definitions:` key (items follow).
+#   e2e_config_head CACHE_DIR POOL_DIR [PASSWORD] >FILE
+e2e_config_head() {
+    cat <<EOF
+kvm_domain_type: qemu
+kvm_image_cache_path: $1
+kvm_instance_disk_pool_path: $2
+kvm_cloud_image_catalog:
+  - image_name: debian-$E2E_N
+    image_url: $E2E_BASE/$E2E_SUITE/latest/debian-$E2E_N-genericcloud-amd64.qcow2
+    image_checksum_manifest_url: $E2E_BASE/$E2E_SUITE/latest/SHA512SUMS
+EOF
+    [ -z "${3:-}" ] || printf 'kvm_cloud_init_defaults:\n  password: "%s"\n' "$3"
+    echo "kvm_instance_definitions:"
+}
 
 e2e_setup() {
     E2E_NS=${E2E_NS:-kvmprov-e2e-$$}

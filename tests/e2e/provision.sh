@@ -8,26 +8,13 @@
 P="$E2E_DIR/prov"
 mkdir -p "$P"
 chmod 0755 "$P"
-N=12
-[ "$E2E_SUITE" = trixie ] && N=13
 # pcfg FILE POOL_DIR COUNT [extra instance fields]: a config with COUNT instances p-01…
 pcfg() {
     local f=$1 pool=$2 count=$3 extra=${4:-} i
-    cat >"$f" <<EOF
-kvm_domain_type: qemu
-kvm_image_cache_path: $E2E_DIR/images
-kvm_instance_disk_pool_path: $pool
-kvm_cloud_image_catalog:
-  - image_name: debian-$N
-    image_url: $E2E_BASE/$E2E_SUITE/latest/debian-$N-genericcloud-amd64.qcow2
-    image_checksum_manifest_url: $E2E_BASE/$E2E_SUITE/latest/SHA512SUMS
-kvm_cloud_init_defaults:
-  password: "prov-Plain-Secret-77"
-kvm_instance_definitions:
-EOF
+    e2e_config_head "$E2E_DIR/images" "$pool" prov-Plain-Secret-77 >"$f"
     for i in $(seq 1 "$count"); do
         i=$(printf %02d "$i")
-        echo "  - {instance_name: p-$i, image_name: debian-$N, vcpus: 1, memory_mib: 256, disk_size_gib: 4$extra}" >>"$f"
+        echo "  - {instance_name: p-$i, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4$extra}" >>"$f"
     done
 }
 for i in $(seq 1 20); do E2E_DOMAINS="$E2E_DOMAINS p-$(printf %02d "$i")"; done

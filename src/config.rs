@@ -709,16 +709,16 @@ fn parse_static(
     address: &str,
     gateway: Option<&str>,
     dns: &[String],
-) -> Result<StaticIpv4, (Seg<'static>, String)> {
+) -> Result<StaticIpv4, (&'static str, String)> {
     let net: Ipv4Net = address.parse().map_err(|_| {
         (
-            Key("ipv4_address"),
+            "ipv4_address",
             format!("`{address}` is not an IPv4 address with prefix, like 192.168.122.50/24"),
         )
     })?;
     if !(8..=30).contains(&net.prefix_len()) {
         return Err((
-            Key("ipv4_address"),
+            "ipv4_address",
             format!(
                 "prefix /{} is not usable for a host (use /8 to /30)",
                 net.prefix_len()
@@ -728,7 +728,7 @@ fn parse_static(
     let host = net.addr();
     if host == net.network() || host == net.broadcast() {
         return Err((
-            Key("ipv4_address"),
+            "ipv4_address",
             format!(
                 "`{host}` is the network or broadcast address of {}",
                 net.trunc()
@@ -737,7 +737,7 @@ fn parse_static(
     }
     if host.is_loopback() || host.is_multicast() || host.is_unspecified() || host.is_broadcast() {
         return Err((
-            Key("ipv4_address"),
+            "ipv4_address",
             format!("`{host}` is not a unicast host address"),
         ));
     }
@@ -745,10 +745,10 @@ fn parse_static(
         Some(g) => {
             let g: Ipv4Addr = g
                 .parse()
-                .map_err(|_| (Key("ipv4_gateway"), format!("`{g}` is not an IPv4 address")))?;
+                .map_err(|_| ("ipv4_gateway", format!("`{g}` is not an IPv4 address")))?;
             if !net.contains(&g) || g == host {
                 return Err((
-                    Key("ipv4_gateway"),
+                    "ipv4_gateway",
                     format!(
                         "gateway `{g}` must be another address inside {}",
                         net.trunc()
@@ -761,8 +761,7 @@ fn parse_static(
             // libvirt's NAT networks put the host at the first address of the subnet.
             let first = Ipv4Addr::from(u32::from(net.network()) + 1);
             if first == host {
-                return Err((
-                    Key("ipv4_address"),
+                return Err(("ipv4_address",
                     format!("`{host}` is the subnet's first address, which is the default gateway; set ipv4_gateway"),
                 ));
             }
@@ -773,7 +772,7 @@ fn parse_static(
     for d in dns {
         servers.push(
             d.parse::<Ipv4Addr>()
-                .map_err(|_| (Key("dns_servers"), format!("`{d}` is not an IPv4 address")))?,
+                .map_err(|_| ("dns_servers", format!("`{d}` is not an IPv4 address")))?,
         );
     }
     if servers.is_empty() {
@@ -983,14 +982,8 @@ fn resolve(ctx: &Ctx, root: &Node, v: Vars) -> Result<Config, ConfigError> {
         })?;
         let ipv4 = match &d.ipv4_address {
             Some(addr) => {
-                let s = parse_static(addr, d.ipv4_gateway.as_deref(), &d.dns_servers).map_err(
-                    |(seg, m)| {
-                        let Key(field) = seg else {
-                            unreachable!("fields are keys")
-                        };
-                        ctx.invalid(&here(field), m)
-                    },
-                )?;
+                let s = parse_static(addr, d.ipv4_gateway.as_deref(), &d.dns_servers)
+                    .map_err(|(field, m)| ctx.invalid(&here(field), m))?;
                 if !seen_ips.insert(s.address.addr()) {
                     return Err(ctx.invalid(
                         &here("ipv4_address"),

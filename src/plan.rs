@@ -274,12 +274,6 @@ impl Printer {
             let _ = std::io::stdout().flush();
         }
     }
-
-    pub fn report(&self, r: &StageReport) {
-        for o in &r.outcomes {
-            self.outcome(o);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use kvmprov_image::CachedImage;
 use kvmprov_seed::{HostKeys, NetworkSpec, SeedSpec};
 
 use crate::config::{Config, Instance};
-use crate::plan::{error_chain, Action, Op, Outcome, StageReport, Status};
+use crate::plan::{Action, Op, Outcome, StageReport, Status};
 use crate::stages::preflight::resolve_domain_type;
 use crate::stages::{parallel, Handoff, Session};
 use crate::state;
@@ -459,11 +459,6 @@ fn create(
 pub fn config_digest(inst: &Instance) -> String {
     let text = serde_json::to_string(inst).unwrap_or_default();
     state::digest_hex(text.as_bytes())[..16].to_string()
-}
-
-/// Provision errors as one line (for callers outside the stage).
-pub fn describe_error(e: &ProvisionError) -> String {
-    error_chain(e)
 }
 
 #[cfg(test)]

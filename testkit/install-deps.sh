@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
-# Install what kvmprov, its tests and the demo need on Debian 12 (idempotent, non-interactive).
-# Also does what udev would: /dev/kvm root:kvm 0660 (else libvirt re-probes QEMU endlessly).
+# Install what kvmprov, its tests and the demo need on Debian 12 (idempotent, non-interactive:
+# works with CI=true and no stdin). Needs root.
+#
+# - apt-get update runs only when something is missing or must be downgraded.
+# - A qemu-utils from bookworm-backports conflicts with bookworm's qemu-system-x86 ("held broken
+#   packages"): it is replaced by bookworm's in the same transaction (DESIGN.md §4).
+# - Does what udev would: /dev/kvm root:kvm 0660 (else libvirt re-probes QEMU endlessly).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
+say() { printf '[install-deps] %s\n' "$*"; }
+[ "$(id -u)" -eq 0 ] || { echo "install-deps.sh needs root (apt-get, /dev/kvm)" >&2; exit 2; }
+
 PKGS=(
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-    dnsmasq-base iptables acl mmdebstrap fdisk openssh-client xxd
-    genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils
+    dnsmasq-base iptables acl mmdebstrap fdisk openssh-client openssh-server xxd iproute2
+    genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils netcat-openbsd
 )
-missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" </dev/null
-else
-    echo "host packages: all present"
+installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
+
+args=()
+for p in "${PKGS[@]}"; do installed "$p" || args+=("$p"); done
+codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)
+qver=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+if [ "$codename" = bookworm ] && [[ "$qver" == *bpo* ]]; then
+    say "qemu-utils $qver is from backports: replacing it with bookworm's"
+    rest=()
+    for a in "${args[@]}"; do [ "$a" = qemu-utils ] || rest+=("$a"); done
+    args=("${rest[@]}" qemu-utils/bookworm)
+    installed qemu-block-extra && args+=(qemu-block-extra/bookworm)
 fi
-if [ -e /dev/kvm ] && [ "$(id -u)" -eq 0 ]; then
+if [ ${#args[@]} -gt 0 ]; then
+    say "apt-get install ${args[*]}"
+    apt-get update -qq </dev/null
+    apt-get install -y -qq --allow-downgrades "${args[@]}" </dev/null
+else
+    say "all ${#PKGS[@]} packages present"
+fi
+
+if [ -e /dev/kvm ]; then
     chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi

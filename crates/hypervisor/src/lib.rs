@@ -109,6 +109,87 @@ pub struct HostInfo {
     pub kvm: bool,
     /// Domain type `qemu` (TCG) offered for x86_64 guests.
     pub qemu: bool,
+    /// uid:gid qemu runs as (libvirt's DAC base label), when the host says.
+    pub qemu_ids: Option<(u32, u32)>,
+}
+
+/// Where `ssh` goes for a `qemu+ssh://[user@]host[:port]/system[?keyfile=…]` URI: the
+/// hypervisor as an SSH destination, for guest checks through it and for commands on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshDest {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub keyfile: Option<String>,
+}
+
+impl SshDest {
+    /// Options that make `ssh … host` reach it the way libvirt does.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(p) = self.port {
+            a.extend(["-p".to_string(), p.to_string()]);
+        }
+        if let Some(u) = &self.user {
+            a.extend(["-l".to_string(), u.clone()]);
+        }
+        if let Some(k) = &self.keyfile {
+            a.extend(["-i".to_string(), k.clone()]);
+        }
+        a
+    }
+
+    /// `[user@]host` for messages.
+    pub fn display(&self) -> String {
+        match &self.user {
+            Some(u) => format!("{u}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+}
+
+/// Pure: the SSH destination of a libvirt URI, `None` when the transport is not SSH.
+pub fn ssh_destination(uri: &str) -> Option<SshDest> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let transport = scheme.split_once('+').map(|(_, t)| t)?;
+    if !matches!(transport, "ssh" | "libssh" | "libssh2") {
+        return None;
+    }
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (user, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h),
+        None => (None, authority),
+    };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse().ok()?),
+        None => None,
+    };
+    let keyfile = tail.split_once('?').and_then(|(_, q)| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("keyfile="))
+            .map(String::from)
+    });
+    Some(SshDest {
+        user,
+        host: host.to_string(),
+        port,
+        keyfile,
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -241,6 +322,7 @@ impl Hypervisor {
             ),
             kvm,
             qemu,
+            qemu_ids: xml::dac_baselabel(&caps)?,
         })
     }
 
@@ -436,13 +518,108 @@ impl Hypervisor {
         .map_err(lv(format!("create volume {name} in pool {pool}")))?;
         let sent = Stream::new(&self.conn, 0)
             .map_err(lv(what.clone()))
-            .and_then(|stream| send_volume(&v, stream, bytes, &what));
+            .and_then(|stream| {
+                send_volume(
+                    &v,
+                    stream,
+                    &mut &bytes[..],
+                    bytes.len() as u64,
+                    &what,
+                    &mut |_| {},
+                )
+            });
         if let Err(e) = sent {
             // Best effort: the upload error is the one worth reporting.
             let _ = v.delete(0);
             return Err(e);
         }
         volume_info(&v)
+    }
+
+    /// Create a volume and stream a local file into it (cached images: hundreds of MiB, never
+    /// held in memory). `progress` gets the bytes sent so far. A half-written volume is deleted.
+    pub fn upload_file(
+        &self,
+        pool: &str,
+        name: &str,
+        path: &Path,
+        format: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<VolumeInfo, HvError> {
+        let what = format!("upload {} to pool {pool} as {name}", path.display());
+        let io = |e: std::io::Error| HvError::Invalid {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let p = self.lookup_pool(pool)?;
+        let v = StorageVol::create_xml(&p, &xml::raw_volume_xml(name, len, format), 0)
+            .map_err(lv(format!("create volume {name} in pool {pool}")))?;
+        let sent = Stream::new(&self.conn, 0)
+            .map_err(lv(what.clone()))
+            .and_then(|stream| send_volume(&v, stream, &mut file, len, &what, progress));
+        if let Err(e) = sent {
+            let _ = v.delete(0);
+            return Err(e);
+        }
+        volume_info(&v)
+    }
+
+    /// Stream a volume's bytes into `sink` (for re-hashing an image on a remote host).
+    pub fn download_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        sink: &mut dyn std::io::Write,
+    ) -> Result<u64, HvError> {
+        let what = format!("download volume {name} from pool {pool}");
+        let v = self
+            .lookup_pool(pool)?
+            .lookup_storage_vol_by_name(name)
+            .map_err(lv(what.clone()))?;
+        let stream = Stream::new(&self.conn, 0).map_err(lv(what.clone()))?;
+        v.download(&stream, 0, 0, 0).map_err(lv(what.clone()))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match stream.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = stream.abort();
+                    return Err(lv(what)(e));
+                }
+            };
+            // 0 is the end of the stream; libvirt reports errors as Err, never as n < 0 here.
+            let n = usize::try_from(n).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = sink.write_all(&buf[..n.min(buf.len())]) {
+                let _ = stream.abort();
+                return Err(HvError::Invalid {
+                    what,
+                    reason: e.to_string(),
+                });
+            }
+            total += n as u64;
+        }
+        stream.finish().map_err(lv(what))?;
+        Ok(total)
+    }
+
+    /// The size of a volume's file on the host (not its virtual size), `None` if missing.
+    pub fn volume_file_size(&self, pool: &str, name: &str) -> Result<Option<u64>, HvError> {
+        let p = self.lookup_pool(pool)?;
+        let v = match p.lookup_storage_vol_by_name(name) {
+            Ok(v) => v,
+            Err(e) => return none_if_missing(Err(lv(format!("look up volume {name}"))(e))),
+        };
+        // VIR_STORAGE_VOL_GET_PHYSICAL: `allocation` holds the file's size.
+        let info = v
+            .info_flags(virt_sys::VIR_STORAGE_VOL_GET_PHYSICAL)
+            .map_err(lv(format!("read volume {name} in pool {pool}")))?;
+        Ok(Some(info.allocation))
     }
 
     /// Does `pool` hold a volume called `name`? One lookup, not a listing: a listing races with
@@ -635,15 +812,38 @@ impl Hypervisor {
 }
 
 /// Stream `bytes` into `v`; the stream is finished on success and aborted on failure.
-fn send_volume(v: &StorageVol, stream: Stream, bytes: &[u8], what: &str) -> Result<(), HvError> {
+fn send_volume(
+    v: &StorageVol,
+    stream: Stream,
+    source: &mut dyn std::io::Read,
+    len: u64,
+    what: &str,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), HvError> {
     // Chunks like virsh's: one message per chunk stays under libvirt's RPC payload limit.
     const CHUNK: usize = 256 * 1024;
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
     let sent = v
-        .upload(&stream, 0, bytes.len() as u64, 0)
+        .upload(&stream, 0, len, 0)
         .map_err(lv(what))
         .and_then(|()| {
-            for chunk in bytes.chunks(CHUNK) {
-                let mut rest = chunk;
+            while done < len {
+                let want = (len - done).min(CHUNK as u64) as usize;
+                let got = source
+                    .read(&mut buf[..want])
+                    .map_err(|e| HvError::Invalid {
+                        what: what.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                if got == 0 {
+                    return Err(HvError::Invalid {
+                        what: what.to_string(),
+                        reason: format!("the source ended after {done} of {len} bytes"),
+                    });
+                }
+                done += got as u64;
+                let mut rest = &buf[..got];
                 while !rest.is_empty() {
                     let n = stream.send(rest).map_err(lv(what))?;
                     // Blocking streams send at least one byte or fail.
@@ -655,6 +855,7 @@ fn send_volume(v: &StorageVol, stream: Stream, bytes: &[u8], what: &str) -> Resu
                     })?;
                     rest = &rest[n.min(rest.len())..];
                 }
+                progress(done);
             }
             Ok(())
         });
@@ -791,6 +992,31 @@ fn map_state(s: virt::domain::DomainStateEnum) -> DomainState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_destinations_of_uris() {
+        let d = ssh_destination("qemu+ssh://admin@hv1.example/system").unwrap();
+        assert_eq!(
+            (d.user.as_deref(), d.host.as_str(), d.port),
+            (Some("admin"), "hv1.example", None)
+        );
+        assert_eq!(d.display(), "admin@hv1.example");
+        let d = ssh_destination("qemu+ssh://hv2:2222/system?keyfile=/k/id&no_verify=1").unwrap();
+        assert_eq!(d.port, Some(2222));
+        assert_eq!(d.keyfile.as_deref(), Some("/k/id"));
+        assert_eq!(d.args(), ["-p", "2222", "-i", "/k/id"]);
+        let d = ssh_destination("qemu+libssh2://root@[fd00::5]:22/system").unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("fd00::5", Some(22)));
+        for local in [
+            "qemu:///system",
+            "test:///default",
+            "qemu+tls://hv/system",
+            "qemu+ssh:///system",
+            "qemu+ssh://h:x/system",
+        ] {
+            assert_eq!(ssh_destination(local), None, "{local}");
+        }
+    }
 
     #[test]
     fn versions_are_dotted() {

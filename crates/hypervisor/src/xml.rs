@@ -431,6 +431,30 @@ pub fn domain_types(caps: &str) -> Result<(bool, bool), HvError> {
     Ok((kvm, qemu))
 }
 
+/// The uid:gid qemu runs as, from the DAC security model's base label in the capabilities
+/// (`<baselabel type='kvm'>+64055:+64055</baselabel>`): known through libvirt, even remotely.
+pub fn dac_baselabel(caps: &str) -> Result<Option<(u32, u32)>, HvError> {
+    let doc = parse("capabilities XML", caps)?;
+    for sm in doc.descendants().filter(|n| n.has_tag_name("secmodel")) {
+        if child(sm, "model").and_then(|m| m.text()) != Some("dac") {
+            continue;
+        }
+        for label in children(sm, "baselabel") {
+            let ids = label.text().and_then(|t| {
+                let (u, g) = t.trim().split_once(':')?;
+                Some((
+                    u.trim_start_matches('+').parse().ok()?,
+                    g.trim_start_matches('+').parse().ok()?,
+                ))
+            });
+            if ids.is_some() {
+                return Ok(ids);
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// A libvirt network's IPv4 side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkIpv4 {
@@ -532,6 +556,18 @@ pub fn parse_volume_xml(xml: &str) -> Result<VolumeFacts, HvError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dac_base_label_from_capabilities() {
+        let caps = "<capabilities><host>\
+            <secmodel><model>apparmor</model><doi>0</doi></secmodel>\
+            <secmodel><model>dac</model><doi>0</doi>\
+            <baselabel type='kvm'>+64055:+994</baselabel>\
+            <baselabel type='qemu'>+64055:+994</baselabel></secmodel>\
+            </host></capabilities>";
+        assert_eq!(dac_baselabel(caps).unwrap(), Some((64055, 994)));
+        assert_eq!(dac_baselabel("<capabilities/>").unwrap(), None);
+    }
 
     pub(crate) fn spec(name: &str, dt: DomainType) -> DomainSpec {
         DomainSpec {

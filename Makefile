@@ -9,7 +9,7 @@ KVMPROV    := target/release/kvmprov
 RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
 .PHONY: help venv build deps check ping image-cache provision provision-stage provision-check \
-        cleanup cleanup-force cleanup-force-disks status test test-unit test-e2e demo demo-clean bench
+        cleanup cleanup-force cleanup-force-disks status test test-unit test-e2e test-remote demo demo-clean bench
 
 help: ## List the targets
 	@echo "kvmprov make targets (CONFIG=$(CONFIG); pass options with EXTRA_ARGS=\"-e key=value\"):"
@@ -60,12 +60,16 @@ test: deps ## Run every check and test: fmt, clippy, unit, libvirt test driver, 
 	cargo build --release --locked
 	cargo test --workspace --locked
 	bash tests/e2e/run.sh
+	bash tests/e2e/remote.sh
 
 test-unit: ## Only the fast tests (no daemon, no guests)
 	cargo test --workspace --locked
 
 test-e2e: build ## Only the end-to-end tests (real libvirtd in a namespace, TCG guests)
 	bash tests/e2e/run.sh
+
+test-remote: build ## Only the two-hypervisor test over qemu+ssh (namespaces, own libvirtds and sshds)
+	bash tests/e2e/remote.sh
 
 demo: deps build ## Build a Debian image, serve it locally and provision + SSH into a VM (no internet)
 	bash testkit/demo.sh up

@@ -222,6 +222,10 @@ pub struct InstanceDefinition {
     pub packages: Vec<String>,
     #[serde(default)]
     pub runcmd: Vec<String>,
+    /// `localhost` or `[user@]host`: this instance's hypervisor; else `kvm_hypervisor_host`
+    /// (or `kvm_libvirt_uri`).
+    #[serde(default)]
+    pub hypervisor_host: Option<String>,
 }
 
 fn default_vcpus() -> u32 {
@@ -315,6 +319,8 @@ pub struct Instance {
     pub snapshot_name: Option<String>,
     pub packages: Vec<String>,
     pub runcmd: Vec<String>,
+    /// The libvirt URI of the hypervisor this instance lives on.
+    pub libvirt_uri: String,
 }
 
 /// The resolved settings every stage reads.
@@ -346,6 +352,29 @@ impl Config {
             .iter()
             .filter(|c| self.instances.iter().any(|i| i.image_name == c.image_name))
             .collect()
+    }
+
+    /// The hypervisors this config works on, each once, in the order instances name them
+    /// (the global one when no instance names any).
+    pub fn hosts(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for i in &self.instances {
+            if !out.contains(&i.libvirt_uri) {
+                out.push(i.libvirt_uri.clone());
+            }
+        }
+        if out.is_empty() {
+            out.push(self.libvirt_uri.clone());
+        }
+        out
+    }
+
+    /// The same settings narrowed to one hypervisor and the instances that live on it.
+    pub fn for_host(&self, uri: &str) -> Config {
+        let mut c = self.clone();
+        c.libvirt_uri = uri.to_string();
+        c.instances.retain(|i| i.libvirt_uri == uri);
+        c
     }
 
     pub fn instance(&self, name: &str) -> Option<&Instance> {
@@ -1019,6 +1048,12 @@ fn resolve(ctx: &Ctx, root: &Node, v: Vars) -> Result<Config, ConfigError> {
             valid_simple_name(s)
                 .map_err(|m| ctx.invalid(&here("snapshot_name"), format!("snapshot_name {m}")))?;
         }
+        let instance_uri = match &d.hypervisor_host {
+            Some(h) => libvirt_uri_for(h.trim()).map_err(|m| {
+                ctx.invalid(&here("hypervisor_host"), format!("hypervisor_host {m}"))
+            })?,
+            None => libvirt_uri.clone(),
+        };
         instances.push(Instance {
             name: d.instance_name.clone(),
             image_name: d.image_name.clone(),
@@ -1031,6 +1066,7 @@ fn resolve(ctx: &Ctx, root: &Node, v: Vars) -> Result<Config, ConfigError> {
             snapshot_name: d.snapshot_name.clone(),
             packages: d.packages.clone(),
             runcmd: d.runcmd.clone(),
+            libvirt_uri: instance_uri,
         });
     }
 
@@ -1089,8 +1125,35 @@ kvm_instance_definitions:
     }
 
     #[test]
+    fn instances_may_name_their_own_hypervisor() {
+        let text = GOOD.replace(
+            "  - instance_name: app-02\n",
+            "  - instance_name: app-02\n    hypervisor_host: admin@hv2\n",
+        );
+        let c = p(&text, &["kvm_hypervisor_host=hv1"]).unwrap();
+        assert_eq!(
+            c.hosts(),
+            ["qemu+ssh://hv1/system", "qemu+ssh://admin@hv2/system"]
+        );
+        let hv2 = c.for_host("qemu+ssh://admin@hv2/system");
+        assert_eq!(hv2.libvirt_uri, "qemu+ssh://admin@hv2/system");
+        assert_eq!(hv2.instances.len(), 1);
+        assert_eq!(hv2.instances[0].name, "app-02");
+        let e = err(
+            &GOOD.replace(
+                "  - instance_name: app-02\n",
+                "  - instance_name: app-02\n    hypervisor_host: \"bad host\"\n",
+            ),
+            &[],
+        );
+        assert!(e.contains("hypervisor_host"), "{e}");
+        assert!(e.contains("vars.yml:"), "{e}");
+    }
+
+    #[test]
     fn good_file_resolves_defaults() {
         let c = p(GOOD, &[]).unwrap();
+        assert_eq!(c.hosts(), ["qemu:///system"]);
         assert_eq!(c.libvirt_uri, "qemu:///system");
         assert_eq!(c.instances.len(), 2);
         assert_eq!(c.instances[0].vcpus, 2);

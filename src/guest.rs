@@ -9,10 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kvmprov_hypervisor::SshDest;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
     #[error("cannot run ssh: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("ssh to the hypervisor {host} timed out after {seconds}s")]
+    HostTimeout { host: String, seconds: u64 },
     #[error("ssh to {user}@{addr} timed out after {seconds}s")]
     Timeout {
         user: String,
@@ -28,8 +32,8 @@ pub struct SshTarget {
     pub addr: IpAddr,
     pub identity: PathBuf,
     pub known_hosts: PathBuf,
-    /// `ProxyJump` host for guests behind a remote hypervisor.
-    pub jump: Option<String>,
+    /// The remote hypervisor the guest sits behind (its NAT network is reachable only there).
+    pub jump: Option<SshDest>,
 }
 
 impl SshTarget {
@@ -58,12 +62,63 @@ impl SshTarget {
             "LogLevel=ERROR".into(),
         ];
         if let Some(j) = &self.jump {
-            a.push("-J".into());
-            a.push(j.clone());
+            // Not `-J`: that would hand `-F /dev/null` to the hop too. The hop to the hypervisor
+            // uses the operator's own ssh setup (~/.ssh/config, agent, known_hosts), the same
+            // one libvirt's qemu+ssh transport uses; only the guest hop is pinned here.
+            a.push("-o".into());
+            a.push(format!("ProxyCommand={}", shell_words(&proxy_command(j))));
         }
         a.push(format!("{}@{}", self.user, self.addr));
         a
     }
+}
+
+/// `ssh … -W %h:%p host`: the ProxyCommand through a hypervisor.
+fn proxy_command(j: &SshDest) -> Vec<String> {
+    let mut a = vec!["ssh".to_string(), "-o".into(), "BatchMode=yes".into()];
+    a.extend(j.args());
+    a.extend(["-W".into(), "%h:%p".into(), "--".into(), j.host.clone()]);
+    a
+}
+
+/// Quote for the shell ssh runs a ProxyCommand with.
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:%@,+".contains(&b))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Run `argv` (words, quoted for the remote shell) on a remote hypervisor over SSH with the
+/// operator's ssh setup, for what libvirt's API cannot do (ACLs, reading a console log).
+pub fn hypervisor_run(
+    dest: &SshDest,
+    argv: &[String],
+    timeout: Duration,
+) -> Result<CommandOutput, GuestError> {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+        .args(dest.args())
+        .arg("--")
+        .arg(&dest.host)
+        .arg(shell_words(argv));
+    run_bounded(cmd, timeout).map_err(|e| match e {
+        None => GuestError::HostTimeout {
+            host: dest.display(),
+            seconds: timeout.as_secs(),
+        },
+        Some(e) => GuestError::Spawn(e),
+    })
 }
 
 /// The result of one remote command.
@@ -80,15 +135,30 @@ pub fn ssh_run(
     command: &str,
     timeout: Duration,
 ) -> Result<CommandOutput, GuestError> {
-    let mut child = Command::new("ssh")
-        .args(t.args(10))
-        .arg("--")
-        .arg(command)
+    let mut cmd = Command::new("ssh");
+    cmd.args(t.args(10)).arg("--").arg(command);
+    run_bounded(cmd, timeout).map_err(|e| match e {
+        None => GuestError::Timeout {
+            user: t.user.clone(),
+            addr: t.addr,
+            seconds: timeout.as_secs(),
+        },
+        Some(e) => GuestError::Spawn(e),
+    })
+}
+
+/// Run a command with no stdin, capturing its output, killing it after `timeout`.
+/// `Err(None)` is the timeout.
+fn run_bounded(
+    mut cmd: Command,
+    timeout: Duration,
+) -> Result<CommandOutput, Option<std::io::Error>> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(GuestError::Spawn)?;
+        .map_err(Some)?;
     // Read both pipes on threads so a chatty command cannot block on a full pipe.
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
@@ -96,16 +166,12 @@ pub fn ssh_run(
     let err_t = std::thread::spawn(move || read_all(err.as_mut()));
     let start = Instant::now();
     let status = loop {
-        match child.try_wait().map_err(GuestError::Spawn)? {
+        match child.try_wait().map_err(Some)? {
             Some(st) => break st,
             None if start.elapsed() >= timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(GuestError::Timeout {
-                    user: t.user.clone(),
-                    addr: t.addr,
-                    seconds: timeout.as_secs(),
-                });
+                return Err(None);
             }
             None => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -189,6 +255,26 @@ pub fn console_tail(path: &Path, n: usize) -> String {
     }
 }
 
+/// The last `n` lines of a console log on a remote hypervisor, read over SSH.
+pub fn remote_console_tail(dest: &SshDest, path: &Path, n: usize) -> String {
+    let argv = [
+        "tail".to_string(),
+        "-n".into(),
+        n.to_string(),
+        "--".into(),
+        path.display().to_string(),
+    ];
+    match hypervisor_run(dest, &argv, Duration::from_secs(20)) {
+        Ok(o) if o.code == Some(0) => o.stdout.trim_end().to_string(),
+        Ok(o) => format!(
+            "(cannot read it on {}: {})",
+            dest.display(),
+            o.stderr.trim()
+        ),
+        Err(e) => format!("(cannot read it on {}: {e})", dest.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +321,30 @@ mod tests {
         assert!(a.contains("BatchMode=yes"));
         assert!(a.contains("UserKnownHostsFile=/p/kh"));
         assert!(a.ends_with("debian@192.168.122.5"));
+        assert!(!a.contains("ProxyCommand"));
+    }
+
+    #[test]
+    fn guests_behind_a_remote_hypervisor_go_through_it() {
+        let dest = kvmprov_hypervisor::ssh_destination(
+            "qemu+ssh://root@hv1:2222/system?keyfile=/k/my key",
+        )
+        .unwrap();
+        let t = SshTarget {
+            user: "debian".into(),
+            addr: "192.168.122.5".parse().unwrap(),
+            identity: "/p/id".into(),
+            known_hosts: "/p/kh".into(),
+            jump: Some(dest),
+        };
+        let a = t.args(5);
+        let proxy = a.iter().find(|x| x.starts_with("ProxyCommand=")).unwrap();
+        assert_eq!(
+            proxy,
+            "ProxyCommand=ssh -o BatchMode=yes -p 2222 -l root -i '/k/my key' -W %h:%p -- hv1"
+        );
+        // The guest hop stays pinned.
+        assert!(a.contains(&"StrictHostKeyChecking=yes".to_string()));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum Op {
     /// A repair of the host (ACLs, starting a network).
     Fix,
     Download,
+    /// A cached image sent to a remote hypervisor.
+    Upload,
     Verify,
     Create,
     Define,
@@ -46,6 +48,7 @@ impl Op {
             Op::Check => "check",
             Op::Fix => "fix",
             Op::Download => "download",
+            Op::Upload => "upload",
             Op::Verify => "verify",
             Op::Create => "create",
             Op::Define => "define",
@@ -119,6 +122,9 @@ impl Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct StageReport {
     pub stage: String,
+    /// The hypervisor it ran on, when a run spans several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -126,6 +132,7 @@ impl StageReport {
     pub fn new(stage: &str) -> Self {
         StageReport {
             stage: stage.to_string(),
+            host: None,
             outcomes: Vec::new(),
         }
     }
@@ -138,6 +145,7 @@ impl StageReport {
     pub fn planned(stage: &str, actions: Vec<Action>) -> Self {
         StageReport {
             stage: stage.to_string(),
+            host: None,
             outcomes: actions
                 .into_iter()
                 .map(|action| Outcome {
@@ -211,12 +219,26 @@ pub fn render_line(o: &Outcome) -> String {
     line
 }
 
-/// The summary table: per stage, how many actions of each kind and how they went.
+/// The summary table: per stage (per host and stage when a run spans several hypervisors),
+/// how many actions of each kind and how they went.
 pub fn render_summary(reports: &[StageReport], check_mode: bool) -> String {
     let mut out = String::new();
+    let host_width = reports
+        .iter()
+        .filter_map(|r| r.host.as_ref().map(|h| h.len().max(4) + 1))
+        .max();
+    let host_col = |h: &str| match host_width {
+        Some(w) => format!("{h:<w$}"),
+        None => String::new(),
+    };
     out.push_str(&format!(
-        "\n{:<12} {:>7} {:>8} {:>6} {:>8}\n",
-        "stage", "actions", "changed", "ok", "failed"
+        "\n{}{:<12} {:>7} {:>8} {:>6} {:>8}\n",
+        host_col("host"),
+        "stage",
+        "actions",
+        "changed",
+        "ok",
+        "failed"
     ));
     for r in reports {
         let changed = r
@@ -231,7 +253,8 @@ pub fn render_summary(reports: &[StageReport], check_mode: bool) -> String {
             .filter(|o| o.status == Status::Done)
             .count();
         out.push_str(&format!(
-            "{:<12} {:>7} {:>8} {:>6} {:>8}\n",
+            "{}{:<12} {:>7} {:>8} {:>6} {:>8}\n",
+            host_col(r.host.as_deref().unwrap_or("local")),
             r.stage,
             r.outcomes.len(),
             changed,
@@ -291,6 +314,17 @@ mod tests {
         });
         assert_eq!(o.status, Status::Failed("outer: inner cause".into()));
         assert!(render_line(&o).contains("error: outer: inner cause"));
+    }
+
+    #[test]
+    fn summary_has_a_host_column_when_hosts_are_named() {
+        let mut a = StageReport::new("provision");
+        a.host = Some("qemu+ssh://hv2/system".into());
+        let text = render_summary(&[StageReport::new("image-cache"), a], false);
+        assert!(text.contains("\nhost"), "{text}");
+        assert!(text.contains("\nlocal"), "{text}");
+        assert!(text.contains("\nqemu+ssh://hv2/system provision"), "{text}");
+        assert!(!render_summary(&[StageReport::new("x")], false).contains("host"));
     }
 
     #[test]

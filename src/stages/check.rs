@@ -50,8 +50,13 @@ pub fn run(s: &Session) -> i32 {
             .map(|s| s.address.to_string())
             .unwrap_or_else(|| "dhcp".to_string());
         let snap = i.snapshot_name.as_deref().unwrap_or("-");
+        let on = if i.libvirt_uri == cfg.libvirt_uri {
+            String::new()
+        } else {
+            format!(" on {}", i.libvirt_uri)
+        };
         println!(
-            "    {:<14} {:<10} {} vCPU {:>6} MiB {:>5} GiB  net {} ip {} snapshot {}",
+            "    {:<14} {:<10} {} vCPU {:>6} MiB {:>5} GiB  net {} ip {} snapshot {}{on}",
             i.name, i.image_name, i.vcpus, i.memory_mib, i.disk_size_gib, i.network, ip, snap
         );
     }

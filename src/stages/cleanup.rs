@@ -38,6 +38,9 @@ pub struct FileFacts {
     /// `None`: does not exist (or is a dangling link: then `dangling` is set).
     pub real: Option<PathBuf>,
     pub dangling: bool,
+    /// A volume in the instance pool of a remote hypervisor (deleted through libvirt, which
+    /// unlinks the pool's own directory entry and never follows a symlink out of the pool).
+    pub remote: bool,
 }
 
 /// What cleanup saw.
@@ -56,6 +59,8 @@ pub enum Step {
     Stop,
     Undefine,
     Delete(PathBuf),
+    /// A remote instance-pool volume, by name.
+    DeleteVolume(String),
     Refuse,
 }
 
@@ -145,6 +150,19 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
         };
         match refusal {
             Some(why) => out.push((Action::new(&f.instance, Op::Refuse, why), Step::Refuse)),
+            None if f.remote => out.push((
+                Action::new(
+                    &f.instance,
+                    Op::Delete,
+                    format!("{shown} (volume on the hypervisor)"),
+                ),
+                Step::DeleteVolume(
+                    f.path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+            )),
             None => out.push((
                 Action::new(&f.instance, Op::Delete, shown),
                 Step::Delete(real.clone()),
@@ -207,14 +225,17 @@ fn chain(disk: &Path) -> Vec<PathBuf> {
 }
 
 fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
+    // A remote hypervisor's files are not ours to read: compare the paths as libvirt names them.
+    let local = crate::stages::preflight::is_local(hv.uri());
     let mut out = Vec::new();
     for d in hv.domains()? {
         let files = match hv.domain_xml(&d.name) {
             // Disks with their backing chains, console logs and NVRAM: all protected.
-            Ok(x) => kvmprov_hypervisor::xml::domain_files(&x)?
+            Ok(x) if local => kvmprov_hypervisor::xml::domain_files(&x)?
                 .iter()
                 .flat_map(|p| chain(p))
                 .collect(),
+            Ok(x) => kvmprov_hypervisor::xml::domain_files(&x)?,
             // Gone between the listing and now: nothing to protect.
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e),
@@ -238,10 +259,34 @@ pub fn paths_in_use(hv: &Hypervisor) -> Result<Vec<PathBuf>, HvError> {
 
 fn observe(cfg: &Config, hv: &Hypervisor) -> Result<Observed, HvError> {
     let domains = domain_facts(hv)?;
+    let local = crate::stages::preflight::is_local(hv.uri());
     let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    // Remote: the instance pool's volumes, as libvirt lists them after a refresh.
+    let remote_volumes: Vec<PathBuf> = if local {
+        Vec::new()
+    } else {
+        match hv.pool_by_path(&cfg.instance_pool_path)? {
+            Some(p) if p.active => {
+                hv.refresh_pool(&p.name)?;
+                hv.volumes(&p.name)?.into_iter().map(|v| v.path).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
     let mut files = Vec::new();
     for inst in &cfg.instances {
         for path in instance_files(cfg, &inst.name) {
+            let in_pool = path.parent() == Some(cfg.instance_pool_path.as_path());
+            if !local && in_pool {
+                files.push(FileFacts {
+                    instance: inst.name.clone(),
+                    real: remote_volumes.contains(&path).then(|| path.clone()),
+                    path,
+                    dangling: false,
+                    remote: true,
+                });
+                continue;
+            }
             let is_link = path
                 .symlink_metadata()
                 .map(|m| m.file_type().is_symlink())
@@ -252,14 +297,23 @@ fn observe(cfg: &Config, hv: &Hypervisor) -> Result<Observed, HvError> {
                 dangling: is_link && resolved.is_none(),
                 real: resolved,
                 path,
+                remote: false,
             });
         }
     }
     Ok(Observed {
         domains,
         files,
-        pool_real: real(&cfg.instance_pool_path),
-        cache_real: real(&cfg.image_cache_path),
+        pool_real: if local {
+            real(&cfg.instance_pool_path)
+        } else {
+            cfg.instance_pool_path.clone()
+        },
+        cache_real: if local {
+            real(&cfg.image_cache_path)
+        } else {
+            cfg.image_cache_path.clone()
+        },
     })
 }
 
@@ -302,7 +356,36 @@ fn stop(hv: &Hypervisor, name: &str) -> Result<(), HvError> {
     }
 }
 
+/// Cleanup on every hypervisor the config names, one after the other.
 pub fn run(s: &Session) -> Result<Vec<StageReport>, StageError> {
+    let hosts = s.per_host();
+    let multi = hosts.len() > 1;
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    for h in &hosts {
+        match run_host(h, multi) {
+            Ok(r) => reports.extend(r),
+            Err(e) => {
+                reports.extend(e.reports);
+                errors.push(if multi {
+                    format!("{}: {}", h.cfg.libvirt_uri, e.error)
+                } else {
+                    e.error
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(reports)
+    } else {
+        Err(StageError {
+            reports,
+            error: errors.join("; "),
+        })
+    }
+}
+
+fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {
     let _lock = if s.check || !s.cfg.cleanup_confirmed {
         None
     } else {
@@ -311,8 +394,13 @@ pub fn run(s: &Session) -> Result<Vec<StageReport>, StageError> {
     let hv = s.connect().map_err(|e| StageError::new(Vec::new(), &e))?;
     let observed = observe(&s.cfg, &hv).map_err(|e| StageError::new(Vec::new(), &e))?;
     let dry = s.check || !s.cfg.cleanup_confirmed;
-    s.printer.stage_header("cleanup", dry);
+    let host = multi.then(|| s.cfg.libvirt_uri.clone());
+    match &host {
+        Some(h) => s.printer.stage_header(&format!("cleanup @ {h}"), dry),
+        None => s.printer.stage_header("cleanup", dry),
+    }
     let mut report = StageReport::new("cleanup");
+    report.host = host;
     for (action, step) in plan(&s.cfg, &observed) {
         let outcome = match step {
             Step::Skip => Outcome {
@@ -346,6 +434,15 @@ pub fn run(s: &Session) -> Result<Vec<StageReport>, StageError> {
                     other => other,
                 })
             }
+            Step::DeleteVolume(name) => run_action(action, || -> Result<(), HvError> {
+                match hv.pool_by_path(&s.cfg.instance_pool_path)? {
+                    Some(p) => match hv.delete_volume(&p.name, &name) {
+                        Err(e) if e.is_not_found() => Ok(()),
+                        other => other,
+                    },
+                    None => Ok(()),
+                }
+            }),
             Step::Delete(path) => run_action(action, || match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CleanupError::Delete {
                     path: path.clone(),
@@ -396,6 +493,7 @@ mod tests {
             path: path.into(),
             real: real.map(PathBuf::from),
             dangling: false,
+            remote: false,
         }
     }
 

@@ -146,12 +146,17 @@ fn download(s: &Session, client: &Client, r: &Resolved) -> Result<CachedImage, I
         path: s.cfg.image_cache_path.clone(),
         source,
     })?;
-    let mut progress = Bar::new(&r.image_name, s.output == crate::plan::OutputFormat::Human);
+    let mut progress = Bar::new(
+        "downloading",
+        &r.image_name,
+        s.output == crate::plan::OutputFormat::Human,
+    );
     kvmprov_image::download(client, &s.cfg.image_cache_path, r, &mut progress)
 }
 
 /// Progress: a bar on a terminal, a line per 10 % otherwise.
 struct Bar {
+    verb: &'static str,
     name: String,
     bar: Option<ProgressBar>,
     lines: bool,
@@ -161,9 +166,10 @@ struct Bar {
 }
 
 impl Bar {
-    fn new(name: &str, human: bool) -> Self {
+    fn new(verb: &'static str, name: &str, human: bool) -> Self {
         let tty = human && std::io::stderr().is_terminal();
         Bar {
+            verb,
             name: name.to_string(),
             bar: None,
             lines: human && !tty,
@@ -204,7 +210,8 @@ impl kvmprov_image::Progress for Bar {
                 String::new()
             };
             eprintln!(
-                "  downloading {}: {} MiB{from}",
+                "  {} {}: {} MiB{from}",
+                self.verb,
                 self.name,
                 total
                     .map(|t| (t >> 20).to_string())
@@ -222,7 +229,7 @@ impl kvmprov_image::Progress for Bar {
             let tenth = (self.done * 10).checked_div(total).unwrap_or(0);
             if tenth > self.last_tenth {
                 self.last_tenth = tenth;
-                eprintln!("  downloading {}: {}%", self.name, tenth * 10);
+                eprintln!("  {} {}: {}%", self.verb, self.name, tenth * 10);
             }
         }
     }
@@ -234,27 +241,233 @@ impl kvmprov_image::Progress for Bar {
     }
 }
 
-/// `kvmprov image-cache`: the stage on its own, under the lock.
-pub fn run_all(s: &Session, all: bool) -> Result<Vec<StageReport>, StageError> {
-    let _lock = if s.check {
-        None
-    } else {
-        Some(RunLock::acquire(s).map_err(|e| StageError::new(Vec::new(), &e))?)
+/// Pure: what a remote hypervisor's cache pool needs for one image, from what it holds.
+/// The record (sidecar) volume is uploaded last, so an image volume without it is an
+/// interrupted upload and is replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteStep {
+    Keep,
+    Verify,
+    Upload { replace: bool },
+}
+
+pub fn plan_remote(
+    want_size: u64,
+    image_size: Option<u64>,
+    has_record: bool,
+    verify: bool,
+) -> RemoteStep {
+    match image_size {
+        Some(n) if n == want_size && has_record && verify => RemoteStep::Verify,
+        Some(n) if n == want_size && has_record => RemoteStep::Keep,
+        Some(_) => RemoteStep::Upload { replace: true },
+        None => RemoteStep::Upload { replace: false },
+    }
+}
+
+/// Put each image this host's instances use into its cache pool. Local hypervisors read the
+/// local cache directly: nothing to do. Remote ones get the locally cached file through a
+/// libvirt upload stream, checked by size, and re-hashed through a download stream when
+/// `kvm_image_cache_verify_on_run` is on (so a remote copy is never trusted on faith).
+pub fn distribute(
+    s: &Session,
+    hv: &kvmprov_hypervisor::Hypervisor,
+    images: &std::collections::BTreeMap<String, CachedImage>,
+) -> StageReport {
+    let mut report = StageReport::new("image-upload");
+    if crate::stages::preflight::is_local(&s.cfg.libvirt_uri) {
+        return report;
+    }
+    let cfg = &s.cfg;
+    let pool = match hv.pool_by_path(&cfg.image_cache_path) {
+        Ok(Some(p)) if p.active => Ok(p.name),
+        Ok(found) => {
+            let name = found.map(|p| p.name).unwrap_or_else(|| {
+                crate::stages::provision::pool_name_for("images", &cfg.image_cache_path)
+            });
+            if s.check {
+                Ok(name)
+            } else {
+                hv.ensure_dir_pool(&name, &cfg.image_cache_path)
+                    .map(|_| name)
+            }
+        }
+        Err(e) => Err(e),
     };
-    s.printer.stage_header("image-cache", s.check);
-    let mut handoff = Handoff::default();
-    run(s, all, &mut handoff)
-        .map(|r| vec![r])
-        .map_err(|e| StageError::new(Vec::new(), &e))
+    let pool = match pool {
+        Ok(p) => p,
+        Err(e) => {
+            let o = Outcome {
+                action: Action::new(
+                    "pool",
+                    Op::Create,
+                    format!("image cache pool for {}", cfg.image_cache_path.display()),
+                ),
+                status: Status::Failed(error_chain(&e)),
+                seconds: 0.0,
+            };
+            s.printer.outcome(&o);
+            report.outcomes.push(o);
+            return report;
+        }
+    };
+    for c in cfg.used_images() {
+        let action_for = |op, why: String| Action::new(&c.image_name, op, why);
+        let Some(img) = images.get(&c.image_name) else {
+            let o = Outcome {
+                action: action_for(Op::Upload, "not in the local cache".into()),
+                status: if s.check {
+                    Status::Planned
+                } else {
+                    Status::Failed(format!("image `{}` is not in the local cache: the image-cache stage did not fetch it", c.image_name))
+                },
+                seconds: 0.0,
+            };
+            s.printer.outcome(&o);
+            report.outcomes.push(o);
+            continue;
+        };
+        let o = upload_one(s, hv, &pool, img, action_for);
+        s.printer.outcome(&o);
+        report.outcomes.push(o);
+    }
+    report
+}
+
+fn upload_one(
+    s: &Session,
+    hv: &kvmprov_hypervisor::Hypervisor,
+    pool: &str,
+    img: &CachedImage,
+    action_for: impl Fn(Op, String) -> Action,
+) -> Outcome {
+    let file = img
+        .path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let record = format!("{file}.json");
+    let host = hv.uri().to_string();
+    let observed = hv
+        .volume_file_size(pool, &file)
+        .and_then(|size| Ok((size, hv.volume_exists(pool, &record)?)));
+    let (size, has_record) = match observed {
+        Ok(o) => o,
+        Err(e) => {
+            return Outcome {
+                action: action_for(Op::Check, format!("look up {file} on {host}")),
+                status: Status::Failed(error_chain(&e)),
+                seconds: 0.0,
+            }
+        }
+    };
+    let step = plan_remote(img.size, size, has_record, s.cfg.verify_on_run);
+    let mib = img.size >> 20;
+    let action = match &step {
+        RemoteStep::Keep => action_for(Op::Keep, format!("{file} on {host} ({mib} MiB)")),
+        RemoteStep::Verify => action_for(
+            Op::Verify,
+            format!("{file} on {host}: re-hashing through a libvirt download stream"),
+        ),
+        RemoteStep::Upload { replace } => action_for(
+            Op::Upload,
+            format!(
+                "{file} ({mib} MiB) to {host} through a libvirt upload stream{}",
+                if *replace {
+                    ", replacing an incomplete copy"
+                } else {
+                    ""
+                }
+            ),
+        ),
+    };
+    if s.check {
+        return Outcome {
+            action,
+            status: Status::Planned,
+            seconds: 0.0,
+        };
+    }
+    run_action(action, || -> Result<(), UploadError> {
+        let replace = match step {
+            RemoteStep::Keep => return Ok(()),
+            RemoteStep::Verify => {
+                let mut hasher = kvmprov_image::Sha512Writer::default();
+                hv.download_volume(pool, &file, &mut hasher)?;
+                let got = hasher.hex();
+                if got == img.sha512 {
+                    return Ok(());
+                }
+                // Never keep a damaged copy: say so and send a good one.
+                eprintln!(
+                    "warning: {file} on {host} failed verification (sha512 {}…, expected {}…); uploading it again",
+                    &got[..16],
+                    &img.sha512[..16.min(img.sha512.len())]
+                );
+                true
+            }
+            RemoteStep::Upload { replace } => replace,
+        };
+        if replace {
+            hv.delete_volume(pool, &file)?;
+        }
+        if hv.volume_exists(pool, &record)? {
+            hv.delete_volume(pool, &record)?;
+        }
+        let human = s.output == crate::plan::OutputFormat::Human;
+        let mut bar = Bar::new("uploading", &format!("{} to {host}", img.image_name), human);
+        kvmprov_image::Progress::start(&mut bar, Some(img.size), 0);
+        let mut last = 0u64;
+        hv.upload_file(pool, &file, &img.path, "raw", &mut |done| {
+            kvmprov_image::Progress::advance(&mut bar, done - last);
+            last = done;
+        })?;
+        kvmprov_image::Progress::finish(&mut bar);
+        let landed = hv.volume_file_size(pool, &file)?.unwrap_or(0);
+        if landed != img.size {
+            return Err(UploadError::Size {
+                file: file.clone(),
+                host: host.clone(),
+                want: img.size,
+                got: landed,
+            });
+        }
+        // The record last: its presence says the image volume is complete.
+        let text = serde_json::to_vec_pretty(img).unwrap_or_default();
+        hv.upload_volume(pool, &record, &text, "raw")?;
+        Ok(())
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Hypervisor(#[from] kvmprov_hypervisor::HvError),
+    #[error("{file} on {host} holds {got} bytes after the upload, expected {want}")]
+    Size {
+        file: String,
+        host: String,
+        want: u64,
+        got: u64,
+    },
+}
+
+/// `kvmprov image-cache`: the stage on its own (fetch, then upload to remote hypervisors).
+pub fn run_all(s: &Session, all: bool) -> Result<Vec<StageReport>, StageError> {
+    crate::stages::run_stages_with(s, &[crate::config::StageChoice::ImageCache], all)
 }
 
 /// `kvmprov image-cache prune`: cached versions no domain's disk is (backed by) on this host.
 pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
     let _lock = RunLock::acquire(s).map_err(|e| StageError::new(Vec::new(), &e))?;
     let fail = |e: &dyn std::error::Error| StageError::new(Vec::new(), e);
-    let hv = s.connect().map_err(|e| fail(&e))?;
     let cached = kvmprov_image::list_cached(&s.cfg.image_cache_path).map_err(|e| fail(&e))?;
-    let in_use = crate::stages::cleanup::paths_in_use(&hv).map_err(|e| fail(&e))?;
+    // In use on any hypervisor of the config: one that cannot be asked stops the prune.
+    let mut in_use = Vec::new();
+    for h in s.per_host() {
+        let hv = h.connect().map_err(|e| fail(&e))?;
+        in_use.extend(crate::stages::cleanup::paths_in_use(&hv).map_err(|e| fail(&e))?);
+    }
     s.printer.stage_header("image-cache prune", s.check || !yes);
     let mut report = StageReport::new("image-cache prune");
     for c in cached {
@@ -302,4 +515,28 @@ pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
         println!("  (nothing deleted: run `kvmprov image-cache prune --yes` to delete the unused versions)");
     }
     Ok(vec![report])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_copies_are_trusted_only_with_their_record_and_size() {
+        assert_eq!(
+            plan_remote(10, None, false, false),
+            RemoteStep::Upload { replace: false }
+        );
+        assert_eq!(plan_remote(10, Some(10), true, false), RemoteStep::Keep);
+        assert_eq!(plan_remote(10, Some(10), true, true), RemoteStep::Verify);
+        // Killed mid-upload: the record was never written.
+        assert_eq!(
+            plan_remote(10, Some(10), false, false),
+            RemoteStep::Upload { replace: true }
+        );
+        assert_eq!(
+            plan_remote(10, Some(4), true, false),
+            RemoteStep::Upload { replace: true }
+        );
+    }
 }

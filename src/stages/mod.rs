@@ -55,6 +55,25 @@ impl Session {
         }
     }
 
+    /// This session narrowed to one hypervisor and its instances.
+    pub fn for_host(&self, uri: &str) -> Session {
+        Session {
+            cfg: self.cfg.for_host(uri),
+            check: self.check,
+            output: self.output,
+            jobs: self.jobs,
+            printer: Printer {
+                format: self.output,
+            },
+            no_wait: self.no_wait,
+        }
+    }
+
+    /// One session per hypervisor the config names (one, unless instances name their own).
+    pub fn per_host(&self) -> Vec<Session> {
+        self.cfg.hosts().iter().map(|h| self.for_host(h)).collect()
+    }
+
     pub fn connect(&self) -> Result<Hypervisor, kvmprov_hypervisor::HvError> {
         Hypervisor::connect(&self.cfg.libvirt_uri)
     }
@@ -103,32 +122,108 @@ pub struct Handoff {
     pub pending: Vec<String>,
 }
 
-/// Run stages in order under the run lock, stopping at the first stage that fails.
+/// Run stages in order, stopping at the first stage that fails. Images are fetched once into
+/// the local cache; then each hypervisor runs its stages under its own lock, all of them in
+/// parallel, so one host that is down fails only its own instances.
 pub fn run_stages(s: &Session, stages: &[StageChoice]) -> Result<Vec<StageReport>, StageError> {
-    let _lock = if s.check {
-        None
+    run_stages_with(s, stages, false)
+}
+
+/// `run_stages`; `all_images` fetches the whole catalog, not only the images instances use.
+pub fn run_stages_with(
+    s: &Session,
+    stages: &[StageChoice],
+    all_images: bool,
+) -> Result<Vec<StageReport>, StageError> {
+    let hosts = s.per_host();
+    // All locks before any work, in a fixed order: two runs over overlapping hosts never
+    // deadlock, and a run never starts half its hosts.
+    let mut locks = Vec::new();
+    if !s.check {
+        let mut order: Vec<&Session> = hosts.iter().collect();
+        order.sort_by(|a, b| a.cfg.libvirt_uri.cmp(&b.cfg.libvirt_uri));
+        for h in order {
+            locks.push(RunLock::acquire(h).map_err(|e| StageError::new(Vec::new(), &e))?);
+        }
+    }
+    let multi = hosts.len() > 1;
+    let mut reports = Vec::new();
+    let mut handoff = Handoff::default();
+    if stages.contains(&StageChoice::ImageCache) {
+        s.printer.stage_header("image-cache", s.check);
+        let report = image_cache::run(s, all_images, &mut handoff).map_err(|e| StageError {
+            reports: Vec::new(),
+            error: format!("image-cache stage: {}", error_chain(&e)),
+        })?;
+        let failed = report.failed();
+        reports.push(report);
+        if failed {
+            return Ok(reports);
+        }
+    }
+    let per_host = parallel(&hosts, hosts.len(), |h| {
+        run_host(h, stages, &handoff, multi)
+    });
+    let mut fatal = Vec::new();
+    for (h, result) in hosts.iter().zip(per_host) {
+        match result {
+            Ok(r) => reports.extend(r),
+            Err(e) => {
+                reports.extend(e.reports);
+                fatal.push(if multi {
+                    format!("{}: {}", h.cfg.libvirt_uri, e.error)
+                } else {
+                    e.error
+                });
+            }
+        }
+    }
+    drop(locks);
+    if fatal.is_empty() {
+        Ok(reports)
     } else {
-        Some(RunLock::acquire(s).map_err(|e| StageError::new(Vec::new(), &e))?)
+        Err(StageError {
+            reports,
+            error: fatal.join("; "),
+        })
+    }
+}
+
+/// The stages on one hypervisor (the caller holds its lock and has fetched the images).
+fn run_host(
+    s: &Session,
+    stages: &[StageChoice],
+    handoff: &Handoff,
+    label: bool,
+) -> Result<Vec<StageReport>, StageError> {
+    let host = label.then(|| s.cfg.libvirt_uri.clone());
+    let tag = |mut r: StageReport| {
+        r.host = host.clone();
+        r
     };
     let hv = s.connect().map_err(|e| StageError::new(Vec::new(), &e))?;
     let mut reports = Vec::new();
-    let mut handoff = Handoff::default();
     for stage in stages {
-        s.printer.stage_header(stage.as_str(), s.check);
+        let name = match (stage, &host) {
+            (StageChoice::ImageCache, _) if preflight::is_local(&s.cfg.libvirt_uri) => continue,
+            (StageChoice::ImageCache, Some(h)) => format!("image-upload @ {h}"),
+            (StageChoice::ImageCache, None) => "image-upload".to_string(),
+            (st, Some(h)) => format!("{} @ {h}", st.as_str()),
+            (st, None) => st.as_str().to_string(),
+        };
+        s.printer.stage_header(&name, s.check);
         // Each stage's own error type, flattened to its cause chain.
         let result: Result<StageReport, String> = match stage {
             StageChoice::Preflight => preflight::run(s, &hv).map_err(|e| error_chain(&e)),
-            StageChoice::ImageCache => {
-                image_cache::run(s, false, &mut handoff).map_err(|e| error_chain(&e))
-            }
-            StageChoice::Provision => provision::run(s, &hv, &handoff).map_err(|e| error_chain(&e)),
+            StageChoice::ImageCache => Ok(image_cache::distribute(s, &hv, &handoff.images)),
+            StageChoice::Provision => provision::run(s, &hv, handoff).map_err(|e| error_chain(&e)),
             StageChoice::Runtime => runtime::run(s, &hv).map_err(|e| error_chain(&e)),
             StageChoice::Full => unreachable!("selected() expands full"),
         };
         match result {
             Ok(report) => {
                 let failed = report.failed();
-                reports.push(report);
+                reports.push(tag(report));
                 if failed {
                     break;
                 }

@@ -4,7 +4,18 @@ use crate::cli::{EXIT_FAILED, EXIT_OK};
 use crate::plan::{error_chain, OutputFormat};
 use crate::stages::Session;
 
+/// Every hypervisor the config names; fails if any is unreachable.
 pub fn run(s: &Session) -> i32 {
+    let mut code = EXIT_OK;
+    for h in s.per_host() {
+        if one(&h) != EXIT_OK {
+            code = EXIT_FAILED;
+        }
+    }
+    code
+}
+
+fn one(s: &Session) -> i32 {
     let result = s
         .connect()
         .and_then(|hv| Ok((hv.host_info()?, hv.networks()?)));
@@ -12,6 +23,9 @@ pub fn run(s: &Session) -> i32 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
+            if let Some(hint) = remote_hint(&s.cfg.libvirt_uri) {
+                eprintln!("{hint}");
+            }
             return EXIT_FAILED;
         }
     };
@@ -48,4 +62,17 @@ pub fn run(s: &Session) -> i32 {
         );
     }
     EXIT_OK
+}
+
+/// What to try when a remote hypervisor does not answer: libvirt's ssh transport runs the
+/// operator's `ssh` non-interactively.
+fn remote_hint(uri: &str) -> Option<String> {
+    kvmprov_hypervisor::ssh_destination(uri).map(|d| {
+        format!(
+            "hint: libvirt reaches {} with your ssh setup and no prompts: `ssh -o BatchMode=yes {} {} virsh -c qemu:///system version` must work (key in ssh-agent or ~/.ssh/config, host key in known_hosts)",
+            d.host,
+            d.args().join(" "),
+            d.host
+        )
+    })
 }

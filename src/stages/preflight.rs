@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kvmprov_hypervisor::{HostInfo, Hypervisor, NetworkInfo};
+use kvmprov_hypervisor::{HostInfo, Hypervisor, NetworkInfo, SshDest};
 
 use crate::config::{Config, DomainTypeChoice};
 use crate::plan::{Action, Op, Outcome, StageReport, Status};
@@ -31,6 +31,8 @@ pub struct Observed {
     pub qemu_user: String,
     /// Whether paths and tools could be checked (local hypervisor).
     pub local: bool,
+    /// A remote hypervisor reached over SSH: paths are checked and fixed there.
+    pub remote: Option<SshDest>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,14 +43,24 @@ pub struct PathState {
     pub is_dir: bool,
     /// Directories on the way (the path itself included) the qemu user cannot traverse.
     pub blocked: Vec<PathBuf>,
+    /// The access check itself failed (remote: ssh).
+    pub access_error: Option<String>,
 }
 
 /// A fix kvmprov can apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fix {
     CreateDir(PathBuf),
+    /// On a remote hypervisor: a libvirt dir pool with this name, built (mkdir) by libvirt.
+    CreatePool {
+        name: String,
+        path: PathBuf,
+    },
     StartNetwork(String),
-    GrantTraverse { user: String, dirs: Vec<PathBuf> },
+    GrantTraverse {
+        user: String,
+        dirs: Vec<PathBuf>,
+    },
 }
 
 /// The verdict on one check.
@@ -170,7 +182,24 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
             ));
             continue;
         }
-        if !p.exists {
+        if !p.exists && !o.local {
+            let name = crate::stages::provision::pool_name_for(
+                if p.path == cfg.image_cache_path {
+                    "images"
+                } else {
+                    "instances"
+                },
+                &p.path,
+            );
+            out.push((
+                Action::new(
+                    target.clone(),
+                    Op::Create,
+                    format!("{}: no libvirt pool on the hypervisor, creating dir pool {name} (libvirt builds the directory)", p.key),
+                ),
+                Verdict::Apply(Fix::CreatePool { name, path: p.path.clone() }),
+            ));
+        } else if !p.exists {
             out.push((
                 Action::new(
                     target.clone(),
@@ -189,7 +218,18 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
                 Verdict::Pass,
             ));
         }
-        if !o.local {
+        if !o.local && o.remote.is_none() {
+            continue;
+        }
+        if let Some(e) = &p.access_error {
+            out.push((
+                Action::new(
+                    target,
+                    Op::Check,
+                    format!("qemu user `{}` access", o.qemu_user),
+                ),
+                Verdict::Fail(e.clone()),
+            ));
             continue;
         }
         if p.blocked.is_empty() {
@@ -205,7 +245,7 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
             let cmds: Vec<String> = p
                 .blocked
                 .iter()
-                .map(|d| format!("setfacl -m u:{}:x {}", o.qemu_user, d.display()))
+                .map(|d| acl_command(o.remote.as_ref(), &o.qemu_user, d))
                 .collect();
             if cfg.auto_fix_pool_access {
                 out.push((
@@ -265,6 +305,45 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
 }
 
 /// Is this URI a hypervisor on this machine (so its paths are our paths)?
+/// The command that grants traverse, as the operator would type it (over SSH when remote).
+fn acl_command(remote: Option<&SshDest>, user: &str, dir: &Path) -> String {
+    let cmd = format!("setfacl -m u:{user}:x {}", dir.display());
+    match remote {
+        Some(d) => format!("ssh {} -- {cmd}", d.display()),
+        None => cmd,
+    }
+}
+
+/// On a remote hypervisor, over SSH: the ancestors of `path` that uid:gid cannot traverse.
+/// libvirt has no API for directory permissions outside a pool.
+fn remote_blocked_dirs(
+    dest: &SshDest,
+    ids: (u32, u32),
+    path: &Path,
+) -> Result<Vec<PathBuf>, String> {
+    let mut argv = vec![
+        "setpriv".to_string(),
+        format!("--reuid={}", ids.0),
+        format!("--regid={}", ids.1),
+        "--clear-groups".into(),
+        "sh".into(),
+        "-c".into(),
+        r#"for d; do [ -d "$d" ] || continue; [ -x "$d" ] || printf '%s\n' "$d"; done"#.into(),
+        "sh".into(),
+    ];
+    argv.extend(path.ancestors().map(|d| d.display().to_string()));
+    let out = crate::guest::hypervisor_run(dest, &argv, std::time::Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    if out.code != Some(0) {
+        return Err(format!(
+            "checking access on {} over ssh failed: {}",
+            dest.display(),
+            out.stderr.trim()
+        ));
+    }
+    Ok(out.stdout.lines().map(PathBuf::from).rev().collect())
+}
+
 pub fn is_local(uri: &str) -> bool {
     uri.starts_with("qemu:///") || uri.starts_with("test:///")
 }
@@ -340,24 +419,59 @@ fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, kvmprov_hypervisor:
     let host = hv.host_info()?;
     let networks = hv.networks()?;
     let local = is_local(&cfg.libvirt_uri);
-    let user = qemu_user();
-    let paths = [
+    let remote = if local {
+        None
+    } else {
+        kvmprov_hypervisor::ssh_destination(&cfg.libvirt_uri)
+    };
+    // Remotely, the uid libvirt runs qemu as (from its capabilities) is what ACLs name.
+    let user = match (&remote, host.qemu_ids) {
+        (Some(_), Some((uid, _))) => uid.to_string(),
+        _ => qemu_user(),
+    };
+    let mut paths = Vec::new();
+    let mut instance_pool_free = None;
+    for (key, path) in [
         ("image cache", &cfg.image_cache_path),
         ("instance pool", &cfg.instance_pool_path),
-    ]
-    .into_iter()
-    .map(|(key, path)| PathState {
-        key,
-        path: path.clone(),
-        exists: path.exists(),
-        is_dir: path.is_dir(),
-        blocked: if local && path.is_dir() {
-            blocked_dirs(&user, path)
+    ] {
+        let state = if local {
+            PathState {
+                key,
+                path: path.clone(),
+                exists: path.exists(),
+                is_dir: path.is_dir(),
+                blocked: if path.is_dir() {
+                    blocked_dirs(&user, path)
+                } else {
+                    Vec::new()
+                },
+                access_error: None,
+            }
         } else {
-            Vec::new()
-        },
-    })
-    .collect();
+            // Remote: the directory exists for us when an active libvirt pool holds it.
+            let pool = hv.pool_by_path(path)?.filter(|p| p.active);
+            if key == "instance pool" {
+                instance_pool_free = pool.as_ref().map(|p| p.available_bytes);
+            }
+            let (blocked, access_error) = match (&remote, host.qemu_ids, &pool) {
+                (Some(dest), Some(ids), Some(_)) => match remote_blocked_dirs(dest, ids, path) {
+                    Ok(b) => (b, None),
+                    Err(e) => (Vec::new(), Some(e)),
+                },
+                _ => (Vec::new(), None),
+            };
+            PathState {
+                key,
+                path: path.clone(),
+                exists: pool.is_some(),
+                is_dir: true,
+                blocked,
+                access_error,
+            }
+        };
+        paths.push(state);
+    }
     let existing: Vec<String> = hv.domains()?.into_iter().map(|d| d.name).collect();
     let missing_instances = cfg
         .instances
@@ -388,12 +502,13 @@ fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, kvmprov_hypervisor:
         pool_free_bytes: if local {
             free_bytes(&cfg.instance_pool_path)
         } else {
-            None
+            instance_pool_free
         },
         missing_instances,
         tools: if local { tools } else { Vec::new() },
         qemu_user: user,
         local,
+        remote,
     })
 }
 
@@ -411,8 +526,33 @@ pub enum FixError {
     Hypervisor(#[from] kvmprov_hypervisor::HvError),
 }
 
-fn apply_fix(hv: &Hypervisor, fix: &Fix) -> Result<(), FixError> {
+fn apply_fix(hv: &Hypervisor, remote: Option<&SshDest>, fix: &Fix) -> Result<(), FixError> {
     match fix {
+        Fix::CreatePool { name, path } => hv
+            .ensure_dir_pool(name, path)
+            .map(|_| ())
+            .map_err(FixError::from),
+        Fix::GrantTraverse { user, dirs } if remote.is_some() => {
+            let dest = remote.ok_or_else(|| FixError::Acl {
+                path: PathBuf::new(),
+                detail: "no remote host".into(),
+            })?;
+            let mut argv = vec!["setfacl".to_string(), "-m".into(), format!("u:{user}:x")];
+            argv.extend(dirs.iter().map(|d| d.display().to_string()));
+            let out = crate::guest::hypervisor_run(dest, &argv, std::time::Duration::from_secs(30))
+                .map_err(|e| FixError::Acl {
+                    path: dirs.first().cloned().unwrap_or_default(),
+                    detail: e.to_string(),
+                })?;
+            if out.code == Some(0) {
+                Ok(())
+            } else {
+                Err(FixError::Acl {
+                    path: dirs.first().cloned().unwrap_or_default(),
+                    detail: format!("on {}: {}", dest.display(), out.stderr.trim()),
+                })
+            }
+        }
         Fix::CreateDir(path) => {
             std::fs::create_dir_all(path).map_err(|source| FixError::CreateDir {
                 path: path.clone(),
@@ -463,16 +603,23 @@ pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, kvmprov_hypervis
                 status: Status::Planned,
                 seconds: 0.0,
             },
-            Verdict::Apply(fix) => crate::plan::run(action, || apply_fix(hv, &fix)),
+            Verdict::Apply(fix) => {
+                crate::plan::run(action, || apply_fix(hv, observed.remote.as_ref(), &fix))
+            }
         };
         s.printer.outcome(&outcome);
         report.outcomes.push(outcome);
     }
     // A directory created just now may still block the qemu user: check again.
-    if !s.check && observed.local && report.outcomes.iter().any(|o| o.action.op == Op::Create) {
+    let checkable = observed.local || observed.remote.is_some();
+    if !s.check && checkable && report.outcomes.iter().any(|o| o.action.op == Op::Create) {
         let user = &observed.qemu_user;
         for path in [&s.cfg.image_cache_path, &s.cfg.instance_pool_path] {
-            let blocked = blocked_dirs(user, path);
+            let blocked = match (&observed.remote, observed.host.qemu_ids) {
+                (Some(dest), Some(ids)) => remote_blocked_dirs(dest, ids, path).unwrap_or_default(),
+                (Some(_), None) => Vec::new(),
+                (None, _) => blocked_dirs(user, path),
+            };
             if blocked.is_empty() {
                 continue;
             }
@@ -483,14 +630,21 @@ pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, kvmprov_hypervis
                 } else {
                     Op::Check
                 },
-                format!("qemu user `{user}` cannot traverse the new directory"),
+                format!(
+                    "qemu user `{user}` cannot traverse the new directory: {}",
+                    blocked
+                        .iter()
+                        .map(|d| acl_command(observed.remote.as_ref(), user, d))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
             );
             let outcome = if s.cfg.auto_fix_pool_access {
                 let fix = Fix::GrantTraverse {
                     user: user.clone(),
                     dirs: blocked,
                 };
-                crate::plan::run(action, || apply_fix(hv, &fix))
+                crate::plan::run(action, || apply_fix(hv, observed.remote.as_ref(), &fix))
             } else {
                 Outcome {
                     action,

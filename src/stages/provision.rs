@@ -98,7 +98,7 @@ pub fn plan_instance(
         }
         Found::Missing { disk } => match image {
             None if !disk => InstancePlan::Blocked(format!(
-                "image `{}` is not cached: run the image-cache stage first (make image-cache)",
+                "image `{}` is not cached on this hypervisor: run the image-cache stage first (make image-cache)",
                 inst.image_name
             )),
             _ => InstancePlan::Create { disk: !disk },
@@ -219,6 +219,26 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
     let [cache_pool, inst_pool] = pool_names;
     let (cache_pool, cache_found) = cache_pool?;
     let (inst_pool, inst_found) = inst_pool?;
+    // A remote hypervisor backs overlays with its own copy: an image the image-cache stage has
+    // not uploaded there yet is as good as not cached.
+    // (In check mode the upload was only planned.)
+    if !s.check && !crate::stages::preflight::is_local(&cfg.libvirt_uri) {
+        let mut present = std::collections::BTreeMap::new();
+        for (name, c) in images {
+            let file = c.path.file_name().map(|f| f.to_string_lossy().into_owned());
+            let uploaded = match (&cache_found, file) {
+                (Some(p), Some(f)) if p.active => {
+                    hv.volume_exists(&p.name, &f)?
+                        && hv.volume_exists(&p.name, &format!("{f}.json"))?
+                }
+                _ => false,
+            };
+            if uploaded {
+                present.insert(name, c);
+            }
+        }
+        images = present;
+    }
     let volumes: Vec<String> = match &inst_found {
         Some(p) if p.active => {
             hv.refresh_pool(&p.name)?;
@@ -478,6 +498,7 @@ mod tests {
             snapshot_name: None,
             packages: vec![],
             runcmd: vec![],
+            libvirt_uri: "qemu:///system".into(),
         }
     }
 

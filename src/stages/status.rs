@@ -18,6 +18,8 @@ use crate::state;
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub name: String,
+    /// The hypervisor's libvirt URI.
+    pub host: String,
     pub state: String,
     pub domain_type: String,
     pub image: String,
@@ -59,7 +61,7 @@ fn ssh_target(s: &Session, inst: &Instance, addr: Ipv4Addr) -> Result<SshTarget,
         addr: IpAddr::V4(addr),
         identity: key.private_path,
         known_hosts,
-        jump: None,
+        jump: kvmprov_hypervisor::ssh_destination(&s.cfg.libvirt_uri),
     })
 }
 
@@ -67,6 +69,7 @@ fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Row, HvError> {
     let Some(dom) = hv.domain(&inst.name)? else {
         return Ok(Row {
             name: inst.name.clone(),
+            host: s.cfg.libvirt_uri.clone(),
             state: "not defined".into(),
             domain_type: "-".into(),
             image: "-".into(),
@@ -78,8 +81,9 @@ fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Row, HvError> {
     let observed = kvmprov_hypervisor::xml::parse_domain_xml(&hv.domain_xml(&inst.name)?)?;
     let running = dom.state == kvmprov_hypervisor::DomainState::Running;
     let ip = if running { address(hv, inst)? } else { None };
+    let remote = kvmprov_hypervisor::ssh_destination(&s.cfg.libvirt_uri).is_some();
     let ssh_ready = match ip {
-        Some(a) if guest::tcp_open(IpAddr::V4(a), 22, Duration::from_secs(1)) => {
+        Some(a) if remote || guest::tcp_open(IpAddr::V4(a), 22, Duration::from_secs(1)) => {
             ssh_target(s, inst, a)
                 .ok()
                 .and_then(|t| guest::ssh_run(&t, "true", Duration::from_secs(8)).ok())
@@ -89,6 +93,7 @@ fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Row, HvError> {
     };
     Ok(Row {
         name: inst.name.clone(),
+        host: s.cfg.libvirt_uri.clone(),
         state: format!("{:?}", dom.state).to_lowercase(),
         domain_type: observed.domain_type.unwrap_or_else(|| "-".into()),
         image: observed
@@ -105,28 +110,35 @@ fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Row, HvError> {
     })
 }
 
+/// The rows of one hypervisor's instances.
+fn host_rows(s: &Session) -> Result<Vec<Row>, String> {
+    let hv = s.connect().map_err(|e| error_chain(&e))?;
+    crate::stages::parallel(&s.cfg.instances, 8, |i| row(s, &hv, i))
+        .into_iter()
+        .collect::<Result<Vec<Row>, HvError>>()
+        .map_err(|e| error_chain(&e))
+}
+
 pub fn run(s: &Session) -> i32 {
-    let hv = match s.connect() {
-        Ok(hv) => hv,
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            return EXIT_FAILED;
+    let hosts = s.per_host();
+    let mut rows = Vec::new();
+    let mut code = EXIT_OK;
+    // Hosts in parallel; one that is down is reported and the others are still shown.
+    for (h, result) in hosts
+        .iter()
+        .zip(crate::stages::parallel(&hosts, hosts.len(), host_rows))
+    {
+        match result {
+            Ok(r) => rows.extend(r),
+            Err(e) => {
+                eprintln!("error: {}: {e}", h.cfg.libvirt_uri);
+                code = EXIT_FAILED;
+            }
         }
-    };
-    let rows: Result<Vec<Row>, HvError> =
-        crate::stages::parallel(&s.cfg.instances, 8, |i| row(s, &hv, i))
-            .into_iter()
-            .collect();
-    let rows = match rows {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            return EXIT_FAILED;
-        }
-    };
+    }
     if s.output == OutputFormat::Json {
         println!("{}", serde_json::json!({ "instances": rows }));
-        return EXIT_OK;
+        return code;
     }
     println!(
         "{:<16} {:<12} {:<5} {:<26} {:<16} {:<4} snapshots",
@@ -147,8 +159,11 @@ pub fn run(s: &Session) -> i32 {
                 r.snapshots.join(",")
             }
         );
+        if hosts.len() > 1 {
+            println!("{:<16} on {}", "", r.host);
+        }
     }
-    EXIT_OK
+    code
 }
 
 /// Replace this process with `ssh` to the instance (interactive unless a command is given).
@@ -162,6 +177,7 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> i32 {
         );
         return EXIT_USAGE;
     };
+    let s = &s.for_host(&inst.libvirt_uri);
     let addr = match s.connect().and_then(|hv| address(&hv, inst)) {
         Ok(Some(a)) => a,
         Ok(None) => {

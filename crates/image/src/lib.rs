@@ -354,6 +354,26 @@ fn dated_url(image_url: &str, dated_ref: &str) -> Result<String, ImageError> {
 }
 
 /// The sidecar of a cached image: `<file>.json`.
+/// A `Write` sink that SHA-512-hashes what it is given (re-hashing a remote copy as it streams).
+#[derive(Default)]
+pub struct Sha512Writer(Sha512);
+
+impl Sha512Writer {
+    pub fn hex(self) -> String {
+        hex(&self.0.finalize())
+    }
+}
+
+impl std::io::Write for Sha512Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub fn sidecar_path(image: &Path) -> PathBuf {
     let mut s = image.as_os_str().to_owned();
     s.push(".json");

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Remote and multiple hypervisors, end to end: two "hypervisors" on this machine (each a network
+# and mount namespace with its own libvirtd, storage and sshd; testkit/remote-hypervisors.sh),
+# reached over qemu+ssh from an operator namespace. One run provisions a TCG guest on each,
+# downloads the image once and uploads it to both through libvirt streams, SSH-checks the
+# guests through their hypervisor, survives one host going down, and cleans up.
+#   tests/e2e/remote.sh            (root; `make test-remote`, also run by `make test`)
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/e2e/lib.sh
+source "$HERE/lib.sh"
+# shellcheck source=testkit/remote-hypervisors.sh
+source "$TESTKIT/remote-hypervisors.sh"
+
+[ "$(id -u)" -eq 0 ] || { echo "remote tests need root (namespaces, libvirtd, sshd)" >&2; exit 2; }
+[ -x "$KVMPROV" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+
+teardown() {
+    set +e
+    [ -n "${MIRROR_PID:-}" ] && kill "$MIRROR_PID" 2>/dev/null && wait "$MIRROR_PID" 2>/dev/null
+    rh_teardown
+    [ -n "${DIR:-}" ] && rm -rf "$DIR"
+    return 0
+}
+trap teardown EXIT
+
+DIR=$(mktemp -d /tmp/kvmprov-remote.XXXXXX)
+# 0700 on purpose: qemu on the hypervisors cannot traverse it until preflight grants it (over ssh).
+chmod 0700 "$DIR"
+log "scratch $DIR"
+IMAGE=$(bash "$TESTKIT/build-image.sh" "$E2E_SUITE" "$E2E_CACHE" | tail -n 1)
+rh_setup "$DIR" 2
+
+bash "$TESTKIT/make-mirror.sh" "$IMAGE" "$DIR/mirror" "$E2E_SUITE" "$E2E_VERSION"
+ip netns exec "$RH_OP" python3 "$TESTKIT/mirror.py" --root "$DIR/mirror" --port 0 \
+    --port-file "$DIR/mirror.port" --log "$DIR/mirror.log" >"$DIR/mirror.out" 2>&1 &
+MIRROR_PID=$!
+for _ in $(seq 1 50); do [ -s "$DIR/mirror.port" ] && break; sleep 0.1; done
+E2E_BASE="http://127.0.0.1:$(cat "$DIR/mirror.port")/images/cloud"
+N=$E2E_N
+HV1=root@$(rh_addr 1)
+HV2=root@$(rh_addr 2)
+URI1="qemu+ssh://$HV1/system"
+URI2="qemu+ssh://$HV2/system"
+A=rh-a-$$
+B=rh-b-$$
+
+CFG="$DIR/vars.yml"
+{
+    echo "kvm_hypervisor_host: $HV1"
+    echo "kvm_runtime_timeout_seconds: 600"
+    e2e_config_head "$RH_POOLS/images" "$RH_POOLS/instances"
+    cat <<EOF
+  - instance_name: $A
+    image_name: debian-$N
+    vcpus: 1
+    memory_mib: 1024
+    disk_size_gib: 4
+    snapshot_name: baseline
+  - instance_name: $B
+    image_name: debian-$N
+    hypervisor_host: $HV2
+    vcpus: 1
+    memory_mib: 1024
+    disk_size_gib: 4
+EOF
+} >"$CFG"
+kp_op() { rh_op "$KVMPROV" -c "$CFG" "$@"; }
+virsh_hv() {
+    local i=$1
+    shift
+    rh_exec "$i" virsh -q -c qemu:///system "$@"
+}
+image_bytes() { awk '/genericcloud-amd64.*qcow2 / {sub("bytes=", "", $4); s += $4} END {print s + 0}' "$DIR/mirror.log"; }
+
+# --- reachability -----------------------------------------------------------------------------
+out=$(kp_op ping 2>&1) || true
+check "ping reaches both hypervisors over qemu+ssh" \
+    test "$(grep -c 'domain type qemu   available' <<<"$out")" -eq 2
+
+# --- one run, two hosts ----------------------------------------------------------------------
+log "kvmprov provision (full) on two remote hypervisors: two TCG guests, a few minutes"
+start=$(date +%s)
+set +e
+kp_op provision 2>&1 | tee "$DIR/provision.log"
+rc=${PIPESTATUS[0]}
+set -e
+log "two-host run took $(($(date +%s) - start))s"
+P=$(cat "$DIR/provision.log")
+check "two-host provision exits 0" test "$rc" -eq 0
+size=$(stat -c %s "$IMAGE")
+check "the image was downloaded once ($(image_bytes) bytes of $size)" test "$(image_bytes)" -eq "$size"
+# $DIR is shared by both "hypervisors": whichever checks first grants it.
+check "preflight granted the qemu user traverse over ssh" \
+    grep -qE "ssh root@10\.231\.[12]\.2 -- setfacl -m u:[0-9]+:x $DIR" <<<"$P"
+check "the image was uploaded to hypervisor 1 through libvirt" grep -q "upload .*to $URI1 through a libvirt upload stream" <<<"$P"
+check "the image was uploaded to hypervisor 2 through libvirt" grep -q "upload .*to $URI2 through a libvirt upload stream" <<<"$P"
+file=$(basename "$(ls "$RH_POOLS"/images/*.qcow2)")
+for i in 1 2; do
+    vols=$(virsh_hv "$i" vol-list --pool "$(virsh_hv "$i" pool-list --name | grep images)" 2>&1)
+    check "hypervisor $i holds the image and its record as volumes" \
+        grep -q "$file.json" <<<"$vols"
+    check "hypervisor $i's copy has the image's size" \
+        test "$(rh_exec "$i" stat -c %s "$RH_POOLS/images/$file")" -eq "$size"
+done
+check "$A runs on hypervisor 1 only" test "$(virsh_hv 1 domstate "$A")" = running -a \
+    -z "$(virsh_hv 2 list --all --name | grep -x "$A" || true)"
+check "$B runs on hypervisor 2 only" test "$(virsh_hv 2 domstate "$B")" = running -a \
+    -z "$(virsh_hv 1 list --all --name | grep -x "$B" || true)"
+check "instance disks live on the hypervisors, not on the operator" \
+    test ! -e "$RH_POOLS/instances/$A.qcow2" -a "$(rh_exec 1 stat -c %s "$RH_POOLS/instances/$A.qcow2")" -gt 0
+check "both guests were SSH-checked through their hypervisor" \
+    test "$(grep -c 'ready at 192.168.122' <<<"$P")" -eq 2
+check "the summary groups by host" grep -q "^$URI2 *provision" <<<"$P"
+check "snapshot taken on hypervisor 1" grep -qx baseline <<<"$(virsh_hv 1 snapshot-list "$A" --name)"
+
+out=$(kp_op ssh "$B" -- hostname 2>&1) || true
+check "kvmprov ssh reaches the guest on hypervisor 2 through it" test "$out" = "$B"
+out=$(kp_op status 2>&1) || true
+check "status shows both guests ssh-ready" test "$(grep -c ' yes ' <<<"$out")" -eq 2
+
+# --- a re-run changes nothing and fetches nothing -------------------------------------------
+before=$(image_bytes)
+out=$(kp_op provision 2>&1) && rc=0 || rc=$?
+check "re-run exits 0" test "$rc" -eq 0
+check "re-run downloads and uploads nothing" test "$(image_bytes)" -eq "$before" -a \
+    -z "$(grep -E '✓ (upload|download) ' <<<"$out" || true)"
+
+# --- verify-on-run re-hashes the remote copies through download streams ---------------------
+out=$(kp_op -e kvm_image_cache_verify_on_run=true provision --stage image-cache 2>&1) && rc=0 || rc=$?
+check "verify-on-run re-hashes both remote copies" test "$rc" -eq 0 -a \
+    "$(grep -c '✓ verify .*re-hashing through a libvirt download stream' <<<"$out")" -eq 2
+
+# --- one host down fails only its instances --------------------------------------------------
+rh_stop_sshd 2
+out=$(kp_op provision --stage provision 2>&1) && rc=0 || rc=$?
+check "with hypervisor 2 down the run exits 1" test "$rc" -eq 1
+check "hypervisor 1's instance is still worked on" grep -q "✓ ok *$A" <<<"$out"
+check "the failure names hypervisor 2" grep -q "$URI2: cannot connect" <<<"$out"
+rh_start_sshd 2
+
+# --- cleanup on both ------------------------------------------------------------------------
+out=$(kp_op -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup 2>&1) &&
+    rc=0 || rc=$?
+check "cleanup on both hosts exits 0" test "$rc" -eq 0
+check "no declared domain remains" test -z "$(virsh_hv 1 list --all --name)$(virsh_hv 2 list --all --name)"
+left=$(rh_exec 2 ls "$RH_POOLS/instances")
+check "hypervisor 2's instance pool holds nothing of $B" test -z "$(grep "$B" <<<"$left" || true)"
+check "the uploaded images stay in the hypervisors' caches" rh_exec 1 test -f "$RH_POOLS/images/$file"
+
+e2e_summary

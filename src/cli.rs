@@ -25,8 +25,11 @@ pub const EXIT_USAGE: i32 = 2;
         within the declared instances.\n\n\
         Stages: preflight -> image-cache -> provision -> runtime (`provision` runs the stage \
         named by kvm_provision_stage; `full` runs all four). Every command that changes \
-        something accepts --check to print its plan and change nothing.",
-    after_help = "Exit codes: 0 success, 1 a stage failed, 2 usage or configuration error."
+        something accepts --check to print its plan and change nothing.\n\n\
+        Hypervisors: kvm_hypervisor_host (localhost, or [user@]host over qemu+ssh) and an \
+        optional hypervisor_host per instance; several hosts are worked on in parallel, images \
+        are downloaded once and uploaded to each through libvirt.",
+    after_help = "Exit codes: 0 success, 1 a stage failed, 2 usage or configuration error, 130/143 stopped by Ctrl-C/SIGTERM (safe to run again)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -145,7 +148,32 @@ pub fn main() -> i32 {
         }
     };
     init_logging(cli.global.verbose);
+    stop_on_signals();
     run(cli)
+}
+
+/// Ctrl-C and SIGTERM stop a run at once, with the conventional exit codes (130, 143). Nothing
+/// needs undoing: every step is safe to resume (partial downloads have temporary names, a
+/// half-made instance is reused or replaced by the next run); only our ssh children are stopped.
+fn stop_on_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let what = if sig == SIGINT {
+                "interrupted"
+            } else {
+                "terminated"
+            };
+            eprintln!(
+                "\nkvmprov: {what}; stopped. The next run resumes partial downloads and reuses or replaces anything half-made."
+            );
+            crate::guest::stop_children();
+            std::process::exit(128 + sig);
+        }
+    });
 }
 
 fn init_logging(verbose: u8) {

@@ -147,6 +147,23 @@ pub fn ssh_run(
     })
 }
 
+/// The ssh processes running now, so an interrupted run can stop them (`stop_children`).
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Send SIGTERM to every ssh kvmprov started that is still running (on Ctrl-C / SIGTERM).
+pub fn stop_children() {
+    if let Ok(pids) = CHILDREN.lock() {
+        for pid in pids.iter() {
+            if let Some(pid) = i32::try_from(*pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+    }
+}
+
 /// Run a command with no stdin, capturing its output, killing it after `timeout`.
 /// `Err(None)` is the timeout.
 fn run_bounded(
@@ -159,6 +176,21 @@ fn run_bounded(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(Some)?;
+    let pid = child.id();
+    if let Ok(mut c) = CHILDREN.lock() {
+        c.push(pid);
+    }
+    let result = wait_bounded(&mut child, timeout);
+    if let Ok(mut c) = CHILDREN.lock() {
+        c.retain(|p| *p != pid);
+    }
+    result
+}
+
+fn wait_bounded(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Result<CommandOutput, Option<std::io::Error>> {
     // Read both pipes on threads so a chatty command cannot block on a full pipe.
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();

@@ -4,6 +4,8 @@
 #
 #   testkit/netns-libvirtd.sh up NAME      create namespace NAME, start virtlogd + libvirtd in it
 #   testkit/netns-libvirtd.sh down NAME    destroy what `up` started (domains, daemons, namespace)
+#   testkit/netns-libvirtd.sh restart NAME stop the libvirtd `up` started and start a new one
+#                                          (guests keep running; fault tests)
 #   testkit/netns-libvirtd.sh exec NAME CMD...
 #
 # libvirtd's socket is a file in /run, shared by every namespace: only one system libvirtd can
@@ -69,6 +71,22 @@ up() {
     say "libvirtd $(cat /run/libvirtd.pid) up in namespace $ns"
 }
 
+restart() {
+    local ns=$1 state="$STATE_DIR/$1.state"
+    [ -f "$state" ] || { say "nothing recorded for $ns"; return 1; }
+    # shellcheck disable=SC1090
+    source "$state"
+    [ -n "${LIBVIRTD_PID:-}" ] || { say "no libvirtd of ours recorded for $ns"; return 1; }
+    kill "$LIBVIRTD_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$LIBVIRTD_PID" 2>/dev/null || break; sleep 0.1; done
+    rm -f /run/libvirtd.pid
+    ip netns exec "$ns" libvirtd -d
+    for _ in $(seq 1 50); do [ -s /run/libvirtd.pid ] && break; sleep 0.1; done
+    sed -i "s/^LIBVIRTD_PID=.*/LIBVIRTD_PID=$(cat /run/libvirtd.pid)/" "$state"
+    wait_socket "$ns"
+    say "libvirtd restarted in $ns: $LIBVIRTD_PID -> $(cat /run/libvirtd.pid)"
+}
+
 ensure_network() {
     local ns=$1 nets
     nets=$(ip netns exec "$ns" virsh -q -c qemu:///system net-list --all --name)
@@ -121,10 +139,11 @@ down() {
 case "${1:-}" in
     up) up "${2:?namespace name}" ;;
     down) down "${2:?namespace name}" ;;
+    restart) restart "${2:?namespace name}" ;;
     exec)
         ns=${2:?namespace name}
         shift 2
         exec ip netns exec "$ns" "$@"
         ;;
-    *) echo "usage: $0 up|down|exec NAME [CMD...]" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|restart|exec NAME [CMD...]" >&2; exit 2 ;;
 esac

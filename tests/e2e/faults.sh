@@ -2,7 +2,9 @@
 # volume creation and define, then re-run: every re-run converges to the same final state,
 # no half-written file under a final name, no orphan, the cache holds only verified files.
 # Two runs at once: one works, the other stops with a clear message, no duplicates.
-# SIGTERM: prompt stop with exit 143, and the next run completes.
+# SIGTERM / SIGINT: prompt stop with exit 143 / 130, only temporary files left, the next run
+# completes (resuming the download). libvirtd restarted mid-run: a clear, prompt failure; the
+# next run completes.
 # Sourced by tests/e2e/run.sh.
 
 F="$E2E_DIR/faults"
@@ -93,7 +95,7 @@ done
 log "SIGKILL points: $kills delivered in $attempts attempts, $converges of $attempts re-runs converged"
 check "every re-run after SIGKILL converged ($converges/$attempts)" test "$converges" -eq "$attempts"
 check "at least 20 kills landed while kvmprov was running ($kills)" test "$kills" -ge 20
-check "no image under its final name without its sidecar after a kill ($halfwritten)" test "$halfwritten" -eq 0
+check "regression image-without-sidecar-after-SIGKILL: no image under its final name without its sidecar ($halfwritten)" test "$halfwritten" -eq 0
 
 # --- two runs at once --------------------------------------------------------------------------
 fkp image-cache >/dev/null
@@ -134,4 +136,58 @@ wait "$pid" || rc=$?
 check "SIGTERM ends the run with 143 (got $rc), or it had finished (0)" test "$rc" -eq 143 -o "$rc" -eq 0
 check "the next run completes after SIGTERM" work
 check "and converges" converged
+reset_host
+
+# --- Ctrl-C (SIGINT) in the middle of a download ------------------------------------------------
+rm -rf "$F/images"
+log_mark=$(wc -l <"$E2E_DIR/mirror.log")
+ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" image-cache >"$F/int.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 200); do
+    [ -n "$(find "$F/images" -name '*.part' -size +1M 2>/dev/null)" ] && break
+    sleep 0.01
+done
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+check "SIGINT stops the download with exit 130 (got $rc)" test "$rc" -eq 130
+check "SIGINT says it stopped and what the next run does" grep -q "interrupted; stopped" "$F/int.log"
+left=$(ls "$F/images" 2>/dev/null)
+check "after SIGINT the cache holds only temporary files: $(tr '\n' ' ' <<<"$left")" \
+    test -n "$left" -a -z "$(grep -v '\.part' <<<"$left" || true)"
+check "the next run completes after SIGINT" work
+check "it resumed the partial download with a Range request" \
+    grep -q "qcow2 range=bytes=[1-9]" <(tail -n +"$((log_mark + 1))" "$E2E_DIR/mirror.log")
+check "and converges after SIGINT" converged
+reset_host
+
+# --- libvirtd restarted in the middle of a run --------------------------------------------------
+RCFG="$F/restart.yml"
+{
+    echo "kvm_runtime_timeout_seconds: 300"
+    e2e_config_head "$F/images" "$F/instances"
+    echo "  - {instance_name: f-restart, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 1024, disk_size_gib: 4}"
+} >"$RCFG"
+E2E_DOMAINS="$E2E_DOMAINS f-restart"
+ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" provision >"$F/restart.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do
+    grep -q "✓ start .*f-restart" "$F/restart.log" && break
+    sleep 0.1
+done
+sleep 2   # inside the wait for the guest's address
+bash "$TESTKIT/netns-libvirtd.sh" restart "$E2E_NS"
+t0=$(date +%s)
+rc=0
+wait "$pid" || rc=$?
+waited=$(($(date +%s) - t0))
+check "the run fails (exit 1) when libvirtd restarts under it (got $rc)" test "$rc" -eq 1
+check "it stops within 30 s of the restart, not at its deadline (${waited}s)" test "$waited" -le 30
+check "the message says the connection to libvirtd was lost" \
+    grep -q "connection to libvirtd was lost" "$F/restart.log"
+out=$(ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" provision 2>&1) && rc=0 || rc=$?
+check "the next run completes after the restart (exit $rc)" test "$rc" -eq 0
+check "and the guest is SSH-ready" grep -q "✓ wait .*f-restart .*ready at" <<<"$out"
+ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" -e kvm_cleanup_confirmed=true \
+    -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null 2>&1 || true
 reset_host

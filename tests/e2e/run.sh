@@ -3,7 +3,8 @@
 # image on a local mirror (127.0.0.1 inside the namespace), kvmprov driving it. Scenarios
 # (each a file here, sourced in order, sharing one namespace): boot (real guests, SSH),
 # provision (preflight cases, 20 instances in parallel, generated files), cleanup (decoys),
-# faults (SIGKILL at many points, two runs at once, SIGTERM).
+# faults (SIGKILL at many points, two runs at once, SIGTERM, SIGINT mid-download,
+# libvirtd restarted mid-run).
 # Prints "e2e: N passed, N failed" and exits non-zero when any check failed.
 #   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot
 set -euo pipefail

@@ -83,8 +83,23 @@ fn lv(what: impl Into<String>) -> impl FnOnce(virt::error::Error) -> HvError {
     let what = what.into();
     move |e| HvError::Libvirt {
         what,
-        message: one_line(e.message()),
+        message: with_hint(one_line(e.message())),
         code: Some(e.code().to_raw()),
+    }
+}
+
+/// libvirt's words for a connection whose daemon went away are cryptic; say what happened.
+fn with_hint(message: String) -> String {
+    const LOST: &[&str] = &[
+        "client socket is closed",
+        "End of file while reading data",
+        "Broken pipe",
+        "Connection reset by peer",
+    ];
+    if LOST.iter().any(|l| message.contains(l)) {
+        format!("{message} (the connection to libvirtd was lost: was the daemon restarted or stopped? run again once it is back)")
+    } else {
+        message
     }
 }
 
@@ -1025,6 +1040,13 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_daemon_is_named() {
+        assert!(with_hint("internal error: client socket is closed".into())
+            .contains("connection to libvirtd was lost"));
+        assert_eq!(with_hint("Domain not found".into()), "Domain not found");
+    }
+
+    #[test]
     fn messages_are_one_line() {
         assert_eq!(
             one_line("Cannot recv data: Host key verification failed.\r\n: Connection reset\n"),
@@ -1040,7 +1062,7 @@ mod tests {
     }
 
     #[test]
-    fn newest_lease_wins() {
+    fn regression_stale_dhcp_lease_of_an_earlier_guest_loses_to_the_newest() {
         assert_eq!(newest_ipv4(&[]), None);
         let leases = [
             lease("192.168.122.10", 1000),

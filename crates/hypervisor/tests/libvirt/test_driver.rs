@@ -359,7 +359,7 @@ fn node_file_worlds_are_private() {
 }
 
 #[test]
-fn volume_exists_looks_up_one_volume() {
+fn regression_parallel_provision_checks_its_seed_with_one_lookup_not_a_racing_listing() {
     let hv = hv();
     let dir = tempfile::tempdir().unwrap();
     hv.ensure_dir_pool("kp-exists", &dir.path().join("p"))

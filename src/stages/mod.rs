@@ -130,6 +130,10 @@ pub fn run_stages(s: &Session, stages: &[StageChoice]) -> Result<Vec<StageReport
 }
 
 /// `run_stages`; `all_images` fetches the whole catalog, not only the images instances use.
+///
+/// Order: every host's preflight (in parallel), so nothing is downloaded for a host that cannot
+/// take it; then the images, once, into the local cache; then each host's remaining stages
+/// (in parallel). A host that cannot be reached or fails a stage stops there; the others go on.
 pub fn run_stages_with(
     s: &Session,
     stages: &[StageChoice],
@@ -147,96 +151,168 @@ pub fn run_stages_with(
         }
     }
     let multi = hosts.len() > 1;
-    let mut reports = Vec::new();
+    let n = hosts.len();
+    // `image-cache` alone needs no local hypervisor: it only fills the local cache.
+    let conns = parallel(&hosts, n, |h| {
+        let upload_only = stages.iter().all(|st| *st == StageChoice::ImageCache);
+        if upload_only && preflight::is_local(&h.cfg.libvirt_uri) {
+            None
+        } else {
+            Some(h.connect())
+        }
+    });
+    let mut runs: Vec<HostRun> = hosts
+        .iter()
+        .zip(conns)
+        .map(|(h, c)| HostRun {
+            s: h,
+            error: c
+                .as_ref()
+                .and_then(|c| c.as_ref().err())
+                .map(|e| error_chain(e)),
+            hv: c.and_then(Result::ok),
+            reports: Vec::new(),
+        })
+        .collect();
     let mut handoff = Handoff::default();
-    if stages.contains(&StageChoice::ImageCache) {
+
+    if stages.contains(&StageChoice::Preflight) {
+        let done = parallel(&runs, n, |r| {
+            r.stage(StageChoice::Preflight, &handoff, multi)
+        });
+        for (r, d) in runs.iter_mut().zip(done) {
+            r.absorb(d);
+        }
+    }
+    let mut fetched = None;
+    if stages.contains(&StageChoice::ImageCache) && runs.iter().any(HostRun::going) {
         s.printer.stage_header("image-cache", s.check);
         let report = image_cache::run(s, all_images, &mut handoff).map_err(|e| StageError {
             reports: Vec::new(),
             error: format!("image-cache stage: {}", error_chain(&e)),
         })?;
-        let failed = report.failed();
-        reports.push(report);
-        if failed {
-            return Ok(reports);
-        }
+        fetched = Some(report);
     }
-    let per_host = parallel(&hosts, hosts.len(), |h| {
-        run_host(h, stages, &handoff, multi)
-    });
-    let mut fatal = Vec::new();
-    for (h, result) in hosts.iter().zip(per_host) {
-        match result {
-            Ok(r) => reports.extend(r),
-            Err(e) => {
-                reports.extend(e.reports);
-                fatal.push(if multi {
-                    format!("{}: {}", h.cfg.libvirt_uri, e.error)
-                } else {
-                    e.error
-                });
+    let images_ok = !fetched.as_ref().is_some_and(StageReport::failed);
+    if images_ok {
+        let rest: Vec<StageChoice> = stages
+            .iter()
+            .copied()
+            .filter(|st| *st != StageChoice::Preflight)
+            .collect();
+        let done = parallel(&runs, n, |r| {
+            let mut out = Vec::new();
+            for st in &rest {
+                let d = r.stage(*st, &handoff, multi);
+                let stop = match &d {
+                    Ok(Some(report)) => report.failed(),
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
+                out.push(d);
+                if stop {
+                    break;
+                }
+            }
+            out
+        });
+        for (r, ds) in runs.iter_mut().zip(done) {
+            for d in ds {
+                r.absorb(d);
             }
         }
     }
     drop(locks);
-    if fatal.is_empty() {
+
+    // Reports: a single host reads in stage order; several read image-cache, then per host.
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    let fetched_at = if multi {
+        0
+    } else {
+        usize::from(stages.contains(&StageChoice::Preflight))
+    };
+    for r in runs {
+        reports.extend(r.reports);
+        if let Some(e) = r.error {
+            errors.push(if multi {
+                format!("{}: {e}", r.s.cfg.libvirt_uri)
+            } else {
+                e
+            });
+        }
+    }
+    if let Some(f) = fetched {
+        reports.insert(fetched_at.min(reports.len()), f);
+    }
+    if errors.is_empty() {
         Ok(reports)
     } else {
         Err(StageError {
             reports,
-            error: fatal.join("; "),
+            error: errors.join("; "),
         })
     }
 }
 
-/// The stages on one hypervisor (the caller holds its lock and has fetched the images).
-fn run_host(
-    s: &Session,
-    stages: &[StageChoice],
-    handoff: &Handoff,
-    label: bool,
-) -> Result<Vec<StageReport>, StageError> {
-    let host = label.then(|| s.cfg.libvirt_uri.clone());
-    let tag = |mut r: StageReport| {
-        r.host = host.clone();
-        r
-    };
-    let hv = s.connect().map_err(|e| StageError::new(Vec::new(), &e))?;
-    let mut reports = Vec::new();
-    for stage in stages {
-        let name = match (stage, &host) {
-            (StageChoice::ImageCache, _) if preflight::is_local(&s.cfg.libvirt_uri) => continue,
-            (StageChoice::ImageCache, Some(h)) => format!("image-upload @ {h}"),
-            (StageChoice::ImageCache, None) => "image-upload".to_string(),
-            (st, Some(h)) => format!("{} @ {h}", st.as_str()),
-            (st, None) => st.as_str().to_string(),
+/// One hypervisor's part of a run: its connection, reports so far and why it stopped.
+struct HostRun<'a> {
+    s: &'a Session,
+    hv: Option<Hypervisor>,
+    reports: Vec<StageReport>,
+    /// Could not connect, or a stage could not run: the host is done.
+    error: Option<String>,
+}
+
+/// A stage's result on one host: a report, nothing to do (`None`), or why it could not run.
+type StageDone = Result<Option<StageReport>, String>;
+
+impl HostRun<'_> {
+    /// Still worked on: no error, no failed stage.
+    fn going(&self) -> bool {
+        self.error.is_none() && !self.reports.iter().any(StageReport::failed)
+    }
+
+    fn stage(&self, stage: StageChoice, handoff: &Handoff, label: bool) -> StageDone {
+        let (Some(hv), true) = (&self.hv, self.going()) else {
+            return Ok(None);
         };
-        s.printer.stage_header(&name, s.check);
+        let s = self.s;
+        let local = preflight::is_local(&s.cfg.libvirt_uri);
+        let name = match stage {
+            // A local hypervisor reads the local cache: nothing to upload.
+            StageChoice::ImageCache if local => return Ok(None),
+            StageChoice::ImageCache => "image-upload",
+            st => st.as_str(),
+        };
+        let host = label.then(|| s.cfg.libvirt_uri.clone());
+        match &host {
+            Some(h) => s.printer.stage_header(&format!("{name} @ {h}"), s.check),
+            None => s.printer.stage_header(name, s.check),
+        }
         // Each stage's own error type, flattened to its cause chain.
         let result: Result<StageReport, String> = match stage {
-            StageChoice::Preflight => preflight::run(s, &hv).map_err(|e| error_chain(&e)),
-            StageChoice::ImageCache => Ok(image_cache::distribute(s, &hv, &handoff.images)),
-            StageChoice::Provision => provision::run(s, &hv, handoff).map_err(|e| error_chain(&e)),
-            StageChoice::Runtime => runtime::run(s, &hv).map_err(|e| error_chain(&e)),
+            StageChoice::Preflight => preflight::run(s, hv).map_err(|e| error_chain(&e)),
+            StageChoice::ImageCache => Ok(image_cache::distribute(s, hv, &handoff.images)),
+            StageChoice::Provision => provision::run(s, hv, handoff).map_err(|e| error_chain(&e)),
+            StageChoice::Runtime => runtime::run(s, hv).map_err(|e| error_chain(&e)),
             StageChoice::Full => unreachable!("selected() expands full"),
         };
-        match result {
-            Ok(report) => {
-                let failed = report.failed();
-                reports.push(tag(report));
-                if failed {
-                    break;
-                }
-            }
-            Err(e) => {
-                return Err(StageError {
-                    reports,
-                    error: format!("{} stage: {e}", stage.as_str()),
-                })
-            }
+        result
+            .map(|mut r| {
+                r.host = host;
+                Some(r)
+            })
+            .map_err(|e| format!("{} stage: {e}", stage.as_str()))
+    }
+
+    fn absorb(&mut self, done: StageDone) {
+        match done {
+            Ok(Some(r)) => self.reports.push(r),
+            Ok(None) => {}
+            Err(e) => self.error = Some(e),
         }
     }
-    Ok(reports)
 }
 
 /// One run at a time per hypervisor and instance pool.

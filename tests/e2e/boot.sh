@@ -52,10 +52,19 @@ check "provision --check downloaded nothing" test ! -e "$E2E_DIR/boot-images"
 # --- the full run -----------------------------------------------------------------------------
 log "kvmprov provision (full): two TCG guests, this takes a few minutes"
 start=$(date +%s)
+# Every process's arguments while the guests boot and are SSH-checked: no password, no key.
+(while :; do ps -eo args; sleep 0.2; done) >"$E2E_DIR/boot-ps.log" 2>/dev/null &
+ps_pid=$!
 set +e
 kp -c "$CFG" provision 2>&1 | tee "$E2E_DIR/provision.log"
 rc=${PIPESTATUS[0]}
 set -e
+kill "$ps_pid" 2>/dev/null
+wait "$ps_pid" 2>/dev/null || true
+check "during runtime no process argument holds the password or a private key ($(grep -c '^COMMAND' "$E2E_DIR/boot-ps.log") samples)" \
+    bash -c '! grep -qE "e2e-Plain-Secret-42|PRIVATE KEY" "$0"' "$E2E_DIR/boot-ps.log"
+check "runtime ran ssh with the pinned host key (seen in ps)" \
+    grep -q "ssh .*StrictHostKeyChecking=yes" "$E2E_DIR/boot-ps.log"
 log "full run took $(($(date +%s) - start))s"
 check "full provision exits 0" test "$rc" -eq 0
 grep "ready at" "$E2E_DIR/provision.log" || true

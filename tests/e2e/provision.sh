@@ -97,6 +97,10 @@ check "provision of 20 instances succeeds" test "$rc" -eq 0
 check "the password is in no process argument (ps sampled $(grep -c '^COMMAND' "$P/ps.log") times)" \
     bash -c '! grep -q "prov-Plain-Secret-77" "$0"' "$P/ps.log"
 check "the password is not in the -vvv log" bash -c '! grep -q "prov-Plain-Secret-77" "$0"' "$P/twenty.log"
+check "no private key material in the -vvv log" bash -c '! grep -q "PRIVATE KEY" "$0"' "$P/twenty.log"
+json=$(kp -c "$P/twenty.yml" --output json check; kp -c "$P/twenty.yml" --output json --check provision)
+check "the password and private keys are not in JSON output" \
+    bash -c '! grep -qE "prov-Plain-Secret-77|PRIVATE KEY" <<<"$0"' "$json"
 defined=$(virsh_ns list --all --name | grep -c '^p-' || true)
 check "all 20 domains are defined (got $defined)" test "$defined" -eq 20
 again=$(kp -c "$P/twenty.yml" --output json provision --stage provision)

@@ -367,22 +367,15 @@ pub fn run(s: &Session) -> Result<Vec<StageReport>, StageError> {
             Ok(r) => reports.extend(r),
             Err(e) => {
                 reports.extend(e.reports);
-                errors.push(if multi {
-                    format!("{}: {}", h.cfg.libvirt_uri, e.error)
-                } else {
-                    e.error
-                });
+                errors.push(crate::stages::host_error(
+                    multi,
+                    &h.cfg.libvirt_uri,
+                    e.error,
+                ));
             }
         }
     }
-    if errors.is_empty() {
-        Ok(reports)
-    } else {
-        Err(StageError {
-            reports,
-            error: errors.join("; "),
-        })
-    }
+    StageError::collect(reports, errors)
 }
 
 fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {

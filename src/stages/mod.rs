@@ -98,6 +98,30 @@ impl StageError {
             error: error_chain(e),
         }
     }
+
+    /// The reports of a run over several hosts, failed if any host stopped with an error.
+    pub fn collect(
+        reports: Vec<StageReport>,
+        errors: Vec<String>,
+    ) -> Result<Vec<StageReport>, Self> {
+        if errors.is_empty() {
+            Ok(reports)
+        } else {
+            Err(StageError {
+                reports,
+                error: errors.join("; "),
+            })
+        }
+    }
+}
+
+/// A host's error, named by its URI when a run spans several.
+pub fn host_error(multi: bool, uri: &str, error: String) -> String {
+    if multi {
+        format!("{uri}: {error}")
+    } else {
+        error
+    }
 }
 
 /// `full` runs every stage in order; any other choice runs only that stage (the seed's rule).
@@ -235,24 +259,13 @@ pub fn run_stages_with(
     for r in runs {
         reports.extend(r.reports);
         if let Some(e) = r.error {
-            errors.push(if multi {
-                format!("{}: {e}", r.s.cfg.libvirt_uri)
-            } else {
-                e
-            });
+            errors.push(host_error(multi, &r.s.cfg.libvirt_uri, e));
         }
     }
     if let Some(f) = fetched {
         reports.insert(fetched_at.min(reports.len()), f);
     }
-    if errors.is_empty() {
-        Ok(reports)
-    } else {
-        Err(StageError {
-            reports,
-            error: errors.join("; "),
-        })
-    }
+    StageError::collect(reports, errors)
 }
 
 /// One hypervisor's part of a run: its connection, reports so far and why it stopped.

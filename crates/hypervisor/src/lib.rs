@@ -523,32 +523,9 @@ impl Hypervisor {
         bytes: &[u8],
         format: &str,
     ) -> Result<VolumeInfo, HvError> {
-        let p = self.lookup_pool(pool)?;
         let what = format!("upload volume {name} to pool {pool}");
-        let v = StorageVol::create_xml(
-            &p,
-            &xml::raw_volume_xml(name, bytes.len() as u64, format),
-            0,
-        )
-        .map_err(lv(format!("create volume {name} in pool {pool}")))?;
-        let sent = Stream::new(&self.conn, 0)
-            .map_err(lv(what.clone()))
-            .and_then(|stream| {
-                send_volume(
-                    &v,
-                    stream,
-                    &mut &bytes[..],
-                    bytes.len() as u64,
-                    &what,
-                    &mut |_| {},
-                )
-            });
-        if let Err(e) = sent {
-            // Best effort: the upload error is the one worth reporting.
-            let _ = v.delete(0);
-            return Err(e);
-        }
-        volume_info(&v)
+        let len = bytes.len() as u64;
+        self.upload_from(pool, name, &mut &bytes[..], len, format, &what, &mut |_| {})
     }
 
     /// Create a volume and stream a local file into it (cached images: hundreds of MiB, never
@@ -568,13 +545,28 @@ impl Hypervisor {
         };
         let mut file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
+        self.upload_from(pool, name, &mut file, len, format, &what, progress)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upload_from(
+        &self,
+        pool: &str,
+        name: &str,
+        source: &mut dyn std::io::Read,
+        len: u64,
+        format: &str,
+        what: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<VolumeInfo, HvError> {
         let p = self.lookup_pool(pool)?;
         let v = StorageVol::create_xml(&p, &xml::raw_volume_xml(name, len, format), 0)
             .map_err(lv(format!("create volume {name} in pool {pool}")))?;
         let sent = Stream::new(&self.conn, 0)
-            .map_err(lv(what.clone()))
-            .and_then(|stream| send_volume(&v, stream, &mut file, len, &what, progress));
+            .map_err(lv(what))
+            .and_then(|stream| send_volume(&v, stream, source, len, what, progress));
         if let Err(e) = sent {
+            // Best effort: the upload error is the one worth reporting.
             let _ = v.delete(0);
             return Err(e);
         }

@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
@@ -25,7 +25,22 @@ pub enum ImageError {
     #[error("GET {url}: HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("GET {url}: {detail}")]
-    Transport { url: String, detail: String },
+    Transport {
+        url: String,
+        detail: String,
+        /// The network may recover (reset, timeout); not a bad URL, redirect loop or TLS failure.
+        transient: bool,
+    },
+    #[error("GET {url}: no complete response headers within {seconds}s: the server is too slow or stuck")]
+    NoHeaders { url: String, seconds: u64 },
+    #[error("GET {url}: too slow: {bytes} bytes arrived in {seconds}s, at least {min} wanted; the {got} bytes so far are kept for the next attempt")]
+    TooSlow {
+        url: String,
+        bytes: u64,
+        seconds: u64,
+        min: u64,
+        got: u64,
+    },
     #[error("GET {url}: the connection closed after {got} of {expected} bytes")]
     Truncated {
         url: String,
@@ -59,7 +74,10 @@ impl ImageError {
     fn transient(&self) -> bool {
         match self {
             ImageError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
-            ImageError::Transport { .. } | ImageError::Truncated { .. } => true,
+            ImageError::Transport { transient, .. } => *transient,
+            ImageError::Truncated { .. }
+            | ImageError::NoHeaders { .. }
+            | ImageError::TooSlow { .. } => true,
             _ => false,
         }
     }
@@ -124,7 +142,9 @@ impl Progress for Silent {
     fn finish(&mut self) {}
 }
 
-/// HTTP with deadlines and bounded retries.
+/// HTTP with deadlines and bounded retries. Every wait is bounded, also against a server that
+/// trickles: per read (`stall`), for the response headers (`header_deadline`), for a whole
+/// small document (`text_deadline`) and for an image body by a minimum rate over a window.
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
@@ -132,6 +152,15 @@ pub struct Client {
     pub attempts: u32,
     /// First retry delay; doubled each time.
     pub backoff: Duration,
+    /// Longest wait for a response's status line and headers.
+    pub header_deadline: Duration,
+    /// Longest time to fetch a whole manifest (a few KiB).
+    pub text_deadline: Duration,
+    /// An image body must bring at least `min_bytes` per `window`, or the attempt is dropped
+    /// (what arrived is kept and resumed): a trickle of bytes, each within the per-read
+    /// timeout, would otherwise hold a run forever.
+    pub min_bytes: u64,
+    pub window: Duration,
 }
 
 impl Default for Client {
@@ -158,6 +187,12 @@ impl Client {
             agent,
             attempts: 4,
             backoff: Duration::from_secs(1),
+            // Generous for any real mirror: headers come in milliseconds, and 64 KiB per 30 s
+            // is ~2 KiB/s, far below a usable link.
+            header_deadline: Duration::from_secs(60),
+            text_deadline: Duration::from_secs(120),
+            min_bytes: 64 * 1024,
+            window: Duration::from_secs(30),
         }
     }
 
@@ -186,12 +221,34 @@ impl Client {
         }
     }
 
-    fn request(&self, url: &str, headers: &[(&str, String)]) -> Result<ureq::Response, ImageError> {
+    /// Send a GET and wait for the response headers, at most `header_deadline`.
+    /// `whole` bounds the body too (small documents).
+    fn request(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        whole: Option<Duration>,
+    ) -> Result<ureq::Response, ImageError> {
         let mut req = self.agent.get(url);
         for (k, v) in headers {
             req = req.set(k, v);
         }
-        match req.call() {
+        if let Some(d) = whole {
+            req = req.timeout(d);
+        }
+        // ureq bounds each read, not the header phase as a whole: call on a thread and stop
+        // waiting at the deadline. A thread left behind ends when its connection does.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(req.call());
+        });
+        let result = rx
+            .recv_timeout(self.header_deadline)
+            .map_err(|_| ImageError::NoHeaders {
+                url: url.to_string(),
+                seconds: self.header_deadline.as_secs(),
+            })?;
+        match result {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(status, _)) => Err(ImageError::Status {
                 url: url.to_string(),
@@ -199,6 +256,7 @@ impl Client {
             }),
             Err(ureq::Error::Transport(t)) => Err(ImageError::Transport {
                 url: url.to_string(),
+                transient: transient_kind(t.kind()) && !is_tls(&t),
                 detail: transport_detail(&t),
             }),
         }
@@ -210,22 +268,43 @@ impl Client {
             return fs::read_to_string(path).map_err(io_err(Path::new(path)));
         }
         self.retry(url, || {
-            let resp = self.request(url, &[])?;
+            let resp = self.request(url, &[], Some(self.text_deadline))?;
             let mut text = String::new();
             resp.into_reader()
                 .take(16 * 1024 * 1024)
                 .read_to_string(&mut text)
                 .map_err(|e| ImageError::Transport {
                     url: url.to_string(),
-                    detail: e.to_string(),
+                    detail: format!("reading the document: {e}"),
+                    transient: true,
                 })?;
             Ok(text)
         })
     }
 }
 
+/// Worth retrying: the network may recover. A bad URL, a redirect loop, a malformed response or
+/// a TLS failure will not, and retrying them only delays the error.
+fn transient_kind(kind: ureq::ErrorKind) -> bool {
+    use ureq::ErrorKind as K;
+    matches!(kind, K::Dns | K::ConnectionFailed | K::Io | K::ProxyConnect)
+}
+
+/// ureq reports a failed TLS handshake as a failed connection; it is not one a retry fixes
+/// (wrong certificate, not a TLS server).
+fn is_tls(t: &ureq::Transport) -> bool {
+    t.message()
+        .is_some_and(|m| m.to_ascii_lowercase().contains("tls"))
+}
+
 fn transport_detail(t: &ureq::Transport) -> String {
     use ureq::ErrorKind as K;
+    if is_tls(t) {
+        return match std::error::Error::source(t) {
+            Some(s) => format!("TLS handshake failed: {s}"),
+            None => "TLS handshake failed".to_string(),
+        };
+    }
     let kind = match t.kind() {
         K::Dns => "DNS lookup failed",
         K::ConnectionFailed => "connection failed",
@@ -616,7 +695,7 @@ fn fetch_into(
             headers.push(("If-Range", v));
         }
     }
-    let resp = match client.request(url, &headers) {
+    let resp = match client.request(url, &headers, None) {
         // The part already holds every byte.
         Err(ImageError::Status { status: 416, .. }) if resumable => {
             fs::remove_file(part).map_err(io_err(part))?;
@@ -675,16 +754,21 @@ fn fetch_into(
     let mut reader = resp.into_reader();
     let mut buf = vec![0u8; CHUNK];
     let mut got: u64 = 0;
+    let mut window_start = Instant::now();
+    let mut window_bytes: u64 = 0;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // ureq knows the Content-Length: a body that ends early is a truncation.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && length.is_some() => break,
             Err(e) => {
                 let _ = file.sync_all();
                 return Err(ImageError::Transport {
                     url: url.to_string(),
                     detail: format!("reading the body after {} bytes: {e}", start + got),
+                    transient: true,
                 });
             }
         };
@@ -692,6 +776,22 @@ fn fetch_into(
         hasher.update(&buf[..n]);
         got += n as u64;
         progress.advance(n as u64);
+        window_bytes += n as u64;
+        let spent = window_start.elapsed();
+        if spent >= client.window {
+            if window_bytes < client.min_bytes {
+                let _ = file.sync_all();
+                return Err(ImageError::TooSlow {
+                    url: url.to_string(),
+                    bytes: window_bytes,
+                    seconds: spent.as_secs(),
+                    min: client.min_bytes,
+                    got: start + got,
+                });
+            }
+            window_start = Instant::now();
+            window_bytes = 0;
+        }
     }
     file.sync_all().map_err(io_err(part))?;
     if let Some(expected) = length {

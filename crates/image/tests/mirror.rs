@@ -19,6 +19,12 @@ enum Fault {
     /// Send headers, then nothing.
     Stall,
     FlipByte,
+    /// Slow-loris: headers, then one body byte every 50 ms.
+    TrickleBody,
+    /// Slow-loris: the status line and headers one byte every 50 ms.
+    TrickleHeaders,
+    /// 302 to this path.
+    Redirect(String),
 }
 
 #[derive(Default)]
@@ -185,6 +191,21 @@ fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {
     };
     match (body, fault) {
         (_, Some(Fault::Status(code))) => respond(&mut conn, &format!("{code} Fault"), "", b""),
+        (_, Some(Fault::Redirect(to))) => {
+            respond(&mut conn, "302 Found", &format!("Location: {to}\r\n"), b"")
+        }
+        (_, Some(Fault::TrickleHeaders)) => {
+            // At most 30 s: the client must give up long before.
+            for b in b"HTTP/1.1 200 OK\r\nX-Slow: "
+                .iter()
+                .chain([b'a'; 600].iter())
+            {
+                if conn.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         (None, _) => respond(&mut conn, "404 Not Found", "", b""),
         (Some(mut body), fault) => {
             if let Some(Fault::FlipByte) = fault {
@@ -221,7 +242,16 @@ fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {
                     let _ = conn.write_all(&part[..n]);
                     sent = n;
                 }
-                Some(Fault::Stall) => std::thread::sleep(Duration::from_secs(5)),
+                Some(Fault::Stall) => std::thread::sleep(Duration::from_secs(6)),
+                Some(Fault::TrickleBody) => {
+                    for b in part.iter().take(600) {
+                        if conn.write_all(&[*b]).is_err() {
+                            break;
+                        }
+                        sent += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
                 _ => {
                     let _ = conn.write_all(part);
                     sent = part.len();
@@ -245,10 +275,36 @@ fn payload(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Short waits, but with room for a loaded machine: a test is about bounds, not speed.
 fn fast_client() -> Client {
-    let mut c = Client::with_timeouts(Duration::from_secs(2), Duration::from_secs(1));
+    let mut c = Client::with_timeouts(Duration::from_secs(2), Duration::from_secs(3));
     c.backoff = Duration::from_millis(10);
+    c.header_deadline = Duration::from_secs(5);
+    c.text_deadline = Duration::from_secs(5);
+    c.window = Duration::from_secs(2);
+    c.min_bytes = 1024;
     c
+}
+
+/// A fault's error: bounded in time, one sentence naming the URL, nothing under a final name.
+fn assert_fault(e: &ImageError, url: &str, took: Duration, says: &str, dir: &std::path::Path) {
+    let text = e.to_string();
+    eprintln!("fault reported after {:.1}s: {text}", took.as_secs_f64());
+    assert!(took < Duration::from_secs(20), "took {took:?}: {text}");
+    assert!(!text.contains('\n'), "one sentence: {text}");
+    assert!(text.contains(url), "names the URL: {text}");
+    assert!(text.contains(says), "says `{says}`: {text}");
+    let finals: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.contains(".part"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        finals.is_empty(),
+        "only temporary files may remain: {finals:?}"
+    );
 }
 
 const MIB: usize = 1 << 20;
@@ -428,12 +484,163 @@ fn stalled_server_times_out() {
         m.fault(latest, Fault::Stall);
     }
     let dir = tempfile::tempdir().unwrap();
-    let c = fast_client();
+    let mut c = fast_client();
+    c.attempts = 2;
     let r = resolve(&c, &m.entry()).unwrap();
     let t = Instant::now();
     let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     assert!(e.to_string().contains(&r.download_url), "{e}");
+}
+
+const LATEST: &str = "/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2";
+
+#[test]
+fn slow_loris_body_is_dropped_by_the_minimum_rate() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(20, MIB), false);
+    m.fault(LATEST, Fault::TrickleBody);
+    m.fault(LATEST, Fault::TrickleBody);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = fast_client();
+    c.attempts = 2;
+    let r = resolve(&c, &m.entry()).unwrap();
+    let t = Instant::now();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    assert!(matches!(e, ImageError::TooSlow { .. }), "{e:?}");
+    assert_fault(&e, &r.download_url, t.elapsed(), "too slow", dir.path());
+    // What trickled in is kept and resumed: the next run completes with a Range request.
+    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
+    assert_eq!(cached.size, MIB as u64);
+    assert!(m.ranges(".qcow2").iter().any(|r| r.starts_with("bytes=")));
+}
+
+#[test]
+fn slow_loris_headers_hit_the_header_deadline() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(21, MIB), false);
+    m.fault(LATEST, Fault::TrickleHeaders);
+    m.fault(LATEST, Fault::TrickleHeaders);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = fast_client();
+    c.attempts = 2;
+    c.header_deadline = Duration::from_secs(1);
+    let r = resolve(&c, &m.entry()).unwrap();
+    let t = Instant::now();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    assert!(matches!(e, ImageError::NoHeaders { .. }), "{e:?}");
+    assert_fault(
+        &e,
+        &r.download_url,
+        t.elapsed(),
+        "no complete response headers",
+        dir.path(),
+    );
+}
+
+#[test]
+fn slow_loris_manifest_hits_its_deadline() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(22, MIB), false);
+    let sums = "/images/cloud/bookworm/latest/SHA512SUMS";
+    for _ in 0..2 {
+        m.fault(sums, Fault::TrickleHeaders);
+    }
+    let mut c = fast_client();
+    c.attempts = 2;
+    c.header_deadline = Duration::from_secs(1);
+    let t = Instant::now();
+    let e = resolve(&c, &m.entry()).unwrap_err();
+    let dir = tempfile::tempdir().unwrap();
+    assert_fault(
+        &e,
+        sums,
+        t.elapsed(),
+        "no complete response headers",
+        dir.path(),
+    );
+}
+
+#[test]
+fn truncated_body_with_correct_length_is_reported_and_never_cached() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(23, MIB), false);
+    for _ in 0..3 {
+        m.fault(LATEST, Fault::DropAt(0.0));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = fast_client();
+    c.attempts = 3;
+    let r = resolve(&c, &m.entry()).unwrap();
+    let t = Instant::now();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    assert!(matches!(e, ImageError::Truncated { .. }), "{e:?}");
+    assert_fault(
+        &e,
+        &r.download_url,
+        t.elapsed(),
+        &format!("closed after 0 of {MIB} bytes"),
+        dir.path(),
+    );
+}
+
+#[test]
+fn redirect_loop_is_bounded_and_not_retried() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(24, MIB), false);
+    let loop_a = "/images/cloud/bookworm/latest/loop-a.qcow2";
+    let loop_b = "/images/cloud/bookworm/latest/loop-b.qcow2";
+    for _ in 0..10 {
+        m.fault(loop_a, Fault::Redirect(loop_b.into()));
+        m.fault(loop_b, Fault::Redirect(loop_a.into()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = fast_client();
+    let mut r = resolve(&c, &m.entry()).unwrap();
+    r.download_url = format!("{}{}", m.base.trim_end_matches("/images/cloud"), loop_a);
+    let t = Instant::now();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    assert_fault(
+        &e,
+        &r.download_url,
+        t.elapsed(),
+        "too many redirects",
+        dir.path(),
+    );
+    // One attempt: 6 requests (the first and 5 redirects), not 4 attempts' worth.
+    let hops = m
+        .state
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .filter(|(p, _, _)| p.contains("loop-"))
+        .count();
+    assert!(hops <= 6, "{hops} requests");
+}
+
+#[test]
+fn tls_failure_is_one_sentence_and_not_retried() {
+    // A "server" on 127.0.0.1 that answers a TLS hello with plain text.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hellos = Arc::new(Mutex::new(0usize));
+    let count = hellos.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            *count.lock().unwrap() += 1;
+            let mut buf = [0u8; 512];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let url = format!("https://127.0.0.1:{port}/images/cloud/bookworm/latest/SHA512SUMS");
+    let c = fast_client();
+    let t = Instant::now();
+    let e = c.get_text(&url).unwrap_err();
+    let dir = tempfile::tempdir().unwrap();
+    assert_fault(&e, &url, t.elapsed(), "TLS", dir.path());
+    assert_eq!(*hellos.lock().unwrap(), 1, "a TLS failure is not retried");
 }
 
 #[test]
@@ -480,15 +687,13 @@ fn killed_download_part_is_resumed_by_the_next_run() {
     let _ = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
     let _ = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
     let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
-    // ureq reports a body shorter than Content-Length itself; either way the part is kept.
+    // A body shorter than its Content-Length is a truncation, and the part is kept.
+    assert!(matches!(e, ImageError::Truncated { .. }), "{e}");
     assert!(
-        matches!(
-            e,
-            ImageError::Truncated { .. } | ImageError::Transport { .. }
-        ),
+        e.to_string()
+            .contains(&format!("after {MIB} of {} bytes", 2 * MIB)),
         "{e}"
     );
-    assert!(e.to_string().contains(&format!("after {MIB} bytes")), "{e}");
     let part = dir.path().join(format!("{}.part", r.file_name));
     assert_eq!(std::fs::metadata(&part).unwrap().len(), MIB as u64);
     // Next run continues from the part.

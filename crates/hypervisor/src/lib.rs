@@ -1032,7 +1032,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_daemon_is_named() {
+    fn regression_lost_libvirtd_connection_was_a_cryptic_socket_error() {
         assert!(with_hint("internal error: client socket is closed".into())
             .contains("connection to libvirtd was lost"));
         assert_eq!(with_hint("Domain not found".into()), "Domain not found");

@@ -77,5 +77,6 @@ demo: deps build ## Build a Debian image, serve it locally and provision + SSH i
 demo-clean: build ## Remove everything `make demo` created
 	bash testkit/demo.sh down
 
-bench: deps build ## Provision 10 instances: kvmprov vs the qemu-img/cloud-localds/virt-install chain
+bench: deps build ## Benchmarks: provision 10 instances vs the qemu-img/cloud-localds/virt-install chain; 1 GiB download vs curl
 	bash tests/bench/provision.sh
+	bash tests/bench/download.sh

@@ -6,6 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -61,7 +62,14 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), StateError> {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    // Unique per call, not only per process: threads of one run (one per hypervisor) may write
+    // the same file at once, and must never share a temporary file.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -81,34 +89,62 @@ pub struct OperatorKey {
 }
 
 pub fn operator_key(dir: &Path, create: bool) -> Result<Option<OperatorKey>, StateError> {
-    let private_path = dir.join("id_ed25519");
-    let public_path = dir.join("id_ed25519.pub");
-    if private_path.exists() && public_path.exists() {
-        let public = fs::read_to_string(&public_path)
-            .map_err(|source| StateError::Read {
-                path: public_path.clone(),
-                source,
-            })?
-            .trim()
-            .to_string();
-        return Ok(Some(OperatorKey {
-            private_path,
-            public,
-        }));
+    if let Some(key) = existing_operator_key(dir)? {
+        return Ok(Some(key));
     }
     if !create {
         return Ok(None);
     }
     ensure_dir(dir)?;
+    // Runs and threads that share this pool (one per hypervisor: the operator keeps the state
+    // of remote pools locally) must agree on one key: the first creates it, under a lock, and
+    // the others read it.
+    let lock_path = dir.join("key.lock");
+    let lock = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|source| StateError::Write {
+            path: lock_path,
+            source,
+        })?;
+    if let Some(key) = existing_operator_key(dir)? {
+        return Ok(Some(key));
+    }
     let pair = kvmprov_seed::generate_client_key("kvmprov-operator")?;
-    write_private(&private_path, pair.private_openssh().as_bytes())?;
+    // The public half first: a complete pair is one whose private half exists.
     write_private(
-        &public_path,
+        &dir.join("id_ed25519.pub"),
         format!("{}\n", pair.public_openssh()).as_bytes(),
     )?;
+    let private_path = dir.join("id_ed25519");
+    write_private(&private_path, pair.private_openssh().as_bytes())?;
+    drop(lock);
     Ok(Some(OperatorKey {
         private_path,
         public: pair.public_openssh().trim().to_string(),
+    }))
+}
+
+fn existing_operator_key(dir: &Path) -> Result<Option<OperatorKey>, StateError> {
+    let private_path = dir.join("id_ed25519");
+    let public_path = dir.join("id_ed25519.pub");
+    if !(private_path.exists() && public_path.exists()) {
+        return Ok(None);
+    }
+    let public = fs::read_to_string(&public_path)
+        .map_err(|source| StateError::Read {
+            path: public_path.clone(),
+            source,
+        })?
+        .trim()
+        .to_string();
+    Ok(Some(OperatorKey {
+        private_path,
+        public,
     }))
 }
 
@@ -150,6 +186,49 @@ mod tests {
             0o700
         );
         assert_eq!(fs::read(&f).unwrap(), b"secret");
+    }
+
+    /// Two hypervisors' threads provisioning at once share the operator's state directory
+    /// (`<pool>/.kvmprov` on the operator): both found no key, both generated one, both wrote
+    /// through the same temporary name. One failed ("cannot write …id_ed25519: No such file or
+    /// directory") and the key left on disk matched neither guest's seed: no guest was reachable.
+    #[test]
+    fn regression_concurrent_first_use_generated_two_operator_keys() {
+        for _ in 0..20 {
+            let t = tempfile::tempdir().unwrap();
+            let dir = state_dir(t.path());
+            let start = std::sync::Barrier::new(8);
+            let got: Vec<String> = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        sc.spawn(|| {
+                            start.wait();
+                            operator_key(&dir, true).map(|k| k.map(|k| k.public))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap().unwrap().unwrap())
+                    .collect()
+            });
+            assert!(got.iter().all(|p| *p == got[0]), "several keys: {got:?}");
+            let private = fs::read_to_string(dir.join("id_ed25519")).unwrap();
+            let public = fs::read_to_string(dir.join("id_ed25519.pub")).unwrap();
+            assert_eq!(public.trim(), got[0]);
+            assert_eq!(
+                kvmprov_seed::public_key_of(&private).unwrap().trim(),
+                got[0]
+            );
+            let left: Vec<_> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(
+                left.iter().all(|n| !n.to_string_lossy().contains(".tmp")),
+                "temporary files left: {left:?}"
+            );
+        }
     }
 
     #[test]

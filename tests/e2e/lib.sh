@@ -15,6 +15,9 @@ E2E_N=12
 PASSED=0
 FAILED=0
 FAILED_NAMES=()
+# Output files of the runs under test: on failure their error lines close the summary, so the
+# last lines a CI log shows say why, not only what failed.
+E2E_EVIDENCE=()
 
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -104,6 +107,13 @@ e2e_summary() {
     if [ "$FAILED" -gt 0 ]; then
         log "failed checks:"
         for n in "${FAILED_NAMES[@]}"; do log "  - $n"; done
+        local f
+        for f in "${E2E_EVIDENCE[@]}"; do
+            [ -s "$f" ] || continue
+            log "errors in $(basename "$f"):"
+            { grep -E '✗|^error|error:|timed out|cannot |denied|failed' "$f" || tail -n 4 "$f"; } |
+                grep -v 'action(s) failed$' | tail -n 6 | cut -c1-400 | sed 's/^/    /'
+        done
     fi
     echo "e2e: $PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]

@@ -87,6 +87,7 @@ rc=${PIPESTATUS[0]}
 set -e
 log "two-host run took $(($(date +%s) - start))s"
 P=$(cat "$DIR/provision.log")
+E2E_EVIDENCE+=("$DIR/provision.log")
 check "two-host provision exits 0" test "$rc" -eq 0
 size=$(stat -c %s "$IMAGE")
 check "the image was downloaded once ($(image_bytes) bytes of $size)" test "$(image_bytes)" -eq "$size"
@@ -115,13 +116,17 @@ check "the summary groups by host" grep -q "^$URI2 *provision" <<<"$P"
 check "snapshot taken on hypervisor 1" grep -qx baseline <<<"$(virsh_hv 1 snapshot-list "$A" --name)"
 
 out=$(kp_op ssh "$B" -- hostname 2>&1) || true
+keep() { printf '%s\n' "$out" >"$DIR/$1.log" && E2E_EVIDENCE+=("$DIR/$1.log"); }
+keep ssh
 check "kvmprov ssh reaches the guest on hypervisor 2 through it" test "$out" = "$B"
 out=$(kp_op status 2>&1) || true
+keep status
 check "status shows both guests ssh-ready" test "$(grep -c ' yes ' <<<"$out")" -eq 2
 
 # --- a re-run changes nothing and fetches nothing -------------------------------------------
 before=$(image_bytes)
 out=$(kp_op provision 2>&1) && rc=0 || rc=$?
+keep rerun
 check "re-run exits 0" test "$rc" -eq 0
 check "re-run downloads and uploads nothing" test "$(image_bytes)" -eq "$before" -a \
     -z "$(grep -E '✓ (upload|download) ' <<<"$out" || true)"

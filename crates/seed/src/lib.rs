@@ -59,6 +59,15 @@ pub fn generate_client_key(comment: &str) -> Result<HostKeys, SeedError> {
     generate_pair(comment)
 }
 
+/// The public half (OpenSSH format, with its comment) of an OpenSSH private key.
+pub fn public_key_of(private_openssh: &str) -> Result<String, SeedError> {
+    let key = ssh_key::PrivateKey::from_openssh(private_openssh)
+        .map_err(|e| SeedError::Key(e.to_string()))?;
+    key.public_key()
+        .to_openssh()
+        .map_err(|e| SeedError::Key(e.to_string()))
+}
+
 fn generate_pair(comment: &str) -> Result<HostKeys, SeedError> {
     let mut key = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
         .map_err(|e| SeedError::Key(e.to_string()))?;

@@ -58,6 +58,7 @@ ps_pid=$!
 set +e
 kp -c "$CFG" provision 2>&1 | tee "$E2E_DIR/provision.log"
 rc=${PIPESTATUS[0]}
+E2E_EVIDENCE+=("$E2E_DIR/provision.log")
 set -e
 kill "$ps_pid" 2>/dev/null
 wait "$ps_pid" 2>/dev/null || true

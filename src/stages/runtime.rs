@@ -262,7 +262,8 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
     };
     // ssh exits 255 while sshd is not up yet (or still offers a host key other than ours).
     let mut last_ssh_error = String::new();
-    let ssh_ok = loop {
+    let mut attempts = 0u32;
+    let (ssh_ok, login) = loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(timeout(format!(
@@ -277,6 +278,7 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
         }
         let attempt = Instant::now();
         let out = guest::ssh_run(&target, "true", remaining.min(Duration::from_secs(30)))?;
+        attempts += 1;
         tracing::debug!(
             "{}: ssh attempt exited {:?} after {:.2}s",
             inst.name,
@@ -284,7 +286,7 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
             attempt.elapsed().as_secs_f64()
         );
         if out.code == Some(0) {
-            break Instant::now();
+            break (Instant::now(), attempt.elapsed());
         }
         last_ssh_error = out.stderr.trim().to_string();
         tracing::debug!("{}: ssh not ready: {last_ssh_error}", inst.name);
@@ -316,9 +318,13 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
         None => "after port 22 opened".to_string(),
     };
     Ok(format!(
-        "ready at {addr}: address after {:.0}s, ssh {:.1}s {since}, cloud-init done after {:.0}s",
+        // The attempts and the last login's own time tell kvmprov's waiting from the guest's.
+        "ready at {addr}: address after {:.0}s, ssh {:.1}s {since} ({attempts} attempt{}, \
+         the login {:.1}s), cloud-init done after {:.0}s",
         t_addr.as_secs_f64(),
         ssh_after_port.as_secs_f64(),
+        if attempts == 1 { "" } else { "s" },
+        login.as_secs_f64(),
         start.elapsed().as_secs_f64()
     ))
 }

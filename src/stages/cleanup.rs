@@ -341,10 +341,12 @@ fn stop(hv: &Hypervisor, name: &str) -> Result<(), HvError> {
                 let until = Instant::now() + SHUTDOWN_GRACE;
                 while Instant::now() < until {
                     match hv.domain(name)? {
-                        Some(d) if d.state == DomainState::Running => {
+                        // "Shutting down" (Other) is still on: qemu has not exited yet, and an
+                        // undefine now would only make the domain transient, still listed.
+                        Some(d) if matches!(d.state, DomainState::Running | DomainState::Other) => {
                             std::thread::sleep(Duration::from_millis(500))
                         }
-                        _ => return Ok(()),
+                        _ => break,
                     }
                 }
             }

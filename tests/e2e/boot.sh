@@ -117,7 +117,8 @@ kp -c "$CFG" cleanup >/dev/null
 check "cleanup without confirmation changes nothing" test "$before" = "$(virsh_ns list --all --name)"
 kp -c "$CFG" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup
 left=$(virsh_ns list --all --name)
-check "confirmed cleanup removed both domains" bash -c '! grep -q "^e2e-" <<<"$0"' "$left"
+check "confirmed cleanup removed both domains${left:+ (listed after it: ${left//$'\n'/ })}" \
+    bash -c '! grep -q "^e2e-" <<<"$0"' "$left"
 check "confirmed cleanup removed the disks" test ! -e "$E2E_DIR/instances/e2e-dhcp.qcow2"
 check "cleanup kept the cached image" bash -c 'ls "$0"/*.qcow2 >/dev/null' "$E2E_DIR/boot-images"
 

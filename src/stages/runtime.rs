@@ -34,8 +34,12 @@ pub fn plan_instance(
         )];
     };
     let mut actions = Vec::new();
-    if state != DomainState::Running {
-        actions.push(Action::new(name, Op::Start, format!("domain is {state:?}")));
+    match state {
+        DomainState::Running => {}
+        DomainState::Paused => {
+            actions.push(Action::new(name, Op::Start, "domain is Paused: resume"))
+        }
+        other => actions.push(Action::new(name, Op::Start, format!("domain is {other:?}"))),
     }
     if !wait {
         return actions;
@@ -382,6 +386,14 @@ mod tests {
                 .map(|a| a.op)
                 .collect();
         assert_eq!(ops, vec![Op::Start]);
+    }
+
+    #[test]
+    fn paused_domain_is_planned_as_a_resume() {
+        let a = plan_instance(&inst(None), Some(DomainState::Paused), &[], false);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].op, Op::Start);
+        assert!(a[0].reason.ends_with("resume"), "{}", a[0].reason);
     }
 
     #[test]

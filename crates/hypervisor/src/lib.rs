@@ -698,11 +698,18 @@ impl Hypervisor {
             .map_err(lv("define domain"))
     }
 
+    /// Start a shut-off domain; a paused one is resumed (it is active: a start would fail).
     pub fn start(&self, name: &str) -> Result<(), HvError> {
-        self.lookup_domain(name)?
-            .create()
-            .map(|_| ())
-            .map_err(lv(format!("start domain {name}")))
+        let d = self.lookup_domain(name)?;
+        let what = format!("start domain {name}");
+        let (state, _reason) = d.state().map_err(lv(what.clone()))?;
+        if map_state(state) == DomainState::Paused {
+            d.resume()
+                .map(|_| ())
+                .map_err(lv(format!("resume domain {name}")))
+        } else {
+            d.create().map(|_| ()).map_err(lv(what))
+        }
     }
 
     pub fn set_autostart(&self, name: &str, on: bool) -> Result<(), HvError> {

@@ -270,6 +270,21 @@ fn domain_lifecycle_and_snapshots() {
         .unwrap_err();
     assert!(e.to_string().contains("baseline"), "{e}");
 
+    // A paused domain is resumed by start, not refused as already active.
+    virt::connect::Connect::open(Some("test:///default"))
+        .and_then(|c| c.lookup_domain_by_name("kp-life"))
+        .and_then(|d| d.suspend())
+        .unwrap();
+    assert_eq!(
+        hv.domain("kp-life").unwrap().unwrap().state,
+        DomainState::Paused
+    );
+    hv.start("kp-life").unwrap();
+    assert_eq!(
+        hv.domain("kp-life").unwrap().unwrap().state,
+        DomainState::Running
+    );
+
     hv.shutdown("kp-life").unwrap();
     assert_eq!(
         hv.domain("kp-life").unwrap().unwrap().state,

@@ -109,6 +109,16 @@ print(sum(1 for s in doc["stages"] for o in s["outcomes"] if o["op"] in mut and 
 ' <<<"$json")
 check "second run changed nothing (changed=$changed)" test "$changed" -eq 0
 
+# --- a paused guest is resumed by runtime ---------------------------------------------------------
+virsh_ns suspend e2e-dhcp >/dev/null
+set +e
+kp -c "$CFG" runtime >"$E2E_DIR/resume.log" 2>&1
+rc=$?
+set -e
+check "runtime resumes a paused guest and finds it SSH-ready" \
+    bash -c '[ "$0" -eq 0 ] && grep -q "domain is Paused: resume" "$1"' "$rc" "$E2E_DIR/resume.log"
+check "the resumed guest is running" test "$(virsh_ns domstate e2e-dhcp)" = running
+
 # --- cleanup: plan only, then for real ---------------------------------------------------------
 instance_id() { virsh_ns dumpxml "$1" | grep -o "instance-id=[\"'][^\"']*" | cut -c14-; }
 old_id=$(instance_id e2e-dhcp)

@@ -222,13 +222,18 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
             continue;
         }
         if let Some(e) = &p.access_error {
+            // As on a local host where runuser fails: not checkable is not a proven failure;
+            // qemu itself reports a directory it cannot open when the domain starts.
             out.push((
                 Action::new(
                     target,
                     Op::Check,
-                    format!("qemu user `{}` access", o.qemu_user),
+                    format!(
+                        "qemu user `{}` access not checked ({e}); assuming access",
+                        o.qemu_user
+                    ),
                 ),
-                Verdict::Fail(e.clone()),
+                Verdict::Pass,
             ));
             continue;
         }
@@ -309,13 +314,47 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
 fn acl_command(remote: Option<&SshDest>, user: &str, dir: &Path) -> String {
     let cmd = format!("setfacl -m u:{user}:x {}", dir.display());
     match remote {
-        Some(d) => format!("ssh {} -- {cmd}", d.display()),
+        Some(d) if d.is_root() => format!("{} -- {cmd}", d.command_line()),
+        Some(d) => format!("{} -- sudo {cmd}", d.command_line()),
         None => cmd,
     }
 }
 
-/// On a remote hypervisor, over SSH: the ancestors of `path` that uid:gid cannot traverse.
-/// libvirt has no API for directory permissions outside a pool.
+/// Run a command that needs root on a remote hypervisor: as the SSH user, and when that user
+/// is not root and it failed, again under `sudo -n` (which fails rather than asking for a
+/// password). Returns its standard output, or what both attempts said.
+fn hypervisor_run_as_root(dest: &SshDest, argv: &[String]) -> Result<String, String> {
+    let timeout = std::time::Duration::from_secs(30);
+    let run = |argv: &[String]| {
+        crate::guest::hypervisor_run(dest, argv, timeout).map_err(|e| e.to_string())
+    };
+    let out = run(argv)?;
+    if out.code == Some(0) {
+        return Ok(out.stdout);
+    }
+    let plain = out.stderr.trim().to_string();
+    if dest.is_root() {
+        return Err(format!("on {}: {plain}", dest.display()));
+    }
+    let sudo: Vec<String> = ["sudo", "-n"]
+        .into_iter()
+        .map(String::from)
+        .chain(argv.iter().cloned())
+        .collect();
+    let out = run(&sudo)?;
+    if out.code == Some(0) {
+        return Ok(out.stdout);
+    }
+    Err(format!(
+        "on {}: {plain}; with sudo -n: {} (it needs root or passwordless sudo there)",
+        dest.display(),
+        out.stderr.trim()
+    ))
+}
+
+/// On a remote hypervisor, over SSH: the ancestors of `path` that uid:gid cannot traverse,
+/// checked as that uid with its supplementary groups (qemu runs with them). libvirt has no
+/// API for directory permissions outside a pool.
 fn remote_blocked_dirs(
     dest: &SshDest,
     ids: (u32, u32),
@@ -325,23 +364,15 @@ fn remote_blocked_dirs(
         "setpriv".to_string(),
         format!("--reuid={}", ids.0),
         format!("--regid={}", ids.1),
-        "--clear-groups".into(),
+        "--init-groups".into(),
         "sh".into(),
         "-c".into(),
         r#"for d; do [ -d "$d" ] || continue; [ -x "$d" ] || printf '%s\n' "$d"; done"#.into(),
         "sh".into(),
     ];
     argv.extend(path.ancestors().map(|d| d.display().to_string()));
-    let out = crate::guest::hypervisor_run(dest, &argv, std::time::Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
-    if out.code != Some(0) {
-        return Err(format!(
-            "checking access on {} over ssh failed: {}",
-            dest.display(),
-            out.stderr.trim()
-        ));
-    }
-    Ok(out.stdout.lines().map(PathBuf::from).rev().collect())
+    let stdout = hypervisor_run_as_root(dest, &argv)?;
+    Ok(stdout.lines().map(PathBuf::from).rev().collect())
 }
 
 pub fn is_local(uri: &str) -> bool {
@@ -539,19 +570,12 @@ fn apply_fix(hv: &Hypervisor, remote: Option<&SshDest>, fix: &Fix) -> Result<(),
             })?;
             let mut argv = vec!["setfacl".to_string(), "-m".into(), format!("u:{user}:x")];
             argv.extend(dirs.iter().map(|d| d.display().to_string()));
-            let out = crate::guest::hypervisor_run(dest, &argv, std::time::Duration::from_secs(30))
-                .map_err(|e| FixError::Acl {
+            hypervisor_run_as_root(dest, &argv)
+                .map(|_| ())
+                .map_err(|detail| FixError::Acl {
                     path: dirs.first().cloned().unwrap_or_default(),
-                    detail: e.to_string(),
-                })?;
-            if out.code == Some(0) {
-                Ok(())
-            } else {
-                Err(FixError::Acl {
-                    path: dirs.first().cloned().unwrap_or_default(),
-                    detail: format!("on {}: {}", dest.display(), out.stderr.trim()),
+                    detail,
                 })
-            }
         }
         Fix::CreateDir(path) => {
             std::fs::create_dir_all(path).map_err(|source| FixError::CreateDir {
@@ -660,4 +684,91 @@ pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, kvmprov_hypervis
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        let text = "kvm_libvirt_uri: qemu+ssh://admin@hv1:2222/system\n\
+             kvm_image_cache_path: /c\nkvm_instance_disk_pool_path: /srv/p\n\
+             kvm_auto_fix_runtime_pool_access: false\n\
+             kvm_cloud_image_catalog:\n  - {image_name: d, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}\n\
+             kvm_instance_definitions:\n  - {instance_name: app-01, image_name: d}\n";
+        crate::config::parse(Path::new("t.yml"), text, &[]).unwrap()
+    }
+
+    fn remote(blocked: &[&str], access_error: Option<&str>) -> Observed {
+        let path = |key, p: &str| PathState {
+            key,
+            path: p.into(),
+            exists: true,
+            is_dir: true,
+            blocked: blocked.iter().map(PathBuf::from).collect(),
+            access_error: access_error.map(String::from),
+        };
+        Observed {
+            host: HostInfo {
+                hostname: "hv1".into(),
+                libvirt_version: "9.0.0".into(),
+                driver: "QEMU".into(),
+                hypervisor_version: "7.2.0".into(),
+                kvm: false,
+                qemu: true,
+                qemu_ids: Some((64055, 994)),
+            },
+            networks: vec![NetworkInfo {
+                name: "default".into(),
+                active: true,
+                autostart: true,
+                bridge: None,
+                forward: Some("nat".into()),
+                ipv4: None,
+            }],
+            paths: vec![path("image cache", "/c"), path("instance pool", "/srv/p")],
+            pool_free_bytes: None,
+            missing_instances: 1,
+            tools: Vec::new(),
+            qemu_user: "64055".into(),
+            local: false,
+            remote: kvmprov_hypervisor::ssh_destination("qemu+ssh://admin@hv1:2222/system"),
+        }
+    }
+
+    #[test]
+    fn remote_blocked_pool_prints_the_fix_a_non_root_operator_can_type() {
+        let plan = plan(&cfg(), &remote(&["/srv"], None));
+        let fails: Vec<&String> = plan
+            .iter()
+            .filter_map(|(_, v)| match v {
+                Verdict::Fail(why) => Some(why),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fails.len(), 2, "{plan:?}");
+        assert!(
+            fails[1].contains("ssh -p 2222 admin@hv1 -- sudo setfacl -m u:64055:x /srv"),
+            "{}",
+            fails[1]
+        );
+    }
+
+    #[test]
+    fn remote_access_that_cannot_be_checked_is_said_and_not_a_failure() {
+        let plan = plan(
+            &cfg(),
+            &remote(&[], Some("on admin@hv1: setpriv: not permitted")),
+        );
+        assert!(plan.iter().all(|(_, v)| *v == Verdict::Pass), "{plan:?}");
+        let line = plan
+            .iter()
+            .find(|(a, _)| a.target == "/srv/p" && a.reason.contains("access"))
+            .map(|(a, _)| a.reason.clone())
+            .unwrap_or_default();
+        assert!(
+            line.contains("not checked (on admin@hv1: setpriv: not permitted)"),
+            "{line}"
+        );
+    }
 }

@@ -154,6 +154,24 @@ impl SshDest {
         a
     }
 
+    /// The `ssh` command line that reaches it, for commands printed for the operator to type.
+    pub fn command_line(&self) -> String {
+        let mut words = vec!["ssh".to_string()];
+        if let Some(p) = self.port {
+            words.push(format!("-p {p}"));
+        }
+        if let Some(k) = &self.keyfile {
+            words.push(format!("-i {k}"));
+        }
+        words.push(self.display());
+        words.join(" ")
+    }
+
+    /// Whether commands run there as root (`None`: ssh's own config decides the user).
+    pub fn is_root(&self) -> bool {
+        self.user.as_deref() == Some("root")
+    }
+
     /// `[user@]host` for messages.
     pub fn display(&self) -> String {
         match &self.user {
@@ -1019,8 +1037,12 @@ mod tests {
         assert_eq!(d.port, Some(2222));
         assert_eq!(d.keyfile.as_deref(), Some("/k/id"));
         assert_eq!(d.args(), ["-p", "2222", "-i", "/k/id"]);
+        // What the operator is told to type reaches the same port with the same key.
+        assert_eq!(d.command_line(), "ssh -p 2222 -i /k/id hv2");
+        assert!(!d.is_root());
         let d = ssh_destination("qemu+libssh2://root@[fd00::5]:22/system").unwrap();
         assert_eq!((d.host.as_str(), d.port), ("fd00::5", Some(22)));
+        assert!(d.is_root());
         for local in [
             "qemu:///system",
             "test:///default",

@@ -224,6 +224,20 @@ fn chain(disk: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A remote file and the backing files under it, as the hypervisor's pools know them.
+fn remote_chain(hv: &Hypervisor, file: PathBuf) -> Result<Vec<PathBuf>, HvError> {
+    let mut out = Vec::new();
+    let mut next = Some(file);
+    while let Some(p) = next.take() {
+        if out.contains(&p) || out.len() > 16 {
+            break;
+        }
+        next = hv.volume_by_path(&p)?.and_then(|v| v.backing_path);
+        out.push(p);
+    }
+    Ok(out)
+}
+
 fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
     // A remote hypervisor's files are not ours to read: compare the paths as libvirt names them.
     let local = crate::stages::preflight::is_local(hv.uri());
@@ -235,7 +249,13 @@ fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
                 .iter()
                 .flat_map(|p| chain(p))
                 .collect(),
-            Ok(x) => kvmprov_hypervisor::xml::domain_files(&x)?,
+            Ok(x) => {
+                let mut files = Vec::new();
+                for p in kvmprov_hypervisor::xml::domain_files(&x)? {
+                    files.extend(remote_chain(hv, p)?);
+                }
+                files
+            }
             // Gone between the listing and now: nothing to protect.
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e),

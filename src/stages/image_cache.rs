@@ -9,7 +9,7 @@ use kvmprov_image::{CachedImage, CatalogEntry, Client, ImageError, Resolved};
 
 use crate::config::CatalogImage;
 use crate::plan::{error_chain, run as run_action, Action, Op, Outcome, StageReport, Status};
-use crate::stages::{Handoff, RunLock, Session, StageError};
+use crate::stages::{Handoff, Session, StageError};
 
 /// What to do with one image, decided from what the manifest says and the cache holds.
 #[derive(Debug, Clone)]
@@ -97,8 +97,12 @@ fn one(s: &Session, client: &Client, c: &CatalogImage, handoff: &mut Handoff) ->
     };
     let action = plan_one(&resolved, &step);
     if s.check {
-        if matches!(step, Step::Download) {
-            handoff.pending.push(resolved.image_name.clone());
+        // The plan of the uploads that follow needs to know what is cached already.
+        match &step {
+            Step::Download => handoff.pending.push(resolved.image_name.clone()),
+            Step::Keep(c) | Step::Verify(c) => {
+                handoff.images.insert(c.image_name.clone(), c.clone());
+            }
         }
         return Outcome {
             action,
@@ -279,6 +283,8 @@ pub fn distribute(
         return report;
     }
     let cfg = &s.cfg;
+    // In a plan, a pool still to be created holds nothing yet: every image is an upload.
+    let mut pool_ready = true;
     let pool = match hv.pool_by_path(&cfg.image_cache_path) {
         Ok(Some(p)) if p.active => Ok(p.name),
         Ok(found) => {
@@ -286,6 +292,7 @@ pub fn distribute(
                 crate::stages::provision::pool_name_for("images", &cfg.image_cache_path)
             });
             if s.check {
+                pool_ready = false;
                 Ok(name)
             } else {
                 hv.ensure_dir_pool(&name, &cfg.image_cache_path)
@@ -327,17 +334,18 @@ pub fn distribute(
             report.outcomes.push(o);
             continue;
         };
-        let o = upload_one(s, hv, &pool, img, action_for);
+        let o = upload_one(s, hv, pool_ready.then_some(pool.as_str()), img, action_for);
         s.printer.outcome(&o);
         report.outcomes.push(o);
     }
     report
 }
 
+/// `pool`: `None` when it does not exist yet (a plan only).
 fn upload_one(
     s: &Session,
     hv: &kvmprov_hypervisor::Hypervisor,
-    pool: &str,
+    pool: Option<&str>,
     img: &CachedImage,
     action_for: impl Fn(Op, String) -> Action,
 ) -> Outcome {
@@ -348,9 +356,12 @@ fn upload_one(
         .unwrap_or_default();
     let record = format!("{file}.json");
     let host = hv.uri().to_string();
-    let observed = hv
-        .volume_file_size(pool, &file)
-        .and_then(|size| Ok((size, hv.volume_exists(pool, &record)?)));
+    let observed = match pool {
+        Some(pool) => hv
+            .volume_file_size(pool, &file)
+            .and_then(|size| Ok((size, hv.volume_exists(pool, &record)?))),
+        None => Ok((None, false)),
+    };
     let (size, has_record) = match observed {
         Ok(o) => o,
         Err(e) => {
@@ -381,13 +392,16 @@ fn upload_one(
             ),
         ),
     };
-    if s.check {
-        return Outcome {
-            action,
-            status: Status::Planned,
-            seconds: 0.0,
-        };
-    }
+    let pool = match pool {
+        Some(pool) if !s.check => pool,
+        _ => {
+            return Outcome {
+                action,
+                status: Status::Planned,
+                seconds: 0.0,
+            }
+        }
+    };
     run_action(action, || -> Result<(), UploadError> {
         let replace = match step {
             RemoteStep::Keep => return Ok(()),
@@ -459,12 +473,15 @@ pub fn run_all(s: &Session, all: bool) -> Result<Vec<StageReport>, StageError> {
 
 /// `kvmprov image-cache prune`: cached versions no domain's disk is (backed by) on this host.
 pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
-    let _lock = RunLock::acquire(s).map_err(|e| StageError::new(Vec::new(), &e))?;
     let fail = |e: &dyn std::error::Error| StageError::new(Vec::new(), e);
+    // The locks of every host a run of this config works on: no run is between its download
+    // and its use of an image while the prune decides.
+    let hosts = s.per_host();
+    let _locks = crate::stages::lock_all(&hosts).map_err(|e| fail(&e))?;
     let cached = kvmprov_image::list_cached(&s.cfg.image_cache_path).map_err(|e| fail(&e))?;
     // In use on any hypervisor of the config: one that cannot be asked stops the prune.
     let mut in_use = Vec::new();
-    for h in s.per_host() {
+    for h in &hosts {
         let hv = h.connect().map_err(|e| fail(&e))?;
         in_use.extend(crate::stages::cleanup::paths_in_use(&hv).map_err(|e| fail(&e))?);
     }

@@ -164,16 +164,11 @@ pub fn run_stages_with(
     all_images: bool,
 ) -> Result<Vec<StageReport>, StageError> {
     let hosts = s.per_host();
-    // All locks before any work, in a fixed order: two runs over overlapping hosts never
-    // deadlock, and a run never starts half its hosts.
-    let mut locks = Vec::new();
-    if !s.check {
-        let mut order: Vec<&Session> = hosts.iter().collect();
-        order.sort_by(|a, b| a.cfg.libvirt_uri.cmp(&b.cfg.libvirt_uri));
-        for h in order {
-            locks.push(RunLock::acquire(h).map_err(|e| StageError::new(Vec::new(), &e))?);
-        }
-    }
+    let locks = if s.check {
+        Vec::new()
+    } else {
+        lock_all(&hosts).map_err(|e| StageError::new(Vec::new(), &e))?
+    };
     let multi = hosts.len() > 1;
     let n = hosts.len();
     // `image-cache` alone needs no local hypervisor: it only fills the local cache.
@@ -326,6 +321,14 @@ impl HostRun<'_> {
             Err(e) => self.error = Some(e),
         }
     }
+}
+
+/// Every host's lock before any work, in a fixed order: two runs over overlapping hosts never
+/// deadlock, and a run never starts half its hosts.
+pub fn lock_all(hosts: &[Session]) -> Result<Vec<RunLock>, LockError> {
+    let mut order: Vec<&Session> = hosts.iter().collect();
+    order.sort_by(|a, b| a.cfg.libvirt_uri.cmp(&b.cfg.libvirt_uri));
+    order.into_iter().map(RunLock::acquire).collect()
 }
 
 /// One run at a time per hypervisor and instance pool.

@@ -122,6 +122,11 @@ check "kvmprov ssh reaches the guest on hypervisor 2 through it" test "$out" = "
 out=$(kp_op status 2>&1) || true
 keep status
 check "status shows both guests ssh-ready" test "$(grep -c ' yes ' <<<"$out")" -eq 2
+# The remote guests' disks are backed by the uploaded copies: prune keeps the local version.
+out=$(kp_op image-cache prune 2>&1) || true
+keep prune
+check "prune keeps the image the remote guests' disks are backed by" \
+    bash -c 'grep -q "backs a domain.s disk" <<<"$0" && ! grep -q "used by no domain" <<<"$0"' "$out"
 
 # --- a re-run changes nothing and fetches nothing -------------------------------------------
 before=$(image_bytes)
@@ -130,6 +135,11 @@ keep rerun
 check "re-run exits 0" test "$rc" -eq 0
 check "re-run downloads and uploads nothing" test "$(image_bytes)" -eq "$before" -a \
     -z "$(grep -E '✓ (upload|download) ' <<<"$out" || true)"
+
+out=$(kp_op --check provision 2>&1) && rc=0 || rc=$?
+keep plan
+check "a plan after the run plans no upload (the copies are known to be there)" test "$rc" -eq 0 -a \
+    -z "$(grep -E 'upload stream|not in the local cache' <<<"$out" || true)"
 
 # --- verify-on-run re-hashes the remote copies through download streams ---------------------
 out=$(kp_op -e kvm_image_cache_verify_on_run=true provision --stage image-cache 2>&1) && rc=0 || rc=$?

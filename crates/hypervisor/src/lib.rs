@@ -97,7 +97,7 @@ fn with_hint(message: String) -> String {
         "Connection reset by peer",
     ];
     if LOST.iter().any(|l| message.contains(l)) {
-        format!("{message} (the connection to libvirtd was lost: was the daemon restarted or stopped? run again once it is back)")
+        format!("{message} (the connection to libvirtd was lost: was the daemon restarted or stopped, or, over qemu+ssh, the ssh link to its host lost? run again once it is back)")
     } else {
         message
     }
@@ -512,6 +512,20 @@ impl Hypervisor {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// The volume at `path` in whichever pool holds it; `None` when no pool does.
+    pub fn volume_by_path(&self, path: &Path) -> Result<Option<VolumeInfo>, HvError> {
+        let what = format!("look up volume {}", path.display());
+        let Some(p) = path.to_str() else {
+            return Ok(None);
+        };
+        none_if_missing(
+            self.conn
+                .lookup_storage_vol_by_path(p)
+                .map_err(lv(what))
+                .and_then(|v| volume_info(&v)),
+        )
     }
 
     /// A qcow2 overlay of `capacity_bytes` backed by `backing_path` (libvirt runs qemu-img).

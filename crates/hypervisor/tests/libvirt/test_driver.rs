@@ -194,6 +194,13 @@ fn volumes_create_list_delete() {
     assert_eq!(v.format.as_deref(), Some("qcow2"));
     assert_eq!(v.backing_path.as_deref(), Some(base.as_path()));
     assert_eq!(v.path, path.join("a.qcow2"));
+    // Found by path too (how a remote domain's disk leads to its backing image).
+    let by_path = hv.volume_by_path(&path.join("a.qcow2")).unwrap().unwrap();
+    assert_eq!(by_path.backing_path.as_deref(), Some(base.as_path()));
+    assert!(hv
+        .volume_by_path(&path.join("not-a-volume.qcow2"))
+        .unwrap()
+        .is_none());
 
     let vols = hv.volumes("kp-vols").unwrap();
     assert_eq!(

@@ -25,6 +25,12 @@ running_libvirtd() {
     return 0
 }
 
+# Is PID a running libvirtd (not a zombie nobody reaped: there is no init to do it here)?
+live_libvirtd() {
+    [ "$(cat "/proc/$1/comm" 2>/dev/null)" = libvirtd ] &&
+        [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
 wait_socket() {
     local ns=$1 i
     for i in $(seq 1 100); do
@@ -77,8 +83,12 @@ restart() {
     # shellcheck disable=SC1090
     source "$state"
     [ -n "${LIBVIRTD_PID:-}" ] || { say "no libvirtd of ours recorded for $ns"; return 1; }
-    kill "$LIBVIRTD_PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$LIBVIRTD_PID" 2>/dev/null || break; sleep 0.1; done
+    # Only while that PID is still a live libvirtd: a daemon that died may have left its number
+    # to another process.
+    if live_libvirtd "$LIBVIRTD_PID"; then
+        kill "$LIBVIRTD_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do live_libvirtd "$LIBVIRTD_PID" || break; sleep 0.1; done
+    fi
     rm -f /run/libvirtd.pid
     ip netns exec "$ns" libvirtd -d
     for _ in $(seq 1 50); do [ -s /run/libvirtd.pid ] && break; sleep 0.1; done

@@ -153,7 +153,12 @@ static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 /// Send SIGTERM to every ssh kvmprov started that is still running (on Ctrl-C / SIGTERM).
 pub fn stop_children() {
     if let Ok(pids) = CHILDREN.lock() {
-        for pid in pids.iter() {
+        // A child is reaped a moment before it leaves the list: signal only a PID that is
+        // still our child, never a number the system has handed to another process.
+        for pid in pids
+            .iter()
+            .filter(|p| parent_of(**p) == Some(std::process::id()))
+        {
             if let Some(pid) = i32::try_from(*pid)
                 .ok()
                 .and_then(rustix::process::Pid::from_raw)
@@ -162,6 +167,13 @@ pub fn stop_children() {
             }
         }
     }
+}
+
+/// The parent PID of a process, from /proc (field 4 of `stat`, after the parenthesised name).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Run a command with no stdin, capturing its output, killing it after `timeout`.
@@ -310,6 +322,18 @@ pub fn remote_console_tail(dest: &SshDest, path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_own_children_count_as_ours() {
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        assert_eq!(parent_of(child.id()), Some(std::process::id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Reaped: the number is no longer our child's, whatever holds it now.
+        assert_ne!(parent_of(child.id()), Some(std::process::id()));
+        // PID 1 is nobody's child of ours.
+        assert_ne!(parent_of(1), Some(std::process::id()));
+    }
 
     fn out(code: i32, stdout: &str) -> CommandOutput {
         CommandOutput {

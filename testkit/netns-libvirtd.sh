@@ -6,6 +6,8 @@
 #   testkit/netns-libvirtd.sh down NAME    destroy what `up` started (domains, daemons, namespace)
 #   testkit/netns-libvirtd.sh restart NAME stop the libvirtd `up` started and start a new one
 #                                          (guests keep running; fault tests)
+#   testkit/netns-libvirtd.sh alive NAME   exit 0 while the libvirtd `up` started still runs
+#                                          (prints its PID either way)
 #   testkit/netns-libvirtd.sh exec NAME CMD...
 #
 # libvirtd's socket is a file in /run, shared by every namespace: only one system libvirtd can
@@ -150,10 +152,15 @@ case "${1:-}" in
     up) up "${2:?namespace name}" ;;
     down) down "${2:?namespace name}" ;;
     restart) restart "${2:?namespace name}" ;;
+    alive)
+        pid=$(sed -n 's/^LIBVIRTD_PID=//p' "$STATE_DIR/${2:?namespace name}.state" 2>/dev/null || true)
+        echo "${pid:-none}"
+        [ -n "$pid" ] && live_libvirtd "$pid"
+        ;;
     exec)
         ns=${2:?namespace name}
         shift 2
         exec ip netns exec "$ns" "$@"
         ;;
-    *) echo "usage: $0 up|down|restart|exec NAME [CMD...]" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|restart|alive|exec NAME [CMD...]" >&2; exit 2 ;;
 esac

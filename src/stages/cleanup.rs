@@ -209,30 +209,19 @@ pub fn qcow2_backing(path: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Real paths of a disk and its whole backing chain.
-fn chain(disk: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut next = Some(disk.to_path_buf());
-    while let Some(p) = next.take() {
-        let real = p.canonicalize().unwrap_or(p);
-        if out.contains(&real) || out.len() > 16 {
-            break;
-        }
-        next = qcow2_backing(&real);
-        out.push(real);
-    }
-    out
-}
-
-/// A remote file and the backing files under it, as the hypervisor's pools know them.
-fn remote_chain(hv: &Hypervisor, file: PathBuf) -> Result<Vec<PathBuf>, HvError> {
+/// A file and the backing files under it; `backing` names the one under a file. Stops at a
+/// loop or after 16 files.
+fn backing_chain(
+    file: PathBuf,
+    mut backing: impl FnMut(&Path) -> Result<Option<PathBuf>, HvError>,
+) -> Result<Vec<PathBuf>, HvError> {
     let mut out = Vec::new();
     let mut next = Some(file);
     while let Some(p) = next.take() {
         if out.contains(&p) || out.len() > 16 {
             break;
         }
-        next = hv.volume_by_path(&p)?.and_then(|v| v.backing_path);
+        next = backing(&p)?;
         out.push(p);
     }
     Ok(out)
@@ -244,15 +233,20 @@ fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
     let mut out = Vec::new();
     for d in hv.domains()? {
         let files = match hv.domain_xml(&d.name) {
-            // Disks with their backing chains, console logs and NVRAM: all protected.
-            Ok(x) if local => kvmprov_hypervisor::xml::domain_files(&x)?
-                .iter()
-                .flat_map(|p| chain(p))
-                .collect(),
+            // Disks with their backing chains, console logs and NVRAM: all protected. Locally
+            // as real paths read from the qcow2 headers; remotely as the hypervisor's pools
+            // know them.
             Ok(x) => {
+                let real = |p: PathBuf| p.canonicalize().unwrap_or(p);
                 let mut files = Vec::new();
                 for p in kvmprov_hypervisor::xml::domain_files(&x)? {
-                    files.extend(remote_chain(hv, p)?);
+                    files.extend(if local {
+                        backing_chain(real(p), |f| Ok(qcow2_backing(f).map(real)))?
+                    } else {
+                        backing_chain(p, |f| {
+                            Ok(hv.volume_by_path(f)?.and_then(|v| v.backing_path))
+                        })?
+                    });
                 }
                 files
             }

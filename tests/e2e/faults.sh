@@ -52,10 +52,7 @@ converged() {
 LIBVIRTD_DEATHS=0
 libvirtd_survived() {
     local pid
-    pid=$(sed -n 's/^LIBVIRTD_PID=//p' "/run/kvmprov-testkit/$E2E_NS.state")
-    # Alive: still a libvirtd and not a zombie (nothing reaps daemons here).
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = libvirtd ] &&
-        [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] && return 0
+    pid=$(bash "$TESTKIT/netns-libvirtd.sh" alive "$E2E_NS") && return 0
     LIBVIRTD_DEATHS=$((LIBVIRTD_DEATHS + 1))
     log "NOTE: libvirtd $pid died after its client was killed ($1): a libvirtd crash; its last log lines:"
     tail -n 3 /var/log/libvirt/libvirtd.log 2>/dev/null | sed 's/^/    /' || true

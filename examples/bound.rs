@@ -79,6 +79,7 @@ fn main() {
                             network: net.clone(),
                             mac: xml::mac_for(name),
                             console_log: dir.join(format!("{name}-console.log")),
+                            firmware: kvmprov_hypervisor::Firmware::Bios,
                             metadata: KvmprovMetadata {
                                 image_name: "bench".into(),
                                 image_version: None,

@@ -95,6 +95,26 @@ pub enum DomainTypeChoice {
     Qemu,
 }
 
+/// The firmware a guest boots with. Debian's genericcloud image boots either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FirmwareChoice {
+    /// SeaBIOS (GRUB from the image's BIOS boot partition).
+    #[default]
+    Bios,
+    /// OVMF (GRUB or shim from the image's EFI system partition), with per-instance NVRAM.
+    Uefi,
+}
+
+impl FirmwareChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirmwareChoice::Bios => "bios",
+            FirmwareChoice::Uefi => "uefi",
+        }
+    }
+}
+
 /// The seed's `kvm_provision_stage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -226,6 +246,12 @@ pub struct InstanceDefinition {
     /// (or `kvm_libvirt_uri`).
     #[serde(default)]
     pub hypervisor_host: Option<String>,
+    /// `bios` or `uefi`; else `kvm_default_firmware`.
+    #[serde(default)]
+    pub firmware: Option<FirmwareChoice>,
+    /// With `uefi`: OVMF with Secure Boot and Microsoft's keys enrolled.
+    #[serde(default)]
+    pub secure_boot: bool,
 }
 
 fn default_vcpus() -> u32 {
@@ -248,6 +274,8 @@ pub struct Vars {
     pub kvm_libvirt_uri: String,
     #[serde(default)]
     pub kvm_domain_type: DomainTypeChoice,
+    #[serde(default)]
+    pub kvm_default_firmware: FirmwareChoice,
     #[serde(default)]
     pub kvm_provision_stage: StageChoice,
     #[serde(default = "default_cache_path")]
@@ -321,6 +349,9 @@ pub struct Instance {
     pub runcmd: Vec<String>,
     /// The libvirt URI of the hypervisor this instance lives on.
     pub libvirt_uri: String,
+    pub firmware: FirmwareChoice,
+    /// Only ever true with `FirmwareChoice::Uefi`.
+    pub secure_boot: bool,
 }
 
 /// The resolved settings every stage reads.
@@ -1054,6 +1085,21 @@ fn resolve(ctx: &Ctx, root: &Node, v: Vars) -> Result<Config, ConfigError> {
             })?,
             None => libvirt_uri.clone(),
         };
+        let firmware = d.firmware.unwrap_or(v.kvm_default_firmware);
+        if d.secure_boot && firmware != FirmwareChoice::Uefi {
+            return Err(ctx.invalid(
+                &here("secure_boot"),
+                "secure_boot needs firmware: uefi (set it on the instance or kvm_default_firmware)",
+            ));
+        }
+        if firmware == FirmwareChoice::Uefi && d.snapshot_name.is_some() {
+            // libvirt takes internal (qcow2) snapshots only; QEMU cannot snapshot the raw
+            // pflash NVRAM a UEFI guest has, so libvirt refuses them for such domains.
+            return Err(ctx.invalid(
+                &here("snapshot_name"),
+                "snapshot_name cannot be used with firmware: uefi (libvirt refuses internal snapshots of guests with UEFI NVRAM)",
+            ));
+        }
         instances.push(Instance {
             name: d.instance_name.clone(),
             image_name: d.image_name.clone(),
@@ -1067,6 +1113,8 @@ fn resolve(ctx: &Ctx, root: &Node, v: Vars) -> Result<Config, ConfigError> {
             packages: d.packages.clone(),
             runcmd: d.runcmd.clone(),
             libvirt_uri: instance_uri,
+            firmware,
+            secure_boot: d.secure_boot,
         });
     }
 

@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: `config` → `stages` → (`kvmprov_image`, `kvmprov_seed`,
 //! `kvmprov_hypervisor`, `guest`). Lower layers never read the config file or print.
+pub mod address;
 pub mod cli;
 pub mod config;
 pub mod guest;

@@ -1,21 +1,91 @@
 #!/usr/bin/env bash
-# Build a small Debian cloud-like qcow2 (what cloud.debian.org's genericcloud image is, minus
-# the size) with mmdebstrap, from the apt mirror this machine already uses. No internet needed
-# beyond Debian's archive.
+# Build a twin of Debian's genericcloud amd64 image from Debian's archive only (no internet):
+# the official image's package set, GPT with BIOS boot (14) + EFI system (15) + root (1), GRUB
+# for BIOS and UEFI as Debian's grub-cloud-amd64 installs it (removable EFI path, shim for
+# Secure Boot), root and EFI by PARTUUID, growroot, Debian's cloud-init defaults (no
+# datasource_list, the `debian` default user), sshd without passwords, no qemu-guest-agent.
+# What kvmprov can tell apart is the same as on Debian's image; what differs is listed below.
 #
-#   testkit/build-image.sh [SUITE] [OUTDIR]     SUITE: bookworm (default) or trixie
+#   testkit/build-image.sh [SUITE] [OUTDIR]       SUITE: bookworm (default) or trixie
+#   testkit/build-image.sh --compare SUITE IMAGE  print the package difference to Debian's list
+#                                                 (exit 1 when a missing name is not explained)
 #
 # Prints the path of the image as its last line. The image is cached: it is rebuilt only when
-# this recipe changes (its hash is stored beside the image). Needs root.
-# Pitfalls this script handles (each cost an hour, see DESIGN.md §4): mmdebstrap reads sources
-# from stdin when it is not a tty; no udev means no partition nodes and no /dev/disk/by-uuid
+# this recipe (or the official package list it reads) changes. Needs root.
+# Pitfalls handled here (each cost an hour, see DESIGN.md §4): mmdebstrap reads sources from
+# stdin when it is not a tty; no udev means no partition nodes and no /dev/disk/by-* links
 # (grub-mkconfig then writes root=/dev/loop0p1); cloud-init 22.4 needs the en_US.UTF-8 locale;
 # the initramfs must be rebuilt after /etc/fstab is written.
 set -euo pipefail
 
+HERE=$(cd "$(dirname "$0")" && pwd)
+# Debian's published package lists (../shared beside the checkout, as in CI).
+OFFICIAL_DIR=${KVMPROV_DEBIAN_CLOUD:-$HERE/../../shared/debian-cloud}
+
+# The packages this recipe needs whatever the official list says (it is read at build time
+# when present; without it the twin still boots like Debian's image).
+RECIPE_PACKAGES=(
+    linux-image-cloud-amd64 grub-cloud-amd64 grub-pc-bin grub-efi-amd64-bin
+    grub-efi-amd64-signed shim-signed systemd-sysv udev dbus cloud-init cloud-guest-utils
+    cloud-initramfs-growroot netplan.io systemd-resolved openssh-server sudo locales iproute2
+    e2fsprogs initramfs-tools ca-certificates
+)
+
+# Names of the official list the twin does not have, and why (a pattern per line: the test
+# fails on a missing name that no pattern explains).
+EXPLAINED_MISSING=(
+    # The image pins the kernel ABI of its build day; the archive now carries a newer ABI,
+    # which linux-image-cloud-amd64 (also in the list) pulls in.
+    'linux-image-[0-9]*'
+    # Python, library and ABI packages renamed or superseded since the build day (t64
+    # transition, new sonames): the package that depends on them pulls the current name.
+    'lib*'
+    'python3.[0-9]*'
+)
+
+# Boot settings that differ from Debian's image: none for GRUB (its /etc/default/grub comes
+# from grub-cloud-amd64 itself: bookworm `GRUB_TERMINAL="console serial"`, trixie
+# `GRUB_TERMINAL_OUTPUT="gfxterm serial"`, both with `console=tty0 console=ttyS0,115200
+# earlyprintk=ttyS0,115200 consoleblank=0`; the timeout 0 as Debian's 15_timeout.cfg).
+# Differences: (1) the en_US.UTF-8 locale is generated (cloud-init 22.4 ends in `error`
+# without it in a minbase root); (2) /usr/share/{doc,man,info,locale} are left out (size);
+# (3) the image is 3 GiB like Debian's but holds only what the list installs.
+
+case "${1:-}" in
+    --compare)
+        SUITE=${2:?suite} IMAGE=${3:?image}
+        official="$OFFICIAL_DIR/$SUITE-genericcloud-amd64.packages"
+        if [ ! -f "$official" ]; then
+            echo "no official package list at $official: comparison skipped" >&2
+            exit 0
+        fi
+        twin="$IMAGE.packages"
+        [ -f "$twin" ] || { echo "no package list beside $IMAGE ($twin)" >&2; exit 1; }
+        missing=$(comm -23 <(cut -f1 "$official" | sed 's/:.*//' | sort -u) <(cut -f1 "$twin" | sort -u))
+        extra=$(comm -13 <(cut -f1 "$official" | sed 's/:.*//' | sort -u) <(cut -f1 "$twin" | sort -u))
+        unexplained=()
+        for name in $missing; do
+            ok=
+            for pat in "${EXPLAINED_MISSING[@]}"; do
+                # shellcheck disable=SC2254
+                case "$name" in $pat) ok=1 ;; esac
+            done
+            [ -n "$ok" ] || unexplained+=("$name")
+        done
+        echo "twin vs Debian's $SUITE genericcloud: $(cut -f1 "$official" | wc -l) official, $(wc -l <"$twin") in the twin"
+        echo "missing from the twin (explained): $(echo "$missing" | grep -c . || true): $(echo $missing)"
+        echo "only in the twin: $(echo "$extra" | grep -c . || true): $(echo $extra)"
+        if [ ${#unexplained[@]} -gt 0 ]; then
+            echo "missing and not explained in the recipe: ${unexplained[*]}"
+            exit 1
+        fi
+        exit 0
+        ;;
+esac
+
 SUITE=${1:-bookworm}
 OUTDIR=${2:-${KVMPROV_TESTKIT_CACHE:-/var/cache/kvmprov-testkit}}
-SIZE=${IMAGE_SIZE:-3G}
+SIZE=3G
 
 case "$SUITE" in
     bookworm | trixie) ;;
@@ -23,16 +93,11 @@ case "$SUITE" in
 esac
 [ "$(id -u)" -eq 0 ] || { echo "build-image.sh needs root" >&2; exit 2; }
 
-PACKAGES=(
-    linux-image-cloud-amd64 grub-pc systemd-sysv udev dbus cloud-init cloud-initramfs-growroot
-    netplan.io systemd-resolved openssh-server sudo qemu-guest-agent locales iproute2
-    e2fsprogs initramfs-tools ca-certificates
-)
-
+OFFICIAL="$OFFICIAL_DIR/$SUITE-genericcloud-amd64.packages"
 mkdir -p "$OUTDIR"
-OUT="$OUTDIR/$SUITE.qcow2"
-RECIPE=$( (cat "$0"; echo "${PACKAGES[*]} $SIZE") | sha256sum | cut -c1-16)
-if [ -f "$OUT" ] && [ "$(cat "$OUT.recipe" 2>/dev/null)" = "$RECIPE" ]; then
+OUT="$OUTDIR/$SUITE-twin.qcow2"
+RECIPE=$( (cat "$0"; cat "$OFFICIAL" 2>/dev/null || true) | sha256sum | cut -c1-16)
+if [ -f "$OUT" ] && [ -f "$OUT.packages" ] && [ "$(cat "$OUT.recipe" 2>/dev/null)" = "$RECIPE" ]; then
     echo "image cached: $OUT (recipe $RECIPE)" >&2
     echo "$OUT"
     exit 0
@@ -50,6 +115,7 @@ SECURITY="${MIRROR%/debian}/debian-security"
 WORK=$(mktemp -d /var/tmp/kvmprov-image.XXXXXX)
 LOOP=""
 MNT="$WORK/mnt"
+LINKS=()
 cleanup() {
     set +e
     for m in dev/pts dev proc sys run; do mountpoint -q "$MNT/$m" && umount -l "$MNT/$m"; done
@@ -58,74 +124,133 @@ cleanup() {
         partx -d "$LOOP" 2>/dev/null
         losetup -d "$LOOP"
     fi
-    [ -n "${BYUUID:-}" ] && rm -f "$BYUUID"
+    for l in "${LINKS[@]}"; do rm -f "$l"; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-say "mmdebstrap $SUITE from $MIRROR (${#PACKAGES[@]} packages + minbase)"
-include=$(IFS=,; echo "${PACKAGES[*]}")
+# The official names (architecture suffix dropped); only those the archive has today are
+# installed: the rest is reported by --compare and explained above.
+if [ -f "$OFFICIAL" ]; then
+    cut -f1 "$OFFICIAL" | sed 's/:.*//' >"$WORK/official.list"
+    say "official package list: $OFFICIAL ($(wc -l <"$WORK/official.list") names)"
+else
+    : >"$WORK/official.list"
+    say "no official package list at $OFFICIAL: installing the recipe's own list only"
+fi
+# Run by mmdebstrap as a hook, with its own apt (outside the chroot: the root's resolv.conf
+# is systemd-resolved's stub by then): the official names the archive has, in one install.
+cat >"$WORK/install-official.sh" <<'EOF'
+set -eu
+export APT_CONFIG="$MMDEBSTRAP_APT_CONFIG"
+list=$1
+apt-cache pkgnames | sort -u >"$list.available"
+sort -u "$list" | comm -12 - "$list.available" | grep -vx 'qemu-guest-agent' >"$list.install" || true
+echo "installing $(wc -l <"$list.install") of $(wc -l <"$list") official names" >&2
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(cat "$list.install") >&2
+EOF
+
+say "mmdebstrap $SUITE from $MIRROR"
+include=$(IFS=,; echo "${RECIPE_PACKAGES[*]}")
 mmdebstrap --variant=minbase --include="$include" \
     --essential-hook='echo "grub-pc grub-pc/install_devices_empty boolean true" | chroot "$1" debconf-set-selections' \
+    --customize-hook="sh $WORK/install-official.sh $WORK/official.list" \
+    --customize-hook='chroot "$1" dpkg-query -W -f "\${Package}\t\${Version}\n" >"$1/tmp/packages"' \
+    --customize-hook="copy-out /tmp/packages $WORK" \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
     "$SUITE" "$WORK/rootfs.tar" \
     "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECURITY $SUITE-security main" \
     </dev/null >&2
+grep -q '^qemu-guest-agent	' "$WORK/packages" && { echo "the twin must not have qemu-guest-agent" >&2; exit 1; }
 
-say "partitioning a $SIZE raw disk"
+say "partitioning a $SIZE GPT disk like Debian's (14 BIOS boot, 15 EFI system, 1 root)"
 truncate -s "$SIZE" "$WORK/disk.raw"
-echo 'label: dos
-start=2048, type=83, bootable' | sfdisk -q "$WORK/disk.raw" >&2
+sfdisk -q "$WORK/disk.raw" >&2 <<'EOF'
+label: gpt
+unit: sectors
+disk.raw14 : start=2048, size=6144, type=21686148-6449-6E6F-744E-656564454649
+disk.raw15 : start=8192, size=253952, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B
+disk.raw1 : start=262144, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709
+EOF
 LOOP=$(losetup -f --show "$WORK/disk.raw")
 partx -a "$LOOP" 2>/dev/null || true
-PART="${LOOP}p1"
-if [ ! -b "$PART" ]; then
-    # No udev: make the partition node from what the kernel knows.
-    dev=$(cat "/sys/block/$(basename "$LOOP")/$(basename "$PART")/dev")
-    mknod "$PART" b "${dev%%:*}" "${dev##*:}"
-fi
-mkfs.ext4 -q -L rootfs "$PART"
-UUID=$(blkid -s UUID -o value "$PART")
+part_node() {
+    local part="${LOOP}p$1" dev
+    if [ ! -b "$part" ]; then
+        # No udev: make the partition node from what the kernel knows.
+        dev=$(cat "/sys/block/$(basename "$LOOP")/$(basename "$part")/dev")
+        mknod "$part" b "${dev%%:*}" "${dev##*:}"
+    fi
+    echo "$part"
+}
+ROOT_PART=$(part_node 1)
+EFI_PART=$(part_node 15)
+mkfs.ext4 -q -L rootfs "$ROOT_PART"
+mkfs.vfat -F 32 -n UEFI "$EFI_PART" >/dev/null
+ROOT_PARTUUID=$(blkid -p -s PART_ENTRY_UUID -o value "$ROOT_PART")
+EFI_PARTUUID=$(blkid -p -s PART_ENTRY_UUID -o value "$EFI_PART")
 mkdir -p "$MNT"
-mount "$PART" "$MNT"
+mount "$ROOT_PART" "$MNT"
 tar -C "$MNT" -xpf "$WORK/rootfs.tar"
+# The ESP is written with mtools below: this kernel may have no vfat driver to mount it.
+mkdir -p "$MNT/boot/efi"
 
-say "configuring (fstab, grub, cloud-init, locale, network)"
-echo "UUID=$UUID / ext4 errors=remount-ro 0 1" >"$MNT/etc/fstab"
-echo "debian" >"$MNT/etc/hostname"
+say "configuring (fstab, grub, cloud-init, sshd, locale, network)"
+cat >"$MNT/etc/fstab" <<EOF
+PARTUUID=$ROOT_PARTUUID / ext4 rw,discard,errors=remount-ro,x-systemd.growfs 0 1
+PARTUUID=$EFI_PARTUUID /boot/efi vfat defaults 0 0
+EOF
+echo "localhost" >"$MNT/etc/hostname"
 : >"$MNT/etc/machine-id"
 rm -f "$MNT"/etc/ssh/ssh_host_*
-# Only the NoCloud seed (and nothing): faster boots, and a wrong seed is an error, not a fallback.
-cat >"$MNT/etc/cloud/cloud.cfg.d/90_kvmprov_testkit.cfg" <<'EOF'
-datasource_list: [ NoCloud, None ]
+# Debian's cloud-init settings (01_debian_cloud.cfg): no datasource_list, so ds-identify
+# detects the NoCloud seed as on the real image.
+cat >"$MNT/etc/cloud/cloud.cfg.d/01_debian_cloud.cfg" <<'EOF'
+apt:
+  generate_mirrorlists: true
+system_info:
+  default_user:
+    name: debian
+    sudo: ALL=(ALL) NOPASSWD:ALL
+    shell: /bin/bash
+    lock_passwd: True
+    gecos: Debian
+    groups: [adm, audio, cdrom, dialout, dip, floppy, plugdev, sudo, video]
 EOF
+sed -i 's/^#\?PasswordAuthentication .*/PasswordAuthentication no/' "$MNT/etc/ssh/sshd_config"
+grep -q '^PasswordAuthentication no' "$MNT/etc/ssh/sshd_config" ||
+    echo 'PasswordAuthentication no' >>"$MNT/etc/ssh/sshd_config"
 echo "en_US.UTF-8 UTF-8" >"$MNT/etc/locale.gen"
 echo "LANG=en_US.UTF-8" >"$MNT/etc/default/locale"
-cat >"$MNT/etc/default/grub" <<'EOF'
-GRUB_DEFAULT=0
-GRUB_TIMEOUT=0
-GRUB_DISTRIBUTOR=Debian
-GRUB_CMDLINE_LINUX_DEFAULT=""
-GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8 net.ifnames=1"
-GRUB_TERMINAL="console serial"
-GRUB_SERIAL_COMMAND="serial --speed=115200"
-GRUB_DISABLE_OS_PROBER=true
-EOF
+mkdir -p "$MNT/etc/default/grub.d"
+echo 'GRUB_TIMEOUT=0' >"$MNT/etc/default/grub.d/15_timeout.cfg"
+# Root by PARTUUID, as on Debian's image (grub-mkconfig prefers a filesystem UUID otherwise).
+echo 'GRUB_DISABLE_LINUX_UUID=true' >"$MNT/etc/default/grub.d/10_partuuid.cfg"
+touch "$MNT/etc/grub.d/enable_cloud"
 for m in dev dev/pts proc sys run; do
     mkdir -p "$MNT/$m"
     mount --bind "/$m" "$MNT/$m"
 done
-# grub-mkconfig writes root=UUID=… only if this link exists (udev would make it).
-mkdir -p /dev/disk/by-uuid
-BYUUID="/dev/disk/by-uuid/$UUID"
-ln -sf "$PART" "$BYUUID"
+# grub-mkconfig writes root=PARTUUID=… only if this link exists (udev would make it).
+mkdir -p /dev/disk/by-partuuid /dev/disk/by-uuid
+for link in "/dev/disk/by-partuuid/$ROOT_PARTUUID:$ROOT_PART" "/dev/disk/by-partuuid/$EFI_PARTUUID:$EFI_PART"; do
+    ln -sf "${link#*:}" "${link%%:*}"
+    LINKS+=("${link%%:*}")
+done
 chroot "$MNT" locale-gen >&2
-chroot "$MNT" systemctl enable systemd-networkd systemd-resolved ssh qemu-guest-agent >/dev/null 2>&1 || true
-chroot "$MNT" grub-install --target=i386-pc --modules="part_msdos ext2" "$LOOP" >&2
+chroot "$MNT" systemctl enable systemd-networkd systemd-resolved ssh >/dev/null 2>&1 || true
+# What grub-cloud-amd64's postinst does on Debian's build: BIOS into the disk, EFI into the
+# removable path with shim (Secure Boot), no NVRAM entry.
+chroot "$MNT" grub-install --target=i386-pc "$LOOP" >&2
+chroot "$MNT" grub-install --target=x86_64-efi --no-nvram --uefi-secure-boot --force-extra-removable >&2
 chroot "$MNT" update-grub >&2 2>&1
-grep -q "root=UUID=$UUID" "$MNT/boot/grub/grub.cfg" || { echo "grub.cfg lacks root=UUID=$UUID" >&2; exit 1; }
+grep -q "root=PARTUUID=$ROOT_PARTUUID" "$MNT/boot/grub/grub.cfg" || { echo "grub.cfg lacks root=PARTUUID=$ROOT_PARTUUID" >&2; exit 1; }
+[ -f "$MNT/boot/efi/EFI/BOOT/BOOTX64.EFI" ] || { echo "no removable EFI loader in the image" >&2; exit 1; }
+# Into the FAT file system of partition 15; the directory under it stays empty (mount point).
+mcopy -s -i "$EFI_PART" "$MNT/boot/efi/EFI" ::/
+rm -rf "$MNT/boot/efi/EFI"
 chroot "$MNT" update-initramfs -u -k all >&2 2>&1
 ln -sf /run/systemd/resolve/stub-resolv.conf "$MNT/etc/resolv.conf"
 chroot "$MNT" apt-get clean
@@ -138,7 +263,8 @@ LOOP=""
 
 say "converting to compressed qcow2"
 qemu-img convert -c -O qcow2 "$WORK/disk.raw" "$OUT.tmp"
+cp "$WORK/packages" "$OUT.packages"
 mv "$OUT.tmp" "$OUT"
 echo "$RECIPE" >"$OUT.recipe"
-say "done in $(($(date +%s) - start))s: $OUT ($(du -h "$OUT" | cut -f1))"
+say "done in $(($(date +%s) - start))s: $OUT ($(du -h "$OUT" | cut -f1), $(wc -l <"$OUT.packages") packages)"
 echo "$OUT"

@@ -13,7 +13,7 @@ say() { printf '[install-deps] %s\n' "$*"; }
 
 PKGS=(
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-    dnsmasq-base iptables acl mmdebstrap fdisk openssh-client openssh-server xxd iproute2
+    dnsmasq-base iptables acl mmdebstrap fdisk dosfstools mtools ovmf openssh-client openssh-server xxd iproute2
     genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils netcat-openbsd
     curl time
 )

@@ -14,7 +14,7 @@ use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
 
 use crate::config::Config;
 use crate::plan::{run as run_action, Action, Op, Outcome, StageReport, Status};
-use crate::stages::provision::{console_name, disk_name, seed_name};
+use crate::stages::provision::{console_name, disk_name, nvram_name, seed_name};
 use crate::stages::{RunLock, Session, StageError};
 use crate::state;
 
@@ -172,7 +172,8 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
     out
 }
 
-/// The files cleanup may delete for an instance: its disk, seed, console log and pinned key.
+/// The files cleanup may delete for an instance: its disk, seed, console log, UEFI variable
+/// store and pinned key.
 pub fn instance_files(cfg: &Config, instance: &str) -> Vec<PathBuf> {
     let pool = &cfg.instance_pool_path;
     let dir = state::state_dir(pool);
@@ -180,6 +181,7 @@ pub fn instance_files(cfg: &Config, instance: &str) -> Vec<PathBuf> {
         pool.join(disk_name(instance)),
         pool.join(seed_name(instance)),
         pool.join(console_name(instance)),
+        pool.join(nvram_name(instance)),
         state::host_key_path(&dir, instance),
         dir.join(format!("{instance}.known_hosts")),
     ]

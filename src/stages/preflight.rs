@@ -7,9 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kvmprov_hypervisor::{HostInfo, Hypervisor, NetworkInfo, SshDest};
+use ipnet::Ipv4Net;
+use kvmprov_hypervisor::{DomainType, FirmwareSupport, HostInfo, Hypervisor, NetworkInfo, SshDest};
 
-use crate::config::{Config, DomainTypeChoice};
+use crate::address;
+use crate::config::{Config, DomainTypeChoice, FirmwareChoice, Instance};
 use crate::plan::{Action, Op, Outcome, StageReport, Status};
 use crate::stages::Session;
 
@@ -33,6 +35,8 @@ pub struct Observed {
     pub local: bool,
     /// A remote hypervisor reached over SSH: paths are checked and fixed there.
     pub remote: Option<SshDest>,
+    /// The firmware the hypervisor offers (only asked when an instance wants UEFI).
+    pub firmware: Option<Result<FirmwareSupport, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +96,117 @@ pub fn resolve_domain_type(
     }
 }
 
+/// A network in one line: mode, who serves DHCP, the subnet.
+pub fn network_summary(n: &NetworkInfo) -> String {
+    let mode = address::mode_name(n);
+    let onto = n
+        .bridge
+        .as_deref()
+        .map(|b| format!(" on bridge {b}"))
+        .unwrap_or_default();
+    match &n.ipv4 {
+        Some(ip) => {
+            let subnet = Ipv4Net::new(ip.address, ip.prefix)
+                .map(|net| net.trunc().to_string())
+                .unwrap_or_else(|_| format!("{}/{}", ip.address, ip.prefix));
+            let dhcp = match ip.dhcp_range {
+                Some((a, b)) => format!("libvirt DHCP {a}-{b}"),
+                None => "no libvirt DHCP".to_string(),
+            };
+            format!("mode {mode}{onto}, {dhcp}, subnet {subnet}")
+        }
+        None => format!("mode {mode}{onto}, no libvirt DHCP, subnet unknown to libvirt"),
+    }
+}
+
+/// How the instance's address will be found on its network; a static address must lie in
+/// the network's subnet and outside its DHCP range.
+fn address_check(inst: &Instance, net: &NetworkInfo) -> (Action, Verdict) {
+    let target = format!("address {}", inst.name);
+    if let (Some(st), Some(ip)) = (&inst.ipv4, &net.ipv4) {
+        let addr = st.address.addr();
+        if let Ok(subnet) = Ipv4Net::new(ip.address, ip.prefix).map(|n| n.trunc()) {
+            if !subnet.contains(&addr) {
+                return (
+                    Action::new(target, Op::Check, format!("static {}", st.address)),
+                    Verdict::Fail(format!(
+                        "ipv4_address {addr} of {} is outside network `{}`'s subnet {subnet}: the guest would be unreachable; pick an address in {subnet}",
+                        inst.name, net.name
+                    )),
+                );
+            }
+        }
+        if let Some((start, end)) = ip.dhcp_range {
+            if (start..=end).contains(&addr) {
+                return (
+                    Action::new(target, Op::Check, format!("static {}", st.address)),
+                    Verdict::Fail(format!(
+                        "ipv4_address {addr} of {} is inside network `{}`'s DHCP range {start}-{end}: the DHCP server may lease it to another guest; pick one outside the range",
+                        inst.name, net.name
+                    )),
+                );
+            }
+        }
+    }
+    match address::plan(inst, net) {
+        Ok(p) => (Action::new(target, Op::Check, p.how), Verdict::Pass),
+        Err(why) => (
+            Action::new(target, Op::Check, "no address source"),
+            Verdict::Fail(why),
+        ),
+    }
+}
+
+/// Is the UEFI firmware the instance needs installed on the hypervisor?
+fn firmware_check(
+    inst: &Instance,
+    support: Option<&Result<FirmwareSupport, String>>,
+) -> (Action, Verdict) {
+    let target = format!("firmware {}", inst.name);
+    let wanted = if inst.secure_boot {
+        "UEFI with Secure Boot"
+    } else {
+        "UEFI"
+    };
+    let action = |why: String| Action::new(target.clone(), Op::Check, why);
+    match support {
+        None => (action(format!("{wanted}: not checked")), Verdict::Pass),
+        Some(Err(e)) => (
+            action(format!("{wanted}: firmware not checked ({e}); assuming it is installed")),
+            Verdict::Pass,
+        ),
+        Some(Ok(f)) if !f.efi => (
+            action(wanted.to_string()),
+            Verdict::Fail(format!(
+                "{} needs UEFI firmware, and libvirt on the hypervisor knows none: install Debian's `ovmf` package there (apt-get install ovmf)",
+                inst.name
+            )),
+        ),
+        Some(Ok(f)) if inst.secure_boot && !f.secure_boot => (
+            action(wanted.to_string()),
+            Verdict::Fail(format!(
+                "{} needs Secure Boot, and the hypervisor has no Secure Boot OVMF build: install Debian's `ovmf` package (OVMF_CODE_4M.ms.fd) or set secure_boot: false",
+                inst.name
+            )),
+        ),
+        Some(Ok(f)) => {
+            // Name the loader libvirt will most likely pick, for the operator's eye only.
+            let secure = |l: &&String| l.contains(".ms.") || l.contains("secboot");
+            let loader = match inst.secure_boot {
+                true => f.loaders.iter().find(secure),
+                false => f.loaders.iter().find(|l| !secure(l)),
+            };
+            (
+                action(format!(
+                    "{wanted}: OVMF installed ({})",
+                    loader.map(String::as_str).unwrap_or("descriptor found")
+                )),
+                Verdict::Pass,
+            )
+        }
+    }
+}
+
 /// Pure: the checks and their verdicts.
 pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
     let mut out = Vec::new();
@@ -122,7 +237,11 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
         let target = format!("network {name}");
         match o.networks.iter().find(|n| n.name == name) {
             Some(n) if n.active => out.push((
-                Action::new(target, Op::Check, "defined and active"),
+                Action::new(
+                    target,
+                    Op::Check,
+                    format!("defined and active: {}", network_summary(n)),
+                ),
                 Verdict::Pass,
             )),
             Some(_) if cfg.auto_start_networks => out.push((
@@ -150,6 +269,15 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
                     )),
                 ));
             }
+        }
+    }
+
+    for inst in &cfg.instances {
+        if let Some(net) = o.networks.iter().find(|n| n.name == inst.network) {
+            out.push(address_check(inst, net));
+        }
+        if inst.firmware == FirmwareChoice::Uefi {
+            out.push(firmware_check(inst, o.firmware.as_ref()));
         }
     }
 
@@ -526,7 +654,24 @@ fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, kvmprov_hypervisor:
         "runtime checks log in to the guests with OpenSSH",
         on_path("ssh"),
     ));
+    let firmware = if cfg
+        .instances
+        .iter()
+        .any(|i| i.firmware == FirmwareChoice::Uefi)
+    {
+        let dt = match resolve_domain_type(cfg.domain_type, &host) {
+            Ok(("kvm", _)) => DomainType::Kvm,
+            _ => DomainType::Qemu,
+        };
+        Some(
+            hv.firmware_support(dt)
+                .map_err(|e| crate::plan::error_chain(&e)),
+        )
+    } else {
+        None
+    };
     Ok(Observed {
+        firmware,
         host,
         networks,
         paths,
@@ -699,6 +844,102 @@ mod tests {
         crate::config::parse(Path::new("t.yml"), text, &[]).unwrap()
     }
 
+    fn cfg_with(instance: &str) -> Config {
+        let text = format!(
+            "kvm_libvirt_uri: qemu+ssh://admin@hv1:2222/system\n\
+             kvm_image_cache_path: /c\nkvm_instance_disk_pool_path: /srv/p\n\
+             kvm_cloud_image_catalog:\n  - {{image_name: d, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}}\n\
+             kvm_instance_definitions:\n  - {{instance_name: app-01, image_name: d, {instance}}}\n"
+        );
+        crate::config::parse(Path::new("t.yml"), &text, &[]).unwrap()
+    }
+
+    fn verdict_for<'a>(plan: &'a [(Action, Verdict)], target: &str) -> &'a (Action, Verdict) {
+        plan.iter()
+            .find(|(a, _)| a.target == target)
+            .unwrap_or_else(|| panic!("no check {target}: {plan:?}"))
+    }
+
+    #[test]
+    fn regression_static_address_outside_the_subnet_waited_until_the_deadline() {
+        let o = remote(&[], None);
+        let p = plan(&cfg_with("ipv4_address: 10.9.0.5/24"), &o);
+        match &verdict_for(&p, "address app-01").1 {
+            Verdict::Fail(m) => assert!(
+                m.contains("outside network `default`'s subnet 192.168.122.0/24"),
+                "{m}"
+            ),
+            v => panic!("{v:?}"),
+        }
+        let p = plan(&cfg_with("ipv4_address: 192.168.122.77/24"), &o);
+        match &verdict_for(&p, "address app-01").1 {
+            Verdict::Fail(m) => assert!(
+                m.contains("DHCP range 192.168.122.2-192.168.122.254"),
+                "{m}"
+            ),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn preflight_says_how_each_address_is_found_and_what_the_network_is() {
+        let mut o = remote(&[], None);
+        let p = plan(&cfg_with("vcpus: 1"), &o);
+        let (net, v) = verdict_for(&p, "network default");
+        assert_eq!(v, &Verdict::Pass);
+        assert!(
+            net.reason.contains("mode nat on bridge virbr0, libvirt DHCP 192.168.122.2-192.168.122.254, subnet 192.168.122.0/24"),
+            "{}",
+            net.reason
+        );
+        let (a, v) = verdict_for(&p, "address app-01");
+        assert_eq!(v, &Verdict::Pass);
+        assert!(a.reason.contains("DHCP lease from libvirt"), "{}", a.reason);
+
+        // A bridge whose DHCP server is somebody else's: the guest's console announcement.
+        o.networks[0].forward = Some("bridge".into());
+        o.networks[0].bridge = Some("br0".into());
+        o.networks[0].ipv4 = None;
+        let p = plan(&cfg_with("vcpus: 1"), &o);
+        let (a, v) = verdict_for(&p, "address app-01");
+        assert_eq!(v, &Verdict::Pass);
+        assert!(a.reason.contains("serial console"), "{}", a.reason);
+
+        // libvirt's own bridge without DHCP and no static address: nothing can work.
+        o.networks[0].forward = Some("nat".into());
+        o.networks[0].ipv4 = Some(kvmprov_hypervisor::NetworkIpv4 {
+            address: "192.168.50.1".parse().unwrap(),
+            prefix: 24,
+            dhcp_range: None,
+        });
+        let p = plan(&cfg_with("vcpus: 1"), &o);
+        assert!(
+            matches!(&verdict_for(&p, "address app-01").1, Verdict::Fail(m) if m.contains("no DHCP server"))
+        );
+    }
+
+    #[test]
+    fn uefi_without_ovmf_fails_naming_the_package() {
+        let mut o = remote(&[], None);
+        o.firmware = Some(Ok(FirmwareSupport::default()));
+        let p = plan(&cfg_with("firmware: uefi"), &o);
+        match &verdict_for(&p, "firmware app-01").1 {
+            Verdict::Fail(m) => assert!(m.contains("`ovmf`"), "{m}"),
+            v => panic!("{v:?}"),
+        }
+        o.firmware = Some(Ok(FirmwareSupport {
+            efi: true,
+            secure_boot: false,
+            loaders: vec!["/usr/share/OVMF/OVMF_CODE_4M.fd".into()],
+        }));
+        let p = plan(&cfg_with("firmware: uefi"), &o);
+        assert_eq!(verdict_for(&p, "firmware app-01").1, Verdict::Pass);
+        let p = plan(&cfg_with("firmware: uefi, secure_boot: true"), &o);
+        assert!(
+            matches!(&verdict_for(&p, "firmware app-01").1, Verdict::Fail(m) if m.contains("Secure Boot"))
+        );
+    }
+
     fn remote(blocked: &[&str], access_error: Option<&str>) -> Observed {
         let path = |key, p: &str| PathState {
             key,
@@ -709,6 +950,7 @@ mod tests {
             access_error: access_error.map(String::from),
         };
         Observed {
+            firmware: None,
             host: HostInfo {
                 hostname: "hv1".into(),
                 libvirt_version: "9.0.0".into(),
@@ -722,9 +964,16 @@ mod tests {
                 name: "default".into(),
                 active: true,
                 autostart: true,
-                bridge: None,
+                bridge: Some("virbr0".into()),
                 forward: Some("nat".into()),
-                ipv4: None,
+                ipv4: Some(kvmprov_hypervisor::NetworkIpv4 {
+                    address: "192.168.122.1".parse().unwrap(),
+                    prefix: 24,
+                    dhcp_range: Some((
+                        "192.168.122.2".parse().unwrap(),
+                        "192.168.122.254".parse().unwrap(),
+                    )),
+                }),
             }],
             paths: vec![path("image cache", "/c"), path("instance pool", "/srv/p")],
             pool_free_bytes: None,

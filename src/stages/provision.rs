@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvmprov_hypervisor::xml::{self, DomainSpec, DomainType, KvmprovMetadata, ObservedDomain};
-use kvmprov_hypervisor::{HvError, Hypervisor};
+use kvmprov_hypervisor::{Firmware, HvError, Hypervisor};
 use kvmprov_image::CachedImage;
 use kvmprov_seed::{HostKeys, NetworkSpec, SeedSpec};
 
-use crate::config::{Config, Instance};
+use crate::config::{Config, FirmwareChoice, Instance};
 use crate::plan::{Action, Op, Outcome, StageReport, Status};
 use crate::stages::preflight::resolve_domain_type;
 use crate::stages::{parallel, Handoff, Session};
@@ -25,6 +25,30 @@ pub fn seed_name(instance: &str) -> String {
 }
 pub fn console_name(instance: &str) -> String {
     format!("{instance}-console.log")
+}
+/// A UEFI guest's variable store (libvirt creates it from the firmware's template).
+pub fn nvram_name(instance: &str) -> String {
+    format!("{instance}_VARS.fd")
+}
+
+/// The firmware an instance boots with, as the domain XML gets it.
+pub fn firmware_of(inst: &Instance, pool_path: &Path) -> Firmware {
+    match inst.firmware {
+        FirmwareChoice::Bios => Firmware::Bios,
+        FirmwareChoice::Uefi => Firmware::Uefi {
+            secure_boot: inst.secure_boot,
+            nvram: pool_path.join(nvram_name(&inst.name)),
+        },
+    }
+}
+
+/// How `ObservedDomain::firmware` names an instance's firmware.
+pub fn firmware_label(inst: &Instance) -> &'static str {
+    match (inst.firmware, inst.secure_boot) {
+        (FirmwareChoice::Bios, _) => "bios",
+        (FirmwareChoice::Uefi, false) => "uefi",
+        (FirmwareChoice::Uefi, true) => "uefi+secure-boot",
+    }
 }
 
 /// The libvirt pool name for a directory: an existing pool with that path wins (see observe).
@@ -81,6 +105,13 @@ pub fn plan_instance(
             }
             if !d.macs.iter().any(|m| m.eq_ignore_ascii_case(network_mac)) {
                 diffs.push(format!("mac {} (config {network_mac})", d.macs.join(",")));
+            }
+            if d.firmware != firmware_label(inst) {
+                diffs.push(format!(
+                    "firmware {} (config {}; takes a re-create)",
+                    d.firmware,
+                    firmware_label(inst)
+                ));
             }
             match &d.metadata {
                 Some(m) if m.image_name != inst.image_name => diffs.push(format!(
@@ -463,6 +494,7 @@ fn create(
         network: inst.network.clone(),
         mac,
         console_log: pool_path.join(console_name(&inst.name)),
+        firmware: firmware_of(inst, pool_path),
         metadata: KvmprovMetadata {
             image_name: inst.image_name.clone(),
             image_version,
@@ -499,6 +531,8 @@ mod tests {
             packages: vec![],
             runcmd: vec![],
             libvirt_uri: "qemu:///system".into(),
+            firmware: FirmwareChoice::Bios,
+            secure_boot: false,
         }
     }
 
@@ -510,6 +544,8 @@ mod tests {
             macs: vec![xml::mac_for(&i.name)],
             disk_paths: vec![],
             domain_type: Some("qemu".into()),
+            firmware: firmware_label(i).into(),
+            nvram: None,
             metadata: Some(KvmprovMetadata {
                 image_name: i.image_name.clone(),
                 image_version: None,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
 
+use crate::address;
 use crate::config::Instance;
 use crate::guest::{self, CloudInitStatus, SshTarget};
 use crate::plan::{Action, Op, Outcome, StageReport, Status};
@@ -205,49 +206,17 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
         .join("\n"),
     };
 
-    // 1. The address, and 2. TCP 22 on it. A DHCP address is looked up again while we wait:
-    // the guest may renew to another one, and a stale lease may have answered first.
-    let mac = inst
-        .mac
-        .clone()
-        .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(&inst.name));
-    let lookup = || -> Result<Option<Ipv4Addr>, RuntimeError> {
-        if let Some(st) = &inst.ipv4 {
-            return Ok(Some(st.address.addr()));
-        }
-        if let Some(ip) = hv.dhcp_lease(&inst.network, &mac)? {
-            return Ok(Some(ip));
-        }
-        Ok(hv.agent_ipv4(&inst.name, &mac).ok().flatten())
+    // The address, TCP 22 on it, then SSH with the pinned key. The address is asked again
+    // before every attempt: a stale lease or an old announcement must not pin a dead address.
+    let nets = hv.networks()?;
+    let plan = address::plan_or_all(inst, nets.iter().find(|n| n.name == inst.network));
+    let probe = address::HostProbe::new(hv, inst, &s.cfg.instance_pool_path);
+    // Remote sources are read over SSH: ask them less often.
+    let poll = if jump.is_some() {
+        Duration::from_secs(2)
+    } else {
+        POLL
     };
-    let mut t_addr = None;
-    let addr = loop {
-        match lookup()? {
-            Some(ip) => {
-                t_addr.get_or_insert_with(|| start.elapsed());
-                // Through a hypervisor, the SSH attempts below are the port check.
-                if jump.is_some() || guest::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)) {
-                    break IpAddr::V4(ip);
-                }
-                if Instant::now() >= deadline {
-                    return Err(timeout(format!("TCP port 22 on {ip}")));
-                }
-            }
-            None if Instant::now() >= deadline => {
-                return Err(timeout(format!(
-                    "an IPv4 address (DHCP lease for {mac} on network `{}`, or the guest agent)",
-                    inst.network
-                )));
-            }
-            None => {}
-        }
-        std::thread::sleep(POLL);
-    };
-    let t_addr = t_addr.unwrap_or_default();
-    let port_open = Instant::now();
-
-    // 3. SSH with the pinned key, then cloud-init. ssh exits 255 while sshd is not ready yet
-    // (or still presents a host key other than ours): retry until the deadline.
     let dir = state::state_dir(&s.cfg.instance_pool_path);
     let identity: PathBuf = state::operator_key(&dir, false)?
         .map(|k| k.private_path)
@@ -257,29 +226,63 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
                 dir.display()
             ))
         })?;
-    let target = SshTarget {
-        user: s.cfg.cloud_init.user.clone(),
-        addr,
-        identity,
-        known_hosts: state::known_hosts_for(&dir, &inst.name, &addr.to_string())?,
-        jump: jump.clone(),
-    };
-    // ssh exits 255 while sshd is not up yet (or still offers a host key other than ours).
+    let mut found: Option<(Ipv4Addr, address::Source, Duration)> = None;
+    let mut port_open: Option<Instant> = None;
     let mut last_ssh_error = String::new();
     let mut attempts = 0u32;
-    let (ssh_ok, login) = loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(timeout(format!(
-                "SSH login as {}@{addr} with the pinned host key (last ssh error: {})",
-                target.user,
-                if last_ssh_error.is_empty() {
-                    "none"
-                } else {
-                    &last_ssh_error
-                }
-            )));
+    let (target, ssh_ok, login) = loop {
+        if Instant::now() >= deadline {
+            return Err(timeout(match found {
+                None => format!("an IPv4 address ({})", plan.how),
+                Some((ip, _, _)) if port_open.is_none() => format!("TCP port 22 on {ip}"),
+                Some((ip, _, _)) => format!(
+                    "SSH login as {}@{ip} with the pinned host key (last ssh error: {})",
+                    s.cfg.cloud_init.user,
+                    if last_ssh_error.is_empty() {
+                        "none"
+                    } else {
+                        &last_ssh_error
+                    }
+                ),
+            }));
         }
+        let Some((ip, source)) = address::find(&plan, inst, &probe) else {
+            std::thread::sleep(poll);
+            continue;
+        };
+        if found.is_none_or(|(old, _, _)| old != ip) {
+            if let Some((old, _, _)) = found {
+                tracing::info!(
+                    "{}: address changed from {old} to {ip} ({})",
+                    inst.name,
+                    source.as_str()
+                );
+                port_open = None;
+            } else {
+                tracing::info!(
+                    "{}: address {ip} from the {} after {:.1}s",
+                    inst.name,
+                    source.as_str(),
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            found = Some((ip, source, start.elapsed()));
+        }
+        // Through a hypervisor, the SSH attempts are the port check.
+        if jump.is_none() && !guest::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)) {
+            std::thread::sleep(poll);
+            continue;
+        }
+        port_open.get_or_insert_with(Instant::now);
+        let target = SshTarget {
+            user: s.cfg.cloud_init.user.clone(),
+            addr: IpAddr::V4(ip),
+            identity: identity.clone(),
+            known_hosts: state::known_hosts_for(&dir, &inst.name, &ip.to_string())?,
+            jump: jump.clone(),
+        };
+        // ssh exits 255 while sshd is not up yet (or still offers a host key other than ours).
+        let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = Instant::now();
         let out = guest::ssh_run(&target, "true", remaining.min(Duration::from_secs(30)))?;
         attempts += 1;
@@ -290,12 +293,17 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
             attempt.elapsed().as_secs_f64()
         );
         if out.code == Some(0) {
-            break (Instant::now(), attempt.elapsed());
+            break (target, Instant::now(), attempt.elapsed());
         }
         last_ssh_error = out.stderr.trim().to_string();
         tracing::debug!("{}: ssh not ready: {last_ssh_error}", inst.name);
         std::thread::sleep(POLL);
     };
+    let addr = target.addr;
+    let (source, t_addr) = found
+        .map(|(_, src, t)| (src, t))
+        .unwrap_or((address::Source::Static, Duration::ZERO));
+    let port_open = port_open.unwrap_or(ssh_ok);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -323,8 +331,9 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
     };
     Ok(format!(
         // The attempts and the last login's own time tell kvmprov's waiting from the guest's.
-        "ready at {addr}: address after {:.0}s, ssh {:.1}s {since} ({attempts} attempt{}, \
+        "ready at {addr}: address ({}) after {:.0}s, ssh {:.1}s {since} ({attempts} attempt{}, \
          the login {:.1}s), cloud-init done after {:.0}s",
+        source.as_str(),
         t_addr.as_secs_f64(),
         ssh_after_port.as_secs_f64(),
         if attempts == 1 { "" } else { "s" },
@@ -351,6 +360,8 @@ mod tests {
             packages: vec![],
             runcmd: vec![],
             libvirt_uri: "qemu:///system".into(),
+            firmware: crate::config::FirmwareChoice::Bios,
+            secure_boot: false,
         }
     }
 

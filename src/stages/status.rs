@@ -28,19 +28,9 @@ pub struct Row {
     pub snapshots: Vec<String>,
 }
 
-/// The guest's current IPv4: static from the config, else the DHCP lease, else the agent.
-pub fn address(hv: &Hypervisor, inst: &Instance) -> Result<Option<Ipv4Addr>, HvError> {
-    if let Some(st) = &inst.ipv4 {
-        return Ok(Some(st.address.addr()));
-    }
-    let mac = inst
-        .mac
-        .clone()
-        .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(&inst.name));
-    if let Some(ip) = hv.dhcp_lease(&inst.network, &mac)? {
-        return Ok(Some(ip));
-    }
-    Ok(hv.agent_ipv4(&inst.name, &mac).ok().flatten())
+/// The guest's current IPv4, from the sources its network allows (`address.rs`).
+pub fn address(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Option<Ipv4Addr>, HvError> {
+    Ok(crate::address::current(hv, inst, &s.cfg.instance_pool_path)?.map(|(ip, _)| ip))
 }
 
 fn ssh_target(s: &Session, inst: &Instance, addr: Ipv4Addr) -> Result<SshTarget, String> {
@@ -80,7 +70,7 @@ fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Row, HvError> {
     };
     let observed = kvmprov_hypervisor::xml::parse_domain_xml(&hv.domain_xml(&inst.name)?)?;
     let running = dom.state == kvmprov_hypervisor::DomainState::Running;
-    let ip = if running { address(hv, inst)? } else { None };
+    let ip = if running { address(s, hv, inst)? } else { None };
     let remote = kvmprov_hypervisor::ssh_destination(&s.cfg.libvirt_uri).is_some();
     let ssh_ready = match ip {
         Some(a) if remote || guest::tcp_open(IpAddr::V4(a), 22, Duration::from_secs(1)) => {
@@ -178,7 +168,7 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> i32 {
         return EXIT_USAGE;
     };
     let s = &s.for_host(&inst.libvirt_uri);
-    let addr = match s.connect().and_then(|hv| address(&hv, inst)) {
+    let addr = match s.connect().and_then(|hv| address(s, &hv, inst)) {
         Ok(Some(a)) => a,
         Ok(None) => {
             eprintln!(

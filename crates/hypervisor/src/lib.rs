@@ -23,7 +23,7 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
-pub use xml::{domain_types, NetworkIpv4};
+pub use xml::{domain_types, DomainType, Firmware, FirmwareSupport, NetworkIpv4};
 
 /// A libvirt failure, with what we were doing.
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +357,24 @@ impl Hypervisor {
             qemu,
             qemu_ids: xml::dac_baselabel(&caps)?,
         })
+    }
+
+    /// Which firmware q35 guests of `domain_type` can boot with here (OVMF installed?).
+    pub fn firmware_support(&self, domain_type: DomainType) -> Result<FirmwareSupport, HvError> {
+        let caps = self
+            .conn
+            .domain_capabilities(
+                None,
+                Some("x86_64"),
+                Some("q35"),
+                Some(domain_type.as_str()),
+                0,
+            )
+            .map_err(lv(format!(
+                "read the {} domain capabilities",
+                domain_type.as_str()
+            )))?;
+        xml::parse_firmware_support(&caps)
     }
 
     /// All networks, active and inactive, sorted by name.

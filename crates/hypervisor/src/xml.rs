@@ -42,6 +42,18 @@ pub struct KvmprovMetadata {
     pub instance_id: String,
 }
 
+/// The firmware a domain boots with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    /// OVMF chosen by libvirt from the firmware descriptors (`<os firmware='efi'>`); the
+    /// NVRAM (variable store) is a per-domain file kvmprov names, in the instance pool.
+    Uefi {
+        secure_boot: bool,
+        nvram: PathBuf,
+    },
+}
+
 /// One instance's domain.
 #[derive(Debug, Clone)]
 pub struct DomainSpec {
@@ -58,6 +70,7 @@ pub struct DomainSpec {
     pub mac: String,
     /// Where libvirt writes the serial console (truncated at each start).
     pub console_log: PathBuf,
+    pub firmware: Firmware,
     pub metadata: KvmprovMetadata,
 }
 
@@ -90,9 +103,43 @@ fn p(path: &Path) -> String {
     esc(&path.to_string_lossy())
 }
 
+/// The `<os>` element: q35, boot from the disk, and for UEFI the firmware features libvirt
+/// matches against the installed descriptors (`/usr/share/qemu/firmware/*.json`).
+fn os_xml(f: &Firmware) -> String {
+    match f {
+        Firmware::Bios => "  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <boot dev='hd'/>
+  </os>
+"
+        .to_string(),
+        Firmware::Uefi { secure_boot, nvram } => {
+            let yes_no = if *secure_boot { "yes" } else { "no" };
+            format!(
+                "  <os firmware='efi'>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <firmware>
+      <feature enabled='{yes_no}' name='secure-boot'/>
+      <feature enabled='{yes_no}' name='enrolled-keys'/>
+    </firmware>
+    <loader secure='{yes_no}'/>
+    <nvram>{}</nvram>
+    <boot dev='hd'/>
+  </os>
+",
+                p(nvram)
+            )
+        }
+    }
+}
+
 /// The domain XML: q35, virtio disk and NIC, the seed CD on virtio-scsi (the Debian cloud
 /// kernel has no AHCI driver, so a SATA CD would be invisible), serial console logged to a
-/// file, virtio-rng, a guest-agent channel, and kvmprov's metadata.
+/// file, a VGA device, virtio-rng, a guest-agent channel, and kvmprov's metadata.
+///
+/// The VGA device is there for Debian 13's image: its GRUB (`GRUB_TERMINAL_OUTPUT="gfxterm
+/// serial"`) prints "Booting `Debian GNU/Linux'" on the serial console and then spins at full
+/// CPU forever on a machine without a display adapter (no kernel line, under BIOS and UEFI).
 pub fn domain_xml(s: &DomainSpec) -> String {
     let m = &s.metadata;
     // KVM: host-model gives the guest the host's features while staying a named, migratable
@@ -115,14 +162,10 @@ pub fn domain_xml(s: &DomainSpec) -> String {
   <memory unit='MiB'>{mem}</memory>
   <currentMemory unit='MiB'>{mem}</currentMemory>
   <vcpu placement='static'>{vcpus}</vcpu>
-  <os>
-    <type arch='x86_64' machine='q35'>hvm</type>
-    <boot dev='hd'/>
-  </os>
-  <features>
+{os}  <features>
     <acpi/>
     <apic/>
-  </features>
+{smm}  </features>
 {cpu}  <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
@@ -155,6 +198,9 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     <channel type='unix'>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
     </channel>
+    <video>
+      <model type='vga' vram='16384' heads='1' primary='yes'/>
+    </video>
     <rng model='virtio'>
       <backend model='random'>/dev/urandom</backend>
     </rng>
@@ -173,6 +219,14 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         mem = s.memory_mib,
         vcpus = s.vcpus,
         cpu = cpu,
+        os = os_xml(&s.firmware),
+        // Secure Boot's variable store is protected by SMM: OVMF's secure build needs it.
+        smm = match s.firmware {
+            Firmware::Uefi {
+                secure_boot: true, ..
+            } => "    <smm state='on'/>\n",
+            _ => "",
+        },
         disk = p(&s.disk_path),
         seed = p(&s.seed_path),
         net = esc(&s.network),
@@ -294,6 +348,36 @@ pub struct ObservedDomain {
     pub domain_type: Option<String>,
     /// `None` for domains kvmprov did not define.
     pub metadata: Option<KvmprovMetadata>,
+    /// `bios`, `uefi` or `uefi+secure-boot`.
+    pub firmware: String,
+    /// The UEFI variable store file, when the domain has one.
+    pub nvram: Option<PathBuf>,
+}
+
+/// The firmware of a domain, as `bios`, `uefi` or `uefi+secure-boot`, and its NVRAM file.
+/// libvirt writes firmware autoselection back either as `<os firmware='efi'>` or, once
+/// resolved, as a pflash `<loader>`; both mean UEFI.
+fn os_firmware(root: Node) -> (String, Option<PathBuf>) {
+    let Some(os) = child(root, "os") else {
+        return ("bios".into(), None);
+    };
+    let loader = child(os, "loader");
+    let efi = os.attribute("firmware") == Some("efi")
+        || loader.is_some_and(|l| l.attribute("type") == Some("pflash"));
+    if !efi {
+        return ("bios".into(), None);
+    }
+    let secure = loader.is_some_and(|l| l.attribute("secure") == Some("yes"))
+        || child(os, "firmware").is_some_and(|f| {
+            children(f, "feature").any(|x| {
+                x.attribute("name") == Some("secure-boot") && x.attribute("enabled") == Some("yes")
+            })
+        });
+    let nvram = child(os, "nvram")
+        .and_then(|n| n.text())
+        .map(|t| PathBuf::from(t.trim()));
+    let kind = if secure { "uefi+secure-boot" } else { "uefi" };
+    (kind.into(), nvram)
 }
 
 /// `<memory unit=...>` in MiB (libvirt's default unit is KiB); `None` if unparsable.
@@ -369,7 +453,10 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
             instance_id: config.attribute("instance-id").unwrap_or("").to_string(),
         })
     });
+    let (firmware, nvram) = os_firmware(root);
     Ok(ObservedDomain {
+        firmware,
+        nvram,
         vcpus,
         memory_mib,
         networks,
@@ -453,6 +540,52 @@ pub fn dac_baselabel(caps: &str) -> Result<Option<(u32, u32)>, HvError> {
         }
     }
     Ok(None)
+}
+
+/// What firmware a hypervisor can boot q35 guests with, from its domain capabilities.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct FirmwareSupport {
+    /// libvirt found a UEFI firmware descriptor (`<enum name='firmware'><value>efi`).
+    pub efi: bool,
+    /// A Secure Boot capable loader is installed (`<enum name='secure'><value>yes`).
+    pub secure_boot: bool,
+    /// The loader images libvirt knows, e.g. `/usr/share/OVMF/OVMF_CODE_4M.ms.fd`.
+    pub loaders: Vec<String>,
+}
+
+/// Parse `virConnectGetDomainCapabilities` XML for the firmware facts.
+pub fn parse_firmware_support(domcaps: &str) -> Result<FirmwareSupport, HvError> {
+    let doc = parse("domain capabilities XML", domcaps)?;
+    let Some(os) = child(doc.root_element(), "os") else {
+        return Ok(FirmwareSupport::default());
+    };
+    let enum_values = |parent: Node, name: &str| -> Vec<String> {
+        children(parent, "enum")
+            .filter(|e| e.attribute("name") == Some(name))
+            .flat_map(|e| {
+                children(e, "value")
+                    .filter_map(|v| v.text())
+                    .map(|t| t.trim().to_string())
+            })
+            .collect()
+    };
+    let loader = child(os, "loader");
+    let loaders: Vec<String> = loader
+        .map(|l| {
+            children(l, "value")
+                .filter_map(|v| v.text())
+                .map(|t| t.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let efi = enum_values(os, "firmware").iter().any(|v| v == "efi");
+    let secure_boot =
+        efi && loader.is_some_and(|l| enum_values(l, "secure").iter().any(|v| v == "yes"));
+    Ok(FirmwareSupport {
+        efi,
+        secure_boot,
+        loaders,
+    })
 }
 
 /// A libvirt network's IPv4 side.
@@ -580,6 +713,7 @@ mod tests {
             network: "default".into(),
             mac: mac_for(name),
             console_log: "/p/a-console.log".into(),
+            firmware: Firmware::Bios,
             metadata: KvmprovMetadata {
                 image_name: "debian-12".into(),
                 image_version: Some("20241004-1890".into()),
@@ -612,6 +746,90 @@ mod tests {
         );
         assert_eq!(o.domain_type.as_deref(), Some("qemu"));
         assert_eq!(o.metadata, Some(s.metadata));
+    }
+
+    #[test]
+    fn regression_debian_13_hung_in_grub_without_a_video_device() {
+        // Debian 13's GRUB (gfxterm) spins forever in a domain without a display adapter.
+        for firmware in [
+            Firmware::Bios,
+            Firmware::Uefi {
+                secure_boot: true,
+                nvram: "/p/a_VARS.fd".into(),
+            },
+        ] {
+            let mut s = spec("a", DomainType::Qemu);
+            s.firmware = firmware;
+            let x = domain_xml(&s);
+            let doc = Document::parse(&x).unwrap();
+            let devices = child(doc.root_element(), "devices").unwrap();
+            let video = child(devices, "video").expect("a video device");
+            assert_eq!(
+                child(video, "model").unwrap().attribute("type"),
+                Some("vga")
+            );
+        }
+    }
+
+    #[test]
+    fn bios_domains_have_no_loader_and_uefi_ones_name_their_nvram() {
+        let bios = parse_domain_xml(&domain_xml(&spec("a", DomainType::Qemu))).unwrap();
+        assert_eq!((bios.firmware.as_str(), bios.nvram), ("bios", None));
+
+        let mut s = spec("a", DomainType::Qemu);
+        s.firmware = Firmware::Uefi {
+            secure_boot: false,
+            nvram: "/p/a_VARS.fd".into(),
+        };
+        let x = domain_xml(&s);
+        assert!(!x.contains("<smm"), "{x}");
+        let o = parse_domain_xml(&x).unwrap();
+        assert_eq!(o.firmware, "uefi");
+        assert_eq!(o.nvram, Some(PathBuf::from("/p/a_VARS.fd")));
+        assert!(domain_files(&x)
+            .unwrap()
+            .contains(&PathBuf::from("/p/a_VARS.fd")));
+
+        s.firmware = Firmware::Uefi {
+            secure_boot: true,
+            nvram: "/p/a_VARS.fd".into(),
+        };
+        let x = domain_xml(&s);
+        // OVMF's Secure Boot build protects its variable store with SMM.
+        assert!(x.contains("<smm state='on'/>"), "{x}");
+        assert_eq!(parse_domain_xml(&x).unwrap().firmware, "uefi+secure-boot");
+    }
+
+    #[test]
+    fn libvirt_resolved_firmware_is_read_as_uefi() {
+        // What libvirt writes back once it picked a descriptor.
+        let x = "<domain type='qemu'><name>a</name><os>\
+            <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>\
+            <loader readonly='yes' secure='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>\
+            <nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>/p/a_VARS.fd</nvram>\
+            </os></domain>";
+        let o = parse_domain_xml(x).unwrap();
+        assert_eq!(o.firmware, "uefi+secure-boot");
+        assert_eq!(o.nvram, Some(PathBuf::from("/p/a_VARS.fd")));
+    }
+
+    #[test]
+    fn firmware_support_from_domain_capabilities() {
+        let caps = "<domainCapabilities><os supported='yes'>\
+            <enum name='firmware'><value>efi</value></enum>\
+            <loader supported='yes'><value>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</value>\
+            <value>/usr/share/OVMF/OVMF_CODE_4M.fd</value>\
+            <enum name='type'><value>rom</value><value>pflash</value></enum>\
+            <enum name='secure'><value>yes</value><value>no</value></enum>\
+            </loader></os></domainCapabilities>";
+        let f = parse_firmware_support(caps).unwrap();
+        assert!(f.efi && f.secure_boot);
+        assert_eq!(f.loaders.len(), 2);
+        let none = "<domainCapabilities><os supported='yes'>\
+            <enum name='firmware'/><loader supported='yes'>\
+            <enum name='secure'><value>no</value></enum></loader></os></domainCapabilities>";
+        let f = parse_firmware_support(none).unwrap();
+        assert!(!f.efi && !f.secure_boot && f.loaders.is_empty());
     }
 
     #[test]

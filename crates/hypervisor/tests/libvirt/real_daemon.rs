@@ -79,6 +79,7 @@ fn real_daemon_storage_and_domain() {
         network: network.clone(),
         mac: xml::mac_for(&tag),
         console_log: pool_dir.join("console.log"),
+        firmware: kvmprov_hypervisor::Firmware::Bios,
         metadata: KvmprovMetadata {
             image_name: "test".into(),
             image_version: None,

@@ -25,6 +25,7 @@ fn spec(name: &str, dir: &Path) -> DomainSpec {
         network: "default".into(),
         mac: xml::mac_for(name),
         console_log: dir.join(format!("{name}-console.log")),
+        firmware: kvmprov_hypervisor::Firmware::Bios,
         metadata: KvmprovMetadata {
             image_name: "debian-12".into(),
             image_version: Some("20241004-1890".into()),

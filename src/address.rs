@@ -1,0 +1,457 @@
+//! How a guest's IPv4 address is found, on any libvirt network, without a guest agent.
+//!
+//! Debian's genericcloud image has no qemu-guest-agent, and on a bridged network the DHCP
+//! server is not libvirt's, so libvirt knows no lease. The sources, in the order tried:
+//! - **static**: the address the config gives the guest (network-config v2 in the seed);
+//! - **lease**: the libvirt network's DHCP lease for the guest's MAC (libvirt's own DHCP);
+//! - **console**: the guest's own announcement: cloud-init prints its network table
+//!   (`ci-info: | enp1s0 | True | 192.0.2.7 | … | 52:54:00:… |`) on the serial console, which
+//!   kvmprov logs to a file; this works on every network the guest gets an address on;
+//! - **neighbour**: the hypervisor's ARP table (`/proc/net/arp`), when it has talked to the guest;
+//! - **agent**: qemu-guest-agent, when the image has one.
+//!
+//! `plan` (pure) decides which sources can work for an instance on its network, or why none
+//! can; `find` asks them in order through a `Probe`, the only part that does I/O.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kvmprov_hypervisor::{Hypervisor, NetworkInfo, SshDest};
+use serde::Serialize;
+
+use crate::config::Instance;
+use crate::guest;
+
+/// Where an address came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Static,
+    Lease,
+    Console,
+    Neighbour,
+    Agent,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Lease => "lease",
+            Source::Console => "console",
+            Source::Neighbour => "neighbour",
+            Source::Agent => "agent",
+        }
+    }
+}
+
+/// The sources that can work for one instance, and a sentence saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressPlan {
+    pub sources: Vec<Source>,
+    pub how: String,
+}
+
+/// Forward modes in which the guest's NIC sits on a bridge or device libvirt does not manage:
+/// the DHCP server, if any, is somebody else's.
+fn forwards_outside(mode: Option<&str>) -> bool {
+    matches!(
+        mode,
+        Some("bridge" | "private" | "vepa" | "passthrough" | "hostdev")
+    )
+}
+
+/// A network's mode as people say it.
+pub fn mode_name(net: &NetworkInfo) -> &str {
+    net.forward.as_deref().unwrap_or("isolated")
+}
+
+/// Pure: which sources can find `inst`'s address on `net`, or why none can (one sentence,
+/// naming the network and what would make it work).
+pub fn plan(inst: &Instance, net: &NetworkInfo) -> Result<AddressPlan, String> {
+    if let Some(st) = &inst.ipv4 {
+        return Ok(AddressPlan {
+            sources: vec![Source::Static],
+            how: format!("static {} (from the config)", st.address),
+        });
+    }
+    let mode = mode_name(net);
+    let libvirt_dhcp = net.ipv4.as_ref().and_then(|ip| ip.dhcp_range);
+    if let Some((start, end)) = libvirt_dhcp {
+        return Ok(AddressPlan {
+            sources: vec![
+                Source::Lease,
+                Source::Console,
+                Source::Neighbour,
+                Source::Agent,
+            ],
+            how: format!(
+                "DHCP lease from libvirt on `{}` ({mode}, {start}-{end}), else the guest's console announcement",
+                net.name
+            ),
+        });
+    }
+    if forwards_outside(net.forward.as_deref()) {
+        let onto = net
+            .bridge
+            .as_deref()
+            .map(|b| format!(" onto bridge {b}"))
+            .unwrap_or_default();
+        return Ok(AddressPlan {
+            sources: vec![Source::Console, Source::Neighbour, Source::Agent],
+            how: format!(
+                "announced by the guest on its serial console (network `{}` forwards{onto}; DHCP there is not libvirt's), else the hypervisor's neighbour table",
+                net.name
+            ),
+        });
+    }
+    Err(format!(
+        "network `{}` ({mode}) has no DHCP server and instance {} has no static address, so no address source can work: set ipv4_address on the instance, add <dhcp> to the network (virsh net-edit {}), or use an image whose guest agent reports an address it configures itself",
+        net.name, inst.name, net.name
+    ))
+}
+
+/// The sources to ask when the network could not be examined (or no source can work, which
+/// preflight reports): everything that does not need the network's facts.
+pub fn plan_or_all(inst: &Instance, net: Option<&NetworkInfo>) -> AddressPlan {
+    net.and_then(|n| plan(inst, n).ok())
+        .unwrap_or_else(|| AddressPlan {
+            sources: match inst.ipv4 {
+                Some(_) => vec![Source::Static],
+                None => vec![
+                    Source::Lease,
+                    Source::Console,
+                    Source::Neighbour,
+                    Source::Agent,
+                ],
+            },
+            how: "every source kvmprov knows".into(),
+        })
+}
+
+/// Plan and ask once: the guest's address now (for `status` and `ssh`).
+pub fn current(
+    hv: &Hypervisor,
+    inst: &Instance,
+    pool_path: &Path,
+) -> Result<Option<(Ipv4Addr, Source)>, kvmprov_hypervisor::HvError> {
+    let nets = hv.networks()?;
+    let plan = plan_or_all(inst, nets.iter().find(|n| n.name == inst.network));
+    let probe = HostProbe::new(hv, inst, pool_path);
+    Ok(find(&plan, inst, &probe))
+}
+
+/// Pure: the newest IPv4 cloud-init announced on the console for `mac`, from its
+/// `Net device info` table (`| Device | Up | Address | Mask | Scope | Hw-Address |`).
+pub fn console_announced(text: &str, mac: &str) -> Option<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| l.split_once("ci-info: |").map(|(_, row)| row))
+        .filter_map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            // Device, Up, Address, Mask, Scope, Hw-Address (+ the empty cell after the last |).
+            if cells.len() < 6 || cells[1] != "True" || !cells[5].eq_ignore_ascii_case(mac) {
+                return None;
+            }
+            let ip: Ipv4Addr = cells[2].parse().ok()?;
+            (!ip.is_loopback() && !ip.is_link_local()).then_some(ip)
+        })
+        .next_back()
+}
+
+/// Pure: the IPv4 for `mac` in `/proc/net/arp` (`IP HWtype Flags HWaddress Mask Device`),
+/// complete entries only (flags 0x0 is an unanswered request).
+pub fn neighbour_ipv4(arp: &str, mac: &str) -> Option<Ipv4Addr> {
+    arp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 4 || f[2] == "0x0" || !f[3].eq_ignore_ascii_case(mac) {
+            return None;
+        }
+        f[0].parse().ok()
+    })
+}
+
+/// The I/O behind the sources.
+pub trait Probe {
+    fn lease(&self) -> Option<Ipv4Addr>;
+    fn console(&self) -> Option<Ipv4Addr>;
+    fn neighbour(&self) -> Option<Ipv4Addr>;
+    fn agent(&self) -> Option<Ipv4Addr>;
+}
+
+/// Ask the planned sources in order; the first answer wins.
+pub fn find(plan: &AddressPlan, inst: &Instance, probe: &dyn Probe) -> Option<(Ipv4Addr, Source)> {
+    plan.sources.iter().find_map(|s| {
+        let ip = match s {
+            Source::Static => inst.ipv4.as_ref().map(|st| st.address.addr()),
+            Source::Lease => probe.lease(),
+            Source::Console => probe.console(),
+            Source::Neighbour => probe.neighbour(),
+            Source::Agent => probe.agent(),
+        }?;
+        Some((ip, *s))
+    })
+}
+
+/// How much of the console log is read: cloud-init's table is printed well within the last
+/// 256 KiB, and a chatty guest cannot make us read a huge file.
+const CONSOLE_TAIL_BYTES: u64 = 256 * 1024;
+
+/// The sources as they are on a hypervisor: libvirt for the lease and the agent, the console
+/// log file and the ARP table read locally, or over SSH on a remote hypervisor.
+pub struct HostProbe<'a> {
+    pub hv: &'a Hypervisor,
+    pub domain: String,
+    pub network: String,
+    pub mac: String,
+    pub console_log: PathBuf,
+    pub remote: Option<SshDest>,
+}
+
+impl<'a> HostProbe<'a> {
+    pub fn new(hv: &'a Hypervisor, inst: &Instance, pool_path: &Path) -> Self {
+        HostProbe {
+            hv,
+            domain: inst.name.clone(),
+            network: inst.network.clone(),
+            mac: inst
+                .mac
+                .clone()
+                .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(&inst.name)),
+            console_log: pool_path.join(crate::stages::provision::console_name(&inst.name)),
+            remote: kvmprov_hypervisor::ssh_destination(hv.uri()),
+        }
+    }
+
+    fn read_remote(&self, argv: &[&str]) -> Option<String> {
+        let dest = self.remote.as_ref()?;
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        match guest::hypervisor_run(dest, &argv, Duration::from_secs(15)) {
+            Ok(o) if o.code == Some(0) => Some(o.stdout),
+            _ => None,
+        }
+    }
+}
+
+impl Probe for HostProbe<'_> {
+    fn lease(&self) -> Option<Ipv4Addr> {
+        self.hv.dhcp_lease(&self.network, &self.mac).ok().flatten()
+    }
+
+    fn console(&self) -> Option<Ipv4Addr> {
+        let text = match &self.remote {
+            Some(_) => {
+                let bytes = CONSOLE_TAIL_BYTES.to_string();
+                let path = self.console_log.to_string_lossy();
+                self.read_remote(&["tail", "-c", &bytes, "--", &path])?
+            }
+            None => read_tail(&self.console_log, CONSOLE_TAIL_BYTES)?,
+        };
+        console_announced(&text, &self.mac)
+    }
+
+    fn neighbour(&self) -> Option<Ipv4Addr> {
+        let text = match &self.remote {
+            Some(_) => self.read_remote(&["cat", "/proc/net/arp"])?,
+            None => std::fs::read_to_string("/proc/net/arp").ok()?,
+        };
+        neighbour_ipv4(&text, &self.mac)
+    }
+
+    fn agent(&self) -> Option<Ipv4Addr> {
+        self.hv.agent_ipv4(&self.domain, &self.mac).ok().flatten()
+    }
+}
+
+/// The last `max` bytes of a file, as text (a cut first line is harmless: only whole table
+/// rows match).
+pub fn read_tail(path: &Path, max: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FirmwareChoice, StaticIpv4};
+    use kvmprov_hypervisor::NetworkIpv4;
+
+    fn inst(ipv4: Option<&str>) -> Instance {
+        Instance {
+            name: "app-01".into(),
+            image_name: "debian-13".into(),
+            vcpus: 1,
+            memory_mib: 1024,
+            disk_size_gib: 4,
+            network: "net".into(),
+            ipv4: ipv4.map(|a| StaticIpv4 {
+                address: a.parse().unwrap(),
+                gateway: "192.168.100.1".parse().unwrap(),
+                dns: vec![],
+            }),
+            mac: None,
+            snapshot_name: None,
+            packages: vec![],
+            runcmd: vec![],
+            libvirt_uri: "qemu:///system".into(),
+            firmware: FirmwareChoice::Bios,
+            secure_boot: false,
+        }
+    }
+
+    fn net(forward: Option<&str>, dhcp: bool) -> NetworkInfo {
+        NetworkInfo {
+            name: "net".into(),
+            active: true,
+            autostart: false,
+            bridge: Some("br0".into()),
+            forward: forward.map(String::from),
+            ipv4: Some(NetworkIpv4 {
+                address: "192.168.100.1".parse().unwrap(),
+                prefix: 24,
+                dhcp_range: dhcp.then(|| {
+                    (
+                        "192.168.100.2".parse().unwrap(),
+                        "192.168.100.254".parse().unwrap(),
+                    )
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn static_address_needs_no_source() {
+        let p = plan(&inst(Some("192.168.100.50/24")), &net(Some("nat"), false)).unwrap();
+        assert_eq!(p.sources, vec![Source::Static]);
+    }
+
+    #[test]
+    fn libvirt_dhcp_networks_use_the_lease_first() {
+        for mode in [Some("nat"), Some("route"), Some("open"), None] {
+            let p = plan(&inst(None), &net(mode, true)).unwrap();
+            assert_eq!(p.sources[0], Source::Lease, "{mode:?}");
+            assert!(p.sources.contains(&Source::Console));
+        }
+    }
+
+    #[test]
+    fn regression_bridged_network_waited_for_a_lease_libvirt_never_has() {
+        // Before: every DHCP guest waited for a libvirt lease (or the agent) until the deadline.
+        let mut n = net(Some("bridge"), false);
+        n.ipv4 = None;
+        let p = plan(&inst(None), &n).unwrap();
+        assert_eq!(
+            p.sources,
+            vec![Source::Console, Source::Neighbour, Source::Agent]
+        );
+        assert!(p.how.contains("bridge br0"), "{}", p.how);
+    }
+
+    #[test]
+    fn a_network_without_any_dhcp_is_an_error_naming_the_fixes() {
+        for mode in [Some("nat"), Some("route"), Some("open"), None] {
+            let e = plan(&inst(None), &net(mode, false)).unwrap_err();
+            assert!(e.contains("network `net`"), "{e}");
+            assert!(e.contains("ipv4_address"), "{e}");
+            assert!(e.contains("<dhcp>"), "{e}");
+            assert!(e.contains("guest agent"), "{e}");
+        }
+    }
+
+    const CONSOLE: &str = "\
+[   12.1] cloud-init[512]: Cloud-init v. 25.1.4 running 'init' at Tue, 01 Dec 2026 10:00:00 +0000.
+[   12.2] cloud-init[512]: ci-info: ++++++++++++++++++++++++++++++++++++Net device info++++++++++++++++++++++++++++++++++++
+[   12.2] cloud-init[512]: ci-info: +--------+------+------------------------------+---------------+--------+-------------------+
+[   12.2] cloud-init[512]: ci-info: | Device |  Up  |           Address            |      Mask     | Scope  |     Hw-Address    |
+[   12.2] cloud-init[512]: ci-info: +--------+------+------------------------------+---------------+--------+-------------------+
+[   12.2] cloud-init[512]: ci-info: | enp1s0 | True |        192.168.100.23        | 255.255.255.0 | global | 52:54:00:ab:cd:ef |
+[   12.2] cloud-init[512]: ci-info: | enp1s0 | True | fe80::5054:ff:feab:cdef/64   |       .       |  link  | 52:54:00:ab:cd:ef |
+[   12.2] cloud-init[512]: ci-info: |   lo   | True |          127.0.0.1           |   255.0.0.0   |  host  |         .         |
+[   12.2] cloud-init[512]: ci-info: | enp2s0 | True |          10.0.0.9            | 255.255.255.0 | global | 52:54:00:00:00:01 |
+";
+
+    #[test]
+    fn console_announcement_is_read_for_our_mac_only() {
+        assert_eq!(
+            console_announced(CONSOLE, "52:54:00:AB:CD:EF"),
+            Some("192.168.100.23".parse().unwrap())
+        );
+        assert_eq!(console_announced(CONSOLE, "52:54:00:00:00:02"), None);
+        assert_eq!(
+            console_announced("no table here", "52:54:00:ab:cd:ef"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_newest_announcement_wins() {
+        let later = format!(
+            "{CONSOLE}ci-info: | enp1s0 | True | 192.168.100.99 | 255.255.255.0 | global | 52:54:00:ab:cd:ef |\n"
+        );
+        assert_eq!(
+            console_announced(&later, "52:54:00:ab:cd:ef"),
+            Some("192.168.100.99".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn neighbour_table_complete_entries_only() {
+        let arp = "\
+IP address       HW type     Flags       HW address            Mask     Device
+192.168.100.7    0x1         0x0         52:54:00:ab:cd:ef     *        br0
+192.168.100.23   0x1         0x2         52:54:00:ab:cd:ef     *        br0
+";
+        assert_eq!(
+            neighbour_ipv4(arp, "52:54:00:AB:CD:EF"),
+            Some("192.168.100.23".parse().unwrap())
+        );
+        assert_eq!(neighbour_ipv4(arp, "52:54:00:00:00:00"), None);
+    }
+
+    struct Fixed(Option<Ipv4Addr>, Option<Ipv4Addr>);
+    impl Probe for Fixed {
+        fn lease(&self) -> Option<Ipv4Addr> {
+            self.0
+        }
+        fn console(&self) -> Option<Ipv4Addr> {
+            self.1
+        }
+        fn neighbour(&self) -> Option<Ipv4Addr> {
+            None
+        }
+        fn agent(&self) -> Option<Ipv4Addr> {
+            None
+        }
+    }
+
+    #[test]
+    fn find_tries_sources_in_plan_order() {
+        let i = inst(None);
+        let p = plan(&i, &net(Some("nat"), true)).unwrap();
+        let a: Ipv4Addr = "192.168.100.5".parse().unwrap();
+        let b: Ipv4Addr = "192.168.100.6".parse().unwrap();
+        assert_eq!(
+            find(&p, &i, &Fixed(Some(a), Some(b))),
+            Some((a, Source::Lease))
+        );
+        assert_eq!(
+            find(&p, &i, &Fixed(None, Some(b))),
+            Some((b, Source::Console))
+        );
+        assert_eq!(find(&p, &i, &Fixed(None, None)), None);
+    }
+
+    #[test]
+    fn read_tail_reads_only_the_end() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("c.log");
+        std::fs::write(&f, "a".repeat(1000) + "END").unwrap();
+        assert_eq!(read_tail(&f, 3).as_deref(), Some("END"));
+        assert_eq!(read_tail(&t.path().join("none"), 3), None);
+    }
+}

@@ -323,3 +323,29 @@ fn help_explains_every_command() {
     let o = kvmprov(&["nonsense"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `make bench` printed its results and then failed with "Error 143": the download benchmark's
+/// EXIT trap ended with `wait` on the mirror it had just killed, and under `set -e` that status
+/// became the script's. Runs the script's own `cleanup` function in the same setting.
+#[test]
+fn regression_bench_download_trap_turned_success_into_143() {
+    let script = std::fs::read_to_string(repo().join("tests/bench/download.sh")).unwrap();
+    let start = script
+        .find("cleanup() {")
+        .expect("download.sh defines cleanup()");
+    let len = script[start..].find("\n}\n").expect("end of cleanup()") + 3;
+    let cleanup = &script[start..start + len];
+    let run = |tail: &str| {
+        let body = format!(
+            "set -euo pipefail\nDIR=$(mktemp -d)\nMIRROR_PID=\"\"\n{cleanup}trap cleanup EXIT\n\
+             sleep 30 &\nMIRROR_PID=$!\necho results\n{tail}"
+        );
+        Command::new("bash").arg("-c").arg(body).output().unwrap()
+    };
+    let ok = run("");
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert!(text(&ok).contains("results"));
+    // A failing benchmark still fails, with its own status.
+    let failed = run("exit 3");
+    assert_eq!(failed.status.code(), Some(3), "{}", text(&failed));
+}

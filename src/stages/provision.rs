@@ -439,7 +439,7 @@ fn create(
     // Pin the host key before the domain can exist: runtime trusts only this key.
     state::ensure_dir(&sh.state_dir)?;
     state::write_private(
-        &state::host_key_path(&sh.state_dir, &inst.name),
+        &state::host_key_path(&sh.state_dir, &inst.libvirt_uri, &inst.name),
         format!("{}\n", spec.host_keys.ed25519_public_openssh.trim()).as_bytes(),
     )?;
     let seed_vol = seed_name(&inst.name);

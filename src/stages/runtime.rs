@@ -261,7 +261,12 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
         user: s.cfg.cloud_init.user.clone(),
         addr,
         identity,
-        known_hosts: state::known_hosts_for(&dir, &inst.name, &addr.to_string())?,
+        known_hosts: state::known_hosts_for(
+            &dir,
+            &inst.libvirt_uri,
+            &inst.name,
+            &addr.to_string(),
+        )?,
         jump: jump.clone(),
     };
     // ssh exits 255 while sshd is not up yet (or still offers a host key other than ours).

@@ -435,10 +435,36 @@ fn loader_options() -> LoaderOptions {
     LoaderOptions::default().error_on_duplicate_keys(true)
 }
 
+/// Words that make a key secret (`password`, `private_key`, `api_token`…): its value is never
+/// echoed in an error.
+const SECRET_WORDS: &[&str] = &["password", "private", "secret", "token"];
+
+/// An `-e` argument as errors show it: a value that mentions a secret field is hidden whole,
+/// naming the field instead. It is judged by its words, not parsed: a value that is not valid
+/// YAML must not leak either.
+fn shown_argument(arg: &str) -> String {
+    let lower = arg.to_lowercase();
+    let words: Vec<&str> = SECRET_WORDS
+        .iter()
+        .copied()
+        .filter(|w| lower.contains(w))
+        .collect();
+    if words.is_empty() {
+        return arg.to_string();
+    }
+    let fields = words.join("`/`");
+    match arg.split_once('=') {
+        Some((key, _)) if !SECRET_WORDS.iter().any(|w| key.to_lowercase().contains(w)) => {
+            format!("{key}=… (value not shown: it sets a `{fields}` field)")
+        }
+        _ => format!("… (argument not shown: it mentions a `{fields}` field)"),
+    }
+}
+
 /// `-e KEY=VALUE`: VALUE is YAML (so `true` is a boolean, `[a, b]` a list).
 fn apply_override(root: &mut Node, source: usize, arg: &str) -> Result<(), ConfigError> {
     let bad = |message: String| ConfigError::BadOverride {
-        argument: arg.to_string(),
+        argument: shown_argument(arg),
         message,
     };
     let (key, value) = arg
@@ -494,7 +520,7 @@ impl Ctx<'_> {
                 argument: self
                     .overrides
                     .get(m.source() - 1)
-                    .cloned()
+                    .map(|a| shown_argument(a))
                     .unwrap_or_default(),
             },
             None => Location::Unknown {

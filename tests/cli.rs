@@ -349,3 +349,57 @@ fn regression_bench_download_trap_turned_success_into_143() {
     let failed = run("exit 3");
     assert_eq!(failed.status.code(), Some(3), "{}", text(&failed));
 }
+
+/// An `-e` value that failed validation was echoed whole, so
+/// `-e 'kvm_cloud_init_defaults={user: Bad, password: s3cret}'` printed the password to stderr
+/// (and into CI logs). Errors name the secret field instead, for every way the value can fail.
+#[test]
+fn regression_invalid_e_value_echoed_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["app-01"]);
+    for value in [
+        "kvm_cloud_init_defaults={user: Bad, password: s3cret}",
+        "kvm_cloud_init_defaults={user: debian, password: s3cret",
+        "kvm_cloud_init_defaults={password: \"s3cret}",
+        "kvm_cloud_init_defaults={password: s3cret, password: s3cret}",
+        "kvm_cloud_init_defaults={password: s3cret, ssh_password_authentication: maybe}",
+        "kvm_cloud_init_defaults={password: s3cret, pasword: x}",
+        "kvm_cloud_init_defaults={password: s3cret}\nmore",
+        "kvm_cloud_init_default={password: s3cret}",
+        "kvm_cloud_init_defaults:{password: s3cret}",
+        "kvm_instance_definitions=[{instance_name: a, image_name: x, api_token: s3cret}]",
+    ] {
+        for output in ["human", "json"] {
+            let o = kvmprov(&[
+                "-c",
+                cfg.to_str().unwrap(),
+                "--output",
+                output,
+                "-e",
+                value,
+                "check",
+            ]);
+            let all = text(&o);
+            assert_eq!(o.status.code(), Some(2), "{value}: {all}");
+            assert!(!all.contains("s3cret"), "{value}: {all}");
+            assert!(all.contains("-e "), "{value}: {all}");
+            assert!(
+                all.contains("`password`") || all.contains("`token`"),
+                "the field is named: {value}: {all}"
+            );
+        }
+    }
+    // Values without secrets are still shown, to find the mistake in.
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        "kvm_cleanup_confirmed=maybe",
+        "check",
+    ]);
+    assert!(
+        text(&o).contains("-e kvm_cleanup_confirmed=maybe"),
+        "{}",
+        text(&o)
+    );
+}

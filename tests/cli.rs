@@ -403,3 +403,25 @@ fn regression_invalid_e_value_echoed_the_password() {
         text(&o)
     );
 }
+
+/// A cached image's sidecar with a truncated digest made `provision` panic (`sha512[..16]` on a
+/// short string). A damaged sidecar means "not cached", like a missing one.
+#[test]
+fn regression_truncated_image_sidecar_panicked_provision() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["web-01"]);
+    let cache = dir.path().join("images");
+    std::fs::create_dir_all(&cache).unwrap();
+    let image = cache.join("debian-12-genericcloud-amd64-0123456789abcdef.qcow2");
+    std::fs::write(&image, b"QFI\xfb not really").unwrap();
+    std::fs::write(
+        cache.join("debian-12-genericcloud-amd64-0123456789abcdef.qcow2.json"),
+        r#"{"image_name":"debian-12","sha512":"0123","size":14,"version":null,"url":"http://127.0.0.1:9/x.qcow2","cached_at":"1"}"#,
+    )
+    .unwrap();
+    let uri = node(dir.path(), &[]);
+    let ops = plan_ops(&cfg, &uri);
+    let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
+    assert_eq!(web.1, "create", "{ops:?}");
+    assert!(web.2.contains("not cached"), "{ops:?}");
+}

@@ -112,7 +112,7 @@ pub fn describe(inst: &Instance, p: &InstancePlan, image: Option<&CachedImage>) 
         .map(|c| {
             c.version
                 .clone()
-                .unwrap_or_else(|| c.sha512[..16].to_string())
+                .unwrap_or_else(|| c.sha512.chars().take(16).collect())
         })
         .unwrap_or_default();
     match p {

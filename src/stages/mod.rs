@@ -325,11 +325,19 @@ impl HostRun<'_> {
 }
 
 /// Every host's lock before any work, in a fixed order: two runs over overlapping hosts never
-/// deadlock, and a run never starts half its hosts.
+/// deadlock, and a run never starts half its hosts. Ordered and taken once per canonical URI,
+/// the lock's key: `hv1` and `admin@hv1` in one config are one lock, not a wait on ourselves.
 pub fn lock_all(hosts: &[Session]) -> Result<Vec<RunLock>, LockError> {
-    let mut order: Vec<&Session> = hosts.iter().collect();
-    order.sort_by(|a, b| a.cfg.libvirt_uri.cmp(&b.cfg.libvirt_uri));
-    order.into_iter().map(RunLock::acquire).collect()
+    let mut order: Vec<(String, &Session)> = hosts
+        .iter()
+        .map(|h| (crate::state::canonical_uri(&h.cfg.libvirt_uri), h))
+        .collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    order.dedup_by(|a, b| a.0 == b.0);
+    order
+        .into_iter()
+        .map(|(_, h)| RunLock::acquire(h))
+        .collect()
 }
 
 /// One run at a time per hypervisor and instance pool (see [`crate::state::run_lock_path`]).
@@ -524,6 +532,21 @@ mod tests {
         // Another hypervisor on the same pool path has its own lock.
         let hv2 = RunLock::acquire(&session(&pool, "qemu+ssh://hv2/system")).unwrap();
         assert_ne!(hv2.path, first);
+    }
+
+    #[test]
+    fn one_run_locks_a_hypervisor_spelled_two_ways_once() {
+        let t = tempfile::tempdir().unwrap();
+        let pool = t.path().join("pool");
+        let hosts = [
+            session(&pool, "qemu+ssh://hv1/system"),
+            session(&pool, "qemu+ssh://admin@hv1/system"),
+            session(&pool, "qemu+ssh://hv2/system"),
+        ];
+        let started = std::time::Instant::now();
+        let locks = lock_all(&hosts).unwrap();
+        assert_eq!(locks.len(), 2);
+        assert!(started.elapsed() < LOCK_WAIT / 2, "waited on itself");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! error — a serde type error, an unknown key or a rule broken across fields — names the file,
 //! line and column (or the `-e` argument) it comes from.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Component, Path, PathBuf};
@@ -466,10 +466,36 @@ fn loader_options() -> LoaderOptions {
     LoaderOptions::default().error_on_duplicate_keys(true)
 }
 
+/// Words that make a key secret (`password`, `private_key`, `api_token`…): its value is never
+/// echoed in an error.
+const SECRET_WORDS: &[&str] = &["password", "private", "secret", "token"];
+
+/// An `-e` argument as errors show it: a value that mentions a secret field is hidden whole,
+/// naming the field instead. It is judged by its words, not parsed: a value that is not valid
+/// YAML must not leak either.
+fn shown_argument(arg: &str) -> String {
+    let lower = arg.to_lowercase();
+    let words: Vec<&str> = SECRET_WORDS
+        .iter()
+        .copied()
+        .filter(|w| lower.contains(w))
+        .collect();
+    if words.is_empty() {
+        return arg.to_string();
+    }
+    let fields = words.join("`/`");
+    match arg.split_once('=') {
+        Some((key, _)) if !SECRET_WORDS.iter().any(|w| key.to_lowercase().contains(w)) => {
+            format!("{key}=… (value not shown: it sets a `{fields}` field)")
+        }
+        _ => format!("… (argument not shown: it mentions a `{fields}` field)"),
+    }
+}
+
 /// `-e KEY=VALUE`: VALUE is YAML (so `true` is a boolean, `[a, b]` a list).
 fn apply_override(root: &mut Node, source: usize, arg: &str) -> Result<(), ConfigError> {
     let bad = |message: String| ConfigError::BadOverride {
-        argument: arg.to_string(),
+        argument: shown_argument(arg),
         message,
     };
     let (key, value) = arg
@@ -525,7 +551,7 @@ impl Ctx<'_> {
                 argument: self
                     .overrides
                     .get(m.source() - 1)
-                    .cloned()
+                    .map(|a| shown_argument(a))
                     .unwrap_or_default(),
             },
             None => Location::Unknown {
@@ -984,6 +1010,8 @@ fn resolve(ctx: &Ctx, root: &Node, v: Vars) -> Result<Config, ConfigError> {
     let mut instances = Vec::new();
     let mut seen_names: HashSet<String> = HashSet::new();
     let mut seen_ips: HashSet<Ipv4Addr> = HashSet::new();
+    // MAC → the instance that has it: two NICs with one MAC on a network break both guests.
+    let mut seen_macs: HashMap<String, String> = HashMap::new();
     for (i, d) in v.kvm_instance_definitions.iter().enumerate() {
         let here = |field| at(&[Key("kvm_instance_definitions"), Index(i), Key(field)]);
         valid_instance_name(&d.instance_name).map_err(|m| {
@@ -1075,6 +1103,23 @@ fn resolve(ctx: &Ctx, root: &Node, v: Vars) -> Result<Config, ConfigError> {
             .map(parse_mac)
             .transpose()
             .map_err(|m| ctx.invalid(&here("mac_address"), m))?;
+        let effective_mac = mac
+            .clone()
+            .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(&d.instance_name));
+        if let Some(first) = seen_macs.get(&effective_mac) {
+            let (field, how) = match mac {
+                Some(_) => ("mac_address", "its mac_address"),
+                None => ("instance_name", "the MAC derived from its name"),
+            };
+            return Err(ctx.invalid(
+                &here(field),
+                format!(
+                    "instance `{}`: {how} {effective_mac} is already the MAC of instance `{first}`; set a distinct mac_address",
+                    d.instance_name
+                ),
+            ));
+        }
+        seen_macs.insert(effective_mac, d.instance_name.clone());
         if let Some(s) = &d.snapshot_name {
             valid_simple_name(s)
                 .map_err(|m| ctx.invalid(&here("snapshot_name"), format!("snapshot_name {m}")))?;
@@ -1242,6 +1287,54 @@ kvm_instance_definitions:
         let e = err(&text, &[]);
         assert!(e.starts_with("vars.yml:12:20:"), "{e}");
         assert!(e.contains("declared twice"), "{e}");
+    }
+
+    /// Two instances with one MAC address passed `check`, and the second guest's NIC then
+    /// fought the first's on the network (no DHCP lease, no SSH for either).
+    #[test]
+    fn regression_duplicate_mac_addresses_passed_check() {
+        let derived = kvmprov_hypervisor::xml::mac_for("app-01");
+        let text = GOOD.replace(
+            "    ipv4_address: 192.168.122.50/24\n",
+            &format!("    ipv4_address: 192.168.122.50/24\n    mac_address: \"{derived}\"\n"),
+        );
+        let e = err(&text, &[]);
+        assert!(e.starts_with("vars.yml:15:18:"), "{e}");
+        assert!(e.contains("`app-01`") && e.contains("`app-02`"), "{e}");
+        assert!(e.contains(&derived), "{e}");
+
+        // Both declared, in another case.
+        let text = GOOD
+            .replace(
+                "  - instance_name: app-02\n",
+                "    mac_address: 52:54:00:AA:BB:CC\n  - instance_name: app-02\n",
+            )
+            .replace(
+                "    ipv4_address: 192.168.122.50/24\n",
+                "    ipv4_address: 192.168.122.50/24\n    mac_address: 52:54:00:aa:bb:cc\n",
+            );
+        let e = err(&text, &[]);
+        assert!(e.starts_with("vars.yml:16:18:"), "{e}");
+        assert!(e.contains("`app-01`") && e.contains("`app-02`"), "{e}");
+
+        // Two names whose derived MACs collide (the derivation keeps 24 bits).
+        let mut by_mac = HashMap::new();
+        let (a, b) = (0..100_000)
+            .map(|i| format!("vm-{i}"))
+            .find_map(|n| {
+                let mac = kvmprov_hypervisor::xml::mac_for(&n);
+                by_mac.insert(mac, n.clone()).map(|first| (first, n))
+            })
+            .expect("a collision among 100000 names");
+        let text = GOOD
+            .replace("instance_name: app-01", &format!("instance_name: {a}"))
+            .replace("instance_name: app-02", &format!("instance_name: {b}"));
+        let e = err(&text, &[]);
+        assert!(e.starts_with("vars.yml:12:20:"), "{e}");
+        assert!(
+            e.contains(&format!("`{a}`")) && e.contains(&format!("`{b}`")),
+            "{e}"
+        );
     }
 
     #[test]

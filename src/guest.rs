@@ -283,9 +283,14 @@ pub fn parse_cloud_init_status(out: &CommandOutput) -> CloudInitStatus {
     }
 }
 
-/// The last `n` lines of a console log (for "why did it not come up" messages).
+/// How much of the end of a console log `console_tail` reads: a guest that floods its serial
+/// console can leave gigabytes, and only the last lines explain a failure.
+const CONSOLE_TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `n` lines of a console log (for "why did it not come up" messages), read from at
+/// most its last [`CONSOLE_TAIL_BYTES`].
 pub fn console_tail(path: &Path, n: usize) -> String {
-    match std::fs::read(path) {
+    match read_end(path, CONSOLE_TAIL_BYTES) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             let lines: Vec<&str> = text
@@ -297,6 +302,23 @@ pub fn console_tail(path: &Path, n: usize) -> String {
         }
         Err(e) => format!("(no console log at {}: {e})", path.display()),
     }
+}
+
+/// The last `max` bytes of a file, starting at a line when it had to cut (a partial first line
+/// would read as a log line of its own).
+fn read_end(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let start = f.metadata()?.len().saturating_sub(max);
+    f.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    f.take(max).read_to_end(&mut bytes)?;
+    if start > 0 {
+        if let Some(nl) = bytes.iter().position(|b| *b == b'\n') {
+            bytes.drain(..=nl);
+        }
+    }
+    Ok(bytes)
 }
 
 /// The last `n` lines of a console log on a remote hypervisor, read over SSH.
@@ -401,6 +423,35 @@ mod tests {
         );
         // The guest hop stays pinned.
         assert!(a.contains(&"StrictHostKeyChecking=yes".to_string()));
+    }
+
+    /// The whole console log was read into memory to show its last lines: a guest that spams its
+    /// serial console for days leaves a log of gigabytes. A 1 TiB (sparse) log failed to load at
+    /// all ("out of memory"), or ate the machine's memory trying.
+    #[test]
+    fn regression_console_tail_read_the_whole_log_into_memory() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("huge.log");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(1 << 40).unwrap();
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = f;
+            f.seek(SeekFrom::End(0)).unwrap();
+            f.write_all(b"\nlogin: a\ncloud-init done\n").unwrap();
+        }
+        assert_eq!(console_tail(&p, 2), "login: a\ncloud-init done");
+    }
+
+    #[test]
+    fn console_tail_of_a_long_log_drops_the_cut_first_line() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("c.log");
+        let mut text = "x".repeat(100 * 1024);
+        text.push_str("\nlast\n");
+        std::fs::write(&p, text).unwrap();
+        let tail = console_tail(&p, 5);
+        assert!(tail == "last", "{} bytes, not `last`", tail.len());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
@@ -32,22 +32,124 @@ pub fn state_dir(pool: &Path) -> PathBuf {
     pool.join(".kvmprov")
 }
 
+/// The URI kvmprov's local state is keyed by: one spelling per hypervisor. Scheme and host are
+/// lower-cased, the transport's default port, a trailing `/` and the SSH user are dropped (the
+/// same host reached as another user is the same hypervisor), except for `/session` URIs, where
+/// the user names whose libvirt it is.
+pub fn canonical_uri(uri: &str) -> String {
+    let uri = uri.trim();
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (user, host_port) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    // `[v6addr]:port` or `host:port`.
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (format!("[{h}]"), p.strip_prefix(':')),
+            None => (host_port.to_string(), None),
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (host_port.to_string(), None),
+        },
+    };
+    let default_port = match scheme.split_once('+').map(|(_, t)| t) {
+        Some("ssh" | "libssh" | "libssh2") => Some("22"),
+        Some("tcp") => Some("16509"),
+        Some("tls") | None => Some("16514"),
+        Some(_) => None,
+    };
+    let port = port.filter(|p| !p.is_empty() && Some(*p) != default_port);
+    let path = match path.trim_end_matches('/') {
+        "" => path,
+        trimmed => trimmed,
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(u) = user.filter(|_| path.ends_with("/session")) {
+        out.push_str(u);
+        out.push('@');
+    }
+    out.push_str(&host.to_ascii_lowercase());
+    if let Some(p) = port {
+        out.push(':');
+        out.push_str(p);
+    }
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// `path` with `.` and `..` resolved by name only (the file system is not asked).
+pub fn lexical_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A short file-name-safe key for a hypervisor (its canonical URI, hashed).
+fn uri_key(uri: &str) -> String {
+    digest_hex(canonical_uri(uri).as_bytes())[..16].to_string()
+}
+
+/// The run lock of one hypervisor on one instance pool: `<pool>/.kvmprov/run-<uri key>.lock`.
+///
+/// It sits beside kvmprov's state in a directory only its owner can write, so no other local
+/// user can pre-create it or plant a symlink there (as they could in `$TMPDIR`), and one pool
+/// spelled two ways (`/srv/pool/`, a symlink to it) is one directory, so one lock.
+pub fn run_lock_path(pool: &Path, uri: &str) -> Result<PathBuf, StateError> {
+    let dir = state_dir(&lexical_normal(pool));
+    ensure_dir(&dir)?;
+    let dir = dir.canonicalize().map_err(|source| StateError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir.join(format!("run-{}.lock", uri_key(uri))))
+}
+
 /// Lowercase hex SHA-256.
 pub fn digest_hex(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Create the state directory (0700) if needed.
+/// Create the state directory (0700) if needed. Missing parents (the pool itself, before
+/// preflight made it) get the default mode: qemu must be able to traverse the pool.
 pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| StateError::Write {
-            path: dir.to_path_buf(),
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).map_err(|source| StateError::Write {
+            path: parent.to_path_buf(),
             source,
         })?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(StateError::Write {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
+        _ => {}
+    }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
         StateError::Write {
             path: dir.to_path_buf(),
@@ -148,20 +250,65 @@ fn existing_operator_key(dir: &Path) -> Result<Option<OperatorKey>, StateError> 
     }))
 }
 
-/// The pinned host key file of one instance, in known_hosts format without host names
-/// (the address is only known at runtime): one `ssh-ed25519 AAAA…` line.
-pub fn host_key_path(dir: &Path, instance: &str) -> PathBuf {
-    dir.join(format!("{instance}.hostkey.pub"))
+/// The URI whose pinned host keys used the old layout, keyed by instance name only.
+const LEGACY_HOST_KEY_URI: &str = "qemu:///system";
+
+/// The pinned host key file of one instance on one hypervisor, in known_hosts format without
+/// host names (the address is only known at runtime): one `ssh-ed25519 AAAA…` line. Keyed by
+/// hypervisor too: two hypervisors may each have an `app-01` and share this (operator-local)
+/// directory.
+pub fn host_key_path(dir: &Path, uri: &str, instance: &str) -> PathBuf {
+    dir.join(format!("{instance}.{}.hostkey.pub", uri_key(uri)))
+}
+
+fn known_hosts_path(dir: &Path, uri: &str, instance: &str) -> PathBuf {
+    dir.join(format!("{instance}.{}.known_hosts", uri_key(uri)))
+}
+
+/// Before keys were keyed by hypervisor: `<instance>.hostkey.pub`. Still read for the local
+/// default hypervisor, so instances provisioned then stay reachable.
+fn legacy_host_key_path(dir: &Path, uri: &str, instance: &str) -> Option<PathBuf> {
+    (canonical_uri(uri) == LEGACY_HOST_KEY_URI).then(|| dir.join(format!("{instance}.hostkey.pub")))
+}
+
+/// Every file kvmprov keeps for one instance's host key (cleanup removes these), old layout
+/// included.
+pub fn host_key_files(dir: &Path, uri: &str, instance: &str) -> Vec<PathBuf> {
+    let mut files = vec![
+        host_key_path(dir, uri, instance),
+        known_hosts_path(dir, uri, instance),
+    ];
+    if let Some(legacy) = legacy_host_key_path(dir, uri, instance) {
+        files.push(legacy);
+        files.push(dir.join(format!("{instance}.known_hosts")));
+    }
+    files
 }
 
 /// A known_hosts file for `addr` built from the pinned key (written per use: the address can change).
-pub fn known_hosts_for(dir: &Path, instance: &str, addr: &str) -> Result<PathBuf, StateError> {
-    let key_path = host_key_path(dir, instance);
-    let key = fs::read_to_string(&key_path).map_err(|source| StateError::Read {
-        path: key_path.clone(),
-        source,
-    })?;
-    let path = dir.join(format!("{instance}.known_hosts"));
+pub fn known_hosts_for(
+    dir: &Path,
+    uri: &str,
+    instance: &str,
+    addr: &str,
+) -> Result<PathBuf, StateError> {
+    let key_path = host_key_path(dir, uri, instance);
+    let key = match (
+        fs::read_to_string(&key_path),
+        legacy_host_key_path(dir, uri, instance),
+    ) {
+        (Err(e), Some(legacy)) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::read_to_string(&legacy).map_err(|source| StateError::Read {
+                path: legacy,
+                source,
+            })
+        }
+        (read, _) => read.map_err(|source| StateError::Read {
+            path: key_path.clone(),
+            source,
+        }),
+    }?;
+    let path = known_hosts_path(dir, uri, instance);
     write_private(&path, format!("{addr} {}\n", key.trim()).as_bytes())?;
     Ok(path)
 }
@@ -234,11 +381,106 @@ mod tests {
     #[test]
     fn known_hosts_uses_pinned_key() {
         let t = tempfile::tempdir().unwrap();
-        write_private(&host_key_path(t.path(), "a"), b"ssh-ed25519 AAAAkey\n").unwrap();
-        let kh = known_hosts_for(t.path(), "a", "192.168.122.5").unwrap();
+        let uri = "qemu:///system";
+        write_private(&host_key_path(t.path(), uri, "a"), b"ssh-ed25519 AAAAkey\n").unwrap();
+        let kh = known_hosts_for(t.path(), uri, "a", "192.168.122.5").unwrap();
         assert_eq!(
             fs::read_to_string(kh).unwrap(),
             "192.168.122.5 ssh-ed25519 AAAAkey\n"
+        );
+    }
+
+    /// Two configs with the same pool path on different hypervisors, each with an `app-01`,
+    /// share the operator-local state directory: the second provision overwrote the first's
+    /// pinned key, and the first guest was then refused as an impostor.
+    #[test]
+    fn regression_pinned_host_keys_of_two_hypervisors_overwrote_each_other() {
+        let t = tempfile::tempdir().unwrap();
+        let (hv1, hv2) = ("qemu+ssh://hv1/system", "qemu+ssh://hv2/system");
+        write_private(
+            &host_key_path(t.path(), hv1, "app-01"),
+            b"ssh-ed25519 KEY1\n",
+        )
+        .unwrap();
+        write_private(
+            &host_key_path(t.path(), hv2, "app-01"),
+            b"ssh-ed25519 KEY2\n",
+        )
+        .unwrap();
+        let kh1 = known_hosts_for(t.path(), hv1, "app-01", "10.0.0.5").unwrap();
+        let kh2 = known_hosts_for(t.path(), hv2, "app-01", "10.0.0.5").unwrap();
+        assert_eq!(
+            fs::read_to_string(kh1).unwrap(),
+            "10.0.0.5 ssh-ed25519 KEY1\n"
+        );
+        assert_eq!(
+            fs::read_to_string(kh2).unwrap(),
+            "10.0.0.5 ssh-ed25519 KEY2\n"
+        );
+        // One hypervisor however its URI is spelled.
+        assert_eq!(
+            host_key_path(t.path(), "QEMU+SSH://root@HV1:22/system/", "app-01"),
+            host_key_path(t.path(), hv1, "app-01")
+        );
+    }
+
+    /// Installs from before keys were keyed by hypervisor keep working on the local default one.
+    #[test]
+    fn legacy_host_keys_stay_readable_for_the_local_hypervisor() {
+        let t = tempfile::tempdir().unwrap();
+        write_private(&t.path().join("app-01.hostkey.pub"), b"ssh-ed25519 OLD\n").unwrap();
+        let kh = known_hosts_for(t.path(), "qemu:///system", "app-01", "10.0.0.5").unwrap();
+        assert_eq!(
+            fs::read_to_string(kh).unwrap(),
+            "10.0.0.5 ssh-ed25519 OLD\n"
+        );
+        let files = host_key_files(t.path(), "qemu:///system", "app-01");
+        assert!(
+            files.contains(&t.path().join("app-01.hostkey.pub")),
+            "{files:?}"
+        );
+        // A remote hypervisor never takes the old, ambiguous file for its own.
+        assert!(known_hosts_for(t.path(), "qemu+ssh://hv1/system", "app-01", "10.0.0.5").is_err());
+        assert_eq!(
+            host_key_files(t.path(), "qemu+ssh://hv1/system", "app-01").len(),
+            2
+        );
+    }
+
+    #[test]
+    fn canonical_uri_spellings() {
+        for (given, want) in [
+            ("qemu:///system", "qemu:///system"),
+            ("qemu:///system/", "qemu:///system"),
+            ("QEMU+SSH://HV1/system", "qemu+ssh://hv1/system"),
+            ("qemu+ssh://hv1:22/system", "qemu+ssh://hv1/system"),
+            ("qemu+ssh://admin@hv1/system", "qemu+ssh://hv1/system"),
+            ("qemu+ssh://hv1:2222/system", "qemu+ssh://hv1:2222/system"),
+            (
+                "qemu+ssh://alice@hv1/session",
+                "qemu+ssh://alice@hv1/session",
+            ),
+            ("qemu+tcp://hv1:16509/system", "qemu+tcp://hv1/system"),
+            ("qemu://hv1:16514/system", "qemu://hv1/system"),
+            (
+                "qemu+ssh://[fe80::1]:22/system",
+                "qemu+ssh://[fe80::1]/system",
+            ),
+            (
+                "qemu+ssh://hv1/system?keyfile=/k",
+                "qemu+ssh://hv1/system?keyfile=/k",
+            ),
+            ("test:///default", "test:///default"),
+        ] {
+            assert_eq!(canonical_uri(given), want, "{given}");
+        }
+    }
+
+    #[test]
+    fn lexical_normal_resolves_dots() {
+        assert_eq!(
+            lexical_normal(Path::new("/srv/./a/../pool/")),
+            PathBuf::from("/srv/pool")
         );
     }
 }

@@ -323,3 +323,105 @@ fn help_explains_every_command() {
     let o = kvmprov(&["nonsense"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `make bench` printed its results and then failed with "Error 143": the download benchmark's
+/// EXIT trap ended with `wait` on the mirror it had just killed, and under `set -e` that status
+/// became the script's. Runs the script's own `cleanup` function in the same setting.
+#[test]
+fn regression_bench_download_trap_turned_success_into_143() {
+    let script = std::fs::read_to_string(repo().join("tests/bench/download.sh")).unwrap();
+    let start = script
+        .find("cleanup() {")
+        .expect("download.sh defines cleanup()");
+    let len = script[start..].find("\n}\n").expect("end of cleanup()") + 3;
+    let cleanup = &script[start..start + len];
+    let run = |tail: &str| {
+        let body = format!(
+            "set -euo pipefail\nDIR=$(mktemp -d)\nMIRROR_PID=\"\"\n{cleanup}trap cleanup EXIT\n\
+             sleep 30 &\nMIRROR_PID=$!\necho results\n{tail}"
+        );
+        Command::new("bash").arg("-c").arg(body).output().unwrap()
+    };
+    let ok = run("");
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert!(text(&ok).contains("results"));
+    // A failing benchmark still fails, with its own status.
+    let failed = run("exit 3");
+    assert_eq!(failed.status.code(), Some(3), "{}", text(&failed));
+}
+
+/// An `-e` value that failed validation was echoed whole, so
+/// `-e 'kvm_cloud_init_defaults={user: Bad, password: s3cret}'` printed the password to stderr
+/// (and into CI logs). Errors name the secret field instead, for every way the value can fail.
+#[test]
+fn regression_invalid_e_value_echoed_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["app-01"]);
+    for value in [
+        "kvm_cloud_init_defaults={user: Bad, password: s3cret}",
+        "kvm_cloud_init_defaults={user: debian, password: s3cret",
+        "kvm_cloud_init_defaults={password: \"s3cret}",
+        "kvm_cloud_init_defaults={password: s3cret, password: s3cret}",
+        "kvm_cloud_init_defaults={password: s3cret, ssh_password_authentication: maybe}",
+        "kvm_cloud_init_defaults={password: s3cret, pasword: x}",
+        "kvm_cloud_init_defaults={password: s3cret}\nmore",
+        "kvm_cloud_init_default={password: s3cret}",
+        "kvm_cloud_init_defaults:{password: s3cret}",
+        "kvm_instance_definitions=[{instance_name: a, image_name: x, api_token: s3cret}]",
+    ] {
+        for output in ["human", "json"] {
+            let o = kvmprov(&[
+                "-c",
+                cfg.to_str().unwrap(),
+                "--output",
+                output,
+                "-e",
+                value,
+                "check",
+            ]);
+            let all = text(&o);
+            assert_eq!(o.status.code(), Some(2), "{value}: {all}");
+            assert!(!all.contains("s3cret"), "{value}: {all}");
+            assert!(all.contains("-e "), "{value}: {all}");
+            assert!(
+                all.contains("`password`") || all.contains("`token`"),
+                "the field is named: {value}: {all}"
+            );
+        }
+    }
+    // Values without secrets are still shown, to find the mistake in.
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        "kvm_cleanup_confirmed=maybe",
+        "check",
+    ]);
+    assert!(
+        text(&o).contains("-e kvm_cleanup_confirmed=maybe"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// A cached image's sidecar with a truncated digest made `provision` panic (`sha512[..16]` on a
+/// short string). A damaged sidecar means "not cached", like a missing one.
+#[test]
+fn regression_truncated_image_sidecar_panicked_provision() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["web-01"]);
+    let cache = dir.path().join("images");
+    std::fs::create_dir_all(&cache).unwrap();
+    let image = cache.join("debian-12-genericcloud-amd64-0123456789abcdef.qcow2");
+    std::fs::write(&image, b"QFI\xfb not really").unwrap();
+    std::fs::write(
+        cache.join("debian-12-genericcloud-amd64-0123456789abcdef.qcow2.json"),
+        r#"{"image_name":"debian-12","sha512":"0123","size":14,"version":null,"url":"http://127.0.0.1:9/x.qcow2","cached_at":"1"}"#,
+    )
+    .unwrap();
+    let uri = node(dir.path(), &[]);
+    let ops = plan_ops(&cfg, &uri);
+    let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
+    assert_eq!(web.1, "create", "{ops:?}");
+    assert!(web.2.contains("not cached"), "{ops:?}");
+}

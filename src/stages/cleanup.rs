@@ -177,14 +177,14 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
 pub fn instance_files(cfg: &Config, instance: &str) -> Vec<PathBuf> {
     let pool = &cfg.instance_pool_path;
     let dir = state::state_dir(pool);
-    vec![
+    let mut files = vec![
         pool.join(disk_name(instance)),
         pool.join(seed_name(instance)),
         pool.join(console_name(instance)),
         pool.join(nvram_name(instance)),
-        state::host_key_path(&dir, instance),
-        dir.join(format!("{instance}.known_hosts")),
-    ]
+    ];
+    files.extend(state::host_key_files(&dir, &cfg.libvirt_uri, instance));
+    files
 }
 
 /// The backing file named in a qcow2 header, if any (resolved against the image's directory).

@@ -143,7 +143,7 @@ pub fn describe(inst: &Instance, p: &InstancePlan, image: Option<&CachedImage>) 
         .map(|c| {
             c.version
                 .clone()
-                .unwrap_or_else(|| c.sha512[..16].to_string())
+                .unwrap_or_else(|| c.sha512.chars().take(16).collect())
         })
         .unwrap_or_default();
     match p {
@@ -470,7 +470,7 @@ fn create(
     // Pin the host key before the domain can exist: runtime trusts only this key.
     state::ensure_dir(&sh.state_dir)?;
     state::write_private(
-        &state::host_key_path(&sh.state_dir, &inst.name),
+        &state::host_key_path(&sh.state_dir, &inst.libvirt_uri, &inst.name),
         format!("{}\n", spec.host_keys.ed25519_public_openssh.trim()).as_bytes(),
     )?;
     let seed_vol = seed_name(&inst.name);

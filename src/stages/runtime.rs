@@ -278,7 +278,12 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
             user: s.cfg.cloud_init.user.clone(),
             addr: IpAddr::V4(ip),
             identity: identity.clone(),
-            known_hosts: state::known_hosts_for(&dir, &inst.name, &ip.to_string())?,
+            known_hosts: state::known_hosts_for(
+                &dir,
+                &inst.libvirt_uri,
+                &inst.name,
+                &ip.to_string(),
+            )?,
             jump: jump.clone(),
         };
         // ssh exits 255 while sshd is not up yet (or still offers a host key other than ours).

@@ -45,7 +45,8 @@ fn ssh_target(s: &Session, inst: &Instance, addr: Ipv4Addr) -> Result<SshTarget,
             )
         })?;
     let known_hosts =
-        state::known_hosts_for(&dir, &inst.name, &addr.to_string()).map_err(|e| error_chain(&e))?;
+        state::known_hosts_for(&dir, &inst.libvirt_uri, &inst.name, &addr.to_string())
+            .map_err(|e| error_chain(&e))?;
     Ok(SshTarget {
         user: s.cfg.cloud_init.user.clone(),
         addr: IpAddr::V4(addr),

@@ -13,9 +13,16 @@ ROUNDS=${ROUNDS:-2}
 
 DIR=$(mktemp -d /tmp/kvmprov-bench-dl.XXXXXX)
 MIRROR_PID=""
+# Keeps the script's own exit status: under `set -e` the status of `wait` on the mirror we just
+# killed (143) used to end `make bench` with "Error 143" after a successful run.
 cleanup() {
-    [ -n "$MIRROR_PID" ] && kill "$MIRROR_PID" 2>/dev/null && wait "$MIRROR_PID" 2>/dev/null
+    local rc=$?
+    if [ -n "$MIRROR_PID" ]; then
+        kill "$MIRROR_PID" 2>/dev/null || true
+        wait "$MIRROR_PID" 2>/dev/null || true
+    fi
     rm -rf "$DIR"
+    return "$rc"
 }
 trap cleanup EXIT
 

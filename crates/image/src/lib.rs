@@ -489,6 +489,14 @@ fn read_sidecar(image: &Path) -> Result<Option<CachedImage>, ImageError> {
         Err(e) => return Err(io_err(&side)(e)),
     };
     match serde_json::from_str::<CachedImage>(&text) {
+        // A damaged sidecar (a truncated digest) is no proof of anything: not cached.
+        Ok(c) if !is_sha512_hex(&c.sha512) => {
+            tracing::warn!(
+                "ignoring sidecar {}: its sha512 is not 128 hex digits",
+                side.display()
+            );
+            Ok(None)
+        }
         Ok(mut c) => {
             c.path = image.to_path_buf();
             Ok(Some(c))
@@ -537,6 +545,10 @@ pub fn newest_cached(
     Ok(list_cached(cache_dir)?
         .into_iter()
         .find(|c| c.image_name == image_name))
+}
+
+fn is_sha512_hex(s: &str) -> bool {
+    s.len() == 128 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn hex(digest: &[u8]) -> String {

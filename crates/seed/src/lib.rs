@@ -3,9 +3,9 @@
 //! carries them. Pure data in, bytes out; no external tools (no `cloud-localds`).
 //!
 //! cloud-init reads these documents with PyYAML (YAML 1.1), where `yes`, `on`, `0777` or
-//! `1e3` are not strings. We therefore emit every string as a double-quoted scalar with JSON
-//! escapes (a subset of YAML's), and only booleans and integers plain: the guest reads exactly
-//! the types we meant, whatever the user typed.
+//! `1e3` are not strings. We therefore emit every string as a double-quoted scalar, and only
+//! booleans and integers plain: the guest reads exactly the types we meant, whatever the user
+//! typed.
 
 use std::fmt;
 use std::io::Cursor;
@@ -147,7 +147,7 @@ impl fmt::Debug for SeedSpec {
     }
 }
 
-/// Block-style YAML for a JSON value; strings double-quoted with JSON escapes (valid YAML 1.1).
+/// Block-style YAML for a JSON value; strings double-quoted (see [`quote`]).
 fn yaml(v: &Value) -> String {
     let mut out = String::new();
     emit(v, 0, &mut out);
@@ -156,12 +156,40 @@ fn yaml(v: &Value) -> String {
 
 fn scalar(v: &Value) -> String {
     match v {
-        Value::String(s) => Value::String(s.clone()).to_string(),
+        Value::String(s) => quote(s),
         Value::Null => "null".into(),
         Value::Object(m) if m.is_empty() => "{}".into(),
         Value::Array(a) if a.is_empty() => "[]".into(),
         other => other.to_string(),
     }
+}
+
+/// A YAML 1.1 double-quoted scalar that PyYAML reads back as exactly `s`.
+///
+/// JSON escaping is not enough: PyYAML refuses a document holding U+007F, C1 controls or
+/// U+FFFE/U+FFFF even inside quotes, and folds U+0085, U+2028 and U+2029 as line breaks. Those
+/// are written as escapes, like every other control character.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)))
+            }
+            '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn is_block(v: &Value) -> bool {
@@ -173,7 +201,7 @@ fn emit(v: &Value, indent: usize, out: &mut String) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, val) in m {
-                let key = Value::String(k.clone()).to_string();
+                let key = quote(k);
                 if is_block(val) {
                     out.push_str(&format!("{pad}{key}:\n"));
                     emit(val, indent + 2, out);

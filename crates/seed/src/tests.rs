@@ -115,6 +115,44 @@ fn hostile_strings_stay_strings() {
     assert_eq!(v["runcmd"], json!(hostile));
 }
 
+/// serde_json's escaping left these raw: PyYAML refused the whole user-data ("special characters
+/// are not allowed") for U+007F, C1 controls and U+FFFE/U+FFFF, and read U+0085, U+2028 and
+/// U+2029 as line breaks, so the guest came up without its user or keys.
+#[test]
+fn regression_yaml_1_1_special_characters_broke_user_data() {
+    let specials = [
+        '\u{0}', '\u{1b}', '\u{7f}', '\u{80}', '\u{85}', '\u{9f}', '\u{a0}', '\u{2028}',
+        '\u{2029}', '\u{feff}', '\u{fffe}', '\u{ffff}',
+    ];
+    for c in specials {
+        let odd = format!("a{c}b");
+        let mut s = spec(dhcp());
+        s.user = odd.clone();
+        s.hostname = odd.clone();
+        s.instance_id = odd.clone();
+        s.ssh_authorized_keys = vec![format!("ssh-ed25519 AAAA {odd}")];
+        s.packages = vec![odd.clone()];
+        s.runcmd = vec![odd.clone()];
+        let Some(v) = pyyaml(&user_data(&s)) else {
+            return;
+        };
+        let want = json!(odd);
+        assert_eq!(v["users"][0]["name"], want, "U+{:04X}", u32::from(c));
+        assert_eq!(v["hostname"], want, "U+{:04X}", u32::from(c));
+        assert_eq!(
+            v["users"][0]["ssh_authorized_keys"],
+            json!([format!("ssh-ed25519 AAAA {odd}")]),
+            "U+{:04X}",
+            u32::from(c)
+        );
+        assert_eq!(v["packages"], json!([odd]), "U+{:04X}", u32::from(c));
+        assert_eq!(v["runcmd"], json!([odd]), "U+{:04X}", u32::from(c));
+        let md = pyyaml(&meta_data(&s)).unwrap_or_default();
+        assert_eq!(md["local-hostname"], want, "U+{:04X}", u32::from(c));
+        assert_eq!(md["instance-id"], want, "U+{:04X}", u32::from(c));
+    }
+}
+
 #[test]
 fn meta_data_and_network_config() {
     let s = spec(NetworkSpec::Static {

@@ -23,6 +23,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "kvm_hypervisor_host",
     "kvm_libvirt_uri",
     "kvm_domain_type",
+    "kvm_default_firmware",
     "kvm_provision_stage",
     "kvm_image_cache_path",
     "kvm_instance_disk_pool_path",
@@ -1215,6 +1216,48 @@ kvm_instance_definitions:
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn firmware_defaults_to_bios_and_follows_the_top_level_default() {
+        let c = p(GOOD, &[]).unwrap();
+        assert!(c
+            .instances
+            .iter()
+            .all(|i| i.firmware == FirmwareChoice::Bios));
+        let c = p(GOOD, &["kvm_default_firmware=uefi"]).unwrap();
+        assert!(c
+            .instances
+            .iter()
+            .all(|i| i.firmware == FirmwareChoice::Uefi));
+        let text = GOOD.replace(
+            "  - instance_name: app-02\n",
+            "  - instance_name: app-02\n    firmware: bios\n",
+        );
+        let c = p(&text, &["kvm_default_firmware=uefi"]).unwrap();
+        assert_eq!(c.instances[1].firmware, FirmwareChoice::Bios);
+    }
+
+    #[test]
+    fn secure_boot_needs_uefi_and_uefi_takes_no_snapshot() {
+        let text = GOOD.replace(
+            "  - instance_name: app-02\n",
+            "  - instance_name: app-02\n    secure_boot: true\n",
+        );
+        let e = err(&text, &[]);
+        assert!(e.contains("secure_boot needs firmware: uefi"), "{e}");
+        assert!(e.contains("vars.yml:"), "{e}");
+        let text = GOOD.replace(
+            "  - instance_name: app-02\n",
+            "  - instance_name: app-02\n    firmware: uefi\n    snapshot_name: base\n",
+        );
+        let e = err(&text, &[]);
+        assert!(
+            e.contains("snapshot_name cannot be used with firmware: uefi"),
+            "{e}"
+        );
+        let e = err(GOOD, &["kvm_default_firmware=efi"]);
+        assert!(e.contains("expected `bios` or `uefi`"), "{e}");
     }
 
     #[test]

@@ -138,23 +138,24 @@ else
     : >"$WORK/official.list"
     say "no official package list at $OFFICIAL: installing the recipe's own list only"
 fi
-# Run by mmdebstrap as a hook, with its own apt (outside the chroot: the root's resolv.conf
-# is systemd-resolved's stub by then): the official names the archive has, in one install.
+# Run in the root by a mmdebstrap hook (with the host's resolv.conf: by then the root's is
+# systemd-resolved's stub, which answers nothing inside a chroot): the official names the archive has, in one install.
 cat >"$WORK/install-official.sh" <<'EOF'
 set -eu
-export APT_CONFIG="$MMDEBSTRAP_APT_CONFIG"
-list=$1
-apt-cache pkgnames | sort -u >"$list.available"
-sort -u "$list" | comm -12 - "$list.available" | grep -vx 'qemu-guest-agent' >"$list.install" || true
-echo "installing $(wc -l <"$list.install") of $(wc -l <"$list") official names" >&2
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(cat "$list.install") >&2
+apt-cache pkgnames | sort -u >/tmp/available
+sort -u /tmp/official.list | comm -12 - /tmp/available | grep -vx 'qemu-guest-agent' >/tmp/install || true
+echo "installing $(wc -l </tmp/install) of $(wc -l </tmp/official.list) official names" >&2
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(cat /tmp/install) >&2
+rm -f /tmp/available /tmp/install /tmp/official.list /tmp/install-official.sh
 EOF
 
 say "mmdebstrap $SUITE from $MIRROR"
 include=$(IFS=,; echo "${RECIPE_PACKAGES[*]}")
 mmdebstrap --variant=minbase --include="$include" \
     --essential-hook='echo "grub-pc grub-pc/install_devices_empty boolean true" | chroot "$1" debconf-set-selections' \
-    --customize-hook="sh $WORK/install-official.sh $WORK/official.list" \
+    --customize-hook="copy-in $WORK/official.list $WORK/install-official.sh /tmp" \
+    --customize-hook='rm -f "$1/etc/resolv.conf"; cp /etc/resolv.conf "$1/etc/resolv.conf"' \
+    --customize-hook='chroot "$1" sh /tmp/install-official.sh' \
     --customize-hook='chroot "$1" dpkg-query -W -f "\${Package}\t\${Version}\n" >"$1/tmp/packages"' \
     --customize-hook="copy-out /tmp/packages $WORK" \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \

@@ -624,6 +624,27 @@ mod tests {
     }
 
     #[test]
+    fn a_firmware_change_is_drift() {
+        let mut i = inst("a");
+        let o = observed(&i);
+        i.firmware = FirmwareChoice::Uefi;
+        i.secure_boot = true;
+        match plan_instance(
+            &i,
+            Some(&cached()),
+            &Found::Exists(Box::new(o)),
+            &mac_of(&i),
+        ) {
+            InstancePlan::Drift(d) => assert!(
+                d.iter()
+                    .any(|x| x.contains("firmware bios (config uefi+secure-boot")),
+                "{d:?}"
+            ),
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
     fn missing_image_blocks() {
         let i = inst("a");
         assert!(matches!(

@@ -149,21 +149,33 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(c
 rm -f /tmp/available /tmp/install /tmp/official.list /tmp/install-official.sh
 EOF
 
-say "mmdebstrap $SUITE from $MIRROR"
-include=$(IFS=,; echo "${RECIPE_PACKAGES[*]}")
-mmdebstrap --variant=minbase --include="$include" \
-    --essential-hook='echo "grub-pc grub-pc/install_devices_empty boolean true" | chroot "$1" debconf-set-selections' \
-    --customize-hook="copy-in $WORK/official.list $WORK/install-official.sh /tmp" \
-    --customize-hook='rm -f "$1/etc/resolv.conf"; cp /etc/resolv.conf "$1/etc/resolv.conf"' \
-    --customize-hook='chroot "$1" sh /tmp/install-official.sh' \
-    --customize-hook='chroot "$1" dpkg-query -W -f "\${Package}\t\${Version}\n" >"$1/tmp/packages"' \
-    --customize-hook="copy-out /tmp/packages $WORK" \
-    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/info/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-    "$SUITE" "$WORK/rootfs.tar" \
-    "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECURITY $SUITE-security main" \
-    </dev/null >&2
+# The root file system is cached apart from the image: changes to the disk layout or boot
+# setup below do not download and install ~330 packages again.
+ROOTFS="$OUTDIR/$SUITE-twin-rootfs.tar"
+ROOTFS_KEY=$( (echo "${RECIPE_PACKAGES[*]}"; cat "$WORK/official.list" "$WORK/install-official.sh") | sha256sum | cut -c1-16)
+if [ -f "$ROOTFS" ] && [ "$(cat "$ROOTFS.key" 2>/dev/null)" = "$ROOTFS_KEY" ]; then
+    say "root file system cached: $ROOTFS"
+    cp "$ROOTFS.packages" "$WORK/packages"
+else
+    say "mmdebstrap $SUITE from $MIRROR"
+    include=$(IFS=,; echo "${RECIPE_PACKAGES[*]}")
+    mmdebstrap --variant=minbase --include="$include" \
+        --essential-hook='echo "grub-pc grub-pc/install_devices_empty boolean true" | chroot "$1" debconf-set-selections' \
+        --customize-hook="copy-in $WORK/official.list $WORK/install-official.sh /tmp" \
+        --customize-hook='rm -f "$1/etc/resolv.conf"; cp /etc/resolv.conf "$1/etc/resolv.conf"' \
+        --customize-hook='chroot "$1" sh /tmp/install-official.sh' \
+        --customize-hook='chroot "$1" dpkg-query -W -f "\${Package}\t\${Version}\n" >"$1/tmp/packages"' \
+        --customize-hook="copy-out /tmp/packages $WORK" \
+        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/info/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+        "$SUITE" "$WORK/rootfs.tar" \
+        "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECURITY $SUITE-security main" \
+        </dev/null >&2
+    mv "$WORK/rootfs.tar" "$ROOTFS"
+    cp "$WORK/packages" "$ROOTFS.packages"
+    echo "$ROOTFS_KEY" >"$ROOTFS.key"
+fi
 grep -q '^qemu-guest-agent	' "$WORK/packages" && { echo "the twin must not have qemu-guest-agent" >&2; exit 1; }
 
 say "partitioning a $SIZE GPT disk like Debian's (14 BIOS boot, 15 EFI system, 1 root)"
@@ -194,7 +206,7 @@ ROOT_PARTUUID=$(blkid -p -s PART_ENTRY_UUID -o value "$ROOT_PART")
 EFI_PARTUUID=$(blkid -p -s PART_ENTRY_UUID -o value "$EFI_PART")
 mkdir -p "$MNT"
 mount "$ROOT_PART" "$MNT"
-tar -C "$MNT" -xpf "$WORK/rootfs.tar"
+tar -C "$MNT" -xpf "$ROOTFS"
 # The ESP is written with mtools below: this kernel may have no vfat driver to mount it.
 mkdir -p "$MNT/boot/efi"
 
@@ -245,7 +257,7 @@ chroot "$MNT" systemctl enable systemd-networkd systemd-resolved ssh >/dev/null 
 # What grub-cloud-amd64's postinst does on Debian's build: BIOS into the disk, EFI into the
 # removable path with shim (Secure Boot), no NVRAM entry.
 chroot "$MNT" grub-install --target=i386-pc "$LOOP" >&2
-chroot "$MNT" grub-install --target=x86_64-efi --no-nvram --uefi-secure-boot --force-extra-removable >&2
+chroot "$MNT" grub-install --target=x86_64-efi --efi-directory=/boot/efi --no-nvram --uefi-secure-boot --force-extra-removable >&2
 chroot "$MNT" update-grub >&2 2>&1
 grep -q "root=PARTUUID=$ROOT_PARTUUID" "$MNT/boot/grub/grub.cfg" || { echo "grub.cfg lacks root=PARTUUID=$ROOT_PARTUUID" >&2; exit 1; }
 [ -f "$MNT/boot/efi/EFI/BOOT/BOOTX64.EFI" ] || { echo "no removable EFI loader in the image" >&2; exit 1; }

@@ -257,6 +257,41 @@ fn provision_plans_for_empty_partial_and_full_hosts_and_drift() {
 }
 
 #[test]
+fn regression_provision_said_matches_the_config_after_ipv4_address_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["web-01"]);
+    // Defined without a static address; the config now asks for one. The record names only
+    // two fields: the others are not compared.
+    let text =
+        std::fs::read_to_string(node(dir.path(), &[("web-01", 1)]).trim_start_matches("test://"))
+            .unwrap()
+            .replace(
+                "</kvmprov:instance>",
+                "<kvmprov:fields><kvmprov:field name='ipv4_address' value=''/>\
+             <kvmprov:field name='vcpus' value='1'/></kvmprov:fields></kvmprov:instance>",
+            );
+    let node = dir.path().join("recorded.xml");
+    std::fs::write(&node, text).unwrap();
+    let uri = format!("test://{}", node.display());
+    let ops = plan_ops(&cfg, &uri);
+    let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
+    assert_eq!(web.1, "ok", "{ops:?}");
+    let changed = std::fs::read_to_string(&cfg).unwrap().replace(
+        "    vcpus: 1\n",
+        "    vcpus: 1\n    ipv4_address: 192.168.122.50/24\n",
+    );
+    std::fs::write(&cfg, changed).unwrap();
+    let ops = plan_ops(&cfg, &uri);
+    let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
+    assert_eq!(web.1, "drift", "{ops:?}");
+    assert!(
+        web.2.contains("ipv4_address (none) → 192.168.122.50/24")
+            && web.2.contains("re-create the domain"),
+        "{ops:?}"
+    );
+}
+
+#[test]
 fn cleanup_without_confirmation_only_plans_and_never_touches_undeclared() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "test:///default", &["app-01", "gone-01"]);

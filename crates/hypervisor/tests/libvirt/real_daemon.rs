@@ -85,6 +85,7 @@ fn real_daemon_storage_and_domain() {
             image_sha512: String::new(),
             config_digest: "d".into(),
             instance_id: format!("{tag}-1"),
+            fields: None,
         },
     };
     hv.start_network(&network).unwrap();

@@ -31,6 +31,10 @@ fn spec(name: &str, dir: &Path) -> DomainSpec {
             image_sha512: "ab".repeat(64),
             config_digest: "d".into(),
             instance_id: format!("{name}-1"),
+            fields: Some(vec![
+                ("disk_size_gib".into(), "20".into()),
+                ("runcmd".into(), "[\"echo 'a' > /b\"]".into()),
+            ]),
         },
     }
 }

@@ -292,6 +292,57 @@ fn regression_provision_said_matches_the_config_after_ipv4_address_changed() {
 }
 
 #[test]
+fn confirmed_cleanup_of_a_domain_kvmprov_did_not_create_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["app-01"]);
+    let disk = dir.path().join("instances/app-01.qcow2");
+    std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+    std::fs::write(&disk, b"x").unwrap();
+    // Made by the replaced playbook: no kvmprov metadata.
+    let node = dir.path().join("foreign.xml");
+    std::fs::write(
+        &node,
+        format!(
+            "<node><domain type='test'><name>app-01</name><memory unit='MiB'>64</memory>\
+             <os><type>hvm</type></os><devices><disk type='file' device='disk'>\
+             <source file='{}'/><target dev='vda'/></disk></devices></domain></node>",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        &format!("kvm_libvirt_uri=test://{}", node.display()),
+        "-e",
+        "kvm_cleanup_confirmed=true",
+        "-e",
+        "kvm_cleanup_remove_instance_disks=true",
+        "--output",
+        "json",
+        "cleanup",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let outcomes = v["stages"][0]["outcomes"].as_array().unwrap();
+    let ops: Vec<(&str, &str)> = outcomes
+        .iter()
+        .map(|o| (o["op"].as_str().unwrap(), o["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ops,
+        [("stop", "done"), ("undefine", "done"), ("delete", "done")],
+        "{outcomes:?}"
+    );
+    for o in &outcomes[..2] {
+        let reason = o["reason"].as_str().unwrap();
+        assert!(reason.contains("not created by kvmprov"), "{reason}");
+    }
+    assert!(!disk.exists());
+}
+
+#[test]
 fn cleanup_without_confirmation_only_plans_and_never_touches_undeclared() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "test:///default", &["app-01", "gone-01"]);

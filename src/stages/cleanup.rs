@@ -550,9 +550,13 @@ fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {
     let mut report = StageReport::new("cleanup");
     report.host = host;
     let steps = plan(&s.cfg, &observed);
-    let exec = |name: &str, step: &Step| exec(&hv, &s.cfg, name, step);
-    let domains_now = || domain_facts(&hv).map_err(CleanupError::from);
-    report.outcomes = apply(steps, dry, exec, domains_now, |o| s.printer.outcome(o));
+    report.outcomes = apply(
+        steps,
+        dry,
+        |name, step| exec(&hv, &s.cfg, name, step),
+        || domain_facts(&hv).map_err(CleanupError::from),
+        |o| s.printer.outcome(o),
+    );
     if dry && !s.check && s.output == crate::plan::OutputFormat::Human {
         println!("  nothing changed: confirm with -e kvm_cleanup_confirmed=true (make cleanup-force), add -e kvm_cleanup_remove_instance_disks=true to delete disks (make cleanup-force-disks)");
     }

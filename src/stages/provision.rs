@@ -93,6 +93,13 @@ pub fn plan_instance(
                     inst.network
                 ));
             }
+            // Other types (the test driver's `test`) say nothing about kvm or qemu.
+            let observed_type = d.domain_type.as_deref().filter(|t| *t == "kvm" || *t == "qemu");
+            if let Some(t) = observed_type {
+                if t != domain_type.as_str() && !changed("domain_type") {
+                    diffs.push(format!("domain type {t} (config {})", domain_type.as_str()));
+                }
+            }
             let mac = mac_of(inst);
             if !d.macs.iter().any(|m| m.eq_ignore_ascii_case(&mac)) && !changed("mac_address") {
                 diffs.push(format!("mac {} (config {mac})", d.macs.join(",")));
@@ -703,7 +710,14 @@ mod tests {
         // Recorded as configured, but someone changed the domain with virsh.
         let mut o = defined(&i);
         o.memory_mib = 1024;
-        assert_eq!(drift_of(&i, o), vec!["memory 1024 MiB (config 2048)"]);
+        o.domain_type = Some("kvm".into());
+        assert_eq!(
+            drift_of(&i, o),
+            vec![
+                "memory 1024 MiB (config 2048)",
+                "domain type kvm (config qemu)"
+            ]
+        );
         // Defined by an older kvmprov: no fields, only the digest of the config it came from.
         let mut o = observed(&i);
         if let Some(m) = o.metadata.as_mut() {

@@ -260,6 +260,10 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
     // not uploaded there yet is as good as not cached.
     // (In check mode the upload was only planned.)
     if !s.check && !crate::stages::preflight::is_local(&cfg.libvirt_uri) {
+        // Rescanned: on storage shared with the local cache the files may be there unscanned.
+        if let Some(p) = cache_found.as_ref().filter(|p| p.active) {
+            hv.refresh_pool(&p.name)?;
+        }
         let mut present = std::collections::BTreeMap::new();
         for (name, c) in images {
             let file = c.path.file_name().map(|f| f.to_string_lossy().into_owned());

@@ -108,6 +108,10 @@ pub enum FirmwareChoice {
 }
 
 impl FirmwareChoice {
+    fn is_bios(&self) -> bool {
+        *self == FirmwareChoice::Bios
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FirmwareChoice::Bios => "bios",
@@ -350,8 +354,12 @@ pub struct Instance {
     pub runcmd: Vec<String>,
     /// The libvirt URI of the hypervisor this instance lives on.
     pub libvirt_uri: String,
+    // Left out of the serialised form while at their defaults: the config digest of domains
+    // made before firmware existed stays the same for BIOS guests (no false drift).
+    #[serde(skip_serializing_if = "FirmwareChoice::is_bios")]
     pub firmware: FirmwareChoice,
     /// Only ever true with `FirmwareChoice::Uefi`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub secure_boot: bool,
 }
 

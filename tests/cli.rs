@@ -257,6 +257,92 @@ fn provision_plans_for_empty_partial_and_full_hosts_and_drift() {
 }
 
 #[test]
+fn regression_provision_said_matches_the_config_after_ipv4_address_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["web-01"]);
+    // Defined without a static address; the config now asks for one. The record names only
+    // two fields: the others are not compared.
+    let text =
+        std::fs::read_to_string(node(dir.path(), &[("web-01", 1)]).trim_start_matches("test://"))
+            .unwrap()
+            .replace(
+                "</kvmprov:instance>",
+                "<kvmprov:fields><kvmprov:field name='ipv4_address' value=''/>\
+             <kvmprov:field name='vcpus' value='1'/></kvmprov:fields></kvmprov:instance>",
+            );
+    let node = dir.path().join("recorded.xml");
+    std::fs::write(&node, text).unwrap();
+    let uri = format!("test://{}", node.display());
+    let ops = plan_ops(&cfg, &uri);
+    let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
+    assert_eq!(web.1, "ok", "{ops:?}");
+    let changed = std::fs::read_to_string(&cfg).unwrap().replace(
+        "    vcpus: 1\n",
+        "    vcpus: 1\n    ipv4_address: 192.168.122.50/24\n",
+    );
+    std::fs::write(&cfg, changed).unwrap();
+    let ops = plan_ops(&cfg, &uri);
+    let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
+    assert_eq!(web.1, "drift", "{ops:?}");
+    assert!(
+        web.2.contains("ipv4_address (none) → 192.168.122.50/24")
+            && web.2.contains("re-create the domain"),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn confirmed_cleanup_of_a_domain_kvmprov_did_not_create_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["app-01"]);
+    let disk = dir.path().join("instances/app-01.qcow2");
+    std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+    std::fs::write(&disk, b"x").unwrap();
+    // Made by the replaced playbook: no kvmprov metadata.
+    let node = dir.path().join("foreign.xml");
+    std::fs::write(
+        &node,
+        format!(
+            "<node><domain type='test'><name>app-01</name><memory unit='MiB'>64</memory>\
+             <os><type>hvm</type></os><devices><disk type='file' device='disk'>\
+             <source file='{}'/><target dev='vda'/></disk></devices></domain></node>",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        &format!("kvm_libvirt_uri=test://{}", node.display()),
+        "-e",
+        "kvm_cleanup_confirmed=true",
+        "-e",
+        "kvm_cleanup_remove_instance_disks=true",
+        "--output",
+        "json",
+        "cleanup",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let outcomes = v["stages"][0]["outcomes"].as_array().unwrap();
+    let ops: Vec<(&str, &str)> = outcomes
+        .iter()
+        .map(|o| (o["op"].as_str().unwrap(), o["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ops,
+        [("stop", "done"), ("undefine", "done"), ("delete", "done")],
+        "{outcomes:?}"
+    );
+    for o in &outcomes[..2] {
+        let reason = o["reason"].as_str().unwrap();
+        assert!(reason.contains("not created by kvmprov"), "{reason}");
+    }
+    assert!(!disk.exists());
+}
+
+#[test]
 fn cleanup_without_confirmation_only_plans_and_never_touches_undeclared() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "test:///default", &["app-01", "gone-01"]);

@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod cleanup;
+pub mod drift;
 pub mod image_cache;
 pub mod ping;
 pub mod preflight;

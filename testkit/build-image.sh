@@ -240,7 +240,7 @@ echo "LANG=en_US.UTF-8" >"$MNT/etc/default/locale"
 mkdir -p "$MNT/etc/default/grub.d"
 echo 'GRUB_TIMEOUT=0' >"$MNT/etc/default/grub.d/15_timeout.cfg"
 # Root by PARTUUID, as on Debian's image (grub-mkconfig prefers a filesystem UUID otherwise).
-echo 'GRUB_DISABLE_LINUX_UUID=true' >"$MNT/etc/default/grub.d/10_partuuid.cfg"
+printf 'GRUB_DISABLE_LINUX_UUID=true\nGRUB_DISABLE_LINUX_PARTUUID=false\n' >"$MNT/etc/default/grub.d/10_partuuid.cfg"
 touch "$MNT/etc/grub.d/enable_cloud"
 for m in dev dev/pts proc sys run; do
     mkdir -p "$MNT/$m"
@@ -254,16 +254,33 @@ for link in "/dev/disk/by-partuuid/$ROOT_PARTUUID:$ROOT_PART" "/dev/disk/by-part
 done
 chroot "$MNT" locale-gen >&2
 chroot "$MNT" systemctl enable systemd-networkd systemd-resolved ssh >/dev/null 2>&1 || true
-# What grub-cloud-amd64's postinst does on Debian's build: BIOS into the disk, EFI into the
-# removable path with shim (Secure Boot), no NVRAM entry.
+# What grub-cloud-amd64's postinst does on Debian's build: GRUB for BIOS into the disk, and
+# `grub-install --target=x86_64-efi --uefi-secure-boot --force-extra-removable --no-nvram`.
+# That second one refuses an ESP it cannot see mounted as FAT, and this kernel has no vfat
+# driver: its result is written here by hand, with mtools — the signed shim, GRUB and
+# MokManager under EFI/debian and again in the removable path EFI/BOOT (shim as BOOTX64.EFI, so
+# no NVRAM boot entry is needed), and EFI/debian/grub.cfg, which the signed GRUB reads (its
+# built-in prefix) and which hands over to /boot/grub/grub.cfg on the root file system.
 chroot "$MNT" grub-install --target=i386-pc "$LOOP" >&2
-chroot "$MNT" grub-install --target=x86_64-efi --efi-directory=/boot/efi --no-nvram --uefi-secure-boot --force-extra-removable >&2
 chroot "$MNT" update-grub >&2 2>&1
 grep -q "root=PARTUUID=$ROOT_PARTUUID" "$MNT/boot/grub/grub.cfg" || { echo "grub.cfg lacks root=PARTUUID=$ROOT_PARTUUID" >&2; exit 1; }
-[ -f "$MNT/boot/efi/EFI/BOOT/BOOTX64.EFI" ] || { echo "no removable EFI loader in the image" >&2; exit 1; }
-# Into the FAT file system of partition 15; the directory under it stays empty (mount point).
-mcopy -s -i "$EFI_PART" "$MNT/boot/efi/EFI" ::/
-rm -rf "$MNT/boot/efi/EFI"
+ROOT_FSUUID=$(blkid -s UUID -o value "$ROOT_PART")
+ESP="$WORK/esp"
+mkdir -p "$ESP/EFI/debian" "$ESP/EFI/BOOT"
+cp "$MNT/usr/lib/shim/shimx64.efi.signed" "$ESP/EFI/debian/shimx64.efi"
+cp "$MNT/usr/lib/shim/mmx64.efi.signed" "$ESP/EFI/debian/mmx64.efi"
+cp "$MNT/usr/lib/shim/fbx64.efi.signed" "$ESP/EFI/debian/fbx64.efi"
+cp "$MNT/usr/lib/shim/BOOTX64.CSV" "$ESP/EFI/debian/BOOTX64.CSV"
+cp "$MNT/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed" "$ESP/EFI/debian/grubx64.efi"
+cat >"$ESP/EFI/debian/grub.cfg" <<EOF
+search.fs_uuid $ROOT_FSUUID root hd0,gpt1
+set prefix=(\$root)'/boot/grub'
+configfile \$prefix/grub.cfg
+EOF
+cp "$ESP/EFI/debian/shimx64.efi" "$ESP/EFI/BOOT/BOOTX64.EFI"
+cp "$ESP/EFI/debian/grubx64.efi" "$ESP/EFI/debian/mmx64.efi" "$ESP/EFI/debian/grub.cfg" "$ESP/EFI/BOOT/"
+mcopy -s -i "$EFI_PART" "$ESP/EFI" ::/
+mdir -i "$EFI_PART" ::/EFI/BOOT >&2
 chroot "$MNT" update-initramfs -u -k all >&2 2>&1
 ln -sf /run/systemd/resolve/stub-resolv.conf "$MNT/etc/resolv.conf"
 chroot "$MNT" apt-get clean

@@ -707,11 +707,15 @@ fn check_url(url: &str) -> Result<(), String> {
         .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
     if !ok {
         return Err(format!(
-            "`{url}` must be an http://, https:// or file:/// URL"
+            "`{}` must be an http://, https:// or file:/// URL",
+            kvmprov_image::redact_url(url)
         ));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("`{url}` contains white space"));
+        return Err(format!(
+            "`{}` contains white space",
+            kvmprov_image::redact_url(url)
+        ));
     }
     Ok(())
 }

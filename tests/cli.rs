@@ -323,3 +323,96 @@ fn help_explains_every_command() {
     let o = kvmprov(&["nonsense"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A qcow2 file of 1 MiB, backed by `backing` if given: made by `qemu-img` when it is installed
+/// (what users have), else its header written here.
+fn qcow2(path: &Path, backing: Option<&Path>) {
+    let qemu_img = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if qemu_img {
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2"]);
+        if let Some(b) = backing {
+            cmd.arg("-b").arg(b).args(["-F", "qcow2"]);
+        }
+        let out = cmd.arg(path).arg("1M").output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        return;
+    }
+    let mut h = vec![0u8; 512];
+    h[..4].copy_from_slice(b"QFI\xfb");
+    h[4..8].copy_from_slice(&3u32.to_be_bytes());
+    h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+    if let Some(b) = backing {
+        let name = b.to_str().unwrap().as_bytes();
+        h[8..16].copy_from_slice(&112u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        h[112..112 + name.len()].copy_from_slice(name);
+    }
+    std::fs::write(path, h).unwrap();
+}
+
+/// A cached version of debian-12 (image and sidecar) whose digest starts with `fill`.
+fn cached_image(cache: &Path, fill: &str) -> PathBuf {
+    let sha = fill.repeat(128 / fill.len());
+    let path = cache.join(format!("debian-12-genericcloud-amd64-{}.qcow2", &sha[..16]));
+    qcow2(&path, None);
+    let side = serde_json::json!({
+        "image_name": "debian-12", "sha512": sha, "size": std::fs::metadata(&path).unwrap().len(),
+        "version": null, "url": "http://127.0.0.1:9/x.qcow2", "cached_at": "1"
+    });
+    std::fs::write(
+        format!("{}.json", path.display()),
+        serde_json::to_string(&side).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn regression_prune_deleted_the_base_of_a_disk_kept_by_cleanup_force() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), &node(t.path(), &[]), &["app-01"]);
+    let cache = t.path().join("images");
+    let pool = t.path().join("instances");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&pool).unwrap();
+    let base = cached_image(&cache, "a");
+    let unused = cached_image(&cache, "b");
+    // What `cleanup-force` leaves: the overlay, no domain.
+    qcow2(&pool.join("app-01.qcow2"), Some(&base));
+    std::fs::write(pool.join("app-01-console.log"), "boot\n").unwrap();
+
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache", "prune", "--yes"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(base.exists(), "the overlay's base was kept: {said}");
+    assert!(said.contains("app-01.qcow2"), "says what it backs: {said}");
+    assert!(!unused.exists(), "the unused version was deleted: {said}");
+    assert!(!PathBuf::from(format!("{}.json", unused.display())).exists());
+}
+
+#[test]
+fn regression_prune_deleted_images_a_run_with_another_pool_was_about_to_use() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), &node(t.path(), &[]), &["app-01"]);
+    let cache = t.path().join("images");
+    std::fs::create_dir_all(&cache).unwrap();
+    let unused = cached_image(&cache, "c");
+    // Another run (another instance pool, the same cache) between its download and its use.
+    let run = kvmprov_image::CacheLock::shared(&cache).unwrap();
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache", "prune", "--yes"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("another kvmprov run is using the image cache"),
+        "{said}"
+    );
+    assert!(unused.exists());
+    drop(run);
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache", "prune", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!unused.exists());
+}

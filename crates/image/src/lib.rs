@@ -77,6 +77,8 @@ pub enum ImageError {
         #[source]
         problem: qcow2::Problem,
     },
+    #[error("the image cache is being pruned by another kvmprov run (lock {path} held for more than {seconds}s)")]
+    CacheBusy { path: PathBuf, seconds: u64 },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -718,6 +720,8 @@ struct PartMeta {
 /// The cache-wide lock file: a run holds it shared while it uses cached images, prune holds it
 /// exclusively while it deletes.
 const CACHE_LOCK: &str = ".kvmprov-cache.lock";
+/// Longest wait for a prune to release the cache: it decides in seconds.
+const PRUNE_WAIT: Duration = Duration::from_secs(60);
 
 /// An advisory lock (`flock`) on a file in the cache; released when dropped.
 #[derive(Debug)]
@@ -739,13 +743,29 @@ impl CacheLock {
             .map_err(io_err(path))
     }
 
-    /// For a run that uses cached images: waits while a prune deletes (it is short).
+    /// For a run that uses cached images: waits while a prune deletes, at most `PRUNE_WAIT`
+    /// (a prune stuck on an unreachable hypervisor must not hold a run forever).
     pub fn shared(cache_dir: &Path) -> Result<CacheLock, ImageError> {
+        let wait = PRUNE_WAIT;
         fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
         let path = cache_dir.join(CACHE_LOCK);
         let file = Self::open(&path)?;
-        file.lock_shared().map_err(io_err(&path))?;
-        Ok(CacheLock { _file: file })
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock_shared() {
+                Ok(()) => return Ok(CacheLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(ImageError::CacheBusy {
+                        path,
+                        seconds: wait.as_secs(),
+                    })
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+            }
+        }
     }
 
     /// For prune: the whole cache, or `None` while any run uses it (a run may be between its

@@ -58,8 +58,21 @@ pub enum Qcow2Error {
     },
 }
 
-/// Parse and check the first bytes of a file (at least 32; the backing name is not read here).
+/// Parse and check the first bytes of a file (at least 32; the backing name is not read here):
+/// a qcow2 kvmprov can use as a base has a known version and a virtual size.
 pub fn parse_header(bytes: &[u8]) -> Result<Header, Problem> {
+    let header = parse_fields(bytes)?;
+    if !(2..=3).contains(&header.version) {
+        return Err(Problem::Version(header.version));
+    }
+    if header.size == 0 {
+        return Err(Problem::ZeroSize);
+    }
+    Ok(header)
+}
+
+/// The fields, checking only that it is a qcow2 at all.
+fn parse_fields(bytes: &[u8]) -> Result<Header, Problem> {
     let h: &[u8; HEADER_LEN] = bytes
         .get(..HEADER_LEN)
         .and_then(|h| h.try_into().ok())
@@ -70,23 +83,19 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, Problem> {
     if &magic != MAGIC {
         return Err(Problem::Magic(magic));
     }
-    let version = be32(4);
-    if !(2..=3).contains(&version) {
-        return Err(Problem::Version(version));
-    }
-    let size = be64(24);
-    if size == 0 {
-        return Err(Problem::ZeroSize);
-    }
     Ok(Header {
-        version,
-        size,
+        version: be32(4),
+        size: be64(24),
         backing_file: None,
     })
 }
 
 /// Read and check a file's qcow2 header, with its backing file name.
 pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
+    read(path, parse_header)
+}
+
+fn read(path: &Path, parse: fn(&[u8]) -> Result<Header, Problem>) -> Result<Header, Qcow2Error> {
     let io = |source| Qcow2Error::Io {
         path: path.to_path_buf(),
         source,
@@ -101,7 +110,7 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
         .take(HEADER_LEN as u64)
         .read_to_end(&mut bytes)
         .map_err(io)?;
-    let mut header = parse_header(&bytes).map_err(invalid)?;
+    let mut header = parse(&bytes).map_err(invalid)?;
     let offset = u64::from_be_bytes(bytes[8..16].try_into().unwrap_or_default());
     let len = u32::from_be_bytes(bytes[16..20].try_into().unwrap_or_default());
     if offset != 0 && len != 0 {
@@ -119,9 +128,10 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
 }
 
 /// The backing file of a local qcow2 file (relative names resolved against its directory);
-/// `None` for a qcow2 without one and for files that are not qcow2 (ISOs, logs).
+/// `None` for a qcow2 without one and for files that are not qcow2 (ISOs, logs). Any version
+/// and size: only the chain matters here.
 pub fn backing_file(path: &Path) -> Result<Option<PathBuf>, Qcow2Error> {
-    let header = match read_header(path) {
+    let header = match read(path, parse_fields) {
         Ok(h) => h,
         Err(Qcow2Error::Invalid {
             problem: Problem::TooShort(_) | Problem::Magic(_),

@@ -62,14 +62,13 @@ pub enum ImageError {
         expected: String,
         actual: String,
     },
-    #[error("{json_url} names sha512 {json_sha512} for {file}, but the checksum manifest {sums_url} lists {listed}: a digest the configured manifest does not confirm is not trusted")]
+    #[error("{json_url} names sha512 {json_sha512} for {file}, but {listings}: a digest the configured checksum manifest does not confirm is not trusted")]
     Unconfirmed {
         json_url: String,
         json_sha512: String,
         file: String,
-        sums_url: String,
-        /// `sha512 <hex>` or `no digest for it`.
-        listed: String,
+        /// What the configured manifest lists, and the dated one beside it when it was read.
+        listings: String,
     },
     #[error("{url} is not a qcow2 image, so it was not cached")]
     NotQcow2 {
@@ -406,7 +405,14 @@ pub fn resolve(client: &Client, entry: &CatalogEntry) -> Result<Resolved, ImageE
     };
 
     if let Some((json_url, pin)) = json_pin(client, &entry.image_url)? {
-        confirm_pin(client, manifest_url, listed.as_deref(), &json_url, &pin)?;
+        confirm_pin(
+            client,
+            manifest_url,
+            &image_file,
+            listed.as_deref(),
+            &json_url,
+            &pin,
+        )?;
         return Ok(Resolved {
             image_name: entry.image_name.clone(),
             download_url: dated_url(&entry.image_url, &pin.dated_ref)?,
@@ -436,10 +442,12 @@ pub fn resolve(client: &Client, entry: &CatalogEntry) -> Result<Resolved, ImageE
 /// The JSON manifest's digest must be confirmed by the configured manifest: its `latest/` line
 /// for the image (`listed`), or — `latest` moved between our requests — the line for the dated
 /// file in the dated directory's `SHA512SUMS` on the configured manifest's host, never the
-/// image host's.
+/// image host's. That dated file must be a build of the same image in the same suite: the JSON
+/// manifest may not swap in another variant or release that Debian happens to list.
 fn confirm_pin(
     client: &Client,
     manifest_url: &str,
+    image_file: &str,
     listed: Option<&str>,
     json_url: &str,
     pin: &manifest::JsonPin,
@@ -448,22 +456,35 @@ fn confirm_pin(
         return Ok(());
     }
     let dated_file = pin.dated_ref.rsplit('/').next().unwrap_or(&pin.dated_ref);
-    let refuse = |sums_url: &str, listed: Option<&str>| ImageError::Unconfirmed {
+    let configured = format!(
+        "the configured checksum manifest {} lists {} for {image_file}",
+        redact_url(manifest_url),
+        listed.map_or_else(|| "no digest".to_string(), |l| format!("sha512 {l}"))
+    );
+    let refuse = |dated: Option<(&str, Option<&str>)>| ImageError::Unconfirmed {
         json_url: redact_url(json_url),
         json_sha512: pin.sha512.clone(),
         file: dated_file.to_string(),
-        sums_url: redact_url(sums_url),
-        listed: listed.map_or_else(|| "no digest for it".to_string(), |l| format!("sha512 {l}")),
+        listings: match dated {
+            None => configured.clone(),
+            Some((url, listed)) => format!(
+                "{configured} and {} lists {} for it",
+                redact_url(url),
+                listed.map_or_else(|| "no digest".to_string(), |l| format!("sha512 {l}"))
+            ),
+        },
     };
-    let Some(dated_sums) = dated_sums_url(manifest_url, &pin.dated_ref) else {
-        return Err(refuse(manifest_url, listed));
+    let dated_sums = dated_sums_url(manifest_url, &pin.dated_ref)
+        .filter(|_| is_build_of(dated_file, image_file));
+    let Some(dated_sums) = dated_sums else {
+        return Err(refuse(None));
     };
     let text = match client.get_text(&dated_sums) {
         Ok(t) => t,
         // No such dated directory where the configured manifest lives: nothing confirms it.
         Err(ImageError::Status {
             status: 404 | 410, ..
-        }) => return Err(refuse(&dated_sums, None)),
+        }) => return Err(refuse(Some((&dated_sums, None)))),
         Err(e) => return Err(e),
     };
     match parse_sha512sums(&text, dated_file) {
@@ -475,8 +496,8 @@ fn confirm_pin(
             );
             Ok(())
         }
-        Ok(sum) => Err(refuse(&dated_sums, Some(&sum))),
-        Err(ManifestError::Missing { .. }) => Err(refuse(&dated_sums, None)),
+        Ok(sum) => Err(refuse(Some((&dated_sums, Some(&sum))))),
+        Err(ManifestError::Missing { .. }) => Err(refuse(Some((&dated_sums, None)))),
         Err(source) => Err(ImageError::Manifest {
             url: redact_url(&dated_sums),
             source,
@@ -539,7 +560,7 @@ fn dated_url(image_url: &str, dated_ref: &str) -> Result<String, ImageError> {
 /// The dated build's `SHA512SUMS` at the same place as the configured manifest:
 /// `https://h/images/cloud/bookworm/latest/SHA512SUMS` and `bookworm/20250210-2019/…` →
 /// `https://h/images/cloud/bookworm/20250210-2019/SHA512SUMS`. `None` when the configured
-/// manifest is not a `latest/` one (then no dated manifest is known to it).
+/// manifest is not a `<suite>/latest/` one, or the dated build is of another suite.
 fn dated_sums_url(manifest_url: &str, dated_ref: &str) -> Option<String> {
     let (base, _) = url::split_query(manifest_url);
     let mut segments = base.rsplit('/');
@@ -547,8 +568,23 @@ fn dated_sums_url(manifest_url: &str, dated_ref: &str) -> Option<String> {
     if segments.next() != Some("latest") {
         return None;
     }
+    let suite = segments.next()?;
     let (dated_dir, _) = dated_ref.rsplit_once('/')?;
+    if dated_dir.split('/').next() != Some(suite) {
+        return None;
+    }
     replace_suite_latest(manifest_url, &format!("{dated_dir}/{name}"))
+}
+
+/// `debian-12-genericcloud-amd64-20250210-2019.qcow2` is a build of
+/// `debian-12-genericcloud-amd64.qcow2`: the same stem and extension around a version.
+fn is_build_of(dated_file: &str, image_file: &str) -> bool {
+    let (stem, ext) = image_file.rsplit_once('.').unwrap_or((image_file, ""));
+    dated_file
+        .strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_suffix(ext))
+        .is_some_and(|version| version.len() > 1 && version.ends_with('.'))
 }
 
 /// A `Write` sink that SHA-512-hashes what it is given (re-hashing a remote copy as it streams).
@@ -1191,6 +1227,33 @@ mod tests {
             cache_file_name("debian-12-genericcloud-amd64.qcow2", &"ab".repeat(64)),
             "debian-12-genericcloud-amd64-abababababababab.qcow2"
         );
+    }
+
+    #[test]
+    fn dated_sums_sit_beside_the_configured_manifest() {
+        let sums = "https://h/images/cloud/bookworm/latest/SHA512SUMS";
+        let dated = "bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2";
+        assert_eq!(
+            dated_sums_url(sums, dated).as_deref(),
+            Some("https://h/images/cloud/bookworm/20250210-2019/SHA512SUMS")
+        );
+        // Another suite, or a manifest outside a `latest/` directory: no dated manifest.
+        assert_eq!(dated_sums_url(sums, "trixie/20250814-2204/x.qcow2"), None);
+        assert_eq!(dated_sums_url("file:///srv/SHA512SUMS", dated), None);
+        let image = "debian-12-genericcloud-amd64.qcow2";
+        assert!(is_build_of(
+            "debian-12-genericcloud-amd64-20250210-2019.qcow2",
+            image
+        ));
+        assert!(!is_build_of(
+            "debian-12-nocloud-amd64-20250210-2019.qcow2",
+            image
+        ));
+        assert!(!is_build_of(
+            "debian-12-genericcloud-amd64-20250210-2019.raw",
+            image
+        ));
+        assert!(!is_build_of(image, image));
     }
 
     #[test]

@@ -752,6 +752,7 @@ fn killed_download_part_is_resumed_by_the_next_run() {
 /// One sentence: no line breaks.
 fn one_sentence(e: &ImageError) -> String {
     let text = e.to_string();
+    eprintln!("reported: {text}");
     assert!(!text.contains('\n'), "one sentence: {text}");
     text
 }
@@ -801,7 +802,8 @@ fn regression_json_manifest_digest_overrode_configured_sha512sums() {
     let text = one_sentence(&e);
     assert!(text.contains("not trusted"), "{text}");
     assert!(
-        text.contains(&evil_sum) && text.contains("no digest for it"),
+        text.contains(&evil_sum)
+            && text.contains("lists no digest for debian-12-genericcloud-amd64.qcow2"),
         "{text}"
     );
 }
@@ -999,5 +1001,72 @@ fn regression_two_runs_truncated_each_others_part() {
         2,
         "{:?}",
         cache_files(dir.path())
+    );
+}
+
+/// Debian's real files (`shared/debian-cloud/`, beside the repository), or `None` with a
+/// visible note: they are data for tests, not part of the project.
+fn debian_cloud(name: &str) -> Option<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/debian-cloud");
+    match std::fs::read(dir.join(name)) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            eprintln!("SKIPPED: {} not readable ({e})", dir.join(name).display());
+            None
+        }
+    }
+}
+
+#[test]
+fn real_debian_json_manifest_is_confirmed_only_by_the_configured_sums() {
+    let (Some(json), Some(latest_sums)) = (
+        debian_cloud("bookworm-20250210-2019-debian-12-genericcloud-amd64.json"),
+        debian_cloud("bookworm-latest-SHA512SUMS"),
+    ) else {
+        return;
+    };
+    // The real `latest/SHA512SUMS` is of a later build than the real JSON manifest: `latest`
+    // moved, as it does between two requests.
+    let pinned = kvmprov_image::parse_json_manifest(std::str::from_utf8(&json).unwrap()).unwrap();
+    let listed = kvmprov_image::parse_sha512sums(
+        std::str::from_utf8(&latest_sums).unwrap(),
+        "debian-12-genericcloud-amd64.qcow2",
+    )
+    .unwrap();
+    assert_ne!(pinned.sha512, listed);
+    let m = Mirror::start();
+    m.put("/images/cloud/bookworm/latest/SHA512SUMS", latest_sums);
+    m.put(
+        "/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.json",
+        json,
+    );
+    let c = fast_client();
+
+    // No dated SHA512SUMS beside the configured one: refused, both digests named.
+    let e = resolve(&c, &m.entry()).unwrap_err();
+    let text = one_sentence(&e);
+    for part in [&pinned.sha512, &listed, &m.entry().checksum_manifest_url] {
+        assert!(text.contains(part.as_str()), "names {part}: {text}");
+    }
+    assert!(text.contains("not trusted"), "{text}");
+
+    // The dated directory lists the build: resolved to it.
+    m.put(
+        "/images/cloud/bookworm/20250210-2019/SHA512SUMS",
+        format!(
+            "{}  debian-12-genericcloud-amd64-20250210-2019.qcow2\n",
+            pinned.sha512
+        )
+        .into_bytes(),
+    );
+    let r = resolve(&c, &m.entry()).unwrap();
+    assert_eq!(r.sha512, pinned.sha512);
+    assert_eq!(r.version.as_deref(), Some("20250210-2019"));
+    assert!(
+        r.download_url.ends_with(
+            "/images/cloud/bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2"
+        ),
+        "{}",
+        r.download_url
     );
 }

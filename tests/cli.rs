@@ -416,3 +416,73 @@ fn regression_prune_deleted_images_a_run_with_another_pool_was_about_to_use() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!unused.exists());
 }
+
+/// A config whose debian-12 image is `image` served from a local directory by `file://` URLs.
+fn file_catalog(dir: &Path, uri: &str, image: &[u8]) -> PathBuf {
+    use sha2::Digest;
+    let mirror = dir.join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    std::fs::write(mirror.join("debian-12-genericcloud-amd64.qcow2"), image).unwrap();
+    let sum: String = sha2::Sha512::digest(image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        mirror.join("SHA512SUMS"),
+        format!("{sum}  debian-12-genericcloud-amd64.qcow2\n"),
+    )
+    .unwrap();
+    let cfg = config(dir, uri, &["app-01"]);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "http://127.0.0.1:9/images/cloud/bookworm/latest/",
+        &format!("file://{}/", mirror.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+#[test]
+fn regression_file_image_url_passed_check_but_failed_to_download() {
+    let t = tempfile::tempdir().unwrap();
+    let image_file = t.path().join("made.qcow2");
+    qcow2(&image_file, None);
+    let image = std::fs::read(&image_file).unwrap();
+    let cfg = file_catalog(t.path(), &node(t.path(), &[]), &image);
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cached = kvmprov_image::newest_cached(&t.path().join("images"), "debian-12")
+        .unwrap()
+        .expect("cached");
+    assert_eq!(std::fs::read(&cached.path).unwrap(), image);
+    assert!(cached.url.starts_with("file:///"), "{}", cached.url);
+}
+
+#[test]
+fn regression_non_qcow2_image_reached_provisioning() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = file_catalog(
+        t.path(),
+        &node(t.path(), &[]),
+        b"<html>mirror maintenance page</html>\n",
+    );
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "provision"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.contains("is not a qcow2 image"))
+        .unwrap_or_else(|| panic!("the image-cache stage says why: {said}"));
+    assert!(
+        line.contains("debian-12-genericcloud-amd64.qcow2"),
+        "{line}"
+    );
+    assert!(
+        !said.contains("app-01") && !said.lines().any(|l| l.starts_with("provision")),
+        "provisioning never started: {said}"
+    );
+    assert!(kvmprov_image::list_cached(&t.path().join("images"))
+        .unwrap()
+        .is_empty());
+}

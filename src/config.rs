@@ -151,11 +151,18 @@ impl Serialize for Secret {
 #[serde(deny_unknown_fields)]
 pub struct CatalogImage {
     pub image_name: String,
+    /// Shown redacted (JSON output included): credentials and tokens stay in the file.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub image_url: String,
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub image_checksum_manifest_url: String,
     /// Pin the expected digest instead of reading the manifest (air-gapped hosts).
     #[serde(default)]
     pub image_sha512: Option<String>,
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&kvmprov_image::redact_url(url))
 }
 
 /// `kvm_cloud_init_defaults`.

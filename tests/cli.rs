@@ -486,3 +486,26 @@ fn regression_non_qcow2_image_reached_provisioning() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn regression_check_showed_url_credentials() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "test:///default", &["app-01"]);
+    let text_with_secrets = std::fs::read_to_string(&cfg).unwrap().replace(
+        "http://127.0.0.1:9/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2",
+        "https://kvm:pa55word@mirror.example/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2?token=t0ps3cret",
+    );
+    std::fs::write(&cfg, text_with_secrets).unwrap();
+    for args in [vec!["check"], vec!["--output", "json", "check"]] {
+        let mut all = vec!["-c", cfg.to_str().unwrap()];
+        all.extend(args);
+        let out = kvmprov(&all);
+        let said = text(&out);
+        assert!(out.status.success(), "{said}");
+        assert!(
+            !said.contains("pa55word") && !said.contains("t0ps3cret"),
+            "{said}"
+        );
+        assert!(said.contains("https://***@mirror.example/"), "{said}");
+    }
+}

@@ -834,9 +834,10 @@ impl CacheLock {
     }
 }
 
-/// The lock file of one cache file's writer: `<file>.lock`.
+/// The lock file of one cache file's writer: `.<file>.lock` (hidden, like the cache's own lock:
+/// listings of the cache show images, sidecars and parts).
 pub fn writer_lock_path(cache_dir: &Path, file_name: &str) -> PathBuf {
-    cache_dir.join(format!("{file_name}.lock"))
+    cache_dir.join(format!(".{file_name}.lock"))
 }
 
 /// Download, verify and cache one image. Resumes a `.part` left by an earlier attempt.

@@ -34,6 +34,9 @@ struct State {
     files: HashMap<String, Vec<u8>>,
     faults: HashMap<String, Vec<Fault>>,
     log: Vec<(String, Option<String>, usize)>,
+    /// Connections accepted and not yet logged: a client may have its answer before the server
+    /// thread has written the log line.
+    open: usize,
 }
 
 struct Mirror {
@@ -50,7 +53,11 @@ impl Mirror {
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let st = st.clone();
-                std::thread::spawn(move || serve(conn, st));
+                st.lock().unwrap().open += 1;
+                std::thread::spawn(move || {
+                    serve(conn, st.clone());
+                    st.lock().unwrap().open -= 1;
+                });
             }
         });
         Mirror { base, state }
@@ -74,8 +81,17 @@ impl Mirror {
             .push(f);
     }
 
+    /// Wait (at most 5 s) until every accepted connection has been logged.
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.state.lock().unwrap().open > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Body bytes served for paths containing `needle`.
     fn served(&self, needle: &str) -> usize {
+        self.settle();
         self.state
             .lock()
             .unwrap()
@@ -88,6 +104,7 @@ impl Mirror {
 
     /// Requests for paths containing `needle`.
     fn requests(&self, needle: &str) -> usize {
+        self.settle();
         self.state
             .lock()
             .unwrap()

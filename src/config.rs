@@ -176,11 +176,18 @@ impl Serialize for Secret {
 #[serde(deny_unknown_fields)]
 pub struct CatalogImage {
     pub image_name: String,
+    /// Shown redacted (JSON output included): credentials and tokens stay in the file.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub image_url: String,
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub image_checksum_manifest_url: String,
     /// Pin the expected digest instead of reading the manifest (air-gapped hosts).
     #[serde(default)]
     pub image_sha512: Option<String>,
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&kvmprov_image::redact_url(url))
 }
 
 /// `kvm_cloud_init_defaults`.
@@ -773,11 +780,15 @@ fn check_url(url: &str) -> Result<(), String> {
         .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
     if !ok {
         return Err(format!(
-            "`{url}` must be an http://, https:// or file:/// URL"
+            "`{}` must be an http://, https:// or file:/// URL",
+            kvmprov_image::redact_url(url)
         ));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("`{url}` contains white space"));
+        return Err(format!(
+            "`{}` contains white space",
+            kvmprov_image::redact_url(url)
+        ));
     }
     Ok(())
 }

@@ -43,7 +43,7 @@ fn config(dir: &Path, uri: &str, names: &[&str]) -> PathBuf {
 /// A test-driver node: the default network, and `domains` (name, vcpus) already defined.
 fn node(dir: &Path, domains: &[(&str, u32)]) -> String {
     let mut x = String::from("<node>\n");
-    x.push_str("<network><name>default</name><bridge name='virbr0'/><forward/><ip address='192.168.122.1' netmask='255.255.255.0'/></network>\n");
+    x.push_str("<network><name>default</name><bridge name='virbr0'/><forward/><ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp></ip></network>\n");
     for (name, vcpus) in domains {
         let mac = kvmprov_hypervisor::xml::mac_for(name);
         x.push_str(&format!(
@@ -510,4 +510,194 @@ fn regression_truncated_image_sidecar_panicked_provision() {
     let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
     assert_eq!(web.1, "create", "{ops:?}");
     assert!(web.2.contains("not cached"), "{ops:?}");
+}
+
+/// A qcow2 file of 1 MiB, backed by `backing` if given: made by `qemu-img` when it is installed
+/// (what users have), else its header written here.
+fn qcow2(path: &Path, backing: Option<&Path>) {
+    let qemu_img = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if qemu_img {
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2"]);
+        if let Some(b) = backing {
+            cmd.arg("-b").arg(b).args(["-F", "qcow2"]);
+        }
+        let out = cmd.arg(path).arg("1M").output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        return;
+    }
+    let mut h = vec![0u8; 512];
+    h[..4].copy_from_slice(b"QFI\xfb");
+    h[4..8].copy_from_slice(&3u32.to_be_bytes());
+    h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+    if let Some(b) = backing {
+        let name = b.to_str().unwrap().as_bytes();
+        h[8..16].copy_from_slice(&112u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        h[112..112 + name.len()].copy_from_slice(name);
+    }
+    std::fs::write(path, h).unwrap();
+}
+
+/// A cached version of debian-12 (image and sidecar) whose digest starts with `fill`.
+fn cached_image(cache: &Path, fill: &str) -> PathBuf {
+    let sha = fill.repeat(128 / fill.len());
+    let path = cache.join(format!("debian-12-genericcloud-amd64-{}.qcow2", &sha[..16]));
+    qcow2(&path, None);
+    let side = serde_json::json!({
+        "image_name": "debian-12", "sha512": sha, "size": std::fs::metadata(&path).unwrap().len(),
+        "version": null, "url": "http://127.0.0.1:9/x.qcow2", "cached_at": "1"
+    });
+    std::fs::write(
+        format!("{}.json", path.display()),
+        serde_json::to_string(&side).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn regression_prune_deleted_the_base_of_a_disk_kept_by_cleanup_force() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), &node(t.path(), &[]), &["app-01"]);
+    let cache = t.path().join("images");
+    let pool = t.path().join("instances");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&pool).unwrap();
+    let base = cached_image(&cache, "a");
+    let unused = cached_image(&cache, "b");
+    // What `cleanup-force` leaves: the overlay, no domain.
+    qcow2(&pool.join("app-01.qcow2"), Some(&base));
+    std::fs::write(pool.join("app-01-console.log"), "boot\n").unwrap();
+
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache", "prune", "--yes"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(base.exists(), "the overlay's base was kept: {said}");
+    assert!(said.contains("app-01.qcow2"), "says what it backs: {said}");
+    assert!(!unused.exists(), "the unused version was deleted: {said}");
+    assert!(!PathBuf::from(format!("{}.json", unused.display())).exists());
+}
+
+#[test]
+fn regression_prune_deleted_images_a_run_with_another_pool_was_about_to_use() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), &node(t.path(), &[]), &["app-01"]);
+    let cache = t.path().join("images");
+    std::fs::create_dir_all(&cache).unwrap();
+    let unused = cached_image(&cache, "c");
+    // Another run (another instance pool, the same cache) between its download and its use.
+    let run = kvmprov_image::CacheLock::shared(&cache).unwrap();
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache", "prune", "--yes"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("another kvmprov run is using the image cache"),
+        "{said}"
+    );
+    assert!(unused.exists());
+    drop(run);
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache", "prune", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!unused.exists());
+}
+
+/// A config whose debian-12 image is `image` served from a local directory by `file://` URLs.
+fn file_catalog(dir: &Path, uri: &str, image: &[u8]) -> PathBuf {
+    use sha2::Digest;
+    let mirror = dir.join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    std::fs::write(mirror.join("debian-12-genericcloud-amd64.qcow2"), image).unwrap();
+    let sum: String = sha2::Sha512::digest(image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        mirror.join("SHA512SUMS"),
+        format!("{sum}  debian-12-genericcloud-amd64.qcow2\n"),
+    )
+    .unwrap();
+    let cfg = config(dir, uri, &["app-01"]);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "http://127.0.0.1:9/images/cloud/bookworm/latest/",
+        &format!("file://{}/", mirror.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+#[test]
+fn regression_file_image_url_passed_check_but_failed_to_download() {
+    let t = tempfile::tempdir().unwrap();
+    let image_file = t.path().join("made.qcow2");
+    qcow2(&image_file, None);
+    let image = std::fs::read(&image_file).unwrap();
+    let cfg = file_catalog(t.path(), &node(t.path(), &[]), &image);
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cached = kvmprov_image::newest_cached(&t.path().join("images"), "debian-12")
+        .unwrap()
+        .expect("cached");
+    assert_eq!(std::fs::read(&cached.path).unwrap(), image);
+    assert!(cached.url.starts_with("file:///"), "{}", cached.url);
+}
+
+#[test]
+fn regression_non_qcow2_image_reached_provisioning() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = file_catalog(
+        t.path(),
+        &node(t.path(), &[]),
+        b"<html>mirror maintenance page</html>\n",
+    );
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "provision"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.contains("is not a qcow2 image"))
+        .unwrap_or_else(|| panic!("the image-cache stage says why: {said}"));
+    assert!(
+        line.contains("debian-12-genericcloud-amd64.qcow2"),
+        "{line}"
+    );
+    assert!(
+        // Preflight's address check names the instance; no stage after image-cache may.
+        !said
+            .lines()
+            .any(|l| l.contains("app-01") && !l.contains("address app-01"))
+            && !said.lines().any(|l| l.starts_with("provision")),
+        "provisioning never started: {said}"
+    );
+    assert!(kvmprov_image::list_cached(&t.path().join("images"))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn regression_check_showed_url_credentials() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "test:///default", &["app-01"]);
+    let text_with_secrets = std::fs::read_to_string(&cfg).unwrap().replace(
+        "http://127.0.0.1:9/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2",
+        "https://kvm:pa55word@mirror.example/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2?token=t0ps3cret",
+    );
+    std::fs::write(&cfg, text_with_secrets).unwrap();
+    for args in [vec!["check"], vec!["--output", "json", "check"]] {
+        let mut all = vec!["-c", cfg.to_str().unwrap()];
+        all.extend(args);
+        let out = kvmprov(&all);
+        let said = text(&out);
+        assert!(out.status.success(), "{said}");
+        assert!(
+            !said.contains("pa55word") && !said.contains("t0ps3cret"),
+            "{said}"
+        );
+        assert!(said.contains("https://***@mirror.example/"), "{said}");
+    }
 }

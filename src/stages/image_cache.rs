@@ -2,12 +2,13 @@
 //! what is missing (verified, resumable), and hand the cached versions on to provision.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kvmprov_image::{CachedImage, CatalogEntry, Client, ImageError, Resolved};
+use kvmprov_hypervisor::{HvError, Hypervisor};
+use kvmprov_image::{qcow2, CacheLock, CachedImage, CatalogEntry, Client, ImageError, Resolved};
 
-use crate::config::CatalogImage;
+use crate::config::{CatalogImage, StageChoice};
 use crate::plan::{error_chain, run as run_action, Action, Op, Outcome, StageReport, Status};
 use crate::stages::{Handoff, Session, StageError};
 
@@ -39,7 +40,10 @@ pub fn plan_one(r: &Resolved, step: &Step) -> Action {
         Step::Download => Action::new(
             &r.image_name,
             Op::Download,
-            format!("{version} sha512:{short}… not cached: {}", r.download_url),
+            format!(
+                "{version} sha512:{short}… not cached: {}",
+                kvmprov_image::redact_url(&r.download_url)
+            ),
         ),
     }
 }
@@ -596,59 +600,155 @@ pub fn run_all(s: &Session, all: bool) -> Result<Vec<StageReport>, StageError> {
     crate::stages::run_stages_with(s, &[crate::config::StageChoice::ImageCache], all)
 }
 
-/// `kvmprov image-cache prune`: cached versions no domain's disk is (backed by) on this host.
+/// A run that fetches or provisions from the cache holds it shared, so a prune never deletes a
+/// version between its download and its use. `None` for plans and for stages that use no image.
+pub fn hold_cache(s: &Session, stages: &[StageChoice]) -> Result<Option<CacheLock>, ImageError> {
+    let uses_images = stages
+        .iter()
+        .any(|st| matches!(st, StageChoice::ImageCache | StageChoice::Provision));
+    if s.check || !uses_images {
+        return Ok(None);
+    }
+    CacheLock::shared(&s.cfg.image_cache_path).map(Some)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("another kvmprov run is using the image cache {}; prune when it has finished", .path.display())]
+    CacheBusy { path: PathBuf },
+    #[error("cannot list the instance pool {}", .path.display())]
+    Pool {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the backing file of a disk in the instance pool, so nothing is pruned")]
+    Header(#[source] qcow2::Qcow2Error),
+    #[error(transparent)]
+    Hypervisor(#[from] HvError),
+}
+
+/// The files under the qcow2 files of a host's instance pool (their backing chains), each with
+/// the disk it backs. Disks no domain references any more (kept by `cleanup-force`) count too:
+/// deleting their base would ruin them. Local pools are read from the files' qcow2 headers,
+/// remote ones through libvirt's volumes.
+fn pool_backing(s: &Session, hv: &Hypervisor) -> Result<Vec<(PathBuf, PathBuf)>, PruneError> {
+    let pool = &s.cfg.instance_pool_path;
+    let mut out = Vec::new();
+    if crate::stages::preflight::is_local(hv.uri()) {
+        let entries = match std::fs::read_dir(pool) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(source) => {
+                return Err(PruneError::Pool {
+                    path: pool.clone(),
+                    source,
+                })
+            }
+        };
+        let real = |p: PathBuf| p.canonicalize().unwrap_or(p);
+        for entry in entries {
+            let entry = entry.map_err(|source| PruneError::Pool {
+                path: pool.clone(),
+                source,
+            })?;
+            // Regular files only: kvmprov's state directory and links are not disks of the pool.
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let disk = entry.path();
+            let chain = qcow2::backing_chain(disk.clone(), |f| {
+                qcow2::backing_file(f).map(|b| b.map(real))
+            })
+            .map_err(PruneError::Header)?;
+            out.extend(chain.into_iter().skip(1).map(|b| (b, disk.clone())));
+        }
+        return Ok(out);
+    }
+    let Some(p) = hv.pool_by_path(pool)?.filter(|p| p.active) else {
+        return Ok(out);
+    };
+    hv.refresh_pool(&p.name)?;
+    for v in hv.volumes(&p.name)? {
+        let chain = qcow2::backing_chain(v.path.clone(), |f| {
+            Ok::<_, HvError>(hv.volume_by_path(f)?.and_then(|v| v.backing_path))
+        })?;
+        out.extend(chain.into_iter().skip(1).map(|b| (b, v.path.clone())));
+    }
+    Ok(out)
+}
+
+/// `kvmprov image-cache prune`: cached versions nothing on the config's hypervisors uses. Kept:
+/// every version a domain's disk is (backed by), every version a qcow2 file in an instance pool
+/// is backed by, and everything while another run uses the cache (its lock).
 pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
     let fail = |e: &dyn std::error::Error| StageError::new(Vec::new(), e);
-    // The locks of every host a run of this config works on: no run is between its download
-    // and its use of an image while the prune decides.
+    // The locks of every host a run of this config works on, and the cache's own lock, which
+    // runs with other pools share: no run is between its download and its use of an image
+    // while the prune decides.
     let hosts = s.per_host();
     let _locks = crate::stages::lock_all(&hosts).map_err(|e| fail(&e))?;
+    let deleting = yes && !s.check;
+    let _cache = if deleting {
+        let cache = &s.cfg.image_cache_path;
+        match CacheLock::try_exclusive(cache) {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => {
+                return Err(fail(&PruneError::CacheBusy {
+                    path: cache.clone(),
+                }))
+            }
+            Err(e) => return Err(fail(&e)),
+        }
+    } else {
+        None
+    };
     let cached = kvmprov_image::list_cached(&s.cfg.image_cache_path).map_err(|e| fail(&e))?;
-    // In use on any hypervisor of the config: one that cannot be asked stops the prune.
-    let mut in_use = Vec::new();
+    // In use on any hypervisor of the config, with why: one that cannot be asked stops the prune.
+    let mut in_use: Vec<(PathBuf, String)> = Vec::new();
     for h in &hosts {
         let hv = h.connect().map_err(|e| fail(&e))?;
-        in_use.extend(crate::stages::cleanup::paths_in_use(&hv).map_err(|e| fail(&e))?);
+        for p in crate::stages::cleanup::paths_in_use(&hv).map_err(|e| fail(&e))? {
+            in_use.push((p, "backs a domain's disk".to_string()));
+        }
+        for (base, disk) in pool_backing(h, &hv).map_err(|e| fail(&e))? {
+            in_use.push((base, format!("backs {}", disk.display())));
+        }
     }
     s.printer.stage_header("image-cache prune", s.check || !yes);
     let mut report = StageReport::new("image-cache prune");
     for c in cached {
         let canonical = c.path.canonicalize().unwrap_or_else(|_| c.path.clone());
-        let used = in_use.contains(&canonical);
-        let action = if used {
-            Action::new(
-                &c.image_name,
-                Op::Keep,
-                format!("{} backs a domain's disk", c.path.display()),
-            )
-        } else {
-            Action::new(
-                &c.image_name,
-                Op::Delete,
-                format!("{} is used by no domain", c.path.display()),
-            )
-        };
-        let outcome = if used {
-            Outcome {
-                action,
+        let why = in_use
+            .iter()
+            .find(|(p, _)| *p == canonical)
+            .map(|(_, why)| why.clone());
+        let outcome = match why {
+            Some(why) => Outcome {
+                action: Action::new(
+                    &c.image_name,
+                    Op::Keep,
+                    format!("{} {why}", c.path.display()),
+                ),
                 status: Status::Done,
                 seconds: 0.0,
-            }
-        } else if !yes || s.check {
-            Outcome {
-                action,
-                status: Status::Planned,
-                seconds: 0.0,
-            }
-        } else {
-            let sidecar: PathBuf = kvmprov_image::sidecar_path(&c.path);
-            run_action(action, || -> Result<(), std::io::Error> {
-                std::fs::remove_file(&c.path)?;
-                match std::fs::remove_file(&sidecar) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
+            },
+            None => {
+                let action = Action::new(
+                    &c.image_name,
+                    Op::Delete,
+                    format!("{} is used by no domain or disk", c.path.display()),
+                );
+                if deleting {
+                    run_action(action, || delete_cached(&c.path))
+                } else {
+                    Outcome {
+                        action,
+                        status: Status::Planned,
+                        seconds: 0.0,
+                    }
                 }
-            })
+            }
         };
         s.printer.outcome(&outcome);
         report.outcomes.push(outcome);
@@ -657,6 +757,27 @@ pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
         println!("  (nothing deleted: run `kvmprov image-cache prune --yes` to delete the unused versions)");
     }
     Ok(vec![report])
+}
+
+/// A cached version, its sidecar and its writer lock (no writer can hold it: the prune holds
+/// the cache exclusively, and writers take it shared first).
+fn delete_cached(path: &Path) -> Result<(), std::io::Error> {
+    std::fs::remove_file(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for extra in [
+        kvmprov_image::sidecar_path(path),
+        kvmprov_image::writer_lock_path(dir, &name),
+    ] {
+        match std::fs::remove_file(&extra) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -683,6 +804,24 @@ mod tests {
             record_sha512: digest.map(String::from),
             same_file: None,
         }
+    }
+
+    #[test]
+    fn regression_plan_line_showed_url_credentials() {
+        let r = Resolved {
+            image_name: "debian-12".into(),
+            download_url: "https://kvm:pa55word@mirror.example/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2?token=t0ps3cret".into(),
+            sha512: "ab".repeat(64),
+            version: None,
+            file_name: "debian-12-genericcloud-amd64-abababababababab.qcow2".into(),
+            source: "sha512sums".into(),
+        };
+        let line = plan_one(&r, &Step::Download).reason;
+        assert!(
+            !line.contains("pa55word") && !line.contains("t0ps3cret"),
+            "{line}"
+        );
+        assert!(line.contains("https://***@mirror.example/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2?***"), "{line}");
     }
 
     #[test]

@@ -171,10 +171,13 @@ for g in e2e-dhcp e2e-static e2e-bridge e2e-uefi; do
     check "$g has no qemu-guest-agent" test "$(ssh_out "$g" 'dpkg-query -W -f=\${Status} qemu-guest-agent 2>/dev/null || echo absent')" = absent
 done
 check "e2e-dhcp runs Debian 13" test "$(ssh_out e2e-dhcp '. /etc/os-release; echo $VERSION_ID')" = 13
-check "e2e-bridge's address came from its console announcement" \
-    grep -q "e2e-bridge .*ready at 192.168.150.[0-9]*: address (console)" "$E2E_DIR/provision.log"
-check "e2e-bridge's address was leased by the test's dnsmasq" \
-    grep -q "DHCPACK($BR) $(ssh_out e2e-bridge "ip -4 -o addr show scope global | awk '{print \$4}' | cut -d/ -f1")" "$E2E_DIR/$BR-dnsmasq.log"
+bridge_ip=$(ssh_out e2e-bridge "ip -4 -o addr show scope global | awk '{print \$4}' | cut -d/ -f1")
+bridge_mac=$(virsh_ns domiflist e2e-bridge | awk '/e2e-br/ {print $5}')
+check "e2e-bridge is ready at the address the test's dnsmasq leased it ($bridge_ip)" \
+    grep -q "e2e-bridge .*ready at $bridge_ip: address (console\|neighbour)" "$E2E_DIR/provision.log"
+check "e2e-bridge announced that address on its serial console (the source that works on any network)" \
+    grep -qa "ci-info: .*| *$bridge_ip *|.*| *$bridge_mac *|" "$E2E_DIR/instances/e2e-bridge-console.log"
+check "e2e-bridge's address was leased by the test's dnsmasq" grep -q "DHCPACK($BR) $bridge_ip " "$E2E_DIR/$BR-dnsmasq.log"
 check "e2e-uefi booted through UEFI" test "$(ssh_out e2e-uefi 'test -d /sys/firmware/efi && echo efi')" = efi
 if [ "$SECURE" = true ]; then
     sb=$(ssh_out e2e-uefi 'mokutil --sb-state 2>&1 || od -An -t u1 /sys/firmware/efi/efivars/SecureBoot-* 2>&1')
@@ -185,23 +188,35 @@ check "e2e-uefi's NVRAM is in the instance pool" grep -q "<nvram[^>]*>$E2E_DIR/i
 # When the address appeared (the DHCP server's log, libvirt's lease file) and when kvmprov
 # used it (its -v log line), per source: the figures in the README come from here.
 addr_latency() {
-    local name=$1 src=$2 acked found
-    found=$(grep -m1 "$name: address .* from the $src" "$E2E_DIR/provision.log" | grep -o '^[0-9T:.-]*Z\?' | head -1)
-    case "$src" in
-        console) acked=$(grep -m1 "DHCPACK($BR)" "$E2E_DIR/$BR-dnsmasq.log" | awk '{print $1" "$2" "$3}') ;;
-        lease)
+    local name=$1 net=$2 mac=$3 line src found acked
+    line=$(grep -m1 "$name: address .* from the " "$E2E_DIR/provision.log" || true)
+    src=$(sed -n 's/.* from the \([a-z]*\) after.*/\1/p' <<<"$line")
+    found=$(grep -o '^[0-9T:.-]*' <<<"$line" | head -n 1)
+    case "$net" in
+        bridge) acked=$(grep -m1 "DHCPACK($BR) .* $mac" "$E2E_DIR/$BR-dnsmasq.log" | awk '{print $1" "$2" "$3}') ;;
+        nat)
             acked=$(in_ns cat /var/lib/libvirt/dnsmasq/virbr0.status 2>/dev/null | python3 -c '
 import json, sys
-mac = sys.argv[1]
 for l in json.load(sys.stdin):
-    if l["mac-address"] == mac: print("@%d" % (int(l["expiry-time"]) - 3600))
-' "$3") ;;
+    if l["mac-address"] == sys.argv[1]: print("@%d" % (int(l["expiry-time"]) - 3600))
+' "$mac" || true) ;;
     esac
-    [ -n "$found" ] && [ -n "$acked" ] || { log "address timing for $name ($src): not measured"; return 0; }
-    log "address timing for $name: source $src, address leased at $(date -u -d "$acked" +%T), used by kvmprov at $(date -u -d "$found" +%T.%N | cut -c1-12): $(python3 -c "print(round($(date -d "$found" +%s.%N) - $(date -d "$acked" +%s), 1))") s"
+    if [ -z "$found" ] || [ -z "$acked" ]; then
+        log "address timing for $name: not measured (${line:-no address line})"
+        return 0
+    fi
+    log "address timing for $name: DHCP server acknowledged at $(date -u -d "$acked" +%T), kvmprov used it (source: $src) at $(date -u -d "$found" +%T.%N | cut -c1-12): $(python3 -c "print(round($(date -d "$found" +%s.%N) - $(date -d "$acked" +%s), 1))") s later"
 }
-addr_latency e2e-bridge console
-addr_latency e2e-dhcp lease "$(virsh_ns domiflist e2e-dhcp | awk '/network/ {print $5}')"
+addr_latency e2e-bridge bridge "$bridge_mac"
+# The console source: how long after the guest has its address it announces it (guest clock).
+jr=$(ssh_out e2e-bridge "journalctl -b -o short-unix --no-pager 2>/dev/null | grep -m1 'DHCPv4 address'; journalctl -b -o short-unix --no-pager 2>/dev/null | grep -m1 'ci-info: .*$bridge_ip'")
+t_dhcp=$(sed -n 1p <<<"$jr" | cut -d' ' -f1)
+t_ann=$(sed -n 2p <<<"$jr" | cut -d' ' -f1)
+if [ -n "$t_dhcp" ] && [ -n "$t_ann" ]; then
+    log "address timing for e2e-bridge: the guest announced $bridge_ip on its console $(python3 -c "print(round($t_ann - $t_dhcp, 1))") s after networkd acquired it (kvmprov reads the console every 0.25 s)"
+fi
+addr_latency e2e-dhcp nat "$(virsh_ns domiflist e2e-dhcp | awk '/default/ {print $5}')"
+addr_latency e2e-uefi nat "$(virsh_ns domiflist e2e-uefi | awk '/default/ {print $5}')"
 snaps=$(virsh_ns snapshot-list e2e-static --name)
 check "snapshot baseline exists" grep -qx baseline <<<"$snaps"
 
@@ -298,4 +313,14 @@ check "provision again after cleanup" kp -c "$CFG" -e "$only_dhcp" provision
 new_id=$(instance_id e2e-dhcp)
 check "the re-created instance has a new instance-id ($old_id -> $new_id)" test -n "$new_id" -a "$new_id" != "$old_id"
 check "the re-created instance answers over SSH" test "$(ssh_out e2e-dhcp hostname)" = e2e-dhcp
+
+# --- prune after cleanup-force keeps the base of the kept disk; provision boots from that disk ----
+kp -c "$CFG" -e "$only_dhcp" -e kvm_cleanup_confirmed=true cleanup >/dev/null
+base13=$(ls "$E2E_DIR"/boot-images/debian-13-*.qcow2)
+kp -c "$CFG" image-cache prune --yes >"$E2E_DIR/prune.log" 2>&1 || true
+E2E_EVIDENCE+=("$E2E_DIR/prune.log")
+check "prune after cleanup-force keeps the image the kept disk is backed by" test -f "$base13"
+check "prune removed the image nothing uses" bash -c '! ls "$0"/debian-12-*.qcow2 >/dev/null 2>&1' "$E2E_DIR/boot-images"
+check "provision re-creates the domain on the kept disk" kp -c "$CFG" -e "$only_dhcp" provision
+check "and the guest answers over SSH from it" test "$(ssh_out e2e-dhcp hostname)" = e2e-dhcp
 kp -c "$CFG" -e "$only_dhcp" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null

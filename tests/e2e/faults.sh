@@ -208,7 +208,7 @@ reset_host
 # --- libvirtd restarted in the middle of a run --------------------------------------------------
 RCFG="$F/restart.yml"
 {
-    echo "kvm_runtime_timeout_seconds: 300"
+    echo "kvm_runtime_timeout_seconds: 600"
     e2e_config_head "$F/images" "$F/instances"
     echo "  - {instance_name: f-restart, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 1024, disk_size_gib: 4}"
 } >"$RCFG"

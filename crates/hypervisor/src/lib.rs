@@ -62,6 +62,11 @@ impl HvError {
         ])
     }
 
+    /// The daemon went away (restarted, stopped, or the ssh link to it broke).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, HvError::Libvirt { message, .. } if message.contains(LOST_HINT))
+    }
+
     /// The driver does not support the call or one of its flags.
     fn is_unsupported(&self) -> bool {
         self.code_is(&[
@@ -91,6 +96,8 @@ fn lv(what: impl Into<String>) -> impl FnOnce(virt::error::Error) -> HvError {
     }
 }
 
+const LOST_HINT: &str = "the connection to libvirtd was lost";
+
 /// libvirt's words for a connection whose daemon went away are cryptic; say what happened.
 fn with_hint(message: String) -> String {
     const LOST: &[&str] = &[
@@ -100,7 +107,7 @@ fn with_hint(message: String) -> String {
         "Connection reset by peer",
     ];
     if LOST.iter().any(|l| message.contains(l)) {
-        format!("{message} (the connection to libvirtd was lost: was the daemon restarted or stopped, or, over qemu+ssh, the ssh link to its host lost? run again once it is back)")
+        format!("{message} ({LOST_HINT}: was the daemon restarted or stopped, or, over qemu+ssh, the ssh link to its host lost? run again once it is back)")
     } else {
         message
     }

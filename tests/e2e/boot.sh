@@ -197,12 +197,18 @@ addr_latency() {
         nat)
             acked=$(in_ns cat /var/lib/libvirt/dnsmasq/virbr0.status 2>/dev/null | python3 -c '
 import json, sys
+t = 0
 for l in json.load(sys.stdin):
-    if l["mac-address"] == sys.argv[1]: print("@%d" % (int(l["expiry-time"]) - 3600))
+    if l["mac-address"] == sys.argv[1]: t = max(t, int(l["expiry-time"]) - 3600)
+print("@%d" % t if t else "")
 ' "$mac" || true) ;;
     esac
     if [ -z "$found" ] || [ -z "$acked" ]; then
         log "address timing for $name: not measured (${line:-no address line})"
+        return 0
+    fi
+    if [ "$(date -d "$found" +%s)" -lt "$(date -d "$acked" +%s)" ]; then
+        log "address timing for $name: not measured (a lease from an earlier run answered first; the re-resolution after each failed SSH attempt covers it)"
         return 0
     fi
     log "address timing for $name: DHCP server acknowledged at $(date -u -d "$acked" +%T), kvmprov used it (source: $src) at $(date -u -d "$found" +%T.%N | cut -c1-12): $(python3 -c "print(round($(date -d "$found" +%s.%N) - $(date -d "$acked" +%s), 1))") s later"

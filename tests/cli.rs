@@ -579,3 +579,42 @@ fn schema_man_and_completions_need_no_variables_file() {
         );
     }
 }
+
+/// `make help` lists the targets that carry a `## ` description: every target must have one,
+/// and every target must be phony (none of them is a file).
+#[test]
+fn every_make_target_is_described_and_phony() {
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    let phony: Vec<&str> = makefile
+        .split(".PHONY:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .flat_map(|l| l.split_whitespace())
+        .filter(|w| *w != "\\")
+        .collect();
+    let targets: Vec<&str> = makefile
+        .lines()
+        .filter(|l| !l.starts_with('\t') && !l.starts_with('.') && !l.contains(":="))
+        .filter_map(|l| l.split_once(':').map(|(t, rest)| (t, rest)))
+        .filter(|(t, _)| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        .map(|(t, rest)| {
+            assert!(
+                rest.contains("## "),
+                "make target `{t}` has no `## ` description"
+            );
+            t
+        })
+        .collect();
+    let mut a = phony.clone();
+    let mut b = targets.clone();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, ".PHONY vs the targets");
+    assert!(targets.contains(&"deb") && targets.contains(&"inventory"));
+}

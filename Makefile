@@ -9,7 +9,7 @@ KVMPROV    := target/release/kvmprov
 RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
 .PHONY: help venv build deps check ping image-cache provision provision-stage provision-check \
-        cleanup cleanup-force cleanup-force-disks status inventory schema deb test test-unit test-e2e test-remote demo demo-clean bench
+        cleanup cleanup-force cleanup-force-disks status inventory schema deb deb-check test test-unit test-e2e test-remote demo demo-clean bench
 
 help: ## List the targets
 	@echo "kvmprov make targets (CONFIG=$(CONFIG); pass options with EXTRA_ARGS=\"-e key=value\"):"
@@ -62,6 +62,9 @@ schema: build ## Regenerate vars/kvm-provisioning.schema.json (the variables fil
 
 deb: build ## Build target/debian/kvmprov_<version>_<arch>.deb (binary, man page, completions, docs)
 	bash packaging/build-deb.sh
+
+deb-check: ## Check the .deb: lintian, then install and run it in a fresh bookworm root (root, mmdebstrap)
+	bash packaging/check-deb.sh
 
 test: deps ## Run every check and test: fmt, clippy, unit, libvirt test driver, end-to-end (needs root)
 	cargo fmt --all -- --check

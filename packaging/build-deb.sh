@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the Debian package kvmprov_<version>_<arch>.deb from a release binary, with dpkg-deb:
-# the binary, its man page and shell completions (printed by the binary itself from its CLI
+# the binary, its man pages and shell completions (printed by the binary itself from its CLI
 # definition), the README, the commented example variables file and its JSON Schema.
 # Depends come from dpkg-shlibdeps (what the binary links, libvirt0 included) plus the ssh
 # client kvmprov runs; Recommends are what a hypervisor on the same machine needs.
@@ -28,17 +28,21 @@ pkg="$work/kvmprov_${version}_$arch"
 doc="$pkg/usr/share/doc/kvmprov"
 mkdir -p "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/usr/share/man/man1" "$doc/examples" \
     "$pkg/usr/share/bash-completion/completions" "$pkg/usr/share/zsh/vendor-completions" \
-    "$pkg/usr/share/fish/vendor_completions.d"
+    "$pkg/usr/share/fish/vendor_completions.d" "$pkg/usr/share/lintian/overrides"
 
 install -m 0755 "$bin" "$pkg/usr/bin/kvmprov"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$pkg/usr/bin/kvmprov"
-"$bin" man | gzip -9n >"$pkg/usr/share/man/man1/kvmprov.1.gz"
+mkdir -p "$work/man" && "$bin" man --out-dir "$work/man"
+for page in "$work"/man/*.1; do
+    gzip -9n <"$page" >"$pkg/usr/share/man/man1/$(basename "$page").gz"
+done
 "$bin" completions bash >"$pkg/usr/share/bash-completion/completions/kvmprov"
 "$bin" completions zsh >"$pkg/usr/share/zsh/vendor-completions/_kvmprov"
 "$bin" completions fish >"$pkg/usr/share/fish/vendor_completions.d/kvmprov.fish"
 install -m 0644 "$root/README.md" "$doc/README.md"
 install -m 0644 "$root/vars/kvm-provisioning.yml" "$root/vars/kvm-provisioning.schema.json" "$doc/examples/"
 install -m 0644 "$root/packaging/copyright" "$doc/copyright"
+install -m 0644 "$root/packaging/lintian-overrides" "$pkg/usr/share/lintian/overrides/kvmprov"
 {
     echo "kvmprov ($version) unstable; urgency=medium"
     echo

@@ -113,8 +113,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write kvmprov.1 and a page per subcommand (kvmprov-inventory.1, …) here.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -215,7 +219,8 @@ fn print_static(command: &Command) -> Option<i32> {
             clap_complete::generate(*shell, &mut Cli::command(), "kvmprov", &mut out);
             Ok(())
         }
-        Command::Man => clap_mangen::Man::new(Cli::command()).render(&mut out),
+        Command::Man { out_dir: None } => clap_mangen::Man::new(Cli::command()).render(&mut out),
+        Command::Man { out_dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), dir),
         _ => return None,
     };
     Some(match written {
@@ -299,7 +304,7 @@ fn run(cli: Cli) -> i32 {
             return crate::inventory::run(&session, args.host.as_deref(), args.format)
         }
         // Printed by `print_static` above, without a variables file.
-        Command::Schema | Command::Completions { .. } | Command::Man => return EXIT_OK,
+        Command::Schema | Command::Completions { .. } | Command::Man { .. } => return EXIT_OK,
         Command::Preflight => stages::run_stages(&session, &[StageChoice::Preflight]),
         Command::ImageCache(args) => match args.action {
             Some(ImageCacheAction::Prune { yes }) => stages::image_cache::prune(&session, yes),

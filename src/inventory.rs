@@ -172,17 +172,14 @@ pub fn to_yaml(inv: &Inventory) -> String {
     y.push_str("  hosts:\n");
     for (name, vars) in &inv.hosts {
         y.push_str(&format!("    {}:\n", q(name)));
-        for (key, value) in [
-            ("ansible_host", &vars.ansible_host),
-            ("ansible_user", &vars.ansible_user),
-            (
-                "ansible_ssh_private_key_file",
-                &vars.ansible_ssh_private_key_file,
-            ),
-            ("ansible_ssh_common_args", &vars.ansible_ssh_common_args),
-            ("kvmprov_libvirt_uri", &vars.kvmprov_libvirt_uri),
-        ] {
-            y.push_str(&format!("      {key}: {}\n", q(value)));
+        // Through serde, so the file always has the same variables as the JSON document.
+        if let Ok(Value::Object(vars)) = serde_json::to_value(vars) {
+            for (key, value) in vars {
+                y.push_str(&format!(
+                    "      {key}: {}\n",
+                    q(value.as_str().unwrap_or_default())
+                ));
+            }
         }
     }
     y.push_str("  children:\n");

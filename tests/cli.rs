@@ -566,6 +566,17 @@ fn schema_man_and_completions_need_no_variables_file() {
     let man = kvmprov(&["-c", c, "man"]);
     assert!(String::from_utf8_lossy(&man.stdout).starts_with(".ie \\n(.g .ds Aq"));
     assert!(String::from_utf8_lossy(&man.stdout).contains("inventory"));
+    let pages = dir.path().join("man");
+    std::fs::create_dir(&pages).unwrap();
+    let o = kvmprov(&["-c", c, "man", "--out-dir", pages.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for page in [
+        "kvmprov.1",
+        "kvmprov-inventory.1",
+        "kvmprov-image-cache-prune.1",
+    ] {
+        assert!(pages.join(page).is_file(), "{page}");
+    }
     for (shell, marker) in [
         ("bash", "complete -F"),
         ("zsh", "#compdef kvmprov"),

@@ -608,7 +608,7 @@ fn every_make_target_is_described_and_phony() {
     let targets: Vec<&str> = makefile
         .lines()
         .filter(|l| !l.starts_with('\t') && !l.starts_with('.') && !l.contains(":="))
-        .filter_map(|l| l.split_once(':').map(|(t, rest)| (t, rest)))
+        .filter_map(|l| l.split_once(':'))
         .filter(|(t, _)| {
             !t.is_empty()
                 && t.bytes()

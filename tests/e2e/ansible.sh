@@ -17,7 +17,7 @@ INV_SCRIPT="$E2E_DIR/kvmprov-inventory.sh"
 # checking on, and no ControlMaster: every run makes its own connections (a persisted master
 # would let the refusal check below pass without checking a key, and outlive the test).
 ans() {
-    in_ns env ANSIBLE_HOME="$E2E_DIR/ansible-home" ANSIBLE_LOCAL_TEMP="$E2E_DIR/ansible-home/tmp" \
+    in_ns env LC_ALL=C.UTF-8 ANSIBLE_HOME="$E2E_DIR/ansible-home" ANSIBLE_LOCAL_TEMP="$E2E_DIR/ansible-home/tmp" \
         ANSIBLE_HOST_KEY_CHECKING=True ANSIBLE_SSH_ARGS="-o ControlMaster=no" \
         ANSIBLE_PYTHON_INTERPRETER=auto_silent ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=False \
         "$ANS_VENV/bin/$1" "${@:2}"

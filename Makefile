@@ -9,7 +9,7 @@ KVMPROV    := target/release/kvmprov
 RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
 .PHONY: help venv build deps check ping image-cache provision provision-stage provision-check \
-        cleanup cleanup-force cleanup-force-disks status inventory schema deb deb-check test test-unit test-e2e test-remote demo demo-clean bench
+        cleanup cleanup-force cleanup-force-disks status inventory schema deb deb-check test test-unit test-e2e test-remote demo demo-clean fuzz bench
 
 help: ## List the targets
 	@echo "kvmprov make targets (CONFIG=$(CONFIG); pass options with EXTRA_ARGS=\"-e key=value\"):"
@@ -88,6 +88,9 @@ demo: deps build ## Build a Debian image, serve it locally and provision + SSH i
 
 demo-clean: build ## Remove everything `make demo` created
 	bash testkit/demo.sh down
+
+fuzz: ## Property tests over hostile input with 100,000 cases per parser (make test runs 2,000)
+	PROPTEST_CASES=100000 cargo test --release --locked --test properties
 
 bench: deps build ## Benchmarks: provision 10 instances vs the qemu-img/cloud-localds/virt-install chain; 1 GiB download vs curl
 	bash tests/bench/provision.sh

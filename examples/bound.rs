@@ -86,6 +86,7 @@ fn main() {
                                 image_sha512: String::new(),
                                 config_digest: String::new(),
                                 instance_id: format!("{name}-1"),
+                                fields: None,
                             },
                         }))
                     })

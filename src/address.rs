@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvmprov_hypervisor::{Hypervisor, NetworkInfo, SshDest};
+use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo, SshDest};
 use serde::Serialize;
 
 use crate::config::Instance;
@@ -135,11 +135,11 @@ pub fn current(
     hv: &Hypervisor,
     inst: &Instance,
     pool_path: &Path,
-) -> Result<Option<(Ipv4Addr, Source)>, kvmprov_hypervisor::HvError> {
+) -> Result<Option<(Ipv4Addr, Source)>, HvError> {
     let nets = hv.networks()?;
     let plan = plan_or_all(inst, nets.iter().find(|n| n.name == inst.network));
     let probe = HostProbe::new(hv, inst, pool_path);
-    Ok(find(&plan, inst, &probe))
+    find(&plan, inst, &probe)
 }
 
 /// Pure: the newest IPv4 cloud-init announced on the console for `mac`, from its
@@ -171,26 +171,34 @@ pub fn neighbour_ipv4(arp: &str, mac: &str) -> Option<Ipv4Addr> {
     })
 }
 
-/// The I/O behind the sources.
+/// The I/O behind the sources. libvirt's errors come back (a lost connection must end a wait
+/// at once, not at its deadline); a source that has nothing to say answers `None`.
 pub trait Probe {
-    fn lease(&self) -> Option<Ipv4Addr>;
+    fn lease(&self) -> Result<Option<Ipv4Addr>, HvError>;
     fn console(&self) -> Option<Ipv4Addr>;
     fn neighbour(&self) -> Option<Ipv4Addr>;
-    fn agent(&self) -> Option<Ipv4Addr>;
+    fn agent(&self) -> Result<Option<Ipv4Addr>, HvError>;
 }
 
 /// Ask the planned sources in order; the first answer wins.
-pub fn find(plan: &AddressPlan, inst: &Instance, probe: &dyn Probe) -> Option<(Ipv4Addr, Source)> {
-    plan.sources.iter().find_map(|s| {
+pub fn find(
+    plan: &AddressPlan,
+    inst: &Instance,
+    probe: &dyn Probe,
+) -> Result<Option<(Ipv4Addr, Source)>, HvError> {
+    for s in &plan.sources {
         let ip = match s {
             Source::Static => inst.ipv4.as_ref().map(|st| st.address.addr()),
-            Source::Lease => probe.lease(),
+            Source::Lease => probe.lease()?,
             Source::Console => probe.console(),
             Source::Neighbour => probe.neighbour(),
-            Source::Agent => probe.agent(),
-        }?;
-        Some((ip, *s))
-    })
+            Source::Agent => probe.agent()?,
+        };
+        if let Some(ip) = ip {
+            return Ok(Some((ip, *s)));
+        }
+    }
+    Ok(None)
 }
 
 /// How much of the console log is read: cloud-init's table is printed well within the last
@@ -234,8 +242,8 @@ impl<'a> HostProbe<'a> {
 }
 
 impl Probe for HostProbe<'_> {
-    fn lease(&self) -> Option<Ipv4Addr> {
-        self.hv.dhcp_lease(&self.network, &self.mac).ok().flatten()
+    fn lease(&self) -> Result<Option<Ipv4Addr>, HvError> {
+        self.hv.dhcp_lease(&self.network, &self.mac)
     }
 
     fn console(&self) -> Option<Ipv4Addr> {
@@ -258,8 +266,12 @@ impl Probe for HostProbe<'_> {
         neighbour_ipv4(&text, &self.mac)
     }
 
-    fn agent(&self) -> Option<Ipv4Addr> {
-        self.hv.agent_ipv4(&self.domain, &self.mac).ok().flatten()
+    fn agent(&self) -> Result<Option<Ipv4Addr>, HvError> {
+        // No agent in the guest (Debian's image has none) is the usual answer, not an error.
+        match self.hv.agent_ipv4(&self.domain, &self.mac) {
+            Err(e) if e.is_connection_lost() => Err(e),
+            r => Ok(r.ok().flatten()),
+        }
     }
 }
 
@@ -415,8 +427,8 @@ IP address       HW type     Flags       HW address            Mask     Device
 
     struct Fixed(Option<Ipv4Addr>, Option<Ipv4Addr>);
     impl Probe for Fixed {
-        fn lease(&self) -> Option<Ipv4Addr> {
-            self.0
+        fn lease(&self) -> Result<Option<Ipv4Addr>, HvError> {
+            Ok(self.0)
         }
         fn console(&self) -> Option<Ipv4Addr> {
             self.1
@@ -424,8 +436,8 @@ IP address       HW type     Flags       HW address            Mask     Device
         fn neighbour(&self) -> Option<Ipv4Addr> {
             None
         }
-        fn agent(&self) -> Option<Ipv4Addr> {
-            None
+        fn agent(&self) -> Result<Option<Ipv4Addr>, HvError> {
+            Ok(None)
         }
     }
 
@@ -435,15 +447,37 @@ IP address       HW type     Flags       HW address            Mask     Device
         let p = plan(&i, &net(Some("nat"), true)).unwrap();
         let a: Ipv4Addr = "192.168.100.5".parse().unwrap();
         let b: Ipv4Addr = "192.168.100.6".parse().unwrap();
-        assert_eq!(
-            find(&p, &i, &Fixed(Some(a), Some(b))),
-            Some((a, Source::Lease))
-        );
-        assert_eq!(
-            find(&p, &i, &Fixed(None, Some(b))),
-            Some((b, Source::Console))
-        );
-        assert_eq!(find(&p, &i, &Fixed(None, None)), None);
+        let f = |probe: Fixed| find(&p, &i, &probe).unwrap();
+        assert_eq!(f(Fixed(Some(a), Some(b))), Some((a, Source::Lease)));
+        assert_eq!(f(Fixed(None, Some(b))), Some((b, Source::Console)));
+        assert_eq!(f(Fixed(None, None)), None);
+    }
+
+    struct Lost;
+    impl Probe for Lost {
+        fn lease(&self) -> Result<Option<Ipv4Addr>, HvError> {
+            Err(HvError::Invalid {
+                what: "read DHCP leases".into(),
+                reason: "the connection to libvirtd was lost".into(),
+            })
+        }
+        fn console(&self) -> Option<Ipv4Addr> {
+            Some("192.168.100.9".parse().unwrap())
+        }
+        fn neighbour(&self) -> Option<Ipv4Addr> {
+            None
+        }
+        fn agent(&self) -> Result<Option<Ipv4Addr>, HvError> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn a_libvirt_error_ends_the_search_instead_of_waiting_it_out() {
+        // A lost libvirtd must fail the wait at once (the faults test restarts it mid-run).
+        let i = inst(None);
+        let p = plan(&i, &net(Some("nat"), true)).unwrap();
+        assert!(find(&p, &i, &Lost).is_err());
     }
 
     #[test]

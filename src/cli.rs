@@ -145,7 +145,8 @@ pub struct ImageCacheArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCacheAction {
-    /// List cached image versions no domain's disk is backed by; delete them with --yes.
+    /// List cached image versions no domain's disk nor any disk in an instance pool is backed
+    /// by; delete them with --yes.
     Prune {
         /// Really delete them.
         #[arg(long)]

@@ -111,6 +111,10 @@ pub enum FirmwareChoice {
 }
 
 impl FirmwareChoice {
+    fn is_bios(&self) -> bool {
+        *self == FirmwareChoice::Bios
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FirmwareChoice::Bios => "bios",
@@ -182,12 +186,19 @@ pub struct CatalogImage {
     /// Name instances refer to (letters, digits, `-_.`).
     pub image_name: String,
     /// `http(s)://` or `file:///` URL of the qcow2 (`…/latest/…` is pinned to the dated build).
+    // Serialized redacted (JSON output included): credentials and tokens stay in the file.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub image_url: String,
     /// The `SHA512SUMS` beside the image (`file:///` for air-gapped hosts).
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub image_checksum_manifest_url: String,
     /// Pin the expected SHA-512 (128 hex digits); no manifest is read.
     #[serde(default)]
     pub image_sha512: Option<String>,
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&kvmprov_image::redact_url(url))
 }
 
 /// `kvm_cloud_init_defaults`.
@@ -394,8 +405,12 @@ pub struct Instance {
     pub runcmd: Vec<String>,
     /// The libvirt URI of the hypervisor this instance lives on.
     pub libvirt_uri: String,
+    // Left out of the serialised form while at their defaults: the config digest of domains
+    // made before firmware existed stays the same for BIOS guests (no false drift).
+    #[serde(skip_serializing_if = "FirmwareChoice::is_bios")]
     pub firmware: FirmwareChoice,
     /// Only ever true with `FirmwareChoice::Uefi`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub secure_boot: bool,
 }
 
@@ -829,11 +844,15 @@ fn check_url(url: &str) -> Result<(), String> {
         .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
     if !ok {
         return Err(format!(
-            "`{url}` must be an http://, https:// or file:/// URL"
+            "`{}` must be an http://, https:// or file:/// URL",
+            kvmprov_image::redact_url(url)
         ));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("`{url}` contains white space"));
+        return Err(format!(
+            "`{}` contains white space",
+            kvmprov_image::redact_url(url)
+        ));
     }
     Ok(())
 }
@@ -1280,6 +1299,48 @@ kvm_instance_definitions:
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn firmware_defaults_to_bios_and_follows_the_top_level_default() {
+        let c = p(GOOD, &[]).unwrap();
+        assert!(c
+            .instances
+            .iter()
+            .all(|i| i.firmware == FirmwareChoice::Bios));
+        let c = p(GOOD, &["kvm_default_firmware=uefi"]).unwrap();
+        assert!(c
+            .instances
+            .iter()
+            .all(|i| i.firmware == FirmwareChoice::Uefi));
+        let text = GOOD.replace(
+            "  - instance_name: app-02\n",
+            "  - instance_name: app-02\n    firmware: bios\n",
+        );
+        let c = p(&text, &["kvm_default_firmware=uefi"]).unwrap();
+        assert_eq!(c.instances[1].firmware, FirmwareChoice::Bios);
+    }
+
+    #[test]
+    fn secure_boot_needs_uefi_and_uefi_takes_no_snapshot() {
+        let text = GOOD.replace(
+            "  - instance_name: app-02\n",
+            "  - instance_name: app-02\n    secure_boot: true\n",
+        );
+        let e = err(&text, &[]);
+        assert!(e.contains("secure_boot needs firmware: uefi"), "{e}");
+        assert!(e.contains("vars.yml:"), "{e}");
+        let text = GOOD.replace(
+            "  - instance_name: app-02\n",
+            "  - instance_name: app-02\n    firmware: uefi\n    snapshot_name: base\n",
+        );
+        let e = err(&text, &[]);
+        assert!(
+            e.contains("snapshot_name cannot be used with firmware: uefi"),
+            "{e}"
+        );
+        let e = err(GOOD, &["kvm_default_firmware=efi"]);
+        assert!(e.contains("expected `bios` or `uefi`"), "{e}");
     }
 
     #[test]

@@ -40,4 +40,6 @@ fi
 
 if [ -e /dev/kvm ]; then
     chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+    # Survives the host changing the device's group under a running test.
+    setfacl -m u:libvirt-qemu:rw /dev/kvm 2>/dev/null || true
 fi

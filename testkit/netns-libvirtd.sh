@@ -65,6 +65,9 @@ up() {
     # re-probes QEMU on nearly every call (minutes per virt-install).
     if [ -e /dev/kvm ]; then
         chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+        # The device is shared with the machine's host, which can change its group under a
+        # running test; an ACL for libvirt's qemu user survives that.
+        setfacl -m u:libvirt-qemu:rw /dev/kvm 2>/dev/null || true
     fi
     mkdir -p /run/libvirt /var/log/libvirt
     rm -f /run/virtlogd.pid /run/libvirtd.pid

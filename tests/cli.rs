@@ -43,7 +43,7 @@ fn config(dir: &Path, uri: &str, names: &[&str]) -> PathBuf {
 /// A test-driver node: the default network, and `domains` (name, vcpus) already defined.
 fn node(dir: &Path, domains: &[(&str, u32)]) -> String {
     let mut x = String::from("<node>\n");
-    x.push_str("<network><name>default</name><bridge name='virbr0'/><forward/><ip address='192.168.122.1' netmask='255.255.255.0'/></network>\n");
+    x.push_str("<network><name>default</name><bridge name='virbr0'/><forward/><ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp></ip></network>\n");
     for (name, vcpus) in domains {
         let mac = kvmprov_hypervisor::xml::mac_for(name);
         x.push_str(&format!(
@@ -257,6 +257,92 @@ fn provision_plans_for_empty_partial_and_full_hosts_and_drift() {
 }
 
 #[test]
+fn regression_provision_said_matches_the_config_after_ipv4_address_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["web-01"]);
+    // Defined without a static address; the config now asks for one. The record names only
+    // two fields: the others are not compared.
+    let text =
+        std::fs::read_to_string(node(dir.path(), &[("web-01", 1)]).trim_start_matches("test://"))
+            .unwrap()
+            .replace(
+                "</kvmprov:instance>",
+                "<kvmprov:fields><kvmprov:field name='ipv4_address' value=''/>\
+             <kvmprov:field name='vcpus' value='1'/></kvmprov:fields></kvmprov:instance>",
+            );
+    let node = dir.path().join("recorded.xml");
+    std::fs::write(&node, text).unwrap();
+    let uri = format!("test://{}", node.display());
+    let ops = plan_ops(&cfg, &uri);
+    let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
+    assert_eq!(web.1, "ok", "{ops:?}");
+    let changed = std::fs::read_to_string(&cfg).unwrap().replace(
+        "    vcpus: 1\n",
+        "    vcpus: 1\n    ipv4_address: 192.168.122.50/24\n",
+    );
+    std::fs::write(&cfg, changed).unwrap();
+    let ops = plan_ops(&cfg, &uri);
+    let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
+    assert_eq!(web.1, "drift", "{ops:?}");
+    assert!(
+        web.2.contains("ipv4_address (none) → 192.168.122.50/24")
+            && web.2.contains("re-create the domain"),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn confirmed_cleanup_of_a_domain_kvmprov_did_not_create_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &["app-01"]);
+    let disk = dir.path().join("instances/app-01.qcow2");
+    std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+    std::fs::write(&disk, b"x").unwrap();
+    // Made by the replaced playbook: no kvmprov metadata.
+    let node = dir.path().join("foreign.xml");
+    std::fs::write(
+        &node,
+        format!(
+            "<node><domain type='test'><name>app-01</name><memory unit='MiB'>64</memory>\
+             <os><type>hvm</type></os><devices><disk type='file' device='disk'>\
+             <source file='{}'/><target dev='vda'/></disk></devices></domain></node>",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        &format!("kvm_libvirt_uri=test://{}", node.display()),
+        "-e",
+        "kvm_cleanup_confirmed=true",
+        "-e",
+        "kvm_cleanup_remove_instance_disks=true",
+        "--output",
+        "json",
+        "cleanup",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let outcomes = v["stages"][0]["outcomes"].as_array().unwrap();
+    let ops: Vec<(&str, &str)> = outcomes
+        .iter()
+        .map(|o| (o["op"].as_str().unwrap(), o["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ops,
+        [("stop", "done"), ("undefine", "done"), ("delete", "done")],
+        "{outcomes:?}"
+    );
+    for o in &outcomes[..2] {
+        let reason = o["reason"].as_str().unwrap();
+        assert!(reason.contains("not created by kvmprov"), "{reason}");
+    }
+    assert!(!disk.exists());
+}
+
+#[test]
 fn cleanup_without_confirmation_only_plans_and_never_touches_undeclared() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "test:///default", &["app-01", "gone-01"]);
@@ -427,8 +513,8 @@ fn regression_truncated_image_sidecar_panicked_provision() {
 }
 
 /// `kvmprov inventory` against the test driver: a running instance with a static address is a
-/// host with the pinned known_hosts; one without an address and one not defined are named on
-/// stderr; the binary answers Ansible's script calls (`--list`, `--host NAME`) itself.
+/// host with the pinned known_hosts; one without an address, one shut off and one not defined
+/// are named on stderr; the binary answers Ansible's script calls (`--list`, `--host NAME`) itself.
 #[test]
 fn inventory_lists_running_instances_and_names_the_others() {
     let dir = tempfile::tempdir().unwrap();
@@ -500,12 +586,9 @@ fn inventory_lists_running_instances_and_names_the_others() {
     }
     assert!(doc["_meta"]["hostvars"].get("inv-dhcp").is_none());
     let err = String::from_utf8_lossy(&o.stderr);
-    // The test driver reports an address for every interface: inv-dhcp has one, but no host
-    // key pinned by kvmprov.
-    assert!(
-        err.contains("inv-dhcp left out: cannot read") && err.contains("hostkey.pub"),
-        "{err}"
-    );
+    // The test driver has no DHCP leases (the lookup fails) nor a pinned key for inv-dhcp:
+    // whichever reason comes first, it is named.
+    assert!(err.contains("inv-dhcp left out: "), "{err}");
     assert!(
         err.contains("inv-off left out: shutoff on test://"),
         "{err}"
@@ -628,4 +711,194 @@ fn every_make_target_is_described_and_phony() {
     b.sort_unstable();
     assert_eq!(a, b, ".PHONY vs the targets");
     assert!(targets.contains(&"deb") && targets.contains(&"inventory"));
+}
+
+/// A qcow2 file of 1 MiB, backed by `backing` if given: made by `qemu-img` when it is installed
+/// (what users have), else its header written here.
+fn qcow2(path: &Path, backing: Option<&Path>) {
+    let qemu_img = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if qemu_img {
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2"]);
+        if let Some(b) = backing {
+            cmd.arg("-b").arg(b).args(["-F", "qcow2"]);
+        }
+        let out = cmd.arg(path).arg("1M").output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        return;
+    }
+    let mut h = vec![0u8; 512];
+    h[..4].copy_from_slice(b"QFI\xfb");
+    h[4..8].copy_from_slice(&3u32.to_be_bytes());
+    h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+    if let Some(b) = backing {
+        let name = b.to_str().unwrap().as_bytes();
+        h[8..16].copy_from_slice(&112u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        h[112..112 + name.len()].copy_from_slice(name);
+    }
+    std::fs::write(path, h).unwrap();
+}
+
+/// A cached version of debian-12 (image and sidecar) whose digest starts with `fill`.
+fn cached_image(cache: &Path, fill: &str) -> PathBuf {
+    let sha = fill.repeat(128 / fill.len());
+    let path = cache.join(format!("debian-12-genericcloud-amd64-{}.qcow2", &sha[..16]));
+    qcow2(&path, None);
+    let side = serde_json::json!({
+        "image_name": "debian-12", "sha512": sha, "size": std::fs::metadata(&path).unwrap().len(),
+        "version": null, "url": "http://127.0.0.1:9/x.qcow2", "cached_at": "1"
+    });
+    std::fs::write(
+        format!("{}.json", path.display()),
+        serde_json::to_string(&side).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn regression_prune_deleted_the_base_of_a_disk_kept_by_cleanup_force() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), &node(t.path(), &[]), &["app-01"]);
+    let cache = t.path().join("images");
+    let pool = t.path().join("instances");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&pool).unwrap();
+    let base = cached_image(&cache, "a");
+    let unused = cached_image(&cache, "b");
+    // What `cleanup-force` leaves: the overlay, no domain.
+    qcow2(&pool.join("app-01.qcow2"), Some(&base));
+    std::fs::write(pool.join("app-01-console.log"), "boot\n").unwrap();
+
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache", "prune", "--yes"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(base.exists(), "the overlay's base was kept: {said}");
+    assert!(said.contains("app-01.qcow2"), "says what it backs: {said}");
+    assert!(!unused.exists(), "the unused version was deleted: {said}");
+    assert!(!PathBuf::from(format!("{}.json", unused.display())).exists());
+}
+
+#[test]
+fn regression_prune_deleted_images_a_run_with_another_pool_was_about_to_use() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), &node(t.path(), &[]), &["app-01"]);
+    let cache = t.path().join("images");
+    std::fs::create_dir_all(&cache).unwrap();
+    let unused = cached_image(&cache, "c");
+    // Another run (another instance pool, the same cache) between its download and its use.
+    let run = kvmprov_image::CacheLock::shared(&cache).unwrap();
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache", "prune", "--yes"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("another kvmprov run is using the image cache"),
+        "{said}"
+    );
+    assert!(unused.exists());
+    drop(run);
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache", "prune", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!unused.exists());
+}
+
+/// A config whose debian-12 image is `image` served from a local directory by `file://` URLs.
+fn file_catalog(dir: &Path, uri: &str, image: &[u8]) -> PathBuf {
+    use sha2::Digest;
+    let mirror = dir.join("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    std::fs::write(mirror.join("debian-12-genericcloud-amd64.qcow2"), image).unwrap();
+    let sum: String = sha2::Sha512::digest(image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        mirror.join("SHA512SUMS"),
+        format!("{sum}  debian-12-genericcloud-amd64.qcow2\n"),
+    )
+    .unwrap();
+    let cfg = config(dir, uri, &["app-01"]);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "http://127.0.0.1:9/images/cloud/bookworm/latest/",
+        &format!("file://{}/", mirror.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+#[test]
+fn regression_file_image_url_passed_check_but_failed_to_download() {
+    let t = tempfile::tempdir().unwrap();
+    let image_file = t.path().join("made.qcow2");
+    qcow2(&image_file, None);
+    let image = std::fs::read(&image_file).unwrap();
+    let cfg = file_catalog(t.path(), &node(t.path(), &[]), &image);
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "image-cache"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cached = kvmprov_image::newest_cached(&t.path().join("images"), "debian-12")
+        .unwrap()
+        .expect("cached");
+    assert_eq!(std::fs::read(&cached.path).unwrap(), image);
+    assert!(cached.url.starts_with("file:///"), "{}", cached.url);
+}
+
+#[test]
+fn regression_non_qcow2_image_reached_provisioning() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = file_catalog(
+        t.path(),
+        &node(t.path(), &[]),
+        b"<html>mirror maintenance page</html>\n",
+    );
+    let out = kvmprov(&["-c", cfg.to_str().unwrap(), "provision"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.contains("is not a qcow2 image"))
+        .unwrap_or_else(|| panic!("the image-cache stage says why: {said}"));
+    assert!(
+        line.contains("debian-12-genericcloud-amd64.qcow2"),
+        "{line}"
+    );
+    assert!(
+        // Preflight's address check names the instance; no stage after image-cache may.
+        !said
+            .lines()
+            .any(|l| l.contains("app-01") && !l.contains("address app-01"))
+            && !said.lines().any(|l| l.starts_with("provision")),
+        "provisioning never started: {said}"
+    );
+    assert!(kvmprov_image::list_cached(&t.path().join("images"))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn regression_check_showed_url_credentials() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "test:///default", &["app-01"]);
+    let text_with_secrets = std::fs::read_to_string(&cfg).unwrap().replace(
+        "http://127.0.0.1:9/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2",
+        "https://kvm:pa55word@mirror.example/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2?token=t0ps3cret",
+    );
+    std::fs::write(&cfg, text_with_secrets).unwrap();
+    for args in [vec!["check"], vec!["--output", "json", "check"]] {
+        let mut all = vec!["-c", cfg.to_str().unwrap()];
+        all.extend(args);
+        let out = kvmprov(&all);
+        let said = text(&out);
+        assert!(out.status.success(), "{said}");
+        assert!(
+            !said.contains("pa55word") && !said.contains("t0ps3cret"),
+            "{said}"
+        );
+        assert!(said.contains("https://***@mirror.example/"), "{said}");
+    }
 }

@@ -20,8 +20,16 @@ fn located(msg: &str) -> bool {
         && parts.next().is_some_and(|c| c.parse::<u32>().is_ok())
 }
 
+/// Cases per property: 2,000 in `make test`; `make fuzz` sets PROPTEST_CASES=100000.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_text_never_panics_and_errors_are_located(text in "\\PC{0,400}") {

@@ -40,7 +40,8 @@ pub fn run(s: &Session) -> i32 {
         } else {
             "unused"
         };
-        println!("    {:<14} {:<6} {}", c.image_name, used, c.image_url);
+        let url = kvmprov_image::redact_url(&c.image_url);
+        println!("    {:<14} {:<6} {url}", c.image_name, used);
     }
     println!("  instances       {}", cfg.instances.len());
     for i in &cfg.instances {

@@ -5,6 +5,12 @@
 //! disks only with `kvm_cleanup_remove_instance_disks=true`, and then only the instance's own
 //! files whose real path (symlinks resolved) lies inside the instance pool, is not in the image
 //! cache and is used by no other domain. Without `kvm_cleanup_confirmed=true` nothing changes.
+//!
+//! Applying stops at the first failed step of an instance (its later steps are skipped: an
+//! undefine or a disk deletion after a failed destroy would act on a guest that may still
+//! run), and a file is deleted only if, just before, no active domain uses it. A declared
+//! domain kvmprov did not create (no kvmprov metadata) is cleaned up by the same rules, but
+//! says so, and keeps its managed-save image (and, like every domain, its NVRAM).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,8 @@ pub struct DomainFacts {
     pub state: DomainState,
     /// Real paths of its disks and their backing files.
     pub files: Vec<PathBuf>,
+    /// It carries kvmprov's metadata (kvmprov defined it).
+    pub ours: bool,
 }
 
 /// A file cleanup might delete.
@@ -57,11 +65,27 @@ pub struct Observed {
 pub enum Step {
     Skip,
     Stop,
-    Undefine,
+    /// `ours`: kvmprov created the domain (its managed-save image may go with it).
+    Undefine {
+        ours: bool,
+    },
     Delete(PathBuf),
-    /// A remote instance-pool volume, by name.
-    DeleteVolume(String),
+    /// A remote instance-pool volume: its name, and its path as the hypervisor names it.
+    DeleteVolume {
+        name: String,
+        path: PathBuf,
+    },
     Refuse,
+}
+
+impl Step {
+    /// The file a deleting step removes.
+    fn deletes(&self) -> Option<&Path> {
+        match self {
+            Step::Delete(path) | Step::DeleteVolume { path, .. } => Some(path),
+            _ => None,
+        }
+    }
 }
 
 /// Pure: the plan. Scope is exactly the declared names.
@@ -79,16 +103,19 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
                 Step::Skip,
             )),
             Some(d) => {
-                if matches!(
-                    d.state,
-                    DomainState::Running | DomainState::Paused | DomainState::Other
-                ) {
+                let foreign = if d.ours {
+                    ""
+                } else {
+                    ", not created by kvmprov (no kvmprov metadata)"
+                };
+                // Crashed too: with on_crash=preserve its qemu still holds the disks.
+                if d.state != DomainState::ShutOff {
                     out.push((
                         Action::new(
                             *name,
                             Op::Stop,
                             format!(
-                                "{:?}: shut down (destroy after {}s)",
+                                "{:?}{foreign}: shut down (destroy after {}s)",
                                 d.state,
                                 SHUTDOWN_GRACE.as_secs()
                             ),
@@ -96,13 +123,14 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
                         Step::Stop,
                     ));
                 }
+                let reason = if d.ours {
+                    "declared instance: undefine with snapshot metadata and managed-save image (NVRAM kept)".to_string()
+                } else {
+                    format!("declared instance{foreign}: undefine with snapshot metadata; its NVRAM and managed-save image are kept")
+                };
                 out.push((
-                    Action::new(
-                        *name,
-                        Op::Undefine,
-                        "declared instance: undefine with snapshot metadata and NVRAM",
-                    ),
-                    Step::Undefine,
+                    Action::new(*name, Op::Undefine, reason),
+                    Step::Undefine { ours: d.ours },
                 ));
             }
         }
@@ -156,18 +184,97 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
                     Op::Delete,
                     format!("{shown} (volume on the hypervisor)"),
                 ),
-                Step::DeleteVolume(
-                    f.path
+                Step::DeleteVolume {
+                    name: f
+                        .path
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default(),
-                ),
+                    path: f.path.clone(),
+                },
             )),
             None => out.push((
                 Action::new(&f.instance, Op::Delete, shown),
                 Step::Delete(real.clone()),
             )),
         }
+    }
+    out
+}
+
+/// Pure: the active (not shut off) domains among `domains` that use `file`.
+pub fn active_users<'a>(domains: &'a [DomainFacts], file: &Path) -> Vec<&'a str> {
+    domains
+        .iter()
+        .filter(|d| d.state != DomainState::ShutOff && d.files.iter().any(|f| f == file))
+        .map(|d| d.name.as_str())
+        .collect()
+}
+
+/// Apply a plan, reporting each outcome to `emit` as it comes. `exec` performs one step of an
+/// instance; `domains_now` observes the domains again. After a failed step the instance's
+/// remaining steps are skipped and said so; before a file is deleted, the domains are looked
+/// at again and an active one using the file stops the deletion (a declared domain whose stop
+/// failed, or one started since the plan).
+pub fn apply(
+    plan: Vec<(Action, Step)>,
+    dry: bool,
+    mut exec: impl FnMut(&str, &Step) -> Result<(), CleanupError>,
+    mut domains_now: impl FnMut() -> Result<Vec<DomainFacts>, CleanupError>,
+    mut emit: impl FnMut(&Outcome),
+) -> Vec<Outcome> {
+    let mut failed: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for (action, step) in plan {
+        let target = action.target.clone();
+        let outcome = match &step {
+            Step::Skip => Outcome {
+                action,
+                status: Status::Done,
+                seconds: 0.0,
+            },
+            Step::Refuse => Outcome {
+                action,
+                status: if dry { Status::Planned } else { Status::Done },
+                seconds: 0.0,
+            },
+            _ if dry => Outcome {
+                action,
+                status: Status::Planned,
+                seconds: 0.0,
+            },
+            _ if failed.contains(&target) => Outcome {
+                action: Action::new(
+                    &target,
+                    Op::Skip,
+                    format!(
+                        "skipped: an earlier step failed ({} {})",
+                        action.op.as_str(),
+                        action.reason
+                    ),
+                ),
+                status: Status::Done,
+                seconds: 0.0,
+            },
+            step => run_action(action, || {
+                if let Some(file) = step.deletes() {
+                    let domains = domains_now()?;
+                    let users = active_users(&domains, file);
+                    if !users.is_empty() {
+                        return Err(CleanupError::InUse {
+                            path: file.to_path_buf(),
+                            domains: users.join(", "),
+                        });
+                    }
+                }
+                exec(&target, step)
+            }),
+        };
+        if outcome.failed() {
+            failed.push(target);
+        }
+        emit(&outcome);
+        out.push(outcome);
     }
     out
 }
@@ -234,11 +341,14 @@ fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
     let local = crate::stages::preflight::is_local(hv.uri());
     let mut out = Vec::new();
     for d in hv.domains()? {
-        let files = match hv.domain_xml(&d.name) {
+        let (files, ours) = match hv.domain_xml(&d.name) {
             // Disks with their backing chains, console logs and NVRAM: all protected. Locally
             // as real paths read from the qcow2 headers; remotely as the hypervisor's pools
             // know them.
             Ok(x) => {
+                let ours = kvmprov_hypervisor::xml::parse_domain_xml(&x)?
+                    .metadata
+                    .is_some();
                 let real = |p: PathBuf| p.canonicalize().unwrap_or(p);
                 let mut files = Vec::new();
                 for p in kvmprov_hypervisor::xml::domain_files(&x)? {
@@ -250,7 +360,7 @@ fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
                         })?
                     });
                 }
-                files
+                (files, ours)
             }
             // Gone between the listing and now: nothing to protect.
             Err(e) if e.is_not_found() => continue,
@@ -260,6 +370,7 @@ fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
             name: d.name,
             state: d.state,
             files,
+            ours,
         });
     }
     Ok(out)
@@ -337,6 +448,8 @@ fn observe(cfg: &Config, hv: &Hypervisor) -> Result<Observed, HvError> {
 pub enum CleanupError {
     #[error(transparent)]
     Hypervisor(#[from] HvError),
+    #[error("{} is used by active domain {domains}: not deleted (stop it first)", path.display())]
+    InUse { path: PathBuf, domains: String },
     #[error("cannot delete {path}: {source}")]
     Delete {
         path: PathBuf,
@@ -371,6 +484,32 @@ fn stop(hv: &Hypervisor, name: &str) -> Result<(), HvError> {
     match hv.domain(name)? {
         Some(d) if d.state != DomainState::ShutOff => gone(hv.destroy(name)),
         _ => Ok(()),
+    }
+}
+
+/// Perform one step for instance `name`.
+fn exec(hv: &Hypervisor, cfg: &Config, name: &str, step: &Step) -> Result<(), CleanupError> {
+    let gone = |r: Result<(), HvError>| match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    };
+    match step {
+        Step::Skip | Step::Refuse => Ok(()),
+        Step::Stop => Ok(stop(hv, name)?),
+        Step::Undefine { ours } => Ok(gone(hv.undefine(name, *ours))?),
+        Step::DeleteVolume { name: volume, .. } => {
+            match hv.pool_by_path(&cfg.instance_pool_path)? {
+                Some(p) => Ok(gone(hv.delete_volume(&p.name, volume))?),
+                None => Ok(()),
+            }
+        }
+        Step::Delete(path) => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CleanupError::Delete {
+                path: path.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -412,59 +551,14 @@ fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {
     }
     let mut report = StageReport::new("cleanup");
     report.host = host;
-    for (action, step) in plan(&s.cfg, &observed) {
-        let outcome = match step {
-            Step::Skip => Outcome {
-                action,
-                status: Status::Done,
-                seconds: 0.0,
-            },
-            Step::Refuse if dry => Outcome {
-                action,
-                status: Status::Planned,
-                seconds: 0.0,
-            },
-            Step::Refuse => Outcome {
-                action,
-                status: Status::Done,
-                seconds: 0.0,
-            },
-            _ if dry => Outcome {
-                action,
-                status: Status::Planned,
-                seconds: 0.0,
-            },
-            Step::Stop => {
-                let name = action.target.clone();
-                run_action(action, || stop(&hv, &name))
-            }
-            Step::Undefine => {
-                let name = action.target.clone();
-                run_action(action, || match hv.undefine(&name) {
-                    Err(e) if e.is_not_found() => Ok(()),
-                    other => other,
-                })
-            }
-            Step::DeleteVolume(name) => run_action(action, || -> Result<(), HvError> {
-                match hv.pool_by_path(&s.cfg.instance_pool_path)? {
-                    Some(p) => match hv.delete_volume(&p.name, &name) {
-                        Err(e) if e.is_not_found() => Ok(()),
-                        other => other,
-                    },
-                    None => Ok(()),
-                }
-            }),
-            Step::Delete(path) => run_action(action, || match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CleanupError::Delete {
-                    path: path.clone(),
-                    source: e,
-                }),
-                _ => Ok(()),
-            }),
-        };
-        s.printer.outcome(&outcome);
-        report.outcomes.push(outcome);
-    }
+    let steps = plan(&s.cfg, &observed);
+    report.outcomes = apply(
+        steps,
+        dry,
+        |name, step| exec(&hv, &s.cfg, name, step),
+        || domain_facts(&hv).map_err(CleanupError::from),
+        |o| s.printer.outcome(o),
+    );
     if dry && !s.check && s.output == crate::plan::OutputFormat::Human {
         println!("  nothing changed: confirm with -e kvm_cleanup_confirmed=true (make cleanup-force), add -e kvm_cleanup_remove_instance_disks=true to delete disks (make cleanup-force-disks)");
     }
@@ -495,6 +589,7 @@ mod tests {
             name: name.into(),
             state,
             files: files.iter().map(PathBuf::from).collect(),
+            ours: true,
         }
     }
 
@@ -567,6 +662,139 @@ mod tests {
         o.domains[0].state = DomainState::ShutOff;
         let ops: Vec<Op> = plan(&cfg(false), &o).iter().map(|(a, _)| a.op).collect();
         assert_eq!(ops, vec![Op::Undefine, Op::Skip]);
+    }
+
+    /// Apply `plan` with `fail` failing; returns the outcomes and the steps performed.
+    fn apply_with(
+        plan: Vec<(Action, Step)>,
+        fail: Step,
+        domains: Vec<DomainFacts>,
+    ) -> (Vec<Outcome>, Vec<(String, Step)>) {
+        let mut done = Vec::new();
+        let outcomes = apply(
+            plan,
+            false,
+            |name, step| {
+                done.push((name.to_string(), step.clone()));
+                if *step == fail {
+                    Err(CleanupError::Hypervisor(HvError::Invalid {
+                        what: format!("destroy domain {name}"),
+                        reason: "timed out".into(),
+                    }))
+                } else {
+                    Ok(())
+                }
+            },
+            || Ok(domains.clone()),
+            |_| {},
+        );
+        (outcomes, done)
+    }
+
+    #[test]
+    fn regression_cleanup_deleted_disk_after_failed_destroy() {
+        let mut o = observed(vec![
+            file("app-01", "/p/app-01.qcow2", Some("/p/app-01.qcow2")),
+            file("gone", "/p/gone.qcow2", Some("/p/gone.qcow2")),
+        ]);
+        o.domains
+            .push(dom("gone", DomainState::ShutOff, &["/p/gone.qcow2"]));
+        let (outcomes, done) = apply_with(plan(&cfg(true), &o), Step::Stop, vec![]);
+        // The failed destroy is the only step app-01 got; the other instance went on.
+        assert_eq!(
+            done,
+            vec![
+                ("app-01".to_string(), Step::Stop),
+                ("gone".to_string(), Step::Undefine { ours: true }),
+                ("gone".to_string(), Step::Delete("/p/gone.qcow2".into())),
+            ]
+        );
+        let app: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.action.target == "app-01")
+            .collect();
+        assert_eq!(app.len(), 3, "{outcomes:?}");
+        assert!(app[0].failed());
+        for o in &app[1..] {
+            assert_eq!(o.action.op, Op::Skip, "{o:?}");
+            assert!(
+                o.action
+                    .reason
+                    .starts_with("skipped: an earlier step failed"),
+                "{o:?}"
+            );
+        }
+        assert!(app[1].action.reason.contains("undefine"));
+        assert!(app[2].action.reason.contains("delete /p/app-01.qcow2"));
+    }
+
+    #[test]
+    fn regression_cleanup_deleted_a_disk_an_active_domain_still_used() {
+        // Planned while app-01 was shut off; by the time of the deletion a domain (declared
+        // or not) runs on the disk.
+        let mut o = observed(vec![file(
+            "app-01",
+            "/p/app-01.qcow2",
+            Some("/p/app-01.qcow2"),
+        )]);
+        o.domains[0].state = DomainState::ShutOff;
+        let now = vec![dom("app-02", DomainState::Paused, &["/p/app-01.qcow2"])];
+        let (outcomes, done) = apply_with(plan(&cfg(true), &o), Step::Skip, now);
+        assert!(
+            !done.iter().any(|(_, s)| matches!(s, Step::Delete(_))),
+            "{done:?}"
+        );
+        let delete = outcomes.iter().find(|o| o.action.op == Op::Delete).unwrap();
+        assert_eq!(
+            delete.status,
+            Status::Failed(
+                "/p/app-01.qcow2 is used by active domain app-02: not deleted (stop it first)"
+                    .into()
+            )
+        );
+        // Shut off, it no longer holds the file.
+        let off = vec![dom("app-02", DomainState::ShutOff, &["/p/app-01.qcow2"])];
+        let (_, done) = apply_with(plan(&cfg(true), &o), Step::Skip, off);
+        assert!(done.contains(&("app-01".into(), Step::Delete("/p/app-01.qcow2".into()))));
+    }
+
+    #[test]
+    fn regression_foreign_domain_was_cleaned_up_without_saying_so() {
+        let mut o = observed(vec![]);
+        o.domains[0].ours = false;
+        let p = plan(&cfg(false), &o);
+        assert_eq!(p.len(), 3, "{p:?}");
+        for (a, _) in &p[..2] {
+            assert!(a.reason.contains("not created by kvmprov"), "{a:?}");
+        }
+        assert!(p[1]
+            .0
+            .reason
+            .contains("NVRAM and managed-save image are kept"));
+        assert_eq!(p[1].1, Step::Undefine { ours: false });
+        // kvmprov's own domains lose their managed-save image, never their NVRAM.
+        let p = plan(&cfg(false), &observed(vec![]));
+        assert_eq!(p[1].1, Step::Undefine { ours: true });
+        assert!(!p[1].0.reason.contains("not created by kvmprov"));
+    }
+
+    #[test]
+    fn dry_runs_change_nothing() {
+        let o = observed(vec![file(
+            "app-01",
+            "/p/app-01.qcow2",
+            Some("/p/app-01.qcow2"),
+        )]);
+        let outcomes = apply(
+            plan(&cfg(true), &o),
+            true,
+            |_, s| panic!("ran {s:?}"),
+            || panic!("observed"),
+            |_| {},
+        );
+        assert!(outcomes
+            .iter()
+            .all(|o| o.status != Status::Done || o.action.op == Op::Skip));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod cleanup;
+pub mod drift;
 pub mod image_cache;
 pub mod ping;
 pub mod preflight;
@@ -170,6 +171,7 @@ pub fn run_stages_with(
     } else {
         lock_all(&hosts).map_err(|e| StageError::new(Vec::new(), &e))?
     };
+    let _cache = image_cache::hold_cache(s, stages).map_err(|e| StageError::new(Vec::new(), &e))?;
     let multi = hosts.len() > 1;
     let n = hosts.len();
     // `image-cache` alone needs no local hypervisor: it only fills the local cache.

@@ -138,12 +138,18 @@ fn address_check(inst: &Instance, net: &NetworkInfo) -> (Action, Verdict) {
         }
         if let Some((start, end)) = ip.dhcp_range {
             if (start..=end).contains(&addr) {
+                // libvirt's own default network leases its whole subnet, so this is common and
+                // mostly harmless (dnsmasq pings an address before it leases it): said, not failed.
                 return (
-                    Action::new(target, Op::Check, format!("static {}", st.address)),
-                    Verdict::Fail(format!(
-                        "ipv4_address {addr} of {} is inside network `{}`'s DHCP range {start}-{end}: the DHCP server may lease it to another guest; pick one outside the range",
-                        inst.name, net.name
-                    )),
+                    Action::new(
+                        target,
+                        Op::Check,
+                        format!(
+                            "static {} — inside network `{}`'s DHCP range {start}-{end}: its DHCP server may lease it to another guest while this one is off; an address outside the range is safer",
+                            st.address, net.name
+                        ),
+                    ),
+                    Verdict::Pass,
                 );
             }
         }
@@ -871,14 +877,16 @@ mod tests {
             ),
             v => panic!("{v:?}"),
         }
+        // Inside the DHCP range (libvirt's default network leases its whole subnet): said.
         let p = plan(&cfg_with("ipv4_address: 192.168.122.77/24"), &o);
-        match &verdict_for(&p, "address app-01").1 {
-            Verdict::Fail(m) => assert!(
-                m.contains("DHCP range 192.168.122.2-192.168.122.254"),
-                "{m}"
-            ),
-            v => panic!("{v:?}"),
-        }
+        let (a, v) = verdict_for(&p, "address app-01");
+        assert_eq!(v, &Verdict::Pass);
+        assert!(
+            a.reason
+                .contains("inside network `default`'s DHCP range 192.168.122.2-192.168.122.254"),
+            "{}",
+            a.reason
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use kvmprov_seed::{HostKeys, NetworkSpec, SeedSpec};
 use crate::config::{Config, FirmwareChoice, Instance};
 use crate::plan::{Action, Op, Outcome, StageReport, Status};
 use crate::stages::preflight::resolve_domain_type;
-use crate::stages::{parallel, Handoff, Session};
+use crate::stages::{drift, parallel, Handoff, Session};
 use crate::state;
 
 /// File names inside the instance pool: the only files cleanup may delete for an instance.
@@ -77,49 +77,86 @@ pub enum InstancePlan {
     Blocked(String),
 }
 
-/// Pure: compare config with what exists.
+/// Pure: compare config with what exists. `domain_type` is the type a domain would be
+/// defined with now.
 pub fn plan_instance(
+    cfg: &Config,
     inst: &Instance,
     image: Option<&CachedImage>,
     found: &Found,
-    network_mac: &str,
+    domain_type: DomainType,
 ) -> InstancePlan {
     match found {
         Found::Exists(d) => {
+            // The config against what the domain was made from, field by field; a domain
+            // defined before fields were recorded has only the config digest to go by.
+            let changes = match d.metadata.as_ref().and_then(|m| Some((m, m.fields.as_ref()?))) {
+                Some((m, recorded)) => drift::diff(
+                    recorded,
+                    &drift::instance_fields(cfg, inst, domain_type, &m.instance_id),
+                ),
+                None => Vec::new(),
+            };
+            let changed = |field: &str| changes.iter().any(|c| c.field == field);
+            // The domain as it is (changed behind kvmprov's back, say with virsh edit); what
+            // the config diff already names is not said twice.
             let mut diffs = Vec::new();
-            if d.vcpus != inst.vcpus {
+            if d.vcpus != inst.vcpus && !changed("vcpus") {
                 diffs.push(format!("vcpus {} (config {})", d.vcpus, inst.vcpus));
             }
-            if d.memory_mib != inst.memory_mib {
+            if d.memory_mib != inst.memory_mib && !changed("memory_mib") {
                 diffs.push(format!(
                     "memory {} MiB (config {})",
                     d.memory_mib, inst.memory_mib
                 ));
             }
-            if !d.networks.contains(&inst.network) {
+            if !d.networks.contains(&inst.network) && !changed("libvirt_network_name") {
                 diffs.push(format!(
                     "network {} (config {})",
                     d.networks.join(","),
                     inst.network
                 ));
             }
-            if !d.macs.iter().any(|m| m.eq_ignore_ascii_case(network_mac)) {
-                diffs.push(format!("mac {} (config {network_mac})", d.macs.join(",")));
+            // Other types (the test driver's `test`) say nothing about kvm or qemu.
+            let observed_type = d.domain_type.as_deref().filter(|t| *t == "kvm" || *t == "qemu");
+            if let Some(t) = observed_type {
+                if t != domain_type.as_str() && !changed("domain_type") {
+                    diffs.push(format!("domain type {t} (config {})", domain_type.as_str()));
+                }
             }
-            if d.firmware != firmware_label(inst) {
+            let mac = mac_of(inst);
+            if !d.macs.iter().any(|m| m.eq_ignore_ascii_case(&mac)) && !changed("mac_address") {
+                diffs.push(format!("mac {} (config {mac})", d.macs.join(",")));
+            }
+            if d.firmware != firmware_label(inst) && !changed("firmware") {
                 diffs.push(format!(
-                    "firmware {} (config {}; takes a re-create)",
+                    "firmware {} (config {})",
                     d.firmware,
                     firmware_label(inst)
                 ));
             }
             match &d.metadata {
-                Some(m) if m.image_name != inst.image_name => diffs.push(format!(
-                    "image {} (config {})",
-                    m.image_name, inst.image_name
-                )),
+                Some(m) if m.image_name != inst.image_name && !changed("image_name") => diffs
+                    .push(format!(
+                        "image {} (config {})",
+                        m.image_name, inst.image_name
+                    )),
+                Some(m)
+                    if m.fields.is_none()
+                        && !m.config_digest.is_empty()
+                        && m.config_digest != config_digest(inst) =>
+                {
+                    diffs.push(
+                        "the config changed since this domain was defined (field unknown: defined by an older kvmprov)"
+                            .to_string(),
+                    )
+                }
                 Some(_) => {}
                 None => diffs.push("not created by kvmprov (no kvmprov metadata)".to_string()),
+            }
+            diffs.extend(changes.iter().map(drift::Change::describe));
+            if !changes.is_empty() {
+                diffs.push(drift::remedy(&changes).to_string());
             }
             if diffs.is_empty() {
                 InstancePlan::Keep
@@ -254,6 +291,10 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
     // not uploaded there yet is as good as not cached.
     // (In check mode the upload was only planned.)
     if !s.check && !crate::stages::preflight::is_local(&cfg.libvirt_uri) {
+        // Rescanned: on storage shared with the local cache the files may be there unscanned.
+        if let Some(p) = cache_found.as_ref().filter(|p| p.active) {
+            hv.refresh_pool(&p.name)?;
+        }
         let mut present = std::collections::BTreeMap::new();
         for (name, c) in images {
             let file = c.path.file_name().map(|f| f.to_string_lossy().into_owned());
@@ -288,9 +329,8 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
                 disk: volumes.contains(&disk_name(&inst.name)),
             },
         };
-        let mac = mac_of(inst);
         let image = images.get(&inst.image_name);
-        let mut p = plan_instance(inst, image, &found, &mac);
+        let mut p = plan_instance(cfg, inst, image, &found, domain_type);
         // In check mode the image-cache stage only planned its download.
         if matches!(p, InstancePlan::Blocked(_)) && handoff.pending.contains(&inst.image_name) {
             p = InstancePlan::Create { disk: true };
@@ -385,7 +425,7 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
     Ok(report)
 }
 
-fn mac_of(inst: &Instance) -> String {
+pub(crate) fn mac_of(inst: &Instance) -> String {
     inst.mac.clone().unwrap_or_else(|| xml::mac_for(&inst.name))
 }
 
@@ -500,6 +540,12 @@ fn create(
             image_version,
             image_sha512,
             config_digest: config_digest(inst),
+            fields: Some(
+                drift::instance_fields(sh.cfg, inst, sh.domain_type, &instance_id)
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value))
+                    .collect(),
+            ),
             instance_id,
         },
     };
@@ -536,6 +582,14 @@ mod tests {
         }
     }
 
+    fn cfg() -> Config {
+        let text = "kvm_image_cache_path: /c\nkvm_instance_disk_pool_path: /p\n\
+             kvm_cloud_image_catalog:\n  - {image_name: debian-12, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}\n\
+             kvm_cloud_init_defaults:\n  password: secret\n\
+             kvm_instance_definitions:\n  - {instance_name: a, image_name: debian-12}\n";
+        crate::config::parse(Path::new("t.yml"), text, &[]).unwrap()
+    }
+
     fn observed(i: &Instance) -> ObservedDomain {
         ObservedDomain {
             vcpus: i.vcpus,
@@ -552,6 +606,7 @@ mod tests {
                 image_sha512: String::new(),
                 config_digest: String::new(),
                 instance_id: "x".into(),
+                fields: None,
             }),
         }
     }
@@ -572,10 +627,11 @@ mod tests {
     fn empty_host_plans_creation() {
         let i = inst("a");
         let p = plan_instance(
+            &cfg(),
             &i,
             Some(&cached()),
             &Found::Missing { disk: false },
-            &mac_of(&i),
+            DomainType::Qemu,
         );
         assert_eq!(p, InstancePlan::Create { disk: true });
         assert!(describe(&i, &p, Some(&cached()))
@@ -586,7 +642,13 @@ mod tests {
     #[test]
     fn partly_provisioned_keeps_disk() {
         let i = inst("a");
-        let p = plan_instance(&i, None, &Found::Missing { disk: true }, &mac_of(&i));
+        let p = plan_instance(
+            &cfg(),
+            &i,
+            None,
+            &Found::Missing { disk: true },
+            DomainType::Qemu,
+        );
         assert_eq!(p, InstancePlan::Create { disk: false });
     }
 
@@ -594,10 +656,11 @@ mod tests {
     fn fully_provisioned_is_kept() {
         let i = inst("a");
         let p = plan_instance(
+            &cfg(),
             &i,
             Some(&cached()),
             &Found::Exists(Box::new(observed(&i))),
-            &mac_of(&i),
+            DomainType::Qemu,
         );
         assert_eq!(p, InstancePlan::Keep);
     }
@@ -610,10 +673,11 @@ mod tests {
         o.memory_mib = 1024;
         o.networks = vec!["other".into()];
         match plan_instance(
+            &cfg(),
             &i,
             Some(&cached()),
             &Found::Exists(Box::new(o)),
-            &mac_of(&i),
+            DomainType::Qemu,
         ) {
             InstancePlan::Drift(d) => {
                 assert_eq!(d.len(), 3, "{d:?}");
@@ -623,11 +687,142 @@ mod tests {
         }
     }
 
+    /// The domain `i` would be defined as, with its fields recorded.
+    fn defined(i: &Instance) -> ObservedDomain {
+        let mut o = observed(i);
+        if let Some(m) = o.metadata.as_mut() {
+            m.fields = Some(
+                drift::instance_fields(&cfg(), i, DomainType::Qemu, &m.instance_id)
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect(),
+            );
+        }
+        o
+    }
+
+    fn drift_of(i: &Instance, o: ObservedDomain) -> Vec<String> {
+        match plan_instance(
+            &cfg(),
+            i,
+            Some(&cached()),
+            &Found::Exists(Box::new(o)),
+            DomainType::Qemu,
+        ) {
+            InstancePlan::Drift(d) => d,
+            InstancePlan::Keep => Vec::new(),
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn drift_names_changed_fields_old_and_new_and_the_remedy() {
+        let before = inst("a");
+        let o = defined(&before);
+        assert_eq!(drift_of(&before, o.clone()), Vec::<String>::new());
+        let mut after = before.clone();
+        after.ipv4 = Some(crate::config::StaticIpv4 {
+            address: "192.168.122.60/24".parse().unwrap(),
+            gateway: "192.168.122.1".parse().unwrap(),
+            dns: vec![],
+        });
+        after.vcpus = 4;
+        let d = drift_of(&after, o);
+        assert_eq!(
+            d,
+            vec![
+                "vcpus 2 → 4",
+                "ipv4_address (none) → 192.168.122.60/24",
+                "ipv4_gateway (none) → 192.168.122.1",
+                "to apply, re-create the domain (cleanup, then provision: the disk is kept and boots with a new cloud-init seed)",
+            ]
+        );
+        let line = describe(&after, &InstancePlan::Drift(d), None).reason;
+        assert!(
+            line.starts_with("domain exists but differs, left unchanged: vcpus 2 → 4;"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn drift_of_a_domain_edited_behind_kvmprovs_back_and_of_older_domains() {
+        let i = inst("a");
+        // Recorded as configured, but someone changed the domain with virsh.
+        let mut o = defined(&i);
+        o.memory_mib = 1024;
+        o.domain_type = Some("kvm".into());
+        assert_eq!(
+            drift_of(&i, o),
+            vec![
+                "memory 1024 MiB (config 2048)",
+                "domain type kvm (config qemu)"
+            ]
+        );
+        // Defined by an older kvmprov: no fields, only the digest of the config it came from.
+        let mut o = observed(&i);
+        if let Some(m) = o.metadata.as_mut() {
+            m.config_digest = config_digest(&i);
+        }
+        assert_eq!(drift_of(&i, o.clone()), Vec::<String>::new());
+        let mut changed = i.clone();
+        changed.runcmd = vec!["reboot".into()];
+        assert_eq!(
+            drift_of(&changed, o),
+            vec!["the config changed since this domain was defined (field unknown: defined by an older kvmprov)"]
+        );
+    }
+
+    #[test]
+    fn a_firmware_change_is_drift() {
+        let mut i = inst("a");
+        // A domain of an older kvmprov (no field record): read from its XML.
+        let old = observed(&i);
+        // A domain of this one: from the recorded fields.
+        let new = defined(&i);
+        i.firmware = FirmwareChoice::Uefi;
+        i.secure_boot = true;
+        for (o, want) in [
+            (old, "firmware bios (config uefi+secure-boot)"),
+            (new, "firmware"),
+        ] {
+            match plan_instance(
+                &cfg(),
+                &i,
+                Some(&cached()),
+                &Found::Exists(Box::new(o)),
+                DomainType::Qemu,
+            ) {
+                InstancePlan::Drift(d) => {
+                    assert!(d.iter().any(|x| x.contains(want)), "{d:?}");
+                    assert!(d.iter().any(|x| x.contains("uefi+secure-boot")), "{d:?}");
+                }
+                p => panic!("{p:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn regression_firmware_fields_made_every_older_bios_domain_drift() {
+        // The config digest of a BIOS instance is what it was before firmware existed.
+        let i = inst("a");
+        let text = serde_json::to_string(&i).unwrap();
+        assert!(
+            !text.contains("firmware") && !text.contains("secure_boot"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn missing_image_blocks() {
         let i = inst("a");
         assert!(matches!(
-            plan_instance(&i, None, &Found::Missing { disk: false }, &mac_of(&i)),
+            plan_instance(
+                &cfg(),
+                &i,
+                None,
+                &Found::Missing { disk: false },
+                DomainType::Qemu,
+            ),
             InstancePlan::Blocked(_)
         ));
     }

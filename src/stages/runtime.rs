@@ -246,7 +246,7 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
                 ),
             }));
         }
-        let Some((ip, source)) = address::find(&plan, inst, &probe) else {
+        let Some((ip, source)) = address::find(&plan, inst, &probe)? else {
             std::thread::sleep(poll);
             continue;
         };

@@ -1,14 +1,21 @@
 # Scenario: Ansible against `kvmprov inventory`. Sourced by tests/e2e/run.sh after `boot`, whose
-# variables file ($CFG) and cached image it reuses:   tests/e2e/run.sh boot ansible
-# It provisions boot's two guests again (boot ends with a cleanup), installs ansible-core from
-# PyPI into a venv in $E2E_DIR, pings the guests through the static (YAML) and the dynamic
-# inventory, runs a two-task playbook, checks that a guest whose pinned host key does not match
-# is refused, that a stopped guest is left out with its reason, and cleans up.
+# variables file ($CFG: catalog, pool, password) and cached images it reuses:
+#   tests/e2e/run.sh boot ansible
+# It provisions two of boot's guests again (boot ends with a cleanup): e2e-dhcp (Debian 13, DHCP)
+# and e2e-static (Debian 12, static address); installs ansible-core from PyPI into a venv in
+# $E2E_DIR; pings the guests through the static (YAML) and the dynamic inventory; runs a
+# two-task playbook; checks that a guest whose pinned host key does not match is refused and
+# that a stopped guest is left out with its reason; and cleans up.
 if [ -z "${CFG:-}" ] || [ ! -f "$CFG" ]; then
     fail "ansible: needs the boot scenario first (tests/e2e/run.sh boot ansible)"
     return 0
 fi
 E2E_DOMAINS="$E2E_DOMAINS e2e-dhcp e2e-static"
+# Only these two of boot's instances (an -e override of the list, as boot does for one).
+ANS_ONLY="kvm_instance_definitions=[\
+{instance_name: e2e-dhcp, image_name: debian-13, vcpus: 1, memory_mib: 1024, disk_size_gib: 4}, \
+{instance_name: e2e-static, image_name: debian-12, vcpus: 1, memory_mib: 1024, disk_size_gib: 4, ipv4_address: 192.168.122.60/24}]"
+kpa() { kp -c "$CFG" -e "$ANS_ONLY" "$@"; }
 ANS_VENV="$E2E_DIR/ansible-venv"
 INV_YAML="$E2E_DIR/inventory.yml"
 INV_SCRIPT="$E2E_DIR/kvmprov-inventory.sh"
@@ -34,7 +41,7 @@ check "pip install ansible-core ($("$ANS_VENV/bin/ansible" --version 2>/dev/null
 # --- the guests, running again -----------------------------------------------------------------
 log "kvmprov provision: boot's two guests again (image cached)"
 set +e
-kp -c "$CFG" provision >"$E2E_DIR/ansible-provision.log" 2>&1
+kpa provision >"$E2E_DIR/ansible-provision.log" 2>&1
 rc=$?
 set -e
 E2E_EVIDENCE+=("$E2E_DIR/ansible-provision.log")
@@ -42,7 +49,7 @@ check "provision for the Ansible checks exits 0" test "$rc" -eq 0
 
 # --- static inventory ----------------------------------------------------------------------------
 set +e
-kp -c "$CFG" inventory --format yaml >"$INV_YAML" 2>"$E2E_DIR/inventory.err"
+kpa inventory --format yaml >"$INV_YAML" 2>"$E2E_DIR/inventory.err"
 rc=$?
 set -e
 check "inventory --format yaml exits 0 with nothing left out" \
@@ -59,7 +66,7 @@ check "ansible -m ping through the static inventory reaches both guests" \
     bash -c 'grep -q "^e2e-dhcp | SUCCESS" <<<"$0" && grep -q "^e2e-static | SUCCESS" <<<"$0"' "$out"
 
 # --- dynamic inventory: a two-line script -------------------------------------------------------
-printf '#!/bin/sh\nexec %s -c %s inventory "$@"\n' "$KVMPROV" "$CFG" >"$INV_SCRIPT"
+printf '#!/bin/bash\nexec %q -c %q -e %q inventory "$@"\n' "$KVMPROV" "$CFG" "$ANS_ONLY" >"$INV_SCRIPT"
 chmod 0755 "$INV_SCRIPT"
 set +e
 graph=$(ans ansible-inventory -i "$INV_SCRIPT" --graph 2>&1)
@@ -67,7 +74,7 @@ out=$(ans ansible all -i "$INV_SCRIPT" -m ansible.builtin.ping 2>&1)
 set -e
 echo "$out" >"$E2E_DIR/ansible-ping-dynamic.log"
 check "the dynamic inventory has the image, hypervisor and network groups" \
-    bash -c 'for g in "@image_debian_$1:" @hypervisor_localhost: @network_default:; do grep -qF -- "$g" <<<"$0" || exit 1; done' "$graph" "$N"
+    bash -c 'for g in @image_debian_12: @image_debian_13: @hypervisor_localhost: @network_default:; do grep -qF -- "$g" <<<"$0" || exit 1; done' "$graph"
 check "ansible -m ping through the dynamic inventory reaches both guests" \
     bash -c 'grep -q "^e2e-dhcp | SUCCESS" <<<"$0" && grep -q "^e2e-static | SUCCESS" <<<"$0"' "$out"
 
@@ -98,12 +105,12 @@ check "the two-task playbook succeeds on both guests" \
     bash -c '[ "$1" -eq 0 ] && grep -Eq "^e2e-dhcp +: ok=2 +changed=1 .*failed=0" "$0" && grep -Eq "^e2e-static +: ok=2 +changed=1 .*failed=0" "$0"' \
     "$E2E_DIR/ansible-playbook.log" "$rc"
 check "the playbook's file is on the guest" \
-    test "$(kp -c "$CFG" ssh e2e-static -- cat /etc/kvmprov-ansible 2>&1)" = e2e-static
+    test "$(kpa ssh e2e-static -- cat /etc/kvmprov-ansible 2>&1)" = e2e-static
 
 # --- a host key that does not match is refused ------------------------------------------------------
 # A copy of e2e-static's known_hosts with another valid key for its address: what a guest
 # impersonating it would present.
-kh=$(grep -A4 '"e2e-static":' "$INV_YAML" | grep -o 'UserKnownHostsFile=[^ "]*' | cut -d= -f2 || true)
+kh=$(grep -A4 '^    "e2e-static":$' "$INV_YAML" | grep -o 'UserKnownHostsFile=[^ "]*' | cut -d= -f2 || true)
 bad_kh="$E2E_DIR/known_hosts.mismatch"
 ssh-keygen -q -t ed25519 -N '' -C impostor -f "$E2E_DIR/impostor" </dev/null
 printf '%s %s\n' "$(cut -d' ' -f1 "$kh")" "$(cut -d' ' -f1,2 "$E2E_DIR/impostor.pub")" >"$bad_kh"
@@ -122,11 +129,11 @@ check "ansible refuses e2e-static when its pinned key does not match" \
 # --- a stopped guest is left out, with the reason on stderr --------------------------------------
 virsh_ns destroy e2e-dhcp >/dev/null
 set +e
-kp -c "$CFG" inventory --list >"$E2E_DIR/inventory-one.json" 2>"$E2E_DIR/inventory-one.err"
+kpa inventory --list >"$E2E_DIR/inventory-one.json" 2>"$E2E_DIR/inventory-one.err"
 rc=$?
 set -e
 check "inventory leaves out the stopped guest and says why" \
     bash -c '[ "$2" -eq 0 ] && grep -q "e2e-dhcp left out: shutoff" "$1" && ! grep -q "\"e2e-dhcp\"" "$0" && grep -q "\"e2e-static\"" "$0"' \
     "$E2E_DIR/inventory-one.json" "$E2E_DIR/inventory-one.err" "$rc"
 
-kp -c "$CFG" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null
+kpa -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null

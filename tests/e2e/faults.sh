@@ -139,6 +139,34 @@ print(n)' "$F/r1.json" "$F/r2.json")
 check "exactly one run created the 6 instances (created=$created)" test "$created" -eq 6
 reset_host
 
+# --- two configs, each with its own pool, sharing one image cache, at once ----------------------
+S="$F/shared"
+mkdir -p "$S"
+chmod 0755 "$S"
+for k in a b; do
+    e2e_config_head "$S/images" "$S/pool-$k" >"$S/$k.yml"
+    echo "  - {instance_name: s-$k, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}" >>"$S/$k.yml"
+done
+E2E_DOMAINS="$E2E_DOMAINS s-a s-b"
+log_mark=$(wc -l <"$E2E_DIR/mirror.log")
+for k in a b; do
+    ip netns exec "$E2E_NS" "$KVMPROV" -c "$S/$k.yml" provision --no-wait >"$S/$k.log" 2>&1 &
+    eval "sp_$k=\$!"
+done
+rc_a=0; rc_b=0
+wait "$sp_a" || rc_a=$?
+wait "$sp_b" || rc_b=$?
+E2E_EVIDENCE+=("$S/a.log" "$S/b.log")
+check "two configs sharing one cache provision at once (exit $rc_a and $rc_b)" test "$rc_a" -eq 0 -a "$rc_b" -eq 0
+gets=$(tail -n +"$((log_mark + 1))" "$E2E_DIR/mirror.log" | grep -c "genericcloud-amd64-.*qcow2 range=- status=200" || true)
+check "the image was downloaded by one of them only ($gets full downloads)" test "$gets" -eq 1
+check "the shared cache holds one image and no partial file" \
+    bash -c '[ "$(ls "$0"/*.qcow2 | wc -l)" -eq 1 ] && ! ls "$0"/*.part >/dev/null 2>&1' "$S/images"
+check "both domains were defined" bash -c 'grep -qx s-a <<<"$0" && grep -qx s-b <<<"$0"' "$(virsh_ns list --all --name)"
+for k in a b; do
+    kp -c "$S/$k.yml" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null 2>&1 || true
+done
+
 # --- SIGTERM -------------------------------------------------------------------------------------
 fkp image-cache >/dev/null
 ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" provision --stage provision >/dev/null 2>&1 &
@@ -180,7 +208,7 @@ reset_host
 # --- libvirtd restarted in the middle of a run --------------------------------------------------
 RCFG="$F/restart.yml"
 {
-    echo "kvm_runtime_timeout_seconds: 300"
+    echo "kvm_runtime_timeout_seconds: 600"
     e2e_config_head "$F/images" "$F/instances"
     echo "  - {instance_name: f-restart, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 1024, disk_size_gib: 4}"
 } >"$RCFG"

@@ -59,13 +59,20 @@ e2e_setup() {
     E2E_DIR=$(mktemp -d /tmp/kvmprov-e2e.XXXXXX)
     chmod 0755 "$E2E_DIR"
     log "scratch $E2E_DIR, namespace $E2E_NS"
-    log "building (or reusing) the $E2E_SUITE test image"
-    E2E_IMAGE=$(bash "$TESTKIT/build-image.sh" "$E2E_SUITE" "$E2E_CACHE" | tail -n 1)
-    [ -f "$E2E_IMAGE" ] || { log "image build did not produce a file: $E2E_IMAGE"; return 1; }
+    # Both releases' twins: the boot scenario runs a Debian 13 guest (its GRUB differs).
+    log "building (or reusing) the bookworm and trixie twin images"
+    E2E_IMAGE_12=$(bash "$TESTKIT/build-image.sh" bookworm "$E2E_CACHE" | tail -n 1)
+    E2E_IMAGE_13=$(bash "$TESTKIT/build-image.sh" trixie "$E2E_CACHE" | tail -n 1)
+    for f in "$E2E_IMAGE_12" "$E2E_IMAGE_13"; do
+        [ -f "$f" ] || { log "image build did not produce a file: $f"; return 1; }
+    done
+    E2E_IMAGE=$E2E_IMAGE_12
+    [ "$E2E_SUITE" = trixie ] && E2E_IMAGE=$E2E_IMAGE_13
     bash "$TESTKIT/netns-libvirtd.sh" up "$E2E_NS"
     E2E_NS_UP=1
     E2E_MIRROR="$E2E_DIR/mirror"
-    bash "$TESTKIT/make-mirror.sh" "$E2E_IMAGE" "$E2E_MIRROR" "$E2E_SUITE" "$E2E_VERSION"
+    bash "$TESTKIT/make-mirror.sh" "$E2E_IMAGE_12" "$E2E_MIRROR" bookworm "$E2E_VERSION"
+    bash "$TESTKIT/make-mirror.sh" "$E2E_IMAGE_13" "$E2E_MIRROR" trixie "$E2E_VERSION"
     in_ns ip link set lo up
     # Not through in_ns: a function in the background would be a subshell, and $! its PID.
     ip netns exec "$E2E_NS" python3 "$TESTKIT/mirror.py" --root "$E2E_MIRROR" --port 0 \
@@ -87,6 +94,10 @@ e2e_teardown() {
             in_ns virsh -q -c qemu:///system undefine "$d" --snapshots-metadata --nvram >/dev/null 2>&1 ||
                 in_ns virsh -q -c qemu:///system undefine "$d" --snapshots-metadata >/dev/null 2>&1
         done
+        for n in ${E2E_NETWORKS:-}; do
+            in_ns virsh -q -c qemu:///system net-destroy "$n" >/dev/null 2>&1
+            in_ns virsh -q -c qemu:///system net-undefine "$n" >/dev/null 2>&1
+        done
         local pools
         pools=$(in_ns virsh -q -c qemu:///system pool-list --all --name 2>/dev/null)
         for p in $pools; do
@@ -97,6 +108,9 @@ e2e_teardown() {
         done
     fi
     [ -n "${E2E_MIRROR_PID:-}" ] && kill "$E2E_MIRROR_PID" 2>/dev/null && wait "$E2E_MIRROR_PID" 2>/dev/null
+    # The bridged network's DHCP server (a daemon: not our child, stopped by its PID file).
+    [ -n "${E2E_BR_DNSMASQ:-}" ] && [ "$(cat "/proc/$E2E_BR_DNSMASQ/comm" 2>/dev/null)" = dnsmasq ] &&
+        kill "$E2E_BR_DNSMASQ" 2>/dev/null
     [ -n "${E2E_NS_UP:-}" ] && bash "$TESTKIT/netns-libvirtd.sh" down "$E2E_NS"
     [ -n "${E2E_DIR:-}" ] && [ -d "$E2E_DIR" ] && rm -rf "$E2E_DIR"
     return 0

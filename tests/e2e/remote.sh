@@ -48,7 +48,7 @@ B=rh-b-$$
 CFG="$DIR/vars.yml"
 {
     echo "kvm_hypervisor_host: $HV1"
-    echo "kvm_runtime_timeout_seconds: 360"
+    echo "kvm_runtime_timeout_seconds: 600"
     e2e_config_head "$RH_POOLS/images" "$RH_POOLS/instances"
     cat <<EOF
   - instance_name: $A

@@ -45,6 +45,9 @@ pub enum HvError {
     },
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
+    /// kvmprov keeps the managed-save image of a domain it did not create.
+    #[error("undefine domain {name}: it has a managed-save image, which kvmprov does not delete for a domain it did not create; remove it with `virsh managedsave-remove {name}` and run cleanup again")]
+    ForeignManagedSave { name: String },
 }
 
 impl HvError {
@@ -57,6 +60,11 @@ impl HvError {
             virt_sys::VIR_ERR_NO_STORAGE_VOL,
             virt_sys::VIR_ERR_NO_DOMAIN_SNAPSHOT,
         ])
+    }
+
+    /// The daemon went away (restarted, stopped, or the ssh link to it broke).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, HvError::Libvirt { message, .. } if message.contains(LOST_HINT))
     }
 
     /// The driver does not support the call or one of its flags.
@@ -88,6 +96,8 @@ fn lv(what: impl Into<String>) -> impl FnOnce(virt::error::Error) -> HvError {
     }
 }
 
+const LOST_HINT: &str = "the connection to libvirtd was lost";
+
 /// libvirt's words for a connection whose daemon went away are cryptic; say what happened.
 fn with_hint(message: String) -> String {
     const LOST: &[&str] = &[
@@ -97,7 +107,7 @@ fn with_hint(message: String) -> String {
         "Connection reset by peer",
     ];
     if LOST.iter().any(|l| message.contains(l)) {
-        format!("{message} (the connection to libvirtd was lost: was the daemon restarted or stopped, or, over qemu+ssh, the ssh link to its host lost? run again once it is back)")
+        format!("{message} ({LOST_HINT}: was the daemon restarted or stopped, or, over qemu+ssh, the ssh link to its host lost? run again once it is back)")
     } else {
         message
     }
@@ -785,18 +795,27 @@ impl Hypervisor {
             .map_err(lv(format!("destroy domain {name}")))
     }
 
-    /// Undefine with snapshot metadata, NVRAM and managed save; when the driver rejects a
-    /// flag, retry with fewer. Disks are left alone.
-    pub fn undefine(&self, name: &str) -> Result<(), HvError> {
+    /// Undefine with snapshot metadata, always keeping NVRAM (see `undefine_attempts`).
+    /// `managed_save`: also remove the managed-save image — only for domains kvmprov created;
+    /// for any other domain one is the operator's, and this fails naming
+    /// `virsh managedsave-remove`. Disks are left alone.
+    pub fn undefine(&self, name: &str, managed_save: bool) -> Result<(), HvError> {
         let d = self.lookup_domain(name)?;
         let what = format!("undefine domain {name}");
-        let attempts = [
-            virt_sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                | virt_sys::VIR_DOMAIN_UNDEFINE_NVRAM
-                | virt_sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
-            virt_sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
-            0,
-        ];
+        if !managed_save {
+            let saved = match d.has_managed_save(0).map_err(lv(what.clone())) {
+                Ok(saved) => saved,
+                // A driver without managed save has none to lose.
+                Err(e) if e.is_unsupported() => false,
+                Err(e) => return Err(e),
+            };
+            if saved {
+                return Err(HvError::ForeignManagedSave {
+                    name: name.to_string(),
+                });
+            }
+        }
+        let attempts = undefine_attempts(managed_save);
         let mut last = None;
         for flags in attempts {
             match d.undefine_flags(flags).map_err(lv(what.clone())) {
@@ -873,6 +892,26 @@ impl Hypervisor {
             .flat_map(|i| i.addrs.iter())
             .find_map(|a| a.addr.parse::<Ipv4Addr>().ok()))
     }
+}
+
+/// The flags `undefine` tries, most wanted first. NVRAM is always kept
+/// (VIR_DOMAIN_UNDEFINE_NVRAM would delete a file outside kvmprov's pools); the managed-save
+/// image goes only when asked. When a driver rejects a flag the next set lacks it, newest
+/// flag first (KEEP_NVRAM: libvirt 2.3): libvirt then refuses to undefine a domain with NVRAM,
+/// snapshots or a managed save rather than delete them.
+fn undefine_attempts(managed_save: bool) -> [u32; 4] {
+    use virt_sys::{
+        VIR_DOMAIN_UNDEFINE_KEEP_NVRAM as KEEP_NVRAM,
+        VIR_DOMAIN_UNDEFINE_MANAGED_SAVE as MANAGED_SAVE,
+        VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA as SNAPSHOTS,
+    };
+    let flags = SNAPSHOTS | KEEP_NVRAM | if managed_save { MANAGED_SAVE } else { 0 };
+    [
+        flags,
+        flags & !KEEP_NVRAM,
+        flags & !(KEEP_NVRAM | SNAPSHOTS),
+        0,
+    ]
 }
 
 /// Stream `bytes` into `v`; the stream is finished on success and aborted on failure.
@@ -1130,6 +1169,21 @@ mod tests {
             lease("not-an-ip", 9999),
         ];
         assert_eq!(newest_ipv4(&leases), Some(Ipv4Addr::new(192, 168, 122, 20)));
+    }
+
+    #[test]
+    fn regression_undefine_deleted_nvram_and_managed_save_it_did_not_make() {
+        use virt_sys::{
+            VIR_DOMAIN_UNDEFINE_KEEP_NVRAM as KEEP_NVRAM,
+            VIR_DOMAIN_UNDEFINE_MANAGED_SAVE as MANAGED_SAVE, VIR_DOMAIN_UNDEFINE_NVRAM as NVRAM,
+        };
+        for ours in [true, false] {
+            let attempts = undefine_attempts(ours);
+            assert!(attempts.iter().all(|f| f & NVRAM == 0), "{attempts:?}");
+            assert_ne!(attempts[0] & KEEP_NVRAM, 0);
+            assert_eq!(attempts[0] & MANAGED_SAVE != 0, ours);
+            assert!(attempts.iter().all(|f| f & MANAGED_SAVE == 0 || ours));
+        }
     }
 
     #[test]

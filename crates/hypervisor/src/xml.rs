@@ -40,6 +40,9 @@ pub struct KvmprovMetadata {
     pub image_sha512: String,
     pub config_digest: String,
     pub instance_id: String,
+    /// The config fields the domain was made from, as (name, value): non-secret values, or a
+    /// digest for secrets. `None`: defined by an older kvmprov that did not record them.
+    pub fields: Option<Vec<(String, String)>>,
 }
 
 /// The firmware a domain boots with.
@@ -157,7 +160,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     <kvmprov:instance xmlns:kvmprov='{ns}'>
       <kvmprov:image name='{img}' version='{ver}' sha512='{sha}'/>
       <kvmprov:config digest='{digest}' instance-id='{iid}'/>
-    </kvmprov:instance>
+{fields}    </kvmprov:instance>
   </metadata>
   <memory unit='MiB'>{mem}</memory>
   <currentMemory unit='MiB'>{mem}</currentMemory>
@@ -216,6 +219,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         sha = esc(&m.image_sha512),
         digest = esc(&m.config_digest),
         iid = esc(&m.instance_id),
+        fields = fields_xml(m.fields.as_deref()),
         mem = s.memory_mib,
         vcpus = s.vcpus,
         cpu = cpu,
@@ -233,6 +237,24 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         mac = esc(&s.mac),
         log = p(&s.console_log),
     );
+    x
+}
+
+/// `<kvmprov:fields>`: one `<kvmprov:field name=… value=…/>` per recorded config field.
+fn fields_xml(fields: Option<&[(String, String)]>) -> String {
+    let Some(fields) = fields else {
+        return String::new();
+    };
+    let mut x = String::from("      <kvmprov:fields>\n");
+    for (name, value) in fields {
+        let _ = writeln!(
+            x,
+            "        <kvmprov:field name='{}' value='{}'/>",
+            esc(name),
+            esc(value)
+        );
+    }
+    x.push_str("      </kvmprov:fields>\n");
     x
 }
 
@@ -451,6 +473,16 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
             image_sha512: image.attribute("sha512").unwrap_or("").to_string(),
             config_digest: config.attribute("digest").unwrap_or("").to_string(),
             instance_id: config.attribute("instance-id").unwrap_or("").to_string(),
+            fields: child(inst, "fields").map(|f| {
+                children(f, "field")
+                    .filter_map(|n| {
+                        Some((
+                            n.attribute("name")?.to_string(),
+                            n.attribute("value")?.to_string(),
+                        ))
+                    })
+                    .collect()
+            }),
         })
     });
     let (firmware, nvram) = os_firmware(root);
@@ -720,6 +752,11 @@ mod tests {
                 image_sha512: "ab".repeat(64),
                 config_digest: "0123".into(),
                 instance_id: format!("{name}-1"),
+                fields: Some(vec![
+                    ("disk_size_gib".into(), "20".into()),
+                    ("packages".into(), "[\"nginx\",\"a'b<c>&\"]".into()),
+                    ("runcmd".into(), "[\"echo 1\\necho 2\"]".into()),
+                ]),
             },
         }
     }
@@ -994,6 +1031,30 @@ mod tests {
         // Pinned: changing the derivation would make every existing domain drift.
         assert_eq!(mac_for(""), "52:54:00:1c:9d:c5");
         assert_eq!(mac_for("app-01"), "52:54:00:db:d2:78");
+    }
+
+    #[test]
+    fn recorded_fields_round_trip_and_older_domains_have_none() {
+        let mut s = spec("a", DomainType::Qemu);
+        s.metadata.fields = Some(vec![
+            ("ipv4_address".into(), "".into()),
+            (
+                "runcmd".into(),
+                "[\"a\\tb\\nc\",\"</kvmprov:fields>\"]".into(),
+            ),
+            ("weird\nname'\"".into(), "\t \r".into()),
+        ]);
+        let o = parse_domain_xml(&domain_xml(&s)).unwrap();
+        assert_eq!(o.metadata.unwrap().fields, s.metadata.fields);
+        // An empty record is a record, not an older kvmprov.
+        s.metadata.fields = Some(vec![]);
+        let o = parse_domain_xml(&domain_xml(&s)).unwrap();
+        assert_eq!(o.metadata.unwrap().fields, Some(vec![]));
+        // Defined by a kvmprov that recorded no fields.
+        s.metadata.fields = None;
+        let x = domain_xml(&s);
+        assert!(!x.contains("kvmprov:fields"), "{x}");
+        assert_eq!(parse_domain_xml(&x).unwrap().metadata.unwrap().fields, None);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! The downloader knows nothing of libvirt or of where the bytes will be used.
 
 pub mod manifest;
+pub mod qcow2;
+mod url;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 
 pub use manifest::{parse_json_manifest, parse_sha512sums, ManifestError};
+pub use url::redact_url;
 
 /// Bytes read per chunk while streaming.
 const CHUNK: usize = 1024 * 1024;
@@ -59,6 +62,22 @@ pub enum ImageError {
         expected: String,
         actual: String,
     },
+    #[error("{json_url} names sha512 {json_sha512} for {file}, but {listings}: a digest the configured checksum manifest does not confirm is not trusted")]
+    Unconfirmed {
+        json_url: String,
+        json_sha512: String,
+        file: String,
+        /// What the configured manifest lists, and the dated one beside it when it was read.
+        listings: String,
+    },
+    #[error("{url} is not a qcow2 image, so it was not cached")]
+    NotQcow2 {
+        url: String,
+        #[source]
+        problem: qcow2::Problem,
+    },
+    #[error("the image cache is being pruned by another kvmprov run (lock {path} held for more than {seconds}s)")]
+    CacheBusy { path: PathBuf, seconds: u64 },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -103,6 +122,8 @@ pub struct CatalogEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resolved {
     pub image_name: String,
+    /// As configured, secrets included (the request needs them); shown only redacted.
+    #[serde(serialize_with = "serialize_redacted")]
     pub download_url: String,
     pub sha512: String,
     pub version: Option<String>,
@@ -110,6 +131,10 @@ pub struct Resolved {
     pub file_name: String,
     /// How the digest was found: `json-manifest`, `sha512sums` or `pinned`.
     pub source: String,
+}
+
+fn serialize_redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
 }
 
 /// A verified image in the cache (what its sidecar records).
@@ -196,10 +221,11 @@ impl Client {
         }
     }
 
-    /// Run `f` until it succeeds, fails for good, or the attempts are used up.
+    /// Run `f` until it succeeds, fails for good, or the attempts are used up. `url` is only
+    /// named in the log, redacted.
     fn retry<T>(
         &self,
-        what: &str,
+        url: &str,
         mut f: impl FnMut() -> Result<T, ImageError>,
     ) -> Result<T, ImageError> {
         let mut delay = self.backoff;
@@ -208,7 +234,8 @@ impl Client {
             match f() {
                 Err(e) if e.transient() && attempt < self.attempts => {
                     tracing::warn!(
-                        "{what}: {e}; retrying in {:.1}s ({attempt}/{})",
+                        "{}: {e}; retrying in {:.1}s ({attempt}/{})",
+                        redact_url(url),
                         delay.as_secs_f64(),
                         self.attempts
                     );
@@ -245,17 +272,17 @@ impl Client {
         let result = rx
             .recv_timeout(self.header_deadline)
             .map_err(|_| ImageError::NoHeaders {
-                url: url.to_string(),
+                url: redact_url(url),
                 seconds: self.header_deadline.as_secs(),
             })?;
         match result {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(status, _)) => Err(ImageError::Status {
-                url: url.to_string(),
+                url: redact_url(url),
                 status,
             }),
             Err(ureq::Error::Transport(t)) => Err(ImageError::Transport {
-                url: url.to_string(),
+                url: redact_url(url),
                 transient: transient_kind(t.kind()) && !is_tls(&t),
                 detail: transport_detail(&t),
             }),
@@ -264,7 +291,7 @@ impl Client {
 
     /// A small text document (manifest): `http(s)://` or `file://`.
     pub fn get_text(&self, url: &str) -> Result<String, ImageError> {
-        if let Some(path) = url.strip_prefix("file://") {
+        if let Some(path) = url::local_path(url) {
             return fs::read_to_string(path).map_err(io_err(Path::new(path)));
         }
         self.retry(url, || {
@@ -274,7 +301,7 @@ impl Client {
                 .take(16 * 1024 * 1024)
                 .read_to_string(&mut text)
                 .map_err(|e| ImageError::Transport {
-                    url: url.to_string(),
+                    url: redact_url(url),
                     detail: format!("reading the document: {e}"),
                     transient: true,
                 })?;
@@ -325,12 +352,14 @@ fn transport_detail(t: &ureq::Transport) -> String {
     }
 }
 
-/// The last path segment of a URL.
+/// The last segment of a URL's path (never its query: a token must not name a cache file).
 fn file_name_of(url: &str) -> Result<&str, ImageError> {
-    url.rsplit('/')
-        .next()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ImageError::Invalid(format!("{url} does not end in a file name")))
+    url::path_of(url)
+        .and_then(|path| path.rsplit('/').next())
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .ok_or_else(|| {
+            ImageError::Invalid(format!("{} does not end in a file name", redact_url(url)))
+        })
 }
 
 /// `debian-12-genericcloud-amd64.qcow2` + digest → `debian-12-genericcloud-amd64-<16 hex>.qcow2`.
@@ -343,6 +372,12 @@ pub fn cache_file_name(image_file: &str, sha512: &str) -> String {
 }
 
 /// Find out what `latest` is: URL, digest and version.
+///
+/// Trust: the configured checksum manifest is the only authority for a digest. The JSON manifest
+/// beside the image may pin `latest` to its dated build (closing the race between the image and
+/// `SHA512SUMS` under `latest/`), but its digest counts only when the configured `SHA512SUMS`,
+/// or the dated directory's one at the same place, lists it: whoever controls the image host
+/// must not control what is "verified".
 pub fn resolve(client: &Client, entry: &CatalogEntry) -> Result<Resolved, ImageError> {
     let image_file = file_name_of(&entry.image_url)?.to_string();
     if let Some(sum) = &entry.pinned_sha512 {
@@ -357,28 +392,30 @@ pub fn resolve(client: &Client, entry: &CatalogEntry) -> Result<Resolved, ImageE
         });
     }
     let manifest_url = &entry.checksum_manifest_url;
-    let sums_lookup = |text: &str, file: &str| {
-        parse_sha512sums(text, file).map_err(|source| ImageError::Manifest {
-            url: manifest_url.clone(),
-            source,
-        })
+    let sums = client.get_text(manifest_url)?;
+    let listed = match parse_sha512sums(&sums, &image_file) {
+        Ok(sum) => Some(sum),
+        Err(ManifestError::Missing { .. }) => None,
+        Err(source) => {
+            return Err(ImageError::Manifest {
+                url: redact_url(manifest_url),
+                source,
+            })
+        }
     };
 
-    // The JSON manifest beside the image names the dated build behind `latest`.
-    if let Some(pin) = json_pin(client, &entry.image_url)? {
-        let dated_url = dated_url(&entry.image_url, &pin.dated_ref)?;
-        let sums = client.get_text(manifest_url)?;
-        if let Ok(listed) = parse_sha512sums(&sums, &image_file) {
-            if listed != pin.sha512 {
-                // `latest` moved between our two requests: the dated build is consistent.
-                tracing::warn!(
-                    "{manifest_url} lists another build for {image_file} than the JSON manifest; using the dated build {dated_url}"
-                );
-            }
-        }
+    if let Some((json_url, pin)) = json_pin(client, &entry.image_url)? {
+        confirm_pin(
+            client,
+            manifest_url,
+            &image_file,
+            listed.as_deref(),
+            &json_url,
+            &pin,
+        )?;
         return Ok(Resolved {
             image_name: entry.image_name.clone(),
-            download_url: dated_url,
+            download_url: dated_url(&entry.image_url, &pin.dated_ref)?,
             file_name: cache_file_name(&image_file, &pin.sha512),
             sha512: pin.sha512,
             version: pin.version,
@@ -386,8 +423,12 @@ pub fn resolve(client: &Client, entry: &CatalogEntry) -> Result<Resolved, ImageE
         });
     }
 
-    let sums = client.get_text(manifest_url)?;
-    let sha512 = sums_lookup(&sums, &image_file)?;
+    let sha512 = listed.ok_or_else(|| ImageError::Manifest {
+        url: redact_url(manifest_url),
+        source: ManifestError::Missing {
+            file: image_file.clone(),
+        },
+    })?;
     Ok(Resolved {
         image_name: entry.image_name.clone(),
         download_url: entry.image_url.clone(),
@@ -398,20 +439,95 @@ pub fn resolve(client: &Client, entry: &CatalogEntry) -> Result<Resolved, ImageE
     })
 }
 
-/// `<dir>/<stem>.json` beside an http(s) image URL, if the server has one (404: none).
-fn json_pin(client: &Client, image_url: &str) -> Result<Option<manifest::JsonPin>, ImageError> {
+/// The JSON manifest's digest must be confirmed by the configured manifest: its `latest/` line
+/// for the image (`listed`), or — `latest` moved between our requests — the line for the dated
+/// file in the dated directory's `SHA512SUMS` on the configured manifest's host, never the
+/// image host's. That dated file must be a build of the same image in the same suite: the JSON
+/// manifest may not swap in another variant or release that Debian happens to list.
+fn confirm_pin(
+    client: &Client,
+    manifest_url: &str,
+    image_file: &str,
+    listed: Option<&str>,
+    json_url: &str,
+    pin: &manifest::JsonPin,
+) -> Result<(), ImageError> {
+    if listed == Some(pin.sha512.as_str()) {
+        return Ok(());
+    }
+    let dated_file = pin.dated_ref.rsplit('/').next().unwrap_or(&pin.dated_ref);
+    let configured = format!(
+        "the configured checksum manifest {} lists {} for {image_file}",
+        redact_url(manifest_url),
+        listed.map_or_else(|| "no digest".to_string(), |l| format!("sha512 {l}"))
+    );
+    let refuse = |dated: Option<(&str, Option<&str>)>| ImageError::Unconfirmed {
+        json_url: redact_url(json_url),
+        json_sha512: pin.sha512.clone(),
+        file: dated_file.to_string(),
+        listings: match dated {
+            None => configured.clone(),
+            Some((url, listed)) => format!(
+                "{configured} and {} lists {} for it",
+                redact_url(url),
+                listed.map_or_else(|| "no digest".to_string(), |l| format!("sha512 {l}"))
+            ),
+        },
+    };
+    let dated_sums = dated_sums_url(manifest_url, &pin.dated_ref)
+        .filter(|_| is_build_of(dated_file, image_file));
+    let Some(dated_sums) = dated_sums else {
+        return Err(refuse(None));
+    };
+    let text = match client.get_text(&dated_sums) {
+        Ok(t) => t,
+        // No such dated directory where the configured manifest lives: nothing confirms it.
+        Err(ImageError::Status {
+            status: 404 | 410, ..
+        }) => return Err(refuse(Some((&dated_sums, None)))),
+        Err(e) => return Err(e),
+    };
+    match parse_sha512sums(&text, dated_file) {
+        Ok(sum) if sum == pin.sha512 => {
+            tracing::info!(
+                "{} moved while it was read; {} confirms the dated build {dated_file}",
+                redact_url(manifest_url),
+                redact_url(&dated_sums)
+            );
+            Ok(())
+        }
+        Ok(sum) => Err(refuse(Some((&dated_sums, Some(&sum))))),
+        Err(ManifestError::Missing { .. }) => Err(refuse(Some((&dated_sums, None)))),
+        Err(source) => Err(ImageError::Manifest {
+            url: redact_url(&dated_sums),
+            source,
+        }),
+    }
+}
+
+/// `<dir>/<stem>.json` beside an http(s) image URL and what it says, if the server has one
+/// (404: none).
+fn json_pin(
+    client: &Client,
+    image_url: &str,
+) -> Result<Option<(String, manifest::JsonPin)>, ImageError> {
     if !image_url.starts_with("http://") && !image_url.starts_with("https://") {
         return Ok(None);
     }
-    let Some((dir, file)) = image_url.rsplit_once('/') else {
+    let (base, query) = url::split_query(image_url);
+    let Some((dir, file)) = base.rsplit_once('/') else {
         return Ok(None);
     };
     let stem = file.rsplit_once('.').map(|(s, _)| s).unwrap_or(file);
-    let url = format!("{dir}/{stem}.json");
+    let url = format!("{dir}/{stem}.json{query}");
     match client.get_text(&url) {
-        Ok(text) => parse_json_manifest(&text)
-            .map(Some)
-            .map_err(|source| ImageError::Manifest { url, source }),
+        Ok(text) => match parse_json_manifest(&text) {
+            Ok(pin) => Ok(Some((url, pin))),
+            Err(source) => Err(ImageError::Manifest {
+                url: redact_url(&url),
+                source,
+            }),
+        },
         Err(ImageError::Status {
             status: 404 | 410, ..
         }) => Ok(None),
@@ -419,20 +535,58 @@ fn json_pin(client: &Client, image_url: &str) -> Result<Option<manifest::JsonPin
     }
 }
 
-/// The dated URL: `data.ref` is relative to the directory holding `<suite>/latest/`.
-fn dated_url(image_url: &str, dated_ref: &str) -> Result<String, ImageError> {
-    let mut parts: Vec<&str> = image_url.split('/').collect();
-    // …/<base>/<suite>/latest/<file> → …/<base>/<dated_ref>
+/// `…/<base>/<suite>/latest/<file>` with `dated_ref` (relative to `<base>`) → `…/<base>/<dated_ref>`.
+fn replace_suite_latest(url: &str, dated_ref: &str) -> Option<String> {
+    let (base, query) = url::split_query(url);
+    let mut parts: Vec<&str> = base.split('/').collect();
+    // scheme:, "", host, at least one base segment, suite, latest, file.
     if parts.len() < 6 {
-        return Err(ImageError::Invalid(format!(
-            "{image_url} is not laid out as <base>/<suite>/latest/<file>"
-        )));
+        return None;
     }
     parts.truncate(parts.len() - 3);
-    Ok(format!("{}/{dated_ref}", parts.join("/")))
+    Some(format!("{}/{dated_ref}{query}", parts.join("/")))
 }
 
-/// The sidecar of a cached image: `<file>.json`.
+/// The dated URL: `data.ref` is relative to the directory holding `<suite>/latest/`.
+fn dated_url(image_url: &str, dated_ref: &str) -> Result<String, ImageError> {
+    replace_suite_latest(image_url, dated_ref).ok_or_else(|| {
+        ImageError::Invalid(format!(
+            "{} is not laid out as <base>/<suite>/latest/<file>",
+            redact_url(image_url)
+        ))
+    })
+}
+
+/// The dated build's `SHA512SUMS` at the same place as the configured manifest:
+/// `https://h/images/cloud/bookworm/latest/SHA512SUMS` and `bookworm/20250210-2019/…` →
+/// `https://h/images/cloud/bookworm/20250210-2019/SHA512SUMS`. `None` when the configured
+/// manifest is not a `<suite>/latest/` one, or the dated build is of another suite.
+fn dated_sums_url(manifest_url: &str, dated_ref: &str) -> Option<String> {
+    let (base, _) = url::split_query(manifest_url);
+    let mut segments = base.rsplit('/');
+    let name = segments.next()?;
+    if segments.next() != Some("latest") {
+        return None;
+    }
+    let suite = segments.next()?;
+    let (dated_dir, _) = dated_ref.rsplit_once('/')?;
+    if dated_dir.split('/').next() != Some(suite) {
+        return None;
+    }
+    replace_suite_latest(manifest_url, &format!("{dated_dir}/{name}"))
+}
+
+/// `debian-12-genericcloud-amd64-20250210-2019.qcow2` is a build of
+/// `debian-12-genericcloud-amd64.qcow2`: the same stem and extension around a version.
+fn is_build_of(dated_file: &str, image_file: &str) -> bool {
+    let (stem, ext) = image_file.rsplit_once('.').unwrap_or((image_file, ""));
+    dated_file
+        .strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_suffix(ext))
+        .is_some_and(|version| version.len() > 1 && version.ends_with('.'))
+}
+
 /// A `Write` sink that SHA-512-hashes what it is given (re-hashing a remote copy as it streams).
 #[derive(Default)]
 pub struct Sha512Writer(Sha512);
@@ -453,6 +607,7 @@ impl std::io::Write for Sha512Writer {
     }
 }
 
+/// The sidecar of a cached image: `<file>.json`.
 pub fn sidecar_path(image: &Path) -> PathBuf {
     let mut s = image.as_os_str().to_owned();
     s.push(".json");
@@ -499,6 +654,8 @@ fn read_sidecar(image: &Path) -> Result<Option<CachedImage>, ImageError> {
         }
         Ok(mut c) => {
             c.path = image.to_path_buf();
+            // Sidecars written before URLs were redacted may still hold a secret.
+            c.url = redact_url(&c.url);
             Ok(Some(c))
         }
         Err(e) => {
@@ -521,7 +678,11 @@ pub fn list_cached(cache_dir: &Path) -> Result<Vec<CachedImage>, ImageError> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if name.ends_with(".json") || name.ends_with(".part") {
+        if name.ends_with(".json")
+            || name.ends_with(".part")
+            || name.ends_with(".lock")
+            || name.ends_with(".tmp")
+        {
             continue;
         }
         if let Some(c) = read_sidecar(&path)? {
@@ -598,22 +759,121 @@ pub fn quarantine(path: &Path) -> Result<PathBuf, ImageError> {
 /// What we remember about a partial download, to resume it safely.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PartMeta {
+    /// Redacted: compared with the redacted download URL, never shown with its secrets.
     url: String,
     sha512: String,
     validator: Option<String>,
 }
 
+/// The cache-wide lock file: a run holds it shared while it uses cached images, prune holds it
+/// exclusively while it deletes.
+const CACHE_LOCK: &str = ".kvmprov-cache.lock";
+/// Longest wait for a prune to release the cache: it decides in seconds.
+const PRUNE_WAIT: Duration = Duration::from_secs(60);
+
+/// An advisory lock (`flock`) on a file in the cache; released when dropped.
+#[derive(Debug)]
+pub struct CacheLock {
+    _file: File,
+}
+
+impl CacheLock {
+    /// Open a lock file, never through a symlink someone planted in the cache directory.
+    fn open(path: &Path) -> Result<File, ImageError> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io_err(path))
+    }
+
+    /// For a run that uses cached images: waits while a prune deletes, at most `PRUNE_WAIT`
+    /// (a prune stuck on an unreachable hypervisor must not hold a run forever).
+    pub fn shared(cache_dir: &Path) -> Result<CacheLock, ImageError> {
+        let wait = PRUNE_WAIT;
+        fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+        let path = cache_dir.join(CACHE_LOCK);
+        let file = Self::open(&path)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock_shared() {
+                Ok(()) => return Ok(CacheLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(ImageError::CacheBusy {
+                        path,
+                        seconds: wait.as_secs(),
+                    })
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+            }
+        }
+    }
+
+    /// For prune: the whole cache, or `None` while any run uses it (a run may be between its
+    /// download and its use of a version).
+    pub fn try_exclusive(cache_dir: &Path) -> Result<Option<CacheLock>, ImageError> {
+        fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+        let path = cache_dir.join(CACHE_LOCK);
+        let file = Self::open(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(CacheLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// One writer per cache file: waits for another run writing the same version.
+    fn writer(cache_dir: &Path, file_name: &str) -> Result<CacheLock, ImageError> {
+        let path = writer_lock_path(cache_dir, file_name);
+        let file = Self::open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::info!("another run is downloading {file_name}; waiting for it");
+                // No deadline of our own: the other writer's download is bounded by its client's.
+                file.lock().map_err(io_err(&path))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        Ok(CacheLock { _file: file })
+    }
+}
+
+/// The lock file of one cache file's writer: `.<file>.lock` (hidden, like the cache's own lock:
+/// listings of the cache show images, sidecars and parts).
+pub fn writer_lock_path(cache_dir: &Path, file_name: &str) -> PathBuf {
+    cache_dir.join(format!(".{file_name}.lock"))
+}
+
 /// Download, verify and cache one image. Resumes a `.part` left by an earlier attempt.
+/// Another run downloading the same version is waited for, and its finished file is used.
 pub fn download(
     client: &Client,
     cache_dir: &Path,
     resolved: &Resolved,
     progress: &mut dyn Progress,
 ) -> Result<CachedImage, ImageError> {
-    fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+    // Shared: a prune deletes nothing while this version is being written.
+    let _cache = CacheLock::shared(cache_dir)?;
+    // The part file keeps its name (the next run resumes it), so only one run may write it.
+    let _writer = CacheLock::writer(cache_dir, &resolved.file_name)?;
+    if let Some(done) = lookup(cache_dir, resolved)? {
+        return Ok(done);
+    }
     let url = resolved.download_url.as_str();
     let part = part_path(cache_dir, &resolved.file_name);
     let meta_path = part_meta_path(cache_dir, &resolved.file_name);
+    let discard = || {
+        let _ = fs::remove_file(&part);
+        let _ = fs::remove_file(&meta_path);
+    };
     let result = client.retry(url, || {
         fetch_into(client, &part, &meta_path, resolved, progress)
     });
@@ -623,20 +883,31 @@ pub fn download(
         Err(e) => {
             if !e.transient() {
                 // Bad bytes or a refused request: nothing here is worth resuming.
-                let _ = fs::remove_file(&part);
-                let _ = fs::remove_file(&meta_path);
+                discard();
             }
             return Err(e);
         }
     };
     if actual != resolved.sha512 {
-        let _ = fs::remove_file(&part);
-        let _ = fs::remove_file(&meta_path);
+        discard();
         return Err(ImageError::DigestMismatch {
-            url: url.to_string(),
+            url: redact_url(url),
             expected: resolved.sha512.clone(),
             actual,
         });
+    }
+    // Before the rename: what is not a qcow2 never enters the cache, so never becomes the base
+    // of an overlay.
+    match qcow2::read_header(&part) {
+        Ok(_) => {}
+        Err(qcow2::Qcow2Error::Invalid { problem, .. }) => {
+            discard();
+            return Err(ImageError::NotQcow2 {
+                url: redact_url(url),
+                problem,
+            });
+        }
+        Err(qcow2::Qcow2Error::Io { path, source }) => return Err(ImageError::Io { path, source }),
     }
     let final_path = cache_dir.join(&resolved.file_name);
     let cached = CachedImage {
@@ -645,7 +916,7 @@ pub fn download(
         sha512: resolved.sha512.clone(),
         size,
         version: resolved.version.clone(),
-        url: url.to_string(),
+        url: redact_url(url),
         cached_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -665,39 +936,72 @@ pub fn download(
     Ok(cached)
 }
 
+/// Write a file under a temporary name unique to this writer, then rename it into place.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let tmp = PathBuf::from(tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
-/// One attempt: continue the part file (hashing what it has first), stream the rest into it.
-/// Returns the total size and the digest of the whole file.
-fn fetch_into(
+/// Where an attempt's bytes come from: the HTTP response, or the local file of a `file://` URL.
+struct Body {
+    reader: Box<dyn Read>,
+    /// Bytes still to come, if known.
+    length: Option<u64>,
+    /// The part file is continued (the server answered the Range request).
+    appending: bool,
+    validator: Option<String>,
+}
+
+/// Open the body of one attempt, asking for the rest of the part file when it can be proven
+/// to be the same file.
+fn open_body(
     client: &Client,
     part: &Path,
     meta_path: &Path,
     resolved: &Resolved,
-    progress: &mut dyn Progress,
-) -> Result<(u64, String), ImageError> {
+) -> Result<Body, ImageError> {
     let url = resolved.download_url.as_str();
+    if let Some(path) = url::local_path(url) {
+        // A local copy is read whole (no validator, so never resumed): it is fast.
+        let path = Path::new(path);
+        let file = File::open(path).map_err(io_err(path))?;
+        let length = file.metadata().map_err(io_err(path))?.len();
+        return Ok(Body {
+            reader: Box::new(file),
+            length: Some(length),
+            appending: false,
+            validator: None,
+        });
+    }
     let meta: Option<PartMeta> = fs::read_to_string(meta_path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
     let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     // Resume only what we can prove is the same file: same URL, digest and a validator.
     let resumable = match &meta {
-        Some(m) if have > 0 => m.url == url && m.sha512 == resolved.sha512 && m.validator.is_some(),
+        Some(m) if have > 0 => {
+            m.url == redact_url(url) && m.sha512 == resolved.sha512 && m.validator.is_some()
+        }
         _ => false,
     };
     let mut headers = Vec::new();
@@ -712,24 +1016,50 @@ fn fetch_into(
         Err(ImageError::Status { status: 416, .. }) if resumable => {
             fs::remove_file(part).map_err(io_err(part))?;
             return Err(ImageError::Truncated {
-                url: url.to_string(),
+                url: redact_url(url),
                 got: 0,
                 expected: have,
             });
         }
         other => other?,
     };
-    let appending = resumable && resp.status() == 206;
     let validator = resp
         .header("ETag")
         .or_else(|| resp.header("Last-Modified"))
         .map(String::from);
-    let length: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok());
-    let start = if appending { have } else { 0 };
+    Ok(Body {
+        appending: resumable && resp.status() == 206,
+        length: resp.header("Content-Length").and_then(|v| v.parse().ok()),
+        validator,
+        reader: Box::new(resp.into_reader()),
+    })
+}
+
+/// One attempt: continue the part file (hashing what it has first), stream the rest into it.
+/// Returns the total size and the digest of the whole file.
+fn fetch_into(
+    client: &Client,
+    part: &Path,
+    meta_path: &Path,
+    resolved: &Resolved,
+    progress: &mut dyn Progress,
+) -> Result<(u64, String), ImageError> {
+    let url = resolved.download_url.as_str();
+    let Body {
+        reader,
+        length,
+        appending,
+        validator,
+    } = open_body(client, part, meta_path, resolved)?;
+    let start = if appending {
+        fs::metadata(part).map_err(io_err(part))?.len()
+    } else {
+        0
+    };
     write_atomic(
         meta_path,
         serde_json::to_string(&PartMeta {
-            url: url.to_string(),
+            url: redact_url(url),
             sha512: resolved.sha512.clone(),
             validator,
         })
@@ -788,7 +1118,16 @@ fn fetch_into(
             let synced = file.sync_all();
             result.and(synced).map(|()| hasher)
         });
-        let received = receive(client, resp, url, start, progress, &tx, &spare_rx);
+        let received = receive(
+            client,
+            reader,
+            length.is_some(),
+            url,
+            start,
+            progress,
+            &tx,
+            &spare_rx,
+        );
         drop(tx);
         let written = writer
             .join()
@@ -800,7 +1139,7 @@ fn fetch_into(
     if let Some(expected) = length {
         if got < expected {
             return Err(ImageError::Truncated {
-                url: url.to_string(),
+                url: redact_url(url),
                 got: start + got,
                 expected: start + expected,
             });
@@ -812,17 +1151,17 @@ fn fetch_into(
 /// Read the body in chunks and hand them to the writer, enforcing the minimum rate.
 /// Returns the body bytes received. Stops early (`Ok`) when the writer has gone: its error
 /// is the one to report.
+#[allow(clippy::too_many_arguments)]
 fn receive(
     client: &Client,
-    resp: ureq::Response,
+    mut reader: Box<dyn Read>,
+    length_known: bool,
     url: &str,
     start: u64,
     progress: &mut dyn Progress,
     tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
     spare: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<u64, ImageError> {
-    let length_known = resp.header("Content-Length").is_some();
-    let mut reader = resp.into_reader();
     let mut got: u64 = 0;
     let mut window_start = Instant::now();
     let mut window_bytes: u64 = 0;
@@ -867,7 +1206,7 @@ fn receive(
         if spent >= client.window {
             if window_bytes < client.min_bytes {
                 return Err(ImageError::TooSlow {
-                    url: url.to_string(),
+                    url: redact_url(url),
                     bytes: window_bytes,
                     seconds: spent.as_secs(),
                     min: client.min_bytes,
@@ -879,7 +1218,7 @@ fn receive(
         }
         if let Some(e) = failure {
             return Err(ImageError::Transport {
-                url: url.to_string(),
+                url: redact_url(url),
                 detail: format!("reading the body after {} bytes: {e}", start + got),
                 transient: true,
             });
@@ -901,6 +1240,33 @@ mod tests {
             cache_file_name("debian-12-genericcloud-amd64.qcow2", &"ab".repeat(64)),
             "debian-12-genericcloud-amd64-abababababababab.qcow2"
         );
+    }
+
+    #[test]
+    fn dated_sums_sit_beside_the_configured_manifest() {
+        let sums = "https://h/images/cloud/bookworm/latest/SHA512SUMS";
+        let dated = "bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2";
+        assert_eq!(
+            dated_sums_url(sums, dated).as_deref(),
+            Some("https://h/images/cloud/bookworm/20250210-2019/SHA512SUMS")
+        );
+        // Another suite, or a manifest outside a `latest/` directory: no dated manifest.
+        assert_eq!(dated_sums_url(sums, "trixie/20250814-2204/x.qcow2"), None);
+        assert_eq!(dated_sums_url("file:///srv/SHA512SUMS", dated), None);
+        let image = "debian-12-genericcloud-amd64.qcow2";
+        assert!(is_build_of(
+            "debian-12-genericcloud-amd64-20250210-2019.qcow2",
+            image
+        ));
+        assert!(!is_build_of(
+            "debian-12-nocloud-amd64-20250210-2019.qcow2",
+            image
+        ));
+        assert!(!is_build_of(
+            "debian-12-genericcloud-amd64-20250210-2019.raw",
+            image
+        ));
+        assert!(!is_build_of(image, image));
     }
 
     #[test]

@@ -25,6 +25,8 @@ enum Fault {
     TrickleHeaders,
     /// 302 to this path.
     Redirect(String),
+    /// The whole body, 64 KiB every 20 ms: slow enough for a second run to meet this one.
+    Slow,
 }
 
 #[derive(Default)]
@@ -32,6 +34,9 @@ struct State {
     files: HashMap<String, Vec<u8>>,
     faults: HashMap<String, Vec<Fault>>,
     log: Vec<(String, Option<String>, usize)>,
+    /// Connections accepted and not yet logged: a client may have its answer before the server
+    /// thread has written the log line.
+    open: usize,
 }
 
 struct Mirror {
@@ -48,7 +53,11 @@ impl Mirror {
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let st = st.clone();
-                std::thread::spawn(move || serve(conn, st));
+                st.lock().unwrap().open += 1;
+                std::thread::spawn(move || {
+                    serve(conn, st.clone());
+                    st.lock().unwrap().open -= 1;
+                });
             }
         });
         Mirror { base, state }
@@ -72,8 +81,17 @@ impl Mirror {
             .push(f);
     }
 
+    /// Wait (at most 5 s) until every accepted connection has been logged.
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.state.lock().unwrap().open > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Body bytes served for paths containing `needle`.
     fn served(&self, needle: &str) -> usize {
+        self.settle();
         self.state
             .lock()
             .unwrap()
@@ -82,6 +100,18 @@ impl Mirror {
             .filter(|(p, _, _)| p.contains(needle))
             .map(|(_, _, n)| n)
             .sum()
+    }
+
+    /// Requests for paths containing `needle`.
+    fn requests(&self, needle: &str) -> usize {
+        self.settle();
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|(p, _, _)| p.contains(needle))
+            .count()
     }
 
     fn ranges(&self, needle: &str) -> Vec<String> {
@@ -115,14 +145,7 @@ impl Mirror {
         );
         let json_path = format!("/images/cloud/bookworm/latest/{stem}.json");
         if with_json {
-            let b64 =
-                base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha512::digest(image));
-            let doc = serde_json::json!({"items": [
-                {"kind": "Build", "data": {"info": {"arch": "amd64", "release": "bookworm"}}},
-                {"kind": "Upload", "data": {"ref": format!("bookworm/{version}/{stem}-{version}.qcow2")},
-                 "metadata": {"labels": {"upload.cloud.debian.org/image-format": "qcow2", "cloud.debian.org/version": version},
-                              "annotations": {"cloud.debian.org/digest": format!("sha512:{b64}")}}}]});
-            self.put(&json_path, doc.to_string().into_bytes());
+            self.put(&json_path, json_manifest(version, image).into_bytes());
         } else {
             self.state.lock().unwrap().files.remove(&json_path);
         }
@@ -142,6 +165,29 @@ impl Mirror {
     }
 }
 
+/// Debian's per-image JSON manifest naming build `version` of bookworm with `image`'s digest.
+fn json_manifest(version: &str, image: &[u8]) -> String {
+    let stem = "debian-12-genericcloud-amd64";
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha512::digest(image));
+    serde_json::json!({"items": [
+        {"kind": "Build", "data": {"info": {"arch": "amd64", "release": "bookworm"}}},
+        {"kind": "Upload", "data": {"ref": format!("bookworm/{version}/{stem}-{version}.qcow2")},
+         "metadata": {"labels": {"upload.cloud.debian.org/image-format": "qcow2", "cloud.debian.org/version": version},
+                      "annotations": {"cloud.debian.org/digest": format!("sha512:{b64}")}}}]})
+    .to_string()
+}
+
+/// The names in a cache directory, lock files left out (they stay, empty, by design).
+fn cache_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".lock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn hex(bytes: &[u8]) -> String {
     Sha512::digest(bytes)
         .iter()
@@ -155,7 +201,9 @@ fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {
     if reader.read_line(&mut line).is_err() {
         return;
     }
-    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    // Tokens in the query do not change the file served.
+    let target = line.split_whitespace().nth(1).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or(target).to_string();
     let mut range = None;
     loop {
         let mut h = String::new();
@@ -243,6 +291,15 @@ fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {
                     sent = n;
                 }
                 Some(Fault::Stall) => std::thread::sleep(Duration::from_secs(6)),
+                Some(Fault::Slow) => {
+                    for chunk in part.chunks(64 * 1024) {
+                        if conn.write_all(chunk).is_err() {
+                            break;
+                        }
+                        sent += chunk.len();
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
                 Some(Fault::TrickleBody) => {
                     for b in part.iter().take(600) {
                         if conn.write_all(&[*b]).is_err() {
@@ -263,7 +320,20 @@ fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {
     st.lock().unwrap().log.push((path, range, sent));
 }
 
+/// `len` bytes that start like a qcow2 image (v3, 1 GiB virtual), the rest pseudo-random.
 fn payload(seed: u8, len: usize) -> Vec<u8> {
+    let mut bytes = noise(seed, len);
+    let mut header = [0u8; 32];
+    header[..4].copy_from_slice(b"QFI\xfb");
+    header[4..8].copy_from_slice(&3u32.to_be_bytes());
+    header[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
+    let n = header.len().min(len);
+    bytes[..n].copy_from_slice(&header[..n]);
+    bytes
+}
+
+/// `len` pseudo-random bytes: not an image.
+fn noise(seed: u8, len: usize) -> Vec<u8> {
     let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
     (0..len)
         .map(|_| {
@@ -294,13 +364,10 @@ fn assert_fault(e: &ImageError, url: &str, took: Duration, says: &str, dir: &std
     assert!(!text.contains('\n'), "one sentence: {text}");
     assert!(text.contains(url), "names the URL: {text}");
     assert!(text.contains(says), "says `{says}`: {text}");
-    let finals: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.contains(".part"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let finals: Vec<_> = cache_files(dir)
+        .into_iter()
+        .filter(|n| !n.contains(".part"))
+        .collect();
     assert!(
         finals.is_empty(),
         "only temporary files may remain: {finals:?}"
@@ -331,10 +398,7 @@ fn fresh_cache_then_no_bytes_on_rerun() {
         format!("debian-12-genericcloud-amd64-{}.qcow2", &sum[..16])
     );
     assert!(kvmprov_image::sidecar_path(&cached.path).exists());
-    let files: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let files = cache_files(dir.path());
     assert_eq!(files.len(), 2, "{files:?}");
     let before = m.served(".qcow2");
     assert_eq!(before, 2 * MIB);
@@ -428,8 +492,8 @@ fn flipped_byte_fails_with_both_digests_and_leaves_nothing() {
     bad[image.len() / 2] ^= 0xff;
     assert!(msg.contains(&hex(&bad)), "{msg}");
     assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
+        cache_files(dir.path()),
+        Vec::<String>::new(),
         "no final file, no part"
     );
 }
@@ -700,4 +764,326 @@ fn killed_download_part_is_resumed_by_the_next_run() {
     let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
     assert_eq!(std::fs::read(cached.path).unwrap(), image);
     assert_eq!(m.ranges(dated).last().unwrap(), &format!("bytes={MIB}-"));
+}
+
+/// One sentence: no line breaks.
+fn one_sentence(e: &ImageError) -> String {
+    let text = e.to_string();
+    eprintln!("reported: {text}");
+    assert!(!text.contains('\n'), "one sentence: {text}");
+    text
+}
+
+#[test]
+fn regression_json_manifest_digest_overrode_configured_sha512sums() {
+    // The image host serves another build than the configured manifest's host lists, with a
+    // JSON manifest and a dated SHA512SUMS of its own to match it.
+    let images = Mirror::start();
+    let sums = Mirror::start();
+    let good = payload(30, MIB);
+    let evil = payload(31, MIB);
+    let good_sum = sums.publish("20241004-1890", &good, false);
+    let evil_sum = images.publish("20241004-1890", &evil, true);
+    let mut entry = images.entry();
+    entry.checksum_manifest_url = sums.entry().checksum_manifest_url;
+    let c = fast_client();
+
+    let e = resolve(&c, &entry).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(text.contains("not trusted"), "{text}");
+    let json_url = format!(
+        "{}/bookworm/latest/debian-12-genericcloud-amd64.json",
+        images.base
+    );
+    // The dated SHA512SUMS is looked up beside the configured manifest, not on the image host.
+    let dated_sums = format!("{}/bookworm/20241004-1890/SHA512SUMS", sums.base);
+    for part in [&json_url, &dated_sums, &evil_sum, &good_sum] {
+        assert!(text.contains(part.as_str()), "names {part}: {text}");
+    }
+    assert_eq!(
+        images.requests("SHA512SUMS"),
+        0,
+        "the image host is no authority"
+    );
+
+    // Not listed at all by the configured manifest: refused too, not skipped.
+    sums.put(
+        "/images/cloud/bookworm/latest/SHA512SUMS",
+        format!("{}  other.qcow2\n", "0".repeat(128)).into_bytes(),
+    );
+    sums.put(
+        "/images/cloud/bookworm/20241004-1890/SHA512SUMS",
+        Vec::new(),
+    );
+    let e = resolve(&c, &entry).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(text.contains("not trusted"), "{text}");
+    assert!(
+        text.contains(&evil_sum)
+            && text.contains("lists no digest for debian-12-genericcloud-amd64.qcow2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn latest_moving_between_requests_is_resolved_through_the_dated_sha512sums() {
+    let m = Mirror::start();
+    let old = payload(32, MIB);
+    let new = payload(33, MIB);
+    let new_sum = m.publish("20241105-1920", &new, false);
+    let old_sum = m.publish("20241004-1890", &old, true);
+    // `latest/` moved on after the JSON manifest was written: its SHA512SUMS names the new build.
+    m.put(
+        "/images/cloud/bookworm/latest/SHA512SUMS",
+        format!("{new_sum}  debian-12-genericcloud-amd64.qcow2\n").into_bytes(),
+    );
+    let c = fast_client();
+    let r = resolve(&c, &m.entry()).unwrap();
+    assert_eq!(r.sha512, old_sum);
+    assert!(r.download_url.contains("/bookworm/20241004-1890/"), "{r:?}");
+    assert_eq!(m.requests("/bookworm/20241004-1890/SHA512SUMS"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
+    assert_eq!(std::fs::read(cached.path).unwrap(), old);
+}
+
+#[test]
+fn regression_file_image_url_failed_with_empty_host() {
+    let src = tempfile::tempdir().unwrap();
+    let image = payload(34, MIB + 123);
+    let file = src.path().join("debian-12-genericcloud-amd64.qcow2");
+    std::fs::write(&file, &image).unwrap();
+    std::fs::write(
+        src.path().join("SHA512SUMS"),
+        format!("{}  debian-12-genericcloud-amd64.qcow2\n", hex(&image)),
+    )
+    .unwrap();
+    let entry = CatalogEntry {
+        image_name: "debian-12".into(),
+        image_url: format!("file://{}", file.display()),
+        checksum_manifest_url: format!("file://{}/SHA512SUMS", src.path().display()),
+        pinned_sha512: None,
+    };
+    let c = fast_client();
+    let r = resolve(&c, &entry).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
+    // Same layout as an http download: the name carries the digest, a sidecar records it.
+    let name = format!("debian-12-genericcloud-amd64-{}.qcow2", &hex(&image)[..16]);
+    let mut files = cache_files(dir.path());
+    files.sort();
+    assert_eq!(files, vec![name.clone(), format!("{name}.json")]);
+    assert_eq!(std::fs::read(&cached.path).unwrap(), image);
+    let side = std::fs::read_to_string(kvmprov_image::sidecar_path(&cached.path)).unwrap();
+    assert!(
+        side.contains(&entry.image_url) && side.contains(&hex(&image)),
+        "{side}"
+    );
+    assert_eq!(lookup(dir.path(), &r).unwrap().unwrap().sha512, hex(&image));
+
+    // The same verification: a changed file is refused and nothing is cached.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(&file, payload(35, MIB)).unwrap();
+    let e = download(&c, other.path(), &r, &mut Silent).unwrap_err();
+    assert!(matches!(e, ImageError::DigestMismatch { .. }), "{e}");
+    assert!(cache_files(other.path()).is_empty());
+}
+
+#[test]
+fn regression_non_qcow2_download_was_cached() {
+    let cases = [
+        (noise(36, MIB), "QFI\\xfb"),
+        (
+            {
+                // A qcow2 header whose virtual size is 0.
+                let mut p = payload(37, MIB);
+                p[24..32].copy_from_slice(&0u64.to_be_bytes());
+                p
+            },
+            "virtual size of 0",
+        ),
+    ];
+    for (body, says) in cases {
+        let m = Mirror::start();
+        m.publish("20241004-1890", &body, false);
+        let c = fast_client();
+        let r = resolve(&c, &m.entry()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+        // What the stage prints: the error and its causes, one sentence.
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text = format!("{text}: {c}");
+            cause = c.source();
+        }
+        assert!(!text.contains('\n'), "{text}");
+        assert!(
+            text.contains(&r.download_url) && text.contains("not a qcow2") && text.contains(says),
+            "{text}"
+        );
+        assert!(cache_files(dir.path()).is_empty(), "nothing cached");
+        assert!(lookup(dir.path(), &r).unwrap().is_none());
+    }
+}
+
+#[test]
+fn regression_url_credentials_leaked_into_names_sidecars_and_errors() {
+    let m = Mirror::start();
+    let image = payload(38, MIB);
+    m.publish("20241004-1890", &image, true);
+    let secret = m.base.replace("http://", "http://kvm:pa55word@");
+    let entry = CatalogEntry {
+        image_name: "debian-12".into(),
+        image_url: format!(
+            "{secret}/bookworm/latest/debian-12-genericcloud-amd64.qcow2?token=t0ps3cret"
+        ),
+        checksum_manifest_url: format!("{secret}/bookworm/latest/SHA512SUMS?token=t0ps3cret"),
+        pinned_sha512: None,
+    };
+    let leaks = |what: &str, text: &str| {
+        assert!(
+            !text.contains("pa55word") && !text.contains("t0ps3cret"),
+            "{what} leaks a secret: {text}"
+        );
+    };
+    let c = fast_client();
+    let r = resolve(&c, &entry).unwrap();
+    // The request still carries the token; only what is shown is redacted.
+    assert!(r.download_url.contains("t0ps3cret"));
+    leaks("the cache file name", &r.file_name);
+    leaks("the resolved JSON", &serde_json::to_string(&r).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
+    assert_eq!(std::fs::read(&cached.path).unwrap(), image);
+    leaks("the cached url", &cached.url);
+    leaks(
+        "the sidecar",
+        &std::fs::read_to_string(kvmprov_image::sidecar_path(&cached.path)).unwrap(),
+    );
+    for name in std::fs::read_dir(dir.path()).unwrap() {
+        leaks(
+            "a cache file name",
+            &name.unwrap().file_name().to_string_lossy(),
+        );
+    }
+    assert!(
+        cached.url.contains("***@") && cached.url.ends_with("?***"),
+        "{}",
+        cached.url
+    );
+
+    // Errors name the URL redacted.
+    let mut missing = entry.clone();
+    missing.checksum_manifest_url = format!("{secret}/nowhere/latest/SHA512SUMS?token=t0ps3cret");
+    let e = resolve(&c, &missing).unwrap_err().to_string();
+    leaks("an error", &e);
+    assert!(
+        e.contains("HTTP 404") && e.contains("/nowhere/latest/SHA512SUMS?***"),
+        "{e}"
+    );
+    let mut gone = r.clone();
+    gone.download_url = format!("{secret}/bookworm/latest/gone.qcow2?token=t0ps3cret");
+    gone.file_name = "gone.qcow2".into();
+    let e = download(&c, dir.path(), &gone, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    leaks("a download error", &e);
+}
+
+#[test]
+fn regression_two_runs_truncated_each_others_part() {
+    let m = Mirror::start();
+    let image = payload(39, 2 * MIB);
+    m.publish("20241004-1890", &image, false);
+    m.fault(LATEST, Fault::Slow);
+    m.fault(LATEST, Fault::Slow);
+    let dir = tempfile::tempdir().unwrap();
+    let c = fast_client();
+    let r = resolve(&c, &m.entry()).unwrap();
+    // Two runs (different instance pools, one cache) fetch the same version at once.
+    let (a, b) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| download(&c, dir.path(), &r, &mut Silent));
+        std::thread::sleep(Duration::from_millis(150));
+        let second = scope.spawn(|| download(&c.clone(), dir.path(), &r, &mut Silent));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.path, b.path);
+    assert_eq!(std::fs::read(&a.path).unwrap(), image);
+    // The second waited for the first and found its finished file.
+    assert_eq!(m.served(".qcow2"), image.len(), "downloaded once");
+    assert_eq!(
+        cache_files(dir.path()).len(),
+        2,
+        "{:?}",
+        cache_files(dir.path())
+    );
+}
+
+/// Debian's real files (`shared/debian-cloud/`, beside the repository), or `None` with a
+/// visible note: they are data for tests, not part of the project.
+fn debian_cloud(name: &str) -> Option<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/debian-cloud");
+    match std::fs::read(dir.join(name)) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            eprintln!("SKIPPED: {} not readable ({e})", dir.join(name).display());
+            None
+        }
+    }
+}
+
+#[test]
+fn real_debian_json_manifest_is_confirmed_only_by_the_configured_sums() {
+    let (Some(json), Some(latest_sums)) = (
+        debian_cloud("bookworm-20250210-2019-debian-12-genericcloud-amd64.json"),
+        debian_cloud("bookworm-latest-SHA512SUMS"),
+    ) else {
+        return;
+    };
+    // The real `latest/SHA512SUMS` is of a later build than the real JSON manifest: `latest`
+    // moved, as it does between two requests.
+    let pinned = kvmprov_image::parse_json_manifest(std::str::from_utf8(&json).unwrap()).unwrap();
+    let listed = kvmprov_image::parse_sha512sums(
+        std::str::from_utf8(&latest_sums).unwrap(),
+        "debian-12-genericcloud-amd64.qcow2",
+    )
+    .unwrap();
+    assert_ne!(pinned.sha512, listed);
+    let m = Mirror::start();
+    m.put("/images/cloud/bookworm/latest/SHA512SUMS", latest_sums);
+    m.put(
+        "/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.json",
+        json,
+    );
+    let c = fast_client();
+
+    // No dated SHA512SUMS beside the configured one: refused, both digests named.
+    let e = resolve(&c, &m.entry()).unwrap_err();
+    let text = one_sentence(&e);
+    for part in [&pinned.sha512, &listed, &m.entry().checksum_manifest_url] {
+        assert!(text.contains(part.as_str()), "names {part}: {text}");
+    }
+    assert!(text.contains("not trusted"), "{text}");
+
+    // The dated directory lists the build: resolved to it.
+    m.put(
+        "/images/cloud/bookworm/20250210-2019/SHA512SUMS",
+        format!(
+            "{}  debian-12-genericcloud-amd64-20250210-2019.qcow2\n",
+            pinned.sha512
+        )
+        .into_bytes(),
+    );
+    let r = resolve(&c, &m.entry()).unwrap();
+    assert_eq!(r.sha512, pinned.sha512);
+    assert_eq!(r.version.as_deref(), Some("20250210-2019"));
+    assert!(
+        r.download_url.ends_with(
+            "/images/cloud/bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2"
+        ),
+        "{}",
+        r.download_url
+    );
 }

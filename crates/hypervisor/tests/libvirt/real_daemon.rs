@@ -86,6 +86,7 @@ fn real_daemon_storage_and_domain() {
             image_sha512: String::new(),
             config_digest: "d".into(),
             instance_id: format!("{tag}-1"),
+            fields: None,
         },
     };
     hv.start_network(&network).unwrap();
@@ -105,7 +106,7 @@ fn real_daemon_storage_and_domain() {
     assert_eq!(hv.dhcp_lease(&network, &spec.mac).unwrap(), None);
     assert!(spec.console_log.exists(), "serial log file created");
     hv.destroy(&tag).unwrap();
-    hv.undefine(&tag).unwrap();
+    hv.undefine(&tag, true).unwrap();
     assert!(hv.domain(&tag).unwrap().is_none());
 
     hv.delete_volume(&tag, "vm.qcow2").unwrap();

@@ -32,6 +32,10 @@ fn spec(name: &str, dir: &Path) -> DomainSpec {
             image_sha512: "ab".repeat(64),
             config_digest: "d".into(),
             instance_id: format!("{name}-1"),
+            fields: Some(vec![
+                ("disk_size_gib".into(), "20".into()),
+                ("runcmd".into(), "[\"echo 'a' > /b\"]".into()),
+            ]),
         },
     }
 }
@@ -306,10 +310,10 @@ fn domain_lifecycle_and_snapshots() {
     );
 
     // Snapshot metadata goes with the domain.
-    hv.undefine("kp-life").unwrap();
+    hv.undefine("kp-life", true).unwrap();
     assert!(hv.domain("kp-life").unwrap().is_none());
     assert!(hv.domains().unwrap().iter().all(|x| x.name != "kp-life"));
-    let e = hv.undefine("kp-life").unwrap_err();
+    let e = hv.undefine("kp-life", true).unwrap_err();
     assert!(e.is_not_found(), "{e}");
     assert!(e.to_string().contains("kp-life"), "{e}");
     assert!(hv.start("kp-life").unwrap_err().is_not_found());
@@ -344,7 +348,7 @@ fn domain_xml_round_trips_through_libvirt() {
     assert!(e.to_string().contains("already exists"), "{e}");
     let o = xml::parse_domain_xml(&hv.domain_xml(&s.name).unwrap()).unwrap();
     assert_eq!(o.vcpus, 1);
-    hv.undefine(&s.name).unwrap();
+    hv.undefine(&s.name, true).unwrap();
 }
 
 #[test]
@@ -397,4 +401,35 @@ fn regression_parallel_provision_checks_its_seed_with_one_lookup_not_a_racing_li
     )
     .unwrap();
     assert!(hv.volume_exists("kp-exists", "a.qcow2").unwrap());
+}
+
+#[test]
+fn regression_cleanup_removed_the_managed_save_of_a_domain_kvmprov_did_not_create() {
+    let hv = hv();
+    // Defined by someone else (the replaced Ansible playbook): no kvmprov metadata.
+    hv.define(
+        "<domain type='test'><name>kp-foreign-save</name><memory unit='MiB'>64</memory>\
+         <os><type>hvm</type></os></domain>",
+    )
+    .unwrap();
+    hv.start("kp-foreign-save").unwrap();
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let d = conn.lookup_domain_by_name("kp-foreign-save").unwrap();
+    d.managed_save(0).unwrap();
+    assert!(d.has_managed_save(0).unwrap());
+
+    let e = hv.undefine("kp-foreign-save", false).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("virsh managedsave-remove kp-foreign-save"),
+        "{text}"
+    );
+    assert_eq!(text.matches(". ").count(), 0, "one sentence: {text}");
+    // Nothing was removed: the domain and its saved state are still there.
+    assert!(hv.domain("kp-foreign-save").unwrap().is_some());
+    assert!(d.has_managed_save(0).unwrap());
+
+    // A domain kvmprov created loses its managed-save image with it.
+    hv.undefine("kp-foreign-save", true).unwrap();
+    assert!(hv.domain("kp-foreign-save").unwrap().is_none());
 }

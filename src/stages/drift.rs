@@ -1,0 +1,246 @@
+//! Drift: which config fields changed since a domain was defined.
+//!
+//! When kvmprov defines a domain it records in the domain's metadata the fields the instance
+//! was made from ([`instance_fields`]); later runs compare that record with the config, field
+//! by field ([`diff`]). Secrets are recorded only as a salted digest, and a change of one is
+//! reported without values.
+
+use kvmprov_hypervisor::xml::DomainType;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Instance};
+
+/// Fields recorded as a digest: a change says only that it changed.
+const SECRET: &[&str] = &["password", "ssh_authorized_keys"];
+
+/// Fields that shaped the instance's disk: applying a change takes a new disk.
+const ON_DISK: &[&str] = &["image_name", "disk_size_gib"];
+
+/// SHA-256 rounds of a secret's digest: readers of the domain XML get no cheap test of
+/// password guesses.
+const SECRET_ROUNDS: u32 = 10_000;
+
+/// The fields an instance is made from, as (name, value), in the config's own names: what a
+/// domain's metadata records and drift compares. Add a config field here and it is recorded
+/// and compared. Not here: `snapshot_name` and the hypervisor, which do not shape the
+/// domain. `salt` (the domain's instance-id) salts the secrets' digests.
+pub fn instance_fields(
+    cfg: &Config,
+    inst: &Instance,
+    domain_type: DomainType,
+    salt: &str,
+) -> Vec<(&'static str, String)> {
+    let ci = &cfg.cloud_init;
+    let ipv4 = inst.ipv4.as_ref();
+    vec![
+        ("image_name", inst.image_name.clone()),
+        ("vcpus", inst.vcpus.to_string()),
+        ("memory_mib", inst.memory_mib.to_string()),
+        ("disk_size_gib", inst.disk_size_gib.to_string()),
+        ("domain_type", domain_type.as_str().to_string()),
+        (
+            "firmware",
+            crate::stages::provision::firmware_label(inst).to_string(),
+        ),
+        ("libvirt_network_name", inst.network.clone()),
+        ("mac_address", crate::stages::provision::mac_of(inst)),
+        (
+            "ipv4_address",
+            ipv4.map(|s| s.address.to_string()).unwrap_or_default(),
+        ),
+        (
+            "ipv4_gateway",
+            ipv4.map(|s| s.gateway.to_string()).unwrap_or_default(),
+        ),
+        (
+            "dns_servers",
+            ipv4.map(|s| list(s.dns.iter().map(|d| d.to_string())))
+                .unwrap_or_default(),
+        ),
+        ("packages", list(inst.packages.iter().cloned())),
+        ("runcmd", list(inst.runcmd.iter().cloned())),
+        ("user", ci.user.clone()),
+        (
+            "password",
+            ci.password
+                .as_ref()
+                .map(|p| secret_digest(salt, p.expose()))
+                .unwrap_or_default(),
+        ),
+        (
+            "ssh_authorized_keys",
+            if ci.ssh_authorized_keys.is_empty() {
+                String::new()
+            } else {
+                secret_digest(salt, &ci.ssh_authorized_keys.join("\n"))
+            },
+        ),
+        (
+            "ssh_password_authentication",
+            ci.ssh_password_authentication.to_string(),
+        ),
+    ]
+}
+
+/// A list as one value: JSON, so items with commas or spaces stay apart. Empty: "".
+fn list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        String::new()
+    } else {
+        serde_json::Value::from(items).to_string()
+    }
+}
+
+/// A salted, stretched digest of a secret (16 hex digits): enough to notice a change.
+fn secret_digest(salt: &str, secret: &str) -> String {
+    let mut d = Sha256::new()
+        .chain_update(b"kvmprov secret\0")
+        .chain_update(salt.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(secret.as_bytes())
+        .finalize();
+    for _ in 0..SECRET_ROUNDS {
+        d = Sha256::digest(d);
+    }
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One field that differs between the record and the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub field: String,
+    /// As recorded when the domain was defined.
+    pub old: String,
+    /// As the config says now.
+    pub new: String,
+}
+
+impl Change {
+    /// `disk_size_gib 20 → 40`; a secret only as `password changed`.
+    pub fn describe(&self) -> String {
+        if SECRET.contains(&self.field.as_str()) {
+            return format!("{} changed", self.field);
+        }
+        let shown = |v: &str| {
+            if v.is_empty() {
+                "(none)".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        format!("{} {} → {}", self.field, shown(&self.old), shown(&self.new))
+    }
+}
+
+/// Pure: the recorded fields whose value the config no longer has, in the config's order.
+/// A field only one side knows (added or dropped by another kvmprov version) is not compared:
+/// nothing says what it was.
+pub fn diff(recorded: &[(String, String)], wanted: &[(&str, String)]) -> Vec<Change> {
+    wanted
+        .iter()
+        .filter_map(|(name, new)| {
+            let (_, old) = recorded.iter().find(|(n, _)| n == name)?;
+            (old != new).then(|| Change {
+                field: name.to_string(),
+                old: old.clone(),
+                new: new.clone(),
+            })
+        })
+        .collect()
+}
+
+/// What applying `changes` takes: the domain is never changed in place.
+pub fn remedy(changes: &[Change]) -> &'static str {
+    if changes.iter().any(|c| ON_DISK.contains(&c.field.as_str())) {
+        "to apply, re-create the instance with a new disk (cleanup with kvm_cleanup_remove_instance_disks=true, then provision)"
+    } else {
+        "to apply, re-create the domain (cleanup, then provision: the disk is kept and boots with a new cloud-init seed)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(extra: &str, password: &str) -> Config {
+        let text = format!(
+            "kvm_image_cache_path: /c\nkvm_instance_disk_pool_path: /p\n\
+             kvm_cloud_image_catalog:\n  - {{image_name: d, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}}\n\
+             kvm_cloud_init_defaults:\n  password: \"{password}\"\n  ssh_authorized_keys: [\"ssh-ed25519 AAAA op@x\"]\n\
+             kvm_instance_definitions:\n  - instance_name: app-01\n    image_name: d\n{extra}"
+        );
+        crate::config::parse(Path::new("t.yml"), &text, &[]).unwrap()
+    }
+
+    fn fields(c: &Config) -> Vec<(&'static str, String)> {
+        instance_fields(c, &c.instances[0], DomainType::Qemu, "app-01-1")
+    }
+
+    fn recorded(c: &Config) -> Vec<(String, String)> {
+        fields(c)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect()
+    }
+
+    #[test]
+    fn changes_of_fields_outside_the_domain_xml_are_named_with_old_and_new_values() {
+        let before = cfg("", "old-secret");
+        let after = cfg(
+            "    ipv4_address: 192.168.122.60/24\n    disk_size_gib: 40\n    packages: [nginx, \"a b\"]\n    runcmd: [\"echo hi\"]\n",
+            "old-secret",
+        );
+        let changes = diff(&recorded(&before), &fields(&after));
+        let described: Vec<String> = changes.iter().map(Change::describe).collect();
+        assert_eq!(
+            described,
+            vec![
+                "disk_size_gib 20 → 40",
+                "ipv4_address (none) → 192.168.122.60/24",
+                "ipv4_gateway (none) → 192.168.122.1",
+                r#"dns_servers (none) → ["192.168.122.1"]"#,
+                r#"packages (none) → ["nginx","a b"]"#,
+                r#"runcmd (none) → ["echo hi"]"#,
+            ]
+        );
+        assert!(remedy(&changes).contains("new disk"));
+        assert_eq!(diff(&recorded(&after), &fields(&after)), vec![]);
+        // A domain type chosen differently (kvm now) is drift too.
+        let kvm = instance_fields(&after, &after.instances[0], DomainType::Kvm, "app-01-1");
+        let changes = diff(&recorded(&after), &kvm);
+        assert_eq!(changes[0].describe(), "domain_type qemu → kvm");
+        assert!(remedy(&changes).contains("the disk is kept"));
+    }
+
+    #[test]
+    fn secrets_are_recorded_as_salted_digests_and_reported_without_values() {
+        let before = cfg("", "old-secret");
+        let after = cfg("", "new-secret");
+        for (_, v) in fields(&before) {
+            assert!(!v.contains("old-secret") && !v.contains("AAAA"), "{v}");
+        }
+        let changes = diff(&recorded(&before), &fields(&after));
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].describe(), "password changed");
+        // The same password under another instance-id digests differently.
+        let other = instance_fields(&before, &before.instances[0], DomainType::Qemu, "app-01-2");
+        let pw = |f: Vec<(&'static str, String)>| {
+            f.into_iter()
+                .find(|(n, _)| *n == "password")
+                .map(|(_, v)| v)
+        };
+        assert_ne!(pw(fields(&before)), pw(other));
+        assert_eq!(pw(fields(&before)).map(|v| v.len()), Some(16));
+    }
+
+    #[test]
+    fn fields_only_one_side_knows_are_not_compared() {
+        let c = cfg("", "s");
+        let mut rec = recorded(&c);
+        rec.retain(|(n, _)| n != "runcmd");
+        rec.push(("retired_field".into(), "x".into()));
+        assert_eq!(diff(&rec, &fields(&c)), vec![]);
+    }
+}

@@ -266,7 +266,7 @@ pub struct InstanceDefinition {
     /// MAC address; else a stable `52:54:00:…` derived from the instance name.
     #[serde(default)]
     pub mac_address: Option<String>,
-    /// Snapshot taken once after the first successful runtime check.
+    /// Snapshot taken once after the first successful runtime check (not with `uefi`: libvirt takes no internal snapshots of a guest with UEFI NVRAM).
     #[serde(default)]
     pub snapshot_name: Option<String>,
     /// Passed to cloud-init `packages`.
@@ -279,7 +279,7 @@ pub struct InstanceDefinition {
     /// (or `kvm_libvirt_uri`).
     #[serde(default)]
     pub hypervisor_host: Option<String>,
-    /// `bios` or `uefi`; else `kvm_default_firmware`.
+    /// `bios` or `uefi` (OVMF; the NVRAM is `<name>_VARS.fd` in the instance pool); else `kvm_default_firmware`.
     #[serde(default)]
     pub firmware: Option<FirmwareChoice>,
     /// With `uefi`: OVMF with Secure Boot and Microsoft's keys enrolled.
@@ -315,7 +315,7 @@ pub struct Vars {
     /// `auto` (kvm if offered, else qemu), `kvm`, `qemu` (TCG emulation).
     #[serde(default)]
     pub kvm_domain_type: DomainTypeChoice,
-    /// Firmware of instances that name none: `bios` or `uefi`.
+    /// Firmware of instances that name none: `bios` (SeaBIOS) or `uefi` (OVMF).
     #[serde(default)]
     pub kvm_default_firmware: FirmwareChoice,
     /// Stage `kvmprov provision` runs: `full`, `preflight`, `image-cache`, `provision`, `runtime`.

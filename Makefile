@@ -9,7 +9,7 @@ KVMPROV    := target/release/kvmprov
 RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
 .PHONY: help venv build deps check ping image-cache provision provision-stage provision-check \
-        cleanup cleanup-force cleanup-force-disks status inventory schema deb deb-check test test-unit test-e2e test-remote demo demo-clean fuzz bench
+        cleanup cleanup-force cleanup-force-disks status inventory schema schema-check deb deb-check test test-unit test-e2e test-remote demo demo-clean fuzz bench
 
 help: ## List the targets
 	@echo "kvmprov make targets (CONFIG=$(CONFIG); pass options with EXTRA_ARGS=\"-e key=value\"):"
@@ -59,6 +59,9 @@ inventory: build ## Print an Ansible inventory (YAML) of the running instances
 
 schema: build ## Regenerate vars/kvm-provisioning.schema.json (the variables file's JSON Schema)
 	$(KVMPROV) schema > vars/kvm-provisioning.schema.json
+
+schema-check: build ## Validate the example and hostile variants with check-jsonschema (PyPI, venv in /tmp)
+	bash tests/schema-check.sh
 
 deb: build ## Build target/debian/kvmprov_<version>_<arch>.deb (binary, man page, completions, docs)
 	bash packaging/build-deb.sh

@@ -244,12 +244,15 @@ pub struct InstanceDefinition {
     pub image_name: String,
     /// Virtual CPUs, 1–256.
     #[serde(default = "default_vcpus")]
+    #[schemars(range(min = 1, max = 256))]
     pub vcpus: u32,
     /// Memory in MiB, 128–4194304.
     #[serde(default = "default_memory")]
+    #[schemars(range(min = 128, max = 4194304))]
     pub memory_mib: u64,
-    /// Virtual size of the overlay disk in GiB (at least the image's virtual size).
+    /// Virtual size of the overlay disk in GiB, 1–65536 (at least the image's virtual size).
     #[serde(default = "default_disk")]
+    #[schemars(range(min = 1, max = 65536))]
     pub disk_size_gib: u64,
     /// Network to attach to; else `kvm_default_libvirt_network_name`.
     #[serde(default)]
@@ -344,6 +347,7 @@ pub struct Vars {
     pub kvm_domain_autostart: bool,
     /// Deadline per guest for address, SSH and cloud-init, in seconds.
     #[serde(default = "default_runtime_timeout")]
+    #[schemars(range(min = 1))]
     pub kvm_runtime_timeout_seconds: u64,
     /// The images instances can use.
     #[serde(default)]

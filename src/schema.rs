@@ -247,6 +247,31 @@ mod tests {
         }
     }
 
+    /// Every bound the schema puts on a number is the parser's: the bounds pass, one beyond
+    /// each fails.
+    #[test]
+    fn numeric_bounds_are_the_parser_bounds() {
+        let mut checked = 0;
+        for (path, obj) in objects(&schema()) {
+            for (key, prop) in &obj.properties {
+                let bounds = [
+                    (prop.get("minimum").and_then(Value::as_i64), -1),
+                    (prop.get("maximum").and_then(Value::as_i64), 1),
+                ];
+                for (bound, beyond) in bounds {
+                    let Some(bound) = bound else { continue };
+                    for (value, ok) in [(bound, true), (bound + beyond, false)] {
+                        let mut doc = minimal();
+                        at(&mut doc, &path).insert(key.clone(), json!(value));
+                        assert_eq!(parse(&doc).is_ok(), ok, "`{path}.{key}` = {value}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 4, "vcpus and memory_mib have both bounds");
+    }
+
     /// `-e KEY=VALUE` accepts the same top-level keys as the file.
     #[test]
     fn override_keys_are_the_schema_keys() {

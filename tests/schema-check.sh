@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The variables file's JSON Schema with a real validator: check-jsonschema (from PyPI, in a venv
 # under /tmp) checks the schema against the draft 2020-12 metaschema, accepts the shipped example
-# and rejects hostile variants of it (typos at every level, wrong types, a missing field), each of
+# and rejects hostile variants of it (typos at every level, wrong types, a number out of range, a missing field), each of
 # which `kvmprov check` rejects too.
 #   tests/schema-check.sh [KVMPROV]      default: target/release/kvmprov
 set -euo pipefail
@@ -31,6 +31,7 @@ cases=(
     "typo in cloud-init defaults|s/^  ssh_password_authentication:/  ssh_password_authentification:/"
     "typo in a catalog entry|s/^    image_checksum_manifest_url: \(.*trixie.*\)/    image_checksum_url: \1/"
     "word for a number|s/^    memory_mib: 2048/    memory_mib: lots/"
+    "number out of range|s/^    vcpus: 2$/    vcpus: 512/"
     "string for a boolean|s/^kvm_domain_autostart: false/kvm_domain_autostart: \"sometimes\"/"
     "unknown enum value|s/^kvm_domain_type: auto/kvm_domain_type: xen/"
     "unknown firmware|s/^    snapshot_name: baseline/    snapshot_name: baseline\n    firmware: efi/"

@@ -9,7 +9,7 @@ KVMPROV    := target/release/kvmprov
 RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
 .PHONY: help venv build deps check ping image-cache provision provision-stage provision-check \
-        cleanup cleanup-force cleanup-force-disks status test test-unit test-e2e test-remote demo demo-clean fuzz bench
+        cleanup cleanup-force cleanup-force-disks status inventory schema schema-check deb deb-check test test-unit test-e2e test-remote demo demo-clean fuzz bench
 
 help: ## List the targets
 	@echo "kvmprov make targets (CONFIG=$(CONFIG); pass options with EXTRA_ARGS=\"-e key=value\"):"
@@ -53,6 +53,21 @@ cleanup-force-disks: build ## Remove the declared domains and their disks, seeds
 
 status: build ## Show the declared instances: state, IP, SSH, snapshots
 	$(RUN) status
+
+inventory: build ## Print an Ansible inventory (YAML) of the running instances
+	$(RUN) inventory --format yaml
+
+schema: build ## Regenerate vars/kvm-provisioning.schema.json (the variables file's JSON Schema)
+	$(KVMPROV) schema > vars/kvm-provisioning.schema.json
+
+schema-check: build ## Validate the example and hostile variants with check-jsonschema (PyPI, venv in /tmp)
+	bash tests/schema-check.sh
+
+deb: build ## Build target/debian/kvmprov_<version>_<arch>.deb (binary, man page, completions, docs)
+	bash packaging/build-deb.sh
+
+deb-check: ## Check the .deb: lintian, then install and run it in a fresh bookworm root (root, mmdebstrap)
+	bash packaging/check-deb.sh
 
 test: deps ## Run every check and test: fmt, clippy, unit, libvirt test driver, end-to-end (needs root)
 	cargo fmt --all -- --check

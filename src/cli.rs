@@ -1,8 +1,9 @@
 //! Command-line interface: arguments, dispatch, output and exit codes.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, StageChoice};
 use crate::plan::{error_chain, render_summary, OutputFormat, StageReport};
@@ -46,6 +47,7 @@ pub struct GlobalArgs {
         long = "config",
         global = true,
         default_value = "vars/kvm-provisioning.yml",
+        env = "KVMPROV_CONFIG",
         value_name = "FILE"
     )]
     pub config: PathBuf,
@@ -91,6 +93,45 @@ pub enum Command {
     Status,
     /// Open an SSH session to an instance, with its pinned host key.
     Ssh(SshArgs),
+    /// Print an Ansible inventory of the declared instances that are running.
+    #[command(
+        long_about = "Print an Ansible inventory of the declared instances that are running \
+            and have an address: groups per image, hypervisor and network; host variables \
+            that make Ansible log in like kvmprov (operator key, pinned host key with \
+            StrictHostKeyChecking=yes, through a remote hypervisor). Instances left out are \
+            named on stderr with the reason.\n\n\
+            As a dynamic inventory: `ansible -i inventory.sh all -m ping` with inventory.sh \
+            running `exec kvmprov -c FILE inventory \"$@\"` (or the binary itself, which \
+            answers `kvmprov --list` and `kvmprov --host NAME`, reading KVMPROV_CONFIG). \
+            As a file: `kvmprov inventory --format yaml > inventory.yml`."
+    )]
+    Inventory(InventoryArgs),
+    /// Print the JSON Schema of the variables file (for editors and validators).
+    Schema,
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write kvmprov.1 and a page per subcommand (kvmprov-inventory.1, …) here.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InventoryArgs {
+    /// Every group and host, with `_meta.hostvars` (the default; what Ansible asks a script for).
+    #[arg(long, conflicts_with = "host")]
+    pub list: bool,
+    /// Only this instance's variables, as JSON (`{}` when it is not running).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// json: Ansible's dynamic-inventory document; yaml: a static inventory file.
+    #[arg(long, value_enum, default_value_t = crate::inventory::Format::Json, conflicts_with = "host")]
+    pub format: crate::inventory::Format,
 }
 
 #[derive(Args, Debug)]
@@ -140,7 +181,7 @@ pub struct SshArgs {
 
 /// Parse arguments, run, and return the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(ansible_script_form(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
@@ -151,6 +192,45 @@ pub fn main() -> i32 {
     init_logging(cli.global.verbose);
     stop_on_signals();
     run(cli)
+}
+
+/// Ansible runs an inventory script as `SCRIPT --list` or `SCRIPT --host NAME`: those two forms
+/// (otherwise usage errors) mean `inventory --list` and `inventory --host NAME`, so the binary
+/// itself can be given to `ansible -i`.
+fn ansible_script_form(mut args: Vec<OsString>) -> Vec<OsString> {
+    let first = args.get(1).and_then(|a| a.to_str());
+    if matches!(
+        (first, args.len()),
+        (Some("--list"), 2) | (Some("--host"), 3)
+    ) {
+        args.insert(1, "inventory".into());
+    }
+    args
+}
+
+/// The commands that print something about kvmprov itself: they need no variables file.
+fn print_static(command: &Command) -> Option<i32> {
+    let mut out = std::io::stdout();
+    let written = match command {
+        Command::Schema => {
+            println!("{}", crate::schema::render());
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "kvmprov", &mut out);
+            Ok(())
+        }
+        Command::Man { out_dir: None } => clap_mangen::Man::new(Cli::command()).render(&mut out),
+        Command::Man { out_dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), dir),
+        _ => return None,
+    };
+    Some(match written {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: cannot write: {e}");
+            EXIT_FAILED
+        }
+    })
 }
 
 /// Ctrl-C and SIGTERM stop a run at once, with the conventional exit codes (130, 143). Nothing
@@ -198,6 +278,9 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> i32 {
+    if let Some(code) = print_static(&cli.command) {
+        return code;
+    }
     let g = &cli.global;
     let cfg = match config::load(&g.config, &g.extra) {
         Ok(cfg) => cfg,
@@ -218,6 +301,11 @@ fn run(cli: Cli) -> i32 {
         Command::Ping => return stages::ping::run(&session),
         Command::Ssh(args) => return stages::status::ssh(&session, &args.name, &args.command),
         Command::Status => return stages::status::run(&session),
+        Command::Inventory(args) => {
+            return crate::inventory::run(&session, args.host.as_deref(), args.format)
+        }
+        // Printed by `print_static` above, without a variables file.
+        Command::Schema | Command::Completions { .. } | Command::Man { .. } => return EXIT_OK,
         Command::Preflight => stages::run_stages(&session, &[StageChoice::Preflight]),
         Command::ImageCache(args) => match args.action {
             Some(ImageCacheAction::Prune { yes }) => stages::image_cache::prune(&session, yes),

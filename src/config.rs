@@ -13,6 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use ipnet::Ipv4Net;
 use marked_yaml::types::{MarkedScalarNode, Node};
 use marked_yaml::{LoaderOptions, Span};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Largest variables file we read: a real one is a few KiB; this bounds memory on hostile input.
@@ -86,18 +87,20 @@ pub enum ConfigError {
 }
 
 /// Which libvirt domain type to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DomainTypeChoice {
     /// `kvm` when the hypervisor offers it, else `qemu` (TCG).
     #[default]
     Auto,
+    /// Hardware virtualisation (KVM).
     Kvm,
+    /// Software emulation (TCG): slower, works without KVM.
     Qemu,
 }
 
 /// The firmware a guest boots with. Debian's genericcloud image boots either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FirmwareChoice {
     /// SeaBIOS (GRUB from the image's BIOS boot partition).
@@ -121,14 +124,19 @@ impl FirmwareChoice {
 }
 
 /// The seed's `kvm_provision_stage`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageChoice {
+    /// preflight, image-cache, provision and runtime, in order.
     #[default]
     Full,
+    /// Validation only.
     Preflight,
+    /// Download and verify the images into the cache only.
     ImageCache,
+    /// Create missing disks, seeds and domains only.
     Provision,
+    /// Start, wait for SSH and cloud-init, snapshot only.
     Runtime,
 }
 
@@ -145,7 +153,7 @@ impl StageChoice {
 }
 
 /// A secret string: never printed, never serialized in clear.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -172,16 +180,19 @@ impl Serialize for Secret {
 }
 
 /// One `kvm_cloud_image_catalog` entry.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogImage {
+    /// Name instances refer to (letters, digits, `-_.`).
     pub image_name: String,
-    /// Shown redacted (JSON output included): credentials and tokens stay in the file.
+    /// `http(s)://` or `file:///` URL of the qcow2 (`…/latest/…` is pinned to the dated build).
+    // Serialized redacted (JSON output included): credentials and tokens stay in the file.
     #[serde(serialize_with = "serialize_redacted_url")]
     pub image_url: String,
+    /// The `SHA512SUMS` beside the image (`file:///` for air-gapped hosts).
     #[serde(serialize_with = "serialize_redacted_url")]
     pub image_checksum_manifest_url: String,
-    /// Pin the expected digest instead of reading the manifest (air-gapped hosts).
+    /// Pin the expected SHA-512 (128 hex digits); no manifest is read.
     #[serde(default)]
     pub image_sha512: Option<String>,
 }
@@ -191,16 +202,19 @@ fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok
 }
 
 /// `kvm_cloud_init_defaults`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudInitDefaults {
+    /// Login user (lowercase, not root), with passwordless sudo.
     #[serde(default = "default_user")]
     pub user: String,
-    /// Plain in the file; only a SHA-512 crypt hash reaches the guest.
+    /// Plain in the file; only a SHA-512 crypt hash reaches the guest. Without it the password is locked.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// Public keys allowed to log in (kvmprov adds its own operator key).
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
+    /// Allow SSH password login.
     #[serde(default)]
     pub ssh_password_authentication: bool,
 }
@@ -221,21 +235,29 @@ fn default_user() -> String {
 }
 
 /// One `kvm_instance_definitions` entry.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceDefinition {
+    /// Domain and host name: 1–63 of `A-Z a-z 0-9 -`, not starting or ending with `-`, unique (case-insensitively).
     pub instance_name: String,
+    /// A catalog `image_name`.
     pub image_name: String,
+    /// Virtual CPUs, 1–256.
     #[serde(default = "default_vcpus")]
+    #[schemars(range(min = 1, max = 256))]
     pub vcpus: u32,
+    /// Memory in MiB, 128–4194304.
     #[serde(default = "default_memory")]
+    #[schemars(range(min = 128, max = 4194304))]
     pub memory_mib: u64,
+    /// Virtual size of the overlay disk in GiB, 1–65536 (at least the image's virtual size).
     #[serde(default = "default_disk")]
+    #[schemars(range(min = 1, max = 65536))]
     pub disk_size_gib: u64,
-    /// Else `kvm_default_libvirt_network_name`.
+    /// Network to attach to; else `kvm_default_libvirt_network_name`.
     #[serde(default)]
     pub libvirt_network_name: Option<String>,
-    /// Static address with prefix (`192.168.122.50/24`); else DHCP.
+    /// Static address with prefix (`192.168.122.50/24`, prefix 8–30, unique); else DHCP.
     #[serde(default)]
     pub ipv4_address: Option<String>,
     /// Default gateway for a static address; default: the first host of the subnet.
@@ -244,21 +266,23 @@ pub struct InstanceDefinition {
     /// DNS servers for a static address; default: the gateway.
     #[serde(default)]
     pub dns_servers: Vec<String>,
-    /// Else derived from the instance name (stable).
+    /// MAC address; else a stable `52:54:00:…` derived from the instance name.
     #[serde(default)]
     pub mac_address: Option<String>,
-    /// Taken once after the first successful runtime check.
+    /// Snapshot taken once after the first successful runtime check (not with `uefi`: libvirt takes no internal snapshots of a guest with UEFI NVRAM).
     #[serde(default)]
     pub snapshot_name: Option<String>,
+    /// Passed to cloud-init `packages`.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Passed to cloud-init `runcmd`.
     #[serde(default)]
     pub runcmd: Vec<String>,
     /// `localhost` or `[user@]host`: this instance's hypervisor; else `kvm_hypervisor_host`
     /// (or `kvm_libvirt_uri`).
     #[serde(default)]
     pub hypervisor_host: Option<String>,
-    /// `bios` or `uefi`; else `kvm_default_firmware`.
+    /// `bios` or `uefi` (OVMF; the NVRAM is `<name>_VARS.fd` in the instance pool); else `kvm_default_firmware`.
     #[serde(default)]
     pub firmware: Option<FirmwareChoice>,
     /// With `uefi`: OVMF with Secure Boot and Microsoft's keys enrolled.
@@ -276,44 +300,68 @@ fn default_disk() -> u64 {
     20
 }
 
-/// The raw file, as written (defaults filled in by serde).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// The raw file, as written (defaults filled in by serde). Doc comments here are the
+/// descriptions in `kvmprov schema`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "kvmprov variables file",
+    description = "Settings of kvmprov (vars/kvm-provisioning.yml): the hypervisor, the image catalog, cloud-init access and the instances. Unknown keys are errors."
+)]
 pub struct Vars {
+    /// `localhost` → `qemu:///system`; `[user@]host` → `qemu+ssh://[user@]host/system`.
     #[serde(default = "default_host")]
     pub kvm_hypervisor_host: String,
+    /// Explicit libvirt URI; wins over `kvm_hypervisor_host`.
     #[serde(default)]
     pub kvm_libvirt_uri: String,
+    /// `auto` (kvm if offered, else qemu), `kvm`, `qemu` (TCG emulation).
     #[serde(default)]
     pub kvm_domain_type: DomainTypeChoice,
+    /// Firmware of instances that name none: `bios` (SeaBIOS) or `uefi` (OVMF).
     #[serde(default)]
     pub kvm_default_firmware: FirmwareChoice,
+    /// Stage `kvmprov provision` runs: `full`, `preflight`, `image-cache`, `provision`, `runtime`.
     #[serde(default)]
     pub kvm_provision_stage: StageChoice,
+    /// Cached base images (absolute; not inside the instance pool, nor the reverse).
     #[serde(default = "default_cache_path")]
     pub kvm_image_cache_path: PathBuf,
+    /// Per-instance disks, seeds, console logs and kvmprov's keys (`.kvmprov/`, mode 0700).
     #[serde(default = "default_pool_path")]
     pub kvm_instance_disk_pool_path: PathBuf,
+    /// Re-hash cached images on every run; a damaged file is moved aside and downloaded again.
     #[serde(default)]
     pub kvm_image_cache_verify_on_run: bool,
+    /// Grant the qemu user (`libvirt-qemu`) traverse access with `setfacl` where it lacks it.
     #[serde(default = "yes")]
     pub kvm_auto_fix_runtime_pool_access: bool,
+    /// Network for instances that name none.
     #[serde(default = "default_network")]
     pub kvm_default_libvirt_network_name: String,
+    /// Start required networks that are defined but inactive.
     #[serde(default)]
     pub kvm_auto_start_required_libvirt_networks: bool,
+    /// Mark domains to start with the hypervisor.
     #[serde(default)]
     pub kvm_domain_autostart: bool,
+    /// Deadline per guest for address, SSH and cloud-init, in seconds.
     #[serde(default = "default_runtime_timeout")]
+    #[schemars(range(min = 1))]
     pub kvm_runtime_timeout_seconds: u64,
+    /// The images instances can use.
     #[serde(default)]
     pub kvm_cloud_image_catalog: Vec<CatalogImage>,
+    /// Cloud-init access for every instance.
     #[serde(default)]
     pub kvm_cloud_init_defaults: CloudInitDefaults,
+    /// The instances.
     #[serde(default)]
     pub kvm_instance_definitions: Vec<InstanceDefinition>,
+    /// Cleanup really removes (else it prints the plan).
     #[serde(default)]
     pub kvm_cleanup_confirmed: bool,
+    /// Cleanup also deletes the instances' files.
     #[serde(default)]
     pub kvm_cleanup_remove_instance_disks: bool,
 }
@@ -473,8 +521,28 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Config, Co
     for (i, arg) in overrides.iter().enumerate() {
         apply_override(&mut root, i + 1, arg)?;
     }
+    drop_nulls(&mut root);
     let vars: Vars = marked_yaml::from_node(&root).map_err(|e| ctx.serde_error(&root, e))?;
     resolve(&ctx, &root, vars)
+}
+
+/// A key whose value is YAML's null (`null`, `Null`, `NULL` or `~`) is not set: it is dropped so
+/// its default applies, as the schema says. The loader hands serde the string "null" (so
+/// `password: null` was the password "null"). The loader does not tell a quoted "null" from a
+/// plain one here: that is unset too (a locked password, never the password "null").
+fn drop_nulls(node: &mut Node) {
+    let is_null = |n: &Node| {
+        n.as_scalar()
+            .is_some_and(|s| matches!(s.as_str(), "null" | "Null" | "NULL" | "~"))
+    };
+    match node {
+        Node::Mapping(m) => {
+            m.retain(|_, v| !is_null(v));
+            m.iter_mut().for_each(|(_, v)| drop_nulls(v));
+        }
+        Node::Sequence(s) => s.iter_mut().for_each(drop_nulls),
+        Node::Scalar(_) => {}
+    }
 }
 
 fn loader_options() -> LoaderOptions {
@@ -1527,6 +1595,21 @@ kvm_instance_definitions:
             c.image_cache_path,
             PathBuf::from("/var/lib/kvm-provisioning/images")
         );
+    }
+
+    #[test]
+    fn regression_yaml_null_was_the_string_null() {
+        let base = "kvm_cloud_image_catalog:\n  - image_name: d\n    image_url: https://x/d.qcow2\n    image_checksum_manifest_url: https://x/SHA512SUMS\n    image_sha512: ~\n\
+                    kvm_instance_definitions:\n  - instance_name: a\n    image_name: d\n    ipv4_address: null\n    firmware: null\n";
+        let c = p(
+            &format!("{base}kvm_cloud_init_defaults:\n  password: null\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(c.cloud_init.password.is_none());
+        assert!(c.instances[0].ipv4.is_none());
+        let c = p(base, &["kvm_runtime_timeout_seconds=~"]).unwrap();
+        assert_eq!(c.runtime_timeout_seconds, 900);
     }
 
     #[test]

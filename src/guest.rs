@@ -61,15 +61,22 @@ impl SshTarget {
             "-o".into(),
             "LogLevel=ERROR".into(),
         ];
-        if let Some(j) = &self.jump {
-            // Not `-J`: that would hand `-F /dev/null` to the hop too. The hop to the hypervisor
-            // uses the operator's own ssh setup (~/.ssh/config, agent, known_hosts), the same
-            // one libvirt's qemu+ssh transport uses; only the guest hop is pinned here.
+        if let Some(proxy) = self.proxy_option() {
             a.push("-o".into());
-            a.push(format!("ProxyCommand={}", shell_words(&proxy_command(j))));
+            a.push(proxy);
         }
         a.push(format!("{}@{}", self.user, self.addr));
         a
+    }
+
+    /// `ProxyCommand=ssh … -W %h:%p hypervisor` when the guest sits behind a remote hypervisor.
+    /// Not `-J`: that would hand `-F /dev/null` to the hop too. The hop to the hypervisor uses
+    /// the operator's own ssh setup (~/.ssh/config, agent, known_hosts), the same one libvirt's
+    /// qemu+ssh transport uses; only the guest hop is pinned.
+    pub fn proxy_option(&self) -> Option<String> {
+        self.jump
+            .as_ref()
+            .map(|j| format!("ProxyCommand={}", shell_words(&proxy_command(j))))
     }
 }
 
@@ -81,8 +88,9 @@ fn proxy_command(j: &SshDest) -> Vec<String> {
     a
 }
 
-/// Quote for the shell ssh runs a ProxyCommand with.
-fn shell_words(words: &[String]) -> String {
+/// Quote for the shell ssh runs a ProxyCommand with (and for Ansible, which splits
+/// `ansible_ssh_common_args` the same way).
+pub fn shell_words(words: &[String]) -> String {
     words
         .iter()
         .map(|w| {

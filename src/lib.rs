@@ -6,6 +6,8 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod guest;
+pub mod inventory;
 pub mod plan;
+pub mod schema;
 pub mod stages;
 pub mod state;

@@ -15,7 +15,7 @@ PKGS=(
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
     dnsmasq-base iptables acl mmdebstrap fdisk dosfstools mtools ovmf openssh-client openssh-server xxd iproute2
     genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils netcat-openbsd
-    curl time
+    curl time python3-venv dpkg-dev
 )
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
 

@@ -512,6 +512,207 @@ fn regression_truncated_image_sidecar_panicked_provision() {
     assert!(web.2.contains("not cached"), "{ops:?}");
 }
 
+/// `kvmprov inventory` against the test driver: a running instance with a static address is a
+/// host with the pinned known_hosts; one without an address, one shut off and one not defined
+/// are named on stderr; the binary answers Ansible's script calls (`--list`, `--host NAME`) itself.
+#[test]
+fn inventory_lists_running_instances_and_names_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = node(
+        dir.path(),
+        &[("inv-static", 1), ("inv-dhcp", 1), ("inv-off", 1)],
+    );
+    // inv-off is shut off (the test driver's own run state element).
+    let node_xml = dir.path().join("node.xml");
+    let xml = std::fs::read_to_string(&node_xml).unwrap().replace(
+        "<name>inv-off</name>",
+        "<name>inv-off</name><test:runstate xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>5</test:runstate>",
+    );
+    std::fs::write(&node_xml, xml).unwrap();
+    let cfg = config(
+        dir.path(),
+        &uri,
+        &["inv-static", "inv-dhcp", "inv-off", "inv-absent"],
+    );
+    let body = std::fs::read_to_string(&cfg).unwrap().replace(
+        "  - instance_name: inv-static\n",
+        "  - instance_name: inv-static\n    ipv4_address: 192.168.122.50/24\n",
+    );
+    std::fs::write(&cfg, body).unwrap();
+    // What provision leaves behind: the operator key and the instance's pinned host key.
+    let state = kvmprov::state::state_dir(&dir.path().join("instances"));
+    kvmprov::state::ensure_dir(&state).unwrap();
+    for f in ["id_ed25519", "id_ed25519.pub"] {
+        std::fs::write(state.join(f), "test key\n").unwrap();
+    }
+    let pinned =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPinnedPinnedPinnedPinnedPinnedPinnedPinnedPin";
+    std::fs::write(
+        kvmprov::state::host_key_path(&state, &uri, "inv-static"),
+        pinned,
+    )
+    .unwrap();
+
+    let o = kvmprov(&["-c", cfg.to_str().unwrap(), "inventory", "--list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let vars = &doc["_meta"]["hostvars"]["inv-static"];
+    assert_eq!(vars["ansible_host"], "192.168.122.50");
+    assert_eq!(vars["ansible_user"], "debian");
+    assert_eq!(
+        vars["ansible_ssh_private_key_file"],
+        state.join("id_ed25519").display().to_string()
+    );
+    let common = vars["ansible_ssh_common_args"].as_str().unwrap();
+    assert!(common.contains("StrictHostKeyChecking=yes"), "{common}");
+    let known_hosts = common
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("UserKnownHostsFile="))
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(known_hosts).unwrap(),
+        format!("192.168.122.50 {pinned}\n")
+    );
+    for group in ["image_debian_12", "hypervisor_localhost", "network_default"] {
+        assert_eq!(
+            doc[group]["hosts"],
+            serde_json::json!(["inv-static"]),
+            "{group}"
+        );
+        assert!(doc["all"]["children"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(group)));
+    }
+    assert!(doc["_meta"]["hostvars"].get("inv-dhcp").is_none());
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The test driver has no DHCP leases (the lookup fails) nor a pinned key for inv-dhcp:
+    // whichever reason comes first, it is named.
+    assert!(err.contains("inv-dhcp left out: "), "{err}");
+    assert!(
+        err.contains("inv-off left out: shutoff on test://"),
+        "{err}"
+    );
+    assert!(err.contains("inv-absent left out: not defined"), "{err}");
+
+    let yaml = kvmprov(&["-c", cfg.to_str().unwrap(), "inventory", "--format", "yaml"]);
+    assert_eq!(yaml.status.code(), Some(0), "{}", text(&yaml));
+    let y = String::from_utf8_lossy(&yaml.stdout);
+    assert!(
+        y.contains("      ansible_host: \"192.168.122.50\"\n"),
+        "{y}"
+    );
+    assert!(
+        y.contains("    image_debian_12:\n      hosts:\n        \"inv-static\": {}\n"),
+        "{y}"
+    );
+
+    // Ansible's script protocol, with the config from the environment.
+    let script = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kvmprov"))
+            .args(args)
+            .env("KVMPROV_CONFIG", &cfg)
+            .output()
+            .unwrap()
+    };
+    let list = script(&["--list"]);
+    assert_eq!(list.status.code(), Some(0), "{}", text(&list));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&list.stdout).unwrap(),
+        doc
+    );
+    let host = script(&["--host", "inv-static"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&host.stdout).unwrap(),
+        *vars
+    );
+    let down = script(&["--host", "inv-dhcp"]);
+    assert_eq!(String::from_utf8_lossy(&down.stdout).trim(), "{}");
+    let typo = script(&["--host", "inv-statc"]);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(
+        text(&typo).contains("did you mean `inv-static`"),
+        "{}",
+        text(&typo)
+    );
+}
+
+#[test]
+fn schema_man_and_completions_need_no_variables_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.yml");
+    let c = missing.to_str().unwrap();
+    let schema = kvmprov(&["-c", c, "schema"]);
+    assert_eq!(schema.status.code(), Some(0), "{}", text(&schema));
+    let doc: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
+    assert!(doc["properties"]["kvm_instance_definitions"].is_object());
+    let man = kvmprov(&["-c", c, "man"]);
+    assert!(String::from_utf8_lossy(&man.stdout).starts_with(".ie \\n(.g .ds Aq"));
+    assert!(String::from_utf8_lossy(&man.stdout).contains("inventory"));
+    let pages = dir.path().join("man");
+    std::fs::create_dir(&pages).unwrap();
+    let o = kvmprov(&["-c", c, "man", "--out-dir", pages.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for page in [
+        "kvmprov.1",
+        "kvmprov-inventory.1",
+        "kvmprov-image-cache-prune.1",
+    ] {
+        assert!(pages.join(page).is_file(), "{page}");
+    }
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef kvmprov"),
+        ("fish", "complete -c kvmprov"),
+    ] {
+        let o = kvmprov(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(marker),
+            "{shell}"
+        );
+    }
+}
+
+/// `make help` lists the targets that carry a `## ` description: every target must have one,
+/// and every target must be phony (none of them is a file).
+#[test]
+fn every_make_target_is_described_and_phony() {
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    let phony: Vec<&str> = makefile
+        .split(".PHONY:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .flat_map(|l| l.split_whitespace())
+        .filter(|w| *w != "\\")
+        .collect();
+    let targets: Vec<&str> = makefile
+        .lines()
+        .filter(|l| !l.starts_with('\t') && !l.starts_with('.') && !l.contains(":="))
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(t, _)| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        .map(|(t, rest)| {
+            assert!(
+                rest.contains("## "),
+                "make target `{t}` has no `## ` description"
+            );
+            t
+        })
+        .collect();
+    let mut a = phony.clone();
+    let mut b = targets.clone();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, ".PHONY vs the targets");
+    assert!(targets.contains(&"deb") && targets.contains(&"inventory"));
+}
+
 /// A qcow2 file of 1 MiB, backed by `backing` if given: made by `qemu-img` when it is installed
 /// (what users have), else its header written here.
 fn qcow2(path: &Path, backing: Option<&Path>) {

@@ -33,7 +33,10 @@ pub fn address(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Option<I
     Ok(crate::address::current(hv, inst, &s.cfg.instance_pool_path)?.map(|(ip, _)| ip))
 }
 
-fn ssh_target(s: &Session, inst: &Instance, addr: Ipv4Addr) -> Result<SshTarget, String> {
+/// How kvmprov logs in to `inst` at `addr`: its operator key, the pinned host key (written as a
+/// known_hosts file for `addr`) and the hop through a remote hypervisor. `s` is the session of
+/// the instance's own hypervisor (`Session::for_host`).
+pub fn ssh_target(s: &Session, inst: &Instance, addr: Ipv4Addr) -> Result<SshTarget, String> {
     let dir = state::state_dir(&s.cfg.instance_pool_path);
     let key = state::operator_key(&dir, false)
         .map_err(|e| error_chain(&e))?

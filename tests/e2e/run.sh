@@ -7,6 +7,7 @@
 # libvirtd restarted mid-run).
 # Prints "e2e: N passed, N failed" and exits non-zero when any check failed.
 #   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot
+#   tests/e2e/run.sh boot ansible       boot, then Ansible through `kvmprov inventory` (needs PyPI)
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"

@@ -215,7 +215,7 @@ print("@%d" % t if t else "")
 }
 addr_latency e2e-bridge bridge "$bridge_mac"
 # The console source: how long after the guest has its address it announces it (guest clock).
-jr=$(ssh_out e2e-bridge "journalctl -b -o short-unix --no-pager 2>/dev/null | grep -m1 'DHCPv4 address'; journalctl -b -o short-unix --no-pager 2>/dev/null | grep -m1 'ci-info: .*$bridge_ip'" || true)
+jr=$(ssh_out e2e-bridge "sudo -n journalctl -b -o short-unix --no-pager | grep -m1 'DHCPv4 address'; sudo -n journalctl -b -o short-unix --no-pager | grep -m1 'ci-info: .*$bridge_ip'" || true)
 t_dhcp=$(sed -n 1p <<<"$jr" | cut -d' ' -f1)
 t_ann=$(sed -n 2p <<<"$jr" | cut -d' ' -f1)
 if [ -n "$t_dhcp" ] && [ -n "$t_ann" ]; then

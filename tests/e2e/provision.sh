@@ -28,7 +28,7 @@ check "preflight fails on a missing network (exit 1)" test "$rc" -eq 1
 check "the missing-network message lists the defined networks" grep -q "Network not found: \`nosuchnet\`.*default (active)" <<<"$out"
 
 cat >"$P/off.xml" <<EOF
-<network><name>kvmprov-e2e-off</name><bridge name='virbr-kpoff'/><ip address='192.168.150.1' netmask='255.255.255.0'/></network>
+<network><name>kvmprov-e2e-off</name><bridge name='virbr-kpoff'/><ip address='192.168.150.1' netmask='255.255.255.0'><dhcp><range start='192.168.150.2' end='192.168.150.254'/></dhcp></ip></network>
 EOF
 virsh_ns net-define "$P/off.xml" >/dev/null
 pcfg "$P/off.yml" "$P/pool" 1 ", libvirt_network_name: kvmprov-e2e-off"

@@ -465,38 +465,30 @@ impl Hypervisor {
     pub fn ensure_dir_pool(&self, name: &str, path: &Path) -> Result<PoolOutcome, HvError> {
         let (pool, mut action) = match self.find_pool_by_path(path)? {
             Some((p, _)) => (p, PoolAction::Existed),
-            None => {
-                if let Some(other) = self.pool(name)? {
-                    return Err(HvError::Invalid {
-                        what: format!("create pool {name} for {}", path.display()),
-                        reason: format!(
-                            "a pool of that name already exists for {}",
-                            other.path.display()
-                        ),
-                    });
-                }
-                let p = self
-                    .conn
-                    .define_storage_pool_xml(&xml::pool_xml(name, path), 0)
-                    .map_err(lv(format!("define pool {name} at {}", path.display())))?;
-                p.build(0)
-                    .map_err(lv(format!("build pool {name} (create {})", path.display())))?;
-                p.set_autostart(true)
-                    .map_err(lv(format!("set autostart of pool {name}")))?;
-                (p, PoolAction::Defined)
-            }
+            None => match self.define_dir_pool(name, path) {
+                Ok(p) => (p, PoolAction::Defined),
+                // Another run (a config sharing this directory) defined it a moment ago.
+                Err(e) => match self.find_pool_by_path(path)? {
+                    Some((p, _)) => (p, PoolAction::Existed),
+                    None => return Err(e),
+                },
+            },
         };
         let pool_name = pool.name().map_err(lv("read pool name"))?;
         if pool.is_active().map_err(lv(format!("pool {pool_name}")))? {
             pool.refresh(0)
                 .map_err(lv(format!("refresh pool {pool_name}")))?;
         } else {
-            if pool.create(0).is_err() {
-                // The usual reason: its directory was removed. Building recreates it.
+            // Started by another run meanwhile, or its directory was removed (building
+            // recreates it).
+            if pool.create(0).is_err() && !pool.is_active().unwrap_or(false) {
                 pool.build(0)
                     .map_err(lv(format!("build pool {pool_name}")))?;
-                pool.create(0)
-                    .map_err(lv(format!("start pool {pool_name}")))?;
+                if let Err(e) = pool.create(0) {
+                    if !pool.is_active().unwrap_or(false) {
+                        return Err(lv(format!("start pool {pool_name}"))(e));
+                    }
+                }
             }
             if action == PoolAction::Existed {
                 action = PoolAction::Started;
@@ -506,6 +498,29 @@ impl Hypervisor {
             pool: pool_info(&pool)?,
             action,
         })
+    }
+
+    /// Define, build (mkdir) and autostart a dir pool; refused when the name is taken by a
+    /// pool of another directory.
+    fn define_dir_pool(&self, name: &str, path: &Path) -> Result<StoragePool, HvError> {
+        if let Some(other) = self.pool(name)? {
+            return Err(HvError::Invalid {
+                what: format!("create pool {name} for {}", path.display()),
+                reason: format!(
+                    "a pool of that name already exists for {}",
+                    other.path.display()
+                ),
+            });
+        }
+        let p = self
+            .conn
+            .define_storage_pool_xml(&xml::pool_xml(name, path), 0)
+            .map_err(lv(format!("define pool {name} at {}", path.display())))?;
+        p.build(0)
+            .map_err(lv(format!("build pool {name} (create {})", path.display())))?;
+        p.set_autostart(true)
+            .map_err(lv(format!("set autostart of pool {name}")))?;
+        Ok(p)
     }
 
     /// Stop and undefine a pool. Its directory and files stay: libvirt forgets the pool only.

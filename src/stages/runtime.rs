@@ -182,6 +182,141 @@ fn apply(s: &Session, hv: &Hypervisor, inst: &Instance, action: Action) -> Outco
     }
 }
 
+/// The deadlines of the login loop.
+struct Waits {
+    deadline: Instant,
+    poll: Duration,
+    /// Check TCP 22 before an SSH attempt (not through a hypervisor: there SSH is the check).
+    check_port: bool,
+}
+
+/// A guest that let us log in.
+#[derive(Debug)]
+struct LoggedIn {
+    addr: Ipv4Addr,
+    source: address::Source,
+    /// When the address (the one logged in to) was first seen, from the start of the wait.
+    t_addr: Duration,
+    port_open: Instant,
+    ssh_ok: Instant,
+    /// How long the successful login itself took.
+    login: Duration,
+    attempts: u32,
+}
+
+/// What the loop was waiting for when the deadline came.
+#[derive(Debug, PartialEq, Eq)]
+enum Awaited {
+    Address,
+    Port(Ipv4Addr),
+    Login { addr: Ipv4Addr, last_error: String },
+}
+
+impl Awaited {
+    fn describe(&self, user: &str, how: &str) -> String {
+        match self {
+            Awaited::Address => format!("an IPv4 address ({how})"),
+            Awaited::Port(ip) => format!("TCP port 22 on {ip}"),
+            Awaited::Login { addr, last_error } => format!(
+                "SSH login as {user}@{addr} with the pinned host key (last ssh error: {})",
+                if last_error.is_empty() {
+                    "none"
+                } else {
+                    last_error
+                }
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum LoginWait {
+    Deadline(Awaited),
+    Failed(RuntimeError),
+}
+
+/// Find the address, wait for port 22 on it, log in; the address is asked again before every
+/// attempt, so a stale lease or an old announcement never pins a dead address. `attempt`
+/// answers `None` for a login, or the reason it failed.
+fn login_loop(
+    plan: &address::AddressPlan,
+    inst: &Instance,
+    probe: &dyn address::Probe,
+    w: &Waits,
+    mut port_open: impl FnMut(Ipv4Addr) -> bool,
+    mut attempt: impl FnMut(Ipv4Addr) -> Result<Option<String>, RuntimeError>,
+) -> Result<LoggedIn, LoginWait> {
+    let start = Instant::now();
+    let mut found: Option<(Ipv4Addr, address::Source, Duration)> = None;
+    let mut opened: Option<Instant> = None;
+    let mut last_error = String::new();
+    let mut attempts = 0u32;
+    loop {
+        if Instant::now() >= w.deadline {
+            return Err(LoginWait::Deadline(match found {
+                None => Awaited::Address,
+                Some((ip, _, _)) if opened.is_none() => Awaited::Port(ip),
+                Some((addr, _, _)) => Awaited::Login { addr, last_error },
+            }));
+        }
+        let Some((ip, source)) = address::find(plan, inst, probe)
+            .map_err(|e| LoginWait::Failed(RuntimeError::from(e)))?
+        else {
+            std::thread::sleep(w.poll);
+            continue;
+        };
+        if found.is_none_or(|(old, _, _)| old != ip) {
+            match found {
+                Some((old, _, _)) => {
+                    tracing::info!(
+                        "{}: address changed from {old} to {ip} ({})",
+                        inst.name,
+                        source.as_str()
+                    );
+                    opened = None;
+                }
+                None => tracing::info!(
+                    "{}: address {ip} from the {} after {:.1}s",
+                    inst.name,
+                    source.as_str(),
+                    start.elapsed().as_secs_f64()
+                ),
+            }
+            found = Some((ip, source, start.elapsed()));
+        }
+        if w.check_port && !port_open(ip) {
+            std::thread::sleep(w.poll);
+            continue;
+        }
+        opened.get_or_insert_with(Instant::now);
+        let t = Instant::now();
+        let result = attempt(ip).map_err(LoginWait::Failed)?;
+        attempts += 1;
+        tracing::debug!(
+            "{}: ssh attempt at {ip}: {:?} after {:.2}s",
+            inst.name,
+            result,
+            t.elapsed().as_secs_f64()
+        );
+        match result {
+            None => {
+                let (_, source, t_addr) = found.unwrap_or((ip, source, Duration::ZERO));
+                return Ok(LoggedIn {
+                    addr: ip,
+                    source,
+                    t_addr,
+                    port_open: opened.unwrap_or(t),
+                    ssh_ok: Instant::now(),
+                    login: t.elapsed(),
+                    attempts,
+                });
+            }
+            Some(e) => last_error = e,
+        }
+        std::thread::sleep(POLL.min(w.poll));
+    }
+}
+
 /// Wait until the guest answers over SSH and cloud-init is done; returns a one-line summary.
 fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, RuntimeError> {
     let start = Instant::now();
@@ -226,56 +361,10 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
                 dir.display()
             ))
         })?;
-    let mut found: Option<(Ipv4Addr, address::Source, Duration)> = None;
-    let mut port_open: Option<Instant> = None;
-    let mut last_ssh_error = String::new();
-    let mut attempts = 0u32;
-    let (target, ssh_ok, login) = loop {
-        if Instant::now() >= deadline {
-            return Err(timeout(match found {
-                None => format!("an IPv4 address ({})", plan.how),
-                Some((ip, _, _)) if port_open.is_none() => format!("TCP port 22 on {ip}"),
-                Some((ip, _, _)) => format!(
-                    "SSH login as {}@{ip} with the pinned host key (last ssh error: {})",
-                    s.cfg.cloud_init.user,
-                    if last_ssh_error.is_empty() {
-                        "none"
-                    } else {
-                        &last_ssh_error
-                    }
-                ),
-            }));
-        }
-        let Some((ip, source)) = address::find(&plan, inst, &probe)? else {
-            std::thread::sleep(poll);
-            continue;
-        };
-        if found.is_none_or(|(old, _, _)| old != ip) {
-            if let Some((old, _, _)) = found {
-                tracing::info!(
-                    "{}: address changed from {old} to {ip} ({})",
-                    inst.name,
-                    source.as_str()
-                );
-                port_open = None;
-            } else {
-                tracing::info!(
-                    "{}: address {ip} from the {} after {:.1}s",
-                    inst.name,
-                    source.as_str(),
-                    start.elapsed().as_secs_f64()
-                );
-            }
-            found = Some((ip, source, start.elapsed()));
-        }
-        // Through a hypervisor, the SSH attempts are the port check.
-        if jump.is_none() && !guest::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)) {
-            std::thread::sleep(poll);
-            continue;
-        }
-        port_open.get_or_insert_with(Instant::now);
-        let target = SshTarget {
-            user: s.cfg.cloud_init.user.clone(),
+    let user = s.cfg.cloud_init.user.clone();
+    let target_for = |ip: Ipv4Addr| -> Result<SshTarget, RuntimeError> {
+        Ok(SshTarget {
+            user: user.clone(),
             addr: IpAddr::V4(ip),
             identity: identity.clone(),
             known_hosts: state::known_hosts_for(
@@ -285,30 +374,52 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
                 &ip.to_string(),
             )?,
             jump: jump.clone(),
-        };
-        // ssh exits 255 while sshd is not up yet (or still offers a host key other than ours).
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt = Instant::now();
-        let out = guest::ssh_run(&target, "true", remaining.min(Duration::from_secs(30)))?;
-        attempts += 1;
-        tracing::debug!(
-            "{}: ssh attempt exited {:?} after {:.2}s",
-            inst.name,
-            out.code,
-            attempt.elapsed().as_secs_f64()
-        );
-        if out.code == Some(0) {
-            break (target, Instant::now(), attempt.elapsed());
-        }
-        last_ssh_error = out.stderr.trim().to_string();
-        tracing::debug!("{}: ssh not ready: {last_ssh_error}", inst.name);
-        std::thread::sleep(POLL);
+        })
     };
+    let waits = Waits {
+        deadline,
+        poll,
+        // Through a hypervisor, the SSH attempts are the port check.
+        check_port: jump.is_none(),
+    };
+    let login = login_loop(
+        &plan,
+        inst,
+        &probe,
+        &waits,
+        |ip| guest::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)),
+        |ip| {
+            // ssh exits 255 while sshd is not up yet (or still offers a host key other
+            // than ours).
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let out = guest::ssh_run(
+                &target_for(ip)?,
+                "true",
+                remaining.min(Duration::from_secs(30)),
+            )?;
+            Ok(match out.code {
+                Some(0) => None,
+                _ => Some(out.stderr.trim().to_string()),
+            })
+        },
+    );
+    let LoggedIn {
+        addr: ip,
+        source,
+        t_addr,
+        port_open,
+        ssh_ok,
+        login,
+        attempts,
+    } = match login {
+        Ok(l) => l,
+        Err(LoginWait::Failed(e)) => return Err(e),
+        Err(LoginWait::Deadline(what)) => {
+            return Err(timeout(what.describe(&user, &plan.how)));
+        }
+    };
+    let target = target_for(ip)?;
     let addr = target.addr;
-    let (source, t_addr) = found
-        .map(|(_, src, t)| (src, t))
-        .unwrap_or((address::Source::Static, Duration::ZERO));
-    let port_open = port_open.unwrap_or(ssh_ok);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -350,6 +461,114 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    /// A network whose DHCP server first reports a stale lease (an earlier guest's address,
+    /// now another host's: port 22 open, our key refused), then the guest's own.
+    struct Leases {
+        calls: Cell<u32>,
+        stale_for: u32,
+    }
+    impl address::Probe for Leases {
+        fn lease(&self) -> Result<Option<Ipv4Addr>, HvError> {
+            self.calls.set(self.calls.get() + 1);
+            Ok(Some(if self.calls.get() <= self.stale_for {
+                Ipv4Addr::new(192, 168, 122, 10)
+            } else {
+                Ipv4Addr::new(192, 168, 122, 20)
+            }))
+        }
+        fn console(&self) -> Option<Ipv4Addr> {
+            None
+        }
+        fn neighbour(&self) -> Option<Ipv4Addr> {
+            None
+        }
+        fn agent(&self) -> Result<Option<Ipv4Addr>, HvError> {
+            Ok(None)
+        }
+    }
+
+    fn nat_plan(i: &Instance) -> address::AddressPlan {
+        address::AddressPlan {
+            sources: vec![address::Source::Lease],
+            how: format!("DHCP lease on `{}`", i.network),
+        }
+    }
+
+    fn waits(seconds: u64) -> Waits {
+        Waits {
+            deadline: Instant::now() + Duration::from_secs(seconds),
+            poll: Duration::from_millis(1),
+            check_port: true,
+        }
+    }
+
+    #[test]
+    fn regression_a_stale_lease_pinned_a_dead_address() {
+        // Before: once port 22 answered, every SSH attempt went to that first address.
+        let i = inst(None);
+        let probe = Leases {
+            calls: Cell::new(0),
+            stale_for: 3,
+        };
+        let mut tried = Vec::new();
+        let l = login_loop(
+            &nat_plan(&i),
+            &i,
+            &probe,
+            &waits(10),
+            |_| true,
+            |ip| {
+                tried.push(ip);
+                Ok((ip != Ipv4Addr::new(192, 168, 122, 20))
+                    .then(|| "Host key verification failed.".to_string()))
+            },
+        )
+        .unwrap();
+        assert_eq!(l.addr, Ipv4Addr::new(192, 168, 122, 20));
+        assert_eq!(l.source, address::Source::Lease);
+        assert!(
+            tried.len() >= 2 && tried[0] == Ipv4Addr::new(192, 168, 122, 10),
+            "{tried:?}"
+        );
+        assert_eq!(l.attempts as usize, tried.len());
+    }
+
+    #[test]
+    fn the_deadline_says_what_was_awaited() {
+        let i = inst(None);
+        let never = Leases {
+            calls: Cell::new(0),
+            stale_for: u32::MAX,
+        };
+        let w = || Waits {
+            deadline: Instant::now() + Duration::from_millis(50),
+            poll: Duration::from_millis(5),
+            check_port: true,
+        };
+        match login_loop(&nat_plan(&i), &i, &never, &w(), |_| false, |_| Ok(None)) {
+            Err(LoginWait::Deadline(a)) => {
+                assert_eq!(a, Awaited::Port(Ipv4Addr::new(192, 168, 122, 10)))
+            }
+            r => panic!("{r:?}"),
+        }
+        match login_loop(
+            &nat_plan(&i),
+            &i,
+            &never,
+            &w(),
+            |_| true,
+            |_| Ok(Some("Connection refused".into())),
+        ) {
+            Err(LoginWait::Deadline(a)) => {
+                assert!(a
+                    .describe("debian", "")
+                    .contains("last ssh error: Connection refused"))
+            }
+            r => panic!("{r:?}"),
+        }
+    }
 
     fn inst(snapshot: Option<&str>) -> Instance {
         Instance {

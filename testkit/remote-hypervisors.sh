@@ -9,6 +9,8 @@
 # private address leaves namespaces the test created.
 #
 #   rh_setup DIR N          create the operator namespace and N hypervisors under DIR
+#   rh_add_host I shared    add hypervisor I whose storage is the operator's own $RH_POOLS
+#                           (the operator machine reached over qemu+ssh, or an NFS cache)
 #   rh_exec I CMD...        run CMD inside hypervisor I (its mount and network namespaces)
 #   rh_op CMD...            run CMD in the operator namespace with the test's ssh setup
 #   rh_stop_sshd I / rh_start_sshd I
@@ -57,7 +59,7 @@ EOF
 }
 
 rh_add_host() {
-    local i=$1 ns="kvmprov-rhv$1-$$" d="$RH_DIR/hv$1" addr
+    local i=$1 shared=${2:-} ns="kvmprov-rhv$1-$$" d="$RH_DIR/hv$1" addr
     addr=$(rh_addr "$i")
     mkdir -p "$d"
     ip netns add "$ns"
@@ -93,10 +95,10 @@ EOF
         mount -t tmpfs -o mode=0755 tmpfs /var/lib/libvirt
         mount -t tmpfs -o mode=0755 tmpfs /var/cache/libvirt
         mount --bind "$1" /etc/libvirt
-        mount -t tmpfs -o mode=0755,size=3g tmpfs "$2"
+        [ "$4" = shared ] || mount -t tmpfs -o mode=0755,size=3g tmpfs "$2"
         echo ready >"$3"
         exec sleep infinity
-    ' sh "$d/etc-libvirt" "$RH_POOLS" "$d/holder.ready" &
+    ' sh "$d/etc-libvirt" "$RH_POOLS" "$d/holder.ready" "$shared" &
     local holder=$!
     RH_HOLDERS+=("$holder")
     eval "RH_HOLDER_$i=$holder"

@@ -154,6 +154,35 @@ check "hypervisor 1's instance is still worked on" grep -q "✓ ok *$A" <<<"$out
 check "the failure names hypervisor 2" grep -q "$URI2: cannot connect" <<<"$out"
 rh_start_sshd 2
 
+# --- a hypervisor whose storage is the operator's own (the same machine over qemu+ssh) -------
+# Its image pool is the very directory of the local cache: the cached file is used in place,
+# never uploaded onto itself (before: "volume target path … already exists").
+rh_add_host 3 shared
+RH_N=3
+HV3=root@$(rh_addr 3)
+C="kvmprov-rs-$$"
+CFG3="$DIR/shared.yml"
+{
+    echo "kvm_hypervisor_host: $HV3"
+    e2e_config_head "$RH_POOLS/images" "$RH_POOLS/instances-hv3"
+    echo "  - {instance_name: $C, image_name: debian-$N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}"
+} >"$CFG3"
+cached=$(ls "$RH_POOLS"/images/*.qcow2)
+inode=$(stat -c %i "$cached")
+sum=$(sha512sum "$cached" | cut -d' ' -f1)
+before=$(image_bytes)
+out=$(rh_op "$KVMPROV" -c "$CFG3" provision --no-wait 2>&1) && rc=0 || rc=$?
+keep shared
+check "a hypervisor sharing the cache directory provisions (exit $rc)" test "$rc" -eq 0
+check "nothing was downloaded or uploaded for it" test "$(image_bytes)" -eq "$before" -a \
+    -z "$(grep -E '✓ (upload|download) ' <<<"$out" || true)"
+check "the cached image is the same file, unchanged" \
+    test "$(stat -c %i "$cached")" = "$inode" -a "$(sha512sum "$cached" | cut -d' ' -f1)" = "$sum"
+check "$C is defined on hypervisor 3 with its disk backed by that file" \
+    bash -c 'grep -q "$1" <<<"$0"' "$(rh_exec 3 qemu-img info -U "$RH_POOLS/instances-hv3/$C.qcow2" 2>&1)" "$cached"
+rh_op "$KVMPROV" -c "$CFG3" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null 2>&1 || true
+check "cleanup on the shared hypervisor kept the cache file" test -f "$cached"
+
 # --- cleanup on both ------------------------------------------------------------------------
 out=$(kp_op -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup 2>&1) &&
     rc=0 || rc=$?

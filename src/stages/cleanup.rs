@@ -12,11 +12,11 @@
 //! domain kvmprov did not create (no kvmprov metadata) is cleaned up by the same rules, but
 //! says so, and keeps its managed-save image (and, like every domain, its NVRAM).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
+use kvmprov_image::qcow2;
 
 use crate::config::Config;
 use crate::plan::{run as run_action, Action, Op, Outcome, StageReport, Status};
@@ -294,48 +294,6 @@ pub fn instance_files(cfg: &Config, instance: &str) -> Vec<PathBuf> {
     files
 }
 
-/// The backing file named in a qcow2 header, if any (resolved against the image's directory).
-pub fn qcow2_backing(path: &Path) -> Option<PathBuf> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = [0u8; 20];
-    f.read_exact(&mut h).ok()?;
-    if &h[..4] != b"QFI\xfb" {
-        return None;
-    }
-    let off = u64::from_be_bytes(h[8..16].try_into().ok()?);
-    let len = u32::from_be_bytes(h[16..20].try_into().ok()?) as usize;
-    if off == 0 || len == 0 || len > 4096 {
-        return None;
-    }
-    use std::io::{Seek, SeekFrom};
-    f.seek(SeekFrom::Start(off)).ok()?;
-    let mut name = vec![0u8; len];
-    f.read_exact(&mut name).ok()?;
-    let name = PathBuf::from(String::from_utf8(name).ok()?);
-    Some(match path.parent() {
-        Some(dir) if name.is_relative() => dir.join(name),
-        _ => name,
-    })
-}
-
-/// A file and the backing files under it; `backing` names the one under a file. Stops at a
-/// loop or after 16 files.
-fn backing_chain(
-    file: PathBuf,
-    mut backing: impl FnMut(&Path) -> Result<Option<PathBuf>, HvError>,
-) -> Result<Vec<PathBuf>, HvError> {
-    let mut out = Vec::new();
-    let mut next = Some(file);
-    while let Some(p) = next.take() {
-        if out.contains(&p) || out.len() > 16 {
-            break;
-        }
-        next = backing(&p)?;
-        out.push(p);
-    }
-    Ok(out)
-}
-
 fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
     // A remote hypervisor's files are not ours to read: compare the paths as libvirt names them.
     let local = crate::stages::preflight::is_local(hv.uri());
@@ -353,9 +311,12 @@ fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
                 let mut files = Vec::new();
                 for p in kvmprov_hypervisor::xml::domain_files(&x)? {
                     files.extend(if local {
-                        backing_chain(real(p), |f| Ok(qcow2_backing(f).map(real)))?
+                        // An unreadable header names no backing file, as any non-qcow2 file.
+                        qcow2::backing_chain(real(p), |f| {
+                            Ok::<_, HvError>(qcow2::backing_file(f).ok().flatten().map(real))
+                        })?
                     } else {
-                        backing_chain(p, |f| {
+                        qcow2::backing_chain(p, |f| {
                             Ok(hv.volume_by_path(f)?.and_then(|v| v.backing_path))
                         })?
                     });
@@ -795,19 +756,5 @@ mod tests {
         assert!(outcomes
             .iter()
             .all(|o| o.status != Status::Done || o.action.op == Op::Skip));
-    }
-
-    #[test]
-    fn backing_chain_from_qcow2_header() {
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("o.qcow2");
-        let name = b"base.qcow2";
-        let mut h = vec![0u8; 64];
-        h[..4].copy_from_slice(b"QFI\xfb");
-        h[8..16].copy_from_slice(&40u64.to_be_bytes());
-        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
-        h[40..40 + name.len()].copy_from_slice(name);
-        std::fs::write(&p, &h).unwrap();
-        assert_eq!(qcow2_backing(&p), Some(t.path().join("base.qcow2")));
     }
 }

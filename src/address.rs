@@ -222,10 +222,7 @@ impl<'a> HostProbe<'a> {
             hv,
             domain: inst.name.clone(),
             network: inst.network.clone(),
-            mac: inst
-                .mac
-                .clone()
-                .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(&inst.name)),
+            mac: crate::stages::provision::mac_of(inst),
             console_log: pool_path.join(crate::stages::provision::console_name(&inst.name)),
             remote: kvmprov_hypervisor::ssh_destination(hv.uri()),
         }

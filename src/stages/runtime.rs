@@ -543,7 +543,7 @@ mod tests {
             stale_for: u32::MAX,
         };
         let w = || Waits {
-            deadline: Instant::now() + Duration::from_millis(50),
+            deadline: Instant::now() + Duration::from_millis(500),
             poll: Duration::from_millis(5),
             check_port: true,
         };

@@ -8,7 +8,7 @@ STAGE      ?=
 KVMPROV    := target/release/kvmprov
 RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
-.PHONY: help venv build deps check ping image-cache provision provision-stage provision-check \
+.PHONY: help venv build deps deps-demo check ping image-cache provision provision-stage provision-check \
         cleanup cleanup-force cleanup-force-disks status inventory schema schema-check deb deb-check test test-unit test-e2e test-remote demo demo-clean fuzz bench
 
 help: ## List the targets
@@ -86,7 +86,10 @@ test-e2e: build ## Only the end-to-end tests (real libvirtd in a namespace, TCG 
 test-remote: build ## Only the two-hypervisor test over qemu+ssh (namespaces, own libvirtds and sshds)
 	bash tests/e2e/remote.sh
 
-demo: deps build ## Build a Debian image, serve it locally and provision + SSH into a VM (no internet)
+deps-demo: ## Install only what `make demo` needs (no test tools, no Recommends; needs root)
+	bash testkit/install-deps.sh demo
+
+demo: deps-demo ## Build kvmprov and a Debian image, serve it locally, provision + SSH into a VM (no internet)
 	bash testkit/demo.sh up
 
 demo-clean: build ## Remove everything `make demo` created

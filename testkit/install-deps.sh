@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Install what kvmprov, its tests and the demo need on Debian 12 (idempotent, non-interactive:
-# works with CI=true and no stdin). Needs root.
+# Install what kvmprov and the demo need on Debian 12, or also what the tests and benchmarks need
+# (idempotent, non-interactive: works with CI=true and no stdin). Needs root.
+#
+#   testkit/install-deps.sh demo   the demo's packages only, without Recommends (`make demo`)
+#   testkit/install-deps.sh [all]  the demo's packages and the test tools (`make deps`, `make test`)
 #
 # - apt-get update runs only when something is missing or must be downgraded.
 # - A qemu-utils from bookworm-backports conflicts with bookworm's qemu-system-x86 ("held broken
@@ -11,12 +14,23 @@ export DEBIAN_FRONTEND=noninteractive
 say() { printf '[install-deps] %s\n' "$*"; }
 [ "$(id -u)" -eq 0 ] || { echo "install-deps.sh needs root (apt-get, /dev/kvm)" >&2; exit 2; }
 
-PKGS=(
+PROFILE=${1:-all}
+# Build kvmprov, build the image, run libvirtd and one guest, log in. Without Recommends: a fresh
+# machine set up 324 packages for `make demo` when it took every Recommends and the test tools.
+DEMO_PKGS=(
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-    dnsmasq-base iptables acl mmdebstrap fdisk dosfstools mtools ovmf openssh-client openssh-server xxd iproute2
-    genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils netcat-openbsd
-    curl time python3-venv dpkg-dev
+    dnsmasq-base iptables acl mmdebstrap fdisk dosfstools mtools openssh-client xxd iproute2
 )
+# The end-to-end tests, the chain the benchmark compares against, the Ansible and packaging checks.
+TEST_PKGS=(
+    ovmf openssh-server genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils
+    netcat-openbsd curl time python3-venv dpkg-dev
+)
+case "$PROFILE" in
+    demo) PKGS=("${DEMO_PKGS[@]}") APT_OPTS=(--no-install-recommends) ;;
+    all) PKGS=("${DEMO_PKGS[@]}" "${TEST_PKGS[@]}") APT_OPTS=() ;;
+    *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;
+esac
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
 
 args=()
@@ -33,7 +47,7 @@ fi
 if [ ${#args[@]} -gt 0 ]; then
     say "apt-get install ${args[*]}"
     apt-get update -qq </dev/null
-    apt-get install -y -qq --allow-downgrades "${args[@]}" </dev/null
+    apt-get install -y -qq --allow-downgrades "${APT_OPTS[@]}" "${args[@]}" </dev/null
 else
     say "all ${#PKGS[@]} packages present"
 fi

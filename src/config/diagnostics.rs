@@ -131,13 +131,9 @@ impl Sources<'_> {
             E::FloatParseFailure(err, _) => format!("expected a number: {err}"),
             E::Other(msg, _) => msg.clone(),
         };
-        // serde reports a missing field at the start of its mapping; without a start mark
-        // (a blank span) fall back to the top of the file.
-        let span = if span.start().is_none() {
-            *root.span()
-        } else {
-            span
-        };
+        // Errors serde makes itself (wrong type, missing field) come without a position; the
+        // loader's `serde-path` feature then places them at the node on the error's path, so
+        // a blank span is left only where no node is (an empty file).
         self.invalid(&span, message)
     }
 }
@@ -237,6 +233,11 @@ impl<'a> Locator<'a> {
     pub fn index(self, index: usize) -> Self {
         let next = self.node.and_then(|n| n.as_sequence()?.get(index));
         self.step(next)
+    }
+
+    /// Whether the walk reached a node: false where a key is left to its default.
+    pub fn is_set(self) -> bool {
+        self.node.is_some()
     }
 
     fn step(self, next: Option<&'a Node>) -> Self {

@@ -22,7 +22,23 @@ pub(super) fn build(sources: &Sources, text: &str) -> Result<Node, ConfigError> 
         apply_override(&mut root, i + 1, arg)?;
     }
     drop_nulls(&mut root);
+    start_mappings_at_first_key(&mut root);
     Ok(root)
+}
+
+/// The loader places a block mapping at its first `:` (`- name: a` starts at the colon); an
+/// error about the whole mapping (a missing field) should name where it begins, its first key.
+fn start_mappings_at_first_key(node: &mut Node) {
+    match node {
+        Node::Mapping(m) => {
+            if let Some(first) = m.keys().next().and_then(|k| k.span().start()).copied() {
+                m.span_mut().set_start(Some(first));
+            }
+            m.values_mut().for_each(start_mappings_at_first_key);
+        }
+        Node::Sequence(s) => s.iter_mut().for_each(start_mappings_at_first_key),
+        Node::Scalar(_) => {}
+    }
 }
 
 fn loader_options() -> LoaderOptions {

@@ -83,7 +83,14 @@ fn check_directories(doc: Locator, v: &Vars) -> Result<(), ConfigError> {
     let (cache, pool) = (&v.kvm_image_cache_path, &v.kvm_instance_disk_pool_path);
     check_path(cache).map_err(|m| doc.key("kvm_image_cache_path").error(m))?;
     check_path(pool).map_err(|m| doc.key("kvm_instance_disk_pool_path").error(m))?;
-    check_separate(cache, pool).map_err(|m| doc.key("kvm_instance_disk_pool_path").error(m))
+    // Point at the pool path, or at the cache path when the pool is left to its default.
+    let pool_key = doc.key("kvm_instance_disk_pool_path");
+    let at = if pool_key.is_set() {
+        pool_key
+    } else {
+        doc.key("kvm_image_cache_path")
+    };
+    check_separate(cache, pool).map_err(|m| at.error(m))
 }
 
 /// Checks every catalog entry; returns the image names, in catalog order.

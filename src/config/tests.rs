@@ -344,3 +344,99 @@ fn regression_yaml_null_was_the_string_null() {
 fn did_you_mean_only_when_close() {
     assert_eq!(did_you_mean("zzz", TOP_LEVEL_KEYS), "");
 }
+
+/// Errors serde raises itself (a wrong type, an unknown variant, a missing field) came without
+/// a position, and were all reported at `vars.yml:1:21`: the first `:` of the file.
+#[test]
+fn regression_type_error_pointed_at_wrong_line() {
+    let in_app_02 = |line: &str| {
+        GOOD.replace(
+            "  - instance_name: app-02\n",
+            &format!("  - instance_name: app-02\n    {line}\n"),
+        )
+    };
+    for (text, at) in [
+        (in_app_02("vcpus: [1]"), "vars.yml:13:12: "),
+        (in_app_02("secure_boot: [1]"), "vars.yml:13:18: "),
+        (in_app_02("packages: x"), "vars.yml:13:15: "),
+        (in_app_02("firmware: efi"), "vars.yml:13:15: "),
+        (GOOD.replace("/srv/images\n", "[a]\n"), "vars.yml:1:23: "),
+        (
+            GOOD.replace(
+                "kvm_cloud_init_defaults:\n  password: secret-pw\n",
+                "kvm_cloud_init_defaults: 5\n",
+            ),
+            "vars.yml:7:26: ",
+        ),
+    ] {
+        let e = err(&text, &[]);
+        assert!(e.starts_with(at), "want {at}: {e}");
+    }
+    let e = err(&in_app_02("vcpus: [1]"), &[]);
+    assert!(e.contains("invalid type: sequence, expected u32"), "{e}");
+}
+
+/// A missing required field was reported at `vars.yml:1:21`, far from the entry that lacks it:
+/// it is now at the entry's first key.
+#[test]
+fn regression_missing_field_pointed_at_wrong_line() {
+    let text = GOOD.replace(
+        "  - instance_name: app-02\n    image_name: debian-12\n",
+        "  - instance_name: app-02\n",
+    );
+    let e = err(&text, &[]);
+    assert!(e.starts_with("vars.yml:12:5: "), "{e}");
+    assert!(e.contains("missing field `image_name`"), "{e}");
+    let text = GOOD.replace(
+        "    image_checksum_manifest_url: http://127.0.0.1:1/images/cloud/bookworm/latest/SHA512SUMS\n",
+        "",
+    );
+    let e = err(&text, &[]);
+    assert!(e.starts_with("vars.yml:4:5: "), "{e}");
+    assert!(
+        e.contains("missing field `image_checksum_manifest_url`"),
+        "{e}"
+    );
+}
+
+/// An invalid `-e` value that serde rejects named a place in the file (`vars.yml:1:21`) that
+/// has nothing to do with it: it names the `-e` argument.
+#[test]
+fn regression_invalid_override_pointed_at_the_file() {
+    for (arg, message) in [
+        ("kvm_domain_type=xen", "unknown variant `xen`"),
+        (
+            "kvm_instance_definitions=[{instance_name: a}]",
+            "missing field `image_name`",
+        ),
+        (
+            "kvm_instance_definitions=[{instance_name: a, image_name: debian-12, vcpus: [1]}]",
+            "invalid type: sequence, expected u32",
+        ),
+        ("kvm_image_cache_path=[a]", "invalid type: sequence"),
+    ] {
+        let e = err(GOOD, &[arg]);
+        assert!(e.starts_with(&format!("-e {arg}: ")), "{e}");
+        assert!(e.contains(message), "{e}");
+    }
+    // A secret stays hidden in the located error too.
+    let e = err(GOOD, &["kvm_cloud_init_defaults={password: [1]}"]);
+    assert!(
+        e.starts_with("-e kvm_cloud_init_defaults=… (value not shown"),
+        "{e}"
+    );
+    assert!(!e.contains("vars.yml"), "{e}");
+}
+
+/// Cache and pool overlapping, with the pool left at its default: the error names the key that
+/// is in the file (it pointed at the file's first `:`).
+#[test]
+fn regression_overlap_with_default_pool_pointed_at_wrong_line() {
+    let text = GOOD.replace(
+        "kvm_image_cache_path: /srv/images\nkvm_instance_disk_pool_path: /srv/instances\n",
+        "kvm_cloud_init_defaults: {}\nkvm_image_cache_path: /var/lib/kvm-provisioning/instances/images\n",
+    ).replace("kvm_cloud_init_defaults:\n  password: secret-pw\n", "");
+    let e = err(&text, &[]);
+    assert!(e.starts_with("vars.yml:2:23: "), "{e}");
+    assert!(e.contains("must be separate directories"), "{e}");
+}

@@ -142,9 +142,10 @@ fn overrides_are_applied_and_typed() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["cleanup_confirmed"], true);
-    assert_eq!(v["stage"], "runtime");
-    assert_eq!(v["cloud_init"]["password"], "<redacted>");
+    assert_eq!(v["command"], "check");
+    assert_eq!(v["config"]["cleanup_confirmed"], true);
+    assert_eq!(v["config"]["stage"], "runtime");
+    assert_eq!(v["config"]["cloud_init"]["password"], "<redacted>");
     let o = kvmprov(&[
         "-c",
         cfg.to_str().unwrap(),

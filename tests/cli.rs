@@ -903,3 +903,7 @@ fn regression_check_showed_url_credentials() {
         assert!(said.contains("https://***@mirror.example/"), "{said}");
     }
 }
+
+/// Snapshots of help, human and JSON output (in their own file; one test binary, like here).
+#[path = "cli/snapshots.rs"]
+mod snapshots;

@@ -266,4 +266,31 @@ mod tests {
         );
         assert!(s.contains("1 action(s) failed"));
     }
+
+    /// The table as a run over two hypervisors with a failure shows it (a snapshot: any change
+    /// to the layout shows up in review).
+    #[test]
+    fn summary_table_of_two_hosts_with_a_failure() {
+        let ok = || Ok::<(), std::io::Error>(());
+        let mut fetched = StageReport::new("image-cache");
+        fetched
+            .outcomes
+            .push(run(Action::new("debian-12", Op::Keep, "cached"), ok));
+        let mut hv1 = StageReport::new("provision");
+        hv1.host = Some("qemu+ssh://hv1/system".into());
+        hv1.outcomes
+            .push(run(Action::new("app-01", Op::Create, "missing"), ok));
+        let mut hv2 = StageReport::new("provision");
+        hv2.host = Some("qemu+ssh://admin@hv2.example/system".into());
+        hv2.outcomes
+            .push(run(Action::new("app-02", Op::Define, "missing"), || {
+                Err(std::io::Error::other("boom"))
+            }));
+        let mut lines: Vec<String> = [&fetched, &hv1, &hv2]
+            .iter()
+            .flat_map(|r| r.outcomes.iter().map(render_line))
+            .collect();
+        lines.push(render_summary(&[fetched, hv1, hv2], false));
+        insta::assert_snapshot!(lines.join("\n"));
+    }
 }

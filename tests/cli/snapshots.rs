@@ -325,3 +325,40 @@ fn image_cache_download_and_prune() {
     );
     both("prune_plan", t.path(), &cfg, &["image-cache", "prune"]);
 }
+
+/// Preflight reads this machine (tools, the qemu user, free space): what differs between
+/// machines of one kind (versions, free MiB) is `N`; a missing tool is a real difference.
+#[test]
+fn preflight_json() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, cfg) = drifted_host(t.path());
+    let c = cfg.to_str().unwrap();
+    let (code, stdout, stderr) = run(&["-c", c, "--output", "json", "--check", "preflight"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut doc = redact_json(&stdout, t.path());
+    for o in doc["stages"][0]["outcomes"].as_array_mut().unwrap() {
+        if o["target"] == "hypervisor" || o["target"] == "free space" {
+            let reason = o["reason"].as_str().unwrap();
+            o["reason"] = Value::from(digits_as_n(reason));
+        }
+    }
+    insta::assert_snapshot!("preflight_check_json", format!("{doc:#}"));
+}
+
+/// `libvirt 9.0.0, 65397 MiB` → `libvirt N.N.N, N MiB`.
+fn digits_as_n(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
+}

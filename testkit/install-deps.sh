@@ -21,10 +21,11 @@ DEMO_PKGS=(
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
     dnsmasq-base iptables acl mmdebstrap fdisk dosfstools mtools openssh-client xxd iproute2
 )
-# The end-to-end tests, the chain the benchmark compares against, the Ansible and packaging checks.
+# The end-to-end tests (jq reads kvmprov's --output json), the chain the benchmark compares against,
+# the Ansible and packaging checks.
 TEST_PKGS=(
     ovmf openssh-server genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils
-    netcat-openbsd curl time python3-venv dpkg-dev
+    netcat-openbsd curl time python3-venv dpkg-dev jq
 )
 case "$PROFILE" in
     demo) PKGS=("${DEMO_PKGS[@]}") APT_OPTS=(--no-install-recommends) ;;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, StageChoice};
-use crate::plan::{error_chain, render_summary, OutputFormat, StageReport};
+use crate::output::{self, OutputFormat};
+use crate::plan::{error_chain, StageReport};
 use crate::stages::{self, Session};
 
 /// Exit codes (documented in the README).
@@ -210,10 +211,10 @@ fn ansible_script_form(mut args: Vec<OsString>) -> Vec<OsString> {
 
 /// The commands that print something about kvmprov itself: they need no variables file.
 fn print_static(command: &Command) -> Option<i32> {
-    let mut out = std::io::stdout();
+    let mut out = output::stdout();
     let written = match command {
         Command::Schema => {
-            println!("{}", crate::schema::render());
+            output::document(&crate::schema::render());
             Ok(())
         }
         Command::Completions { shell } => {
@@ -227,7 +228,7 @@ fn print_static(command: &Command) -> Option<i32> {
     Some(match written {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("error: cannot write: {e}");
+            output::error(&format!("cannot write: {e}"));
             EXIT_FAILED
         }
     })
@@ -248,9 +249,9 @@ fn stop_on_signals() {
             } else {
                 "terminated"
             };
-            eprintln!(
+            output::note(&format!(
                 "\nkvmprov: {what}; stopped. The next run resumes partial downloads and reuses or replaces anything half-made."
-            );
+            ));
             crate::guest::stop_children();
             std::process::exit(128 + sig);
         }
@@ -285,7 +286,7 @@ fn run(cli: Cli) -> i32 {
     let cfg = match config::load(&g.config, &g.extra) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            output::Printer::new(g.output).failure(cli.command.name(), &error_chain(&e));
             return EXIT_USAGE;
         }
     };
@@ -296,6 +297,7 @@ fn run(cli: Cli) -> i32 {
     };
     let mut session = Session::new(cfg, g.check, g.output, g.jobs.map(usize::from));
     session.no_wait = no_wait;
+    let command = cli.command.name().unwrap_or_default();
     let result = match cli.command {
         Command::Check => return stages::check::run(&session),
         Command::Ping => return stages::ping::run(&session),
@@ -321,7 +323,7 @@ fn run(cli: Cli) -> i32 {
         Command::Runtime(_) => stages::run_stages(&session, &[StageChoice::Runtime]),
         Command::Cleanup => stages::cleanup::run(&session),
     };
-    finish(&session, result)
+    finish(&session, command, result)
 }
 
 fn parse_stage(s: &str) -> StageChoice {
@@ -335,32 +337,47 @@ fn parse_stage(s: &str) -> StageChoice {
 }
 
 /// Print the summary (human) or the JSON document, and pick the exit code.
-fn finish(session: &Session, result: Result<Vec<StageReport>, stages::StageError>) -> i32 {
+fn finish(
+    session: &Session,
+    command: &str,
+    result: Result<Vec<StageReport>, stages::StageError>,
+) -> i32 {
     let (reports, fatal) = match result {
         Ok(r) => (r, None),
         Err(stages::StageError { reports, error }) => (reports, Some(error)),
     };
-    let failed = fatal.is_some() || reports.iter().any(StageReport::failed);
-    match session.output {
-        OutputFormat::Human => {
-            print!("{}", render_summary(&reports, session.check));
-            if let Some(e) = &fatal {
-                eprintln!("error: {e}");
-            }
-        }
-        OutputFormat::Json => {
-            let doc = serde_json::json!({
-                "ok": !failed,
-                "check": session.check,
-                "error": fatal,
-                "stages": reports,
-            });
-            println!("{doc:#}");
-        }
-    }
-    if failed {
+    session
+        .printer
+        .stages(command, session.check, &reports, fatal.as_deref());
+    if fatal.is_some() || reports.iter().any(StageReport::failed) {
         EXIT_FAILED
     } else {
         EXIT_OK
+    }
+}
+
+impl Command {
+    /// The command's name in its `--output json` envelope; `None` for those that print another
+    /// format (Ansible's inventory, the JSON Schema, completions, man pages) or hand over to ssh.
+    pub fn name(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Check => "check",
+            Command::Ping => "ping",
+            Command::Preflight => "preflight",
+            Command::ImageCache(ImageCacheArgs {
+                action: Some(ImageCacheAction::Prune { .. }),
+                ..
+            }) => "image-cache prune",
+            Command::ImageCache(_) => "image-cache",
+            Command::Provision(_) => "provision",
+            Command::Runtime(_) => "runtime",
+            Command::Cleanup => "cleanup",
+            Command::Status => "status",
+            Command::Ssh(_)
+            | Command::Inventory(_)
+            | Command::Schema
+            | Command::Completions { .. }
+            | Command::Man { .. } => return None,
+        })
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod guest;
 pub mod inventory;
+pub mod output;
 pub mod plan;
 pub mod schema;
 pub mod stages;

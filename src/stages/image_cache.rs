@@ -1,10 +1,8 @@
 //! Image-cache stage: resolve each used catalog image through Debian's manifests, download
 //! what is missing (verified, resumable), and hand the cached versions on to provision.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use kvmprov_hypervisor::{HvError, Hypervisor};
 use kvmprov_image::{qcow2, CacheLock, CachedImage, CatalogEntry, Client, ImageError, Resolved};
 
@@ -129,12 +127,12 @@ fn one(s: &Session, client: &Client, c: &CatalogImage, handoff: &mut Handoff) ->
                         error_chain(&e),
                         aside.display()
                     );
-                    eprintln!(
-                        "warning: cached image {} failed verification ({}); moved aside to {}",
+                    crate::output::warning(&format!(
+                        "cached image {} failed verification ({}); moved aside to {}",
                         c.path.display(),
                         error_chain(&e),
                         aside.display()
-                    );
+                    ));
                     download(s, client, &resolved)?
                 }
             },
@@ -154,99 +152,8 @@ fn download(s: &Session, client: &Client, r: &Resolved) -> Result<CachedImage, I
         path: s.cfg.image_cache_path.clone(),
         source,
     })?;
-    let mut progress = Bar::new(
-        "downloading",
-        &r.image_name,
-        s.output == crate::plan::OutputFormat::Human,
-    );
+    let mut progress = s.printer.progress("downloading", &r.image_name);
     kvmprov_image::download(client, &s.cfg.image_cache_path, r, &mut progress)
-}
-
-/// Progress: a bar on a terminal, a line per 10 % otherwise.
-struct Bar {
-    verb: &'static str,
-    name: String,
-    bar: Option<ProgressBar>,
-    lines: bool,
-    total: Option<u64>,
-    done: u64,
-    last_tenth: u64,
-}
-
-impl Bar {
-    fn new(verb: &'static str, name: &str, human: bool) -> Self {
-        let tty = human && std::io::stderr().is_terminal();
-        Bar {
-            verb,
-            name: name.to_string(),
-            bar: None,
-            lines: human && !tty,
-            total: None,
-            done: 0,
-            last_tenth: 0,
-        }
-        .with_tty(tty)
-    }
-
-    fn with_tty(mut self, tty: bool) -> Self {
-        if tty {
-            let bar = ProgressBar::new(0);
-            if let Ok(style) = ProgressStyle::with_template(
-                "  {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(self.name.clone());
-            self.bar = Some(bar);
-        }
-        self
-    }
-}
-
-impl kvmprov_image::Progress for Bar {
-    fn start(&mut self, total: Option<u64>, resumed_from: u64) {
-        self.total = total;
-        self.done = resumed_from;
-        if let Some(b) = &self.bar {
-            b.set_length(total.unwrap_or(0));
-            b.set_position(resumed_from);
-        }
-        if self.lines {
-            let from = if resumed_from > 0 {
-                format!(", resuming at {} MiB", resumed_from >> 20)
-            } else {
-                String::new()
-            };
-            eprintln!(
-                "  {} {}: {} MiB{from}",
-                self.verb,
-                self.name,
-                total
-                    .map(|t| (t >> 20).to_string())
-                    .unwrap_or_else(|| "?".into())
-            );
-        }
-    }
-
-    fn advance(&mut self, bytes: u64) {
-        self.done += bytes;
-        if let Some(b) = &self.bar {
-            b.set_position(self.done);
-        }
-        if let (true, Some(total)) = (self.lines, self.total) {
-            let tenth = (self.done * 10).checked_div(total).unwrap_or(0);
-            if tenth > self.last_tenth {
-                self.last_tenth = tenth;
-                eprintln!("  {} {}: {}%", self.verb, self.name, tenth * 10);
-            }
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-    }
 }
 
 /// What a remote hypervisor's cache pool holds for one image.
@@ -529,11 +436,11 @@ fn upload_one(
                     return Ok(());
                 }
                 // Never keep a damaged copy: say so and send a good one.
-                eprintln!(
-                    "warning: {file} on {host} failed verification (sha512 {}…, expected {}…); uploading it again",
+                crate::output::warning(&format!(
+                    "{file} on {host} failed verification (sha512 {}…, expected {}…); uploading it again",
                     &got[..16],
                     &img.sha512[..16.min(img.sha512.len())]
-                );
+                ));
                 true
             }
             RemoteStep::Upload { replace } => replace,
@@ -544,8 +451,9 @@ fn upload_one(
         if hv.volume_exists(pool, &record)? {
             hv.delete_volume(pool, &record)?;
         }
-        let human = s.output == crate::plan::OutputFormat::Human;
-        let mut bar = Bar::new("uploading", &format!("{} to {host}", img.image_name), human);
+        let mut bar = s
+            .printer
+            .progress("uploading", &format!("{} to {host}", img.image_name));
         kvmprov_image::Progress::start(&mut bar, Some(img.size), 0);
         let mut last = 0u64;
         hv.upload_file(pool, &file, &img.path, "raw", &mut |done| {
@@ -747,8 +655,10 @@ pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
         s.printer.outcome(&outcome);
         report.outcomes.push(outcome);
     }
-    if !yes && s.output == crate::plan::OutputFormat::Human {
-        println!("  (nothing deleted: run `kvmprov image-cache prune --yes` to delete the unused versions)");
+    if !yes {
+        s.printer.advice(
+            "(nothing deleted: run `kvmprov image-cache prune --yes` to delete the unused versions)",
+        );
     }
     Ok(vec![report])
 }

@@ -24,7 +24,8 @@ use kvmprov_hypervisor::Hypervisor;
 use kvmprov_image::CachedImage;
 
 use crate::config::{Config, StageChoice};
-use crate::plan::{error_chain, OutputFormat, Printer, StageReport};
+use crate::output::{OutputFormat, Printer};
+use crate::plan::{error_chain, StageReport};
 
 /// Most instances worked on at once by default: beyond this the host, not kvmprov, is the limit.
 const DEFAULT_MAX_JOBS: usize = 8;
@@ -52,7 +53,7 @@ impl Session {
             check,
             output,
             jobs,
-            printer: Printer { format: output },
+            printer: Printer::new(output),
             no_wait: false,
         }
     }
@@ -64,9 +65,7 @@ impl Session {
             check: self.check,
             output: self.output,
             jobs: self.jobs,
-            printer: Printer {
-                format: self.output,
-            },
+            printer: self.printer,
             no_wait: self.no_wait,
         }
     }
@@ -413,10 +412,10 @@ impl RunLock {
                         });
                     }
                     if !told {
-                        eprintln!(
+                        crate::output::note(&format!(
                             "waiting up to {}s for another kvmprov run ({holder}) on this hypervisor and pool",
                             wait.as_secs()
-                        );
+                        ));
                         told = true;
                     }
                     std::thread::sleep(std::time::Duration::from_millis(100));

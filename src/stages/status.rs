@@ -5,28 +5,14 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use kvmprov_hypervisor::{HvError, Hypervisor};
-use serde::Serialize;
-
 use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::config::Instance;
 use crate::guest::{self, SshTarget};
-use crate::plan::{error_chain, OutputFormat};
+use crate::output::{self, json::InstanceStatus};
+use crate::plan::error_chain;
 use crate::stages::Session;
 use crate::state;
-
-#[derive(Debug, Serialize)]
-pub struct Row {
-    pub name: String,
-    /// The hypervisor's libvirt URI.
-    pub host: String,
-    pub state: String,
-    pub domain_type: String,
-    pub image: String,
-    pub ip: Option<String>,
-    pub ssh_ready: bool,
-    pub snapshots: Vec<String>,
-}
+use kvmprov_hypervisor::{HvError, Hypervisor};
 
 /// The guest's current IPv4, from the sources its network allows (`address.rs`).
 pub fn address(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Option<Ipv4Addr>, HvError> {
@@ -59,9 +45,9 @@ pub fn ssh_target(s: &Session, inst: &Instance, addr: Ipv4Addr) -> Result<SshTar
     })
 }
 
-fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Row, HvError> {
+fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<InstanceStatus, HvError> {
     let Some(dom) = hv.domain(&inst.name)? else {
-        return Ok(Row {
+        return Ok(InstanceStatus {
             name: inst.name.clone(),
             host: s.cfg.libvirt_uri.clone(),
             state: "not defined".into(),
@@ -85,7 +71,7 @@ fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Row, HvError> {
         }
         _ => false,
     };
-    Ok(Row {
+    Ok(InstanceStatus {
         name: inst.name.clone(),
         host: s.cfg.libvirt_uri.clone(),
         state: format!("{:?}", dom.state).to_lowercase(),
@@ -105,18 +91,18 @@ fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Row, HvError> {
 }
 
 /// The rows of one hypervisor's instances.
-fn host_rows(s: &Session) -> Result<Vec<Row>, String> {
+fn host_rows(s: &Session) -> Result<Vec<InstanceStatus>, String> {
     let hv = s.connect().map_err(|e| error_chain(&e))?;
     crate::stages::parallel(&s.cfg.instances, 8, |i| row(s, &hv, i))
         .into_iter()
-        .collect::<Result<Vec<Row>, HvError>>()
+        .collect::<Result<Vec<InstanceStatus>, HvError>>()
         .map_err(|e| error_chain(&e))
 }
 
 pub fn run(s: &Session) -> i32 {
     let hosts = s.per_host();
     let mut rows = Vec::new();
-    let mut code = EXIT_OK;
+    let mut errors = Vec::new();
     // Hosts in parallel; one that is down is reported and the others are still shown.
     for (h, result) in hosts
         .iter()
@@ -125,70 +111,49 @@ pub fn run(s: &Session) -> i32 {
         match result {
             Ok(r) => rows.extend(r),
             Err(e) => {
-                eprintln!("error: {}: {e}", h.cfg.libvirt_uri);
-                code = EXIT_FAILED;
+                let e = format!("{}: {e}", h.cfg.libvirt_uri);
+                output::error(&e);
+                errors.push(e);
             }
         }
     }
-    if s.output == OutputFormat::Json {
-        println!("{}", serde_json::json!({ "instances": rows }));
-        return code;
+    s.printer.instances(&rows, hosts.len() > 1, &errors);
+    if errors.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
     }
-    println!(
-        "{:<16} {:<12} {:<5} {:<26} {:<16} {:<4} snapshots",
-        "instance", "state", "type", "image", "ip", "ssh"
-    );
-    for r in &rows {
-        println!(
-            "{:<16} {:<12} {:<5} {:<26} {:<16} {:<4} {}",
-            r.name,
-            r.state,
-            r.domain_type,
-            r.image,
-            r.ip.as_deref().unwrap_or("-"),
-            if r.ssh_ready { "yes" } else { "no" },
-            if r.snapshots.is_empty() {
-                "-".to_string()
-            } else {
-                r.snapshots.join(",")
-            }
-        );
-        if hosts.len() > 1 {
-            println!("{:<16} on {}", "", r.host);
-        }
-    }
-    code
 }
 
 /// Replace this process with `ssh` to the instance (interactive unless a command is given).
 pub fn ssh(s: &Session, name: &str, command: &[String]) -> i32 {
     let Some(inst) = s.cfg.instance(name) else {
         let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
-        eprintln!(
-            "error: `{name}` is not a declared instance (declared: {}){}",
+        output::error(&format!(
+            "`{name}` is not a declared instance (declared: {}){}",
             names.join(", "),
             crate::config::did_you_mean(name, &names)
-        );
+        ));
         return EXIT_USAGE;
     };
     let s = &s.for_host(&inst.libvirt_uri);
     let addr = match s.connect().and_then(|hv| address(s, &hv, inst)) {
         Ok(Some(a)) => a,
         Ok(None) => {
-            eprintln!(
-                "error: `{name}` has no IPv4 address yet (is it running? try `kvmprov status`)"
-            );
+            output::error(&format!(
+                "`{name}` has no IPv4 address yet (is it running? try `kvmprov status`)"
+            ));
             return EXIT_FAILED;
         }
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            output::error(&error_chain(&e));
             return EXIT_FAILED;
         }
     };
     let target = match ssh_target(s, inst, addr) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e}");
+            output::error(&e);
             return EXIT_FAILED;
         }
     };
@@ -202,6 +167,6 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> i32 {
         cmd.arg("--").args(command);
     }
     let err = cmd.exec();
-    eprintln!("error: cannot run ssh: {err}");
+    output::error(&format!("cannot run ssh: {err}"));
     EXIT_FAILED
 }

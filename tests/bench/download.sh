@@ -6,7 +6,7 @@
 # and kvmprov's peak resident memory. No libvirtd needed: image-cache only fills the cache.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-KVMPROV="$ROOT/target/release/kvmprov"
+KVMPROV=${KVMPROV:-$ROOT/target/release/kvmprov}
 SIZE_MIB=${SIZE_MIB:-1024}
 ROUNDS=${ROUNDS:-2}
 [ -x "$KVMPROV" ] || { echo "build first: cargo build --release" >&2; exit 2; }
@@ -27,7 +27,12 @@ cleanup() {
 trap cleanup EXIT
 
 echo "bench: making a ${SIZE_MIB} MiB image and its mirror in $DIR" >&2
-head -c "${SIZE_MIB}M" /dev/urandom >"$DIR/image.qcow2"
+# A qcow2 header (version 3, 4 GiB virtual size), then random bytes: kvmprov caches only what
+# starts like a qcow2.
+{
+    printf 'QFI\373\0\0\0\3\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\20\0\0\0\1\0\0\0\0'
+    head -c "$((SIZE_MIB * 1024 * 1024 - 32))" /dev/urandom
+} >"$DIR/image.qcow2"
 bash "$ROOT/testkit/make-mirror.sh" "$DIR/image.qcow2" "$DIR/mirror" bookworm 20260101-0001 2>/dev/null
 python3 "$ROOT/testkit/mirror.py" --root "$DIR/mirror" --port 0 --port-file "$DIR/port" \
     >"$DIR/mirror.out" 2>&1 &

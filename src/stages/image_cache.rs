@@ -410,7 +410,7 @@ fn upload_one(
     };
     // The SHA-512 of the pool's copy, read through a libvirt download stream.
     let rehash = || -> Result<String, kvmprov_hypervisor::HvError> {
-        let mut hasher = kvmprov_image::Sha512Writer::default();
+        let mut hasher = kvmprov_image::Sha512::default();
         hv.download_volume(pool, &file, &mut hasher)?;
         Ok(hasher.hex())
     };

@@ -1,18 +1,19 @@
-//! Download one image into the cache: streamed into a `.part` file, SHA-512 hashed while it is
-//! written (on a second thread), resumed with `Range` after an interruption, checked to be a
-//! qcow2 and renamed into place only when the digest matches.
+//! Download one image into the cache: streamed into a `.part` file and SHA-512 hashed in the
+//! same pass (network reads, file writes and hashing each on a thread of their own), resumed
+//! with `Range` after an interruption, checked to be a qcow2 and renamed into place only when
+//! the digest matches.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha512};
 
 use crate::cache::{lookup, sidecar_path};
-use crate::digest::hex;
+use crate::digest::{hash_file, Sha512};
 use crate::error::{io_err, ImageError};
 use crate::lock::CacheLock;
 use crate::url::{self, redact_url};
@@ -269,72 +270,32 @@ fn fetch_into(
         .as_bytes(),
     )?;
 
-    let mut hasher = Sha512::new();
-    let mut file = if appending {
+    let (hasher, file) = if appending {
         // Hash what we already have, then append.
-        let mut f = File::open(part).map_err(io_err(part))?;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = f.read(&mut buf).map_err(io_err(part))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        OpenOptions::new()
-            .append(true)
-            .open(part)
-            .map_err(io_err(part))?
+        let hasher = hash_file(part)?;
+        let file = OpenOptions::new().append(true).open(part);
+        (hasher, file.map_err(io_err(part))?)
     } else {
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o644)
-            .open(part)
-            .map_err(io_err(part))?
+            .open(part);
+        (Sha512::default(), file.map_err(io_err(part))?)
     };
     progress.start(length.map(|l| l + start), start);
-    // Network reads on this thread; SHA-512 and the file write on another, so they overlap
-    // (on two cores that is what keeps up with `curl | sha512sum`). The writer syncs the file
-    // whatever happens, so a failed attempt leaves all it received for the next one.
-    // Buffers go round between the two threads (fresh 1 MiB allocations each time would cost
-    // a page fault per 4 KiB).
-    const BUFFERS: usize = 4;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
-    let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
-    for _ in 0..BUFFERS {
-        let _ = spare_tx.send(vec![0u8; CHUNK]);
-    }
-    let (received, written) = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> std::io::Result<Sha512> {
-            let mut result = Ok(());
-            for chunk in rx {
-                result = file.write_all(&chunk);
-                if result.is_err() {
-                    break;
-                }
-                hasher.update(&chunk);
-                let _ = spare_tx.send(chunk);
-            }
-            let synced = file.sync_all();
-            result.and(synced).map(|()| hasher)
-        });
-        let received = receive(
+    let (received, written) = pipeline(file, hasher, |tx, spare| {
+        receive(
             client,
             reader,
             length.is_some(),
             url,
             start,
             progress,
-            &tx,
-            &spare_rx,
-        );
-        drop(tx);
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
-        (received, written)
+            tx,
+            spare,
+        )
     });
     let hasher = written.map_err(io_err(part))?;
     let got = received?;
@@ -347,7 +308,59 @@ fn fetch_into(
             });
         }
     }
-    Ok((start + got, hex(&hasher.finalize())))
+    Ok((start + got, hasher.hex()))
+}
+
+/// Chunks in flight: the memory bound (`BUFFERS` × `CHUNK`), and enough that a stall of one
+/// stage (a slow socket read, a write that waits for the disk) does not stop the others at once.
+const BUFFERS: usize = 6;
+
+/// Network reads on the calling thread (`read` fills chunks from `spare` and sends them on), the
+/// file write on a second thread and SHA-512 on a third, so all three overlap and a download
+/// goes at the speed of the slowest of them, not of their sum: on two cores, with `curl` and a
+/// mirror also running, that is what keeps up with `curl | sha512sum`.
+/// The chunks go round reader → writer → hasher → reader (fresh 1 MiB allocations would cost a
+/// page fault per 4 KiB). The file is synced whatever happens, so a failed attempt leaves all
+/// it received for the next one. Returns what `read` returned and, once the file is synced,
+/// the hasher.
+fn pipeline<R>(
+    mut file: File,
+    mut hasher: Sha512,
+    read: impl FnOnce(&SyncSender<Vec<u8>>, &Receiver<Vec<u8>>) -> R,
+) -> (R, std::io::Result<Sha512>) {
+    let (to_write, write_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    let (to_hash, hash_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    for _ in 0..BUFFERS {
+        let _ = spare_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|scope| {
+        // A stage that stops drops its ends of the channels, which stops the others in turn.
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            let mut result = Ok(());
+            for chunk in write_rx {
+                result = file.write_all(&chunk);
+                if result.is_err() || to_hash.send(chunk).is_err() {
+                    break;
+                }
+            }
+            let synced = file.sync_all();
+            result.and(synced)
+        });
+        let hashing = scope.spawn(move || {
+            for chunk in hash_rx {
+                hasher.update(&chunk);
+                let _ = spare_tx.send(chunk);
+            }
+            hasher
+        });
+        let received = read(&to_write, &spare_rx);
+        drop(to_write);
+        let panicked = |what| std::io::Error::other(format!("the {what} thread panicked"));
+        let written = writer.join().unwrap_or_else(|_| Err(panicked("writer")));
+        let hashed = hashing.join().map_err(|_| panicked("hashing"));
+        (received, written.and(hashed))
+    })
 }
 
 /// Read the body in chunks and hand them to the writer, enforcing the minimum rate.
@@ -361,8 +374,8 @@ fn receive(
     url: &str,
     start: u64,
     progress: &mut dyn Progress,
-    tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
-    spare: &std::sync::mpsc::Receiver<Vec<u8>>,
+    tx: &SyncSender<Vec<u8>>,
+    spare: &Receiver<Vec<u8>>,
 ) -> Result<u64, ImageError> {
     let mut got: u64 = 0;
     let mut window_start = Instant::now();

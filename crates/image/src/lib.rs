@@ -24,7 +24,7 @@ pub use cache::{
     cache_file_name, list_cached, lookup, newest_cached, quarantine, sidecar_path, CachedImage,
 };
 pub use client::Client;
-pub use digest::{verify, Sha512Writer};
+pub use digest::{verify, Sha512};
 pub use download::{download, Progress, Silent};
 pub use error::ImageError;
 pub use lock::{writer_lock_path, CacheLock};

@@ -340,6 +340,7 @@ fn pipeline<R>(
             let mut result = Ok(());
             for chunk in write_rx {
                 result = file.write_all(&chunk);
+                start_writeback(&file);
                 if result.is_err() || to_hash.send(chunk).is_err() {
                     break;
                 }
@@ -361,6 +362,19 @@ fn pipeline<R>(
         let hashed = hashing.join().map_err(|_| panicked("hashing"));
         (received, written.and(hashed))
     })
+}
+
+/// Ask the kernel to start writing the file's dirty pages to disk now, without waiting for
+/// them: the disk then works while the download goes on, not all in the final `sync_all`
+/// (which took ~1 s for 1 GiB here on an idle disk, several on a busy one). Only a hint: if it
+/// fails, `sync_all` still writes everything.
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a syscall on a descriptor `file` holds open; it reads and writes no memory of ours.
+    // Offset 0 and length 0 mean the whole file; pages already being written are skipped.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// Read the body in chunks and hand them to the writer, enforcing the minimum rate.

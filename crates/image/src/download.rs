@@ -317,8 +317,8 @@ const BUFFERS: usize = 6;
 
 /// Network reads on the calling thread (`read` fills chunks from `spare` and sends them on), the
 /// file write on a second thread and SHA-512 on a third, so all three overlap and a download
-/// goes at the speed of the slowest of them, not of their sum: on two cores, with `curl` and a
-/// mirror also running, that is what keeps up with `curl | sha512sum`.
+/// goes at the speed of the slowest of them (SHA-512), not of their sum: on two cores that is
+/// what keeps up with `curl | sha512sum`, which writes no file at all.
 /// The chunks go round reader → writer → hasher → reader (fresh 1 MiB allocations would cost a
 /// page fault per 4 KiB). The file is synced whatever happens, so a failed attempt leaves all
 /// it received for the next one. Returns what `read` returned and, once the file is synced,
@@ -457,4 +457,58 @@ fn receive(
         }
     }
     Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes per test chunk: small, so that debug-build hashing stays fast.
+    const LEN: usize = 4096;
+
+    /// Feed `chunks` through the pipeline the way `receive` does; returns how many were taken.
+    fn feed(file: File, chunks: usize) -> (usize, std::io::Result<Sha512>) {
+        pipeline(file, Sha512::default(), |tx, spare| {
+            let mut sent = 0;
+            for i in 0..chunks {
+                let Ok(mut buf) = spare.recv() else { break };
+                buf.clear();
+                buf.resize(LEN, i as u8);
+                if tx.send(buf).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        })
+    }
+
+    #[test]
+    fn pipeline_writes_and_hashes_every_chunk_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let chunks = 3 * BUFFERS + 1;
+        let (sent, hashed) = feed(File::create(&path).unwrap(), chunks);
+        assert_eq!(sent, chunks);
+        let written = fs::read(&path).unwrap();
+        let expected: Vec<u8> = (0..chunks).flat_map(|i| vec![i as u8; LEN]).collect();
+        assert!(written == expected, "the file holds the chunks in order");
+        let mut whole = Sha512::default();
+        whole.update(&expected);
+        assert_eq!(hashed.unwrap().hex(), whole.hex());
+    }
+
+    #[test]
+    fn a_failed_write_stops_the_reader_and_is_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        fs::write(&path, b"").unwrap();
+        // Read-only: the first write fails.
+        let (sent, hashed) = feed(File::open(&path).unwrap(), 100 * BUFFERS);
+        assert!(
+            sent < 100 * BUFFERS,
+            "the reader went on after the writer failed"
+        );
+        assert!(hashed.is_err());
+    }
 }

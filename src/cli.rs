@@ -5,14 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::config::{self, StageChoice};
+use crate::config;
+use crate::exit::ExitStatus;
 use crate::plan::{error_chain, render_summary, OutputFormat, StageReport};
-use crate::stages::{self, Session};
-
-/// Exit codes (documented in the README).
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
+use crate::run::StageError;
+use crate::settings::{Options, Session, Stage, StageSelection};
+use crate::stages;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -157,8 +155,8 @@ pub enum ImageCacheAction {
 #[derive(Args, Debug)]
 pub struct ProvisionArgs {
     /// Run this stage instead of kvm_provision_stage.
-    #[arg(long, value_parser = ["full", "preflight", "image-cache", "provision", "runtime"])]
-    pub stage: Option<String>,
+    #[arg(long, value_enum)]
+    pub stage: Option<StageSelection>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -179,14 +177,19 @@ pub struct SshArgs {
     pub command: Vec<String>,
 }
 
-/// Parse arguments, run, and return the process exit code.
-pub fn main() -> i32 {
+/// Parse arguments, run, and say how it ended.
+pub fn main() -> ExitStatus {
     let cli = match Cli::try_parse_from(ansible_script_form(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            // `--help` and `--version` are "errors" that print to stdout and succeed.
+            let status = if e.use_stderr() {
+                ExitStatus::Usage
+            } else {
+                ExitStatus::Success
+            };
             let _ = e.print();
-            return code;
+            return status;
         }
     };
     init_logging(cli.global.verbose);
@@ -209,7 +212,7 @@ fn ansible_script_form(mut args: Vec<OsString>) -> Vec<OsString> {
 }
 
 /// The commands that print something about kvmprov itself: they need no variables file.
-fn print_static(command: &Command) -> Option<i32> {
+fn print_static(command: &Command) -> Option<ExitStatus> {
     let mut out = std::io::stdout();
     let written = match command {
         Command::Schema => {
@@ -225,10 +228,10 @@ fn print_static(command: &Command) -> Option<i32> {
         _ => return None,
     };
     Some(match written {
-        Ok(()) => EXIT_OK,
+        Ok(()) => ExitStatus::Success,
         Err(e) => {
             eprintln!("error: cannot write: {e}");
-            EXIT_FAILED
+            ExitStatus::Failure
         }
     })
 }
@@ -277,25 +280,19 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
-fn run(cli: Cli) -> i32 {
-    if let Some(code) = print_static(&cli.command) {
-        return code;
+fn run(cli: Cli) -> ExitStatus {
+    if let Some(status) = print_static(&cli.command) {
+        return status;
     }
     let g = &cli.global;
     let cfg = match config::load(&g.config, &g.extra) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            return EXIT_USAGE;
+            return ExitStatus::Usage;
         }
     };
-    let no_wait = match &cli.command {
-        Command::Provision(a) => a.runtime.no_wait,
-        Command::Runtime(a) => a.no_wait,
-        _ => false,
-    };
-    let mut session = Session::new(cfg, g.check, g.output, g.jobs.map(usize::from));
-    session.no_wait = no_wait;
+    let session = Session::new(cfg, options(&cli));
     let result = match cli.command {
         Command::Check => return stages::check::run(&session),
         Command::Ping => return stages::ping::run(&session),
@@ -305,40 +302,43 @@ fn run(cli: Cli) -> i32 {
             return crate::inventory::run(&session, args.host.as_deref(), args.format)
         }
         // Printed by `print_static` above, without a variables file.
-        Command::Schema | Command::Completions { .. } | Command::Man { .. } => return EXIT_OK,
-        Command::Preflight => stages::run_stages(&session, &[StageChoice::Preflight]),
+        Command::Schema | Command::Completions { .. } | Command::Man { .. } => {
+            return ExitStatus::Success
+        }
+        Command::Preflight => stages::run_stages(&session, &[Stage::Preflight]),
         Command::ImageCache(args) => match args.action {
             Some(ImageCacheAction::Prune { yes }) => stages::image_cache::prune(&session, yes),
-            None => stages::image_cache::run_all(&session, args.all),
+            None => stages::run_stages_with(&session, &[Stage::ImageCache], args.all),
         },
-        Command::Provision(args) => {
-            let stage = match args.stage.as_deref() {
-                Some(s) => parse_stage(s),
-                None => session.cfg.stage,
-            };
-            stages::run_stages(&session, &stages::selected(stage))
-        }
-        Command::Runtime(_) => stages::run_stages(&session, &[StageChoice::Runtime]),
+        Command::Provision(_) => stages::run_stages(&session, &session.stages.stages()),
+        Command::Runtime(_) => stages::run_stages(&session, &[Stage::Runtime]),
         Command::Cleanup => stages::cleanup::run(&session),
     };
     finish(&session, result)
 }
 
-fn parse_stage(s: &str) -> StageChoice {
-    match s {
-        "preflight" => StageChoice::Preflight,
-        "image-cache" => StageChoice::ImageCache,
-        "provision" => StageChoice::Provision,
-        "runtime" => StageChoice::Runtime,
-        _ => StageChoice::Full,
+/// What the command line adds to the variables file's settings.
+fn options(cli: &Cli) -> Options {
+    let g = &cli.global;
+    let (no_wait, stage) = match &cli.command {
+        Command::Provision(a) => (a.runtime.no_wait, a.stage),
+        Command::Runtime(a) => (a.no_wait, None),
+        _ => (false, None),
+    };
+    Options {
+        check: g.check,
+        output: g.output,
+        jobs: g.jobs.map(usize::from),
+        no_wait,
+        stage,
     }
 }
 
 /// Print the summary (human) or the JSON document, and pick the exit code.
-fn finish(session: &Session, result: Result<Vec<StageReport>, stages::StageError>) -> i32 {
+fn finish(session: &Session, result: Result<Vec<StageReport>, StageError>) -> ExitStatus {
     let (reports, fatal) = match result {
         Ok(r) => (r, None),
-        Err(stages::StageError { reports, error }) => (reports, Some(error)),
+        Err(StageError { reports, error }) => (reports, Some(error)),
     };
     let failed = fatal.is_some() || reports.iter().any(StageReport::failed);
     match session.output {
@@ -358,9 +358,5 @@ fn finish(session: &Session, result: Result<Vec<StageReport>, stages::StageError
             println!("{doc:#}");
         }
     }
-    if failed {
-        EXIT_FAILED
-    } else {
-        EXIT_OK
-    }
+    ExitStatus::failed_if(failed)
 }

@@ -1,20 +1,20 @@
 //! `kvmprov check`: the variables file validated offline, summarised.
 
-use crate::cli::{EXIT_OK, EXIT_USAGE};
+use crate::exit::ExitStatus;
 use crate::plan::OutputFormat;
-use crate::stages::Session;
+use crate::settings::Session;
 
-pub fn run(s: &Session) -> i32 {
+pub fn run(s: &Session) -> ExitStatus {
     let cfg = &s.cfg;
     if s.output == OutputFormat::Json {
         match serde_json::to_string_pretty(cfg) {
             Ok(doc) => println!("{doc}"),
             Err(e) => {
                 eprintln!("error: cannot render the configuration as JSON: {e}");
-                return EXIT_USAGE;
+                return ExitStatus::Usage;
             }
         }
-        return EXIT_OK;
+        return ExitStatus::Success;
     }
     println!("{}: ok", cfg.source.display());
     println!(
@@ -65,5 +65,5 @@ pub fn run(s: &Session) -> i32 {
         "  cleanup         confirmed={} remove_disks={}",
         cfg.cleanup_confirmed, cfg.cleanup_remove_disks
     );
-    EXIT_OK
+    ExitStatus::Success
 }

@@ -16,27 +16,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
-use kvmprov_image::qcow2;
 
 use crate::config::Config;
-use crate::plan::{run as run_action, Action, Op, Outcome, StageReport, Status};
-use crate::stages::provision::{console_name, disk_name, nvram_name, seed_name};
-use crate::stages::{RunLock, Session, StageError};
-use crate::state;
+use crate::domains::{self, DomainFacts};
+use crate::host::is_local;
+use crate::layout::instance_files;
+use crate::lock::RunLock;
+use crate::plan::{run as run_action, Action, Op, Outcome, StageReport};
+use crate::run::{host_error, StageError};
+use crate::settings::Session;
 
 /// How long a guest gets to shut down cleanly before it is destroyed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
-/// A domain as cleanup sees it.
-#[derive(Debug, Clone)]
-pub struct DomainFacts {
-    pub name: String,
-    pub state: DomainState,
-    /// Real paths of its disks and their backing files.
-    pub files: Vec<PathBuf>,
-    /// It carries kvmprov's metadata (kvmprov defined it).
-    pub ours: bool,
-}
 
 /// A file cleanup might delete.
 #[derive(Debug, Clone)]
@@ -93,47 +84,11 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
     let declared: Vec<&str> = cfg.instances.iter().map(|i| i.name.as_str()).collect();
     let mut out = Vec::new();
     for name in &declared {
-        match o
+        let domain = o
             .domains
             .iter()
-            .find(|d| d.name.as_bytes() == name.as_bytes())
-        {
-            None => out.push((
-                Action::new(*name, Op::Skip, "no such domain in libvirt"),
-                Step::Skip,
-            )),
-            Some(d) => {
-                let foreign = if d.ours {
-                    ""
-                } else {
-                    ", not created by kvmprov (no kvmprov metadata)"
-                };
-                // Crashed too: with on_crash=preserve its qemu still holds the disks.
-                if d.state != DomainState::ShutOff {
-                    out.push((
-                        Action::new(
-                            *name,
-                            Op::Stop,
-                            format!(
-                                "{:?}{foreign}: shut down (destroy after {}s)",
-                                d.state,
-                                SHUTDOWN_GRACE.as_secs()
-                            ),
-                        ),
-                        Step::Stop,
-                    ));
-                }
-                let reason = if d.ours {
-                    "declared instance: undefine with snapshot metadata and managed-save image (NVRAM kept)".to_string()
-                } else {
-                    format!("declared instance{foreign}: undefine with snapshot metadata; its NVRAM and managed-save image are kept")
-                };
-                out.push((
-                    Action::new(*name, Op::Undefine, reason),
-                    Step::Undefine { ours: d.ours },
-                ));
-            }
-        }
+            .find(|d| d.name.as_bytes() == name.as_bytes());
+        out.extend(domain_steps(name, domain));
     }
     if !cfg.cleanup_remove_disks {
         return out;
@@ -145,61 +100,106 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
         .filter(|d| !declared.iter().any(|n| n.as_bytes() == d.name.as_bytes()))
         .flat_map(|d| d.files.iter())
         .collect();
-    for f in &o.files {
-        let shown = f.path.display().to_string();
-        let Some(real) = &f.real else {
-            if f.dangling {
-                out.push((
-                    Action::new(
-                        &f.instance,
-                        Op::Refuse,
-                        format!("{shown} is a dangling symlink: left alone"),
-                    ),
-                    Step::Refuse,
-                ));
-            }
-            continue;
-        };
-        let refusal = if !real.starts_with(&o.pool_real) {
-            Some(format!(
-                "{shown} resolves to {} outside the instance pool {}",
-                real.display(),
-                o.pool_real.display()
-            ))
-        } else if real.starts_with(&o.cache_real) {
-            Some(format!(
-                "{shown} resolves to {} in the image cache",
-                real.display()
-            ))
-        } else if foreign.contains(&real) {
-            Some(format!("{shown} is used by another (undeclared) domain"))
-        } else {
-            None
-        };
-        match refusal {
-            Some(why) => out.push((Action::new(&f.instance, Op::Refuse, why), Step::Refuse)),
-            None if f.remote => out.push((
+    out.extend(o.files.iter().filter_map(|f| file_step(f, o, &foreign)));
+    out
+}
+
+/// Pure: what happens to a declared instance's domain (`None`: libvirt has none).
+fn domain_steps(name: &str, domain: Option<&DomainFacts>) -> Vec<(Action, Step)> {
+    let Some(d) = domain else {
+        return vec![(
+            Action::new(name, Op::Skip, "no such domain in libvirt"),
+            Step::Skip,
+        )];
+    };
+    let mut out = Vec::new();
+    let foreign = if d.ours {
+        ""
+    } else {
+        ", not created by kvmprov (no kvmprov metadata)"
+    };
+    // Crashed too: with on_crash=preserve its qemu still holds the disks.
+    if d.state != DomainState::ShutOff {
+        out.push((
+            Action::new(
+                name,
+                Op::Stop,
+                format!(
+                    "{:?}{foreign}: shut down (destroy after {}s)",
+                    d.state,
+                    SHUTDOWN_GRACE.as_secs()
+                ),
+            ),
+            Step::Stop,
+        ));
+    }
+    let reason = if d.ours {
+        "declared instance: undefine with snapshot metadata and managed-save image (NVRAM kept)"
+            .to_string()
+    } else {
+        format!("declared instance{foreign}: undefine with snapshot metadata; its NVRAM and managed-save image are kept")
+    };
+    out.push((
+        Action::new(name, Op::Undefine, reason),
+        Step::Undefine { ours: d.ours },
+    ));
+    out
+}
+
+/// Pure: what happens to one of an instance's files (`None`: it does not exist). `foreign`:
+/// the files undeclared domains use.
+fn file_step(f: &FileFacts, o: &Observed, foreign: &[&PathBuf]) -> Option<(Action, Step)> {
+    let shown = f.path.display().to_string();
+    let Some(real) = &f.real else {
+        return f.dangling.then(|| {
+            (
                 Action::new(
                     &f.instance,
-                    Op::Delete,
-                    format!("{shown} (volume on the hypervisor)"),
+                    Op::Refuse,
+                    format!("{shown} is a dangling symlink: left alone"),
                 ),
-                Step::DeleteVolume {
-                    name: f
-                        .path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    path: f.path.clone(),
-                },
-            )),
-            None => out.push((
-                Action::new(&f.instance, Op::Delete, shown),
-                Step::Delete(real.clone()),
-            )),
-        }
-    }
-    out
+                Step::Refuse,
+            )
+        });
+    };
+    let refusal = if !real.starts_with(&o.pool_real) {
+        Some(format!(
+            "{shown} resolves to {} outside the instance pool {}",
+            real.display(),
+            o.pool_real.display()
+        ))
+    } else if real.starts_with(&o.cache_real) {
+        Some(format!(
+            "{shown} resolves to {} in the image cache",
+            real.display()
+        ))
+    } else if foreign.contains(&real) {
+        Some(format!("{shown} is used by another (undeclared) domain"))
+    } else {
+        None
+    };
+    Some(match refusal {
+        Some(why) => (Action::new(&f.instance, Op::Refuse, why), Step::Refuse),
+        None if f.remote => (
+            Action::new(
+                &f.instance,
+                Op::Delete,
+                format!("{shown} (volume on the hypervisor)"),
+            ),
+            Step::DeleteVolume {
+                name: f
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                path: f.path.clone(),
+            },
+        ),
+        None => (
+            Action::new(&f.instance, Op::Delete, shown),
+            Step::Delete(real.clone()),
+        ),
+    })
 }
 
 /// Pure: the active (not shut off) domains among `domains` that use `file`.
@@ -228,34 +228,19 @@ pub fn apply(
     for (action, step) in plan {
         let target = action.target.clone();
         let outcome = match &step {
-            Step::Skip => Outcome {
-                action,
-                status: Status::Done,
-                seconds: 0.0,
-            },
-            Step::Refuse => Outcome {
-                action,
-                status: if dry { Status::Planned } else { Status::Done },
-                seconds: 0.0,
-            },
-            _ if dry => Outcome {
-                action,
-                status: Status::Planned,
-                seconds: 0.0,
-            },
-            _ if failed.contains(&target) => Outcome {
-                action: Action::new(
-                    &target,
-                    Op::Skip,
-                    format!(
-                        "skipped: an earlier step failed ({} {})",
-                        action.op.as_str(),
-                        action.reason
-                    ),
+            Step::Skip => Outcome::done(action),
+            Step::Refuse if dry => Outcome::planned(action),
+            Step::Refuse => Outcome::done(action),
+            _ if dry => Outcome::planned(action),
+            _ if failed.contains(&target) => Outcome::done(Action::new(
+                &target,
+                Op::Skip,
+                format!(
+                    "skipped: an earlier step failed ({} {})",
+                    action.op.as_str(),
+                    action.reason
                 ),
-                status: Status::Done,
-                seconds: 0.0,
-            },
+            )),
             step => run_action(action, || {
                 if let Some(file) = step.deletes() {
                     let domains = domains_now()?;
@@ -279,75 +264,9 @@ pub fn apply(
     out
 }
 
-/// The files cleanup may delete for an instance: its disk, seed, console log, UEFI variable
-/// store and pinned key.
-pub fn instance_files(cfg: &Config, instance: &str) -> Vec<PathBuf> {
-    let pool = &cfg.instance_pool_path;
-    let dir = state::state_dir(pool);
-    let mut files = vec![
-        pool.join(disk_name(instance)),
-        pool.join(seed_name(instance)),
-        pool.join(console_name(instance)),
-        pool.join(nvram_name(instance)),
-    ];
-    files.extend(state::host_key_files(&dir, &cfg.libvirt_uri, instance));
-    files
-}
-
-fn domain_facts(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
-    // A remote hypervisor's files are not ours to read: compare the paths as libvirt names them.
-    let local = crate::stages::preflight::is_local(hv.uri());
-    let mut out = Vec::new();
-    for d in hv.domains()? {
-        let (files, ours) = match hv.domain_xml(&d.name) {
-            // Disks with their backing chains, console logs and NVRAM: all protected. Locally
-            // as real paths read from the qcow2 headers; remotely as the hypervisor's pools
-            // know them.
-            Ok(x) => {
-                let ours = kvmprov_hypervisor::xml::parse_domain_xml(&x)?
-                    .metadata
-                    .is_some();
-                let real = |p: PathBuf| p.canonicalize().unwrap_or(p);
-                let mut files = Vec::new();
-                for p in kvmprov_hypervisor::xml::domain_files(&x)? {
-                    files.extend(if local {
-                        // An unreadable header names no backing file, as any non-qcow2 file.
-                        qcow2::backing_chain(real(p), |f| {
-                            Ok::<_, HvError>(qcow2::backing_file(f).ok().flatten().map(real))
-                        })?
-                    } else {
-                        qcow2::backing_chain(p, |f| {
-                            Ok(hv.volume_by_path(f)?.and_then(|v| v.backing_path))
-                        })?
-                    });
-                }
-                (files, ours)
-            }
-            // Gone between the listing and now: nothing to protect.
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e),
-        };
-        out.push(DomainFacts {
-            name: d.name,
-            state: d.state,
-            files,
-            ours,
-        });
-    }
-    Ok(out)
-}
-
-/// Every file some domain's disks use, backing files included (for `image-cache prune`).
-pub fn paths_in_use(hv: &Hypervisor) -> Result<Vec<PathBuf>, HvError> {
-    Ok(domain_facts(hv)?
-        .into_iter()
-        .flat_map(|d| d.files)
-        .collect())
-}
-
 fn observe(cfg: &Config, hv: &Hypervisor) -> Result<Observed, HvError> {
-    let domains = domain_facts(hv)?;
-    let local = crate::stages::preflight::is_local(hv.uri());
+    let domains = domains::observe(hv)?;
+    let local = is_local(hv.uri());
     let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
     // Remote: the instance pool's volumes, as libvirt lists them after a refresh.
     let remote_volumes: Vec<PathBuf> = if local {
@@ -485,11 +404,7 @@ pub fn run(s: &Session) -> Result<Vec<StageReport>, StageError> {
             Ok(r) => reports.extend(r),
             Err(e) => {
                 reports.extend(e.reports);
-                errors.push(crate::stages::host_error(
-                    multi,
-                    &h.cfg.libvirt_uri,
-                    e.error,
-                ));
+                errors.push(host_error(multi, &h.cfg.libvirt_uri, e.error));
             }
         }
     }
@@ -517,7 +432,7 @@ fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {
         steps,
         dry,
         |name, step| exec(&hv, &s.cfg, name, step),
-        || domain_facts(&hv).map_err(CleanupError::from),
+        || domains::observe(&hv).map_err(CleanupError::from),
         |o| s.printer.outcome(o),
     );
     if dry && !s.check && s.output == crate::plan::OutputFormat::Human {
@@ -535,6 +450,7 @@ fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Status;
 
     fn cfg(remove: bool) -> Config {
         let text = format!(

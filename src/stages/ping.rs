@@ -1,21 +1,21 @@
 //! `kvmprov ping`: can we reach the hypervisor, and what does it offer?
 
-use crate::cli::{EXIT_FAILED, EXIT_OK};
+use crate::exit::ExitStatus;
 use crate::plan::{error_chain, OutputFormat};
-use crate::stages::Session;
+use crate::settings::Session;
 
 /// Every hypervisor the config names; fails if any is unreachable.
-pub fn run(s: &Session) -> i32 {
-    let mut code = EXIT_OK;
+pub fn run(s: &Session) -> ExitStatus {
+    let mut status = ExitStatus::Success;
     for h in s.per_host() {
-        if one(&h) != EXIT_OK {
-            code = EXIT_FAILED;
+        if one(&h) != ExitStatus::Success {
+            status = ExitStatus::Failure;
         }
     }
-    code
+    status
 }
 
-fn one(s: &Session) -> i32 {
+fn one(s: &Session) -> ExitStatus {
     let result = s
         .connect()
         .and_then(|hv| Ok((hv.host_info()?, hv.networks()?)));
@@ -26,7 +26,7 @@ fn one(s: &Session) -> i32 {
             if let Some(hint) = remote_hint(&s.cfg.libvirt_uri) {
                 eprintln!("{hint}");
             }
-            return EXIT_FAILED;
+            return ExitStatus::Failure;
         }
     };
     if s.output == OutputFormat::Json {
@@ -36,7 +36,7 @@ fn one(s: &Session) -> i32 {
             "networks": networks,
         });
         println!("{doc:#}");
-        return EXIT_OK;
+        return ExitStatus::Success;
     }
     let yes_no = |b: bool| if b { "available" } else { "not available" };
     println!("hypervisor {} reachable", s.cfg.libvirt_uri);
@@ -61,7 +61,7 @@ fn one(s: &Session) -> i32 {
             n.bridge.as_deref().unwrap_or("-")
         );
     }
-    EXIT_OK
+    ExitStatus::Success
 }
 
 /// What to try when a remote hypervisor does not answer: libvirt's ssh transport runs the

@@ -37,3 +37,18 @@ impl From<ExitStatus> for ExitCode {
         ExitCode::from(status.code())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes the README documents; scripts depend on them.
+    #[test]
+    fn exit_codes_are_the_documented_ones() {
+        assert_eq!(ExitStatus::Success.code(), 0);
+        assert_eq!(ExitStatus::Failure.code(), 1);
+        assert_eq!(ExitStatus::Usage.code(), 2);
+        assert_eq!(ExitStatus::failed_if(true), ExitStatus::Failure);
+        assert_eq!(ExitStatus::failed_if(false), ExitStatus::Success);
+    }
+}

@@ -626,6 +626,34 @@ mod tests {
         );
     }
 
+    /// After its fixes, preflight checked a new directory again with a second, differently
+    /// worded verdict whose remedy named a local `setfacl` even for a remote hypervisor.
+    #[test]
+    fn one_acl_verdict_names_the_remote_fix_before_and_after_fixes() {
+        let dest = kvmprov_hypervisor::ssh_destination("qemu+ssh://admin@hv1:2222/system");
+        let blocked = [PathBuf::from("/srv")];
+        let (a, v) = access_check("/srv/p".into(), "64055", &blocked, dest.as_ref(), false);
+        assert_eq!(a.op, Op::Check);
+        match v {
+            Verdict::Fail(m) => assert!(
+                m.contains("ssh -p 2222 admin@hv1 -- sudo setfacl -m u:64055:x /srv"),
+                "{m}"
+            ),
+            v => panic!("{v:?}"),
+        }
+        let (a, v) = access_check("/srv/p".into(), "64055", &blocked, dest.as_ref(), true);
+        assert_eq!(a.op, Op::Fix);
+        assert_eq!(
+            v,
+            Verdict::Apply(Fix::GrantTraverse {
+                user: "64055".into(),
+                dirs: blocked.to_vec()
+            })
+        );
+        let (_, v) = access_check("/srv/p".into(), "64055", &[], dest.as_ref(), false);
+        assert_eq!(v, Verdict::Pass);
+    }
+
     #[test]
     fn remote_access_that_cannot_be_checked_is_said_and_not_a_failure() {
         let plan = plan(

@@ -89,7 +89,7 @@ test-remote: build ## Only the two-hypervisor test over qemu+ssh (namespaces, ow
 deps-demo: ## Install only what `make demo` needs (no test tools, no Recommends; needs root)
 	bash testkit/install-deps.sh demo
 
-demo: deps-demo ## Build kvmprov and a Debian image, serve it locally, provision + SSH into a VM (no internet)
+demo: ## Install the demo's packages, build kvmprov and a Debian image, provision + SSH into a VM (no internet)
 	bash testkit/demo.sh up
 
 demo-clean: build ## Remove everything `make demo` created

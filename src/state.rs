@@ -35,47 +35,35 @@ pub fn state_dir(pool: &Path) -> PathBuf {
 /// The URI kvmprov's local state is keyed by: one spelling per hypervisor. Scheme and host are
 /// lower-cased, the transport's default port, a trailing `/` and the SSH user are dropped (the
 /// same host reached as another user is the same hypervisor), except for `/session` URIs, where
-/// the user names whose libvirt it is.
+/// the user names whose libvirt it is. What is not a URI (no `://`, an unclosed `[`) is only
+/// trimmed.
 pub fn canonical_uri(uri: &str) -> String {
     let uri = uri.trim();
-    let Some((scheme, rest)) = uri.split_once("://") else {
+    let Some(u) = kvmprov_hypervisor::uri::LibvirtUri::parse(uri) else {
         return uri.to_string();
     };
-    let scheme = scheme.to_ascii_lowercase();
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
+    let scheme = u.scheme.to_ascii_lowercase();
+    let host = u.host.unwrap_or("");
+    let host = if u.bracketed {
+        format!("[{host}]")
+    } else {
+        host.to_string()
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let (user, host_port) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    // `[v6addr]:port` or `host:port`.
-    let (host, port) = match host_port.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((h, p)) => (format!("[{h}]"), p.strip_prefix(':')),
-            None => (host_port.to_string(), None),
-        },
-        None => match host_port.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (host_port.to_string(), None),
-        },
-    };
-    let default_port = match scheme.split_once('+').map(|(_, t)| t) {
+    let transport = u.transport().map(str::to_ascii_lowercase);
+    let default_port = match transport.as_deref() {
         Some("ssh" | "libssh" | "libssh2") => Some("22"),
         Some("tcp") => Some("16509"),
         Some("tls") | None => Some("16514"),
         Some(_) => None,
     };
-    let port = port.filter(|p| !p.is_empty() && Some(*p) != default_port);
-    let path = match path.trim_end_matches('/') {
-        "" => path,
+    let port = u.port.filter(|p| !p.is_empty() && Some(*p) != default_port);
+    let path = match u.path.trim_end_matches('/') {
+        "" => u.path,
         trimmed => trimmed,
     };
     let mut out = format!("{scheme}://");
-    if let Some(u) = user.filter(|_| path.ends_with("/session")) {
-        out.push_str(u);
+    if let Some(user) = u.user.filter(|_| path.ends_with("/session")) {
+        out.push_str(user);
         out.push('@');
     }
     out.push_str(&host.to_ascii_lowercase());
@@ -84,7 +72,7 @@ pub fn canonical_uri(uri: &str) -> String {
         out.push_str(p);
     }
     out.push_str(path);
-    if let Some(q) = query {
+    if let Some(q) = u.query {
         out.push('?');
         out.push_str(q);
     }

@@ -165,7 +165,7 @@ else
         --customize-hook='chroot "$1" sh /tmp/install-official.sh' \
         --customize-hook='chroot "$1" dpkg-query -W -f "\${Package}\t\${Version}\n" >"$1/tmp/packages"' \
         --customize-hook="copy-out /tmp/packages $WORK" \
-        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt=force-unsafe-io --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/info/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
         "$SUITE" "$WORK/rootfs.tar" \
@@ -291,7 +291,9 @@ losetup -d "$LOOP"
 LOOP=""
 
 say "converting to compressed qcow2"
-qemu-img convert -c -O qcow2 "$WORK/disk.raw" "$OUT.tmp"
+# Compressed like Debian's image; 8 requests in flight, written out of order (-W), so
+# both cores compress (27 s -> 16 s here).
+qemu-img convert -c -m 8 -W -O qcow2 "$WORK/disk.raw" "$OUT.tmp"
 cp "$WORK/packages" "$OUT.packages"
 mv "$OUT.tmp" "$OUT"
 echo "$RECIPE" >"$OUT.recipe"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo` / `make demo-clean`: the main job on a machine without internet.
-#   up:   build a Debian 12 cloud image locally (cached), serve it on 127.0.0.1 laid out like
+#   up:   install the host packages the demo needs (testkit/install-deps.sh image, then demo),
+#         build kvmprov and a Debian 12 cloud image locally (cached) side by side, serve it on 127.0.0.1 laid out like
 #         cloud.debian.org, start libvirtd in a private network namespace, and run
 #         `kvmprov provision` (stage full) for one VM, demo-01. Prints how to log in.
 #   down: remove the VM, its files, the mirror, libvirtd and the namespace.
@@ -41,16 +42,19 @@ up() {
     chmod 0755 "$DEMO"
     # The image (mostly apt downloads and dpkg) and kvmprov (mostly CPU) are built side by side:
     # on a fresh machine that saves the shorter of the two.
+    bash "$ROOT/testkit/install-deps.sh" image
     say "building the $SUITE test image in the background (cached after the first time; log: $DEMO/build-image.log)"
     bash "$ROOT/testkit/build-image.sh" "$SUITE" "$CACHE" >"$DEMO/build-image.out" 2>"$DEMO/build-image.log" &
     local image_pid=$! t0=$SECONDS
-    say "building kvmprov (cargo build --release --locked)"
-    if ! (cd "$ROOT" && cargo build --release --locked); then
+    if ! bash "$ROOT/testkit/install-deps.sh" demo ||
+        ! { say "building kvmprov (cargo build --release --locked)" && (cd "$ROOT" && cargo build --release --locked); }; then
         kill "$image_pid" 2>/dev/null
         wait "$image_pid" 2>/dev/null
         exit 1
     fi
-    say "kvmprov built in $((SECONDS - t0)) s; waiting for the image"
+    say "kvmprov built in $((SECONDS - t0)) s"
+    say "starting libvirtd in network namespace $NS (while the image builds)"
+    bash "$ROOT/testkit/netns-libvirtd.sh" up "$NS"
     if ! wait "$image_pid"; then
         tail -n 30 "$DEMO/build-image.log" >&2
         echo "building the image failed (whole log: $DEMO/build-image.log)" >&2
@@ -58,8 +62,6 @@ up() {
     fi
     image=$(tail -n 1 "$DEMO/build-image.out")
     say "image ready after $((SECONDS - t0)) s: $image"
-    say "starting libvirtd in network namespace $NS"
-    bash "$ROOT/testkit/netns-libvirtd.sh" up "$NS"
     say "serving the image on 127.0.0.1 (inside $NS) like cloud.debian.org"
     rm -rf "$DEMO/mirror"
     bash "$ROOT/testkit/make-mirror.sh" "$image" "$DEMO/mirror" "$SUITE" "$VERSION"

@@ -2,6 +2,7 @@
 # Install what kvmprov and the demo need on Debian 12, or also what the tests and benchmarks need
 # (idempotent, non-interactive: works with CI=true and no stdin). Needs root.
 #
+#   testkit/install-deps.sh image  what testkit/build-image.sh needs, without Recommends
 #   testkit/install-deps.sh demo   the demo's packages only, without Recommends (`make demo`)
 #   testkit/install-deps.sh [all]  the demo's packages and the test tools (`make deps`, `make test`)
 #
@@ -26,10 +27,14 @@ TEST_PKGS=(
     ovmf openssh-server genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils
     netcat-openbsd curl time python3-venv dpkg-dev
 )
+# testkit/build-image.sh: `make demo` installs these first and builds the image while the rest
+# installs and kvmprov compiles.
+IMAGE_PKGS=(mmdebstrap fdisk dosfstools mtools qemu-utils xxd)
 case "$PROFILE" in
+    image) PKGS=("${IMAGE_PKGS[@]}") APT_OPTS=(--no-install-recommends) ;;
     demo) PKGS=("${DEMO_PKGS[@]}") APT_OPTS=(--no-install-recommends) ;;
     all) PKGS=("${DEMO_PKGS[@]}" "${TEST_PKGS[@]}") APT_OPTS=() ;;
-    *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;
+    *) echo "usage: $0 [image|demo|all]" >&2; exit 2 ;;
 esac
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
 
@@ -46,7 +51,10 @@ if [ "$codename" = bookworm ] && [[ "$qver" == *bpo* ]]; then
 fi
 if [ ${#args[@]} -gt 0 ]; then
     say "apt-get install ${args[*]}"
-    apt-get update -qq </dev/null
+    # Lists fetched in the last 10 minutes (the demo's first call) are fresh enough.
+    if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_InRelease' -newermt '-10 minutes' 2>/dev/null | head -n 1)" ]; then
+        apt-get update -qq </dev/null
+    fi
     apt-get install -y -qq --allow-downgrades "${APT_OPTS[@]}" "${args[@]}" </dev/null
 else
     say "all ${#PKGS[@]} packages present"

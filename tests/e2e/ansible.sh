@@ -16,24 +16,19 @@ ANS_ONLY="kvm_instance_definitions=[\
 {instance_name: e2e-dhcp, image_name: debian-13, vcpus: 1, memory_mib: 1024, disk_size_gib: 4}, \
 {instance_name: e2e-static, image_name: debian-12, vcpus: 1, memory_mib: 1024, disk_size_gib: 4, ipv4_address: 192.168.122.60/24}]"
 kpa() { kp -c "$CFG" -e "$ANS_ONLY" "$@"; }
+# shellcheck source=tests/e2e/ansible-lib.sh
+source "$E2E_ROOT/tests/e2e/ansible-lib.sh"
 ANS_VENV="$E2E_DIR/ansible-venv"
 INV_YAML="$E2E_DIR/inventory.yml"
 INV_SCRIPT="$E2E_DIR/kvmprov-inventory.sh"
+mapfile -t ANS_ENV < <(ansible_env "$E2E_DIR/ansible-home")
+# Ansible inside the namespace, where the guests are.
+ans() { in_ns env "${ANS_ENV[@]}" "$ANS_VENV/bin/$1" "${@:2}"; }
 
-# Ansible inside the namespace (where the guests are), with its state in $E2E_DIR, host key
-# checking on, and no ControlMaster: every run makes its own connections (a persisted master
-# would let the refusal check below pass without checking a key, and outlive the test).
-ans() {
-    in_ns env LC_ALL=C.UTF-8 ANSIBLE_HOME="$E2E_DIR/ansible-home" ANSIBLE_LOCAL_TEMP="$E2E_DIR/ansible-home/tmp" \
-        ANSIBLE_HOST_KEY_CHECKING=True ANSIBLE_SSH_ARGS="-o ControlMaster=no" \
-        ANSIBLE_PYTHON_INTERPRETER=auto_silent ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=False \
-        "$ANS_VENV/bin/$1" "${@:2}"
-}
-
-# --- ansible-core from PyPI (outside the namespace: it has no route out) --------------------
+# --- ansible-core from PyPI --------------------------------------------------------------------
 log "installing ansible-core into $ANS_VENV"
 set +e
-python3 -m venv "$ANS_VENV" && "$ANS_VENV/bin/pip" install -q ansible-core >"$E2E_DIR/pip.log" 2>&1
+ansible_install "$ANS_VENV" "$E2E_DIR/pip.log"
 rc=$?
 set -e
 check "pip install ansible-core ($("$ANS_VENV/bin/ansible" --version 2>/dev/null | head -n 1))" test "$rc" -eq 0
@@ -63,11 +58,10 @@ out=$(ans ansible all -i "$INV_YAML" -m ansible.builtin.ping 2>&1)
 set -e
 echo "$out" >"$E2E_DIR/ansible-ping-static.log"
 check "ansible -m ping through the static inventory reaches both guests" \
-    bash -c 'grep -q "^e2e-dhcp | SUCCESS" <<<"$0" && grep -q "^e2e-static | SUCCESS" <<<"$0"' "$out"
+    ansible_all_succeeded "$out" e2e-dhcp e2e-static
 
 # --- dynamic inventory: a two-line script -------------------------------------------------------
-printf '#!/bin/bash\nexec %q -c %q -e %q inventory "$@"\n' "$KVMPROV" "$CFG" "$ANS_ONLY" >"$INV_SCRIPT"
-chmod 0755 "$INV_SCRIPT"
+ansible_dynamic_inventory "$INV_SCRIPT" "$KVMPROV" -c "$CFG" -e "$ANS_ONLY"
 set +e
 graph=$(ans ansible-inventory -i "$INV_SCRIPT" --graph 2>&1)
 out=$(ans ansible all -i "$INV_SCRIPT" -m ansible.builtin.ping 2>&1)
@@ -76,45 +70,24 @@ echo "$out" >"$E2E_DIR/ansible-ping-dynamic.log"
 check "the dynamic inventory has the image, hypervisor and network groups" \
     bash -c 'for g in @image_debian_12: @image_debian_13: @hypervisor_localhost: @network_default:; do grep -qF -- "$g" <<<"$0" || exit 1; done' "$graph"
 check "ansible -m ping through the dynamic inventory reaches both guests" \
-    bash -c 'grep -q "^e2e-dhcp | SUCCESS" <<<"$0" && grep -q "^e2e-static | SUCCESS" <<<"$0"' "$out"
+    ansible_all_succeeded "$out" e2e-dhcp e2e-static
 
 # --- a playbook ------------------------------------------------------------------------------------
-cat >"$E2E_DIR/playbook.yml" <<'EOF'
-- name: kvmprov guests
-  hosts: all
-  gather_facts: false
-  tasks:
-    - name: The guest's host name is its inventory name
-      ansible.builtin.command: hostname
-      register: hn
-      changed_when: false
-      failed_when: hn.stdout != inventory_hostname
-    - name: Root writes a file through sudo
-      become: true
-      ansible.builtin.copy:
-        dest: /etc/kvmprov-ansible
-        content: "{{ inventory_hostname }}\n"
-        mode: "0644"
-EOF
+ansible_playbook "$E2E_DIR/playbook.yml"
 set +e
 ans ansible-playbook -i "$INV_SCRIPT" "$E2E_DIR/playbook.yml" >"$E2E_DIR/ansible-playbook.log" 2>&1
 rc=$?
 set -e
 E2E_EVIDENCE+=("$E2E_DIR/ansible-playbook.log")
 check "the two-task playbook succeeds on both guests" \
-    bash -c '[ "$1" -eq 0 ] && grep -Eq "^e2e-dhcp +: ok=2 +changed=1 .*failed=0" "$0" && grep -Eq "^e2e-static +: ok=2 +changed=1 .*failed=0" "$0"' \
-    "$E2E_DIR/ansible-playbook.log" "$rc"
+    ansible_play_ok "$E2E_DIR/ansible-playbook.log" "$rc" e2e-dhcp e2e-static
 check "the playbook's file is on the guest" \
     test "$(kpa ssh e2e-static -- cat /etc/kvmprov-ansible 2>&1)" = e2e-static
 
 # --- a host key that does not match is refused ------------------------------------------------------
-# A copy of e2e-static's known_hosts with another valid key for its address: what a guest
-# impersonating it would present.
-kh=$(grep -A4 '^    "e2e-static":$' "$INV_YAML" | grep -o 'UserKnownHostsFile=[^ "]*' | cut -d= -f2 || true)
+ansible_impostor_inventory "$INV_YAML" e2e-static "$E2E_DIR"
+kh=$(ansible_pinned_known_hosts "$INV_YAML" e2e-static)
 bad_kh="$E2E_DIR/known_hosts.mismatch"
-ssh-keygen -q -t ed25519 -N '' -C impostor -f "$E2E_DIR/impostor" </dev/null
-printf '%s %s\n' "$(cut -d' ' -f1 "$kh")" "$(cut -d' ' -f1,2 "$E2E_DIR/impostor.pub")" >"$bad_kh"
-sed "s#UserKnownHostsFile=$kh#UserKnownHostsFile=$bad_kh#" "$INV_YAML" >"$E2E_DIR/inventory-mismatch.yml"
 set +e
 out=$(ans ansible e2e-static -i "$E2E_DIR/inventory-mismatch.yml" -m ansible.builtin.ping 2>&1)
 rc=$?
@@ -122,9 +95,7 @@ set -e
 echo "$out" >"$E2E_DIR/ansible-mismatch.log"
 check "the mismatching known_hosts copy differs from the pinned one" \
     bash -c '[ -s "$0" ] && ! cmp -s "$0" "$1"' "$kh" "$bad_kh"
-check "ansible refuses e2e-static when its pinned key does not match" \
-    bash -c '[ "$1" -ne 0 ] && grep -q "UNREACHABLE" <<<"$0" && grep -Eq "REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed" <<<"$0"' \
-    "$out" "$rc"
+check "ansible refuses e2e-static when its pinned key does not match" ansible_refused "$out" "$rc"
 
 # --- a stopped guest is left out, with the reason on stderr --------------------------------------
 virsh_ns destroy e2e-dhcp >/dev/null

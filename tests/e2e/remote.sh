@@ -3,7 +3,8 @@
 # and mount namespace with its own libvirtd, storage and sshd; testkit/remote-hypervisors.sh),
 # reached over qemu+ssh from an operator namespace. One run provisions a TCG guest on each,
 # downloads the image once and uploads it to both through libvirt streams, SSH-checks the
-# guests through their hypervisor, survives one host going down, and cleans up.
+# guests through their hypervisor, runs Ansible (ansible-core from PyPI) against `kvmprov
+# inventory` through the hypervisors' jump, survives one host going down, and cleans up.
 #   tests/e2e/remote.sh            (root; `make test-remote`, also run by `make test`)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -122,6 +123,50 @@ check "kvmprov ssh reaches the guest on hypervisor 2 through it" test "$out" = "
 out=$(kp_op status 2>&1) || true
 keep status
 check "status shows both guests ssh-ready" test "$(grep -c ' yes ' <<<"$out")" -eq 2
+
+# --- Ansible through each guest's hypervisor ----------------------------------------------------
+# The inventory sends every guest through its hypervisor (ProxyCommand over the operator's ssh,
+# the wrapper first on PATH) and pins its host key; ansible-core from PyPI runs in the operator
+# namespace, from where the guests' NAT networks are not routable.
+# shellcheck source=tests/e2e/ansible-lib.sh
+source "$HERE/ansible-lib.sh"
+ANS_VENV="$DIR/ansible-venv"
+log "installing ansible-core into $ANS_VENV"
+set +e
+ansible_install "$ANS_VENV" "$DIR/pip.log"
+rc=$?
+set -e
+check "pip install ansible-core" test "$rc" -eq 0
+mapfile -t ANS_ENV < <(ansible_env "$DIR/ansible-home")
+ans_op() { rh_op env "${ANS_ENV[@]}" "$ANS_VENV/bin/$1" "${@:2}"; }
+out=$(kp_op inventory --format yaml 2>"$DIR/inventory.err") && rc=0 || rc=$?
+printf '%s\n' "$out" >"$DIR/inventory.yml"
+check "inventory --format yaml exits 0 with nothing left out" test "$rc" -eq 0 -a ! -s "$DIR/inventory.err"
+check "the inventory reaches $A through hypervisor 1 and $B through hypervisor 2" \
+    bash -c 'grep -A4 "^    \"$1\":\$" "$0" | grep -q "ProxyCommand=ssh .* -W %h:%p -- 10\.231\.1\.2" &&
+             grep -A4 "^    \"$2\":\$" "$0" | grep -q "ProxyCommand=ssh .* -W %h:%p -- 10\.231\.2\.2"' \
+    "$DIR/inventory.yml" "$A" "$B"
+out=$(ans_op ansible all -i "$DIR/inventory.yml" -m ansible.builtin.ping 2>&1) || true
+keep ansible-ping
+check "ansible -m ping through the hypervisors' jump reaches both guests" ansible_all_succeeded "$out" "$A" "$B"
+ansible_dynamic_inventory "$DIR/kvmprov-inventory.sh" "$KVMPROV" -c "$CFG"
+ansible_playbook "$DIR/playbook.yml"
+set +e
+ans_op ansible-playbook -i "$DIR/kvmprov-inventory.sh" "$DIR/playbook.yml" >"$DIR/ansible-playbook.log" 2>&1
+rc=$?
+set -e
+E2E_EVIDENCE+=("$DIR/ansible-playbook.log")
+check "the two-task playbook (dynamic inventory) succeeds on both guests" \
+    ansible_play_ok "$DIR/ansible-playbook.log" "$rc" "$A" "$B"
+check "the playbook's file is on the guest behind hypervisor 2" \
+    test "$(kp_op ssh "$B" -- cat /etc/kvmprov-ansible 2>&1)" = "$B"
+ansible_impostor_inventory "$DIR/inventory.yml" "$B" "$DIR"
+out=$(ans_op ansible "$B" -i "$DIR/inventory-mismatch.yml" -m ansible.builtin.ping 2>&1) && rc=0 || rc=$?
+keep ansible-mismatch
+check "the impostor's known_hosts differs from the pinned one" \
+    bash -c '[ -s "$0" ] && ! cmp -s "$0" "$1"' "$(ansible_pinned_known_hosts "$DIR/inventory.yml" "$B")" "$DIR/known_hosts.mismatch"
+check "ansible refuses $B behind its hypervisor when its pinned key does not match" ansible_refused "$out" "$rc"
+
 # The remote guests' disks are backed by the uploaded copies: prune keeps the local version.
 out=$(kp_op image-cache prune 2>&1) || true
 keep prune

@@ -66,13 +66,7 @@ pub fn plan_remote(img: &CachedImage, copy: &RemoteCopy, verify: bool) -> Remote
 
 /// The host of a libvirt URI: `qemu+ssh://admin@hv1:2222/system` → `hv1`.
 fn uri_host(uri: &str) -> Option<&str> {
-    let authority = uri.split_once("://")?.1.split('/').next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => host_port.split(':').next()?,
-    };
-    (!host.is_empty()).then_some(host)
+    kvmprov_hypervisor::uri::LibvirtUri::parse(uri)?.host
 }
 
 /// Does `host` name this machine? True when one of its addresses is a loopback address or

@@ -153,6 +153,20 @@ fn login_loop(
     }
 }
 
+/// One login attempt's verdict: `None` when it got in, the reason to try again otherwise. An
+/// attempt that ran out of time is tried again until the deadline: a guest busy booting
+/// (cloud-init, a loaded host) can take longer than one attempt's 30 s to finish a login.
+fn login_attempt(
+    out: Result<guest::CommandOutput, guest::GuestError>,
+) -> Result<Option<String>, RuntimeError> {
+    match out {
+        Ok(out) if out.code == Some(0) => Ok(None),
+        Ok(out) => Ok(Some(out.stderr.trim().to_string())),
+        Err(e @ guest::GuestError::Timeout { .. }) => Ok(Some(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Wait until the guest answers over SSH and cloud-init is done; returns a one-line summary.
 /// `networks`: the hypervisor's, to find the address with.
 pub(super) fn wait_ready(
@@ -201,23 +215,19 @@ pub(super) fn wait_ready(
     Ok(summary(&logged_in, jump, start))
 }
 
-/// One SSH login at `ip`: `None` when it worked, else what ssh said. ssh exits 255 while sshd
-/// is not up yet (or still offers a host key other than ours).
+/// One SSH login at `ip` (see [`login_attempt`]). ssh exits 255 while sshd is not up yet (or
+/// still offers a host key other than ours).
 fn ssh_attempt(
     login: &Login,
     ip: Ipv4Addr,
     deadline: Instant,
 ) -> Result<Option<String>, RuntimeError> {
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let out = guest::ssh_run(
+    login_attempt(guest::ssh_run(
         &login.target(ip)?,
         "true",
         remaining.min(Duration::from_secs(30)),
-    )?;
-    Ok(match out.code {
-        Some(0) => None,
-        _ => Some(out.stderr.trim().to_string()),
-    })
+    ))
 }
 
 /// Until cloud-init is done (degraded counts, with a warning) or the deadline.
@@ -369,6 +379,55 @@ mod tests {
             "{tried:?}"
         );
         assert_eq!(l.attempts as usize, tried.len());
+    }
+
+    #[test]
+    fn regression_a_slow_first_login_failed_the_wait_instead_of_retrying() {
+        // Before: an SSH attempt that ran out of its 30 s (a guest still busy booting on a
+        // loaded host) ended the wait with an error, minutes before the deadline.
+        let i = inst(None);
+        let probe = Leases {
+            calls: Cell::new(0),
+            stale_for: 0,
+        };
+        let mut n = 0;
+        let l = login_loop(
+            &nat_plan(&i),
+            &i,
+            &probe,
+            &waits(10),
+            |_| true,
+            |ip| {
+                n += 1;
+                login_attempt(if n == 1 {
+                    Err(guest::GuestError::Timeout {
+                        user: "debian".into(),
+                        addr: IpAddr::V4(ip),
+                        seconds: 30,
+                    })
+                } else {
+                    Ok(guest::CommandOutput {
+                        code: Some(0),
+                        stdout: String::new(),
+                        stderr: String::new(),
+                    })
+                })
+            },
+        )
+        .unwrap();
+        assert_eq!(l.attempts, 2);
+        assert_eq!(l.addr, Ipv4Addr::new(192, 168, 122, 20));
+    }
+
+    #[test]
+    fn a_login_that_cannot_start_ssh_fails_at_once() {
+        let err = login_attempt(Err(guest::GuestError::Spawn(std::io::Error::from(
+            std::io::ErrorKind::NotFound,
+        ))));
+        assert!(matches!(
+            err,
+            Err(RuntimeError::Guest(guest::GuestError::Spawn(_)))
+        ));
     }
 
     #[test]

@@ -1,0 +1,109 @@
+//! The libvirt connection and the host facts it gives: versions, domain types, firmware.
+
+use std::sync::Once;
+
+use serde::Serialize;
+use virt::connect::Connect;
+
+use crate::error::{lv, one_line};
+use crate::xml::{self, DomainType, FirmwareSupport};
+use crate::HvError;
+
+/// Host facts for `ping` and preflight.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub libvirt_version: String,
+    /// `QEMU`, `TEST`, ...
+    pub driver: String,
+    pub hypervisor_version: String,
+    /// Domain type `kvm` offered for x86_64 guests.
+    pub kvm: bool,
+    /// Domain type `qemu` (TCG) offered for x86_64 guests.
+    pub qemu: bool,
+    /// uid:gid qemu runs as (libvirt's DAC base label), when the host says.
+    pub qemu_ids: Option<(u32, u32)>,
+}
+
+/// A libvirt connection.
+pub struct Hypervisor {
+    pub(crate) conn: Connect,
+    uri: String,
+}
+
+fn version_string(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+impl Hypervisor {
+    /// Open `uri`. The error is one sentence naming the URI, with libvirt's reason.
+    pub fn connect(uri: &str) -> Result<Self, HvError> {
+        // libvirt prints every error to stderr unless told not to; we report them ourselves.
+        static QUIET: Once = Once::new();
+        QUIET.call_once(virt::error::clear_error_callback);
+        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect {
+            uri: uri.to_string(),
+            message: one_line(e.message()),
+        })?;
+        Ok(Hypervisor {
+            conn,
+            uri: uri.to_string(),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Versions, host name, driver and the x86_64 domain types the host offers.
+    pub fn host_info(&self) -> Result<HostInfo, HvError> {
+        let caps = self.conn.capabilities().map_err(lv("read capabilities"))?;
+        let (kvm, qemu) = xml::domain_types(&caps)?;
+        Ok(HostInfo {
+            hostname: self.conn.hostname().map_err(lv("read host name"))?,
+            libvirt_version: version_string(
+                self.conn
+                    .lib_version()
+                    .map_err(lv("read libvirt version"))?,
+            ),
+            driver: self.conn.driver_type().map_err(lv("read driver type"))?,
+            hypervisor_version: version_string(
+                self.conn
+                    .hyp_version()
+                    .map_err(lv("read hypervisor version"))?,
+            ),
+            kvm,
+            qemu,
+            qemu_ids: xml::dac_baselabel(&caps)?,
+        })
+    }
+
+    /// Which firmware q35 guests of `domain_type` can boot with here (OVMF installed?).
+    pub fn firmware_support(&self, domain_type: DomainType) -> Result<FirmwareSupport, HvError> {
+        let caps = self
+            .conn
+            .domain_capabilities(
+                None,
+                Some("x86_64"),
+                Some("q35"),
+                Some(domain_type.as_str()),
+                0,
+            )
+            .map_err(lv(format!(
+                "read the {} domain capabilities",
+                domain_type.as_str()
+            )))?;
+        xml::parse_firmware_support(&caps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_dotted() {
+        assert_eq!(version_string(9_000_000), "9.0.0");
+        assert_eq!(version_string(7_002_015), "7.2.15");
+    }
+}

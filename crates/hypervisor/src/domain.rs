@@ -1,0 +1,256 @@
+//! Domains: define, start, stop, undefine, snapshots, and the guest agent's addresses.
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+use virt::domain::Domain;
+
+use crate::error::{lv, none_if_missing};
+use crate::xml;
+use crate::{HvError, Hypervisor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DomainState {
+    Running,
+    Paused,
+    ShutOff,
+    Crashed,
+    /// Blocked, shutting down, suspended, no state: treat as "on".
+    Other,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainInfo {
+    pub name: String,
+    pub uuid: String,
+    pub state: DomainState,
+    /// Defined (survives a stop), as opposed to transient.
+    pub persistent: bool,
+}
+
+impl Hypervisor {
+    fn lookup_domain(&self, name: &str) -> Result<Domain, HvError> {
+        self.conn
+            .lookup_domain_by_name(name)
+            .map_err(lv(format!("look up domain {name}")))
+    }
+
+    /// All domains, running or not, sorted by name.
+    pub fn domains(&self) -> Result<Vec<DomainInfo>, HvError> {
+        let mut out = Vec::new();
+        for d in self.conn.list_all_domains(0).map_err(lv("list domains"))? {
+            match domain_info(&d) {
+                Ok(info) => out.push(info),
+                // Undefined between the listing and now.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn domain(&self, name: &str) -> Result<Option<DomainInfo>, HvError> {
+        match none_if_missing(self.lookup_domain(name))? {
+            Some(d) => none_if_missing(domain_info(&d)),
+            None => Ok(None),
+        }
+    }
+
+    /// The domain's persistent definition as libvirt stores it.
+    pub fn domain_xml(&self, name: &str) -> Result<String, HvError> {
+        self.lookup_domain(name)?
+            .xml_desc(0)
+            .map_err(lv(format!("read XML of domain {name}")))
+    }
+
+    /// Define (or redefine) a persistent domain.
+    pub fn define(&self, xml: &str) -> Result<(), HvError> {
+        self.conn
+            .define_domain_xml(xml)
+            .map(|_| ())
+            .map_err(lv("define domain"))
+    }
+
+    /// Start a shut-off domain; a paused one is resumed (it is active: a start would fail).
+    pub fn start(&self, name: &str) -> Result<(), HvError> {
+        let d = self.lookup_domain(name)?;
+        let what = format!("start domain {name}");
+        let (state, _reason) = d.state().map_err(lv(what.clone()))?;
+        if map_state(state) == DomainState::Paused {
+            d.resume()
+                .map(|_| ())
+                .map_err(lv(format!("resume domain {name}")))
+        } else {
+            d.create().map(|_| ()).map_err(lv(what))
+        }
+    }
+
+    pub fn set_autostart(&self, name: &str, on: bool) -> Result<(), HvError> {
+        self.lookup_domain(name)?
+            .set_autostart(on)
+            .map(|_| ())
+            .map_err(lv(format!("set autostart of domain {name}")))
+    }
+
+    /// Ask the guest to power off (ACPI); returns at once.
+    pub fn shutdown(&self, name: &str) -> Result<(), HvError> {
+        self.lookup_domain(name)?
+            .shutdown()
+            .map(|_| ())
+            .map_err(lv(format!("shut down domain {name}")))
+    }
+
+    /// Power off at once.
+    pub fn destroy(&self, name: &str) -> Result<(), HvError> {
+        self.lookup_domain(name)?
+            .destroy()
+            .map(|_| ())
+            .map_err(lv(format!("destroy domain {name}")))
+    }
+
+    /// Undefine with snapshot metadata, always keeping NVRAM (see `undefine_attempts`).
+    /// `managed_save`: also remove the managed-save image — only for domains kvmprov created;
+    /// for any other domain one is the operator's, and this fails naming
+    /// `virsh managedsave-remove`. Disks are left alone.
+    pub fn undefine(&self, name: &str, managed_save: bool) -> Result<(), HvError> {
+        let d = self.lookup_domain(name)?;
+        let what = format!("undefine domain {name}");
+        if !managed_save {
+            let saved = match d.has_managed_save(0).map_err(lv(what.clone())) {
+                Ok(saved) => saved,
+                // A driver without managed save has none to lose.
+                Err(e) if e.is_unsupported() => false,
+                Err(e) => return Err(e),
+            };
+            if saved {
+                return Err(HvError::ForeignManagedSave {
+                    name: name.to_string(),
+                });
+            }
+        }
+        let attempts = undefine_attempts(managed_save);
+        let mut last = None;
+        for flags in attempts {
+            match d.undefine_flags(flags).map_err(lv(what.clone())) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_unsupported() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(HvError::Invalid {
+            what,
+            reason: "no undefine call was tried".into(),
+        }))
+    }
+
+    /// Snapshot names, sorted.
+    pub fn snapshots(&self, name: &str) -> Result<Vec<String>, HvError> {
+        let d = self.lookup_domain(name)?;
+        let mut out = Vec::new();
+        for s in d
+            .list_all_snapshots(0)
+            .map_err(lv(format!("list snapshots of domain {name}")))?
+        {
+            out.push(s.name().map_err(lv("read snapshot name"))?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Take a snapshot; atomic, so a failure leaves no half snapshot behind.
+    pub fn create_snapshot(
+        &self,
+        name: &str,
+        snapshot: &str,
+        description: &str,
+    ) -> Result<(), HvError> {
+        self.lookup_domain(name)?
+            .create_snapshot_xml(
+                &xml::snapshot_xml(snapshot, description),
+                virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
+            )
+            .map(|_| ())
+            .map_err(lv(format!("create snapshot {snapshot} of domain {name}")))
+    }
+
+    /// The guest agent's IPv4 for the interface with `mac` (needs qemu-guest-agent running).
+    pub fn agent_ipv4(&self, name: &str, mac: &str) -> Result<Option<Ipv4Addr>, HvError> {
+        let ifaces = self
+            .lookup_domain(name)?
+            .interface_addresses(virt_sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)
+            .map_err(lv(format!("ask the guest agent of domain {name}")))?;
+        Ok(ifaces
+            .iter()
+            .filter(|i| {
+                i.hwaddr
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(mac))
+            })
+            .flat_map(|i| i.addrs.iter())
+            .find_map(|a| a.addr.parse::<Ipv4Addr>().ok()))
+    }
+}
+
+/// The flags `undefine` tries, most wanted first. NVRAM is always kept
+/// (VIR_DOMAIN_UNDEFINE_NVRAM would delete a file outside kvmprov's pools); the managed-save
+/// image goes only when asked. When a driver rejects a flag the next set lacks it, newest
+/// flag first (KEEP_NVRAM: libvirt 2.3): libvirt then refuses to undefine a domain with NVRAM,
+/// snapshots or a managed save rather than delete them.
+fn undefine_attempts(managed_save: bool) -> [u32; 4] {
+    use virt_sys::{
+        VIR_DOMAIN_UNDEFINE_KEEP_NVRAM as KEEP_NVRAM,
+        VIR_DOMAIN_UNDEFINE_MANAGED_SAVE as MANAGED_SAVE,
+        VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA as SNAPSHOTS,
+    };
+    let flags = SNAPSHOTS | KEEP_NVRAM | if managed_save { MANAGED_SAVE } else { 0 };
+    [
+        flags,
+        flags & !KEEP_NVRAM,
+        flags & !(KEEP_NVRAM | SNAPSHOTS),
+        0,
+    ]
+}
+
+fn domain_info(d: &Domain) -> Result<DomainInfo, HvError> {
+    let name = d.name().map_err(lv("read domain name"))?;
+    let what = format!("read domain {name}");
+    let (state, _reason) = d.state().map_err(lv(what.clone()))?;
+    Ok(DomainInfo {
+        uuid: d.uuid_string().map_err(lv(what.clone()))?,
+        state: map_state(state),
+        persistent: d.is_persistent().map_err(lv(what))?,
+        name,
+    })
+}
+
+fn map_state(s: virt::domain::DomainStateEnum) -> DomainState {
+    use virt::domain::DomainState as S;
+    match s {
+        virt::enumutil::Enum::Known(S::Running) => DomainState::Running,
+        virt::enumutil::Enum::Known(S::Paused) => DomainState::Paused,
+        virt::enumutil::Enum::Known(S::Shutoff) => DomainState::ShutOff,
+        virt::enumutil::Enum::Known(S::Crashed) => DomainState::Crashed,
+        _ => DomainState::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_undefine_deleted_nvram_and_managed_save_it_did_not_make() {
+        use virt_sys::{
+            VIR_DOMAIN_UNDEFINE_KEEP_NVRAM as KEEP_NVRAM,
+            VIR_DOMAIN_UNDEFINE_MANAGED_SAVE as MANAGED_SAVE, VIR_DOMAIN_UNDEFINE_NVRAM as NVRAM,
+        };
+        for ours in [true, false] {
+            let attempts = undefine_attempts(ours);
+            assert!(attempts.iter().all(|f| f & NVRAM == 0), "{attempts:?}");
+            assert_ne!(attempts[0] & KEEP_NVRAM, 0);
+            assert_eq!(attempts[0] & MANAGED_SAVE != 0, ours);
+            assert!(attempts.iter().all(|f| f & MANAGED_SAVE == 0 || ours));
+        }
+    }
+}

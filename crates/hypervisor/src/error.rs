@@ -1,0 +1,133 @@
+//! The crate's one error type, shared by every object: each libvirt call fails the same way
+//! (what we were doing, libvirt's message and code), and callers ask the same questions of it
+//! (`is_not_found`, `is_connection_lost`) whatever the object.
+
+/// A libvirt failure, with what we were doing.
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    #[error("cannot connect to the hypervisor at {uri}: {message}")]
+    Connect { uri: String, message: String },
+    #[error("{what}: {message}")]
+    Libvirt {
+        what: String,
+        message: String,
+        /// libvirt's error number (`virErrorNumber`), for `is_not_found`.
+        code: Option<u32>,
+    },
+    #[error("{what}: {source}")]
+    Xml {
+        what: String,
+        #[source]
+        source: roxmltree::Error,
+    },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    /// kvmprov keeps the managed-save image of a domain it did not create.
+    #[error("undefine domain {name}: it has a managed-save image, which kvmprov does not delete for a domain it did not create; remove it with `virsh managedsave-remove {name}` and run cleanup again")]
+    ForeignManagedSave { name: String },
+}
+
+impl HvError {
+    /// The object (domain, network, pool, volume, snapshot) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.code_is(&[
+            virt_sys::VIR_ERR_NO_DOMAIN,
+            virt_sys::VIR_ERR_NO_NETWORK,
+            virt_sys::VIR_ERR_NO_STORAGE_POOL,
+            virt_sys::VIR_ERR_NO_STORAGE_VOL,
+            virt_sys::VIR_ERR_NO_DOMAIN_SNAPSHOT,
+        ])
+    }
+
+    /// The daemon went away (restarted, stopped, or the ssh link to it broke).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, HvError::Libvirt { message, .. } if message.contains(LOST_HINT))
+    }
+
+    /// The driver does not support the call or one of its flags.
+    pub(crate) fn is_unsupported(&self) -> bool {
+        self.code_is(&[
+            virt_sys::VIR_ERR_NO_SUPPORT,
+            virt_sys::VIR_ERR_INVALID_ARG,
+            virt_sys::VIR_ERR_ARGUMENT_UNSUPPORTED,
+        ])
+    }
+
+    fn code_is(&self, codes: &[u32]) -> bool {
+        matches!(self, HvError::Libvirt { code: Some(c), .. } if codes.contains(c))
+    }
+}
+
+/// libvirt messages can carry the stderr of ssh or a helper: keep one line.
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Map a libvirt error to `HvError::Libvirt`, saying what we were doing.
+pub(crate) fn lv(what: impl Into<String>) -> impl FnOnce(virt::error::Error) -> HvError {
+    let what = what.into();
+    move |e| HvError::Libvirt {
+        what,
+        message: with_hint(one_line(e.message())),
+        code: Some(e.code().to_raw()),
+    }
+}
+
+const LOST_HINT: &str = "the connection to libvirtd was lost";
+
+/// libvirt's words for a connection whose daemon went away are cryptic; say what happened.
+fn with_hint(message: String) -> String {
+    const LOST: &[&str] = &[
+        "client socket is closed",
+        "End of file while reading data",
+        "Broken pipe",
+        "Connection reset by peer",
+    ];
+    if LOST.iter().any(|l| message.contains(l)) {
+        format!("{message} ({LOST_HINT}: was the daemon restarted or stopped, or, over qemu+ssh, the ssh link to its host lost? run again once it is back)")
+    } else {
+        message
+    }
+}
+
+/// `Ok(None)` for a not-found error, the error otherwise.
+pub(crate) fn none_if_missing<T>(r: Result<T, HvError>) -> Result<Option<T>, HvError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_lost_libvirtd_connection_was_a_cryptic_socket_error() {
+        assert!(with_hint("internal error: client socket is closed".into())
+            .contains("connection to libvirtd was lost"));
+        assert_eq!(with_hint("Domain not found".into()), "Domain not found");
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        assert_eq!(
+            one_line("Cannot recv data: Host key verification failed.\r\n: Connection reset\n"),
+            "Cannot recv data: Host key verification failed. : Connection reset"
+        );
+    }
+
+    #[test]
+    fn not_found_and_unsupported_codes() {
+        let e = |code| HvError::Libvirt {
+            what: "x".into(),
+            message: "y".into(),
+            code: Some(code),
+        };
+        assert!(e(virt_sys::VIR_ERR_NO_DOMAIN).is_not_found());
+        assert!(!e(virt_sys::VIR_ERR_OPERATION_FAILED).is_not_found());
+        assert!(e(virt_sys::VIR_ERR_NO_SUPPORT).is_unsupported());
+        assert!(!e(virt_sys::VIR_ERR_NO_DOMAIN).is_unsupported());
+    }
+}

@@ -1,0 +1,460 @@
+//! Storage: `dir` pools, volumes (qcow2 overlays, uploads and downloads through streams).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+use crate::error::{lv, none_if_missing};
+use crate::xml;
+use crate::{HvError, Hypervisor};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolInfo {
+    pub name: String,
+    /// The target directory (empty for pools without one).
+    pub path: PathBuf,
+    pub active: bool,
+    /// Free space; 0 for an inactive pool.
+    pub available_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub path: PathBuf,
+    /// Virtual size in bytes.
+    pub capacity: u64,
+    /// Bytes used on the host.
+    pub allocation: u64,
+    /// `qcow2`, `raw`, `iso`, ...
+    pub format: Option<String>,
+    /// The backing file of a qcow2 overlay.
+    pub backing_path: Option<PathBuf>,
+}
+
+/// What `ensure_dir_pool` had to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PoolAction {
+    /// Already defined and active (it was refreshed).
+    Existed,
+    /// Defined but inactive: started.
+    Started,
+    /// Defined, built (directory created), started, set to autostart.
+    Defined,
+}
+
+/// The pool `ensure_dir_pool` made sure of. Its name differs from the one asked for when
+/// another pool already served the directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolOutcome {
+    pub pool: PoolInfo,
+    pub action: PoolAction,
+}
+
+impl Hypervisor {
+    fn lookup_pool(&self, name: &str) -> Result<StoragePool, HvError> {
+        self.conn
+            .lookup_storage_pool_by_name(name)
+            .map_err(lv(format!("look up pool {name}")))
+    }
+
+    pub fn pool(&self, name: &str) -> Result<Option<PoolInfo>, HvError> {
+        match none_if_missing(self.lookup_pool(name))? {
+            Some(p) => Ok(Some(pool_info(&p)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The pool whose target is `path`: compared as given, then both canonicalized on this
+    /// machine (when the hypervisor is remote only the first comparison can match).
+    pub fn pool_by_path(&self, path: &Path) -> Result<Option<PoolInfo>, HvError> {
+        Ok(self.find_pool_by_path(path)?.map(|(_, info)| info))
+    }
+
+    fn find_pool_by_path(&self, path: &Path) -> Result<Option<(StoragePool, PoolInfo)>, HvError> {
+        let want = path.canonicalize().ok();
+        for p in self
+            .conn
+            .list_all_storage_pools(0)
+            .map_err(lv("list storage pools"))?
+        {
+            let info = match pool_info(&p) {
+                Ok(info) => info,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            let same =
+                info.path == path || (want.is_some() && info.path.canonicalize().ok() == want);
+            if same && !info.path.as_os_str().is_empty() {
+                return Ok(Some((p, info)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// An active `dir` pool serving `path`. A pool already serving the directory is reused
+    /// whatever its name (two pools on one directory would each list the other's volumes);
+    /// otherwise `name` is defined, built (mkdir), started and set to autostart. An existing
+    /// active pool is refreshed so files created behind libvirt's back show up.
+    pub fn ensure_dir_pool(&self, name: &str, path: &Path) -> Result<PoolOutcome, HvError> {
+        let (pool, mut action) = match self.find_pool_by_path(path)? {
+            Some((p, _)) => (p, PoolAction::Existed),
+            None => match self.define_dir_pool(name, path) {
+                Ok(p) => (p, PoolAction::Defined),
+                // Another run (a config sharing this directory) defined it a moment ago.
+                Err(e) => match self.find_pool_by_path(path)? {
+                    Some((p, _)) => (p, PoolAction::Existed),
+                    None => return Err(e),
+                },
+            },
+        };
+        let pool_name = pool.name().map_err(lv("read pool name"))?;
+        if pool.is_active().map_err(lv(format!("pool {pool_name}")))? {
+            pool.refresh(0)
+                .map_err(lv(format!("refresh pool {pool_name}")))?;
+        } else {
+            // Started by another run meanwhile, or its directory was removed (building
+            // recreates it).
+            if pool.create(0).is_err() && !pool.is_active().unwrap_or(false) {
+                pool.build(0)
+                    .map_err(lv(format!("build pool {pool_name}")))?;
+                if let Err(e) = pool.create(0) {
+                    if !pool.is_active().unwrap_or(false) {
+                        return Err(lv(format!("start pool {pool_name}"))(e));
+                    }
+                }
+            }
+            if action == PoolAction::Existed {
+                action = PoolAction::Started;
+            }
+        }
+        Ok(PoolOutcome {
+            pool: pool_info(&pool)?,
+            action,
+        })
+    }
+
+    /// Define, build (mkdir) and autostart a dir pool; refused when the name is taken by a
+    /// pool of another directory.
+    fn define_dir_pool(&self, name: &str, path: &Path) -> Result<StoragePool, HvError> {
+        if let Some(other) = self.pool(name)? {
+            return Err(HvError::Invalid {
+                what: format!("create pool {name} for {}", path.display()),
+                reason: format!(
+                    "a pool of that name already exists for {}",
+                    other.path.display()
+                ),
+            });
+        }
+        let p = self
+            .conn
+            .define_storage_pool_xml(&xml::pool_xml(name, path), 0)
+            .map_err(lv(format!("define pool {name} at {}", path.display())))?;
+        p.build(0)
+            .map_err(lv(format!("build pool {name} (create {})", path.display())))?;
+        p.set_autostart(true)
+            .map_err(lv(format!("set autostart of pool {name}")))?;
+        Ok(p)
+    }
+
+    /// Stop and undefine a pool. Its directory and files stay: libvirt forgets the pool only.
+    pub fn remove_pool(&self, name: &str) -> Result<(), HvError> {
+        let p = self.lookup_pool(name)?;
+        if p.is_active().map_err(lv(format!("pool {name}")))? {
+            p.destroy().map_err(lv(format!("stop pool {name}")))?;
+        }
+        p.undefine().map_err(lv(format!("undefine pool {name}")))
+    }
+
+    /// Rescan a pool's directory.
+    pub fn refresh_pool(&self, name: &str) -> Result<(), HvError> {
+        self.lookup_pool(name)?
+            .refresh(0)
+            .map_err(lv(format!("refresh pool {name}")))
+    }
+
+    /// The volumes of a pool, sorted by name.
+    pub fn volumes(&self, pool: &str) -> Result<Vec<VolumeInfo>, HvError> {
+        let p = self.lookup_pool(pool)?;
+        let mut out = Vec::new();
+        for v in p
+            .list_all_volumes(0)
+            .map_err(lv(format!("list volumes of pool {pool}")))?
+        {
+            match volume_info(&v) {
+                Ok(info) => out.push(info),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The volume at `path` in whichever pool holds it; `None` when no pool does.
+    pub fn volume_by_path(&self, path: &Path) -> Result<Option<VolumeInfo>, HvError> {
+        let what = format!("look up volume {}", path.display());
+        let Some(p) = path.to_str() else {
+            return Ok(None);
+        };
+        none_if_missing(
+            self.conn
+                .lookup_storage_vol_by_path(p)
+                .map_err(lv(what))
+                .and_then(|v| volume_info(&v)),
+        )
+    }
+
+    /// A qcow2 overlay of `capacity_bytes` backed by `backing_path` (libvirt runs qemu-img).
+    pub fn create_overlay(
+        &self,
+        pool: &str,
+        name: &str,
+        backing_path: &Path,
+        backing_format: &str,
+        capacity_bytes: u64,
+    ) -> Result<VolumeInfo, HvError> {
+        let p = self.lookup_pool(pool)?;
+        let xml = xml::overlay_volume_xml(name, capacity_bytes, backing_path, backing_format);
+        let v = StorageVol::create_xml(&p, &xml, 0).map_err(lv(format!(
+            "create overlay {name} in pool {pool} on {}",
+            backing_path.display()
+        )))?;
+        volume_info(&v)
+    }
+
+    /// Create a volume and fill it with `bytes` through a libvirt stream (works remotely).
+    /// A half-written volume is deleted.
+    pub fn upload_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        bytes: &[u8],
+        format: &str,
+    ) -> Result<VolumeInfo, HvError> {
+        let what = format!("upload volume {name} to pool {pool}");
+        let len = bytes.len() as u64;
+        self.upload_from(pool, name, &mut &bytes[..], len, format, &what, &mut |_| {})
+    }
+
+    /// Create a volume and stream a local file into it (cached images: hundreds of MiB, never
+    /// held in memory). `progress` gets the bytes sent so far. A half-written volume is deleted.
+    pub fn upload_file(
+        &self,
+        pool: &str,
+        name: &str,
+        path: &Path,
+        format: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<VolumeInfo, HvError> {
+        let what = format!("upload {} to pool {pool} as {name}", path.display());
+        let io = |e: std::io::Error| HvError::Invalid {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        self.upload_from(pool, name, &mut file, len, format, &what, progress)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upload_from(
+        &self,
+        pool: &str,
+        name: &str,
+        source: &mut dyn std::io::Read,
+        len: u64,
+        format: &str,
+        what: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<VolumeInfo, HvError> {
+        let p = self.lookup_pool(pool)?;
+        let v = StorageVol::create_xml(&p, &xml::raw_volume_xml(name, len, format), 0)
+            .map_err(lv(format!("create volume {name} in pool {pool}")))?;
+        let sent = Stream::new(&self.conn, 0)
+            .map_err(lv(what))
+            .and_then(|stream| send_volume(&v, stream, source, len, what, progress));
+        if let Err(e) = sent {
+            // Best effort: the upload error is the one worth reporting.
+            let _ = v.delete(0);
+            return Err(e);
+        }
+        volume_info(&v)
+    }
+
+    /// Stream a volume's bytes into `sink` (for re-hashing an image on a remote host).
+    pub fn download_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        sink: &mut dyn std::io::Write,
+    ) -> Result<u64, HvError> {
+        let what = format!("download volume {name} from pool {pool}");
+        let v = self
+            .lookup_pool(pool)?
+            .lookup_storage_vol_by_name(name)
+            .map_err(lv(what.clone()))?;
+        let stream = Stream::new(&self.conn, 0).map_err(lv(what.clone()))?;
+        v.download(&stream, 0, 0, 0).map_err(lv(what.clone()))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match stream.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = stream.abort();
+                    return Err(lv(what)(e));
+                }
+            };
+            // 0 is the end of the stream; libvirt reports errors as Err, never as n < 0 here.
+            let n = usize::try_from(n).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = sink.write_all(&buf[..n.min(buf.len())]) {
+                let _ = stream.abort();
+                return Err(HvError::Invalid {
+                    what,
+                    reason: e.to_string(),
+                });
+            }
+            total += n as u64;
+        }
+        stream.finish().map_err(lv(what))?;
+        Ok(total)
+    }
+
+    /// The size of a volume's file on the host (not its virtual size), `None` if missing.
+    pub fn volume_file_size(&self, pool: &str, name: &str) -> Result<Option<u64>, HvError> {
+        let p = self.lookup_pool(pool)?;
+        let v = match p.lookup_storage_vol_by_name(name) {
+            Ok(v) => v,
+            Err(e) => return none_if_missing(Err(lv(format!("look up volume {name}"))(e))),
+        };
+        // VIR_STORAGE_VOL_GET_PHYSICAL: `allocation` holds the file's size.
+        let info = v
+            .info_flags(virt_sys::VIR_STORAGE_VOL_GET_PHYSICAL)
+            .map_err(lv(format!("read volume {name} in pool {pool}")))?;
+        Ok(Some(info.allocation))
+    }
+
+    /// Does `pool` hold a volume called `name`? One lookup, not a listing: a listing races with
+    /// volumes other workers are creating (found by the SIGKILL fault test).
+    pub fn volume_exists(&self, pool: &str, name: &str) -> Result<bool, HvError> {
+        let p = self.lookup_pool(pool)?;
+        match p.lookup_storage_vol_by_name(name) {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = lv(format!("look up volume {name} in pool {pool}"))(e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {
+        let p = self.lookup_pool(pool)?;
+        let v = p
+            .lookup_storage_vol_by_name(name)
+            .map_err(lv(format!("look up volume {name} in pool {pool}")))?;
+        v.delete(0)
+            .map_err(lv(format!("delete volume {name} in pool {pool}")))
+    }
+}
+
+/// Stream `bytes` into `v`; the stream is finished on success and aborted on failure.
+fn send_volume(
+    v: &StorageVol,
+    stream: Stream,
+    source: &mut dyn std::io::Read,
+    len: u64,
+    what: &str,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), HvError> {
+    // Chunks like virsh's: one message per chunk stays under libvirt's RPC payload limit.
+    const CHUNK: usize = 256 * 1024;
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    let sent = v
+        .upload(&stream, 0, len, 0)
+        .map_err(lv(what))
+        .and_then(|()| {
+            while done < len {
+                let want = (len - done).min(CHUNK as u64) as usize;
+                let got = source
+                    .read(&mut buf[..want])
+                    .map_err(|e| HvError::Invalid {
+                        what: what.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                if got == 0 {
+                    return Err(HvError::Invalid {
+                        what: what.to_string(),
+                        reason: format!("the source ended after {done} of {len} bytes"),
+                    });
+                }
+                done += got as u64;
+                let mut rest = &buf[..got];
+                while !rest.is_empty() {
+                    let n = stream.send(rest).map_err(lv(what))?;
+                    // Blocking streams send at least one byte or fail.
+                    let n = usize::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
+                        HvError::Invalid {
+                            what: what.to_string(),
+                            reason: format!("the stream accepted no data (returned {n})"),
+                        }
+                    })?;
+                    rest = &rest[n.min(rest.len())..];
+                }
+                progress(done);
+            }
+            Ok(())
+        });
+    match sent {
+        Ok(()) => stream.finish().map_err(lv(what)),
+        Err(e) => {
+            let _ = stream.abort();
+            Err(e)
+        }
+    }
+}
+
+fn pool_info(p: &StoragePool) -> Result<PoolInfo, HvError> {
+    let name = p.name().map_err(lv("read pool name"))?;
+    let what = format!("read pool {name}");
+    let path = xml::parse_pool_path(&p.xml_desc(0).map_err(lv(what.clone()))?)?;
+    let active = p.is_active().map_err(lv(what.clone()))?;
+    let available_bytes = if active {
+        p.info().map_err(lv(what))?.available
+    } else {
+        0
+    };
+    Ok(PoolInfo {
+        name,
+        path: path.unwrap_or_default(),
+        active,
+        available_bytes,
+    })
+}
+
+fn volume_info(v: &StorageVol) -> Result<VolumeInfo, HvError> {
+    let name = v.name().map_err(lv("read volume name"))?;
+    let what = format!("read volume {name}");
+    let path = v.path().map_err(lv(what.clone()))?;
+    let info = v.info().map_err(lv(what.clone()))?;
+    let facts = xml::parse_volume_xml(&v.xml_desc(0).map_err(lv(what))?)?;
+    Ok(VolumeInfo {
+        name,
+        path: PathBuf::from(path),
+        capacity: info.capacity,
+        allocation: info.allocation,
+        format: facts.format,
+        backing_path: facts.backing_path,
+    })
+}

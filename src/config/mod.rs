@@ -1,0 +1,66 @@
+//! The variables file (`vars/kvm-provisioning.yml`): parsing, `-e` overrides, defaults and
+//! validation into resolved [`Config`] settings.
+//!
+//! Parsing keeps the YAML node tree (with positions) beside the typed values, so that every
+//! error — a serde type error, an unknown key or a rule broken across fields — names the file,
+//! line and column (or the `-e` argument) it comes from. The steps, one module each:
+//!
+//! | module | step |
+//! |---|---|
+//! | `document` | text + `-e` arguments → one YAML node tree with positions |
+//! | `raw` | node tree → the file's serde types ([`Vars`]), defaults filled in |
+//! | `resolve` | [`Vars`] → [`Config`]: rules across fields, each error located in the tree |
+//! | `validate` | checks of single values (names, paths, URLs, addresses) |
+//! | `resolved` | [`Config`] and [`Instance`]: what the stages read |
+//! | `diagnostics` | [`Location`], [`ConfigError`], the wording of YAML and serde errors |
+
+mod diagnostics;
+mod document;
+mod raw;
+mod resolve;
+mod resolved;
+mod validate;
+
+use std::path::Path;
+
+pub use diagnostics::{did_you_mean, ConfigError, Location};
+pub use raw::{
+    CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, InstanceDefinition, Secret,
+    StageChoice, Vars, TOP_LEVEL_KEYS,
+};
+pub use resolved::{Config, Instance, StaticIpv4};
+pub use validate::{libvirt_uri_for, valid_instance_name};
+
+use diagnostics::{Locator, Sources};
+
+/// Largest variables file we read: a real one is a few KiB; this bounds memory on hostile input.
+const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Load, override and validate a variables file.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text, overrides)
+}
+
+/// Parse text as if it came from `path` (pure: used by `load` and the tests).
+pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Config, ConfigError> {
+    let sources = Sources { path, overrides };
+    let root = document::build(&sources, text)?;
+    let vars: Vars = marked_yaml::from_node(&root).map_err(|e| sources.serde_error(&root, e))?;
+    resolve::resolve(Locator::new(&sources, &root), path, vars)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,329 @@
+//! The variables file as written: the serde types `kvmprov schema` is generated from, with their
+//! defaults. Nothing here is checked beyond its type; `resolve` checks the rest.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Every top-level key of the variables file (the seed's names plus ours).
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "kvm_hypervisor_host",
+    "kvm_libvirt_uri",
+    "kvm_domain_type",
+    "kvm_default_firmware",
+    "kvm_provision_stage",
+    "kvm_image_cache_path",
+    "kvm_instance_disk_pool_path",
+    "kvm_image_cache_verify_on_run",
+    "kvm_auto_fix_runtime_pool_access",
+    "kvm_default_libvirt_network_name",
+    "kvm_auto_start_required_libvirt_networks",
+    "kvm_domain_autostart",
+    "kvm_runtime_timeout_seconds",
+    "kvm_cloud_image_catalog",
+    "kvm_cloud_init_defaults",
+    "kvm_instance_definitions",
+    "kvm_cleanup_confirmed",
+    "kvm_cleanup_remove_instance_disks",
+];
+
+/// Which libvirt domain type to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainTypeChoice {
+    /// `kvm` when the hypervisor offers it, else `qemu` (TCG).
+    #[default]
+    Auto,
+    /// Hardware virtualisation (KVM).
+    Kvm,
+    /// Software emulation (TCG): slower, works without KVM.
+    Qemu,
+}
+
+/// The firmware a guest boots with. Debian's genericcloud image boots either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FirmwareChoice {
+    /// SeaBIOS (GRUB from the image's BIOS boot partition).
+    #[default]
+    Bios,
+    /// OVMF (GRUB or shim from the image's EFI system partition), with per-instance NVRAM.
+    Uefi,
+}
+
+impl FirmwareChoice {
+    pub(super) fn is_bios(&self) -> bool {
+        *self == FirmwareChoice::Bios
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirmwareChoice::Bios => "bios",
+            FirmwareChoice::Uefi => "uefi",
+        }
+    }
+}
+
+/// The seed's `kvm_provision_stage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageChoice {
+    /// preflight, image-cache, provision and runtime, in order.
+    #[default]
+    Full,
+    /// Validation only.
+    Preflight,
+    /// Download and verify the images into the cache only.
+    ImageCache,
+    /// Create missing disks, seeds and domains only.
+    Provision,
+    /// Start, wait for SSH and cloud-init, snapshot only.
+    Runtime,
+}
+
+impl StageChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageChoice::Full => "full",
+            StageChoice::Preflight => "preflight",
+            StageChoice::ImageCache => "image-cache",
+            StageChoice::Provision => "provision",
+            StageChoice::Runtime => "runtime",
+        }
+    }
+}
+
+/// A secret string: never printed, never serialized in clear.
+#[derive(Clone, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The clear value. Call only where the secret is consumed (hashing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// One `kvm_cloud_image_catalog` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogImage {
+    /// Name instances refer to (letters, digits, `-_.`).
+    pub image_name: String,
+    /// `http(s)://` or `file:///` URL of the qcow2 (`…/latest/…` is pinned to the dated build).
+    // Serialized redacted (JSON output included): credentials and tokens stay in the file.
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub image_url: String,
+    /// The `SHA512SUMS` beside the image (`file:///` for air-gapped hosts).
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub image_checksum_manifest_url: String,
+    /// Pin the expected SHA-512 (128 hex digits); no manifest is read.
+    #[serde(default)]
+    pub image_sha512: Option<String>,
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&kvmprov_image::redact_url(url))
+}
+
+/// `kvm_cloud_init_defaults`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitDefaults {
+    /// Login user (lowercase, not root), with passwordless sudo.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Plain in the file; only a SHA-512 crypt hash reaches the guest. Without it the password is locked.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Public keys allowed to log in (kvmprov adds its own operator key).
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// Allow SSH password login.
+    #[serde(default)]
+    pub ssh_password_authentication: bool,
+}
+
+impl Default for CloudInitDefaults {
+    fn default() -> Self {
+        CloudInitDefaults {
+            user: default_user(),
+            password: None,
+            ssh_authorized_keys: Vec::new(),
+            ssh_password_authentication: false,
+        }
+    }
+}
+
+fn default_user() -> String {
+    "debian".to_string()
+}
+
+/// One `kvm_instance_definitions` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceDefinition {
+    /// Domain and host name: 1–63 of `A-Z a-z 0-9 -`, not starting or ending with `-`, unique (case-insensitively).
+    pub instance_name: String,
+    /// A catalog `image_name`.
+    pub image_name: String,
+    /// Virtual CPUs, 1–256.
+    #[serde(default = "default_vcpus")]
+    #[schemars(range(min = 1, max = 256))]
+    pub vcpus: u32,
+    /// Memory in MiB, 128–4194304.
+    #[serde(default = "default_memory")]
+    #[schemars(range(min = 128, max = 4194304))]
+    pub memory_mib: u64,
+    /// Virtual size of the overlay disk in GiB, 1–65536 (at least the image's virtual size).
+    #[serde(default = "default_disk")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub disk_size_gib: u64,
+    /// Network to attach to; else `kvm_default_libvirt_network_name`.
+    #[serde(default)]
+    pub libvirt_network_name: Option<String>,
+    /// Static address with prefix (`192.168.122.50/24`, prefix 8–30, unique); else DHCP.
+    #[serde(default)]
+    pub ipv4_address: Option<String>,
+    /// Default gateway for a static address; default: the first host of the subnet.
+    #[serde(default)]
+    pub ipv4_gateway: Option<String>,
+    /// DNS servers for a static address; default: the gateway.
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+    /// MAC address; else a stable `52:54:00:…` derived from the instance name.
+    #[serde(default)]
+    pub mac_address: Option<String>,
+    /// Snapshot taken once after the first successful runtime check (not with `uefi`: libvirt takes no internal snapshots of a guest with UEFI NVRAM).
+    #[serde(default)]
+    pub snapshot_name: Option<String>,
+    /// Passed to cloud-init `packages`.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Passed to cloud-init `runcmd`.
+    #[serde(default)]
+    pub runcmd: Vec<String>,
+    /// `localhost` or `[user@]host`: this instance's hypervisor; else `kvm_hypervisor_host`
+    /// (or `kvm_libvirt_uri`).
+    #[serde(default)]
+    pub hypervisor_host: Option<String>,
+    /// `bios` or `uefi` (OVMF; the NVRAM is `<name>_VARS.fd` in the instance pool); else `kvm_default_firmware`.
+    #[serde(default)]
+    pub firmware: Option<FirmwareChoice>,
+    /// With `uefi`: OVMF with Secure Boot and Microsoft's keys enrolled.
+    #[serde(default)]
+    pub secure_boot: bool,
+}
+
+fn default_vcpus() -> u32 {
+    2
+}
+fn default_memory() -> u64 {
+    2048
+}
+fn default_disk() -> u64 {
+    20
+}
+
+/// The raw file, as written (defaults filled in by serde). Doc comments here are the
+/// descriptions in `kvmprov schema`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "kvmprov variables file",
+    description = "Settings of kvmprov (vars/kvm-provisioning.yml): the hypervisor, the image catalog, cloud-init access and the instances. Unknown keys are errors."
+)]
+pub struct Vars {
+    /// `localhost` → `qemu:///system`; `[user@]host` → `qemu+ssh://[user@]host/system`.
+    #[serde(default = "default_host")]
+    pub kvm_hypervisor_host: String,
+    /// Explicit libvirt URI; wins over `kvm_hypervisor_host`.
+    #[serde(default)]
+    pub kvm_libvirt_uri: String,
+    /// `auto` (kvm if offered, else qemu), `kvm`, `qemu` (TCG emulation).
+    #[serde(default)]
+    pub kvm_domain_type: DomainTypeChoice,
+    /// Firmware of instances that name none: `bios` (SeaBIOS) or `uefi` (OVMF).
+    #[serde(default)]
+    pub kvm_default_firmware: FirmwareChoice,
+    /// Stage `kvmprov provision` runs: `full`, `preflight`, `image-cache`, `provision`, `runtime`.
+    #[serde(default)]
+    pub kvm_provision_stage: StageChoice,
+    /// Cached base images (absolute; not inside the instance pool, nor the reverse).
+    #[serde(default = "default_cache_path")]
+    pub kvm_image_cache_path: PathBuf,
+    /// Per-instance disks, seeds, console logs and kvmprov's keys (`.kvmprov/`, mode 0700).
+    #[serde(default = "default_pool_path")]
+    pub kvm_instance_disk_pool_path: PathBuf,
+    /// Re-hash cached images on every run; a damaged file is moved aside and downloaded again.
+    #[serde(default)]
+    pub kvm_image_cache_verify_on_run: bool,
+    /// Grant the qemu user (`libvirt-qemu`) traverse access with `setfacl` where it lacks it.
+    #[serde(default = "yes")]
+    pub kvm_auto_fix_runtime_pool_access: bool,
+    /// Network for instances that name none.
+    #[serde(default = "default_network")]
+    pub kvm_default_libvirt_network_name: String,
+    /// Start required networks that are defined but inactive.
+    #[serde(default)]
+    pub kvm_auto_start_required_libvirt_networks: bool,
+    /// Mark domains to start with the hypervisor.
+    #[serde(default)]
+    pub kvm_domain_autostart: bool,
+    /// Deadline per guest for address, SSH and cloud-init, in seconds.
+    #[serde(default = "default_runtime_timeout")]
+    #[schemars(range(min = 1))]
+    pub kvm_runtime_timeout_seconds: u64,
+    /// The images instances can use.
+    #[serde(default)]
+    pub kvm_cloud_image_catalog: Vec<CatalogImage>,
+    /// Cloud-init access for every instance.
+    #[serde(default)]
+    pub kvm_cloud_init_defaults: CloudInitDefaults,
+    /// The instances.
+    #[serde(default)]
+    pub kvm_instance_definitions: Vec<InstanceDefinition>,
+    /// Cleanup really removes (else it prints the plan).
+    #[serde(default)]
+    pub kvm_cleanup_confirmed: bool,
+    /// Cleanup also deletes the instances' files.
+    #[serde(default)]
+    pub kvm_cleanup_remove_instance_disks: bool,
+}
+
+fn default_host() -> String {
+    "localhost".to_string()
+}
+fn default_cache_path() -> PathBuf {
+    PathBuf::from("/var/lib/kvm-provisioning/images")
+}
+fn default_pool_path() -> PathBuf {
+    PathBuf::from("/var/lib/kvm-provisioning/instances")
+}
+fn default_network() -> String {
+    "default".to_string()
+}
+fn default_runtime_timeout() -> u64 {
+    900
+}
+fn yes() -> bool {
+    true
+}

@@ -1,0 +1,344 @@
+//! The raw values, checked and completed into the resolved [`Config`]: defaults chosen, rules
+//! across fields enforced (unique names, addresses and MACs; cache and pool apart), every error
+//! located at the key that breaks it. One step per part of the file, in file order.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use super::diagnostics::{did_you_mean, Locator};
+use super::raw::{CatalogImage, CloudInitDefaults, FirmwareChoice, InstanceDefinition, Vars};
+use super::resolved::{effective_mac, Config, Instance, StaticIpv4};
+use super::validate::{
+    check_libvirt_uri, check_login_user, check_path, check_public_key, check_separate,
+    check_sha512, check_url, libvirt_uri_for, parse_mac, parse_static, valid_instance_name,
+    valid_simple_name,
+};
+use super::ConfigError;
+
+/// `doc` locates the document's root; `source` is the file the settings came from.
+pub(super) fn resolve(doc: Locator, source: &Path, v: Vars) -> Result<Config, ConfigError> {
+    let libvirt_uri = hypervisor_uri(doc, &v)?;
+    check_directories(doc, &v)?;
+    if v.kvm_runtime_timeout_seconds == 0 {
+        return Err(doc
+            .key("kvm_runtime_timeout_seconds")
+            .error("must be at least 1 second"));
+    }
+    valid_simple_name(&v.kvm_default_libvirt_network_name)
+        .map_err(|m| doc.key("kvm_default_libvirt_network_name").error(m))?;
+    let image_names = check_catalog(
+        doc.key("kvm_cloud_image_catalog"),
+        &v.kvm_cloud_image_catalog,
+    )?;
+    check_cloud_init(
+        doc.key("kvm_cloud_init_defaults"),
+        &v.kvm_cloud_init_defaults,
+    )?;
+    let shared = Shared {
+        libvirt_uri: &libvirt_uri,
+        network: &v.kvm_default_libvirt_network_name,
+        firmware: v.kvm_default_firmware,
+        image_names,
+    };
+    let instances = resolve_instances(
+        doc.key("kvm_instance_definitions"),
+        &v.kvm_instance_definitions,
+        &shared,
+    )?;
+
+    Ok(Config {
+        source: source.to_path_buf(),
+        libvirt_uri,
+        hypervisor_host: v.kvm_hypervisor_host.trim().to_string(),
+        domain_type: v.kvm_domain_type,
+        stage: v.kvm_provision_stage,
+        image_cache_path: v.kvm_image_cache_path,
+        instance_pool_path: v.kvm_instance_disk_pool_path,
+        verify_on_run: v.kvm_image_cache_verify_on_run,
+        auto_fix_pool_access: v.kvm_auto_fix_runtime_pool_access,
+        auto_start_networks: v.kvm_auto_start_required_libvirt_networks,
+        domain_autostart: v.kvm_domain_autostart,
+        runtime_timeout_seconds: v.kvm_runtime_timeout_seconds,
+        catalog: v.kvm_cloud_image_catalog,
+        cloud_init: v.kvm_cloud_init_defaults,
+        instances,
+        cleanup_confirmed: v.kvm_cleanup_confirmed,
+        cleanup_remove_disks: v.kvm_cleanup_remove_instance_disks,
+    })
+}
+
+/// `kvm_libvirt_uri` when set, else the URI `kvm_hypervisor_host` stands for.
+fn hypervisor_uri(doc: Locator, v: &Vars) -> Result<String, ConfigError> {
+    let explicit = v.kvm_libvirt_uri.trim();
+    if explicit.is_empty() {
+        return libvirt_uri_for(v.kvm_hypervisor_host.trim())
+            .map_err(|m| doc.key("kvm_hypervisor_host").error(m));
+    }
+    check_libvirt_uri(explicit).map_err(|m| doc.key("kvm_libvirt_uri").error(m))?;
+    Ok(explicit.to_string())
+}
+
+fn check_directories(doc: Locator, v: &Vars) -> Result<(), ConfigError> {
+    let (cache, pool) = (&v.kvm_image_cache_path, &v.kvm_instance_disk_pool_path);
+    check_path(cache).map_err(|m| doc.key("kvm_image_cache_path").error(m))?;
+    check_path(pool).map_err(|m| doc.key("kvm_instance_disk_pool_path").error(m))?;
+    // Point at the pool path, or at the cache path when the pool is left to its default.
+    let pool_key = doc.key("kvm_instance_disk_pool_path");
+    let at = if pool_key.is_set() {
+        pool_key
+    } else {
+        doc.key("kvm_image_cache_path")
+    };
+    check_separate(cache, pool).map_err(|m| at.error(m))
+}
+
+/// Checks every catalog entry; returns the image names, in catalog order.
+fn check_catalog<'v>(
+    list: Locator,
+    catalog: &'v [CatalogImage],
+) -> Result<Vec<&'v str>, ConfigError> {
+    let mut names: Vec<&str> = Vec::new();
+    for (i, c) in catalog.iter().enumerate() {
+        let here = |field| list.index(i).key(field);
+        valid_simple_name(&c.image_name)
+            .map_err(|m| here("image_name").error(format!("image_name {m}")))?;
+        if names.contains(&c.image_name.as_str()) {
+            return Err(here("image_name")
+                .error(format!("image_name `{}` is declared twice", c.image_name)));
+        }
+        names.push(&c.image_name);
+        check_url(&c.image_url).map_err(|m| here("image_url").error(m))?;
+        check_url(&c.image_checksum_manifest_url)
+            .map_err(|m| here("image_checksum_manifest_url").error(m))?;
+        if let Some(sum) = &c.image_sha512 {
+            check_sha512(sum).map_err(|m| here("image_sha512").error(m))?;
+        }
+    }
+    Ok(names)
+}
+
+fn check_cloud_init(at: Locator, ci: &CloudInitDefaults) -> Result<(), ConfigError> {
+    check_login_user(&ci.user).map_err(|m| at.key("user").error(m))?;
+    if ci.password.as_ref().is_some_and(|p| p.expose().is_empty()) {
+        return Err(at
+            .key("password")
+            .error("password is empty: remove the key to lock password login instead"));
+    }
+    for (i, key) in ci.ssh_authorized_keys.iter().enumerate() {
+        check_public_key(key).map_err(|m| at.key("ssh_authorized_keys").index(i).error(m))?;
+    }
+    Ok(())
+}
+
+/// What every instance falls back to or must refer to.
+struct Shared<'a> {
+    libvirt_uri: &'a str,
+    network: &'a str,
+    firmware: FirmwareChoice,
+    image_names: Vec<&'a str>,
+}
+
+/// What earlier instances took: no two guests share a name, an address or a MAC.
+#[derive(Default)]
+struct Taken {
+    /// Lowercase: host names are case-insensitive, so names differing only in case collide.
+    names: HashSet<String>,
+    ips: HashSet<Ipv4Addr>,
+    /// MAC → the instance that has it: two NICs with one MAC on a network break both guests.
+    macs: HashMap<String, String>,
+}
+
+fn resolve_instances(
+    list: Locator,
+    definitions: &[InstanceDefinition],
+    shared: &Shared,
+) -> Result<Vec<Instance>, ConfigError> {
+    let mut taken = Taken::default();
+    let mut instances = Vec::new();
+    for (i, d) in definitions.iter().enumerate() {
+        instances.push(resolve_instance(list.index(i), d, shared, &mut taken)?);
+    }
+    Ok(instances)
+}
+
+fn resolve_instance(
+    at: Locator,
+    d: &InstanceDefinition,
+    shared: &Shared,
+    taken: &mut Taken,
+) -> Result<Instance, ConfigError> {
+    check_name(at, d, taken)?;
+    check_image_reference(at, d, &shared.image_names)?;
+    check_sizes(at, d)?;
+    let network = d
+        .libvirt_network_name
+        .clone()
+        .unwrap_or_else(|| shared.network.to_string());
+    valid_simple_name(&network).map_err(|m| {
+        at.key("libvirt_network_name")
+            .error(format!("libvirt_network_name {m}"))
+    })?;
+    let ipv4 = static_ipv4(at, d, taken)?;
+    let mac = mac_address(at, d, taken)?;
+    if let Some(s) = &d.snapshot_name {
+        valid_simple_name(s)
+            .map_err(|m| at.key("snapshot_name").error(format!("snapshot_name {m}")))?;
+    }
+    let libvirt_uri = match &d.hypervisor_host {
+        Some(h) => libvirt_uri_for(h.trim()).map_err(|m| {
+            at.key("hypervisor_host")
+                .error(format!("hypervisor_host {m}"))
+        })?,
+        None => shared.libvirt_uri.to_string(),
+    };
+    let firmware = firmware(at, d, shared.firmware)?;
+    Ok(Instance {
+        name: d.instance_name.clone(),
+        image_name: d.image_name.clone(),
+        vcpus: d.vcpus,
+        memory_mib: d.memory_mib,
+        disk_size_gib: d.disk_size_gib,
+        network,
+        ipv4,
+        mac,
+        snapshot_name: d.snapshot_name.clone(),
+        packages: d.packages.clone(),
+        runcmd: d.runcmd.clone(),
+        libvirt_uri,
+        firmware,
+        secure_boot: d.secure_boot,
+    })
+}
+
+fn check_name(at: Locator, d: &InstanceDefinition, taken: &mut Taken) -> Result<(), ConfigError> {
+    let name = &d.instance_name;
+    valid_instance_name(name).map_err(|m| {
+        at.key("instance_name")
+            .error(format!("instance_name `{}` {m}", name.escape_debug()))
+    })?;
+    if !taken.names.insert(name.to_ascii_lowercase()) {
+        return Err(at
+            .key("instance_name")
+            .error(format!("instance_name `{name}` is declared twice")));
+    }
+    Ok(())
+}
+
+fn check_image_reference(
+    at: Locator,
+    d: &InstanceDefinition,
+    known: &[&str],
+) -> Result<(), ConfigError> {
+    if known.contains(&d.image_name.as_str()) {
+        return Ok(());
+    }
+    let listed = if known.is_empty() {
+        "none".to_string()
+    } else {
+        known.join(", ")
+    };
+    Err(at.key("image_name").error(format!(
+        "image_name `{}` is not in kvm_cloud_image_catalog (known: {listed}){}",
+        d.image_name,
+        did_you_mean(&d.image_name, known)
+    )))
+}
+
+fn check_sizes(at: Locator, d: &InstanceDefinition) -> Result<(), ConfigError> {
+    if !(1..=256).contains(&d.vcpus) {
+        return Err(at.key("vcpus").error("vcpus must be between 1 and 256"));
+    }
+    if !(128..=4 * 1024 * 1024).contains(&d.memory_mib) {
+        return Err(at
+            .key("memory_mib")
+            .error("memory_mib must be between 128 and 4194304"));
+    }
+    if !(1..=65536).contains(&d.disk_size_gib) {
+        return Err(at
+            .key("disk_size_gib")
+            .error("disk_size_gib must be between 1 and 65536"));
+    }
+    Ok(())
+}
+
+/// The static address, unique among the instances; gateway and DNS only come with one.
+fn static_ipv4(
+    at: Locator,
+    d: &InstanceDefinition,
+    taken: &mut Taken,
+) -> Result<Option<StaticIpv4>, ConfigError> {
+    let Some(addr) = &d.ipv4_address else {
+        let stray = if d.ipv4_gateway.is_some() {
+            Some("ipv4_gateway")
+        } else if !d.dns_servers.is_empty() {
+            Some("dns_servers")
+        } else {
+            None
+        };
+        return match stray {
+            Some(field) => Err(at
+                .key(field)
+                .error("ipv4_gateway and dns_servers need a static ipv4_address")),
+            None => Ok(None),
+        };
+    };
+    let s = parse_static(addr, d.ipv4_gateway.as_deref(), &d.dns_servers)
+        .map_err(|(field, m)| at.key(field).error(m))?;
+    if !taken.ips.insert(s.address.addr()) {
+        return Err(at.key("ipv4_address").error(format!(
+            "ipv4_address {} is used by another instance",
+            s.address.addr()
+        )));
+    }
+    Ok(Some(s))
+}
+
+/// The configured MAC (normalised); the one the guest gets, configured or derived, must be
+/// unique.
+fn mac_address(
+    at: Locator,
+    d: &InstanceDefinition,
+    taken: &mut Taken,
+) -> Result<Option<String>, ConfigError> {
+    let mac = d
+        .mac_address
+        .as_deref()
+        .map(parse_mac)
+        .transpose()
+        .map_err(|m| at.key("mac_address").error(m))?;
+    let effective = effective_mac(mac.as_deref(), &d.instance_name);
+    if let Some(first) = taken.macs.get(&effective) {
+        let (field, how) = match mac {
+            Some(_) => ("mac_address", "its mac_address"),
+            None => ("instance_name", "the MAC derived from its name"),
+        };
+        return Err(at.key(field).error(format!(
+            "instance `{}`: {how} {effective} is already the MAC of instance `{first}`; set a distinct mac_address",
+            d.instance_name
+        )));
+    }
+    taken.macs.insert(effective, d.instance_name.clone());
+    Ok(mac)
+}
+
+fn firmware(
+    at: Locator,
+    d: &InstanceDefinition,
+    default: FirmwareChoice,
+) -> Result<FirmwareChoice, ConfigError> {
+    let firmware = d.firmware.unwrap_or(default);
+    if d.secure_boot && firmware != FirmwareChoice::Uefi {
+        return Err(at.key("secure_boot").error(
+            "secure_boot needs firmware: uefi (set it on the instance or kvm_default_firmware)",
+        ));
+    }
+    if firmware == FirmwareChoice::Uefi && d.snapshot_name.is_some() {
+        // libvirt takes internal (qcow2) snapshots only; QEMU cannot snapshot the raw
+        // pflash NVRAM a UEFI guest has, so libvirt refuses them for such domains.
+        return Err(at.key("snapshot_name").error(
+            "snapshot_name cannot be used with firmware: uefi (libvirt refuses internal snapshots of guests with UEFI NVRAM)",
+        ));
+    }
+    Ok(firmware)
+}

@@ -1,0 +1,126 @@
+//! The resolved settings every stage reads: defaults applied, cross-field rules checked.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::raw::{CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, StageChoice};
+
+/// A validated static IPv4 setup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaticIpv4 {
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// One instance, resolved: network chosen, static IP parsed, MAC known.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Instance {
+    pub name: String,
+    pub image_name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_size_gib: u64,
+    pub network: String,
+    pub ipv4: Option<StaticIpv4>,
+    pub mac: Option<String>,
+    pub snapshot_name: Option<String>,
+    pub packages: Vec<String>,
+    pub runcmd: Vec<String>,
+    /// The libvirt URI of the hypervisor this instance lives on.
+    pub libvirt_uri: String,
+    // Left out of the serialised form while at their defaults: the config digest of domains
+    // made before firmware existed stays the same for BIOS guests (no false drift).
+    #[serde(skip_serializing_if = "FirmwareChoice::is_bios")]
+    pub firmware: FirmwareChoice,
+    /// Only ever true with `FirmwareChoice::Uefi`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secure_boot: bool,
+}
+
+impl Instance {
+    /// The MAC the guest's NIC gets: the configured one, else one derived from the name.
+    pub fn effective_mac(&self) -> String {
+        effective_mac(self.mac.as_deref(), &self.name)
+    }
+}
+
+/// The one definition of the default: a stable `52:54:00:…` derived from the instance name.
+pub(super) fn effective_mac(configured: Option<&str>, name: &str) -> String {
+    configured
+        .map(str::to_string)
+        .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(name))
+}
+
+/// The resolved settings every stage reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub source: PathBuf,
+    pub libvirt_uri: String,
+    pub hypervisor_host: String,
+    pub domain_type: DomainTypeChoice,
+    pub stage: StageChoice,
+    pub image_cache_path: PathBuf,
+    pub instance_pool_path: PathBuf,
+    pub verify_on_run: bool,
+    pub auto_fix_pool_access: bool,
+    pub auto_start_networks: bool,
+    pub domain_autostart: bool,
+    pub runtime_timeout_seconds: u64,
+    pub catalog: Vec<CatalogImage>,
+    pub cloud_init: CloudInitDefaults,
+    pub instances: Vec<Instance>,
+    pub cleanup_confirmed: bool,
+    pub cleanup_remove_disks: bool,
+}
+
+impl Config {
+    /// The catalog entries used by at least one instance, in catalog order.
+    pub fn used_images(&self) -> Vec<&CatalogImage> {
+        self.catalog
+            .iter()
+            .filter(|c| self.instances.iter().any(|i| i.image_name == c.image_name))
+            .collect()
+    }
+
+    /// The hypervisors this config works on, each once, in the order instances name them
+    /// (the global one when no instance names any).
+    pub fn hosts(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for i in &self.instances {
+            if !out.contains(&i.libvirt_uri) {
+                out.push(i.libvirt_uri.clone());
+            }
+        }
+        if out.is_empty() {
+            out.push(self.libvirt_uri.clone());
+        }
+        out
+    }
+
+    /// The same settings narrowed to one hypervisor and the instances that live on it.
+    pub fn for_host(&self, uri: &str) -> Config {
+        let mut c = self.clone();
+        c.libvirt_uri = uri.to_string();
+        c.instances.retain(|i| i.libvirt_uri == uri);
+        c
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    /// The networks the instances need, each once.
+    pub fn required_networks(&self) -> Vec<String> {
+        let mut seen = Vec::new();
+        for i in &self.instances {
+            if !seen.contains(&i.network) {
+                seen.push(i.network.clone());
+            }
+        }
+        seen
+    }
+}

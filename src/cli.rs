@@ -7,7 +7,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config;
 use crate::exit::ExitStatus;
-use crate::plan::{error_chain, render_summary, OutputFormat, StageReport};
+use crate::output::{self, OutputFormat};
+use crate::plan::{error_chain, StageReport};
 use crate::run::StageError;
 use crate::settings::{Options, Session, Stage, StageSelection};
 use crate::stages;
@@ -213,10 +214,10 @@ fn ansible_script_form(mut args: Vec<OsString>) -> Vec<OsString> {
 
 /// The commands that print something about kvmprov itself: they need no variables file.
 fn print_static(command: &Command) -> Option<ExitStatus> {
-    let mut out = std::io::stdout();
+    let mut out = output::stdout();
     let written = match command {
         Command::Schema => {
-            println!("{}", crate::schema::render());
+            output::document(&crate::schema::render());
             Ok(())
         }
         Command::Completions { shell } => {
@@ -230,7 +231,7 @@ fn print_static(command: &Command) -> Option<ExitStatus> {
     Some(match written {
         Ok(()) => ExitStatus::Success,
         Err(e) => {
-            eprintln!("error: cannot write: {e}");
+            output::error(&format!("cannot write: {e}"));
             ExitStatus::Failure
         }
     })
@@ -251,9 +252,9 @@ fn stop_on_signals() {
             } else {
                 "terminated"
             };
-            eprintln!(
+            output::note(&format!(
                 "\nkvmprov: {what}; stopped. The next run resumes partial downloads and reuses or replaces anything half-made."
-            );
+            ));
             crate::guest::stop_children();
             std::process::exit(128 + sig);
         }
@@ -288,11 +289,12 @@ fn run(cli: Cli) -> ExitStatus {
     let cfg = match config::load(&g.config, &g.extra) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            output::Printer::new(g.output).failure(cli.command.name(), &error_chain(&e));
             return ExitStatus::Usage;
         }
     };
     let session = Session::new(cfg, options(&cli));
+    let command = cli.command.name().unwrap_or_default();
     let result = match cli.command {
         Command::Check => return stages::check::run(&session),
         Command::Ping => return stages::ping::run(&session),
@@ -314,7 +316,7 @@ fn run(cli: Cli) -> ExitStatus {
         Command::Runtime(_) => stages::run_stages(&session, &[Stage::Runtime]),
         Command::Cleanup => stages::cleanup::run(&session),
     };
-    finish(&session, result)
+    finish(&session, command, result)
 }
 
 /// What the command line adds to the variables file's settings.
@@ -334,29 +336,44 @@ fn options(cli: &Cli) -> Options {
     }
 }
 
-/// Print the summary (human) or the JSON document, and pick the exit code.
-fn finish(session: &Session, result: Result<Vec<StageReport>, StageError>) -> ExitStatus {
+/// Print the summary (human) or the JSON document, and pick the exit status.
+fn finish(
+    session: &Session,
+    command: &str,
+    result: Result<Vec<StageReport>, StageError>,
+) -> ExitStatus {
     let (reports, fatal) = match result {
         Ok(r) => (r, None),
         Err(StageError { reports, error }) => (reports, Some(error)),
     };
-    let failed = fatal.is_some() || reports.iter().any(StageReport::failed);
-    match session.output {
-        OutputFormat::Human => {
-            print!("{}", render_summary(&reports, session.check));
-            if let Some(e) = &fatal {
-                eprintln!("error: {e}");
-            }
-        }
-        OutputFormat::Json => {
-            let doc = serde_json::json!({
-                "ok": !failed,
-                "check": session.check,
-                "error": fatal,
-                "stages": reports,
-            });
-            println!("{doc:#}");
-        }
+    session
+        .printer
+        .stages(command, session.check, &reports, fatal.as_deref());
+    ExitStatus::failed_if(fatal.is_some() || reports.iter().any(StageReport::failed))
+}
+
+impl Command {
+    /// The command's name in its `--output json` envelope; `None` for those that print another
+    /// format (Ansible's inventory, the JSON Schema, completions, man pages) or hand over to ssh.
+    pub fn name(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Check => "check",
+            Command::Ping => "ping",
+            Command::Preflight => "preflight",
+            Command::ImageCache(ImageCacheArgs {
+                action: Some(ImageCacheAction::Prune { .. }),
+                ..
+            }) => "image-cache prune",
+            Command::ImageCache(_) => "image-cache",
+            Command::Provision(_) => "provision",
+            Command::Runtime(_) => "runtime",
+            Command::Cleanup => "cleanup",
+            Command::Status => "status",
+            Command::Ssh(_)
+            | Command::Inventory(_)
+            | Command::Schema
+            | Command::Completions { .. }
+            | Command::Man { .. } => return None,
+        })
     }
-    ExitStatus::failed_if(failed)
 }

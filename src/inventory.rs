@@ -18,6 +18,7 @@ use crate::config::{did_you_mean, Instance};
 use crate::exit::ExitStatus;
 use crate::guest::{shell_words, SshTarget};
 use crate::login::Login;
+use crate::output;
 use crate::parallel::parallel;
 use crate::plan::error_chain;
 use crate::settings::Session;
@@ -302,10 +303,10 @@ pub fn run(s: &Session, host: Option<&str>, format: Format) -> ExitStatus {
     if let Some(name) = host {
         if s.cfg.instance(name).is_none() {
             let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
-            eprintln!(
-                "error: `{name}` is not a declared instance{}",
+            output::error(&format!(
+                "`{name}` is not a declared instance{}",
                 did_you_mean(name, &names)
-            );
+            ));
             return ExitStatus::Usage;
         }
     }
@@ -318,18 +319,19 @@ pub fn run(s: &Session, host: Option<&str>, format: Format) -> ExitStatus {
     let (facts, errors) = gather(&s);
     let inv = build(&facts);
     for (name, reason) in &inv.skipped {
-        eprintln!("kvmprov inventory: {name} left out: {reason}");
+        output::note(&format!("kvmprov inventory: {name} left out: {reason}"));
     }
-    match (host, format) {
-        (Some(name), _) => println!("{:#}", host_json(&inv, name)),
-        (None, Format::Json) => println!("{:#}", to_json(&inv)),
-        (None, Format::Yaml) => print!("{}", to_yaml(&inv)),
-    }
+    // Ansible's formats, not kvmprov's `--output json` envelope: Ansible reads them.
+    output::document(&match (host, format) {
+        (Some(name), _) => format!("{:#}", host_json(&inv, name)),
+        (None, Format::Json) => format!("{:#}", to_json(&inv)),
+        (None, Format::Yaml) => to_yaml(&inv),
+    });
     if errors.is_empty() {
         ExitStatus::Success
     } else {
         for e in &errors {
-            eprintln!("error: {e}");
+            output::error(e);
         }
         ExitStatus::Failure
     }

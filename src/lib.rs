@@ -1,7 +1,7 @@
 //! kvmprov: provision Debian cloud-image VMs on KVM/libvirt from one YAML file.
 //!
 //! Data flows one way: `cli` → `settings` → `stages` → (`kvmprov_image`, `kvmprov_seed`,
-//! `kvmprov_hypervisor`, `guest`). Lower layers never read the config file or print. The
+//! `kvmprov_hypervisor`, `guest`). Lower layers never read the config file; only `output` prints. The
 //! stages import no sibling stage: what several of them need lives below them (`layout`,
 //! `instance`, `host`, `domains`, `drift`, `login`, `address`, `lock`, `run`, `parallel`).
 pub mod address;
@@ -17,6 +17,7 @@ pub mod inventory;
 pub mod layout;
 pub mod lock;
 pub mod login;
+pub mod output;
 pub mod parallel;
 pub mod plan;
 pub mod run;

@@ -97,10 +97,10 @@ impl RunLock {
                         });
                     }
                     if !told {
-                        eprintln!(
+                        crate::output::note(&format!(
                             "waiting up to {}s for another kvmprov run ({holder}) on this hypervisor and pool",
                             wait.as_secs()
-                        );
+                        ));
                         told = true;
                     }
                     std::thread::sleep(std::time::Duration::from_millis(100));

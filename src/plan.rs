@@ -2,10 +2,9 @@
 //!
 //! A stage looks at the hypervisor, then a pure planner turns (config, observation) into a
 //! [`Plan`]: actions, each with the reason it is (or is not) needed. `--check` prints the plan;
-//! apply runs it and records an [`Outcome`] per action. The same rendering serves both, and
-//! the final summary table and `--output json` are built from the outcomes.
+//! apply runs it and records an [`Outcome`] per action. This module is the model only: how
+//! plans and outcomes look on screen and in `--output json` is `crate::output`'s business.
 
-use std::io::Write;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -203,167 +202,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// How results are shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
-pub enum OutputFormat {
-    #[default]
-    Human,
-    Json,
-}
-
-/// One line per action, as a plan or as a result: `  create    app-02   overlay disk: missing`.
-pub fn render_line(o: &Outcome) -> String {
-    let mark = match &o.status {
-        Status::Planned => "-",
-        Status::Done => "✓",
-        Status::Failed(_) => "✗",
-    };
-    let mut line = format!(
-        "  {mark} {:<9} {:<18} {}",
-        o.action.op.as_str(),
-        o.action.target,
-        o.action.reason
-    );
-    match &o.status {
-        Status::Failed(err) => {
-            line.push_str("\n      error: ");
-            line.push_str(err);
-        }
-        Status::Done if o.seconds >= 0.05 => line.push_str(&format!(" ({:.1}s)", o.seconds)),
-        _ => {}
-    }
-    line
-}
-
-/// The summary table: per stage (per host and stage when a run spans several hypervisors),
-/// how many actions of each kind and how they went.
-pub fn render_summary(reports: &[StageReport], check_mode: bool) -> String {
-    let mut out = String::new();
-    let host_width = reports
-        .iter()
-        .filter_map(|r| r.host.as_ref().map(|h| h.len().max(4) + 1))
-        .max();
-    let host_col = |h: &str| match host_width {
-        Some(w) => format!("{h:<w$}"),
-        None => String::new(),
-    };
-    out.push_str(&format!(
-        "\n{}{:<12} {:>7} {:>8} {:>6} {:>8}\n",
-        host_col("host"),
-        "stage",
-        "actions",
-        "changed",
-        "ok",
-        "failed"
-    ));
-    for r in reports {
-        let changed = r
-            .outcomes
-            .iter()
-            .filter(|o| o.action.op.mutates() && o.status == Status::Done)
-            .count();
-        let failed = r.outcomes.iter().filter(|o| o.failed()).count();
-        let ok = r
-            .outcomes
-            .iter()
-            .filter(|o| o.status == Status::Done)
-            .count();
-        out.push_str(&format!(
-            "{}{:<12} {:>7} {:>8} {:>6} {:>8}\n",
-            host_col(r.host.as_deref().unwrap_or("local")),
-            r.stage,
-            r.outcomes.len(),
-            changed,
-            ok,
-            failed
-        ));
-    }
-    let failed: usize = reports
-        .iter()
-        .map(|r| r.outcomes.iter().filter(|o| o.failed()).count())
-        .sum();
-    if check_mode {
-        out.push_str("check mode: nothing was changed\n");
-    } else if failed > 0 {
-        out.push_str(&format!("{failed} action(s) failed\n"));
-    }
-    out
-}
-
-/// Prints outcomes as they come (human mode) and collects them for the summary.
-pub struct Printer {
-    pub format: OutputFormat,
-}
-
-impl Printer {
-    pub fn stage_header(&self, stage: &str, check: bool) {
-        if self.format == OutputFormat::Human {
-            let mode = if check {
-                " (check mode: plan only)"
-            } else {
-                ""
-            };
-            println!("{stage}{mode}");
-        }
-    }
-
-    pub fn outcome(&self, o: &Outcome) {
-        if self.format == OutputFormat::Human {
-            println!("{}", render_line(o));
-            let _ = std::io::stdout().flush();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn run_records_failure_chain() {
-        let o = run(Action::new("app-01", Op::Create, "missing"), || {
-            Err(Outer(std::io::Error::other("inner cause")))
-        });
-        assert_eq!(o.status, Status::Failed("outer: inner cause".into()));
-        assert!(render_line(&o).contains("error: outer: inner cause"));
-    }
-
-    #[test]
-    fn summary_has_a_host_column_when_hosts_are_named() {
-        let mut a = StageReport::new("provision");
-        a.host = Some("qemu+ssh://hv2/system".into());
-        let text = render_summary(&[StageReport::new("image-cache"), a], false);
-        assert!(text.contains("\nhost"), "{text}");
-        assert!(text.contains("\nlocal"), "{text}");
-        assert!(text.contains("\nqemu+ssh://hv2/system provision"), "{text}");
-        assert!(!render_summary(&[StageReport::new("x")], false).contains("host"));
-    }
-
-    #[test]
-    fn summary_counts_changes_and_failures() {
-        let mut r = StageReport::new("provision");
-        r.outcomes
-            .push(run(Action::new("a", Op::Create, "missing"), || {
-                Ok::<(), std::io::Error>(())
-            }));
-        r.outcomes.push(run(Action::new("b", Op::Ok, "exists"), || {
-            Ok::<(), std::io::Error>(())
-        }));
-        r.outcomes
-            .push(run(Action::new("c", Op::Define, "missing"), || {
-                Err(std::io::Error::other("boom"))
-            }));
-        let s = render_summary(&[r], false);
-        assert!(
-            s.contains("provision          3        1      2        1"),
-            "{s}"
-        );
-        assert!(s.contains("1 action(s) failed"));
-    }
 
     /// Scripts read `"op": "ok"`; the variant's name and its printed word are one.
     #[test]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use kvmprov_hypervisor::Hypervisor;
 
 use crate::config::{Config, StageChoice};
-use crate::plan::{OutputFormat, Printer};
+use crate::output::{OutputFormat, Printer};
 
 /// Most instances worked on at once by default: beyond this the host, not kvmprov, is the limit.
 const DEFAULT_MAX_JOBS: usize = 8;
@@ -135,9 +135,7 @@ impl Session {
             check: opts.check,
             output: opts.output,
             jobs,
-            printer: Printer {
-                format: opts.output,
-            },
+            printer: Printer::new(opts.output),
             no_wait: opts.no_wait,
         }
     }
@@ -149,9 +147,7 @@ impl Session {
             check: self.check,
             output: self.output,
             jobs: self.jobs,
-            printer: Printer {
-                format: self.output,
-            },
+            printer: self.printer,
             no_wait: self.no_wait,
             stages: self.stages,
         }

@@ -22,10 +22,11 @@ DEMO_PKGS=(
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
     dnsmasq-base iptables acl mmdebstrap fdisk dosfstools mtools openssh-client xxd iproute2
 )
-# The end-to-end tests, the chain the benchmark compares against, the Ansible and packaging checks.
+# The end-to-end tests (jq reads kvmprov's --output json), the chain the benchmark compares against,
+# the Ansible and packaging checks.
 TEST_PKGS=(
     ovmf openssh-server genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils
-    netcat-openbsd curl time python3-venv dpkg-dev
+    netcat-openbsd curl time python3-venv dpkg-dev jq
 )
 # testkit/build-image.sh: `make demo` installs these first and builds the image while the rest
 # installs and kvmprov compiles.

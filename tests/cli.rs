@@ -142,9 +142,10 @@ fn overrides_are_applied_and_typed() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["cleanup_confirmed"], true);
-    assert_eq!(v["stage"], "runtime");
-    assert_eq!(v["cloud_init"]["password"], "<redacted>");
+    assert_eq!(v["command"], "check");
+    assert_eq!(v["config"]["cleanup_confirmed"], true);
+    assert_eq!(v["config"]["stage"], "runtime");
+    assert_eq!(v["config"]["cloud_init"]["password"], "<redacted>");
     let o = kvmprov(&[
         "-c",
         cfg.to_str().unwrap(),
@@ -902,3 +903,7 @@ fn regression_check_showed_url_credentials() {
         assert!(said.contains("https://***@mirror.example/"), "{said}");
     }
 }
+
+/// Snapshots of help, human and JSON output (in their own file; one test binary, like here).
+#[path = "cli/snapshots.rs"]
+mod snapshots;

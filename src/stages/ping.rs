@@ -1,67 +1,38 @@
 //! `kvmprov ping`: can we reach the hypervisor, and what does it offer?
 
 use crate::exit::ExitStatus;
-use crate::plan::{error_chain, OutputFormat};
+use crate::output::Probe;
+use crate::plan::error_chain;
 use crate::settings::Session;
 
 /// Every hypervisor the config names; fails if any is unreachable.
 pub fn run(s: &Session) -> ExitStatus {
-    let mut status = ExitStatus::Success;
-    for h in s.per_host() {
-        if one(&h) != ExitStatus::Success {
-            status = ExitStatus::Failure;
-        }
-    }
-    status
+    let probes: Vec<Probe> = s.per_host().iter().map(probe).collect();
+    s.printer.hypervisors(&probes);
+    ExitStatus::failed_if(probes.iter().any(|p| p.error.is_some()))
 }
 
-fn one(s: &Session) -> ExitStatus {
+fn probe(s: &Session) -> Probe {
+    let uri = s.cfg.libvirt_uri.clone();
     let result = s
         .connect()
         .and_then(|hv| Ok((hv.host_info()?, hv.networks()?)));
-    let (info, networks) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            if let Some(hint) = remote_hint(&s.cfg.libvirt_uri) {
-                eprintln!("{hint}");
-            }
-            return ExitStatus::Failure;
-        }
-    };
-    if s.output == OutputFormat::Json {
-        let doc = serde_json::json!({
-            "uri": s.cfg.libvirt_uri,
-            "host": info,
-            "networks": networks,
-        });
-        println!("{doc:#}");
-        return ExitStatus::Success;
+    match result {
+        Ok((info, networks)) => Probe {
+            uri,
+            host: Some(info),
+            networks,
+            error: None,
+            hint: None,
+        },
+        Err(e) => Probe {
+            hint: remote_hint(&uri),
+            uri,
+            host: None,
+            networks: Vec::new(),
+            error: Some(error_chain(&e)),
+        },
     }
-    let yes_no = |b: bool| if b { "available" } else { "not available" };
-    println!("hypervisor {} reachable", s.cfg.libvirt_uri);
-    println!("  host name          {}", info.hostname);
-    println!("  libvirt version    {}", info.libvirt_version);
-    println!(
-        "  hypervisor         {} {}",
-        info.driver, info.hypervisor_version
-    );
-    println!("  domain type kvm    {}", yes_no(info.kvm));
-    println!("  domain type qemu   {}", yes_no(info.qemu));
-    println!(
-        "  networks           {}",
-        if networks.is_empty() { "none" } else { "" }
-    );
-    for n in &networks {
-        println!(
-            "    {:<20} {:<8} autostart={:<3} bridge={}",
-            n.name,
-            if n.active { "active" } else { "inactive" },
-            if n.autostart { "yes" } else { "no" },
-            n.bridge.as_deref().unwrap_or("-")
-        );
-    }
-    ExitStatus::Success
 }
 
 /// What to try when a remote hypervisor does not answer: libvirt's ssh transport runs the

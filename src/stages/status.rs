@@ -6,29 +6,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo};
-use serde::Serialize;
 
 use crate::address;
 use crate::config::Instance;
 use crate::exit::ExitStatus;
 use crate::guest;
 use crate::login::Login;
+use crate::output::{self, json::InstanceStatus};
 use crate::parallel::parallel;
-use crate::plan::{error_chain, OutputFormat};
+use crate::plan::error_chain;
 use crate::settings::Session;
-
-#[derive(Debug, Serialize)]
-pub struct Row {
-    pub name: String,
-    /// The hypervisor's libvirt URI.
-    pub host: String,
-    pub state: String,
-    pub domain_type: String,
-    pub image: String,
-    pub ip: Option<String>,
-    pub ssh_ready: bool,
-    pub snapshots: Vec<String>,
-}
 
 /// `networks`: the hypervisor's, read once for all its instances.
 fn row(
@@ -36,9 +23,9 @@ fn row(
     hv: &Hypervisor,
     networks: &[NetworkInfo],
     inst: &Instance,
-) -> Result<Row, HvError> {
+) -> Result<InstanceStatus, HvError> {
     let Some(dom) = hv.domain(&inst.name)? else {
-        return Ok(Row {
+        return Ok(InstanceStatus {
             name: inst.name.clone(),
             host: s.cfg.libvirt_uri.clone(),
             state: "not defined".into(),
@@ -67,7 +54,7 @@ fn row(
         }
         _ => false,
     };
-    Ok(Row {
+    Ok(InstanceStatus {
         name: inst.name.clone(),
         host: s.cfg.libvirt_uri.clone(),
         state: format!("{:?}", dom.state).to_lowercase(),
@@ -87,68 +74,43 @@ fn row(
 }
 
 /// The rows of one hypervisor's instances.
-fn host_rows(s: &Session) -> Result<Vec<Row>, String> {
+fn host_rows(s: &Session) -> Result<Vec<InstanceStatus>, String> {
     let hv = s.connect().map_err(|e| error_chain(&e))?;
     let networks = hv.networks().map_err(|e| error_chain(&e))?;
     parallel(&s.cfg.instances, 8, |i| row(s, &hv, &networks, i))
         .into_iter()
-        .collect::<Result<Vec<Row>, HvError>>()
+        .collect::<Result<Vec<InstanceStatus>, HvError>>()
         .map_err(|e| error_chain(&e))
 }
 
 pub fn run(s: &Session) -> ExitStatus {
     let hosts = s.per_host();
     let mut rows = Vec::new();
-    let mut status = ExitStatus::Success;
+    let mut errors = Vec::new();
     // Hosts in parallel; one that is down is reported and the others are still shown.
     for (h, result) in hosts.iter().zip(parallel(&hosts, hosts.len(), host_rows)) {
         match result {
             Ok(r) => rows.extend(r),
             Err(e) => {
-                eprintln!("error: {}: {e}", h.cfg.libvirt_uri);
-                status = ExitStatus::Failure;
+                let e = format!("{}: {e}", h.cfg.libvirt_uri);
+                output::error(&e);
+                errors.push(e);
             }
         }
     }
-    if s.output == OutputFormat::Json {
-        println!("{}", serde_json::json!({ "instances": rows }));
-        return status;
-    }
-    println!(
-        "{:<16} {:<12} {:<5} {:<26} {:<16} {:<4} snapshots",
-        "instance", "state", "type", "image", "ip", "ssh"
-    );
-    for r in &rows {
-        println!(
-            "{:<16} {:<12} {:<5} {:<26} {:<16} {:<4} {}",
-            r.name,
-            r.state,
-            r.domain_type,
-            r.image,
-            r.ip.as_deref().unwrap_or("-"),
-            if r.ssh_ready { "yes" } else { "no" },
-            if r.snapshots.is_empty() {
-                "-".to_string()
-            } else {
-                r.snapshots.join(",")
-            }
-        );
-        if hosts.len() > 1 {
-            println!("{:<16} on {}", "", r.host);
-        }
-    }
-    status
+    s.printer.instances(&rows, hosts.len() > 1, &errors);
+    ExitStatus::failed_if(!errors.is_empty())
 }
 
 /// Replace this process with `ssh` to the instance (interactive unless a command is given).
 pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
     let Some(inst) = s.cfg.instance(name) else {
         let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
-        eprintln!(
-            "error: `{name}` is not a declared instance (declared: {}){}",
+        output::error(&format!(
+            "`{name}` is not a declared instance (declared: {}){}",
             names.join(", "),
             crate::config::did_you_mean(name, &names)
-        );
+        ));
         return ExitStatus::Usage;
     };
     let s = &s.for_host(&inst.libvirt_uri);
@@ -159,23 +121,21 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
     let addr = match found {
         Ok(Some(a)) => a,
         Ok(None) => {
-            eprintln!(
-                "error: `{name}` has no IPv4 address yet (is it running? try `kvmprov status`)"
-            );
+            output::error(&format!(
+                "`{name}` has no IPv4 address yet (is it running? try `kvmprov status`)"
+            ));
             return ExitStatus::Failure;
         }
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            output::error(&error_chain(&e));
             return ExitStatus::Failure;
         }
     };
-    let target = match Login::new(s, inst)
-        .map_err(|e| error_chain(&e))
-        .and_then(|l| l.target(addr).map_err(|e| error_chain(&e)))
-    {
+    let login = Login::new(s, inst).map_err(|e| error_chain(&e));
+    let target = match login.and_then(|l| l.target(addr).map_err(|e| error_chain(&e))) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e}");
+            output::error(&e);
             return ExitStatus::Failure;
         }
     };
@@ -189,6 +149,6 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
         cmd.arg("--").args(command);
     }
     let err = cmd.exec();
-    eprintln!("error: cannot run ssh: {err}");
+    output::error(&format!("cannot run ssh: {err}"));
     ExitStatus::Failure
 }

@@ -93,8 +93,9 @@ done
 
 # --- check and ping -------------------------------------------------------------------------
 check "check accepts the test config" kp -c "$CFG" check
-out=$(kp -c "$CFG" ping 2>&1) || true
-check "ping prints versions and domain types" grep -q "domain type qemu   available" <<<"$out"
+out=$(kp -c "$CFG" --output json ping) || true
+check "ping reports versions and domain types" \
+    jqt '.ok and (.hypervisors[0].host | .qemu and (.libvirt_version | length > 0))' <<<"$out"
 set +e
 out=$("$KVMPROV" -c "$CFG" -e 'kvm_libvirt_uri=qemu+unix:///system?socket=/nonexistent/sock' ping 2>&1)
 rc=$?
@@ -109,15 +110,15 @@ check "provision --check defined no domain" test "$before" = "$after"
 check "provision --check downloaded nothing" test ! -e "$E2E_DIR/boot-images"
 
 # --- preflight: networks, address sources, a network where nothing can work ---------------------
-pre=$(kp -c "$CFG" preflight 2>&1) || true
-echo "$pre" | grep -E "network e2e|address e2e|firmware e2e" || true
+pre=$(kp -c "$CFG" --output json preflight) || true
+jq -r '.stages[].outcomes[] | select(.target | test("^(network|address|firmware) e2e")) | "  \(.op) \(.target) \(.reason)"' <<<"$pre" || true
 check "preflight names the bridged network's mode and that libvirt serves no DHCP there" \
-    grep -q "network e2e-br .*mode bridge on bridge $BR, no libvirt DHCP" <<<"$pre"
+    outcome "$pre" "network e2e-br" "" "mode bridge on bridge $BR, no libvirt DHCP"
 check "preflight says the bridged guest's address comes from its console" \
-    grep -q "address e2e-bridge .*serial console" <<<"$pre"
+    outcome "$pre" "address e2e-bridge" "" "serial console"
 check "preflight says the NAT guest's address comes from libvirt's lease" \
-    grep -q "address e2e-dhcp .*DHCP lease from libvirt on \`default\` (nat" <<<"$pre"
-check "preflight finds the UEFI firmware" grep -q "firmware e2e-uefi .*OVMF installed" <<<"$pre"
+    outcome "$pre" "address e2e-dhcp" "" "DHCP lease from libvirt on \`default\` \\(nat"
+check "preflight finds the UEFI firmware" outcome "$pre" "firmware e2e-uefi" "" "OVMF installed"
 nowhere="kvm_instance_definitions=[{instance_name: e2e-nowhere, image_name: debian-12, libvirt_network_name: e2e-nodhcp}]"
 t0=$(date +%s%N)
 set +e
@@ -137,9 +138,14 @@ start=$(date +%s)
 (while :; do ps -eo args; sleep 0.2; done) >"$E2E_DIR/boot-ps.log" 2>/dev/null &
 ps_pid=$!
 set +e
-kp -c "$CFG" -v provision 2>&1 | tee "$E2E_DIR/provision.log"
+# The document to provision.json; the -v log (stderr) shown as it comes and kept.
+kp -c "$CFG" -v --output json provision 2>&1 >"$E2E_DIR/provision.json" | tee "$E2E_DIR/provision.log"
 rc=${PIPESTATUS[0]}
 E2E_EVIDENCE+=("$E2E_DIR/provision.log")
+prov=$(cat "$E2E_DIR/provision.json")
+# Failed actions into the log too: on failure the summary quotes its error lines.
+jq -r '.stages[].outcomes[] | select(.status == "failed") | "  ✗ \(.op) \(.target) \(.reason)\n      error: \(.detail)"' \
+    <<<"$prov" >>"$E2E_DIR/provision.log" 2>/dev/null || true
 set -e
 kill "$ps_pid" 2>/dev/null
 wait "$ps_pid" 2>/dev/null || true
@@ -149,7 +155,7 @@ check "runtime ran ssh with the pinned host key (seen in ps)" \
     grep -q "ssh .*StrictHostKeyChecking=yes" "$E2E_DIR/boot-ps.log"
 log "full run took $(($(date +%s) - start))s"
 check "full provision exits 0" test "$rc" -eq 0
-grep "ready at" "$E2E_DIR/provision.log" || true
+jq -r '.stages[].outcomes[] | select(.op == "wait") | "  \(.status) \(.target) \(.reason)"' <<<"$prov" || true
 
 ssh_out() { kp -c "$CFG" ssh "$1" -- "$2" 2>&1; }
 check "e2e-dhcp hostname is its instance name" test "$(ssh_out e2e-dhcp hostname)" = e2e-dhcp
@@ -162,19 +168,22 @@ check "shadow holds a SHA-512 crypt hash" grep -q '^debian:\$6\$' <<<"$shadow"
 check "shadow does not hold the plain password" bash -c '! grep -q "e2e-Plain-Secret-42" <<<"$0"' "$shadow"
 ci=$(ssh_out e2e-static "cloud-init status --long")
 check "cloud-init finished without errors" grep -q "status: done" <<<"$ci"
-st=$(kp -c "$CFG" status 2>&1)
-check "status shows the guests running and SSH-ready (the bridged one too)" \
-    bash -c 'grep -Eq "^e2e-dhcp +running .* yes " <<<"$0" && grep -Eq "^e2e-static +running .*192.168.122.60 +yes " <<<"$0" && grep -Eq "^e2e-bridge +running .*192.168.150.[0-9]+ +yes " <<<"$0"' "$st"
+st=$(kp -c "$CFG" --output json status)
+check "status shows the guests running and SSH-ready (the bridged one too)" jqt '
+    def row($n): .instances[] | select(.name == $n);
+    (row("e2e-dhcp") | .state == "running" and .ssh_ready)
+    and (row("e2e-static") | .state == "running" and .ip == "192.168.122.60" and .ssh_ready)
+    and (row("e2e-bridge") | .state == "running" and (.ip // "" | test("^192\\.168\\.150\\.[0-9]+$")) and .ssh_ready)' <<<"$st"
 for g in e2e-dhcp e2e-static e2e-bridge e2e-uefi; do
     check "$g is ready: SSH with the pinned host key and cloud-init done" \
-        grep -q "$g .*ready at .*cloud-init done" "$E2E_DIR/provision.log"
+        outcome "$prov" "$g" wait "^ready at .*cloud-init done"
     check "$g has no qemu-guest-agent" test "$(ssh_out "$g" 'dpkg-query -W -f=\${Status} qemu-guest-agent 2>/dev/null || echo absent')" = absent
 done
 check "e2e-dhcp runs Debian 13" test "$(ssh_out e2e-dhcp '. /etc/os-release; echo $VERSION_ID')" = 13
 bridge_ip=$(ssh_out e2e-bridge "ip -4 -o addr show scope global | awk '{print \$4}' | cut -d/ -f1" || true)
 bridge_mac=$(virsh_ns domiflist e2e-bridge | awk '/e2e-br/ {print $5}' || true)
 check "e2e-bridge is ready at the address the test's dnsmasq leased it ($bridge_ip)" \
-    grep -q "e2e-bridge .*ready at $bridge_ip: address (console\|neighbour)" "$E2E_DIR/provision.log"
+    outcome "$prov" e2e-bridge wait "ready at $bridge_ip: address \\((console|neighbour)"
 check "e2e-bridge announced that address on its serial console (the source that works on any network)" \
     grep -qa "ci-info: .*| *$bridge_ip *|.*| *$bridge_mac *|" "$E2E_DIR/instances/e2e-bridge-console.log"
 check "e2e-bridge's address was leased by the test's dnsmasq" grep -q "DHCPACK($BR) $bridge_ip " "$E2E_DIR/$BR-dnsmasq.log"
@@ -210,7 +219,7 @@ check "no world-readable file in the instance pool" \
 check "the plain password is in no file of the pool" \
     bash -c '! grep -rqa "e2e-Plain-Secret-42" "$0"' "$E2E_DIR/instances"
 check "the plain password is not in the run's output" \
-    bash -c '! grep -qa "e2e-Plain-Secret-42" "$0"' "$E2E_DIR/provision.log"
+    bash -c '! grep -qa "e2e-Plain-Secret-42" "$0" "$1"' "$E2E_DIR/provision.log" "$E2E_DIR/provision.json"
 
 # --- a second full run changes nothing --------------------------------------------------------
 set +e
@@ -229,11 +238,12 @@ check "second run changed nothing (changed=$changed)" test "$changed" -eq 0
 # --- a paused guest is resumed by runtime ---------------------------------------------------------
 virsh_ns suspend e2e-dhcp >/dev/null
 set +e
-kp -c "$CFG" runtime >"$E2E_DIR/resume.log" 2>&1
+kp -c "$CFG" --output json runtime >"$E2E_DIR/resume.json" 2>"$E2E_DIR/resume.log"
 rc=$?
 set -e
-check "runtime resumes a paused guest and finds it SSH-ready" \
-    bash -c '[ "$0" -eq 0 ] && grep -q "domain is Paused: resume" "$1"' "$rc" "$E2E_DIR/resume.log"
+E2E_EVIDENCE+=("$E2E_DIR/resume.log")
+resumed() { [ "$rc" -eq 0 ] && outcome "$(cat "$E2E_DIR/resume.json")" e2e-dhcp start "^domain is Paused: resume$"; }
+check "runtime resumes a paused guest and finds it SSH-ready" resumed
 check "the resumed guest is running" test "$(virsh_ns domstate e2e-dhcp)" = running
 
 # --- Debian 13's twin without a video device hangs in GRUB (why kvmprov's domain has one) -------

@@ -92,24 +92,26 @@ check "decoys intact after cleanup-force" test "$before" = "$(fingerprint)"
 
 # Define the declared ones again (disks are still there) and remove them with their disks.
 ckp provision --stage provision >/dev/null 2>&1 || true
-out=$(ckp -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup 2>&1) || true
-echo "$out" | grep -E "refuse|delete" || true
+out=$(ckp -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true --output json cleanup) || true
+jq -r '.stages[].outcomes[] | select(.op == "refuse" or .op == "delete") | "  \(.op) \(.target) \(.reason)"' <<<"$out" || true
 left=$(virsh_ns list --all --name)
 check "cleanup-force-disks removed the declared domains" bash -c '! grep -qx "app-0[123]" <<<"$0"' "$left"
 check "cleanup-force-disks deleted app-01's disk and seed" \
     test ! -e "$C/instances/app-01.qcow2" -a ! -e "$C/instances/app-01-seed.iso"
 check "the outside file behind app-02's symlink survived" \
     test "$(cat "$C/outside/precious.img")" = "precious data outside the pool"
-check "the refusal for app-02 is reported" grep -q "refuse.*app-02.*outside the instance pool" <<<"$out"
+check "the refusal for app-02 is reported" outcome "$out" app-02 refuse "outside the instance pool"
 check "decoys intact after cleanup-force-disks" test "$before" = "$(fingerprint)"
 check "decoy app-0 is still running" test "$(virsh_ns domstate app-0)" = running
 check "cache file untouched" test -f "$cached_image"
 
 # image-cache prune: the cached image backs decoy-link's disk (through a symlink): kept.
-out=$(ckp image-cache prune --yes 2>&1)
-check "prune keeps an image a domain's disk uses" bash -c 'grep -q "ok .*backs a domain" <<<"$0" && test -f "$1"' "$out" "$cached_image"
+out=$(ckp --output json image-cache prune --yes)
+kept() { jqt 'any(.stages[].outcomes[]; .op == "ok" and (.reason | test("backs a domain")))' <<<"$out" && test -f "$cached_image"; }
+check "prune keeps an image a domain's disk uses" kept
 virsh_ns undefine decoy-link >/dev/null
-out=$(ckp image-cache prune 2>&1)
-check "prune without --yes only lists the unused image" bash -c 'grep -q "delete .*used by no domain" <<<"$0" && test -f "$1"' "$out" "$cached_image"
+out=$(ckp --output json image-cache prune)
+listed() { jqt 'any(.stages[].outcomes[]; .op == "delete" and (.reason | test("used by no domain")))' <<<"$out" && test -f "$cached_image"; }
+check "prune without --yes only lists the unused image" listed
 ckp image-cache prune --yes >/dev/null 2>&1
 check "prune --yes deletes it with its sidecar" test ! -e "$cached_image" -a ! -e "$cached_image.json"

@@ -138,8 +138,14 @@ wait "$p2" || rc2=$?
 check "two concurrent runs: the host converged without duplicates" converged
 if [ "$rc1" -ne 0 ] || [ "$rc2" -ne 0 ]; then
     cat "$F/r1.err" "$F/r2.err"
-    check "the run that lost the lock says so clearly" \
-        grep -q "another kvmprov run (pid [0-9]*) is working on" "$F/r1.json" "$F/r2.json" "$F/r1.err" "$F/r2.err"
+    lost_lock() {
+        local f
+        for f in "$F/r1.json" "$F/r2.json"; do
+            jqt '.error // "" | test("another kvmprov run \\(pid [0-9]*\\) is working on")' <"$f" && return 0
+        done
+        return 1
+    }
+    check "the run that lost the lock says so clearly" lost_lock
 fi
 created=$(python3 -c '
 import json, sys
@@ -244,9 +250,11 @@ check "the run fails (exit 1) when libvirtd restarts under it (got $rc)" test "$
 check "it stops within 30 s of the restart, not at its deadline (${waited}s)" test "$waited" -le 30
 check "the message says the connection to libvirtd was lost" \
     grep -q "connection to libvirtd was lost" "$F/restart.log"
-out=$(ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" provision 2>&1) && rc=0 || rc=$?
+out=$(ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" --output json provision 2>"$F/restart2.log") && rc=0 || rc=$?
+E2E_EVIDENCE+=("$F/restart2.log")
 check "the next run completes after the restart (exit $rc)" test "$rc" -eq 0
-check "and the guest is SSH-ready" grep -q "✓ wait .*f-restart .*ready at" <<<"$out"
+ready() { jqt 'any(.stages[].outcomes[]; .target == "f-restart" and .op == "wait" and .status == "done" and (.reason | test("ready at")))' <<<"$out"; }
+check "and the guest is SSH-ready" ready
 ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" -e kvm_cleanup_confirmed=true \
     -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null 2>&1 || true
 reset_host

@@ -31,6 +31,22 @@ check() {
     if "$@"; then pass "$name"; else fail "$name"; fi
 }
 
+# Facts from kvmprov's `--output json` document (its envelope: `command`, `ok`, `error`, then
+# `stages`, `instances`, `hypervisors` or `config`), read with jq instead of grepping the human text.
+#   jqt FILTER [JQ ARGS...] <<<"$DOC"   true when FILTER is true on DOC
+# (An empty DOC is false: jq 1.6's -e says true when it read no input at all.)
+jqt() {
+    local doc
+    doc=$(cat)
+    [ -n "${doc//[[:space:]]/}" ] && jq -e "$@" >/dev/null <<<"$doc"
+}
+#   outcome DOC TARGET OP REGEX         DOC reports an action OP ("" for any) on TARGET whose
+#                                       reason matches REGEX
+outcome() {
+    jqt --arg t "$2" --arg op "$3" --arg r "$4" \
+        'any(.stages[].outcomes[]; .target == $t and ($op == "" or .op == $op) and (.reason | test($r)))' <<<"$1"
+}
+
 # Run inside the test namespace.
 in_ns() { ip netns exec "$E2E_NS" "$@"; }
 

@@ -190,8 +190,8 @@ fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {
         || domains::observe(&hv).map_err(CleanupError::from),
         |o| s.printer.outcome(o),
     );
-    if dry && !s.check && s.output == crate::plan::OutputFormat::Human {
-        println!("  nothing changed: confirm with -e kvm_cleanup_confirmed=true (make cleanup-force), add -e kvm_cleanup_remove_instance_disks=true to delete disks (make cleanup-force-disks)");
+    if dry && !s.check {
+        s.printer.advice("nothing changed: confirm with -e kvm_cleanup_confirmed=true (make cleanup-force), add -e kvm_cleanup_remove_instance_disks=true to delete disks (make cleanup-force-disks)");
     }
     // Let libvirt's pool listing forget deleted files.
     if !dry && s.cfg.cleanup_remove_disks {

@@ -6,9 +6,6 @@
 mod prune;
 mod upload;
 
-use std::io::IsTerminal;
-
-use indicatif::{ProgressBar, ProgressStyle};
 use kvmprov_image::{CacheLock, CachedImage, CatalogEntry, Client, ImageError, Resolved};
 
 pub use prune::prune;
@@ -130,12 +127,12 @@ fn one(s: &Session, client: &Client, c: &CatalogImage, handoff: &mut Handoff) ->
                         error_chain(&e),
                         aside.display()
                     );
-                    eprintln!(
-                        "warning: cached image {} failed verification ({}); moved aside to {}",
+                    crate::output::warning(&format!(
+                        "cached image {} failed verification ({}); moved aside to {}",
                         c.path.display(),
                         error_chain(&e),
                         aside.display()
-                    );
+                    ));
                     download(s, client, &resolved)?
                 }
             },
@@ -155,99 +152,8 @@ fn download(s: &Session, client: &Client, r: &Resolved) -> Result<CachedImage, I
         path: s.cfg.image_cache_path.clone(),
         source,
     })?;
-    let mut progress = Bar::new(
-        "downloading",
-        &r.image_name,
-        s.output == crate::plan::OutputFormat::Human,
-    );
+    let mut progress = s.printer.progress("downloading", &r.image_name);
     kvmprov_image::download(client, &s.cfg.image_cache_path, r, &mut progress)
-}
-
-/// Progress: a bar on a terminal, a line per 10 % otherwise.
-struct Bar {
-    verb: &'static str,
-    name: String,
-    bar: Option<ProgressBar>,
-    lines: bool,
-    total: Option<u64>,
-    done: u64,
-    last_tenth: u64,
-}
-
-impl Bar {
-    fn new(verb: &'static str, name: &str, human: bool) -> Self {
-        let tty = human && std::io::stderr().is_terminal();
-        Bar {
-            verb,
-            name: name.to_string(),
-            bar: None,
-            lines: human && !tty,
-            total: None,
-            done: 0,
-            last_tenth: 0,
-        }
-        .with_tty(tty)
-    }
-
-    fn with_tty(mut self, tty: bool) -> Self {
-        if tty {
-            let bar = ProgressBar::new(0);
-            if let Ok(style) = ProgressStyle::with_template(
-                "  {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(self.name.clone());
-            self.bar = Some(bar);
-        }
-        self
-    }
-}
-
-impl kvmprov_image::Progress for Bar {
-    fn start(&mut self, total: Option<u64>, resumed_from: u64) {
-        self.total = total;
-        self.done = resumed_from;
-        if let Some(b) = &self.bar {
-            b.set_length(total.unwrap_or(0));
-            b.set_position(resumed_from);
-        }
-        if self.lines {
-            let from = if resumed_from > 0 {
-                format!(", resuming at {} MiB", resumed_from >> 20)
-            } else {
-                String::new()
-            };
-            eprintln!(
-                "  {} {}: {} MiB{from}",
-                self.verb,
-                self.name,
-                total
-                    .map(|t| (t >> 20).to_string())
-                    .unwrap_or_else(|| "?".into())
-            );
-        }
-    }
-
-    fn advance(&mut self, bytes: u64) {
-        self.done += bytes;
-        if let Some(b) = &self.bar {
-            b.set_position(self.done);
-        }
-        if let (true, Some(total)) = (self.lines, self.total) {
-            let tenth = (self.done * 10).checked_div(total).unwrap_or(0);
-            if tenth > self.last_tenth {
-                self.last_tenth = tenth;
-                eprintln!("  {} {}: {}%", self.verb, self.name, tenth * 10);
-            }
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-    }
 }
 
 /// A run that fetches or provisions from the cache holds it shared, so a prune never deletes a

@@ -146,8 +146,10 @@ pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
         s.printer.outcome(&outcome);
         report.outcomes.push(outcome);
     }
-    if !yes && s.output == crate::plan::OutputFormat::Human {
-        println!("  (nothing deleted: run `kvmprov image-cache prune --yes` to delete the unused versions)");
+    if !yes {
+        s.printer.advice(
+            "(nothing deleted: run `kvmprov image-cache prune --yes` to delete the unused versions)",
+        );
     }
     Ok(vec![report])
 }

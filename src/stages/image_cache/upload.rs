@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use kvmprov_hypervisor::{HvError, Hypervisor};
 use kvmprov_image::CachedImage;
 
-use super::Bar;
 use crate::host::is_local;
 use crate::layout::pool_name_for;
+use crate::output::Printer;
 use crate::plan::{error_chain, run as run_action, Action, Op, Outcome, StageReport};
 use crate::settings::Session;
 
@@ -234,7 +234,6 @@ fn upload_one(
         Some((pool, _)) if !s.check => pool,
         _ => return Outcome::planned(action),
     };
-    let human = s.output == crate::plan::OutputFormat::Human;
     let target = PoolCopy {
         hv,
         pool,
@@ -242,8 +241,9 @@ fn upload_one(
         record,
         host,
         img,
+        printer: s.printer,
     };
-    run_action(action, || target.apply(step, human))
+    run_action(action, || target.apply(step))
 }
 
 /// Pure: the action line for a step.
@@ -292,10 +292,12 @@ struct PoolCopy<'a> {
     /// The hypervisor's URI, for messages.
     host: String,
     img: &'a CachedImage,
+    /// Shows the upload's progress.
+    printer: Printer,
 }
 
 impl PoolCopy<'_> {
-    fn apply(&self, step: RemoteStep, human: bool) -> Result<(), UploadError> {
+    fn apply(&self, step: RemoteStep) -> Result<(), UploadError> {
         let img = self.img;
         let replace = match step {
             RemoteStep::Keep | RemoteStep::Shared { verify: false } => return Ok(()),
@@ -318,18 +320,18 @@ impl PoolCopy<'_> {
                     return Ok(());
                 }
                 // Never keep a damaged copy: say so and send a good one.
-                eprintln!(
-                    "warning: {} on {} failed verification (sha512 {}…, expected {}…); uploading it again",
+                crate::output::warning(&format!(
+                    "{} on {} failed verification (sha512 {}…, expected {}…); uploading it again",
                     self.file,
                     self.host,
                     &got[..16],
                     &img.sha512[..16.min(img.sha512.len())]
-                );
+                ));
                 true
             }
             RemoteStep::Upload { replace } => replace,
         };
-        self.send(replace, human)
+        self.send(replace)
     }
 
     /// The SHA-512 of the pool's copy, read through a libvirt download stream.
@@ -341,7 +343,7 @@ impl PoolCopy<'_> {
     }
 
     /// Upload the image (after deleting what `replace`s it), check its size, then its record.
-    fn send(&self, replace: bool, human: bool) -> Result<(), UploadError> {
+    fn send(&self, replace: bool) -> Result<(), UploadError> {
         let (hv, pool, file, record, img) =
             (self.hv, self.pool, &self.file, &self.record, self.img);
         if replace {
@@ -350,11 +352,9 @@ impl PoolCopy<'_> {
         if hv.volume_exists(pool, record)? {
             hv.delete_volume(pool, record)?;
         }
-        let mut bar = Bar::new(
-            "uploading",
-            &format!("{} to {}", img.image_name, self.host),
-            human,
-        );
+        let mut bar = self
+            .printer
+            .progress("uploading", &format!("{} to {}", img.image_name, self.host));
         kvmprov_image::Progress::start(&mut bar, Some(img.size), 0);
         let mut last = 0u64;
         hv.upload_file(pool, file, &img.path, "raw", &mut |done| {

@@ -1,0 +1,295 @@
+//! The human renderings: pure functions from values to the text kvmprov prints.
+
+use crate::config::Config;
+use crate::plan::{Outcome, StageReport, Status};
+
+use super::json::{InstanceStatus, Probe};
+
+/// The line that opens a stage: `provision` or `cleanup (check mode: plan only)`.
+pub fn stage_header(stage: &str, check: bool) -> String {
+    let mode = if check {
+        " (check mode: plan only)"
+    } else {
+        ""
+    };
+    format!("{stage}{mode}")
+}
+
+/// One line per action, as a plan or as a result: `  create    app-02   overlay disk: missing`.
+pub fn render_line(o: &Outcome) -> String {
+    let mark = match &o.status {
+        Status::Planned => "-",
+        Status::Done => "✓",
+        Status::Failed(_) => "✗",
+    };
+    let mut line = format!(
+        "  {mark} {:<9} {:<18} {}",
+        o.action.op.as_str(),
+        o.action.target,
+        o.action.reason
+    );
+    match &o.status {
+        Status::Failed(err) => {
+            line.push_str("\n      error: ");
+            line.push_str(err);
+        }
+        Status::Done if o.seconds >= 0.05 => line.push_str(&format!(" ({:.1}s)", o.seconds)),
+        _ => {}
+    }
+    line
+}
+
+/// The summary table: per stage (per host and stage when a run spans several hypervisors),
+/// how many actions of each kind and how they went.
+pub fn render_summary(reports: &[StageReport], check_mode: bool) -> String {
+    let mut out = String::new();
+    let host_width = reports
+        .iter()
+        .filter_map(|r| r.host.as_ref().map(|h| h.len().max(4) + 1))
+        .max();
+    let host_col = |h: &str| match host_width {
+        Some(w) => format!("{h:<w$}"),
+        None => String::new(),
+    };
+    out.push_str(&format!(
+        "\n{}{:<12} {:>7} {:>8} {:>6} {:>8}\n",
+        host_col("host"),
+        "stage",
+        "actions",
+        "changed",
+        "ok",
+        "failed"
+    ));
+    for r in reports {
+        let changed = r
+            .outcomes
+            .iter()
+            .filter(|o| o.action.op.mutates() && o.status == Status::Done)
+            .count();
+        let failed = r.outcomes.iter().filter(|o| o.failed()).count();
+        let ok = r
+            .outcomes
+            .iter()
+            .filter(|o| o.status == Status::Done)
+            .count();
+        out.push_str(&format!(
+            "{}{:<12} {:>7} {:>8} {:>6} {:>8}\n",
+            host_col(r.host.as_deref().unwrap_or("local")),
+            r.stage,
+            r.outcomes.len(),
+            changed,
+            ok,
+            failed
+        ));
+    }
+    let failed: usize = reports
+        .iter()
+        .map(|r| r.outcomes.iter().filter(|o| o.failed()).count())
+        .sum();
+    if check_mode {
+        out.push_str("check mode: nothing was changed\n");
+    } else if failed > 0 {
+        out.push_str(&format!("{failed} action(s) failed\n"));
+    }
+    out
+}
+
+/// `kvmprov check`: the variables file, summarised.
+pub fn config(cfg: &Config) -> String {
+    let mut out = String::new();
+    let mut line = |l: String| {
+        out.push_str(&l);
+        out.push('\n');
+    };
+    line(format!("{}: ok", cfg.source.display()));
+    line(format!(
+        "  hypervisor      {} ({})",
+        cfg.hypervisor_host, cfg.libvirt_uri
+    ));
+    line(format!("  domain type     {:?}", cfg.domain_type));
+    line(format!("  stage           {}", cfg.stage.as_str()));
+    line(format!(
+        "  image cache     {}",
+        cfg.image_cache_path.display()
+    ));
+    line(format!(
+        "  instance pool   {}",
+        cfg.instance_pool_path.display()
+    ));
+    let used = cfg.used_images();
+    line(format!(
+        "  images          {} in catalog, {} used",
+        cfg.catalog.len(),
+        used.len()
+    ));
+    for c in &cfg.catalog {
+        let mark = if used.iter().any(|u| u.image_name == c.image_name) {
+            "used"
+        } else {
+            "unused"
+        };
+        let url = kvmprov_image::redact_url(&c.image_url);
+        line(format!("    {:<14} {:<6} {url}", c.image_name, mark));
+    }
+    line(format!("  instances       {}", cfg.instances.len()));
+    for i in &cfg.instances {
+        let ip = i
+            .ipv4
+            .as_ref()
+            .map(|s| s.address.to_string())
+            .unwrap_or_else(|| "dhcp".to_string());
+        let snap = i.snapshot_name.as_deref().unwrap_or("-");
+        let on = if i.libvirt_uri == cfg.libvirt_uri {
+            String::new()
+        } else {
+            format!(" on {}", i.libvirt_uri)
+        };
+        line(format!(
+            "    {:<14} {:<10} {} vCPU {:>6} MiB {:>5} GiB  net {} ip {} snapshot {}{on}",
+            i.name, i.image_name, i.vcpus, i.memory_mib, i.disk_size_gib, i.network, ip, snap
+        ));
+    }
+    line(format!(
+        "  cleanup         confirmed={} remove_disks={}",
+        cfg.cleanup_confirmed, cfg.cleanup_remove_disks
+    ));
+    out
+}
+
+/// `kvmprov ping`: one hypervisor that answered.
+pub fn probe(p: &Probe) -> String {
+    let mut out = format!("hypervisor {} reachable\n", p.uri);
+    let Some(info) = &p.host else {
+        return out;
+    };
+    let yes_no = |b: bool| if b { "available" } else { "not available" };
+    out.push_str(&format!("  host name          {}\n", info.hostname));
+    out.push_str(&format!("  libvirt version    {}\n", info.libvirt_version));
+    out.push_str(&format!(
+        "  hypervisor         {} {}\n",
+        info.driver, info.hypervisor_version
+    ));
+    out.push_str(&format!("  domain type kvm    {}\n", yes_no(info.kvm)));
+    out.push_str(&format!("  domain type qemu   {}\n", yes_no(info.qemu)));
+    out.push_str(&format!(
+        "  networks           {}\n",
+        if p.networks.is_empty() { "none" } else { "" }
+    ));
+    for n in &p.networks {
+        out.push_str(&format!(
+            "    {:<20} {:<8} autostart={:<3} bridge={}\n",
+            n.name,
+            if n.active { "active" } else { "inactive" },
+            if n.autostart { "yes" } else { "no" },
+            n.bridge.as_deref().unwrap_or("-")
+        ));
+    }
+    out
+}
+
+/// `kvmprov status`: a row per instance (and its hypervisor when there are several).
+pub fn status_table(rows: &[InstanceStatus], several_hosts: bool) -> String {
+    let mut out = format!(
+        "{:<16} {:<12} {:<5} {:<26} {:<16} {:<4} snapshots\n",
+        "instance", "state", "type", "image", "ip", "ssh"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<16} {:<12} {:<5} {:<26} {:<16} {:<4} {}\n",
+            r.name,
+            r.state,
+            r.domain_type,
+            r.image,
+            r.ip.as_deref().unwrap_or("-"),
+            if r.ssh_ready { "yes" } else { "no" },
+            if r.snapshots.is_empty() {
+                "-".to_string()
+            } else {
+                r.snapshots.join(",")
+            }
+        ));
+        if several_hosts {
+            out.push_str(&format!("{:<16} on {}\n", "", r.host));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{run, Action, Op};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn run_records_failure_chain() {
+        let o = run(Action::new("app-01", Op::Create, "missing"), || {
+            Err(Outer(std::io::Error::other("inner cause")))
+        });
+        assert_eq!(o.status, Status::Failed("outer: inner cause".into()));
+        assert!(render_line(&o).contains("error: outer: inner cause"));
+    }
+
+    #[test]
+    fn summary_has_a_host_column_when_hosts_are_named() {
+        let mut a = StageReport::new("provision");
+        a.host = Some("qemu+ssh://hv2/system".into());
+        let text = render_summary(&[StageReport::new("image-cache"), a], false);
+        assert!(text.contains("\nhost"), "{text}");
+        assert!(text.contains("\nlocal"), "{text}");
+        assert!(text.contains("\nqemu+ssh://hv2/system provision"), "{text}");
+        assert!(!render_summary(&[StageReport::new("x")], false).contains("host"));
+    }
+
+    #[test]
+    fn summary_counts_changes_and_failures() {
+        let mut r = StageReport::new("provision");
+        r.outcomes
+            .push(run(Action::new("a", Op::Create, "missing"), || {
+                Ok::<(), std::io::Error>(())
+            }));
+        r.outcomes.push(run(Action::new("b", Op::Ok, "exists"), || {
+            Ok::<(), std::io::Error>(())
+        }));
+        r.outcomes
+            .push(run(Action::new("c", Op::Define, "missing"), || {
+                Err(std::io::Error::other("boom"))
+            }));
+        let s = render_summary(&[r], false);
+        assert!(
+            s.contains("provision          3        1      2        1"),
+            "{s}"
+        );
+        assert!(s.contains("1 action(s) failed"));
+    }
+
+    /// The table as a run over two hypervisors with a failure shows it (a snapshot: any change
+    /// to the layout shows up in review).
+    #[test]
+    fn summary_table_of_two_hosts_with_a_failure() {
+        let ok = || Ok::<(), std::io::Error>(());
+        let mut fetched = StageReport::new("image-cache");
+        fetched
+            .outcomes
+            .push(run(Action::new("debian-12", Op::Ok, "cached"), ok));
+        let mut hv1 = StageReport::new("provision");
+        hv1.host = Some("qemu+ssh://hv1/system".into());
+        hv1.outcomes
+            .push(run(Action::new("app-01", Op::Create, "missing"), ok));
+        let mut hv2 = StageReport::new("provision");
+        hv2.host = Some("qemu+ssh://admin@hv2.example/system".into());
+        hv2.outcomes
+            .push(run(Action::new("app-02", Op::Define, "missing"), || {
+                Err(std::io::Error::other("boom"))
+            }));
+        let mut lines: Vec<String> = [&fetched, &hv1, &hv2]
+            .iter()
+            .flat_map(|r| r.outcomes.iter().map(render_line))
+            .collect();
+        lines.push(render_summary(&[fetched, hv1, hv2], false));
+        insta::assert_snapshot!(lines.join("\n"));
+    }
+}

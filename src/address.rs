@@ -227,7 +227,7 @@ impl<'a> HostProbe<'a> {
             hv,
             domain: inst.name.clone(),
             network: inst.network.clone(),
-            mac: crate::instance::mac_of(inst),
+            mac: inst.effective_mac(),
             console_log: pool_path.join(crate::layout::console_name(&inst.name)),
             remote: kvmprov_hypervisor::ssh_destination(hv.uri()),
         }

@@ -1,18 +1,12 @@
-//! What a declared instance's settings become on the hypervisor where the config leaves them
-//! open: its MAC address and its firmware. Provision defines the domain with these, drift and
-//! the address lookup compare against them.
+//! The firmware a declared instance boots with, as the domain XML and the observed domain name
+//! it. (Its MAC is `Instance::effective_mac`, in the config, where duplicates are refused.)
 
 use std::path::Path;
 
-use kvmprov_hypervisor::{xml, Firmware};
+use kvmprov_hypervisor::Firmware;
 
 use crate::config::{FirmwareChoice, Instance};
 use crate::layout::nvram_name;
-
-/// The instance's MAC: the configured one, else one derived from its name (stable across runs).
-pub fn mac_of(inst: &Instance) -> String {
-    inst.mac.clone().unwrap_or_else(|| xml::mac_for(&inst.name))
-}
 
 /// The firmware an instance boots with, as the domain XML gets it.
 pub fn firmware_of(inst: &Instance, pool_path: &Path) -> Firmware {

@@ -13,7 +13,7 @@ use super::plan::config_digest;
 use super::ProvisionError;
 use crate::config::{Config, Instance};
 use crate::drift;
-use crate::instance::{firmware_of, mac_of};
+use crate::instance::firmware_of;
 use crate::layout::{console_name, disk_name, seed_name};
 use crate::state;
 
@@ -92,7 +92,7 @@ fn seed_spec(sh: &Shared, inst: &Instance, instance_id: &str) -> Result<SeedSpec
     if !sh.operator_public.is_empty() {
         authorized.push(sh.operator_public.clone());
     }
-    let mac = mac_of(inst);
+    let mac = inst.effective_mac();
     let network = match &inst.ipv4 {
         Some(st) => NetworkSpec::Static {
             mac,
@@ -154,7 +154,7 @@ fn domain_spec(
         disk_path: pool_path.join(disk_name(&inst.name)),
         seed_path: pool_path.join(seed_name(&inst.name)),
         network: inst.network.clone(),
-        mac: mac_of(inst),
+        mac: inst.effective_mac(),
         console_log: pool_path.join(console_name(&inst.name)),
         firmware: firmware_of(inst, pool_path),
         metadata: KvmprovMetadata {

@@ -6,7 +6,7 @@ use kvmprov_image::CachedImage;
 
 use crate::config::{Config, Instance};
 use crate::drift;
-use crate::instance::{firmware_label, mac_of};
+use crate::instance::firmware_label;
 use crate::plan::{Action, Op};
 use crate::state;
 
@@ -146,7 +146,7 @@ fn edited(
             diffs.push(format!("domain type {t} (config {})", domain_type.as_str()));
         }
     }
-    let mac = mac_of(inst);
+    let mac = inst.effective_mac();
     if !d.macs.iter().any(|m| m.eq_ignore_ascii_case(&mac)) && !changed("mac_address") {
         diffs.push(format!("mac {} (config {mac})", d.macs.join(",")));
     }

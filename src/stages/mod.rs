@@ -10,6 +10,7 @@
 pub mod check;
 pub mod cleanup;
 pub mod image_cache;
+mod pipeline;
 pub mod ping;
 pub mod preflight;
 pub mod provision;
@@ -169,17 +170,25 @@ impl HostRun<'_> {
         self.error.is_none() && !self.reports.iter().any(StageReport::failed)
     }
 
-    /// `stages` in order, up to the first that fails or cannot run.
+    /// `stages` in order, up to the first that fails or cannot run. Provision followed by
+    /// runtime (and not only planned) runs as one pipeline per instance ([`pipeline`]).
     fn stages(&self, stages: &[Stage], handoff: &Handoff, label: bool) -> Vec<StageDone> {
         let mut out = Vec::new();
-        for st in stages {
-            let d = self.stage(*st, handoff, label);
-            let stop = match &d {
+        let mut rest = stages;
+        while let Some(st) = rest.first() {
+            let pipelined = !self.s.check && rest.starts_with(&[Stage::Provision, Stage::Runtime]);
+            let (done, taken) = if pipelined {
+                (self.provision_then_runtime(handoff, label), 2)
+            } else {
+                (vec![self.stage(*st, handoff, label)], 1)
+            };
+            rest = &rest[taken..];
+            let stop = done.iter().any(|d| match d {
                 Ok(Some(report)) => report.failed(),
                 Ok(None) => false,
                 Err(_) => true,
-            };
-            out.push(d);
+            });
+            out.extend(done);
             if stop {
                 break;
             }
@@ -198,11 +207,7 @@ impl HostRun<'_> {
             Stage::ImageCache => "image-upload",
             st => st.as_str(),
         };
-        let host = label.then(|| s.cfg.libvirt_uri.clone());
-        match &host {
-            Some(h) => s.printer.stage_header(&format!("{name} @ {h}"), s.check),
-            None => s.printer.stage_header(name, s.check),
-        }
+        s.printer.stage_header(&self.header(name, label), s.check);
         // Each stage's own error type, flattened to its cause chain.
         let result: Result<StageReport, String> = match stage {
             Stage::Preflight => preflight::run(s, hv).map_err(|e| error_chain(&e)),
@@ -210,9 +215,22 @@ impl HostRun<'_> {
             Stage::Provision => provision::run(s, hv, handoff).map_err(|e| error_chain(&e)),
             Stage::Runtime => runtime::run(s, hv).map_err(|e| error_chain(&e)),
         };
+        self.done(stage, result, label)
+    }
+
+    /// A stage's header: its name, and the host's when the run spans several.
+    fn header(&self, name: &str, label: bool) -> String {
+        match label {
+            true => format!("{name} @ {}", self.s.cfg.libvirt_uri),
+            false => name.to_string(),
+        }
+    }
+
+    /// A stage's result, its report labelled with the host when the run spans several.
+    fn done(&self, stage: Stage, result: Result<StageReport, String>, label: bool) -> StageDone {
         result
             .map(|mut r| {
-                r.host = host;
+                r.host = label.then(|| self.s.cfg.libvirt_uri.clone());
                 Some(r)
             })
             .map_err(|e| format!("{} stage: {e}", stage.as_str()))

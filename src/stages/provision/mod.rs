@@ -9,6 +9,7 @@ mod create;
 pub mod plan;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use kvmprov_hypervisor::xml::{self, DomainType};
 use kvmprov_hypervisor::{HvError, Hypervisor, PoolInfo};
@@ -65,6 +66,39 @@ impl Pool {
 }
 
 pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageReport, ProvisionError> {
+    let host = prepare(s, hv, handoff)?;
+    if host.stopped() {
+        return Ok(host.report);
+    }
+    let outcomes = if s.check {
+        host.planned()
+    } else {
+        parallel(host.instances(), s.jobs, |item| host.apply(item))
+    };
+    Ok(host.finish(outcomes))
+}
+
+/// The stage on one host with its once-per-host part done (observed, planned, pools made):
+/// what is left is per instance, so a run can take each instance on as soon as it is made.
+pub struct Prepared<'a> {
+    s: &'a Session,
+    /// The pool lines so far.
+    report: StageReport,
+    planned: Vec<(&'a Instance, InstancePlan)>,
+    images: BTreeMap<String, CachedImage>,
+    shared: create::Shared<'a>,
+}
+
+/// One instance and what provision will do with it.
+pub type Planned<'a> = (&'a Instance, InstancePlan);
+
+/// Observe the host, plan every instance, create missing pools (their lines printed) and, when
+/// applying, read the operator key.
+pub fn prepare<'a>(
+    s: &'a Session,
+    hv: &'a Hypervisor,
+    handoff: &Handoff,
+) -> Result<Prepared<'a>, ProvisionError> {
     let cfg = &s.cfg;
     let mut report = StageReport::new("provision");
     let (domain_type, _) =
@@ -81,44 +115,88 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
     };
     let planned = plan_all(cfg, hv, handoff, &images, &volumes, domain_type)?;
 
-    // Pools first: a plan line each when missing.
-    for (pool, path) in [
-        (&cache_pool, &cfg.image_cache_path),
-        (&inst_pool, &cfg.instance_pool_path),
-    ] {
-        if pool.active().is_some() {
-            continue;
-        }
-        let outcome = create_pool(s, hv, &pool.name, path);
-        s.printer.outcome(&outcome);
-        let failed = outcome.failed();
-        report.outcomes.push(outcome);
-        if failed {
-            return Ok(report);
-        }
+    report.outcomes = create_pools(
+        s,
+        hv,
+        [
+            (&cache_pool, &cfg.image_cache_path),
+            (&inst_pool, &cfg.instance_pool_path),
+        ],
+    );
+    let state_dir = s.state_dir();
+    // Only when applying: a plan reads no state.
+    let operator_public = if s.check || report.failed() {
+        String::new()
+    } else {
+        let needs_work = planned
+            .iter()
+            .any(|(_, p)| matches!(p, InstancePlan::Create { .. }));
+        let operator = state::operator_key(&state_dir, needs_work)?;
+        operator.map(|k| k.public).unwrap_or_default()
+    };
+    let shared = create::Shared {
+        cfg,
+        hv,
+        domain_type,
+        instance_pool: inst_pool.name,
+        state_dir,
+        operator_public,
+    };
+    Ok(Prepared {
+        s,
+        report,
+        planned,
+        images,
+        shared,
+    })
+}
+
+impl<'a> Prepared<'a> {
+    /// A pool could not be made: no instance can be.
+    pub fn stopped(&self) -> bool {
+        self.report.failed()
     }
 
-    if s.check {
-        for (inst, p) in &planned {
-            let action = describe(inst, p, images.get(&inst.image_name));
+    pub fn instances(&self) -> &[Planned<'a>] {
+        &self.planned
+    }
+
+    /// `--check`: every instance's line, as planned (printed).
+    fn planned(&self) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        for (inst, p) in &self.planned {
+            let action = describe(inst, p, self.images.get(&inst.image_name));
             let o = match p {
                 InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
                 _ => Outcome::planned(action),
             };
-            s.printer.outcome(&o);
-            report.outcomes.push(o);
+            self.s.printer.outcome(&o);
+            outcomes.push(o);
         }
-        return Ok(report);
+        outcomes
     }
-    report.outcomes.extend(apply(
-        s,
-        hv,
-        &planned,
-        &images,
-        domain_type,
-        inst_pool.name,
-    )?);
-    Ok(report)
+
+    /// Create what one instance's plan says; its line printed as soon as it is done.
+    pub fn apply(&self, (inst, p): &Planned) -> Outcome {
+        let image = self.images.get(&inst.image_name);
+        let action = describe(inst, p, image);
+        let outcome = match p {
+            InstancePlan::Keep | InstancePlan::Drift(_) => Outcome::done(action),
+            InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
+            InstancePlan::Create { disk } => {
+                crate::plan::run(action, || create::create(&self.shared, inst, image, *disk))
+            }
+        };
+        self.s.printer.outcome(&outcome);
+        outcome
+    }
+
+    /// The stage's report: the pool lines, then `outcomes` (the instances', in config order).
+    pub fn finish(self, outcomes: Vec<Outcome>) -> StageReport {
+        let mut report = self.report;
+        report.outcomes.extend(outcomes);
+        report
+    }
 }
 
 /// The cached image versions provision may back overlays with: the ones this run resolved,
@@ -194,6 +272,24 @@ fn plan_all<'a>(
     Ok(planned)
 }
 
+/// Pools first: a line each when missing (printed), up to the first that cannot be made.
+fn create_pools(s: &Session, hv: &Hypervisor, pools: [(&Pool, &PathBuf); 2]) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for (pool, path) in pools {
+        if pool.active().is_some() {
+            continue;
+        }
+        let outcome = create_pool(s, hv, &pool.name, path);
+        s.printer.outcome(&outcome);
+        let failed = outcome.failed();
+        outcomes.push(outcome);
+        if failed {
+            break;
+        }
+    }
+    outcomes
+}
+
 /// A libvirt dir pool for `path` that is missing or inactive: created (or only planned).
 fn create_pool(s: &Session, hv: &Hypervisor, name: &str, path: &std::path::Path) -> Outcome {
     let action = Action::new(
@@ -209,41 +305,4 @@ fn create_pool(s: &Session, hv: &Hypervisor, name: &str, path: &std::path::Path)
     } else {
         crate::plan::run(action, || hv.ensure_dir_pool(name, path).map(|_| ()))
     }
-}
-
-/// Create what the plans say, all instances in parallel.
-fn apply(
-    s: &Session,
-    hv: &Hypervisor,
-    planned: &[(&Instance, InstancePlan)],
-    images: &BTreeMap<String, CachedImage>,
-    domain_type: DomainType,
-    instance_pool: String,
-) -> Result<Vec<Outcome>, ProvisionError> {
-    let state_dir = s.state_dir();
-    let needs_work = planned
-        .iter()
-        .any(|(_, p)| matches!(p, InstancePlan::Create { .. }));
-    let operator = state::operator_key(&state_dir, needs_work)?;
-    let shared = create::Shared {
-        cfg: &s.cfg,
-        hv,
-        domain_type,
-        instance_pool,
-        state_dir,
-        operator_public: operator.map(|k| k.public).unwrap_or_default(),
-    };
-    Ok(parallel(planned, s.jobs, |(inst, p)| {
-        let image = images.get(&inst.image_name);
-        let action = describe(inst, p, image);
-        let outcome = match p {
-            InstancePlan::Keep | InstancePlan::Drift(_) => Outcome::done(action),
-            InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
-            InstancePlan::Create { disk } => {
-                crate::plan::run(action, || create::create(&shared, inst, image, *disk))
-            }
-        };
-        s.printer.outcome(&outcome);
-        outcome
-    }))
 }

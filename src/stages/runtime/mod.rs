@@ -98,16 +98,11 @@ pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
     let mut report = StageReport::new("runtime");
     let mut observed = Vec::new();
     for inst in &s.cfg.instances {
-        let dom = hv.domain(&inst.name)?;
-        let snaps = match &dom {
-            Some(_) => hv.snapshots(&inst.name)?,
-            None => Vec::new(),
-        };
-        observed.push((inst, dom.map(|d| d.state), snaps));
+        observed.push((inst, observe(hv, inst)?));
     }
     if s.check {
-        for (inst, st, snaps) in &observed {
-            for action in plan_instance(inst, *st, snaps, !s.no_wait) {
+        for (inst, seen) in &observed {
+            for action in plan_instance(inst, seen.state, &seen.snapshots, !s.no_wait) {
                 let o = Outcome::planned(action);
                 s.printer.outcome(&o);
                 report.outcomes.push(o);
@@ -115,29 +110,76 @@ pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
         }
         return Ok(report);
     }
-    // Read once for every instance's address lookup.
-    let networks = if s.no_wait {
-        Vec::new()
-    } else {
-        hv.networks()?
-    };
-    // Waiting is idle time: every instance gets its own worker.
-    let jobs = s.jobs.max(s.cfg.instances.len()).min(64);
-    let results = parallel(&observed, jobs, |(inst, st, snaps)| {
-        let mut outcomes = Vec::new();
-        for action in plan_instance(inst, *st, snaps, !s.no_wait) {
-            let outcome = if outcomes.iter().any(Outcome::failed) {
-                Outcome::failure(action, "skipped: an earlier step failed")
-            } else {
-                apply(s, hv, &networks, inst, action)
-            };
-            s.printer.outcome(&outcome);
-            outcomes.push(outcome);
-        }
-        outcomes
+    let runner = Runner::new(s, hv)?;
+    let results = parallel(&observed, workers(s), |(inst, seen)| {
+        runner.apply(inst, seen, &|o| s.printer.outcome(o))
     });
     report.outcomes.extend(results.into_iter().flatten());
     Ok(report)
+}
+
+/// Waiting is idle time: every instance gets its own worker (up to a sane bound).
+pub fn workers(s: &Session) -> usize {
+    s.jobs.max(s.cfg.instances.len()).min(64)
+}
+
+/// One instance's domain as runtime finds it: its state (`None`: not defined) and snapshots.
+pub struct Observed {
+    state: Option<DomainState>,
+    snapshots: Vec<String>,
+}
+
+pub fn observe(hv: &Hypervisor, inst: &Instance) -> Result<Observed, HvError> {
+    let dom = hv.domain(&inst.name)?;
+    let snapshots = match &dom {
+        Some(_) => hv.snapshots(&inst.name)?,
+        None => Vec::new(),
+    };
+    Ok(Observed {
+        state: dom.map(|d| d.state),
+        snapshots,
+    })
+}
+
+/// The stage applying on one host: what its instances share.
+pub struct Runner<'a> {
+    s: &'a Session,
+    hv: &'a Hypervisor,
+    /// Read once for every instance's address lookup.
+    networks: Vec<NetworkInfo>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(s: &'a Session, hv: &'a Hypervisor) -> Result<Self, HvError> {
+        let networks = if s.no_wait { Vec::new() } else { hv.networks()? };
+        Ok(Runner { s, hv, networks })
+    }
+
+    /// One instance's plan applied in order, each outcome handed to `emit` as it is known;
+    /// after a failed step the rest are skipped.
+    pub fn apply(&self, inst: &Instance, seen: &Observed, emit: &dyn Fn(&Outcome)) -> Vec<Outcome> {
+        let s = self.s;
+        let mut outcomes = Vec::new();
+        for action in plan_instance(inst, seen.state, &seen.snapshots, !s.no_wait) {
+            let outcome = if outcomes.iter().any(Outcome::failed) {
+                Outcome::failure(action, "skipped: an earlier step failed")
+            } else {
+                apply(s, self.hv, &self.networks, inst, action)
+            };
+            emit(&outcome);
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+}
+
+/// The line of an instance that the run does not start because its provision failed.
+pub fn not_started(inst: &Instance) -> Outcome {
+    Outcome::done(Action::new(
+        &inst.name,
+        Op::Skip,
+        "not started: its provision failed",
+    ))
 }
 
 /// `networks`: the hypervisor's, for the address lookup.

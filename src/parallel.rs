@@ -169,9 +169,15 @@ mod tests {
                 *a
             },
         );
-        assert_eq!(out, items.iter().map(|x| (x * 2, x * 2)).collect::<Vec<_>>());
+        assert_eq!(
+            out,
+            items.iter().map(|x| (x * 2, x * 2)).collect::<Vec<_>>()
+        );
         assert!(peak_first.load(Ordering::SeqCst) <= 2);
-        assert!(peak_then.load(Ordering::SeqCst) >= 2, "second steps overlap");
+        assert!(
+            peak_then.load(Ordering::SeqCst) >= 2,
+            "second steps overlap"
+        );
 
         let ended = AtomicUsize::new(0);
         let none: Vec<(u32, u32)> = pipeline(

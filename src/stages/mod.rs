@@ -10,8 +10,8 @@
 pub mod check;
 pub mod cleanup;
 pub mod image_cache;
-mod pipeline;
 pub mod ping;
+mod pipeline;
 pub mod preflight;
 pub mod provision;
 pub mod runtime;

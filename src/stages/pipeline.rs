@@ -64,12 +64,7 @@ impl HostRun<'_> {
 
     /// The runtime half's report and, when it could not set out or look at an instance, the
     /// first such error after it.
-    fn runtime_done(
-        &self,
-        setup: Option<HvError>,
-        ran: Vec<Ran>,
-        label: bool,
-    ) -> Vec<StageDone> {
+    fn runtime_done(&self, setup: Option<HvError>, ran: Vec<Ran>, label: bool) -> Vec<StageDone> {
         let mut report = StageReport::new("runtime");
         let mut error = setup.map(|e| error_chain(&e));
         for r in ran {
@@ -88,5 +83,84 @@ impl HostRun<'_> {
             out.push(self.done(Stage::Runtime, Err(e), label));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::output::OutputFormat;
+    use crate::plan::{Op, Status};
+    use crate::settings::{Options, Session, Stage};
+
+    /// A test-driver node: the default network and `web-01`, defined as the config says and
+    /// shut off (`runstate` 5).
+    fn node(dir: &Path) -> String {
+        let mac = kvmprov_hypervisor::xml::mac_for("web-01");
+        let x = format!(
+            "<node>\n<network><name>default</name><bridge name='virbr0'/><forward/>\
+             <ip address='192.168.122.1' netmask='255.255.255.0'/></network>\n\
+             <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\
+             <name>web-01</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>\
+             <os><type>hvm</type></os><metadata><kvmprov:instance xmlns:kvmprov='{ns}'>\
+             <kvmprov:image name='debian-12' version='' sha512=''/>\
+             <kvmprov:config digest='' instance-id='web-01-1'/></kvmprov:instance></metadata>\
+             <devices><interface type='network'><source network='default'/>\
+             <mac address='{mac}'/></interface></devices><test:runstate>5</test:runstate></domain>\n</node>\n",
+            ns = kvmprov_hypervisor::xml::METADATA_NS
+        );
+        let p = dir.join("node.xml");
+        std::fs::write(&p, x).unwrap();
+        format!("test://{}", p.display())
+    }
+
+    /// web-02 cannot be provisioned (its image is not cached): it is not started, and its
+    /// runtime line says why; web-01 goes on and is started. The run fails, as before.
+    #[test]
+    fn an_instance_whose_provision_failed_is_not_started_while_the_others_go_on() {
+        let t = tempfile::tempdir().unwrap();
+        let uri = node(t.path());
+        let yaml = format!(
+            "kvm_libvirt_uri: \"{uri}\"\nkvm_domain_type: qemu\n\
+             kvm_image_cache_path: {0}/images\nkvm_instance_disk_pool_path: {0}/instances\n\
+             kvm_cloud_image_catalog:\n  - image_name: debian-12\n    image_url: http://127.0.0.1:9/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2\n    image_checksum_manifest_url: http://127.0.0.1:9/images/cloud/bookworm/latest/SHA512SUMS\n\
+             kvm_cloud_init_defaults:\n  password: \"pipeline-test\"\nkvm_instance_definitions:\n\
+             \x20 - instance_name: web-01\n    image_name: debian-12\n    vcpus: 1\n    memory_mib: 512\n\
+             \x20 - instance_name: web-02\n    image_name: debian-12\n    vcpus: 1\n    memory_mib: 512\n",
+            t.path().display()
+        );
+        let path = t.path().join("vars.yml");
+        let cfg = crate::config::parse(&path, &yaml, &[]).unwrap();
+        let s = Session::new(
+            cfg,
+            Options {
+                output: OutputFormat::Json,
+                no_wait: true,
+                ..Options::default()
+            },
+        );
+        let reports = super::super::run_stages(&s, &[Stage::Provision, Stage::Runtime]).unwrap();
+        let stages: Vec<&str> = reports.iter().map(|r| r.stage.as_str()).collect();
+        assert_eq!(stages, ["provision", "runtime"]);
+        let line = |stage: usize, target: &str| {
+            reports[stage]
+                .outcomes
+                .iter()
+                .find(|o| o.action.target == target)
+                .unwrap_or_else(|| panic!("{target} in {:?}", reports[stage]))
+        };
+        assert_eq!(line(0, "web-01").status, Status::Done);
+        assert!(line(0, "web-02").failed());
+        let started = line(1, "web-01");
+        assert_eq!(
+            (started.action.op, &started.status),
+            (Op::Start, &Status::Done)
+        );
+        let skipped = line(1, "web-02");
+        assert_eq!(skipped.action.op, Op::Skip, "{skipped:?}");
+        assert!(skipped.action.reason.contains("provision failed"));
+        assert_eq!(reports[1].outcomes.len(), 2, "{:?}", reports[1]);
+        assert!(reports.iter().any(crate::plan::StageReport::failed));
     }
 }

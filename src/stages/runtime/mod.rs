@@ -151,7 +151,11 @@ pub struct Runner<'a> {
 
 impl<'a> Runner<'a> {
     pub fn new(s: &'a Session, hv: &'a Hypervisor) -> Result<Self, HvError> {
-        let networks = if s.no_wait { Vec::new() } else { hv.networks()? };
+        let networks = if s.no_wait {
+            Vec::new()
+        } else {
+            hv.networks()?
+        };
         Ok(Runner { s, hv, networks })
     }
 

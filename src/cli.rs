@@ -262,22 +262,34 @@ fn stop_on_signals() {
 }
 
 fn init_logging(verbose: u8) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
     let level = match verbose {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KVMPROV_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "kvmprov={level},kvmprov_image={level},kvmprov_seed={level},kvmprov_hypervisor={level}"
-        ))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+    // `KVMPROV_LOG=target=level,…` (or one level) overrides -v. `Targets`, not `EnvFilter`:
+    // the same syntax for what kvmprov logs, without the regex engine in the build.
+    let filter: Targets = std::env::var("KVMPROV_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            format!(
+                "kvmprov={level},kvmprov_image={level},kvmprov_seed={level},kvmprov_hypervisor={level}"
+            )
+            .parse()
+            .unwrap_or_default()
+        });
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
+        .with(filter)
         .try_init();
 }
 

@@ -42,7 +42,7 @@ kvm_hypervisor_host: localhost
 kvm_domain_type: qemu
 kvm_image_cache_path: $E2E_DIR/boot-images
 kvm_instance_disk_pool_path: $E2E_DIR/instances
-kvm_runtime_timeout_seconds: 600
+kvm_runtime_timeout_seconds: 900
 kvm_cloud_image_catalog:
   - image_name: debian-12
     image_url: $E2E_BASE/bookworm/latest/debian-12-genericcloud-amd64.qcow2

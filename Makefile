@@ -69,13 +69,16 @@ deb: build ## Build target/debian/kvmprov_<version>_<arch>.deb (binary, man page
 deb-check: ## Check the .deb: lintian, then install and run it in a fresh bookworm root (root, mmdebstrap)
 	bash packaging/check-deb.sh
 
-test: deps ## Run every check and test: fmt, clippy, unit, libvirt test driver, end-to-end (needs root)
+test: deps ## Run every check and test: fmt, clippy, unit, snapshots, schema, end-to-end, the .deb (needs root)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo build --release --locked
 	cargo test --workspace --locked
+	bash tests/schema-check.sh
 	bash tests/e2e/run.sh
 	bash tests/e2e/remote.sh
+	bash packaging/build-deb.sh
+	bash packaging/check-deb.sh
 
 test-unit: ## Only the fast tests (no daemon, no guests)
 	cargo test --workspace --locked

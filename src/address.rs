@@ -130,16 +130,21 @@ pub fn plan_or_all(inst: &Instance, net: Option<&NetworkInfo>) -> AddressPlan {
         })
 }
 
-/// Plan and ask once: the guest's address now (for `status` and `ssh`).
+/// The plan for `inst` on its network among `networks` (the hypervisor's, read once per run).
+pub fn plan_among(inst: &Instance, networks: &[NetworkInfo]) -> AddressPlan {
+    plan_or_all(inst, networks.iter().find(|n| n.name == inst.network))
+}
+
+/// Plan and ask once: the guest's address now (for `status`, `ssh` and the inventory).
+/// `networks`: the hypervisor's networks.
 pub fn current(
     hv: &Hypervisor,
+    networks: &[NetworkInfo],
     inst: &Instance,
     pool_path: &Path,
-) -> Result<Option<(Ipv4Addr, Source)>, HvError> {
-    let nets = hv.networks()?;
-    let plan = plan_or_all(inst, nets.iter().find(|n| n.name == inst.network));
+) -> Result<Option<Ipv4Addr>, HvError> {
     let probe = HostProbe::new(hv, inst, pool_path);
-    find(&plan, inst, &probe)
+    Ok(find(&plan_among(inst, networks), inst, &probe)?.map(|(ip, _)| ip))
 }
 
 /// Pure: the newest IPv4 cloud-init announced on the console for `mac`, from its
@@ -222,8 +227,8 @@ impl<'a> HostProbe<'a> {
             hv,
             domain: inst.name.clone(),
             network: inst.network.clone(),
-            mac: crate::stages::provision::mac_of(inst),
-            console_log: pool_path.join(crate::stages::provision::console_name(&inst.name)),
+            mac: inst.effective_mac(),
+            console_log: pool_path.join(crate::layout::console_name(&inst.name)),
             remote: kvmprov_hypervisor::ssh_destination(hv.uri()),
         }
     }

@@ -5,15 +5,13 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::config::{self, StageChoice};
+use crate::config;
+use crate::exit::ExitStatus;
 use crate::output::{self, OutputFormat};
 use crate::plan::{error_chain, StageReport};
-use crate::stages::{self, Session};
-
-/// Exit codes (documented in the README).
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
+use crate::run::StageError;
+use crate::settings::{Options, Session, Stage, StageSelection};
+use crate::stages;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -158,8 +156,8 @@ pub enum ImageCacheAction {
 #[derive(Args, Debug)]
 pub struct ProvisionArgs {
     /// Run this stage instead of kvm_provision_stage.
-    #[arg(long, value_parser = ["full", "preflight", "image-cache", "provision", "runtime"])]
-    pub stage: Option<String>,
+    #[arg(long, value_enum)]
+    pub stage: Option<StageSelection>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -180,14 +178,19 @@ pub struct SshArgs {
     pub command: Vec<String>,
 }
 
-/// Parse arguments, run, and return the process exit code.
-pub fn main() -> i32 {
+/// Parse arguments, run, and say how it ended.
+pub fn main() -> ExitStatus {
     let cli = match Cli::try_parse_from(ansible_script_form(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            // `--help` and `--version` are "errors" that print to stdout and succeed.
+            let status = if e.use_stderr() {
+                ExitStatus::Usage
+            } else {
+                ExitStatus::Success
+            };
             let _ = e.print();
-            return code;
+            return status;
         }
     };
     init_logging(cli.global.verbose);
@@ -210,7 +213,7 @@ fn ansible_script_form(mut args: Vec<OsString>) -> Vec<OsString> {
 }
 
 /// The commands that print something about kvmprov itself: they need no variables file.
-fn print_static(command: &Command) -> Option<i32> {
+fn print_static(command: &Command) -> Option<ExitStatus> {
     let mut out = output::stdout();
     let written = match command {
         Command::Schema => {
@@ -226,10 +229,10 @@ fn print_static(command: &Command) -> Option<i32> {
         _ => return None,
     };
     Some(match written {
-        Ok(()) => EXIT_OK,
+        Ok(()) => ExitStatus::Success,
         Err(e) => {
             output::error(&format!("cannot write: {e}"));
-            EXIT_FAILED
+            ExitStatus::Failure
         }
     })
 }
@@ -259,44 +262,50 @@ fn stop_on_signals() {
 }
 
 fn init_logging(verbose: u8) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
     let level = match verbose {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KVMPROV_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "kvmprov={level},kvmprov_image={level},kvmprov_seed={level},kvmprov_hypervisor={level}"
-        ))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+    // `KVMPROV_LOG=target=level,…` (or one level) overrides -v. `Targets`, not `EnvFilter`:
+    // the same syntax for what kvmprov logs, without the regex engine in the build.
+    let filter: Targets = std::env::var("KVMPROV_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            format!(
+                "kvmprov={level},kvmprov_image={level},kvmprov_seed={level},kvmprov_hypervisor={level}"
+            )
+            .parse()
+            .unwrap_or_default()
+        });
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
+        .with(filter)
         .try_init();
 }
 
-fn run(cli: Cli) -> i32 {
-    if let Some(code) = print_static(&cli.command) {
-        return code;
+fn run(cli: Cli) -> ExitStatus {
+    if let Some(status) = print_static(&cli.command) {
+        return status;
     }
     let g = &cli.global;
     let cfg = match config::load(&g.config, &g.extra) {
         Ok(cfg) => cfg,
         Err(e) => {
             output::Printer::new(g.output).failure(cli.command.name(), &error_chain(&e));
-            return EXIT_USAGE;
+            return ExitStatus::Usage;
         }
     };
-    let no_wait = match &cli.command {
-        Command::Provision(a) => a.runtime.no_wait,
-        Command::Runtime(a) => a.no_wait,
-        _ => false,
-    };
-    let mut session = Session::new(cfg, g.check, g.output, g.jobs.map(usize::from));
-    session.no_wait = no_wait;
+    let session = Session::new(cfg, options(&cli));
     let command = cli.command.name().unwrap_or_default();
     let result = match cli.command {
         Command::Check => return stages::check::run(&session),
@@ -307,53 +316,52 @@ fn run(cli: Cli) -> i32 {
             return crate::inventory::run(&session, args.host.as_deref(), args.format)
         }
         // Printed by `print_static` above, without a variables file.
-        Command::Schema | Command::Completions { .. } | Command::Man { .. } => return EXIT_OK,
-        Command::Preflight => stages::run_stages(&session, &[StageChoice::Preflight]),
+        Command::Schema | Command::Completions { .. } | Command::Man { .. } => {
+            return ExitStatus::Success
+        }
+        Command::Preflight => stages::run_stages(&session, &[Stage::Preflight]),
         Command::ImageCache(args) => match args.action {
             Some(ImageCacheAction::Prune { yes }) => stages::image_cache::prune(&session, yes),
-            None => stages::image_cache::run_all(&session, args.all),
+            None => stages::run_stages_with(&session, &[Stage::ImageCache], args.all),
         },
-        Command::Provision(args) => {
-            let stage = match args.stage.as_deref() {
-                Some(s) => parse_stage(s),
-                None => session.cfg.stage,
-            };
-            stages::run_stages(&session, &stages::selected(stage))
-        }
-        Command::Runtime(_) => stages::run_stages(&session, &[StageChoice::Runtime]),
+        Command::Provision(_) => stages::run_stages(&session, &session.stages.stages()),
+        Command::Runtime(_) => stages::run_stages(&session, &[Stage::Runtime]),
         Command::Cleanup => stages::cleanup::run(&session),
     };
     finish(&session, command, result)
 }
 
-fn parse_stage(s: &str) -> StageChoice {
-    match s {
-        "preflight" => StageChoice::Preflight,
-        "image-cache" => StageChoice::ImageCache,
-        "provision" => StageChoice::Provision,
-        "runtime" => StageChoice::Runtime,
-        _ => StageChoice::Full,
+/// What the command line adds to the variables file's settings.
+fn options(cli: &Cli) -> Options {
+    let g = &cli.global;
+    let (no_wait, stage) = match &cli.command {
+        Command::Provision(a) => (a.runtime.no_wait, a.stage),
+        Command::Runtime(a) => (a.no_wait, None),
+        _ => (false, None),
+    };
+    Options {
+        check: g.check,
+        output: g.output,
+        jobs: g.jobs.map(usize::from),
+        no_wait,
+        stage,
     }
 }
 
-/// Print the summary (human) or the JSON document, and pick the exit code.
+/// Print the summary (human) or the JSON document, and pick the exit status.
 fn finish(
     session: &Session,
     command: &str,
-    result: Result<Vec<StageReport>, stages::StageError>,
-) -> i32 {
+    result: Result<Vec<StageReport>, StageError>,
+) -> ExitStatus {
     let (reports, fatal) = match result {
         Ok(r) => (r, None),
-        Err(stages::StageError { reports, error }) => (reports, Some(error)),
+        Err(StageError { reports, error }) => (reports, Some(error)),
     };
     session
         .printer
         .stages(command, session.check, &reports, fatal.as_deref());
-    if fatal.is_some() || reports.iter().any(StageReport::failed) {
-        EXIT_FAILED
-    } else {
-        EXIT_OK
-    }
+    ExitStatus::failed_if(fatal.is_some() || reports.iter().any(StageReport::failed))
 }
 
 impl Command {

@@ -13,12 +13,15 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::address;
 use crate::config::{did_you_mean, Instance};
+use crate::exit::ExitStatus;
 use crate::guest::{shell_words, SshTarget};
+use crate::login::Login;
 use crate::output;
+use crate::parallel::parallel;
 use crate::plan::error_chain;
-use crate::stages::{parallel, status, Session};
+use crate::settings::Session;
 
 /// What kvmprov found out about one declared instance.
 #[derive(Debug, Clone)]
@@ -202,8 +205,14 @@ pub enum Format {
     Yaml,
 }
 
-/// One instance on its hypervisor: whether it runs, its address, how to log in.
-fn facts(s: &Session, hv: &kvmprov_hypervisor::Hypervisor, inst: &Instance) -> Facts {
+/// One instance on its hypervisor: whether it runs, its address, how to log in. `networks`:
+/// the hypervisor's, read once for all its instances.
+fn facts(
+    s: &Session,
+    hv: &kvmprov_hypervisor::Hypervisor,
+    networks: &Result<Vec<kvmprov_hypervisor::NetworkInfo>, String>,
+    inst: &Instance,
+) -> Facts {
     let uri = &s.cfg.libvirt_uri;
     let login = match hv.domain(&inst.name) {
         Err(e) => Err(error_chain(&e)),
@@ -214,15 +223,26 @@ fn facts(s: &Session, hv: &kvmprov_hypervisor::Hypervisor, inst: &Instance) -> F
             "{} on {uri}, not running (`kvmprov runtime` starts it)",
             format!("{:?}", d.state).to_lowercase()
         )),
-        Ok(Some(_)) => match status::address(s, hv, inst) {
-            Err(e) => Err(error_chain(&e)),
+        Ok(Some(_)) => match networks.as_ref().map_err(Clone::clone).and_then(|nets| {
+            address::current(hv, nets, inst, &s.cfg.instance_pool_path)
+                .map_err(|e| error_chain(&e))
+        }) {
+            Err(e) => Err(e),
             Ok(None) => Err(format!(
                 "running on {uri} but has no IPv4 address yet (`kvmprov status` shows when it has one)"
             )),
-            Ok(Some(addr)) => status::ssh_target(s, inst, addr),
+            Ok(Some(addr)) => login_at(s, inst, addr),
         },
     };
     fact(inst, uri, login)
+}
+
+/// How to log in to `inst` at `addr`, or why kvmprov cannot.
+fn login_at(s: &Session, inst: &Instance, addr: std::net::Ipv4Addr) -> Result<SshTarget, String> {
+    Login::new(s, inst)
+        .map_err(|e| error_chain(&e))?
+        .target(addr)
+        .map_err(|e| error_chain(&e))
 }
 
 fn fact(inst: &Instance, uri: &str, login: Result<SshTarget, String>) -> Facts {
@@ -240,7 +260,12 @@ fn fact(inst: &Instance, uri: &str, login: Result<SshTarget, String>) -> Facts {
 pub fn gather(s: &Session) -> (Vec<Facts>, Vec<String>) {
     let hosts = s.per_host();
     let per_host = parallel(&hosts, hosts.len(), |h| match h.connect() {
-        Ok(hv) => Ok(parallel(&h.cfg.instances, 8, |i| facts(h, &hv, i))),
+        Ok(hv) => {
+            let networks = hv.networks().map_err(|e| error_chain(&e));
+            Ok(parallel(&h.cfg.instances, 8, |i| {
+                facts(h, &hv, &networks, i)
+            }))
+        }
         Err(e) => {
             let why = format!("cannot reach {}: {}", h.cfg.libvirt_uri, error_chain(&e));
             let all = h
@@ -274,7 +299,7 @@ pub fn gather(s: &Session) -> (Vec<Facts>, Vec<String>) {
 }
 
 /// `kvmprov inventory [--list | --host NAME] [--format json|yaml]`.
-pub fn run(s: &Session, host: Option<&str>, format: Format) -> i32 {
+pub fn run(s: &Session, host: Option<&str>, format: Format) -> ExitStatus {
     if let Some(name) = host {
         if s.cfg.instance(name).is_none() {
             let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
@@ -282,7 +307,7 @@ pub fn run(s: &Session, host: Option<&str>, format: Format) -> i32 {
                 "`{name}` is not a declared instance{}",
                 did_you_mean(name, &names)
             ));
-            return EXIT_USAGE;
+            return ExitStatus::Usage;
         }
     }
     // `--host` asks only that instance's hypervisor (`hosts()` follows the instances).
@@ -290,7 +315,7 @@ pub fn run(s: &Session, host: Option<&str>, format: Format) -> i32 {
     if let Some(name) = host {
         cfg.instances.retain(|i| i.name == name);
     }
-    let s = Session::new(cfg, s.check, s.output, None);
+    let s = s.with_config(cfg);
     let (facts, errors) = gather(&s);
     let inv = build(&facts);
     for (name, reason) in &inv.skipped {
@@ -303,12 +328,12 @@ pub fn run(s: &Session, host: Option<&str>, format: Format) -> i32 {
         (None, Format::Yaml) => to_yaml(&inv),
     });
     if errors.is_empty() {
-        EXIT_OK
+        ExitStatus::Success
     } else {
         for e in &errors {
             output::error(e);
         }
-        EXIT_FAILED
+        ExitStatus::Failure
     }
 }
 

@@ -1,3 +1,3 @@
-fn main() {
-    std::process::exit(kvmprov::cli::main());
+fn main() -> std::process::ExitCode {
+    kvmprov::cli::main().into()
 }

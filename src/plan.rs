@@ -14,8 +14,7 @@ use serde::Serialize;
 #[serde(rename_all = "kebab-case")]
 pub enum Op {
     /// Already as wanted: nothing to do.
-    #[serde(rename = "ok")]
-    Keep,
+    Ok,
     /// A check that only reads.
     Check,
     /// A repair of the host (ACLs, starting a network).
@@ -43,7 +42,7 @@ pub enum Op {
 impl Op {
     pub fn as_str(self) -> &'static str {
         match self {
-            Op::Keep => "ok",
+            Op::Ok => "ok",
             Op::Check => "check",
             Op::Fix => "fix",
             Op::Download => "download",
@@ -67,7 +66,7 @@ impl Op {
     pub fn mutates(self) -> bool {
         !matches!(
             self,
-            Op::Keep | Op::Check | Op::Refuse | Op::Drift | Op::Skip | Op::Wait | Op::Verify
+            Op::Ok | Op::Check | Op::Refuse | Op::Drift | Op::Skip | Op::Wait | Op::Verify
         )
     }
 }
@@ -112,6 +111,30 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Only planned (`--check`): nothing was done.
+    pub fn planned(action: Action) -> Self {
+        Self::of(action, Status::Planned)
+    }
+
+    /// Nothing to do, or a check that passed.
+    pub fn done(action: Action) -> Self {
+        Self::of(action, Status::Done)
+    }
+
+    /// Failed, or could not be tried, because of `why`.
+    pub fn failure(action: Action, why: impl Into<String>) -> Self {
+        Self::of(action, Status::Failed(why.into()))
+    }
+
+    /// An outcome that took no time.
+    fn of(action: Action, status: Status) -> Self {
+        Outcome {
+            action,
+            status,
+            seconds: 0.0,
+        }
+    }
+
     pub fn failed(&self) -> bool {
         matches!(self.status, Status::Failed(_))
     }
@@ -145,14 +168,7 @@ impl StageReport {
         StageReport {
             stage: stage.to_string(),
             host: None,
-            outcomes: actions
-                .into_iter()
-                .map(|action| Outcome {
-                    action,
-                    status: Status::Planned,
-                    seconds: 0.0,
-                })
-                .collect(),
+            outcomes: actions.into_iter().map(Outcome::planned).collect(),
         }
     }
 }
@@ -189,6 +205,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Scripts read `"op": "ok"`; the variant's name and its printed word are one.
+    #[test]
+    fn ok_is_printed_and_serialised_as_ok() {
+        assert_eq!(serde_json::to_value(Op::Ok).unwrap(), "ok");
+        assert_eq!(Op::Ok.as_str(), "ok");
+    }
 
     #[test]
     fn json_shape() {

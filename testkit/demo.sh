@@ -42,11 +42,14 @@ up() {
     chmod 0755 "$DEMO"
     # The image (mostly apt downloads and dpkg) and kvmprov (mostly CPU) are built side by side:
     # on a fresh machine that saves the shorter of the two.
+    # The crates download while apt works (the build itself needs libvirt-dev first).
+    (cd "$ROOT" && cargo fetch --locked) >"$DEMO/cargo-fetch.log" 2>&1 &
+    local fetch_pid=$!
     bash "$ROOT/testkit/install-deps.sh" image
     say "building the $SUITE test image in the background (cached after the first time; log: $DEMO/build-image.log)"
     bash "$ROOT/testkit/build-image.sh" "$SUITE" "$CACHE" >"$DEMO/build-image.out" 2>"$DEMO/build-image.log" &
     local image_pid=$! t0=$SECONDS
-    if ! bash "$ROOT/testkit/install-deps.sh" demo ||
+    if ! bash "$ROOT/testkit/install-deps.sh" demo || ! { wait "$fetch_pid" || { cat "$DEMO/cargo-fetch.log" >&2; false; }; } ||
         ! { say "building kvmprov (cargo build --release --locked)" && (cd "$ROOT" && cargo build --release --locked); }; then
         kill "$image_pid" 2>/dev/null
         wait "$image_pid" 2>/dev/null

@@ -251,10 +251,9 @@ mod tests {
             .push(run(Action::new("a", Op::Create, "missing"), || {
                 Ok::<(), std::io::Error>(())
             }));
-        r.outcomes
-            .push(run(Action::new("b", Op::Keep, "exists"), || {
-                Ok::<(), std::io::Error>(())
-            }));
+        r.outcomes.push(run(Action::new("b", Op::Ok, "exists"), || {
+            Ok::<(), std::io::Error>(())
+        }));
         r.outcomes
             .push(run(Action::new("c", Op::Define, "missing"), || {
                 Err(std::io::Error::other("boom"))
@@ -275,7 +274,7 @@ mod tests {
         let mut fetched = StageReport::new("image-cache");
         fetched
             .outcomes
-            .push(run(Action::new("debian-12", Op::Keep, "cached"), ok));
+            .push(run(Action::new("debian-12", Op::Ok, "cached"), ok));
         let mut hv1 = StageReport::new("provision");
         hv1.host = Some("qemu+ssh://hv1/system".into());
         hv1.outcomes

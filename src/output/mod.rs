@@ -15,6 +15,7 @@ pub mod json;
 pub mod progress;
 
 use std::io::Write;
+use std::sync::{Mutex, PoisonError};
 
 use crate::config::Config;
 use crate::plan::{Outcome, StageReport};
@@ -55,6 +56,15 @@ impl Printer {
             println!("{}", human::render_line(o));
             // Lines from parallel workers appear as they finish, not when the buffer fills.
             let _ = std::io::stdout().flush();
+        }
+    }
+
+    /// Outcome lines of a stage that runs alongside the one before it: held back until that
+    /// stage's lines are all printed (see [`Held::release`]).
+    pub fn held(&self) -> Held {
+        Held {
+            printer: *self,
+            lines: Mutex::new(Some(Vec::new())),
         }
     }
 
@@ -157,6 +167,34 @@ impl Printer {
                 self::error(&format!("cannot render the result as JSON: {e}"));
                 false
             }
+        }
+    }
+}
+
+/// Lines held back, so that stages that overlap in time still read one after the other: the
+/// runtime stage's lines wait until the provision stage's are printed, then appear as they come.
+pub struct Held {
+    printer: Printer,
+    /// `None` once released.
+    lines: Mutex<Option<Vec<Outcome>>>,
+}
+
+impl Held {
+    pub fn outcome(&self, o: &Outcome) {
+        // Printed under the lock, so no line overtakes one held before it.
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        match lines.as_mut() {
+            Some(held) => held.push(o.clone()),
+            None => self.printer.outcome(o),
+        }
+    }
+
+    /// The stage's header and the lines held so far; later lines are printed as they come.
+    pub fn release(&self, header: &str, check: bool) {
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        self.printer.stage_header(header, check);
+        for o in lines.take().unwrap_or_default() {
+            self.printer.outcome(&o);
         }
     }
 }

@@ -1,13 +1,13 @@
 //! `kvmprov check`: the variables file validated offline, summarised.
 
-use crate::cli::{EXIT_OK, EXIT_USAGE};
-use crate::stages::Session;
+use crate::exit::ExitStatus;
+use crate::settings::Session;
 
 /// The file was validated when the session was made: what is left is to show it.
-pub fn run(s: &Session) -> i32 {
+pub fn run(s: &Session) -> ExitStatus {
     if s.printer.config(&s.cfg) {
-        EXIT_OK
+        ExitStatus::Success
     } else {
-        EXIT_USAGE
+        ExitStatus::Usage
     }
 }

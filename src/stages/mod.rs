@@ -1,12 +1,15 @@
-//! The stages: preflight → image-cache → provision → runtime, and cleanup.
+//! The stages: preflight → image-cache → provision → runtime, and cleanup; and the commands
+//! that look without changing anything: `check`, `ping`, `status` (with `ssh`).
 //!
 //! Each stage observes the hypervisor, plans with a pure function, and applies the plan (or,
-//! with `--check`, only prints it). This module holds what they share: the session, the lock
-//! and the order in which `full` runs them.
+//! with `--check`, only prints it). No stage module imports another: what several need lives
+//! below them (`settings`, `layout`, `instance`, `host`, `domains`, `run`, `lock`, …). This
+//! module is the one place that knows them all: it runs the selected stages on every
+//! hypervisor, in order, and in `full` takes each instance from provision straight on to
+//! runtime (`provision_then_runtime`).
 
 pub mod check;
 pub mod cleanup;
-pub mod drift;
 pub mod image_cache;
 pub mod ping;
 pub mod preflight;
@@ -14,143 +17,19 @@ pub mod provision;
 pub mod runtime;
 pub mod status;
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use kvmprov_hypervisor::{HvError, Hypervisor};
 
-use kvmprov_hypervisor::Hypervisor;
-use kvmprov_image::CachedImage;
-
-use crate::config::{Config, StageChoice};
-use crate::output::{OutputFormat, Printer};
-use crate::plan::{error_chain, StageReport};
-
-/// Most instances worked on at once by default: beyond this the host, not kvmprov, is the limit.
-const DEFAULT_MAX_JOBS: usize = 8;
-/// How long a run waits for another one on the same hypervisor and pool before giving up.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// One invocation: the resolved config and how to run.
-pub struct Session {
-    pub cfg: Config,
-    pub check: bool,
-    pub output: OutputFormat,
-    pub jobs: usize,
-    pub printer: Printer,
-    /// Runtime only starts domains (`--no-wait`).
-    pub no_wait: bool,
-}
-
-impl Session {
-    pub fn new(cfg: Config, check: bool, output: OutputFormat, jobs: Option<usize>) -> Self {
-        let jobs = jobs
-            .unwrap_or_else(|| cfg.instances.len().clamp(1, DEFAULT_MAX_JOBS))
-            .max(1);
-        Session {
-            cfg,
-            check,
-            output,
-            jobs,
-            printer: Printer::new(output),
-            no_wait: false,
-        }
-    }
-
-    /// This session narrowed to one hypervisor and its instances.
-    pub fn for_host(&self, uri: &str) -> Session {
-        Session {
-            cfg: self.cfg.for_host(uri),
-            check: self.check,
-            output: self.output,
-            jobs: self.jobs,
-            printer: self.printer,
-            no_wait: self.no_wait,
-        }
-    }
-
-    /// One session per hypervisor the config names (one, unless instances name their own).
-    pub fn per_host(&self) -> Vec<Session> {
-        self.cfg.hosts().iter().map(|h| self.for_host(h)).collect()
-    }
-
-    pub fn connect(&self) -> Result<Hypervisor, kvmprov_hypervisor::HvError> {
-        Hypervisor::connect(&self.cfg.libvirt_uri)
-    }
-
-    /// kvmprov's own files for this instance pool: operator key, pinned host keys.
-    pub fn state_dir(&self) -> PathBuf {
-        crate::state::state_dir(&self.cfg.instance_pool_path)
-    }
-}
-
-/// A run that could not go on: the reports so far and why it stopped.
-#[derive(Debug)]
-pub struct StageError {
-    pub reports: Vec<StageReport>,
-    pub error: String,
-}
-
-impl StageError {
-    pub fn new(reports: Vec<StageReport>, e: &dyn std::error::Error) -> Self {
-        StageError {
-            reports,
-            error: error_chain(e),
-        }
-    }
-
-    /// The reports of a run over several hosts, failed if any host stopped with an error.
-    pub fn collect(
-        reports: Vec<StageReport>,
-        errors: Vec<String>,
-    ) -> Result<Vec<StageReport>, Self> {
-        if errors.is_empty() {
-            Ok(reports)
-        } else {
-            Err(StageError {
-                reports,
-                error: errors.join("; "),
-            })
-        }
-    }
-}
-
-/// A host's error, named by its URI when a run spans several.
-pub fn host_error(multi: bool, uri: &str, error: String) -> String {
-    if multi {
-        format!("{uri}: {error}")
-    } else {
-        error
-    }
-}
-
-/// `full` runs every stage in order; any other choice runs only that stage (the seed's rule).
-pub fn selected(stage: StageChoice) -> Vec<StageChoice> {
-    match stage {
-        StageChoice::Full => vec![
-            StageChoice::Preflight,
-            StageChoice::ImageCache,
-            StageChoice::Provision,
-            StageChoice::Runtime,
-        ],
-        one => vec![one],
-    }
-}
-
-/// What a stage hands on to the next within one run.
-#[derive(Default)]
-pub struct Handoff {
-    /// image_name → the cached version this run resolved (image-cache stage).
-    pub images: BTreeMap<String, CachedImage>,
-    /// image names a `--check` run would download (so provision can plan around them).
-    pub pending: Vec<String>,
-}
+use crate::host::is_local;
+use crate::lock::lock_all;
+use crate::parallel::{parallel, pipeline};
+use crate::plan::{error_chain, Outcome, StageReport};
+use crate::run::{host_error, Handoff, StageError};
+use crate::settings::{Session, Stage};
 
 /// Run stages in order, stopping at the first stage that fails. Images are fetched once into
 /// the local cache; then each hypervisor runs its stages under its own lock, all of them in
 /// parallel, so one host that is down fails only its own instances.
-pub fn run_stages(s: &Session, stages: &[StageChoice]) -> Result<Vec<StageReport>, StageError> {
+pub fn run_stages(s: &Session, stages: &[Stage]) -> Result<Vec<StageReport>, StageError> {
     run_stages_with(s, stages, false)
 }
 
@@ -161,7 +40,7 @@ pub fn run_stages(s: &Session, stages: &[StageChoice]) -> Result<Vec<StageReport
 /// (in parallel). A host that cannot be reached or fails a stage stops there; the others go on.
 pub fn run_stages_with(
     s: &Session,
-    stages: &[StageChoice],
+    stages: &[Stage],
     all_images: bool,
 ) -> Result<Vec<StageReport>, StageError> {
     let hosts = s.per_host();
@@ -172,17 +51,39 @@ pub fn run_stages_with(
     };
     let _cache = image_cache::hold_cache(s, stages).map_err(|e| StageError::new(Vec::new(), &e))?;
     let multi = hosts.len() > 1;
-    let n = hosts.len();
-    // `image-cache` alone needs no local hypervisor: it only fills the local cache.
-    let conns = parallel(&hosts, n, |h| {
-        let upload_only = stages.iter().all(|st| *st == StageChoice::ImageCache);
-        if upload_only && preflight::is_local(&h.cfg.libvirt_uri) {
+    let mut runs = connect(&hosts, stages);
+    let mut handoff = Handoff::default();
+
+    if stages.contains(&Stage::Preflight) {
+        on_each_host(&mut runs, |r| {
+            vec![r.stage(Stage::Preflight, &handoff, multi)]
+        });
+    }
+    let fetched = fetch_images(s, stages, all_images, &runs, &mut handoff)?;
+    if !fetched.as_ref().is_some_and(StageReport::failed) {
+        let rest: Vec<Stage> = stages
+            .iter()
+            .copied()
+            .filter(|st| *st != Stage::Preflight)
+            .collect();
+        on_each_host(&mut runs, |r| r.stages(&rest, &handoff, multi));
+    }
+    drop(locks);
+    collect(runs, fetched, multi, stages.contains(&Stage::Preflight))
+}
+
+/// Connect to every hypervisor at once. `image-cache` alone needs no local hypervisor: it
+/// only fills the local cache.
+fn connect<'a>(hosts: &'a [Session], stages: &[Stage]) -> Vec<HostRun<'a>> {
+    let image_cache_only = stages.iter().all(|st| *st == Stage::ImageCache);
+    let conns = parallel(hosts, hosts.len(), |h| {
+        if image_cache_only && is_local(&h.cfg.libvirt_uri) {
             None
         } else {
             Some(h.connect())
         }
     });
-    let mut runs: Vec<HostRun> = hosts
+    hosts
         .iter()
         .zip(conns)
         .map(|(h, c)| HostRun {
@@ -194,65 +95,51 @@ pub fn run_stages_with(
             hv: c.and_then(Result::ok),
             reports: Vec::new(),
         })
-        .collect();
-    let mut handoff = Handoff::default();
+        .collect()
+}
 
-    if stages.contains(&StageChoice::Preflight) {
-        let done = parallel(&runs, n, |r| {
-            r.stage(StageChoice::Preflight, &handoff, multi)
-        });
-        for (r, d) in runs.iter_mut().zip(done) {
+/// Run `work` on every host at once; each host takes in its results in order.
+fn on_each_host(runs: &mut [HostRun], work: impl Fn(&HostRun) -> Vec<StageDone> + Sync) {
+    let done = parallel(runs, runs.len(), work);
+    for (r, ds) in runs.iter_mut().zip(done) {
+        for d in ds {
             r.absorb(d);
         }
     }
-    let mut fetched = None;
-    if stages.contains(&StageChoice::ImageCache) && runs.iter().any(HostRun::going) {
-        s.printer.stage_header("image-cache", s.check);
-        let report = image_cache::run(s, all_images, &mut handoff).map_err(|e| StageError {
+}
+
+/// The images, once, into the local cache: when the run has the image-cache stage and some
+/// host still goes on.
+fn fetch_images(
+    s: &Session,
+    stages: &[Stage],
+    all_images: bool,
+    runs: &[HostRun],
+    handoff: &mut Handoff,
+) -> Result<Option<StageReport>, StageError> {
+    if !stages.contains(&Stage::ImageCache) || !runs.iter().any(HostRun::going) {
+        return Ok(None);
+    }
+    s.printer.stage_header("image-cache", s.check);
+    image_cache::run(s, all_images, handoff)
+        .map(Some)
+        .map_err(|e| StageError {
             reports: Vec::new(),
             error: format!("image-cache stage: {}", error_chain(&e)),
-        })?;
-        fetched = Some(report);
-    }
-    let images_ok = !fetched.as_ref().is_some_and(StageReport::failed);
-    if images_ok {
-        let rest: Vec<StageChoice> = stages
-            .iter()
-            .copied()
-            .filter(|st| *st != StageChoice::Preflight)
-            .collect();
-        let done = parallel(&runs, n, |r| {
-            let mut out = Vec::new();
-            for st in &rest {
-                let d = r.stage(*st, &handoff, multi);
-                let stop = match &d {
-                    Ok(Some(report)) => report.failed(),
-                    Ok(None) => false,
-                    Err(_) => true,
-                };
-                out.push(d);
-                if stop {
-                    break;
-                }
-            }
-            out
-        });
-        for (r, ds) in runs.iter_mut().zip(done) {
-            for d in ds {
-                r.absorb(d);
-            }
-        }
-    }
-    drop(locks);
+        })
+}
 
-    // Reports: a single host reads in stage order; several read image-cache, then per host.
+/// The run's reports: a single host reads in stage order; several read image-cache, then per
+/// host. Failed if any host stopped with an error.
+fn collect(
+    runs: Vec<HostRun>,
+    fetched: Option<StageReport>,
+    multi: bool,
+    had_preflight: bool,
+) -> Result<Vec<StageReport>, StageError> {
     let mut reports = Vec::new();
     let mut errors = Vec::new();
-    let fetched_at = if multi {
-        0
-    } else {
-        usize::from(stages.contains(&StageChoice::Preflight))
-    };
+    let fetched_at = if multi { 0 } else { usize::from(had_preflight) };
     for r in runs {
         reports.extend(r.reports);
         if let Some(e) = r.error {
@@ -283,34 +170,67 @@ impl HostRun<'_> {
         self.error.is_none() && !self.reports.iter().any(StageReport::failed)
     }
 
-    fn stage(&self, stage: StageChoice, handoff: &Handoff, label: bool) -> StageDone {
+    /// `stages` in order, up to the first that fails or cannot run. Provision followed by
+    /// runtime (and not only planned) runs as one pipeline per instance (`provision_then_runtime`).
+    fn stages(&self, stages: &[Stage], handoff: &Handoff, label: bool) -> Vec<StageDone> {
+        let mut out = Vec::new();
+        let mut rest = stages;
+        while let Some(st) = rest.first() {
+            let pipelined = !self.s.check && rest.starts_with(&[Stage::Provision, Stage::Runtime]);
+            let (done, taken) = if pipelined {
+                (self.provision_then_runtime(handoff, label), 2)
+            } else {
+                (vec![self.stage(*st, handoff, label)], 1)
+            };
+            rest = &rest[taken..];
+            let stop = done.iter().any(|d| match d {
+                Ok(Some(report)) => report.failed(),
+                Ok(None) => false,
+                Err(_) => true,
+            });
+            out.extend(done);
+            if stop {
+                break;
+            }
+        }
+        out
+    }
+
+    fn stage(&self, stage: Stage, handoff: &Handoff, label: bool) -> StageDone {
         let (Some(hv), true) = (&self.hv, self.going()) else {
             return Ok(None);
         };
         let s = self.s;
-        let local = preflight::is_local(&s.cfg.libvirt_uri);
         let name = match stage {
             // A local hypervisor reads the local cache: nothing to upload.
-            StageChoice::ImageCache if local => return Ok(None),
-            StageChoice::ImageCache => "image-upload",
+            Stage::ImageCache if is_local(&s.cfg.libvirt_uri) => return Ok(None),
+            Stage::ImageCache => "image-upload",
             st => st.as_str(),
         };
-        let host = label.then(|| s.cfg.libvirt_uri.clone());
-        match &host {
-            Some(h) => s.printer.stage_header(&format!("{name} @ {h}"), s.check),
-            None => s.printer.stage_header(name, s.check),
-        }
+        s.printer.stage_header(&self.header(name, label), s.check);
         // Each stage's own error type, flattened to its cause chain.
         let result: Result<StageReport, String> = match stage {
-            StageChoice::Preflight => preflight::run(s, hv).map_err(|e| error_chain(&e)),
-            StageChoice::ImageCache => Ok(image_cache::distribute(s, hv, &handoff.images)),
-            StageChoice::Provision => provision::run(s, hv, handoff).map_err(|e| error_chain(&e)),
-            StageChoice::Runtime => runtime::run(s, hv).map_err(|e| error_chain(&e)),
-            StageChoice::Full => unreachable!("selected() expands full"),
+            Stage::Preflight => preflight::run(s, hv).map_err(|e| error_chain(&e)),
+            Stage::ImageCache => Ok(image_cache::distribute(s, hv, &handoff.images)),
+            Stage::Provision => provision::run(s, hv, handoff).map_err(|e| error_chain(&e)),
+            Stage::Runtime => runtime::run(s, hv).map_err(|e| error_chain(&e)),
         };
+        self.done(stage, result, label)
+    }
+
+    /// A stage's header: its name, and the host's when the run spans several.
+    fn header(&self, name: &str, label: bool) -> String {
+        match label {
+            true => format!("{name} @ {}", self.s.cfg.libvirt_uri),
+            false => name.to_string(),
+        }
+    }
+
+    /// A stage's result, its report labelled with the host when the run spans several.
+    fn done(&self, stage: Stage, result: Result<StageReport, String>, label: bool) -> StageDone {
         result
             .map(|mut r| {
-                r.host = host;
+                r.host = label.then(|| self.s.cfg.libvirt_uri.clone());
                 Some(r)
             })
             .map_err(|e| format!("{} stage: {e}", stage.as_str()))
@@ -325,271 +245,160 @@ impl HostRun<'_> {
     }
 }
 
-/// Every host's lock before any work, in a fixed order: two runs over overlapping hosts never
-/// deadlock, and a run never starts half its hosts. Ordered and taken once per canonical URI,
-/// the lock's key: `hv1` and `admin@hv1` in one config are one lock, not a wait on ourselves.
-pub fn lock_all(hosts: &[Session]) -> Result<Vec<RunLock>, LockError> {
-    let mut order: Vec<(String, &Session)> = hosts
-        .iter()
-        .map(|h| (crate::state::canonical_uri(&h.cfg.libvirt_uri), h))
-        .collect();
-    order.sort_by(|a, b| a.0.cmp(&b.0));
-    order.dedup_by(|a, b| a.0 == b.0);
-    order
-        .into_iter()
-        .map(|(_, h)| RunLock::acquire(h))
-        .collect()
-}
+/// What the runtime half gives for one instance: its outcomes, or why it could not look.
+type Ran = Result<Vec<Outcome>, HvError>;
 
-/// One run at a time per hypervisor and instance pool (see [`crate::state::run_lock_path`]).
-pub struct RunLock {
-    _file: File,
-    path: PathBuf,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error("cannot prepare the lock directory of the instance pool {pool}")]
-    Dir {
-        pool: PathBuf,
-        #[source]
-        source: crate::state::StateError,
-    },
-    #[error("cannot open the lock file {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("another kvmprov run ({holder}) is working on {uri} with pool {pool}; wait for it to finish (lock file {path})")]
-    Busy {
-        holder: String,
-        uri: String,
-        pool: String,
-        path: PathBuf,
-    },
-}
-
-impl RunLock {
-    pub fn acquire(s: &Session) -> Result<RunLock, LockError> {
-        Self::acquire_within(s, LOCK_WAIT)
+// Provision and runtime in one run (`full`, applying): one pipeline per instance. An instance
+// is started, waited for and snapshotted as soon as its own disk, seed and domain exist, so
+// early guests boot while later disks are made, and starts do not queue behind the last disk.
+//
+// What is done once per host (observing, the pools, the operator key, the networks) comes
+// first. At most `--jobs` instances are being provisioned at once; waiting for a guest is idle
+// and holds no such slot (as in the runtime stage alone). An instance whose provision failed
+// is not started: its runtime line says so, the others go on. The output still reads stage
+// after stage: runtime's lines are held until provision's are all printed.
+impl HostRun<'_> {
+    /// The provision stage's result, then the runtime stage's (report, error, or both: the
+    /// instances done before one could not be looked at are kept).
+    fn provision_then_runtime(&self, handoff: &Handoff, label: bool) -> Vec<StageDone> {
+        let (Some(hv), true) = (&self.hv, self.going()) else {
+            return Vec::new();
+        };
+        let s = self.s;
+        s.printer
+            .stage_header(&self.header(Stage::Provision.as_str(), label), s.check);
+        let host = match provision::prepare(s, hv, handoff) {
+            Ok(host) => host,
+            Err(e) => return vec![self.done(Stage::Provision, Err(error_chain(&e)), label)],
+        };
+        if host.stopped() {
+            return vec![self.done(Stage::Provision, Ok(host.finish(Vec::new())), label)];
+        }
+        let runner = runtime::Runner::new(s, hv);
+        let held = s.printer.held();
+        let results = pipeline(
+            host.instances(),
+            (runtime::workers(s), s.jobs),
+            |item| host.apply(item),
+            || held.release(&self.header(Stage::Runtime.as_str(), label), s.check),
+            |(inst, _), made| -> Ran {
+                if made.failed() {
+                    let o = runtime::not_started(inst);
+                    held.outcome(&o);
+                    return Ok(vec![o]);
+                }
+                let Ok(runner) = &runner else {
+                    return Ok(Vec::new());
+                };
+                let seen = runtime::observe(hv, inst)?;
+                Ok(runner.apply(inst, &seen, &|o| held.outcome(o)))
+            },
+        );
+        let (made, ran): (Vec<Outcome>, Vec<Ran>) = results.into_iter().unzip();
+        let mut out = vec![self.done(Stage::Provision, Ok(host.finish(made)), label)];
+        out.extend(self.runtime_done(runner.err(), ran, label));
+        out
     }
 
-    fn acquire_within(s: &Session, wait: std::time::Duration) -> Result<RunLock, LockError> {
-        let pool = &s.cfg.instance_pool_path;
-        let path =
-            crate::state::run_lock_path(pool, &s.cfg.libvirt_uri).map_err(|e| LockError::Dir {
-                pool: pool.clone(),
-                source: e,
-            })?;
-        // O_NOFOLLOW: a symlink in its place is refused, never written through.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(|source| LockError::Open {
-                path: path.clone(),
-                source,
-            })?;
-        // Another run may be finishing (or a killed one still exiting): wait a little for it.
-        let deadline = std::time::Instant::now() + wait;
-        let mut told = false;
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    let holder = read_holder(&mut file);
-                    if std::time::Instant::now() >= deadline {
-                        return Err(LockError::Busy {
-                            holder,
-                            uri: s.cfg.libvirt_uri.clone(),
-                            pool: pool.display().to_string(),
-                            path,
-                        });
-                    }
-                    if !told {
-                        crate::output::note(&format!(
-                            "waiting up to {}s for another kvmprov run ({holder}) on this hypervisor and pool",
-                            wait.as_secs()
-                        ));
-                        told = true;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(std::fs::TryLockError::Error(source)) => {
-                    return Err(LockError::Open { path, source })
+    /// The runtime half's report and, when it could not set out or look at an instance, the
+    /// first such error after it.
+    fn runtime_done(&self, setup: Option<HvError>, ran: Vec<Ran>, label: bool) -> Vec<StageDone> {
+        let mut report = StageReport::new("runtime");
+        let mut error = setup.map(|e| error_chain(&e));
+        for r in ran {
+            match r {
+                Ok(outcomes) => report.outcomes.extend(outcomes),
+                Err(e) => {
+                    error.get_or_insert_with(|| error_chain(&e));
                 }
             }
         }
-        // Who holds it, for the message the next run prints.
-        let _ = file.set_len(0);
-        let _ = writeln!(file, "pid {}", std::process::id());
-        Ok(RunLock { _file: file, path })
-    }
-}
-
-/// What the lock's holder wrote into it (`pid N`), read through our own handle.
-fn read_holder(file: &mut File) -> String {
-    let mut text = String::new();
-    let _ = file
-        .seek(SeekFrom::Start(0))
-        .and_then(|_| file.read_to_string(&mut text));
-    match text.trim() {
-        "" => "pid unknown".to_string(),
-        t => t.to_string(),
-    }
-}
-
-impl Drop for RunLock {
-    fn drop(&mut self) {
-        tracing::debug!("releasing {}", self.path.display());
-    }
-}
-
-/// Run `f` over `items` with at most `jobs` at once, keeping the input order in the result.
-pub fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let jobs = jobs.max(1);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<R>>> =
-        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(items.len()) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let r = f(item);
-                if let Ok(mut slot) = results[i].lock() {
-                    *slot = Some(r);
-                }
-            });
+        let mut out = Vec::new();
+        if error.is_none() || !report.outcomes.is_empty() {
+            out.push(self.done(Stage::Runtime, Ok(report), label));
         }
-    });
-    results
-        .into_iter()
-        .filter_map(|m| m.into_inner().ok().flatten())
-        .collect()
+        if let Some(e) = error {
+            out.push(self.done(Stage::Runtime, Err(e), label));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::path::Path;
 
-    fn session(pool: &Path, uri: &str) -> Session {
-        let text = format!(
-            "kvm_libvirt_uri: \"{uri}\"\nkvm_image_cache_path: /nonexistent/cache\nkvm_instance_disk_pool_path: {}\n",
-            pool.display()
+    use crate::output::OutputFormat;
+    use crate::plan::{Op, Status};
+    use crate::settings::{Options, Session, Stage};
+
+    /// A test-driver node: the default network and `web-01`, defined as the config says and
+    /// shut off (`runstate` 5).
+    fn node(dir: &Path) -> String {
+        let mac = kvmprov_hypervisor::xml::mac_for("web-01");
+        let x = format!(
+            "<node>\n<network><name>default</name><bridge name='virbr0'/><forward/>\
+             <ip address='192.168.122.1' netmask='255.255.255.0'/></network>\n\
+             <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\
+             <name>web-01</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>\
+             <os><type>hvm</type></os><metadata><kvmprov:instance xmlns:kvmprov='{ns}'>\
+             <kvmprov:image name='debian-12' version='' sha512=''/>\
+             <kvmprov:config digest='' instance-id='web-01-1'/></kvmprov:instance></metadata>\
+             <devices><interface type='network'><source network='default'/>\
+             <mac address='{mac}'/></interface></devices><test:runstate>5</test:runstate></domain>\n</node>\n",
+            ns = kvmprov_hypervisor::xml::METADATA_NS
         );
-        let cfg = crate::config::parse(Path::new("vars.yml"), &text, &[]).unwrap();
-        Session::new(cfg, false, OutputFormat::Human, None)
+        let p = dir.join("node.xml");
+        std::fs::write(&p, x).unwrap();
+        format!("test://{}", p.display())
     }
 
-    /// The lock was `$TMPDIR/kvmprov-<hash>.lock`, opened following symlinks: any local user
-    /// could plant a symlink there, and root's run then truncated the file it pointed to.
+    /// web-02 cannot be provisioned (its image is not cached): it is not started, and its
+    /// runtime line says why; web-01 goes on and is started. The run fails, as before.
     #[test]
-    fn regression_run_lock_followed_a_planted_symlink() {
+    fn an_instance_whose_provision_failed_is_not_started_while_the_others_go_on() {
         let t = tempfile::tempdir().unwrap();
-        let pool = t.path().join("pool");
-        let s = session(&pool, "qemu:///system");
-        let path = RunLock::acquire(&s).unwrap().path.clone();
-        let victim = t.path().join("victim");
-        std::fs::write(&victim, "precious").unwrap();
-        std::fs::remove_file(&path).unwrap();
-        std::os::unix::fs::symlink(&victim, &path).unwrap();
-        let again = RunLock::acquire(&s);
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
-        assert!(again.is_err(), "a planted symlink was taken as the lock");
-        // It lives beside kvmprov's state in the pool, not in a world-writable directory.
-        let state = crate::state::state_dir(&pool.canonicalize().unwrap());
-        assert_eq!(path.parent(), Some(state.as_path()), "{}", path.display());
-    }
-
-    /// `/srv/pool` and `/srv/pool/`, `hv1` and `HV1:22` got different lock files: two runs on
-    /// the same hypervisor and pool did not exclude each other.
-    #[test]
-    fn regression_run_lock_differed_for_one_hypervisor_and_pool_spelled_two_ways() {
-        let t = tempfile::tempdir().unwrap();
-        let pool = t.path().join("pool");
-        std::fs::create_dir(&pool).unwrap();
-        let link = t.path().join("link");
-        std::os::unix::fs::symlink(&pool, &link).unwrap();
-        let plain = session(&pool, "qemu+ssh://hv1/system");
-        let first = RunLock::acquire(&plain).unwrap().path.clone();
-        for (p, uri) in [
-            (
-                PathBuf::from(format!("{}/", pool.display())),
-                "qemu+ssh://hv1/system",
-            ),
-            (pool.clone(), "QEMU+SSH://admin@HV1:22/system/"),
-            (link, "qemu+ssh://hv1/system"),
-        ] {
-            let other = RunLock::acquire(&session(&p, uri)).unwrap().path.clone();
-            assert_eq!(other, first, "{} {uri}", p.display());
-        }
-        // Another hypervisor on the same pool path has its own lock.
-        let hv2 = RunLock::acquire(&session(&pool, "qemu+ssh://hv2/system")).unwrap();
-        assert_ne!(hv2.path, first);
-    }
-
-    #[test]
-    fn one_run_locks_a_hypervisor_spelled_two_ways_once() {
-        let t = tempfile::tempdir().unwrap();
-        let pool = t.path().join("pool");
-        let hosts = [
-            session(&pool, "qemu+ssh://hv1/system"),
-            session(&pool, "qemu+ssh://admin@hv1/system"),
-            session(&pool, "qemu+ssh://hv2/system"),
-        ];
-        let started = std::time::Instant::now();
-        let locks = lock_all(&hosts).unwrap();
-        assert_eq!(locks.len(), 2);
-        assert!(started.elapsed() < LOCK_WAIT / 2, "waited on itself");
-    }
-
-    #[test]
-    fn busy_lock_names_its_holder_and_file() {
-        let t = tempfile::tempdir().unwrap();
-        let s = session(&t.path().join("pool"), "qemu:///system");
-        let held = RunLock::acquire(&s).unwrap();
-        let e = RunLock::acquire_within(&s, std::time::Duration::ZERO)
-            .err()
-            .expect("the lock is held")
-            .to_string();
-        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
-        assert!(e.contains(&held.path.display().to_string()), "{e}");
-    }
-
-    #[test]
-    fn full_expands_to_four_stages_in_order() {
+        let uri = node(t.path());
+        let yaml = format!(
+            "kvm_libvirt_uri: \"{uri}\"\nkvm_domain_type: qemu\n\
+             kvm_image_cache_path: {0}/images\nkvm_instance_disk_pool_path: {0}/instances\n\
+             kvm_cloud_image_catalog:\n  - image_name: debian-12\n    image_url: http://127.0.0.1:9/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2\n    image_checksum_manifest_url: http://127.0.0.1:9/images/cloud/bookworm/latest/SHA512SUMS\n\
+             kvm_cloud_init_defaults:\n  password: \"pipeline-test\"\nkvm_instance_definitions:\n\
+             \x20 - instance_name: web-01\n    image_name: debian-12\n    vcpus: 1\n    memory_mib: 512\n\
+             \x20 - instance_name: web-02\n    image_name: debian-12\n    vcpus: 1\n    memory_mib: 512\n",
+            t.path().display()
+        );
+        let path = t.path().join("vars.yml");
+        let cfg = crate::config::parse(&path, &yaml, &[]).unwrap();
+        let s = Session::new(
+            cfg,
+            Options {
+                output: OutputFormat::Json,
+                no_wait: true,
+                ..Options::default()
+            },
+        );
+        let reports = super::run_stages(&s, &[Stage::Provision, Stage::Runtime]).unwrap();
+        let stages: Vec<&str> = reports.iter().map(|r| r.stage.as_str()).collect();
+        assert_eq!(stages, ["provision", "runtime"]);
+        let line = |stage: usize, target: &str| {
+            reports[stage]
+                .outcomes
+                .iter()
+                .find(|o| o.action.target == target)
+                .unwrap_or_else(|| panic!("{target} in {:?}", reports[stage]))
+        };
+        assert_eq!(line(0, "web-01").status, Status::Done);
+        assert!(line(0, "web-02").failed());
+        let started = line(1, "web-01");
         assert_eq!(
-            selected(StageChoice::Full),
-            vec![
-                StageChoice::Preflight,
-                StageChoice::ImageCache,
-                StageChoice::Provision,
-                StageChoice::Runtime
-            ]
+            (started.action.op, &started.status),
+            (Op::Start, &Status::Done)
         );
-        assert_eq!(selected(StageChoice::Runtime), vec![StageChoice::Runtime]);
-    }
-
-    #[test]
-    fn parallel_keeps_order_and_bounds_jobs() {
-        let items: Vec<u32> = (0..20).collect();
-        let running = std::sync::atomic::AtomicUsize::new(0);
-        let peak = std::sync::atomic::AtomicUsize::new(0);
-        let out = parallel(&items, 3, |x| {
-            let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            x * 2
-        });
-        assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
-        assert!(peak.load(std::sync::atomic::Ordering::SeqCst) <= 3);
+        let skipped = line(1, "web-02");
+        assert_eq!(skipped.action.op, Op::Skip, "{skipped:?}");
+        assert!(skipped.action.reason.contains("provision failed"));
+        assert_eq!(reports[1].outcomes.len(), 2, "{:?}", reports[1]);
+        assert!(reports.iter().any(crate::plan::StageReport::failed));
     }
 }

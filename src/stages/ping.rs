@@ -1,19 +1,15 @@
 //! `kvmprov ping`: can we reach the hypervisor, and what does it offer?
 
-use crate::cli::{EXIT_FAILED, EXIT_OK};
+use crate::exit::ExitStatus;
 use crate::output::Probe;
 use crate::plan::error_chain;
-use crate::stages::Session;
+use crate::settings::Session;
 
 /// Every hypervisor the config names; fails if any is unreachable.
-pub fn run(s: &Session) -> i32 {
+pub fn run(s: &Session) -> ExitStatus {
     let probes: Vec<Probe> = s.per_host().iter().map(probe).collect();
     s.printer.hypervisors(&probes);
-    if probes.iter().any(|p| p.error.is_some()) {
-        EXIT_FAILED
-    } else {
-        EXIT_OK
-    }
+    ExitStatus::failed_if(probes.iter().any(|p| p.error.is_some()))
 }
 
 fn probe(s: &Session) -> Probe {

@@ -1,51 +1,29 @@
 //! `kvmprov status` (a table of the declared instances) and `kvmprov ssh NAME`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo};
+
+use crate::address;
 use crate::config::Instance;
-use crate::guest::{self, SshTarget};
+use crate::exit::ExitStatus;
+use crate::guest;
+use crate::login::Login;
 use crate::output::{self, json::InstanceStatus};
+use crate::parallel::parallel;
 use crate::plan::error_chain;
-use crate::stages::Session;
-use crate::state;
-use kvmprov_hypervisor::{HvError, Hypervisor};
+use crate::settings::Session;
 
-/// The guest's current IPv4, from the sources its network allows (`address.rs`).
-pub fn address(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Option<Ipv4Addr>, HvError> {
-    Ok(crate::address::current(hv, inst, &s.cfg.instance_pool_path)?.map(|(ip, _)| ip))
-}
-
-/// How kvmprov logs in to `inst` at `addr`: its operator key, the pinned host key (written as a
-/// known_hosts file for `addr`) and the hop through a remote hypervisor. `s` is the session of
-/// the instance's own hypervisor (`Session::for_host`).
-pub fn ssh_target(s: &Session, inst: &Instance, addr: Ipv4Addr) -> Result<SshTarget, String> {
-    let dir = state::state_dir(&s.cfg.instance_pool_path);
-    let key = state::operator_key(&dir, false)
-        .map_err(|e| error_chain(&e))?
-        .ok_or_else(|| {
-            format!(
-                "no operator key in {}: was `{}` provisioned by kvmprov?",
-                dir.display(),
-                inst.name
-            )
-        })?;
-    let known_hosts =
-        state::known_hosts_for(&dir, &inst.libvirt_uri, &inst.name, &addr.to_string())
-            .map_err(|e| error_chain(&e))?;
-    Ok(SshTarget {
-        user: s.cfg.cloud_init.user.clone(),
-        addr: IpAddr::V4(addr),
-        identity: key.private_path,
-        known_hosts,
-        jump: kvmprov_hypervisor::ssh_destination(&s.cfg.libvirt_uri),
-    })
-}
-
-fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<InstanceStatus, HvError> {
+/// `networks`: the hypervisor's, read once for all its instances.
+fn row(
+    s: &Session,
+    hv: &Hypervisor,
+    networks: &[NetworkInfo],
+    inst: &Instance,
+) -> Result<InstanceStatus, HvError> {
     let Some(dom) = hv.domain(&inst.name)? else {
         return Ok(InstanceStatus {
             name: inst.name.clone(),
@@ -60,12 +38,17 @@ fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<InstanceStatus, 
     };
     let observed = kvmprov_hypervisor::xml::parse_domain_xml(&hv.domain_xml(&inst.name)?)?;
     let running = dom.state == kvmprov_hypervisor::DomainState::Running;
-    let ip = if running { address(s, hv, inst)? } else { None };
+    let ip = if running {
+        address::current(hv, networks, inst, &s.cfg.instance_pool_path)?
+    } else {
+        None
+    };
     let remote = kvmprov_hypervisor::ssh_destination(&s.cfg.libvirt_uri).is_some();
     let ssh_ready = match ip {
         Some(a) if remote || guest::tcp_open(IpAddr::V4(a), 22, Duration::from_secs(1)) => {
-            ssh_target(s, inst, a)
+            Login::new(s, inst)
                 .ok()
+                .and_then(|l| l.target(a).ok())
                 .and_then(|t| guest::ssh_run(&t, "true", Duration::from_secs(8)).ok())
                 .is_some_and(|o| o.code == Some(0))
         }
@@ -93,21 +76,19 @@ fn row(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<InstanceStatus, 
 /// The rows of one hypervisor's instances.
 fn host_rows(s: &Session) -> Result<Vec<InstanceStatus>, String> {
     let hv = s.connect().map_err(|e| error_chain(&e))?;
-    crate::stages::parallel(&s.cfg.instances, 8, |i| row(s, &hv, i))
+    let networks = hv.networks().map_err(|e| error_chain(&e))?;
+    parallel(&s.cfg.instances, 8, |i| row(s, &hv, &networks, i))
         .into_iter()
         .collect::<Result<Vec<InstanceStatus>, HvError>>()
         .map_err(|e| error_chain(&e))
 }
 
-pub fn run(s: &Session) -> i32 {
+pub fn run(s: &Session) -> ExitStatus {
     let hosts = s.per_host();
     let mut rows = Vec::new();
     let mut errors = Vec::new();
     // Hosts in parallel; one that is down is reported and the others are still shown.
-    for (h, result) in hosts
-        .iter()
-        .zip(crate::stages::parallel(&hosts, hosts.len(), host_rows))
-    {
+    for (h, result) in hosts.iter().zip(parallel(&hosts, hosts.len(), host_rows)) {
         match result {
             Ok(r) => rows.extend(r),
             Err(e) => {
@@ -118,15 +99,11 @@ pub fn run(s: &Session) -> i32 {
         }
     }
     s.printer.instances(&rows, hosts.len() > 1, &errors);
-    if errors.is_empty() {
-        EXIT_OK
-    } else {
-        EXIT_FAILED
-    }
+    ExitStatus::failed_if(!errors.is_empty())
 }
 
 /// Replace this process with `ssh` to the instance (interactive unless a command is given).
-pub fn ssh(s: &Session, name: &str, command: &[String]) -> i32 {
+pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
     let Some(inst) = s.cfg.instance(name) else {
         let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
         output::error(&format!(
@@ -134,27 +111,32 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> i32 {
             names.join(", "),
             crate::config::did_you_mean(name, &names)
         ));
-        return EXIT_USAGE;
+        return ExitStatus::Usage;
     };
     let s = &s.for_host(&inst.libvirt_uri);
-    let addr = match s.connect().and_then(|hv| address(s, &hv, inst)) {
+    let found = s.connect().and_then(|hv| {
+        let networks = hv.networks()?;
+        address::current(&hv, &networks, inst, &s.cfg.instance_pool_path)
+    });
+    let addr = match found {
         Ok(Some(a)) => a,
         Ok(None) => {
             output::error(&format!(
                 "`{name}` has no IPv4 address yet (is it running? try `kvmprov status`)"
             ));
-            return EXIT_FAILED;
+            return ExitStatus::Failure;
         }
         Err(e) => {
             output::error(&error_chain(&e));
-            return EXIT_FAILED;
+            return ExitStatus::Failure;
         }
     };
-    let target = match ssh_target(s, inst, addr) {
+    let login = Login::new(s, inst).map_err(|e| error_chain(&e));
+    let target = match login.and_then(|l| l.target(addr).map_err(|e| error_chain(&e))) {
         Ok(t) => t,
         Err(e) => {
             output::error(&e);
-            return EXIT_FAILED;
+            return ExitStatus::Failure;
         }
     };
     let mut cmd = Command::new("ssh");
@@ -168,5 +150,5 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> i32 {
     }
     let err = cmd.exec();
     output::error(&format!("cannot run ssh: {err}"));
-    EXIT_FAILED
+    ExitStatus::Failure
 }

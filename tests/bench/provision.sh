@@ -4,7 +4,8 @@
 #   (a) kvmprov provision --no-wait (stage full: preflight, image-cache, provision, start)
 #   (b) the replaced project's chain: qemu-img create -b, cloud-localds, virt-install --import
 #   (c) the lower bound: the same libvirt calls in one process, all in parallel (examples/bound.rs)
-# plus one instance with kvmprov and a re-run with everything present.
+# plus one instance with kvmprov and a re-run with everything present. No figures are printed
+# when libvirt re-probed QEMU during the run (they would measure the probes).
 # Runs in its own network namespace with its own libvirtd (tests/e2e/lib.sh). Needs root.
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
@@ -40,6 +41,17 @@ stop_all() { # prefix
     done
     sleep 2
 }
+
+# libvirt re-probes QEMU (seconds to minutes per call) when its qemu user loses /dev/kvm, e.g.
+# when the machine's host changes the device's group; every figure taken then is meaningless.
+# Each probe rewrites libvirt's capabilities cache, so a file there newer than this mark
+# means a probe happened during the run.
+CAPS_DIR=/var/cache/libvirt/qemu/capabilities
+probe_mark="$E2E_DIR/probe-mark"
+# A probe that is due anyway (a cold or outdated cache) happens here, before the mark.
+in_ns virsh -q -c qemu:///system domcapabilities --virttype qemu >/dev/null
+touch "$probe_mark"
+reprobed() { find "$CAPS_DIR" -name '*.xml' -newer "$probe_mark" 2>/dev/null | head -n 1; }
 
 cfg "$E2E_DIR/a.yml" bench-a "$COUNT"
 kp -c "$E2E_DIR/a.yml" image-cache >/dev/null
@@ -89,6 +101,10 @@ chmod 0755 "$E2E_DIR/c"
 c=$(in_ns "$BOUND" qemu:///system kvmprov-bench-c "$E2E_DIR/c" "$cached" default "$COUNT" bench-c)
 stop_all bench-c
 
+if [ -n "$(reprobed)" ]; then
+    echo "bench: no figures: libvirt re-probed QEMU during the run ($(reprobed) was rewritten at $(date -r "$(reprobed)" +%T)); is /dev/kvm usable by libvirt-qemu? ($(getfacl -p /dev/kvm 2>/dev/null | grep -c libvirt-qemu) ACL entries)" >&2
+    exit 1
+fi
 python3 - "$COUNT" "$a" "$b" "$c" "$one" "$rerun" <<'PY'
 import sys
 n, a, b, c, one, rerun = sys.argv[1], *map(float, sys.argv[2:])

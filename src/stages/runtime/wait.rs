@@ -1,186 +1,22 @@
-//! Runtime stage: start the declared domains, find each guest's address, wait for SSH (pinned
-//! host key) and for cloud-init to finish, then take the declared snapshot once.
-//! All instances in parallel; every wait has a deadline and says what it was waiting for.
+//! Waiting for a guest: its address (asked again before every attempt), TCP 22, an SSH login
+//! with the pinned host key, then cloud-init. Every wait has a deadline and says, when it gives
+//! up, what it was waiting for and the last console lines.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
+use kvmprov_hypervisor::{Hypervisor, NetworkInfo, SshDest};
 
+use super::RuntimeError;
 use crate::address;
 use crate::config::Instance;
 use crate::guest::{self, CloudInitStatus, SshTarget};
-use crate::plan::{Action, Op, Outcome, StageReport, Status};
-use crate::stages::provision::console_name;
-use crate::stages::{parallel, Session};
-use crate::state;
+use crate::layout::console_name;
+use crate::login::Login;
+use crate::settings::Session;
 
 /// How often we look again while waiting.
 const POLL: Duration = Duration::from_millis(250);
-
-/// What runtime will do for one instance, from its observed state (pure).
-pub fn plan_instance(
-    inst: &Instance,
-    state: Option<DomainState>,
-    snapshots: &[String],
-    wait: bool,
-) -> Vec<Action> {
-    let name = &inst.name;
-    let Some(state) = state else {
-        return vec![Action::new(
-            name,
-            Op::Check,
-            "domain not defined: run the provision stage first",
-        )];
-    };
-    let mut actions = Vec::new();
-    match state {
-        DomainState::Running => {}
-        DomainState::Paused => {
-            actions.push(Action::new(name, Op::Start, "domain is Paused: resume"))
-        }
-        other => actions.push(Action::new(name, Op::Start, format!("domain is {other:?}"))),
-    }
-    if !wait {
-        return actions;
-    }
-    let via = match &inst.ipv4 {
-        Some(s) => format!("static {}", s.address.addr()),
-        None => format!("DHCP lease on `{}`", inst.network),
-    };
-    actions.push(Action::new(
-        name,
-        Op::Wait,
-        format!("address ({via}), SSH with pinned host key, cloud-init done"),
-    ));
-    if let Some(snap) = &inst.snapshot_name {
-        if snapshots.iter().any(|s| s == snap) {
-            actions.push(Action::new(
-                name,
-                Op::Keep,
-                format!("snapshot `{snap}` exists"),
-            ));
-        } else {
-            actions.push(Action::new(
-                name,
-                Op::Snapshot,
-                format!("take `{snap}` after the checks pass"),
-            ));
-        }
-    }
-    actions
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error(transparent)]
-    Hypervisor(#[from] HvError),
-    #[error(transparent)]
-    State(#[from] state::StateError),
-    #[error(transparent)]
-    Guest(#[from] guest::GuestError),
-    #[error("timed out after {seconds}s waiting for {what}\n      last console lines ({console}):\n{tail}")]
-    Timeout {
-        seconds: u64,
-        what: String,
-        console: String,
-        tail: String,
-    },
-    #[error("cloud-init finished with errors: {0}")]
-    CloudInit(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
-    let mut report = StageReport::new("runtime");
-    let mut observed = Vec::new();
-    for inst in &s.cfg.instances {
-        let dom = hv.domain(&inst.name)?;
-        let snaps = match &dom {
-            Some(_) => hv.snapshots(&inst.name)?,
-            None => Vec::new(),
-        };
-        observed.push((inst, dom.map(|d| d.state), snaps));
-    }
-    if s.check {
-        for (inst, st, snaps) in &observed {
-            for action in plan_instance(inst, *st, snaps, !s.no_wait) {
-                let o = Outcome {
-                    action,
-                    status: Status::Planned,
-                    seconds: 0.0,
-                };
-                s.printer.outcome(&o);
-                report.outcomes.push(o);
-            }
-        }
-        return Ok(report);
-    }
-    // Waiting is idle time: every instance gets its own worker.
-    let jobs = s.jobs.max(s.cfg.instances.len()).min(64);
-    let results = parallel(&observed, jobs, |(inst, st, snaps)| {
-        let mut outcomes = Vec::new();
-        for action in plan_instance(inst, *st, snaps, !s.no_wait) {
-            let failed_before = outcomes.iter().any(Outcome::failed);
-            let outcome = if failed_before {
-                Outcome {
-                    action,
-                    status: Status::Failed("skipped: an earlier step failed".into()),
-                    seconds: 0.0,
-                }
-            } else {
-                apply(s, hv, inst, action)
-            };
-            s.printer.outcome(&outcome);
-            outcomes.push(outcome);
-        }
-        outcomes
-    });
-    report.outcomes.extend(results.into_iter().flatten());
-    Ok(report)
-}
-
-fn apply(s: &Session, hv: &Hypervisor, inst: &Instance, action: Action) -> Outcome {
-    let started = Instant::now();
-    let mut action = action;
-    let result: Result<(), RuntimeError> = match action.op {
-        Op::Start => (|| {
-            hv.start(&inst.name)?;
-            if s.cfg.domain_autostart {
-                hv.set_autostart(&inst.name, true)?;
-            }
-            Ok(())
-        })(),
-        Op::Wait => match wait_ready(s, hv, inst) {
-            Ok(summary) => {
-                action.reason = summary;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        },
-        Op::Snapshot => {
-            let snap = inst.snapshot_name.clone().unwrap_or_default();
-            hv.create_snapshot(
-                &inst.name,
-                &snap,
-                "taken by kvmprov after the runtime checks passed",
-            )
-            .map_err(RuntimeError::from)
-        }
-        Op::Check => Err(RuntimeError::Invalid(action.reason.clone())),
-        _ => Ok(()),
-    };
-    Outcome {
-        action,
-        status: match result {
-            Ok(()) => Status::Done,
-            Err(e) => Status::Failed(crate::plan::error_chain(&e)),
-        },
-        seconds: started.elapsed().as_secs_f64(),
-    }
-}
 
 /// The deadlines of the login loop.
 struct Waits {
@@ -332,115 +168,86 @@ fn login_attempt(
 }
 
 /// Wait until the guest answers over SSH and cloud-init is done; returns a one-line summary.
-fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, RuntimeError> {
+/// `networks`: the hypervisor's, to find the address with.
+pub(super) fn wait_ready(
+    s: &Session,
+    hv: &Hypervisor,
+    networks: &[NetworkInfo],
+    inst: &Instance,
+) -> Result<String, RuntimeError> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(s.cfg.runtime_timeout_seconds);
-    let console = s.cfg.instance_pool_path.join(console_name(&inst.name));
-    // Guests of a remote hypervisor sit on its NAT network: reach them through it.
-    let jump = kvmprov_hypervisor::ssh_destination(&s.cfg.libvirt_uri);
-    let timeout = |what: String| RuntimeError::Timeout {
-        seconds: s.cfg.runtime_timeout_seconds,
-        what,
-        console: match &jump {
-            Some(j) => format!("{} on {}", console.display(), j.display()),
-            None => console.display().to_string(),
-        },
-        tail: match &jump {
-            Some(j) => guest::remote_console_tail(j, &console, 15),
-            None => guest::console_tail(&console, 15),
-        }
-        .lines()
-        .map(|l| format!("        {l}"))
-        .collect::<Vec<_>>()
-        .join("\n"),
-    };
+    let login = Login::new(s, inst)?;
+    let jump = login.jump();
+    let timeout = |what: String| timeout(s, inst, jump, what);
 
     // The address, TCP 22 on it, then SSH with the pinned key. The address is asked again
     // before every attempt: a stale lease or an old announcement must not pin a dead address.
-    let nets = hv.networks()?;
-    let plan = address::plan_or_all(inst, nets.iter().find(|n| n.name == inst.network));
+    let plan = address::plan_among(inst, networks);
     let probe = address::HostProbe::new(hv, inst, &s.cfg.instance_pool_path);
-    // Remote sources are read over SSH: ask them less often.
-    let poll = if jump.is_some() {
-        Duration::from_secs(2)
-    } else {
-        POLL
-    };
-    let dir = state::state_dir(&s.cfg.instance_pool_path);
-    let identity: PathBuf = state::operator_key(&dir, false)?
-        .map(|k| k.private_path)
-        .ok_or_else(|| {
-            RuntimeError::Invalid(format!(
-                "no operator key in {}: the instance was not provisioned by kvmprov",
-                dir.display()
-            ))
-        })?;
-    let user = s.cfg.cloud_init.user.clone();
-    let target_for = |ip: Ipv4Addr| -> Result<SshTarget, RuntimeError> {
-        Ok(SshTarget {
-            user: user.clone(),
-            addr: IpAddr::V4(ip),
-            identity: identity.clone(),
-            known_hosts: state::known_hosts_for(
-                &dir,
-                &inst.libvirt_uri,
-                &inst.name,
-                &ip.to_string(),
-            )?,
-            jump: jump.clone(),
-        })
-    };
     let waits = Waits {
         deadline,
-        poll,
+        // Remote sources are read over SSH: ask them less often.
+        poll: if jump.is_some() {
+            Duration::from_secs(2)
+        } else {
+            POLL
+        },
         // Through a hypervisor, the SSH attempts are the port check.
         check_port: jump.is_none(),
     };
-    let login = login_loop(
+    let logged_in = login_loop(
         &plan,
         inst,
         &probe,
         &waits,
         |ip| guest::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)),
-        |ip| {
-            // ssh exits 255 while sshd is not up yet (or still offers a host key other
-            // than ours).
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            login_attempt(guest::ssh_run(
-                &target_for(ip)?,
-                "true",
-                remaining.min(Duration::from_secs(30)),
-            ))
-        },
+        |ip| ssh_attempt(&login, ip, deadline),
     );
-    let LoggedIn {
-        addr: ip,
-        source,
-        t_addr,
-        port_open,
-        ssh_ok,
-        login,
-        attempts,
-    } = match login {
+    let logged_in = match logged_in {
         Ok(l) => l,
         Err(LoginWait::Failed(e)) => return Err(e),
         Err(LoginWait::Deadline(what)) => {
-            return Err(timeout(what.describe(&user, &plan.how)));
+            return Err(timeout(what.describe(login.user(), &plan.how)));
         }
     };
-    let target = target_for(ip)?;
-    let addr = target.addr;
+    wait_cloud_init(&login.target(logged_in.addr)?, inst, deadline, &timeout)?;
+    Ok(summary(&logged_in, jump, start))
+}
+
+/// One SSH login at `ip` (see [`login_attempt`]). ssh exits 255 while sshd is not up yet (or
+/// still offers a host key other than ours).
+fn ssh_attempt(
+    login: &Login,
+    ip: Ipv4Addr,
+    deadline: Instant,
+) -> Result<Option<String>, RuntimeError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    login_attempt(guest::ssh_run(
+        &login.target(ip)?,
+        "true",
+        remaining.min(Duration::from_secs(30)),
+    ))
+}
+
+/// Until cloud-init is done (degraded counts, with a warning) or the deadline.
+fn wait_cloud_init(
+    target: &SshTarget,
+    inst: &Instance,
+    deadline: Instant,
+    timeout: &dyn Fn(String) -> RuntimeError,
+) -> Result<(), RuntimeError> {
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(timeout("cloud-init to finish".to_string()));
         }
-        let out = guest::ssh_run(&target, "cloud-init status --wait --long", remaining)?;
+        let out = guest::ssh_run(target, "cloud-init status --wait --long", remaining)?;
         match guest::parse_cloud_init_status(&out) {
-            CloudInitStatus::Done => break,
+            CloudInitStatus::Done => return Ok(()),
             CloudInitStatus::Degraded(d) => {
                 tracing::warn!("{}: cloud-init finished degraded: {d}", inst.name);
-                break;
+                return Ok(());
             }
             CloudInitStatus::Error(d) => return Err(RuntimeError::CloudInit(d)),
             CloudInitStatus::Other(d) => {
@@ -449,28 +256,57 @@ fn wait_ready(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<String, R
             }
         }
     }
-    let ssh_after_port = ssh_ok.duration_since(port_open);
+}
+
+/// A wait that ran out: what it waited for and the last lines of the guest's console.
+fn timeout(s: &Session, inst: &Instance, jump: Option<&SshDest>, what: String) -> RuntimeError {
+    let console = s.cfg.instance_pool_path.join(console_name(&inst.name));
+    RuntimeError::Timeout {
+        seconds: s.cfg.runtime_timeout_seconds,
+        what,
+        console: match jump {
+            Some(j) => format!("{} on {}", console.display(), j.display()),
+            None => console.display().to_string(),
+        },
+        tail: match jump {
+            Some(j) => guest::remote_console_tail(j, &console, 15),
+            None => guest::console_tail(&console, 15),
+        }
+        .lines()
+        .map(|l| format!("        {l}"))
+        .collect::<Vec<_>>()
+        .join("\n"),
+    }
+}
+
+/// The one line a ready guest gets: where, from which source, how long each step took.
+fn summary(l: &LoggedIn, jump: Option<&SshDest>, start: Instant) -> String {
+    let ssh_after_port = l.ssh_ok.duration_since(l.port_open);
     // Through a hypervisor there is no separate port check: the wait counts from the address.
-    let since = match &jump {
+    let since = match jump {
         Some(j) => format!("after the address appeared (through {})", j.display()),
         None => "after port 22 opened".to_string(),
     };
-    Ok(format!(
+    format!(
         // The attempts and the last login's own time tell kvmprov's waiting from the guest's.
-        "ready at {addr}: address ({}) after {:.0}s, ssh {:.1}s {since} ({attempts} attempt{}, \
+        "ready at {}: address ({}) after {:.0}s, ssh {:.1}s {since} ({} attempt{}, \
          the login {:.1}s), cloud-init done after {:.0}s",
-        source.as_str(),
-        t_addr.as_secs_f64(),
+        l.addr,
+        l.source.as_str(),
+        l.t_addr.as_secs_f64(),
         ssh_after_port.as_secs_f64(),
-        if attempts == 1 { "" } else { "s" },
-        login.as_secs_f64(),
+        l.attempts,
+        if l.attempts == 1 { "" } else { "s" },
+        l.login.as_secs_f64(),
         start.elapsed().as_secs_f64()
-    ))
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::inst;
     use super::*;
+    use kvmprov_hypervisor::HvError;
     use std::cell::Cell;
 
     /// A network whose DHCP server first reports a stale lease (an earlier guest's address,
@@ -627,73 +463,5 @@ mod tests {
             }
             r => panic!("{r:?}"),
         }
-    }
-
-    fn inst(snapshot: Option<&str>) -> Instance {
-        Instance {
-            name: "a".into(),
-            image_name: "debian-12".into(),
-            vcpus: 1,
-            memory_mib: 512,
-            disk_size_gib: 4,
-            network: "default".into(),
-            ipv4: None,
-            mac: None,
-            snapshot_name: snapshot.map(String::from),
-            packages: vec![],
-            runcmd: vec![],
-            libvirt_uri: "qemu:///system".into(),
-            firmware: crate::config::FirmwareChoice::Bios,
-            secure_boot: false,
-        }
-    }
-
-    #[test]
-    fn stopped_domain_is_started_then_waited_for_then_snapshotted() {
-        let ops: Vec<Op> =
-            plan_instance(&inst(Some("base")), Some(DomainState::ShutOff), &[], true)
-                .into_iter()
-                .map(|a| a.op)
-                .collect();
-        assert_eq!(ops, vec![Op::Start, Op::Wait, Op::Snapshot]);
-    }
-
-    #[test]
-    fn existing_snapshot_is_kept_and_running_domain_not_restarted() {
-        let ops: Vec<Op> = plan_instance(
-            &inst(Some("base")),
-            Some(DomainState::Running),
-            &["base".into()],
-            true,
-        )
-        .into_iter()
-        .map(|a| a.op)
-        .collect();
-        assert_eq!(ops, vec![Op::Wait, Op::Keep]);
-    }
-
-    #[test]
-    fn no_wait_only_starts() {
-        let ops: Vec<Op> =
-            plan_instance(&inst(Some("base")), Some(DomainState::ShutOff), &[], false)
-                .into_iter()
-                .map(|a| a.op)
-                .collect();
-        assert_eq!(ops, vec![Op::Start]);
-    }
-
-    #[test]
-    fn paused_domain_is_planned_as_a_resume() {
-        let a = plan_instance(&inst(None), Some(DomainState::Paused), &[], false);
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].op, Op::Start);
-        assert!(a[0].reason.ends_with("resume"), "{}", a[0].reason);
-    }
-
-    #[test]
-    fn undefined_domain_is_an_error_line() {
-        let a = plan_instance(&inst(None), None, &[], true);
-        assert_eq!(a.len(), 1);
-        assert!(a[0].reason.contains("provision stage"));
     }
 }

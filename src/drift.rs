@@ -9,6 +9,7 @@ use kvmprov_hypervisor::xml::DomainType;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Instance};
+use crate::instance::firmware_label;
 
 /// Fields recorded as a digest: a change says only that it changed.
 const SECRET: &[&str] = &["password", "ssh_authorized_keys"];
@@ -38,12 +39,9 @@ pub fn instance_fields(
         ("memory_mib", inst.memory_mib.to_string()),
         ("disk_size_gib", inst.disk_size_gib.to_string()),
         ("domain_type", domain_type.as_str().to_string()),
-        (
-            "firmware",
-            crate::stages::provision::firmware_label(inst).to_string(),
-        ),
+        ("firmware", firmware_label(inst).to_string()),
         ("libvirt_network_name", inst.network.clone()),
-        ("mac_address", crate::stages::provision::mac_of(inst)),
+        ("mac_address", inst.effective_mac()),
         (
             "ipv4_address",
             ipv4.map(|s| s.address.to_string()).unwrap_or_default(),

@@ -1,0 +1,192 @@
+//! Image-cache stage: resolve each used catalog image through Debian's manifests, download
+//! what is missing (verified, resumable), and hand the cached versions on to provision.
+//! [`upload`] then puts them into remote hypervisors' cache pools; [`prune`] removes cached
+//! versions nothing uses.
+
+mod prune;
+mod upload;
+
+use kvmprov_image::{CacheLock, CachedImage, CatalogEntry, Client, ImageError, Resolved};
+
+pub use prune::prune;
+pub use upload::distribute;
+
+use crate::config::CatalogImage;
+use crate::plan::{error_chain, run as run_action, Action, Op, Outcome, StageReport};
+use crate::run::Handoff;
+use crate::settings::{Session, Stage};
+
+/// What to do with one image, decided from what the manifest says and the cache holds.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Keep(CachedImage),
+    Verify(CachedImage),
+    Download,
+}
+
+/// Pure: the action line for one image.
+pub fn plan_one(r: &Resolved, step: &Step) -> Action {
+    let short = &r.sha512[..16.min(r.sha512.len())];
+    let version = r.version.as_deref().unwrap_or("unversioned");
+    match step {
+        Step::Keep(c) => Action::new(
+            &r.image_name,
+            Op::Ok,
+            format!("cached {version} sha512:{short}… ({})", c.path.display()),
+        ),
+        Step::Verify(_) => Action::new(
+            &r.image_name,
+            Op::Verify,
+            format!(
+                "cached {version} sha512:{short}…, re-hashing (kvm_image_cache_verify_on_run=true)"
+            ),
+        ),
+        Step::Download => Action::new(
+            &r.image_name,
+            Op::Download,
+            format!(
+                "{version} sha512:{short}… not cached: {}",
+                kvmprov_image::redact_url(&r.download_url)
+            ),
+        ),
+    }
+}
+
+fn entry(c: &CatalogImage) -> CatalogEntry {
+    CatalogEntry {
+        image_name: c.image_name.clone(),
+        image_url: c.image_url.clone(),
+        checksum_manifest_url: c.image_checksum_manifest_url.clone(),
+        pinned_sha512: c.image_sha512.clone(),
+    }
+}
+
+/// The stage, as part of a run (the caller holds the lock).
+pub fn run(s: &Session, all: bool, handoff: &mut Handoff) -> Result<StageReport, ImageError> {
+    let cfg = &s.cfg;
+    let images: Vec<&CatalogImage> = if all {
+        cfg.catalog.iter().collect()
+    } else {
+        cfg.used_images()
+    };
+    let client = Client::new();
+    let mut report = StageReport::new("image-cache");
+    for c in images {
+        let outcome = one(s, &client, c, handoff);
+        s.printer.outcome(&outcome);
+        report.outcomes.push(outcome);
+    }
+    Ok(report)
+}
+
+fn one(s: &Session, client: &Client, c: &CatalogImage, handoff: &mut Handoff) -> Outcome {
+    let cache = &s.cfg.image_cache_path;
+    let resolved = match kvmprov_image::resolve(client, &entry(c)) {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::failure(
+                Action::new(&c.image_name, Op::Check, "resolve the checksum manifest"),
+                error_chain(&e),
+            )
+        }
+    };
+    let step = match kvmprov_image::lookup(cache, &resolved) {
+        Ok(Some(cached)) if s.cfg.verify_on_run => Step::Verify(cached),
+        Ok(Some(cached)) => Step::Keep(cached),
+        Ok(None) => Step::Download,
+        Err(e) => {
+            return Outcome::failure(
+                Action::new(&c.image_name, Op::Check, "look up the cache"),
+                error_chain(&e),
+            )
+        }
+    };
+    let action = plan_one(&resolved, &step);
+    if s.check {
+        // The plan of the uploads that follow needs to know what is cached already.
+        match &step {
+            Step::Download => handoff.pending.push(resolved.image_name.clone()),
+            Step::Keep(c) | Step::Verify(c) => {
+                handoff.images.insert(c.image_name.clone(), c.clone());
+            }
+        }
+        return Outcome::planned(action);
+    }
+    let mut result: Option<CachedImage> = None;
+    let outcome = run_action(action, || -> Result<(), ImageError> {
+        let cached = match step {
+            Step::Keep(c) => c,
+            Step::Verify(c) => match kvmprov_image::verify(&c.path, &c.sha512) {
+                Ok(()) => c,
+                Err(e) => {
+                    // Never keep a damaged file: move it aside, say so, fetch a good copy.
+                    let aside = kvmprov_image::quarantine(&c.path)?;
+                    tracing::warn!(
+                        "{}: {}; moved to {}, downloading again",
+                        c.path.display(),
+                        error_chain(&e),
+                        aside.display()
+                    );
+                    crate::output::warning(&format!(
+                        "cached image {} failed verification ({}); moved aside to {}",
+                        c.path.display(),
+                        error_chain(&e),
+                        aside.display()
+                    ));
+                    download(s, client, &resolved)?
+                }
+            },
+            Step::Download => download(s, client, &resolved)?,
+        };
+        result = Some(cached);
+        Ok(())
+    });
+    if let Some(cached) = result {
+        handoff.images.insert(cached.image_name.clone(), cached);
+    }
+    outcome
+}
+
+fn download(s: &Session, client: &Client, r: &Resolved) -> Result<CachedImage, ImageError> {
+    std::fs::create_dir_all(&s.cfg.image_cache_path).map_err(|source| ImageError::Io {
+        path: s.cfg.image_cache_path.clone(),
+        source,
+    })?;
+    let mut progress = s.printer.progress("downloading", &r.image_name);
+    kvmprov_image::download(client, &s.cfg.image_cache_path, r, &mut progress)
+}
+
+/// A run that fetches or provisions from the cache holds it shared, so a prune never deletes a
+/// version between its download and its use. `None` for plans and for stages that use no image.
+pub fn hold_cache(s: &Session, stages: &[Stage]) -> Result<Option<CacheLock>, ImageError> {
+    let uses_images = stages
+        .iter()
+        .any(|st| matches!(st, Stage::ImageCache | Stage::Provision));
+    if s.check || !uses_images {
+        return Ok(None);
+    }
+    CacheLock::shared(&s.cfg.image_cache_path).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_plan_line_showed_url_credentials() {
+        let r = Resolved {
+            image_name: "debian-12".into(),
+            download_url: "https://kvm:pa55word@mirror.example/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2?token=t0ps3cret".into(),
+            sha512: "ab".repeat(64),
+            version: None,
+            file_name: "debian-12-genericcloud-amd64-abababababababab.qcow2".into(),
+            source: "sha512sums".into(),
+        };
+        let line = plan_one(&r, &Step::Download).reason;
+        assert!(
+            !line.contains("pa55word") && !line.contains("t0ps3cret"),
+            "{line}"
+        );
+        assert!(line.contains("https://***@mirror.example/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2?***"), "{line}");
+    }
+}

@@ -1,0 +1,206 @@
+//! Creating one instance: the overlay disk (if missing), a new cloud-init seed with a pinned
+//! host key, then the domain, in that order, so a domain never exists without its disk and seed.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kvmprov_hypervisor::xml::{self, DomainSpec, DomainType, KvmprovMetadata};
+use kvmprov_hypervisor::Hypervisor;
+use kvmprov_image::CachedImage;
+use kvmprov_seed::{HostKeys, NetworkSpec, SeedSpec};
+
+use super::plan::config_digest;
+use super::ProvisionError;
+use crate::config::{Config, Instance};
+use crate::drift;
+use crate::instance::firmware_of;
+use crate::layout::{console_name, disk_name, seed_name};
+use crate::state;
+
+/// Everything the instances share during apply.
+pub(super) struct Shared<'a> {
+    pub cfg: &'a Config,
+    pub hv: &'a Hypervisor,
+    pub domain_type: DomainType,
+    /// The name of the instance pool.
+    pub instance_pool: String,
+    pub state_dir: PathBuf,
+    pub operator_public: String,
+}
+
+/// Create one instance: overlay (if `make_disk`) → seed → domain.
+pub(super) fn create(
+    sh: &Shared,
+    inst: &Instance,
+    image: Option<&CachedImage>,
+    make_disk: bool,
+) -> Result<(), ProvisionError> {
+    if make_disk {
+        let image = image.ok_or_else(|| {
+            ProvisionError::Invalid(format!("image `{}` is not cached", inst.image_name))
+        })?;
+        make_overlay(sh, inst, image)?;
+    }
+    // A new seed every time a domain is created: new instance-id, new pinned host key.
+    let instance_id = format!(
+        "{}-{}",
+        inst.name,
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let seed = seed_spec(sh, inst, &instance_id)?;
+    upload_seed(sh, inst, &seed)?;
+    sh.hv
+        .define(&xml::domain_xml(&domain_spec(sh, inst, image, instance_id)))?;
+    Ok(())
+}
+
+/// The qcow2 overlay on the cached image, grown to `disk_size_gib`.
+fn make_overlay(sh: &Shared, inst: &Instance, image: &CachedImage) -> Result<(), ProvisionError> {
+    let capacity = inst.disk_size_gib << 30;
+    if let Some(vsize) = image_virtual_size(&image.path) {
+        if vsize > capacity {
+            return Err(ProvisionError::Invalid(format!(
+                "disk_size_gib {} is smaller than the image's virtual size ({:.1} GiB)",
+                inst.disk_size_gib,
+                vsize as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    sh.hv.create_overlay(
+        &sh.instance_pool,
+        &disk_name(&inst.name),
+        &image.path,
+        "qcow2",
+        capacity,
+    )?;
+    Ok(())
+}
+
+/// The cloud-init documents: user, hashed password, keys (the operator's too), new host keys,
+/// the network.
+fn seed_spec(sh: &Shared, inst: &Instance, instance_id: &str) -> Result<SeedSpec, ProvisionError> {
+    let ci = &sh.cfg.cloud_init;
+    let password_hash = ci
+        .password
+        .as_ref()
+        .map(|p| kvmprov_seed::hash_password(p.expose()))
+        .transpose()?;
+    let mut authorized = ci.ssh_authorized_keys.clone();
+    if !sh.operator_public.is_empty() {
+        authorized.push(sh.operator_public.clone());
+    }
+    let mac = inst.effective_mac();
+    let network = match &inst.ipv4 {
+        Some(st) => NetworkSpec::Static {
+            mac,
+            address: st.address.to_string(),
+            gateway: Some(st.gateway),
+            dns: st.dns.clone(),
+        },
+        None => NetworkSpec::Dhcp { mac },
+    };
+    Ok(SeedSpec {
+        instance_id: instance_id.to_string(),
+        hostname: inst.name.clone(),
+        user: ci.user.clone(),
+        password_hash,
+        ssh_authorized_keys: authorized,
+        ssh_password_authentication: ci.ssh_password_authentication,
+        host_keys: HostKeys::generate()?,
+        network,
+        packages: inst.packages.clone(),
+        runcmd: inst.runcmd.clone(),
+    })
+}
+
+/// Pin the seed's host key, then upload the seed ISO into the instance pool.
+fn upload_seed(sh: &Shared, inst: &Instance, spec: &SeedSpec) -> Result<(), ProvisionError> {
+    let iso = kvmprov_seed::build_iso(spec)?;
+    // Pin the host key before the domain can exist: runtime trusts only this key.
+    state::ensure_dir(&sh.state_dir)?;
+    state::write_private(
+        &state::host_key_path(&sh.state_dir, &inst.libvirt_uri, &inst.name),
+        format!("{}\n", spec.host_keys.ed25519_public_openssh.trim()).as_bytes(),
+    )?;
+    let seed_vol = seed_name(&inst.name);
+    // A seed left by an interrupted run belongs to no domain: replace it.
+    if sh.hv.volume_exists(&sh.instance_pool, &seed_vol)? {
+        sh.hv.delete_volume(&sh.instance_pool, &seed_vol)?;
+    }
+    sh.hv
+        .upload_volume(&sh.instance_pool, &seed_vol, &iso, "raw")?;
+    Ok(())
+}
+
+/// The domain, with kvmprov's metadata: the image it was made from and the config fields.
+fn domain_spec(
+    sh: &Shared,
+    inst: &Instance,
+    image: Option<&CachedImage>,
+    instance_id: String,
+) -> DomainSpec {
+    let pool_path = &sh.cfg.instance_pool_path;
+    let (image_version, image_sha512) = image
+        .map(|c| (c.version.clone(), c.sha512.clone()))
+        .unwrap_or((None, String::new()));
+    DomainSpec {
+        name: inst.name.clone(),
+        domain_type: sh.domain_type,
+        vcpus: inst.vcpus,
+        memory_mib: inst.memory_mib,
+        disk_path: pool_path.join(disk_name(&inst.name)),
+        seed_path: pool_path.join(seed_name(&inst.name)),
+        network: inst.network.clone(),
+        mac: inst.effective_mac(),
+        console_log: pool_path.join(console_name(&inst.name)),
+        firmware: firmware_of(inst, pool_path),
+        metadata: KvmprovMetadata {
+            image_name: inst.image_name.clone(),
+            image_version,
+            image_sha512,
+            config_digest: config_digest(inst),
+            fields: Some(
+                drift::instance_fields(sh.cfg, inst, sh.domain_type, &instance_id)
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value))
+                    .collect(),
+            ),
+            instance_id,
+        },
+    }
+}
+
+/// Read the virtual size from a qcow2 header (bytes 24..32, big-endian).
+pub fn qcow2_virtual_size(header: &[u8]) -> Option<u64> {
+    if header.len() < 32 || &header[..4] != b"QFI\xfb" {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&header[24..32]);
+    Some(u64::from_be_bytes(b))
+}
+
+fn image_virtual_size(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut header = [0u8; 32];
+    f.read_exact(&mut header).ok()?;
+    qcow2_virtual_size(&header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qcow2_header_size() {
+        let mut h = vec![0u8; 32];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[24..32].copy_from_slice(&(3u64 << 30).to_be_bytes());
+        assert_eq!(qcow2_virtual_size(&h), Some(3 << 30));
+        assert_eq!(qcow2_virtual_size(b"nope"), None);
+    }
+}

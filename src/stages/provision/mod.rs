@@ -1,0 +1,308 @@
+//! Provision stage: per instance, a qcow2 overlay on the cached image, a cloud-init seed ISO and
+//! a domain — created only when missing, in that order, so a domain never exists without its
+//! disk and seed. Existing domains are never modified; differences from the config are drift.
+//!
+//! [`run`] observes (pools, images, volumes, domains), plans each instance with the pure
+//! [`plan`] module, and applies with [`create`].
+
+mod create;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kvmprov_hypervisor::xml::{self, DomainType};
+use kvmprov_hypervisor::{HvError, Hypervisor, PoolInfo};
+use kvmprov_image::CachedImage;
+
+use plan::{describe, plan_instance, Found, InstancePlan};
+
+use crate::config::{Config, Instance};
+use crate::host::{is_local, resolve_domain_type};
+use crate::layout::{disk_name, pool_name_for};
+use crate::parallel::parallel;
+use crate::plan::{Action, Op, Outcome, StageReport};
+use crate::run::Handoff;
+use crate::settings::Session;
+use crate::state;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Hypervisor(#[from] HvError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("cloud-init seed: {0}")]
+    Seed(#[from] kvmprov_seed::SeedError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A pool kvmprov uses: its name (libvirt's, when a pool holds the directory already) and
+/// what libvirt says of it (`None`: no pool holds the directory).
+struct Pool {
+    name: String,
+    found: Option<PoolInfo>,
+}
+
+impl Pool {
+    fn observe(hv: &Hypervisor, prefix: &str, path: &std::path::Path) -> Result<Pool, HvError> {
+        Ok(match hv.pool_by_path(path)? {
+            Some(p) => Pool {
+                name: p.name.clone(),
+                found: Some(p),
+            },
+            None => Pool {
+                name: pool_name_for(prefix, path),
+                found: None,
+            },
+        })
+    }
+
+    /// The pool's info when it is active.
+    fn active(&self) -> Option<&PoolInfo> {
+        self.found.as_ref().filter(|p| p.active)
+    }
+}
+
+pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageReport, ProvisionError> {
+    let host = prepare(s, hv, handoff)?;
+    if host.stopped() {
+        return Ok(host.report);
+    }
+    let outcomes = if s.check {
+        host.planned()
+    } else {
+        parallel(host.instances(), s.jobs, |item| host.apply(item))
+    };
+    Ok(host.finish(outcomes))
+}
+
+/// The stage on one host with its once-per-host part done (observed, planned, pools made):
+/// what is left is per instance, so a run can take each instance on as soon as it is made.
+pub struct Prepared<'a> {
+    s: &'a Session,
+    /// The pool lines so far.
+    report: StageReport,
+    planned: Vec<(&'a Instance, InstancePlan)>,
+    images: BTreeMap<String, CachedImage>,
+    shared: create::Shared<'a>,
+}
+
+/// One instance and what provision will do with it.
+pub type Planned<'a> = (&'a Instance, InstancePlan);
+
+/// Observe the host, plan every instance, create missing pools (their lines printed) and, when
+/// applying, read the operator key.
+pub fn prepare<'a>(
+    s: &'a Session,
+    hv: &'a Hypervisor,
+    handoff: &Handoff,
+) -> Result<Prepared<'a>, ProvisionError> {
+    let cfg = &s.cfg;
+    let mut report = StageReport::new("provision");
+    let (domain_type, _) =
+        resolve_domain_type(cfg.domain_type, &hv.host_info()?).map_err(ProvisionError::Invalid)?;
+    let cache_pool = Pool::observe(hv, "images", &cfg.image_cache_path)?;
+    let inst_pool = Pool::observe(hv, "instances", &cfg.instance_pool_path)?;
+    let images = usable_images(s, hv, handoff, &cache_pool)?;
+    let volumes: Vec<String> = match inst_pool.active() {
+        Some(p) => {
+            hv.refresh_pool(&p.name)?;
+            hv.volumes(&p.name)?.into_iter().map(|v| v.name).collect()
+        }
+        None => Vec::new(),
+    };
+    let planned = plan_all(cfg, hv, handoff, &images, &volumes, domain_type)?;
+
+    report.outcomes = create_pools(
+        s,
+        hv,
+        [
+            (&cache_pool, &cfg.image_cache_path),
+            (&inst_pool, &cfg.instance_pool_path),
+        ],
+    );
+    let state_dir = s.state_dir();
+    // Only when applying: a plan reads no state.
+    let operator_public = if s.check || report.failed() {
+        String::new()
+    } else {
+        let needs_work = planned
+            .iter()
+            .any(|(_, p)| matches!(p, InstancePlan::Create { .. }));
+        let operator = state::operator_key(&state_dir, needs_work)?;
+        operator.map(|k| k.public).unwrap_or_default()
+    };
+    let shared = create::Shared {
+        cfg,
+        hv,
+        domain_type,
+        instance_pool: inst_pool.name,
+        state_dir,
+        operator_public,
+    };
+    Ok(Prepared {
+        s,
+        report,
+        planned,
+        images,
+        shared,
+    })
+}
+
+impl<'a> Prepared<'a> {
+    /// A pool could not be made: no instance can be.
+    pub fn stopped(&self) -> bool {
+        self.report.failed()
+    }
+
+    pub fn instances(&self) -> &[Planned<'a>] {
+        &self.planned
+    }
+
+    /// `--check`: every instance's line, as planned (printed).
+    fn planned(&self) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        for (inst, p) in &self.planned {
+            let action = describe(inst, p, self.images.get(&inst.image_name));
+            let o = match p {
+                InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
+                _ => Outcome::planned(action),
+            };
+            self.s.printer.outcome(&o);
+            outcomes.push(o);
+        }
+        outcomes
+    }
+
+    /// Create what one instance's plan says; its line printed as soon as it is done.
+    pub fn apply(&self, (inst, p): &Planned) -> Outcome {
+        let image = self.images.get(&inst.image_name);
+        let action = describe(inst, p, image);
+        let outcome = match p {
+            InstancePlan::Keep | InstancePlan::Drift(_) => Outcome::done(action),
+            InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
+            InstancePlan::Create { disk } => {
+                crate::plan::run(action, || create::create(&self.shared, inst, image, *disk))
+            }
+        };
+        self.s.printer.outcome(&outcome);
+        outcome
+    }
+
+    /// The stage's report: the pool lines, then `outcomes` (the instances', in config order).
+    pub fn finish(self, outcomes: Vec<Outcome>) -> StageReport {
+        let mut report = self.report;
+        report.outcomes.extend(outcomes);
+        report
+    }
+}
+
+/// The cached image versions provision may back overlays with: the ones this run resolved,
+/// else the newest cached. A remote hypervisor backs overlays with its own copy: an image the
+/// image-cache stage has not uploaded there yet is as good as not cached (in check mode the
+/// upload was only planned, so the local cache counts).
+fn usable_images(
+    s: &Session,
+    hv: &Hypervisor,
+    handoff: &Handoff,
+    cache_pool: &Pool,
+) -> Result<BTreeMap<String, CachedImage>, HvError> {
+    let cfg = &s.cfg;
+    let mut images = handoff.images.clone();
+    for inst in &cfg.instances {
+        if !images.contains_key(&inst.image_name) {
+            if let Ok(Some(c)) =
+                kvmprov_image::newest_cached(&cfg.image_cache_path, &inst.image_name)
+            {
+                images.insert(inst.image_name.clone(), c);
+            }
+        }
+    }
+    if s.check || is_local(&cfg.libvirt_uri) {
+        return Ok(images);
+    }
+    // Rescanned: on storage shared with the local cache the files may be there unscanned.
+    let Some(pool) = cache_pool.active() else {
+        return Ok(BTreeMap::new());
+    };
+    hv.refresh_pool(&pool.name)?;
+    let mut present = BTreeMap::new();
+    for (name, c) in images {
+        let Some(file) = c.path.file_name().map(|f| f.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if hv.volume_exists(&pool.name, &file)?
+            && hv.volume_exists(&pool.name, &format!("{file}.json"))?
+        {
+            present.insert(name, c);
+        }
+    }
+    Ok(present)
+}
+
+/// Observe each instance's domain (or its disk, when it has none) and plan it.
+fn plan_all<'a>(
+    cfg: &'a Config,
+    hv: &Hypervisor,
+    handoff: &Handoff,
+    images: &BTreeMap<String, CachedImage>,
+    volumes: &[String],
+    domain_type: DomainType,
+) -> Result<Vec<(&'a Instance, InstancePlan)>, HvError> {
+    let mut planned = Vec::new();
+    for inst in &cfg.instances {
+        let found = match hv.domain(&inst.name)? {
+            Some(_) => Found::Exists(Box::new(xml::parse_domain_xml(
+                &hv.domain_xml(&inst.name)?,
+            )?)),
+            None => Found::NoDomain {
+                disk_exists: volumes.contains(&disk_name(&inst.name)),
+            },
+        };
+        let image = images.get(&inst.image_name);
+        let mut p = plan_instance(cfg, inst, image, &found, domain_type);
+        // In check mode the image-cache stage only planned its download.
+        if matches!(p, InstancePlan::Blocked(_)) && handoff.pending.contains(&inst.image_name) {
+            p = InstancePlan::Create { disk: true };
+        }
+        planned.push((inst, p));
+    }
+    Ok(planned)
+}
+
+/// Pools first: a line each when missing (printed), up to the first that cannot be made.
+fn create_pools(s: &Session, hv: &Hypervisor, pools: [(&Pool, &PathBuf); 2]) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for (pool, path) in pools {
+        if pool.active().is_some() {
+            continue;
+        }
+        let outcome = create_pool(s, hv, &pool.name, path);
+        s.printer.outcome(&outcome);
+        let failed = outcome.failed();
+        outcomes.push(outcome);
+        if failed {
+            break;
+        }
+    }
+    outcomes
+}
+
+/// A libvirt dir pool for `path` that is missing or inactive: created (or only planned).
+fn create_pool(s: &Session, hv: &Hypervisor, name: &str, path: &std::path::Path) -> Outcome {
+    let action = Action::new(
+        format!("pool {name}"),
+        Op::Create,
+        format!(
+            "libvirt dir pool for {} missing or inactive",
+            path.display()
+        ),
+    );
+    if s.check {
+        Outcome::planned(action)
+    } else {
+        crate::plan::run(action, || hv.ensure_dir_pool(name, path).map(|_| ()))
+    }
+}

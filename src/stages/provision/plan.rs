@@ -1,0 +1,477 @@
+//! Provision's plan, pure: what exists for an instance against what the config says.
+//! Existing domains are never modified; differences from the config are drift.
+
+use kvmprov_hypervisor::xml::{DomainType, ObservedDomain};
+use kvmprov_image::CachedImage;
+
+use crate::config::{Config, Instance};
+use crate::drift;
+use crate::instance::firmware_label;
+use crate::plan::{Action, Op};
+use crate::state;
+
+/// What exists for one instance.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// No domain; `disk_exists`: its overlay disk is in the instance pool (kept by a cleanup
+    /// or an interrupted run).
+    NoDomain {
+        disk_exists: bool,
+    },
+    Exists(Box<ObservedDomain>),
+}
+
+/// What to do for one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InstancePlan {
+    /// Exists and matches the config.
+    Keep,
+    /// Exists but differs: reported, never changed.
+    Drift(Vec<String>),
+    /// Create what is missing: the overlay (unless present), a fresh seed, the domain.
+    Create { disk: bool },
+    /// Cannot be planned (no cached image).
+    Blocked(String),
+}
+
+/// Pure: compare config with what exists. `domain_type` is the type a domain would be
+/// defined with now.
+pub fn plan_instance(
+    cfg: &Config,
+    inst: &Instance,
+    image: Option<&CachedImage>,
+    found: &Found,
+    domain_type: DomainType,
+) -> InstancePlan {
+    match found {
+        Found::Exists(d) => {
+            let diffs = differences(cfg, inst, d, domain_type);
+            if diffs.is_empty() {
+                InstancePlan::Keep
+            } else {
+                InstancePlan::Drift(diffs)
+            }
+        }
+        Found::NoDomain { disk_exists } => match image {
+            None if !disk_exists => InstancePlan::Blocked(format!(
+                "image `{}` is not cached on this hypervisor: run the image-cache stage first (make image-cache)",
+                inst.image_name
+            )),
+            _ => InstancePlan::Create {
+                disk: !disk_exists,
+            },
+        },
+    }
+}
+
+/// Pure: how an existing domain differs from the config, each difference a phrase, then the
+/// remedy when the config changed.
+fn differences(
+    cfg: &Config,
+    inst: &Instance,
+    d: &ObservedDomain,
+    domain_type: DomainType,
+) -> Vec<String> {
+    // The config against what the domain was made from, field by field; a domain
+    // defined before fields were recorded has only the config digest to go by.
+    let changes = match d
+        .metadata
+        .as_ref()
+        .and_then(|m| Some((m, m.fields.as_ref()?)))
+    {
+        Some((m, recorded)) => drift::diff(
+            recorded,
+            &drift::instance_fields(cfg, inst, domain_type, &m.instance_id),
+        ),
+        None => Vec::new(),
+    };
+    let changed = |field: &str| changes.iter().any(|c| c.field == field);
+    let mut diffs = edited(inst, d, domain_type, &changed);
+    match &d.metadata {
+        Some(m) if m.image_name != inst.image_name && !changed("image_name") => diffs.push(
+            format!("image {} (config {})", m.image_name, inst.image_name),
+        ),
+        Some(m)
+            if m.fields.is_none()
+                && !m.config_digest.is_empty()
+                && m.config_digest != config_digest(inst) =>
+        {
+            diffs.push(
+                "the config changed since this domain was defined (field unknown: defined by an older kvmprov)"
+                    .to_string(),
+            )
+        }
+        Some(_) => {}
+        None => diffs.push("not created by kvmprov (no kvmprov metadata)".to_string()),
+    }
+    diffs.extend(changes.iter().map(drift::Change::describe));
+    if !changes.is_empty() {
+        diffs.push(drift::remedy(&changes).to_string());
+    }
+    diffs
+}
+
+/// Pure: the domain as it is against the config (changed behind kvmprov's back, say with
+/// virsh edit); what the config diff already names (`changed`) is not said twice.
+fn edited(
+    inst: &Instance,
+    d: &ObservedDomain,
+    domain_type: DomainType,
+    changed: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    if d.vcpus != inst.vcpus && !changed("vcpus") {
+        diffs.push(format!("vcpus {} (config {})", d.vcpus, inst.vcpus));
+    }
+    if d.memory_mib != inst.memory_mib && !changed("memory_mib") {
+        diffs.push(format!(
+            "memory {} MiB (config {})",
+            d.memory_mib, inst.memory_mib
+        ));
+    }
+    if !d.networks.contains(&inst.network) && !changed("libvirt_network_name") {
+        diffs.push(format!(
+            "network {} (config {})",
+            d.networks.join(","),
+            inst.network
+        ));
+    }
+    // Other types (the test driver's `test`) say nothing about kvm or qemu.
+    let observed_type = d
+        .domain_type
+        .as_deref()
+        .filter(|t| *t == "kvm" || *t == "qemu");
+    if let Some(t) = observed_type {
+        if t != domain_type.as_str() && !changed("domain_type") {
+            diffs.push(format!("domain type {t} (config {})", domain_type.as_str()));
+        }
+    }
+    let mac = inst.effective_mac();
+    if !d.macs.iter().any(|m| m.eq_ignore_ascii_case(&mac)) && !changed("mac_address") {
+        diffs.push(format!("mac {} (config {mac})", d.macs.join(",")));
+    }
+    if d.firmware != firmware_label(inst) && !changed("firmware") {
+        diffs.push(format!(
+            "firmware {} (config {})",
+            d.firmware,
+            firmware_label(inst)
+        ));
+    }
+    diffs
+}
+
+/// The action line for a plan.
+pub fn describe(inst: &Instance, p: &InstancePlan, image: Option<&CachedImage>) -> Action {
+    let version = image
+        .map(|c| {
+            c.version
+                .clone()
+                .unwrap_or_else(|| c.sha512.chars().take(16).collect())
+        })
+        .unwrap_or_default();
+    match p {
+        InstancePlan::Keep => {
+            Action::new(&inst.name, Op::Ok, "domain exists and matches the config")
+        }
+        InstancePlan::Drift(d) => Action::new(
+            &inst.name,
+            Op::Drift,
+            format!(
+                "domain exists but differs, left unchanged: {}",
+                d.join("; ")
+            ),
+        ),
+        InstancePlan::Create { disk: true } => Action::new(
+            &inst.name,
+            Op::Create,
+            format!(
+                "missing: overlay disk on {} {version} ({} GiB), seed, domain",
+                inst.image_name, inst.disk_size_gib
+            ),
+        ),
+        InstancePlan::Create { disk: false } => Action::new(
+            &inst.name,
+            Op::Create,
+            "domain missing, disk present (kept): new seed, domain",
+        ),
+        InstancePlan::Blocked(why) => Action::new(&inst.name, Op::Create, why.clone()),
+    }
+}
+
+/// A digest of the instance's definition, recorded in the domain metadata.
+pub fn config_digest(inst: &Instance) -> String {
+    let text = serde_json::to_string(inst).unwrap_or_default();
+    state::digest_hex(text.as_bytes())[..16].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FirmwareChoice;
+    use kvmprov_hypervisor::xml::{self, KvmprovMetadata};
+    use std::path::Path;
+
+    fn inst(name: &str) -> Instance {
+        Instance {
+            name: name.into(),
+            image_name: "debian-12".into(),
+            vcpus: 2,
+            memory_mib: 2048,
+            disk_size_gib: 20,
+            network: "default".into(),
+            ipv4: None,
+            mac: None,
+            snapshot_name: None,
+            packages: vec![],
+            runcmd: vec![],
+            libvirt_uri: "qemu:///system".into(),
+            firmware: FirmwareChoice::Bios,
+            secure_boot: false,
+        }
+    }
+
+    fn cfg() -> Config {
+        let text = "kvm_image_cache_path: /c\nkvm_instance_disk_pool_path: /p\n\
+             kvm_cloud_image_catalog:\n  - {image_name: debian-12, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}\n\
+             kvm_cloud_init_defaults:\n  password: secret\n\
+             kvm_instance_definitions:\n  - {instance_name: a, image_name: debian-12}\n";
+        crate::config::parse(Path::new("t.yml"), text, &[]).unwrap()
+    }
+
+    fn observed(i: &Instance) -> ObservedDomain {
+        ObservedDomain {
+            vcpus: i.vcpus,
+            memory_mib: i.memory_mib,
+            networks: vec![i.network.clone()],
+            macs: vec![xml::mac_for(&i.name)],
+            disk_paths: vec![],
+            domain_type: Some("qemu".into()),
+            firmware: firmware_label(i).into(),
+            nvram: None,
+            metadata: Some(KvmprovMetadata {
+                image_name: i.image_name.clone(),
+                image_version: None,
+                image_sha512: String::new(),
+                config_digest: String::new(),
+                instance_id: "x".into(),
+                fields: None,
+            }),
+        }
+    }
+
+    fn cached() -> CachedImage {
+        CachedImage {
+            image_name: "debian-12".into(),
+            path: "/c/debian-12-genericcloud-amd64-0123456789abcdef.qcow2".into(),
+            sha512: "0123456789abcdef".repeat(8),
+            size: 1,
+            version: Some("20241004-1890".into()),
+            url: "http://x".into(),
+            cached_at: "0".into(),
+        }
+    }
+
+    #[test]
+    fn empty_host_plans_creation() {
+        let i = inst("a");
+        let p = plan_instance(
+            &cfg(),
+            &i,
+            Some(&cached()),
+            &Found::NoDomain { disk_exists: false },
+            DomainType::Qemu,
+        );
+        assert_eq!(p, InstancePlan::Create { disk: true });
+        assert!(describe(&i, &p, Some(&cached()))
+            .reason
+            .contains("20241004-1890"));
+    }
+
+    #[test]
+    fn partly_provisioned_keeps_disk() {
+        let i = inst("a");
+        let p = plan_instance(
+            &cfg(),
+            &i,
+            None,
+            &Found::NoDomain { disk_exists: true },
+            DomainType::Qemu,
+        );
+        assert_eq!(p, InstancePlan::Create { disk: false });
+    }
+
+    #[test]
+    fn fully_provisioned_is_kept() {
+        let i = inst("a");
+        let p = plan_instance(
+            &cfg(),
+            &i,
+            Some(&cached()),
+            &Found::Exists(Box::new(observed(&i))),
+            DomainType::Qemu,
+        );
+        assert_eq!(p, InstancePlan::Keep);
+    }
+
+    #[test]
+    fn drift_is_reported() {
+        let i = inst("a");
+        let mut o = observed(&i);
+        o.vcpus = 4;
+        o.memory_mib = 1024;
+        o.networks = vec!["other".into()];
+        match plan_instance(
+            &cfg(),
+            &i,
+            Some(&cached()),
+            &Found::Exists(Box::new(o)),
+            DomainType::Qemu,
+        ) {
+            InstancePlan::Drift(d) => {
+                assert_eq!(d.len(), 3, "{d:?}");
+                assert!(d[0].contains("vcpus 4 (config 2)"));
+            }
+            p => panic!("{p:?}"),
+        }
+    }
+
+    /// The domain `i` would be defined as, with its fields recorded.
+    fn defined(i: &Instance) -> ObservedDomain {
+        let mut o = observed(i);
+        if let Some(m) = o.metadata.as_mut() {
+            m.fields = Some(
+                drift::instance_fields(&cfg(), i, DomainType::Qemu, &m.instance_id)
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect(),
+            );
+        }
+        o
+    }
+
+    fn drift_of(i: &Instance, o: ObservedDomain) -> Vec<String> {
+        match plan_instance(
+            &cfg(),
+            i,
+            Some(&cached()),
+            &Found::Exists(Box::new(o)),
+            DomainType::Qemu,
+        ) {
+            InstancePlan::Drift(d) => d,
+            InstancePlan::Keep => Vec::new(),
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn drift_names_changed_fields_old_and_new_and_the_remedy() {
+        let before = inst("a");
+        let o = defined(&before);
+        assert_eq!(drift_of(&before, o.clone()), Vec::<String>::new());
+        let mut after = before.clone();
+        after.ipv4 = Some(crate::config::StaticIpv4 {
+            address: "192.168.122.60/24".parse().unwrap(),
+            gateway: "192.168.122.1".parse().unwrap(),
+            dns: vec![],
+        });
+        after.vcpus = 4;
+        let d = drift_of(&after, o);
+        assert_eq!(
+            d,
+            vec![
+                "vcpus 2 → 4",
+                "ipv4_address (none) → 192.168.122.60/24",
+                "ipv4_gateway (none) → 192.168.122.1",
+                "to apply, re-create the domain (cleanup, then provision: the disk is kept and boots with a new cloud-init seed)",
+            ]
+        );
+        let line = describe(&after, &InstancePlan::Drift(d), None).reason;
+        assert!(
+            line.starts_with("domain exists but differs, left unchanged: vcpus 2 → 4;"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn drift_of_a_domain_edited_behind_kvmprovs_back_and_of_older_domains() {
+        let i = inst("a");
+        // Recorded as configured, but someone changed the domain with virsh.
+        let mut o = defined(&i);
+        o.memory_mib = 1024;
+        o.domain_type = Some("kvm".into());
+        assert_eq!(
+            drift_of(&i, o),
+            vec![
+                "memory 1024 MiB (config 2048)",
+                "domain type kvm (config qemu)"
+            ]
+        );
+        // Defined by an older kvmprov: no fields, only the digest of the config it came from.
+        let mut o = observed(&i);
+        if let Some(m) = o.metadata.as_mut() {
+            m.config_digest = config_digest(&i);
+        }
+        assert_eq!(drift_of(&i, o.clone()), Vec::<String>::new());
+        let mut changed = i.clone();
+        changed.runcmd = vec!["reboot".into()];
+        assert_eq!(
+            drift_of(&changed, o),
+            vec!["the config changed since this domain was defined (field unknown: defined by an older kvmprov)"]
+        );
+    }
+
+    #[test]
+    fn a_firmware_change_is_drift() {
+        let mut i = inst("a");
+        // A domain of an older kvmprov (no field record): read from its XML.
+        let old = observed(&i);
+        // A domain of this one: from the recorded fields.
+        let new = defined(&i);
+        i.firmware = FirmwareChoice::Uefi;
+        i.secure_boot = true;
+        for (o, want) in [
+            (old, "firmware bios (config uefi+secure-boot)"),
+            (new, "firmware"),
+        ] {
+            match plan_instance(
+                &cfg(),
+                &i,
+                Some(&cached()),
+                &Found::Exists(Box::new(o)),
+                DomainType::Qemu,
+            ) {
+                InstancePlan::Drift(d) => {
+                    assert!(d.iter().any(|x| x.contains(want)), "{d:?}");
+                    assert!(d.iter().any(|x| x.contains("uefi+secure-boot")), "{d:?}");
+                }
+                p => panic!("{p:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn regression_firmware_fields_made_every_older_bios_domain_drift() {
+        // The config digest of a BIOS instance is what it was before firmware existed.
+        let i = inst("a");
+        let text = serde_json::to_string(&i).unwrap();
+        assert!(
+            !text.contains("firmware") && !text.contains("secure_boot"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_image_blocks() {
+        let i = inst("a");
+        assert!(matches!(
+            plan_instance(
+                &cfg(),
+                &i,
+                None,
+                &Found::NoDomain { disk_exists: false },
+                DomainType::Qemu,
+            ),
+            InstancePlan::Blocked(_)
+        ));
+    }
+}

@@ -1,0 +1,307 @@
+//! Runtime stage: start the declared domains, find each guest's address, wait for SSH (pinned
+//! host key) and for cloud-init to finish, then take the declared snapshot once.
+//! All instances in parallel; every wait has a deadline and says what it was waiting for.
+//!
+//! [`plan_instance`] is pure; [`wait`] holds the wait for a guest to be ready.
+
+mod wait;
+
+use std::time::Instant;
+
+use kvmprov_hypervisor::{DomainState, HvError, Hypervisor, NetworkInfo};
+
+use crate::config::Instance;
+use crate::guest;
+use crate::login::LoginError;
+use crate::parallel::parallel;
+use crate::plan::{Action, Op, Outcome, StageReport, Status};
+use crate::settings::Session;
+use crate::state;
+
+/// What runtime will do for one instance, from its observed state (pure).
+pub fn plan_instance(
+    inst: &Instance,
+    state: Option<DomainState>,
+    snapshots: &[String],
+    wait: bool,
+) -> Vec<Action> {
+    let name = &inst.name;
+    let Some(state) = state else {
+        return vec![Action::new(
+            name,
+            Op::Check,
+            "domain not defined: run the provision stage first",
+        )];
+    };
+    let mut actions = Vec::new();
+    match state {
+        DomainState::Running => {}
+        DomainState::Paused => {
+            actions.push(Action::new(name, Op::Start, "domain is Paused: resume"))
+        }
+        other => actions.push(Action::new(name, Op::Start, format!("domain is {other:?}"))),
+    }
+    if !wait {
+        return actions;
+    }
+    let via = match &inst.ipv4 {
+        Some(s) => format!("static {}", s.address.addr()),
+        None => format!("DHCP lease on `{}`", inst.network),
+    };
+    actions.push(Action::new(
+        name,
+        Op::Wait,
+        format!("address ({via}), SSH with pinned host key, cloud-init done"),
+    ));
+    if let Some(snap) = &inst.snapshot_name {
+        if snapshots.iter().any(|s| s == snap) {
+            actions.push(Action::new(
+                name,
+                Op::Ok,
+                format!("snapshot `{snap}` exists"),
+            ));
+        } else {
+            actions.push(Action::new(
+                name,
+                Op::Snapshot,
+                format!("take `{snap}` after the checks pass"),
+            ));
+        }
+    }
+    actions
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Hypervisor(#[from] HvError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Guest(#[from] guest::GuestError),
+    #[error(transparent)]
+    Login(#[from] LoginError),
+    #[error("timed out after {seconds}s waiting for {what}\n      last console lines ({console}):\n{tail}")]
+    Timeout {
+        seconds: u64,
+        what: String,
+        console: String,
+        tail: String,
+    },
+    #[error("cloud-init finished with errors: {0}")]
+    CloudInit(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
+    let mut report = StageReport::new("runtime");
+    let mut observed = Vec::new();
+    for inst in &s.cfg.instances {
+        observed.push((inst, observe(hv, inst)?));
+    }
+    if s.check {
+        for (inst, seen) in &observed {
+            for action in plan_instance(inst, seen.state, &seen.snapshots, !s.no_wait) {
+                let o = Outcome::planned(action);
+                s.printer.outcome(&o);
+                report.outcomes.push(o);
+            }
+        }
+        return Ok(report);
+    }
+    let runner = Runner::new(s, hv)?;
+    let results = parallel(&observed, workers(s), |(inst, seen)| {
+        runner.apply(inst, seen, &|o| s.printer.outcome(o))
+    });
+    report.outcomes.extend(results.into_iter().flatten());
+    Ok(report)
+}
+
+/// Waiting is idle time: every instance gets its own worker (up to a sane bound).
+pub fn workers(s: &Session) -> usize {
+    s.jobs.max(s.cfg.instances.len()).min(64)
+}
+
+/// One instance's domain as runtime finds it: its state (`None`: not defined) and snapshots.
+pub struct Observed {
+    state: Option<DomainState>,
+    snapshots: Vec<String>,
+}
+
+pub fn observe(hv: &Hypervisor, inst: &Instance) -> Result<Observed, HvError> {
+    let dom = hv.domain(&inst.name)?;
+    let snapshots = match &dom {
+        Some(_) => hv.snapshots(&inst.name)?,
+        None => Vec::new(),
+    };
+    Ok(Observed {
+        state: dom.map(|d| d.state),
+        snapshots,
+    })
+}
+
+/// The stage applying on one host: what its instances share.
+pub struct Runner<'a> {
+    s: &'a Session,
+    hv: &'a Hypervisor,
+    /// Read once for every instance's address lookup.
+    networks: Vec<NetworkInfo>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(s: &'a Session, hv: &'a Hypervisor) -> Result<Self, HvError> {
+        let networks = if s.no_wait {
+            Vec::new()
+        } else {
+            hv.networks()?
+        };
+        Ok(Runner { s, hv, networks })
+    }
+
+    /// One instance's plan applied in order, each outcome handed to `emit` as it is known;
+    /// after a failed step the rest are skipped.
+    pub fn apply(&self, inst: &Instance, seen: &Observed, emit: &dyn Fn(&Outcome)) -> Vec<Outcome> {
+        let s = self.s;
+        let mut outcomes = Vec::new();
+        for action in plan_instance(inst, seen.state, &seen.snapshots, !s.no_wait) {
+            let outcome = if outcomes.iter().any(Outcome::failed) {
+                Outcome::failure(action, "skipped: an earlier step failed")
+            } else {
+                apply(s, self.hv, &self.networks, inst, action)
+            };
+            emit(&outcome);
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+}
+
+/// The line of an instance that the run does not start because its provision failed.
+pub fn not_started(inst: &Instance) -> Outcome {
+    Outcome::done(Action::new(
+        &inst.name,
+        Op::Skip,
+        "not started: its provision failed",
+    ))
+}
+
+/// `networks`: the hypervisor's, for the address lookup.
+fn apply(
+    s: &Session,
+    hv: &Hypervisor,
+    networks: &[NetworkInfo],
+    inst: &Instance,
+    action: Action,
+) -> Outcome {
+    let started = Instant::now();
+    let mut action = action;
+    let result: Result<(), RuntimeError> = match action.op {
+        Op::Start => (|| {
+            hv.start(&inst.name)?;
+            if s.cfg.domain_autostart {
+                hv.set_autostart(&inst.name, true)?;
+            }
+            Ok(())
+        })(),
+        Op::Wait => match wait::wait_ready(s, hv, networks, inst) {
+            Ok(summary) => {
+                action.reason = summary;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Op::Snapshot => {
+            let snap = inst.snapshot_name.clone().unwrap_or_default();
+            hv.create_snapshot(
+                &inst.name,
+                &snap,
+                "taken by kvmprov after the runtime checks passed",
+            )
+            .map_err(RuntimeError::from)
+        }
+        Op::Check => Err(RuntimeError::Invalid(action.reason.clone())),
+        _ => Ok(()),
+    };
+    Outcome {
+        action,
+        status: match result {
+            Ok(()) => Status::Done,
+            Err(e) => Status::Failed(crate::plan::error_chain(&e)),
+        },
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn inst(snapshot: Option<&str>) -> Instance {
+        Instance {
+            name: "a".into(),
+            image_name: "debian-12".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            disk_size_gib: 4,
+            network: "default".into(),
+            ipv4: None,
+            mac: None,
+            snapshot_name: snapshot.map(String::from),
+            packages: vec![],
+            runcmd: vec![],
+            libvirt_uri: "qemu:///system".into(),
+            firmware: crate::config::FirmwareChoice::Bios,
+            secure_boot: false,
+        }
+    }
+
+    #[test]
+    fn stopped_domain_is_started_then_waited_for_then_snapshotted() {
+        let ops: Vec<Op> =
+            plan_instance(&inst(Some("base")), Some(DomainState::ShutOff), &[], true)
+                .into_iter()
+                .map(|a| a.op)
+                .collect();
+        assert_eq!(ops, vec![Op::Start, Op::Wait, Op::Snapshot]);
+    }
+
+    #[test]
+    fn existing_snapshot_is_kept_and_running_domain_not_restarted() {
+        let ops: Vec<Op> = plan_instance(
+            &inst(Some("base")),
+            Some(DomainState::Running),
+            &["base".into()],
+            true,
+        )
+        .into_iter()
+        .map(|a| a.op)
+        .collect();
+        assert_eq!(ops, vec![Op::Wait, Op::Ok]);
+    }
+
+    #[test]
+    fn no_wait_only_starts() {
+        let ops: Vec<Op> =
+            plan_instance(&inst(Some("base")), Some(DomainState::ShutOff), &[], false)
+                .into_iter()
+                .map(|a| a.op)
+                .collect();
+        assert_eq!(ops, vec![Op::Start]);
+    }
+
+    #[test]
+    fn paused_domain_is_planned_as_a_resume() {
+        let a = plan_instance(&inst(None), Some(DomainState::Paused), &[], false);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].op, Op::Start);
+        assert!(a[0].reason.ends_with("resume"), "{}", a[0].reason);
+    }
+
+    #[test]
+    fn undefined_domain_is_an_error_line() {
+        let a = plan_instance(&inst(None), None, &[], true);
+        assert_eq!(a.len(), 1);
+        assert!(a[0].reason.contains("provision stage"));
+    }
+}

@@ -13,7 +13,7 @@ use crate::error::{io_err, ImageError};
 /// RustCrypto's `sha2`: on x86-64 it picks its AVX2 code at run time. Measured on the build
 /// machine (AMD EPYC, best of many 256 MiB runs, CPU time) it hashes as fast as `ring` and
 /// `aws-lc-rs` (~540 MiB/s each, within the noise of a shared machine) and faster than
-/// `sha512sum` (~470); `ring` takes its vector code on Intel CPUs only, `aws-lc-rs` builds a C
+/// `sha512sum` (~465); `ring` takes its vector code on Intel CPUs only, `aws-lc-rs` builds a C
 /// library for no gain, and sha2's `asm` feature replaces only the fallback for CPUs without
 /// AVX2. Swap the implementation here and nowhere else.
 #[derive(Default)]

@@ -292,29 +292,19 @@ pub fn read_tail(path: &Path, max: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FirmwareChoice, StaticIpv4};
+    use crate::config::StaticIpv4;
     use kvmprov_hypervisor::NetworkIpv4;
 
     fn inst(ipv4: Option<&str>) -> Instance {
         Instance {
-            name: "app-01".into(),
             image_name: "debian-13".into(),
-            vcpus: 1,
-            memory_mib: 1024,
-            disk_size_gib: 4,
             network: "net".into(),
             ipv4: ipv4.map(|a| StaticIpv4 {
                 address: a.parse().unwrap(),
                 gateway: "192.168.100.1".parse().unwrap(),
                 dns: vec![],
             }),
-            mac: None,
-            snapshot_name: None,
-            packages: vec![],
-            runcmd: vec![],
-            libvirt_uri: "qemu:///system".into(),
-            firmware: FirmwareChoice::Bios,
-            secure_boot: false,
+            ..Instance::for_tests("app-01")
         }
     }
 

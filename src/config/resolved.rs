@@ -41,6 +41,30 @@ pub struct Instance {
     pub secure_boot: bool,
 }
 
+#[cfg(test)]
+impl Instance {
+    /// A plain instance for unit tests (BIOS, DHCP on `default`, 1 vCPU, 1 GiB, 4 GiB disk):
+    /// a test sets what it checks with struct update syntax.
+    pub fn for_tests(name: &str) -> Instance {
+        Instance {
+            name: name.into(),
+            image_name: "debian-12".into(),
+            vcpus: 1,
+            memory_mib: 1024,
+            disk_size_gib: 4,
+            network: "default".into(),
+            ipv4: None,
+            mac: None,
+            snapshot_name: None,
+            packages: vec![],
+            runcmd: vec![],
+            libvirt_uri: "qemu:///system".into(),
+            firmware: FirmwareChoice::Bios,
+            secure_boot: false,
+        }
+    }
+}
+
 impl Instance {
     /// The MAC the guest's NIC gets: the configured one, else one derived from the name.
     pub fn effective_mac(&self) -> String {

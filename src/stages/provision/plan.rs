@@ -213,20 +213,10 @@ mod tests {
 
     fn inst(name: &str) -> Instance {
         Instance {
-            name: name.into(),
-            image_name: "debian-12".into(),
             vcpus: 2,
             memory_mib: 2048,
             disk_size_gib: 20,
-            network: "default".into(),
-            ipv4: None,
-            mac: None,
-            snapshot_name: None,
-            packages: vec![],
-            runcmd: vec![],
-            libvirt_uri: "qemu:///system".into(),
-            firmware: FirmwareChoice::Bios,
-            secure_boot: false,
+            ..Instance::for_tests(name)
         }
     }
 

@@ -239,20 +239,9 @@ mod tests {
 
     pub(super) fn inst(snapshot: Option<&str>) -> Instance {
         Instance {
-            name: "a".into(),
-            image_name: "debian-12".into(),
-            vcpus: 1,
             memory_mib: 512,
-            disk_size_gib: 4,
-            network: "default".into(),
-            ipv4: None,
-            mac: None,
             snapshot_name: snapshot.map(String::from),
-            packages: vec![],
-            runcmd: vec![],
-            libvirt_uri: "qemu:///system".into(),
-            firmware: crate::config::FirmwareChoice::Bios,
-            secure_boot: false,
+            ..Instance::for_tests("a")
         }
     }
 

@@ -139,7 +139,9 @@ start=$(date +%s)
 ps_pid=$!
 set +e
 # The document to provision.json; the -v log (stderr) shown as it comes and kept.
-kp -c "$CFG" -v --output json provision 2>&1 >"$E2E_DIR/provision.json" | tee "$E2E_DIR/provision.log"
+# Four TCG guests on two cores, the UEFI one the slowest: 25 minutes before a guest counts as
+# hung (a loaded CI machine took over 15 for it once); the later runs find them booted.
+kp -c "$CFG" -v --output json -e kvm_runtime_timeout_seconds=1500 provision 2>&1 >"$E2E_DIR/provision.json" | tee "$E2E_DIR/provision.log"
 rc=${PIPESTATUS[0]}
 E2E_EVIDENCE+=("$E2E_DIR/provision.log")
 prov=$(cat "$E2E_DIR/provision.json")
@@ -223,7 +225,7 @@ check "the plain password is not in the run's output" \
 
 # --- a second full run changes nothing --------------------------------------------------------
 set +e
-json=$(kp -c "$CFG" --output json provision)
+json=$(kp -c "$CFG" --output json -e kvm_runtime_timeout_seconds=300 provision)
 rc=$?
 set -e
 check "second run exits 0" test "$rc" -eq 0
@@ -238,7 +240,7 @@ check "second run changed nothing (changed=$changed)" test "$changed" -eq 0
 # --- a paused guest is resumed by runtime ---------------------------------------------------------
 virsh_ns suspend e2e-dhcp >/dev/null
 set +e
-kp -c "$CFG" --output json runtime >"$E2E_DIR/resume.json" 2>"$E2E_DIR/resume.log"
+kp -c "$CFG" --output json -e kvm_runtime_timeout_seconds=300 runtime >"$E2E_DIR/resume.json" 2>"$E2E_DIR/resume.log"
 rc=$?
 set -e
 E2E_EVIDENCE+=("$E2E_DIR/resume.log")

@@ -144,6 +144,13 @@ e2e_summary() {
             { grep -E '✗|^error|error:|timed out|cannot |denied|failed' "$f" || tail -n 4 "$f"; } |
                 grep -v 'action(s) failed$' | tail -n 6 | cut -c1-400 | sed 's/^/    /'
         done
+        # A wait that ran out says what the guest's console showed last: why it never got ready.
+        for f in "${E2E_EVIDENCE[@]}"; do
+            [ -s "$f" ] && grep -q 'last console lines' "$f" || continue
+            log "the last console lines kvmprov quoted in $(basename "$f"):"
+            awk '/last console lines/ {n = 0; buf = ""} {buf = buf $0 "\n"; n++} END {printf "%s", buf}' "$f" |
+                sed -n '1,16p' | tr -cd '\11\12\40-\176' | cut -c1-200 | sed 's/^/    /'
+        done
     fi
     echo "e2e: $PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]

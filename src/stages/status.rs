@@ -17,6 +17,13 @@ use crate::parallel::parallel;
 use crate::plan::error_chain;
 use crate::settings::Session;
 
+/// How long `status` lets a guest take to answer on port 22 and to run `true` over SSH before
+/// it says "not SSH-ready". Generous: with 8 s, CI once (2026-12-02) saw a guest reported not
+/// ready right after it had answered, while four TCG guests shared two cores; a slow answer
+/// costs a few seconds, a wrong "no" sends a user chasing a guest that is fine.
+const PORT_TIMEOUT: Duration = Duration::from_secs(3);
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `networks`: the hypervisor's, read once for all its instances.
 fn row(
     s: &Session,
@@ -45,11 +52,11 @@ fn row(
     };
     let remote = kvmprov_hypervisor::ssh_destination(&s.cfg.libvirt_uri).is_some();
     let ssh_ready = match ip {
-        Some(a) if remote || guest::tcp_open(IpAddr::V4(a), 22, Duration::from_secs(1)) => {
+        Some(a) if remote || guest::tcp_open(IpAddr::V4(a), 22, PORT_TIMEOUT) => {
             Login::new(s, inst)
                 .ok()
                 .and_then(|l| l.target(a).ok())
-                .and_then(|t| guest::ssh_run(&t, "true", Duration::from_secs(8)).ok())
+                .and_then(|t| guest::ssh_run(&t, "true", LOGIN_TIMEOUT).ok())
                 .is_some_and(|o| o.code == Some(0))
         }
         _ => false,

@@ -149,6 +149,9 @@ prov=$(cat "$E2E_DIR/provision.json")
 jq -r '.stages[].outcomes[] | select(.status == "failed") | "  ✗ \(.op) \(.target) \(.reason)\n      error: \(.detail)"' \
     <<<"$prov" >>"$E2E_DIR/provision.log" 2>/dev/null || true
 set -e
+for g in $(jq -r '.stages[].outcomes[] | select(.status == "failed" and .op == "wait") | .target' <<<"$prov" 2>/dev/null); do
+    E2E_CONSOLES+=("$E2E_DIR/instances/$g-console.log")
+done
 kill "$ps_pid" 2>/dev/null
 wait "$ps_pid" 2>/dev/null || true
 check "during runtime no process argument holds the password or a private key ($(grep -c '^COMMAND' "$E2E_DIR/boot-ps.log") samples)" \
@@ -171,7 +174,8 @@ check "shadow does not hold the plain password" bash -c '! grep -q "e2e-Plain-Se
 ci=$(ssh_out e2e-static "cloud-init status --long") || true
 check "cloud-init finished without errors" grep -q "status: done" <<<"$ci"
 st=$(kp -c "$CFG" --output json status) || true
-check "status shows the guests running and SSH-ready (the bridged one too)" jqt '
+notready=$(jq -r '[.instances[] | select(.ssh_ready | not) | "\(.name) \(.state) \(.ip // "-")"] | join(", ")' <<<"$st" 2>/dev/null) || true
+check "status shows the guests running and SSH-ready (the bridged one too; not ready: ${notready:-none})" jqt '
     def row($n): .instances[] | select(.name == $n);
     (row("e2e-dhcp") | .state == "running" and .ssh_ready)
     and (row("e2e-static") | .state == "running" and .ip == "192.168.122.60" and .ssh_ready)

@@ -18,6 +18,8 @@ FAILED_NAMES=()
 # Output files of the runs under test: on failure their error lines close the summary, so the
 # last lines a CI log shows say why, not only what failed.
 E2E_EVIDENCE=()
+# Serial console logs of guests that never got ready: their failed units close the summary.
+E2E_CONSOLES=()
 
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -150,6 +152,12 @@ e2e_summary() {
             log "the last console lines kvmprov quoted in $(basename "$f"):"
             awk '/last console lines/ {n = 0; buf = ""} {buf = buf $0 "\n"; n++} END {printf "%s", buf}' "$f" |
                 sed -n '1,16p' | tr -cd '\11\12\40-\176' | cut -c1-200 | sed 's/^/    /'
+        done
+        for f in "${E2E_CONSOLES[@]}"; do
+            [ -s "$f" ] || continue
+            log "units that failed and ssh lines on the console of $(basename "$f" -console.log):"
+            { grep -a -E '\[FAILED\]|Failed to start|ssh' "$f" || echo "(none)"; } |
+                tail -n 6 | tr -cd '\11\12\40-\176' | cut -c1-200 | sed 's/^/    /'
         done
     fi
     echo "e2e: $PASSED passed, $FAILED failed"

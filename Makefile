@@ -101,6 +101,5 @@ demo-clean: build ## Remove everything `make demo` created
 fuzz: ## Property tests over hostile input with 100,000 cases per parser (make test runs 2,000)
 	PROPTEST_CASES=100000 cargo test --release --locked --test properties
 
-bench: deps build ## Benchmarks: provision 10 instances vs the qemu-img/cloud-localds/virt-install chain; 1 GiB download vs curl
-	bash tests/bench/provision.sh
-	bash tests/bench/download.sh
+bench: deps build ## Benchmarks, one table: 10 instances vs the chain and the libvirt bound; 1 GiB download vs curl; boot to ready vs kcli, virt-lightning, virt-install
+	bash tests/bench/run.sh

@@ -26,7 +26,7 @@ DEMO_PKGS=(
 # the Ansible and packaging checks.
 TEST_PKGS=(
     ovmf openssh-server genisoimage libxml2-utils cloud-init python3-yaml virtinst cloud-image-utils
-    netcat-openbsd curl time python3-venv dpkg-dev jq
+    netcat-openbsd curl time python3-venv dpkg-dev jq python3-libvirt python3-jinja2
 )
 # testkit/build-image.sh: `make demo` installs these first and builds the image while the rest
 # installs and kvmprov compiles.

@@ -3,12 +3,13 @@
 # mirror (127.0.0.1, the testkit mirror), measured in one run two ways, best of ROUNDS each:
 #   (a) kvmprov image-cache (stream to a .part file, SHA-512 in the same pass, fsync, rename)
 #   (b) curl -s URL | sha512sum (no file written at all: the most a download could cost)
-# and kvmprov's peak resident memory. No libvirtd needed: image-cache only fills the cache.
+# and kvmprov's peak resident memory; rows to $BENCH_RESULTS. No libvirtd needed: image-cache only fills the cache.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 KVMPROV=${KVMPROV:-$ROOT/target/release/kvmprov}
 SIZE_MIB=${SIZE_MIB:-1024}
 ROUNDS=${ROUNDS:-2}
+BENCH_RESULTS=${BENCH_RESULTS:?set by tests/bench/run.sh}
 [ -x "$KVMPROV" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 
 DIR=$(mktemp -d /tmp/kvmprov-bench-dl.XXXXXX)
@@ -75,12 +76,10 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 grep -q "✓ download" "$DIR/kvmprov.log" || { cat "$DIR/kvmprov.log"; echo "kvmprov did not download" >&2; exit 1; }
 
-python3 - "$SIZE_MIB" "$best_curl" "$best_kvmprov" "$rss_kb" <<'PY'
+python3 - "$SIZE_MIB" "$best_curl" "$best_kvmprov" "$rss_kb" >>"$BENCH_RESULTS" <<'PY'
 import sys
 mib, curl_ns, kp_ns, rss_kb = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-curl, kp = mib / (curl_ns / 1e9), mib / (kp_ns / 1e9)
-print(f"\ndownload + verify {mib} MiB from 127.0.0.1 (best of runs)")
-print(f"  curl -s URL | sha512sum        {curl:8.0f} MiB/s  ({curl_ns / 1e9:.2f} s)")
-print(f"  kvmprov image-cache            {kp:8.0f} MiB/s  ({kp_ns / 1e9:.2f} s)  = {kp / curl:.2f}x curl, target >= 0.9x")
-print(f"  kvmprov peak RSS               {rss_kb / 1024:8.1f} MiB   target <= 32 MiB")
+print(f"dl\tcurl\t{mib / (curl_ns / 1e9):.1f}\t{curl_ns / 1e9:.2f}")
+print(f"dl\tkvmprov\t{mib / (kp_ns / 1e9):.1f}\t{kp_ns / 1e9:.2f}")
+print(f"dl\trss\t{rss_kb / 1024:.1f}")
 PY

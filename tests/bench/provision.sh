@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# `make bench`: provisioning COUNT instances (disks, seeds, domains defined and started; no
+# `make bench`, part 1: provisioning COUNT instances (disks, seeds, domains defined and started; no
 # waiting for the guests to boot), measured in one run three ways and printed side by side:
 #   (a) kvmprov provision --no-wait (stage full: preflight, image-cache, provision, start)
 #   (b) the replaced project's chain: qemu-img create -b, cloud-localds, virt-install --import
 #   (c) the lower bound: the same libvirt calls in one process, all in parallel (examples/bound.rs)
-# plus one instance with kvmprov and a re-run with everything present. No figures are printed
+# plus one instance with kvmprov and a re-run with everything present. Rows go to
+# $BENCH_RESULTS (tests/bench/run.sh prints the table). No figures are written
 # when libvirt re-probed QEMU during the run (they would measure the probes).
 # Runs in its own network namespace with its own libvirtd (tests/e2e/lib.sh). Needs root.
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/../e2e/lib.sh"
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 COUNT=${COUNT:-10}
+BENCH_RESULTS=${BENCH_RESULTS:?set by tests/bench/run.sh}
 
 [ "$(id -u)" -eq 0 ] || { echo "the benchmark needs root" >&2; exit 2; }
 cargo build --release --locked --example bound >&2
@@ -42,16 +46,7 @@ stop_all() { # prefix
     sleep 2
 }
 
-# libvirt re-probes QEMU (seconds to minutes per call) when its qemu user loses /dev/kvm, e.g.
-# when the machine's host changes the device's group; every figure taken then is meaningless.
-# Each probe rewrites libvirt's capabilities cache, so a file there newer than this mark
-# means a probe happened during the run.
-CAPS_DIR=/var/cache/libvirt/qemu/capabilities
-probe_mark="$E2E_DIR/probe-mark"
-# A probe that is due anyway (a cold or outdated cache) happens here, before the mark.
-in_ns virsh -q -c qemu:///system domcapabilities --virttype qemu >/dev/null
-touch "$probe_mark"
-reprobed() { find "$CAPS_DIR" -name '*.xml' -newer "$probe_mark" 2>/dev/null | head -n 1; }
+probe_mark_set
 
 cfg "$E2E_DIR/a.yml" bench-a "$COUNT"
 kp -c "$E2E_DIR/a.yml" image-cache >/dev/null
@@ -101,18 +96,7 @@ chmod 0755 "$E2E_DIR/c"
 c=$(in_ns "$BOUND" qemu:///system kvmprov-bench-c "$E2E_DIR/c" "$cached" default "$COUNT" bench-c)
 stop_all bench-c
 
-if [ -n "$(reprobed)" ]; then
-    echo "bench: no figures: libvirt re-probed QEMU during the run ($(reprobed) was rewritten at $(date -r "$(reprobed)" +%T)); is /dev/kvm usable by libvirt-qemu? ($(getfacl -p /dev/kvm 2>/dev/null | grep -c libvirt-qemu) ACL entries)" >&2
-    exit 1
-fi
-python3 - "$COUNT" "$a" "$b" "$c" "$one" "$rerun" <<'PY'
-import sys
-n, a, b, c, one, rerun = sys.argv[1], *map(float, sys.argv[2:])
-print()
-print(f"provisioning {n} instances (disks, seeds, domains defined and started; TCG)")
-print(f"  (a) kvmprov provision --no-wait      {a:7.2f} s   {a / c:5.2f} x the bound")
-print(f"  (b) qemu-img + cloud-localds + virt-install {b:7.2f} s   kvmprov is {b / a:5.1f} x faster")
-print(f"  (c) lower bound (bare libvirt calls) {c:7.2f} s")
-print(f"  one instance with kvmprov            {one:7.2f} s")
-print(f"  re-run, everything present          {rerun:7.2f} s")
-PY
+refuse_if_reprobed
+for kv in "a $a" "b $b" "c $c" "one $one" "rerun $rerun"; do
+    printf 'prov\t%s\t%s\n' ${kv} >>"$BENCH_RESULTS"
+done

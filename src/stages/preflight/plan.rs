@@ -309,7 +309,7 @@ fn path_checks(cfg: &Config, o: &Observed, p: &PathState) -> Vec<(Action, Verdic
         return out;
     }
     out.push(match &p.access_error {
-        // As on a local host where runuser fails: not checkable is not a proven failure;
+        // As on a local host where the check cannot run: not checkable is not a proven failure;
         // qemu itself reports a directory it cannot open when the domain starts.
         Some(e) => (
             Action::new(

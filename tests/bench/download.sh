@@ -8,7 +8,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 KVMPROV=${KVMPROV:-$ROOT/target/release/kvmprov}
 SIZE_MIB=${SIZE_MIB:-1024}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 BENCH_RESULTS=${BENCH_RESULTS:?set by tests/bench/run.sh}
 [ -x "$KVMPROV" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """`make bench`'s one table, from the rows the benchmark parts wrote (tab-separated):
-  prov  a|b|c|one|rerun  SECONDS          provisioning (tests/bench/provision.sh)
+  prov  a|b|c|one|one-bound|rerun  SECONDS          provisioning (tests/bench/provision.sh)
   dl    curl|kvmprov  MIB_S  SECONDS      download + verify (tests/bench/download.sh)
   dl    rss  MIB
   boot  one|four  TOOL  SSH  DONE  EXIT  CPU    boot to ready (tests/bench/boot.sh),
@@ -42,13 +42,15 @@ def main(path):
         print(f"  {'kvmprov provision --no-wait':{w - 2}} {a:10.2f} s   {a / c:.2f}x the bound, <= 1.2x {verdict(a / c <= 1.2)}")
         print(f"  {'the chain: qemu-img, cloud-localds, virt-install':{w - 2}} {b:10.2f} s   kvmprov {b / a:.1f}x faster, >= 8x {verdict(b / a >= 8)}")
         print(f"  {'the bound: the same libvirt calls, all at once':{w - 2}} {c:10.2f} s")
-        print(f"  {'one instance, kvmprov':{w - 2}} {prov['one']:10.2f} s   <= 0.4 s {verdict(prov['one'] <= 0.4)}")
+        print(f"  {'one instance, kvmprov (best of 3)':{w - 2}} {prov['one']:10.2f} s   <= 0.4 s {verdict(prov['one'] <= 0.4)}")
+        if "one-bound" in prov:
+            print(f"  {'one instance, the bound (best of 3)':{w - 2}} {prov['one-bound']:10.2f} s   kvmprov +{prov['one'] - prov['one-bound']:.2f} s")
         print(f"  {'re-run, everything present, 10 guests booting':{w - 2}} {prov['rerun']:10.2f} s")
     for label, s in rerun:
         print(f"  {'re-run, everything present, ' + label:{w - 2}} {s:10.2f} s   <= 0.2 s {verdict(s <= 0.2)}")
     if dl:
         curl, kp = dl["curl"], dl["kvmprov"]
-        print("download + verify 1 GiB from 127.0.0.1 (best of 2)")
+        print("download + verify 1 GiB from 127.0.0.1 (best of 3)")
         print(f"  {'curl -s URL | sha512sum (writes nothing)':{w - 2}} {curl[0]:6.0f} MiB/s")
         print(f"  {'kvmprov image-cache (.part, SHA-512, fsync, rename)':{w - 2}} {kp[0]:6.0f} MiB/s   {kp[0] / curl[0]:.2f}x curl, >= 0.9x {verdict(kp[0] / curl[0] >= 0.9)}")
         print(f"  {'kvmprov peak RSS':{w - 2}} {dl['rss'][0]:6.1f} MiB     <= 32 MiB {verdict(dl['rss'][0] <= 32)}")

@@ -233,7 +233,8 @@ pub fn qemu_user() -> String {
 /// `access(X_OK)` for each directory, so groups and ACLs count as they do for qemu. rustix makes
 /// the raw system calls, which change only that thread's credentials (glibc's `setresuid` would
 /// change every thread's); the thread ends with them. A `runuser` per path did this before, at
-/// 12-29 ms each, twice a run: most of what kvmprov adds to libvirt's start of one instance.
+/// 12-29 ms each and two paths a run, half of what kvmprov added to libvirt's start of one
+/// instance.
 pub fn blocked_dirs(user: &str, path: &Path) -> Vec<PathBuf> {
     let dirs: Vec<PathBuf> = path
         .ancestors()

@@ -41,6 +41,8 @@ row() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >>"$BENCH_RESULTS"; }
 now() { date +%s.%N; }
 # Seconds from $1 to $2 (epoch seconds, fractions allowed).
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
+# The larger of two numbers (fractions allowed).
+fmax() { python3 -c "import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))" "$1" "$2"; }
 # Stamp each line of stdin with the epoch time it arrived.
 stamp() { python3 -u -c '
 import sys, time
@@ -67,10 +69,11 @@ ssh-keygen -q -t ed25519 -N '' -f "$KEYDIR/id_ed25519"
 SSHO=(-i "$KEYDIR/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=5)
 
 # The way kvmprov waits, for domains it did not make: the lease, port 22, a login, cloud-init.
-# Prints "SSH_EPOCH DONE_EPOCH".
+# Prints "SSH_EPOCH DONE_EPOCH"; fails after 900 s without a login.
 external_wait() { # domain user
-    local ip="" ssh_t
+    local ip="" ssh_t end=$((SECONDS + 900))
     while :; do
+        [ "$SECONDS" -lt "$end" ] || return 1
         ip=$(virsh_ns domifaddr "$1" --source lease 2>/dev/null | awk '/ipv4/ {split($4, a, "/"); print a[1]; exit}')
         if [ -n "$ip" ] && in_ns nc -z -w 1 "$ip" 22 2>/dev/null &&
             in_ns ssh "${SSHO[@]}" "$2@$ip" true 2>/dev/null; then
@@ -108,9 +111,9 @@ kvmprov_run() { # label prefix count
         n=$2-$(printf %02d "$i")
         cpu=$(python3 -c "print($cpu + $(cpu_seconds "$n"))")
         e=$(log_epoch "$E2E_DIR/$2.log" "$n" "ssh login at")
-        ssh_last=$(python3 -c "print(max($ssh_last, $e))")
+        ssh_last=$(fmax "$ssh_last" "$e")
         e=$(log_epoch "$E2E_DIR/$2.log" "$n" "cloud-init done")
-        done_last=$(python3 -c "print(max($done_last, $e))")
+        done_last=$(fmax "$done_last" "$e")
     done
     row boot "$1" kvmprov "$(since "$t0" "$ssh_last")" "$(since "$t0" "$done_last")" "$(since "$t0" "$t1")" "$cpu"
     KVMPROV_DONE=$(since "$t0" "$done_last")
@@ -228,7 +231,7 @@ kcli_run() { # label count
         cpu=$(python3 -c "print($cpu + $(cpu_seconds "$n"))")
         # kcli prints this right after each check; the last one follows the login that worked.
         e=$(grep "Waiting for vm to be accessible" "$E2E_DIR/$n.log" | tail -n 1 | awk '{print $1}')
-        ssh_last=$(python3 -c "print(max($ssh_last, ${e:-0}))")
+        ssh_last=$(fmax "$ssh_last" "${e:-0}")
     done
     [ "$rc" -eq 0 ] || log "kcli exited non-zero (see $E2E_DIR)"
     row boot "$1" kcli "$(since "$t0" "$ssh_last")" "$(since "$t0" "$t1")" "$(since "$t0" "$t1")" "$cpu"
@@ -264,7 +267,7 @@ sys.exit(main())' "$E2E_DIR/vl.yaml" 2>&1 | stamp >"$E2E_DIR/vl-$1.log"; then
     for n in "${names[@]}"; do
         e=$(grep " $n found at" "$E2E_DIR/vl-$1.log" | awk '{print $1}')
         [ -n "$e" ] || { row boot "$1" virt-lightning "failed: $n never reported SSH ($(tail -n 1 "$E2E_DIR/vl-$1.log" | cut -c1-100))"; gone "${names[@]}"; return 0; }
-        ssh_last=$(python3 -c "print(max($ssh_last, $e))")
+        ssh_last=$(fmax "$ssh_last" "$e")
         ips+=("$(grep " $n found at" "$E2E_DIR/vl-$1.log" | sed 's/.* found at \([0-9.]*\).*/\1/')")
     done
     for ip in "${ips[@]}"; do
@@ -294,7 +297,11 @@ vi_run() {
         --disk "path=$d/seed.iso,device=cdrom,bus=scsi" \
         --controller scsi,model=virtio-scsi --network network=default --osinfo debian11 \
         --virt-type qemu --graphics none --noautoconsole --quiet >/dev/null
-    ts=$(external_wait "$n" debian)
+    if ! ts=$(external_wait "$n" debian); then
+        row boot one virt-install "failed: no SSH login within 900 s"
+        gone "$n"
+        return 0
+    fi
     row boot one virt-install "$(since "$t0" "${ts% *}")" "$(since "$t0" "${ts#* }")" "$(since "$t0" "${ts#* }")" "$(cpu_seconds "$n")"
     gone "$n"
 }

@@ -68,17 +68,19 @@ stop_all bench-a
 # guest, libvirt's start of the domain is nearly all of it, and it varies by tens of ms.
 one=""
 one_bound=""
+# The smallest of the non-empty arguments.
+fmin() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:] if x))" "$@"; }
 for r in 1 2 3; do
     cfg "$E2E_DIR/one$r.yml" "bench-one$r" 1
     t0=$(now)
     kp -c "$E2E_DIR/one$r.yml" --output json provision --no-wait >/dev/null
     t1=$(now)
-    one=$(python3 -c "import sys; print(min(float(x) for x in sys.argv[1:] if x))" "$(secs "$t0" "$t1")" "$one")
+    one=$(fmin "$(secs "$t0" "$t1")" "$one")
     stop_all "bench-one$r"
     mkdir -p "$E2E_DIR/onec$r"
     chmod 0755 "$E2E_DIR/onec$r"
     s=$(in_ns "$BOUND" qemu:///system "kvmprov-bench-onec$r" "$E2E_DIR/onec$r" "$cached" default 1 "bench-onec$r")
-    one_bound=$(python3 -c "import sys; print(min(float(x) for x in sys.argv[1:] if x))" "$s" "$one_bound")
+    one_bound=$(fmin "$s" "$one_bound")
     stop_all "bench-onec$r"
 done
 

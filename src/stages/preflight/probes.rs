@@ -310,14 +310,18 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// Taking on another user's identity needs root (CI runs the tests as root).
     fn running_as_root() -> bool {
-        rustix::process::getuid().is_root()
+        let root = rustix::process::getuid().is_root();
+        if !root {
+            eprintln!("skipped: taking on another user's identity needs root");
+        }
+        root
     }
 
     #[test]
     fn blocked_dirs_names_the_directory_the_user_cannot_traverse() {
         if !running_as_root() {
-            eprintln!("skipped: taking on another user's identity needs root");
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -338,7 +342,6 @@ mod tests {
     #[test]
     fn blocked_dirs_leaves_the_callers_identity_alone() {
         if !running_as_root() {
-            eprintln!("skipped: taking on another user's identity needs root");
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! The libvirt connection and the host facts it gives: versions, domain types, firmware.
 
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 use serde::Serialize;
 use virt::connect::Connect;
@@ -29,6 +29,9 @@ pub struct HostInfo {
 pub struct Hypervisor {
     pub(crate) conn: Connect,
     uri: String,
+    /// `host_info`, read once per connection: preflight and provision both ask, and the
+    /// capabilities XML alone takes libvirt ~1.5 ms to build.
+    host: OnceLock<HostInfo>,
 }
 
 fn version_string(v: u32) -> String {
@@ -48,6 +51,7 @@ impl Hypervisor {
         Ok(Hypervisor {
             conn,
             uri: uri.to_string(),
+            host: OnceLock::new(),
         })
     }
 
@@ -55,8 +59,17 @@ impl Hypervisor {
         &self.uri
     }
 
-    /// Versions, host name, driver and the x86_64 domain types the host offers.
+    /// Versions, host name, driver and the x86_64 domain types the host offers (read once per
+    /// connection; none of it changes while kvmprov runs).
     pub fn host_info(&self) -> Result<HostInfo, HvError> {
+        if let Some(h) = self.host.get() {
+            return Ok(h.clone());
+        }
+        let h = self.read_host_info()?;
+        Ok(self.host.get_or_init(|| h).clone())
+    }
+
+    fn read_host_info(&self) -> Result<HostInfo, HvError> {
         let caps = self.conn.capabilities().map_err(lv("read capabilities"))?;
         let (kvm, qemu) = xml::domain_types(&caps)?;
         Ok(HostInfo {

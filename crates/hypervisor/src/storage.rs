@@ -75,24 +75,56 @@ impl Hypervisor {
     }
 
     fn find_pool_by_path(&self, path: &Path) -> Result<Option<(StoragePool, PoolInfo)>, HvError> {
-        let want = path.canonicalize().ok();
+        Ok(self.find_pools_by_paths(&[path])?.pop().flatten())
+    }
+
+    /// The pools whose targets are `paths`, in one listing: each pool's XML is read once to
+    /// compare its target; only a match costs the two further calls its state takes (with
+    /// dozens of pools on a hypervisor, three calls a pool was most of a one-instance run).
+    fn find_pools_by_paths(
+        &self,
+        paths: &[&Path],
+    ) -> Result<Vec<Option<(StoragePool, PoolInfo)>>, HvError> {
+        let wanted: Vec<Option<PathBuf>> = paths.iter().map(|p| p.canonicalize().ok()).collect();
+        let mut found: Vec<Option<(StoragePool, PoolInfo)>> = paths.iter().map(|_| None).collect();
         for p in self
             .conn
             .list_all_storage_pools(0)
             .map_err(lv("list storage pools"))?
         {
-            let info = match pool_info(&p) {
-                Ok(info) => info,
+            let target = match pool_target(&p) {
+                Ok(Some(target)) => target,
+                Ok(None) => continue,
+                // Undefined between the listing and now.
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
             };
-            let same =
-                info.path == path || (want.is_some() && info.path.canonicalize().ok() == want);
-            if same && !info.path.as_os_str().is_empty() {
-                return Ok(Some((p, info)));
+            let canonical = target.canonicalize().ok();
+            let Some(i) = (0..paths.len()).find(|&i| {
+                found[i].is_none()
+                    && (target == paths[i] || (wanted[i].is_some() && canonical == wanted[i]))
+            }) else {
+                continue;
+            };
+            match pool_state(&p, target) {
+                Ok(info) => found[i] = Some((p, info)),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
+            if found.iter().all(Option::is_some) {
+                break;
             }
         }
-        Ok(None)
+        Ok(found)
+    }
+
+    /// `pool_by_path` for several paths with one listing of the pools.
+    pub fn pools_by_paths(&self, paths: &[&Path]) -> Result<Vec<Option<PoolInfo>>, HvError> {
+        Ok(self
+            .find_pools_by_paths(paths)?
+            .into_iter()
+            .map(|f| f.map(|(_, info)| info))
+            .collect())
     }
 
     /// An active `dir` pool serving `path`. A pool already serving the directory is reused
@@ -100,7 +132,36 @@ impl Hypervisor {
     /// otherwise `name` is defined, built (mkdir), started and set to autostart. An existing
     /// active pool is refreshed so files created behind libvirt's back show up.
     pub fn ensure_dir_pool(&self, name: &str, path: &Path) -> Result<PoolOutcome, HvError> {
-        let (pool, mut action) = match self.find_pool_by_path(path)? {
+        let found = self.find_pool_by_path(path)?;
+        self.ensure_found_dir_pool(name, path, found)
+    }
+
+    /// `ensure_dir_pool` right after `pools_by_paths` looked for `path`: `seen` is what it
+    /// found (an inactive pool, or none), so every pool is not listed and read a second time.
+    pub fn ensure_seen_dir_pool(
+        &self,
+        name: &str,
+        path: &Path,
+        seen: Option<&PoolInfo>,
+    ) -> Result<PoolOutcome, HvError> {
+        let found = match seen {
+            Some(info) => match none_if_missing(self.lookup_pool(&info.name))? {
+                Some(p) => Some((p, info.clone())),
+                // Undefined since: look again.
+                None => self.find_pool_by_path(path)?,
+            },
+            None => None,
+        };
+        self.ensure_found_dir_pool(name, path, found)
+    }
+
+    fn ensure_found_dir_pool(
+        &self,
+        name: &str,
+        path: &Path,
+        found: Option<(StoragePool, PoolInfo)>,
+    ) -> Result<PoolOutcome, HvError> {
+        let (pool, mut action) = match found {
             Some((p, _)) => (p, PoolAction::Existed),
             None => match self.define_dir_pool(name, path) {
                 Ok(p) => (p, PoolAction::Defined),
@@ -426,9 +487,20 @@ fn send_volume(
 }
 
 fn pool_info(p: &StoragePool) -> Result<PoolInfo, HvError> {
+    let path = pool_target(p)?.unwrap_or_default();
+    pool_state(p, path)
+}
+
+/// The pool's target directory, from its XML (`None` for pools without one).
+fn pool_target(p: &StoragePool) -> Result<Option<PathBuf>, HvError> {
+    let name = p.name().map_err(lv("read pool name"))?;
+    xml::parse_pool_path(&p.xml_desc(0).map_err(lv(format!("read pool {name}")))?)
+}
+
+/// The pool's name, activity and free space, its target already known.
+fn pool_state(p: &StoragePool, path: PathBuf) -> Result<PoolInfo, HvError> {
     let name = p.name().map_err(lv("read pool name"))?;
     let what = format!("read pool {name}");
-    let path = xml::parse_pool_path(&p.xml_desc(0).map_err(lv(what.clone()))?)?;
     let active = p.is_active().map_err(lv(what.clone()))?;
     let available_bytes = if active {
         p.info().map_err(lv(what))?.available
@@ -437,7 +509,7 @@ fn pool_info(p: &StoragePool) -> Result<PoolInfo, HvError> {
     };
     Ok(PoolInfo {
         name,
-        path: path.unwrap_or_default(),
+        path,
         active,
         available_bytes,
     })

@@ -44,7 +44,7 @@ pub(super) fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, HvError>
             remote_path(key, path, pool.is_some(), remote.as_ref(), host.qemu_ids)
         });
     }
-    let existing: Vec<String> = hv.domains()?.into_iter().map(|d| d.name).collect();
+    let existing = hv.domain_names()?;
     let missing_instances = cfg
         .instances
         .iter()

@@ -1,5 +1,5 @@
-//! Creating one instance: the overlay disk (if missing), a new cloud-init seed with a pinned
-//! host key, then the domain, in that order, so a domain never exists without its disk and seed.
+//! Creating one instance: the overlay disk (if missing) and a new cloud-init seed with a pinned
+//! host key, side by side, then the domain, so a domain never exists without its disk and seed.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,19 +28,23 @@ pub(super) struct Shared<'a> {
     pub operator_public: String,
 }
 
-/// Create one instance: overlay (if `make_disk`) → seed → domain.
+/// Create one instance: overlay (if `make_disk`) and seed → domain.
 pub(super) fn create(
     sh: &Shared,
     inst: &Instance,
     image: Option<&CachedImage>,
     make_disk: bool,
 ) -> Result<(), ProvisionError> {
-    if make_disk {
-        let image = image.ok_or_else(|| {
-            ProvisionError::Invalid(format!("image `{}` is not cached", inst.image_name))
-        })?;
-        make_overlay(sh, inst, image)?;
-    }
+    let disk_image = match (make_disk, image) {
+        (false, _) => None,
+        (true, Some(image)) => Some(check_disk_size(inst, image)?),
+        (true, None) => {
+            return Err(ProvisionError::Invalid(format!(
+                "image `{}` is not cached",
+                inst.image_name
+            )))
+        }
+    };
     // A new seed every time a domain is created: new instance-id, new pinned host key.
     let instance_id = format!(
         "{}-{}",
@@ -50,31 +54,46 @@ pub(super) fn create(
             .map(|d| d.as_millis())
             .unwrap_or(0)
     );
-    let seed = seed_spec(sh, inst, &instance_id)?;
-    upload_seed(sh, inst, &seed)?;
+    // libvirt makes the overlay (it runs qemu-img: ~15 ms) while this thread hashes the
+    // password, makes the host key and uploads the seed; the domain comes after both.
+    std::thread::scope(|scope| {
+        let disk = disk_image.map(|image| scope.spawn(move || make_overlay(sh, inst, image)));
+        let seed = seed_spec(sh, inst, &instance_id).and_then(|seed| upload_seed(sh, inst, &seed));
+        if let Some(disk) = disk {
+            disk.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        }
+        seed
+    })?;
     sh.hv
         .define(&xml::domain_xml(&domain_spec(sh, inst, image, instance_id)))?;
     Ok(())
 }
 
+/// The image, if `disk_size_gib` can hold it (the overlay cannot be smaller than its base).
+fn check_disk_size<'i>(
+    inst: &Instance,
+    image: &'i CachedImage,
+) -> Result<&'i CachedImage, ProvisionError> {
+    let capacity = inst.disk_size_gib << 30;
+    match image_virtual_size(&image.path) {
+        Some(vsize) if vsize > capacity => Err(ProvisionError::Invalid(format!(
+            "disk_size_gib {} is smaller than the image's virtual size ({:.1} GiB)",
+            inst.disk_size_gib,
+            vsize as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(image),
+    }
+}
+
 /// The qcow2 overlay on the cached image, grown to `disk_size_gib`.
 fn make_overlay(sh: &Shared, inst: &Instance, image: &CachedImage) -> Result<(), ProvisionError> {
-    let capacity = inst.disk_size_gib << 30;
-    if let Some(vsize) = image_virtual_size(&image.path) {
-        if vsize > capacity {
-            return Err(ProvisionError::Invalid(format!(
-                "disk_size_gib {} is smaller than the image's virtual size ({:.1} GiB)",
-                inst.disk_size_gib,
-                vsize as f64 / (1u64 << 30) as f64
-            )));
-        }
-    }
     sh.hv.create_overlay(
         &sh.instance_pool,
         &disk_name(&inst.name),
         &image.path,
         "qcow2",
-        capacity,
+        inst.disk_size_gib << 30,
     )?;
     Ok(())
 }

@@ -46,17 +46,22 @@ struct Pool {
 }
 
 impl Pool {
-    fn observe(hv: &Hypervisor, prefix: &str, path: &std::path::Path) -> Result<Pool, HvError> {
-        Ok(match hv.pool_by_path(path)? {
-            Some(p) => Pool {
-                name: p.name.clone(),
-                found: Some(p),
-            },
-            None => Pool {
-                name: pool_name_for(prefix, path),
-                found: None,
-            },
-        })
+    /// The image cache's pool and the instance pool, from one listing of the pools.
+    fn observe_both(hv: &Hypervisor, cfg: &Config) -> Result<(Pool, Pool), HvError> {
+        let mut found = hv
+            .pools_by_paths(&[&cfg.image_cache_path, &cfg.instance_pool_path])?
+            .into_iter();
+        let mut next = |prefix: &str, path: &std::path::Path| {
+            let found = found.next().flatten();
+            Pool {
+                name: found
+                    .as_ref()
+                    .map_or_else(|| pool_name_for(prefix, path), |p| p.name.clone()),
+                found,
+            }
+        };
+        let cache = next("images", &cfg.image_cache_path);
+        Ok((cache, next("instances", &cfg.instance_pool_path)))
     }
 
     /// The pool's info when it is active.
@@ -103,8 +108,7 @@ pub fn prepare<'a>(
     let mut report = StageReport::new("provision");
     let (domain_type, _) =
         resolve_domain_type(cfg.domain_type, &hv.host_info()?).map_err(ProvisionError::Invalid)?;
-    let cache_pool = Pool::observe(hv, "images", &cfg.image_cache_path)?;
-    let inst_pool = Pool::observe(hv, "instances", &cfg.instance_pool_path)?;
+    let (cache_pool, inst_pool) = Pool::observe_both(hv, cfg)?;
     let images = usable_images(s, hv, handoff, &cache_pool)?;
     let volumes: Vec<String> = match inst_pool.active() {
         Some(p) => {
@@ -279,7 +283,7 @@ fn create_pools(s: &Session, hv: &Hypervisor, pools: [(&Pool, &PathBuf); 2]) -> 
         if pool.active().is_some() {
             continue;
         }
-        let outcome = create_pool(s, hv, &pool.name, path);
+        let outcome = create_pool(s, hv, pool, path);
         s.printer.outcome(&outcome);
         let failed = outcome.failed();
         outcomes.push(outcome);
@@ -291,7 +295,8 @@ fn create_pools(s: &Session, hv: &Hypervisor, pools: [(&Pool, &PathBuf); 2]) -> 
 }
 
 /// A libvirt dir pool for `path` that is missing or inactive: created (or only planned).
-fn create_pool(s: &Session, hv: &Hypervisor, name: &str, path: &std::path::Path) -> Outcome {
+fn create_pool(s: &Session, hv: &Hypervisor, pool: &Pool, path: &std::path::Path) -> Outcome {
+    let name = &pool.name;
     let action = Action::new(
         format!("pool {name}"),
         Op::Create,
@@ -303,6 +308,9 @@ fn create_pool(s: &Session, hv: &Hypervisor, name: &str, path: &std::path::Path)
     if s.check {
         Outcome::planned(action)
     } else {
-        crate::plan::run(action, || hv.ensure_dir_pool(name, path).map(|_| ()))
+        crate::plan::run(action, || {
+            hv.ensure_seen_dir_pool(name, path, pool.found.as_ref())
+                .map(|_| ())
+        })
     }
 }

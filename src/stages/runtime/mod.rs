@@ -123,7 +123,8 @@ pub fn workers(s: &Session) -> usize {
     s.jobs.max(s.cfg.instances.len()).min(64)
 }
 
-/// One instance's domain as runtime finds it: its state (`None`: not defined) and snapshots.
+/// One instance's domain as runtime finds it: its state (`None`: not defined) and snapshots
+/// (listed only when the instance declares one: only `snapshot_name` reads them).
 pub struct Observed {
     state: Option<DomainState>,
     snapshots: Vec<String>,
@@ -131,9 +132,9 @@ pub struct Observed {
 
 pub fn observe(hv: &Hypervisor, inst: &Instance) -> Result<Observed, HvError> {
     let dom = hv.domain(&inst.name)?;
-    let snapshots = match &dom {
-        Some(_) => hv.snapshots(&inst.name)?,
-        None => Vec::new(),
+    let snapshots = match (&dom, &inst.snapshot_name) {
+        (Some(_), Some(_)) => hv.snapshots(&inst.name)?,
+        _ => Vec::new(),
     };
     Ok(Observed {
         state: dom.map(|d| d.state),

@@ -184,6 +184,55 @@ fn ensure_dir_pool_defines_once_and_reuses_by_path() {
 }
 
 #[test]
+fn pools_by_paths_answers_each_path_from_one_listing() {
+    let hv = hv();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool");
+    hv.ensure_dir_pool("kp-both", &path).unwrap();
+    let missing = dir.path().join("missing");
+    let found = hv
+        .pools_by_paths(&[&missing, Path::new("/default-pool/"), &path])
+        .unwrap();
+    let names: Vec<Option<&str>> = found
+        .iter()
+        .map(|p| p.as_ref().map(|p| p.name.as_str()))
+        .collect();
+    assert_eq!(names, [None, Some("default-pool"), Some("kp-both")]);
+    let both = found[2].as_ref().unwrap();
+    assert!(both.active);
+    assert_eq!(both.path, path);
+    hv.remove_pool("kp-both").unwrap();
+}
+
+#[test]
+fn ensure_seen_dir_pool_creates_a_missing_pool_and_starts_a_seen_inactive_one() {
+    let hv = hv();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool");
+    let made = hv.ensure_seen_dir_pool("kp-seen", &path, None).unwrap();
+    assert_eq!(made.action, PoolAction::Defined);
+    assert!(made.pool.active);
+
+    // Stopped behind kvmprov's back (the test driver shares its state between connections).
+    let other = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    other
+        .lookup_storage_pool_by_name("kp-seen")
+        .unwrap()
+        .destroy()
+        .unwrap();
+    let seen = hv.pool_by_path(&path).unwrap().unwrap();
+    assert!(!seen.active);
+    let started = hv
+        .ensure_seen_dir_pool("kp-seen-2", &path, Some(&seen))
+        .unwrap();
+    assert_eq!(started.action, PoolAction::Started);
+    assert_eq!(started.pool.name, "kp-seen");
+    assert!(started.pool.active);
+    assert!(hv.pool("kp-seen-2").unwrap().is_none());
+    hv.remove_pool("kp-seen").unwrap();
+}
+
+#[test]
 fn volumes_create_list_delete() {
     let hv = hv();
     let dir = tempfile::tempdir().unwrap();
@@ -257,6 +306,9 @@ fn domain_lifecycle_and_snapshots() {
     assert!(d.persistent);
     assert_eq!(d.uuid.len(), 36, "{d:?}");
     assert!(hv.domains().unwrap().iter().any(|x| x.name == "kp-life"));
+    let names = hv.domain_names().unwrap();
+    assert!(names.iter().any(|n| n == "kp-life"), "{names:?}");
+    assert!(names.windows(2).all(|w| w[0] <= w[1]), "sorted: {names:?}");
 
     hv.start("kp-life").unwrap();
     assert_eq!(

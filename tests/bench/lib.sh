@@ -1,4 +1,6 @@
-# Shared by the benchmark parts that drive libvirtd (sourced after tests/e2e/lib.sh and e2e_setup).
+# shellcheck shell=bash
+# Shared by the benchmark scripts: `quiet`, and for the parts that drive libvirtd (after
+# tests/e2e/lib.sh and e2e_setup) the check that libvirt did not re-probe QEMU.
 #
 # libvirt re-probes QEMU (seconds to minutes per call) when its qemu user loses /dev/kvm, e.g.
 # when the machine's host changes the device's group; every figure taken then is meaningless.
@@ -19,4 +21,24 @@ refuse_if_reprobed() {
     [ -z "$f" ] && return 0
     echo "bench: no figures: libvirt re-probed QEMU during the run ($f was rewritten at $(date -r "$f" +%T)); is /dev/kvm usable by libvirt-qemu? ($(getfacl -p /dev/kvm 2>/dev/null | grep -c libvirt-qemu) ACL entries)" >&2
     exit 1
+}
+
+# Wait (at most 60 s) until the CPUs are at least 90% idle over a second. Each part starts on a
+# quiet machine: the part before leaves guests exiting and pages to write back; the download
+# measured 0.87x curl right after the provisioning part and 1.14-1.24x on its own.
+quiet() {
+    sync
+    python3 - <<'PY'
+import time
+def cpu():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v)
+for _ in range(60):
+    i0, t0 = cpu()
+    time.sleep(1)
+    i1, t1 = cpu()
+    if (i1 - i0) / max(1, t1 - t0) >= 0.9:
+        break
+PY
 }

@@ -64,14 +64,16 @@ t1=$(now)
 rerun=$(secs "$t0" "$t1")
 stop_all bench-a
 
-# One instance, best of 3, each beside the bound for one (the same libvirt calls): with one
-# guest, libvirt's start of the domain is nearly all of it, and it varies by tens of ms.
+# One instance, best of 3, each beside the bound for one (the same libvirt calls), each on a
+# quiet machine (the guests just destroyed are still being torn down): with one guest,
+# libvirt's start of the domain is nearly all of it, and it varies by tens of ms.
 one=""
 one_bound=""
 # The smallest of the non-empty arguments.
 fmin() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:] if x))" "$@"; }
 for r in 1 2 3; do
     cfg "$E2E_DIR/one$r.yml" "bench-one$r" 1
+    quiet
     t0=$(now)
     kp -c "$E2E_DIR/one$r.yml" --output json provision --no-wait >/dev/null
     t1=$(now)
@@ -79,6 +81,7 @@ for r in 1 2 3; do
     stop_all "bench-one$r"
     mkdir -p "$E2E_DIR/onec$r"
     chmod 0755 "$E2E_DIR/onec$r"
+    quiet
     s=$(in_ns "$BOUND" qemu:///system "kvmprov-bench-onec$r" "$E2E_DIR/onec$r" "$cached" default 1 "bench-onec$r")
     one_bound=$(fmin "$s" "$one_bound")
     stop_all "bench-onec$r"

@@ -12,25 +12,8 @@ export BENCH_RESULTS
 BENCH_RESULTS=$(mktemp /tmp/kvmprov-bench.XXXXXX.tsv)
 trap 'rm -f "$BENCH_RESULTS"' EXIT
 printf 'cores\t%s\n' "$(nproc)" >>"$BENCH_RESULTS"
-# Each part starts on a quiet machine (at most 60 s of waiting): the part before leaves guests
-# exiting and pages to write back; the download measured 0.87x curl right after the provisioning
-# part and 1.14-1.24x on its own.
-quiet() {
-    sync
-    python3 - <<'PY'
-import time
-def cpu():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return v[3] + v[4], sum(v)
-for _ in range(60):
-    i0, t0 = cpu()
-    time.sleep(1)
-    i1, t1 = cpu()
-    if (i1 - i0) / max(1, t1 - t0) >= 0.9:
-        break
-PY
-}
+# shellcheck source=tests/bench/lib.sh
+source "$dir/lib.sh"
 for part in ${BENCH_PARTS:-provision download boot}; do
     quiet
     echo "bench: === $part" >&2

@@ -19,4 +19,9 @@ for part in ${BENCH_PARTS:-provision download boot}; do
     echo "bench: === $part" >&2
     bash "$dir/$part.sh"
 done
+# The rows behind the table, kept for later comparison (the table is made from them).
+kept="$dir/../../target/bench/rows-$(date +%Y%m%dT%H%M%S).tsv"
+mkdir -p "$(dirname "$kept")"
+cp "$BENCH_RESULTS" "$kept"
+echo "bench: rows kept in $(realpath "$kept")" >&2
 python3 "$dir/table.py" "$BENCH_RESULTS"

@@ -40,7 +40,7 @@ probe_mark_set
 row() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >>"$BENCH_RESULTS"; }
 now() { date +%s.%N; }
 # Seconds from $1 to $2 (epoch seconds, fractions allowed).
-since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.{sys.argv[3]}f}')" "$1" "$2" "${3:-1}"; }
 # The larger of two numbers (fractions allowed).
 fmax() { python3 -c "import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))" "$1" "$2"; }
 # Stamp each line of stdin with the epoch time it arrived.
@@ -129,7 +129,7 @@ kvmprov_run() { # label prefix count
     if [ "$3" -gt 1 ]; then
         t0=$(now)
         kp -c "$cfg" --output json provision --no-wait >/dev/null
-        row rerun "$3 guests ready and idle" "$(since "$t0" "$(now)")"
+        row rerun "$3 guests ready and idle" "$(since "$t0" "$(now)" 3)"
     fi
     gone $(for i in $(seq 1 "$3"); do echo "$2-$(printf %02d "$i")"; done)
 }

@@ -30,7 +30,7 @@ trap e2e_teardown EXIT
 e2e_setup
 virsh_ns() { in_ns virsh -q -c qemu:///system "$@"; }
 now() { date +%s%N; }
-secs() { python3 -c "import sys; print(f'{(int(sys.argv[2]) - int(sys.argv[1])) / 1e9:.2f}')" "$1" "$2"; }
+secs() { python3 -c "import sys; print(f'{(int(sys.argv[2]) - int(sys.argv[1])) / 1e9:.3f}')" "$1" "$2"; }
 
 # cfg FILE PREFIX COUNT
 cfg() {

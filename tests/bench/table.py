@@ -42,12 +42,12 @@ def main(path):
         print(f"  {'kvmprov provision --no-wait':{w - 2}} {a:10.2f} s   {a / c:.2f}x the bound, <= 1.2x {verdict(a / c <= 1.2)}")
         print(f"  {'the chain: qemu-img, cloud-localds, virt-install':{w - 2}} {b:10.2f} s   kvmprov {b / a:.1f}x faster, >= 8x {verdict(b / a >= 8)}")
         print(f"  {'the bound: the same libvirt calls, all at once':{w - 2}} {c:10.2f} s")
-        print(f"  {'one instance, kvmprov (best of 3)':{w - 2}} {prov['one']:10.2f} s   <= 0.4 s {verdict(prov['one'] <= 0.4)}")
+        print(f"  {'one instance, kvmprov (best of 3)':{w - 2}} {prov['one']:10.3f} s   <= 0.4 s {verdict(prov['one'] <= 0.4)}")
         if "one-bound" in prov:
-            print(f"  {'one instance, the bound (best of 3)':{w - 2}} {prov['one-bound']:10.2f} s   kvmprov +{prov['one'] - prov['one-bound']:.2f} s")
-        print(f"  {'re-run, everything present, 10 guests booting':{w - 2}} {prov['rerun']:10.2f} s")
+            print(f"  {'one instance, the bound (best of 3)':{w - 2}} {prov['one-bound']:10.3f} s   kvmprov +{prov['one'] - prov['one-bound']:.3f} s")
+        print(f"  {'re-run, everything present, 10 guests booting':{w - 2}} {prov['rerun']:10.3f} s")
     for label, s in rerun:
-        print(f"  {'re-run, everything present, ' + label:{w - 2}} {s:10.2f} s   <= 0.2 s {verdict(s <= 0.2)}")
+        print(f"  {'re-run, everything present, ' + label:{w - 2}} {s:10.3f} s   <= 0.2 s {verdict(s <= 0.2)}")
     if dl:
         curl, kp = dl["curl"], dl["kvmprov"]
         print("download + verify 1 GiB from 127.0.0.1 (best of 3)")

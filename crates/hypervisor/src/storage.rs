@@ -99,7 +99,12 @@ impl Hypervisor {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
             };
-            let canonical = target.canonicalize().ok();
+            // Resolving symlinks costs a lookup per pool: only when some path resolved.
+            let canonical = wanted
+                .iter()
+                .any(Option::is_some)
+                .then(|| target.canonicalize().ok())
+                .flatten();
             let Some(i) = (0..paths.len()).find(|&i| {
                 found[i].is_none()
                     && (target == paths[i] || (wanted[i].is_some() && canonical == wanted[i]))

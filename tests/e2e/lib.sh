@@ -118,11 +118,15 @@ e2e_teardown() {
         done
         local pools
         pools=$(in_ns virsh -q -c qemu:///system pool-list --all --name 2>/dev/null)
+        # kvmprov's pools, and any pool in the scratch directory (virt-install makes one for the
+        # directory of each disk it is given: the chain in the benchmark left b, b-1, b-2, ...).
+        local target
         for p in $pools; do
-            case "$p" in kvmprov-*)
-                in_ns virsh -q -c qemu:///system pool-destroy "$p" >/dev/null 2>&1
-                in_ns virsh -q -c qemu:///system pool-undefine "$p" >/dev/null 2>&1 ;;
-            esac
+            target=$(in_ns virsh -q -c qemu:///system pool-dumpxml "$p" 2>/dev/null |
+                sed -n 's|.*<path>\(.*\)</path>.*|\1|p' | head -n 1)
+            case "$p" in kvmprov-*) ;; *) case "$target" in "$E2E_DIR"/*) ;; *) continue ;; esac ;; esac
+            in_ns virsh -q -c qemu:///system pool-destroy "$p" >/dev/null 2>&1
+            in_ns virsh -q -c qemu:///system pool-undefine "$p" >/dev/null 2>&1
         done
     fi
     [ -n "${E2E_MIRROR_PID:-}" ] && kill "$E2E_MIRROR_PID" 2>/dev/null && wait "$E2E_MIRROR_PID" 2>/dev/null

@@ -41,8 +41,6 @@ row() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >>"$BENCH_RESULTS"; }
 now() { date +%s.%N; }
 # Seconds from $1 to $2 (epoch seconds, fractions allowed).
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.{sys.argv[3]}f}')" "$1" "$2" "${3:-1}"; }
-# The larger of two numbers (fractions allowed).
-fmax() { python3 -c "import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))" "$1" "$2"; }
 # Stamp each line of stdin with the epoch time it arrived.
 stamp() { python3 -u -c '
 import sys, time

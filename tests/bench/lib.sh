@@ -42,3 +42,7 @@ for _ in range(60):
         break
 PY
 }
+
+# The larger of two numbers, and the smallest of the non-empty arguments (fractions allowed).
+fmax() { python3 -c "import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))" "$1" "$2"; }
+fmin() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:] if x))" "$@"; }

@@ -69,8 +69,6 @@ stop_all bench-a
 # libvirt's start of the domain is nearly all of it, and it varies by tens of ms.
 one=""
 one_bound=""
-# The smallest of the non-empty arguments.
-fmin() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:] if x))" "$@"; }
 for r in 1 2 3; do
     cfg "$E2E_DIR/one$r.yml" "bench-one$r" 1
     quiet

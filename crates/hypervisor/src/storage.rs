@@ -86,6 +86,8 @@ impl Hypervisor {
         paths: &[&Path],
     ) -> Result<Vec<Option<(StoragePool, PoolInfo)>>, HvError> {
         let wanted: Vec<Option<PathBuf>> = paths.iter().map(|p| p.canonicalize().ok()).collect();
+        // Resolving a pool's symlinks costs a lookup: only when some wanted path resolved.
+        let resolve = wanted.iter().any(Option::is_some);
         let mut found: Vec<Option<(StoragePool, PoolInfo)>> = paths.iter().map(|_| None).collect();
         for p in self
             .conn
@@ -99,12 +101,7 @@ impl Hypervisor {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
             };
-            // Resolving symlinks costs a lookup per pool: only when some path resolved.
-            let canonical = wanted
-                .iter()
-                .any(Option::is_some)
-                .then(|| target.canonicalize().ok())
-                .flatten();
+            let canonical = resolve.then(|| target.canonicalize().ok()).flatten();
             let Some(i) = (0..paths.len()).find(|&i| {
                 found[i].is_none()
                     && (target == paths[i] || (wanted[i].is_some() && canonical == wanted[i]))

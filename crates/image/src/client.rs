@@ -27,6 +27,8 @@ pub struct Client {
     /// timeout, would otherwise hold a run forever.
     pub min_bytes: u64,
     pub window: Duration,
+    /// Longest wait for the cache-wide lock that a prune holds exclusively.
+    pub lock_wait: Duration,
 }
 
 impl Default for Client {
@@ -59,6 +61,7 @@ impl Client {
             text_deadline: Duration::from_secs(120),
             min_bytes: 64 * 1024,
             window: Duration::from_secs(30),
+            lock_wait: Duration::from_secs(60),
         }
     }
 

@@ -27,6 +27,8 @@ enum Fault {
     Redirect(String),
     /// The whole body, 64 KiB every 20 ms: slow enough for a second run to meet this one.
     Slow,
+    /// No Content-Length: these bytes, then zeros until the client hangs up (at most 1 GiB).
+    Endless(Vec<u8>),
 }
 
 #[derive(Default)]
@@ -252,6 +254,19 @@ fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        (_, Some(Fault::Endless(head))) => {
+            let _ = write!(conn, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+            if conn.write_all(&head).is_ok() {
+                sent = head.len();
+                let zeros = vec![0u8; 1 << 20];
+                for _ in 0..1024 {
+                    if conn.write_all(&zeros).is_err() {
+                        break;
+                    }
+                    sent += zeros.len();
+                }
             }
         }
         (None, _) => respond(&mut conn, "404 Not Found", "", b""),
@@ -1086,4 +1101,228 @@ fn real_debian_json_manifest_is_confirmed_only_by_the_configured_sums() {
         "{}",
         r.download_url
     );
+}
+
+/// Is this test running as root (chown to another user needs it)?
+fn root() -> bool {
+    let me = kvmprov_safefs::euid();
+    if me != 0 {
+        eprintln!("SKIPPED part of this test: it needs root to chown files to another user");
+    }
+    me == 0
+}
+
+fn chown_nobody(path: &std::path::Path) {
+    std::os::unix::fs::lchown(path, Some(65534), Some(65534)).unwrap();
+}
+
+#[test]
+fn regression_part_symlink_made_root_overwrite_another_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = Mirror::start();
+    let image = payload(40, 2 * MIB);
+    m.publish("20241004-1890", &image, false);
+    let c = fast_client();
+    let r = resolve(&c, &m.entry()).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let victim = elsewhere.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let untouched = || assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+    // A fresh download: the planted link is replaced by a file of our own, never followed.
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join(format!("{}.part", r.file_name));
+    std::os::unix::fs::symlink(&victim, &part).unwrap();
+    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
+    untouched();
+    let meta = std::fs::symlink_metadata(&cached.path).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "the cached image is a regular file"
+    );
+    assert_eq!(std::fs::read(&cached.path).unwrap(), image);
+
+    // A "resumable" part that is a link: refused (not appended to), and removed as the link.
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join(format!("{}.part", r.file_name));
+    let record = serde_json::json!({"url": kvmprov_image::redact_url(&r.download_url),
+                                    "sha512": r.sha512, "validator": "\"x\""})
+    .to_string();
+    std::fs::write(
+        dir.path().join(format!("{}.part.json", r.file_name)),
+        &record,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&victim, &part).unwrap();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    let text = one_sentence(&e);
+    untouched();
+    assert!(
+        text.contains("symbolic link") && text.contains(".part"),
+        "{text}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&part).is_err(),
+        "the link is gone"
+    );
+
+    // Another user's part is not resumed, and so never renamed into the cache.
+    if root() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join(format!("{}.part", r.file_name));
+        std::fs::write(&part, &image[..MIB]).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{}.part.json", r.file_name)),
+            &record,
+        )
+        .unwrap();
+        chown_nobody(&part);
+        let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+        let text = one_sentence(&e);
+        assert!(text.contains("owned by uid 65534"), "{text}");
+        let cached = dir.path().join(&r.file_name);
+        assert!(
+            std::fs::symlink_metadata(&cached).map_or(true, |m| m.uid() != 65534),
+            "another user's file became the cached image"
+        );
+    }
+
+    // A cache directory others can write (the 1777 of the report) is refused, with the fix.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(text.contains("chmod o-w"), "{text}");
+    assert!(cache_files(dir.path()).is_empty());
+}
+
+#[test]
+fn regression_cache_lock_files_anyone_could_open_and_hold() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(41, MIB), false);
+    let c = fast_client();
+    let r = resolve(&c, &m.entry()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    download(&c, dir.path(), &r, &mut Silent).unwrap();
+    let mut locks = 0;
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with(".lock") {
+            let mode = e.metadata().unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{:?} is {mode:o}", e.file_name());
+            locks += 1;
+        }
+    }
+    assert_eq!(locks, 2, "the cache lock and the writer lock");
+
+    // A lock file 0644 from an older kvmprov is narrowed; another user's is refused.
+    let lock = dir.path().join(".kvmprov-cache.lock");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    download(&c, dir.path(), &r, &mut Silent).unwrap();
+    assert_eq!(std::fs::metadata(&lock).unwrap().mode() & 0o777, 0o600);
+    if root() {
+        chown_nobody(&lock);
+        let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+        let text = one_sentence(&e);
+        assert!(
+            text.contains(".kvmprov-cache.lock") && text.contains("owned by uid 65534"),
+            "{text}"
+        );
+    }
+}
+
+/// Hold an exclusive `flock` on `path` from this process (as another user's process did).
+fn hold(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.lock().unwrap();
+    f
+}
+
+#[test]
+fn regression_held_writer_lock_made_the_download_wait_forever() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(42, MIB), false);
+    let mut c = fast_client();
+    c.header_deadline = Duration::from_secs(1);
+    c.window = Duration::from_secs(1);
+    let r = resolve(&c, &m.entry()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _held = hold(&dir.path().join(format!(".{}.lock", r.file_name)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (c2, r2, path) = (c.clone(), r.clone(), dir.path().to_path_buf());
+    let t = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(download(&c2, &path, &r2, &mut Silent));
+    });
+    let e = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the download still waits for the writer lock after 30 s")
+        .unwrap_err();
+    let text = one_sentence(&e);
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(
+        text.contains(&format!("process {}", std::process::id()))
+            && text.contains("no progress")
+            && !text.contains("pruned"),
+        "{text}"
+    );
+}
+
+#[test]
+fn regression_held_cache_lock_was_reported_as_a_prune() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(43, MIB), false);
+    let mut c = fast_client();
+    c.lock_wait = Duration::from_secs(1);
+    let r = resolve(&c, &m.entry()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _held = hold(&dir.path().join(".kvmprov-cache.lock"));
+    let t = Instant::now();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        text.contains(&format!("process {}", std::process::id())) && !text.contains("being pruned"),
+        "{text}"
+    );
+}
+
+#[test]
+fn regression_unbounded_image_body_filled_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = payload(44, 64);
+    small[24..32].copy_from_slice(&(MIB as u64).to_be_bytes());
+    // Zeros (not a qcow2 at all), then a qcow2 header that states 1 MiB followed by zeros.
+    for (head, says) in [(Vec::new(), "not a qcow2"), (small, "more than a qcow2")] {
+        let m = Mirror::start();
+        m.publish("20241004-1890", &payload(45, MIB), false);
+        m.fault(LATEST, Fault::Endless(head));
+        let mut c = fast_client();
+        c.attempts = 1;
+        let r = resolve(&c, &m.entry()).unwrap();
+        let t = Instant::now();
+        let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+        let mut text = one_sentence(&e);
+        if let Some(cause) = std::error::Error::source(&e) {
+            text = format!("{text}: {cause}");
+        }
+        assert!(text.contains(says), "{text}");
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        let served = m.served(".qcow2");
+        assert!(served < 96 * MIB, "{served} bytes were taken");
+        assert!(
+            cache_files(dir.path()).is_empty(),
+            "nothing kept for resume: {:?}",
+            cache_files(dir.path())
+        );
+    }
 }

@@ -141,13 +141,24 @@ impl Mirror {
             &format!("/images/cloud/bookworm/latest/{stem}.qcow2"),
             image.to_vec(),
         );
+        let json_path = format!("/images/cloud/bookworm/latest/{stem}.json");
+        // Like Debian's: `latest/SHA512SUMS` lists the JSON manifest beside the image too.
+        let json = json_manifest(version, image);
+        let json_line = if with_json {
+            format!("{}  {stem}.json\n", hex(json.as_bytes()))
+        } else {
+            String::new()
+        };
         self.put(
             "/images/cloud/bookworm/latest/SHA512SUMS",
-            format!("{}  other.qcow2\n{sum}  {stem}.qcow2\n", "0".repeat(128)).into_bytes(),
+            format!(
+                "{}  other.qcow2\n{json_line}{sum}  {stem}.qcow2\n",
+                "0".repeat(128)
+            )
+            .into_bytes(),
         );
-        let json_path = format!("/images/cloud/bookworm/latest/{stem}.json");
         if with_json {
-            self.put(&json_path, json_manifest(version, image).into_bytes());
+            self.put(&json_path, json.into_bytes());
         } else {
             self.state.lock().unwrap().files.remove(&json_path);
         }
@@ -797,7 +808,7 @@ fn regression_json_manifest_digest_overrode_configured_sha512sums() {
     let sums = Mirror::start();
     let good = payload(30, MIB);
     let evil = payload(31, MIB);
-    let good_sum = sums.publish("20241004-1890", &good, false);
+    let good_sum = sums.publish("20241004-1890", &good, true);
     let evil_sum = images.publish("20241004-1890", &evil, true);
     let mut entry = images.entry();
     entry.checksum_manifest_url = sums.entry().checksum_manifest_url;
@@ -841,27 +852,124 @@ fn regression_json_manifest_digest_overrode_configured_sha512sums() {
 }
 
 #[test]
-fn latest_moving_between_requests_is_resolved_through_the_dated_sha512sums() {
-    let m = Mirror::start();
+fn regression_json_manifest_pinned_an_older_build_than_latest() {
+    // The configured manifest's host: `latest` is build 20241105-1920 (its JSON manifest listed
+    // in its SHA512SUMS), and the older 20241004-1890 still has its dated directory.
+    let sums = Mirror::start();
+    let images = Mirror::start();
     let old = payload(32, MIB);
     let new = payload(33, MIB);
-    let new_sum = m.publish("20241105-1920", &new, false);
-    let old_sum = m.publish("20241004-1890", &old, true);
-    // `latest/` moved on after the JSON manifest was written: its SHA512SUMS names the new build.
+    let old_sum = sums.publish("20241004-1890", &old, true);
+    let new_sum = sums.publish("20241105-1920", &new, true);
+    // The image host's JSON manifest pins the old build (a mirror rolling the fleet back).
+    images.publish("20241004-1890", &old, true);
+    let mut entry = images.entry();
+    entry.checksum_manifest_url = sums.entry().checksum_manifest_url;
+    let c = fast_client();
+    let e = resolve(&c, &entry).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(
+        text.contains("not trusted")
+            && text.contains("build 20241105-1920")
+            && text.contains("older")
+            && text.contains(&old_sum)
+            && text.contains(&new_sum),
+        "{text}"
+    );
+    assert_eq!(
+        sums.requests("/bookworm/20241004-1890/SHA512SUMS"),
+        0,
+        "an older dated manifest is not even asked"
+    );
+
+    // One host for both, its JSON not the one `latest/SHA512SUMS` lists: which build `latest`
+    // is cannot be told, so no dated manifest confirms the pin either.
+    let m = Mirror::start();
+    m.publish("20241105-1920", &new, false);
+    m.publish("20241004-1890", &old, true);
     m.put(
         "/images/cloud/bookworm/latest/SHA512SUMS",
         format!("{new_sum}  debian-12-genericcloud-amd64.qcow2\n").into_bytes(),
     );
-    let c = fast_client();
-    let r = resolve(&c, &m.entry()).unwrap();
-    assert_eq!(r.sha512, old_sum);
-    assert!(r.download_url.contains("/bookworm/20241004-1890/"), "{r:?}");
-    assert_eq!(m.requests("/bookworm/20241004-1890/SHA512SUMS"), 1);
-    let dir = tempfile::tempdir().unwrap();
-    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
-    assert_eq!(std::fs::read(cached.path).unwrap(), old);
+    let e = resolve(&c, &m.entry()).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(text.contains("which build `latest` is"), "{text}");
 }
 
+#[test]
+fn a_newer_pinned_build_is_confirmed_by_its_dated_sha512sums_beside_the_configured_one() {
+    // `latest` moved on between the configured manifest and the JSON manifest: the image host
+    // already pins 20241105-1920; the configured host's `latest` still names 20241004-1890.
+    let sums = Mirror::start();
+    let images = Mirror::start();
+    let old = payload(46, MIB);
+    let new = payload(47, MIB);
+    sums.publish("20241004-1890", &old, true);
+    let new_sum = hex(&new);
+    sums.put(
+        "/images/cloud/bookworm/20241105-1920/SHA512SUMS",
+        format!("{new_sum}  debian-12-genericcloud-amd64-20241105-1920.qcow2\n").into_bytes(),
+    );
+    images.publish("20241105-1920", &new, true);
+    let mut entry = images.entry();
+    entry.checksum_manifest_url = sums.entry().checksum_manifest_url;
+    let c = fast_client();
+    let r = resolve(&c, &entry).unwrap();
+    assert_eq!(r.sha512, new_sum);
+    assert_eq!(r.version.as_deref(), Some("20241105-1920"));
+    assert!(r.download_url.starts_with(&images.base), "{r:?}");
+    assert_eq!(sums.requests("/bookworm/20241105-1920/SHA512SUMS"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
+    assert_eq!(std::fs::read(cached.path).unwrap(), new);
+}
+
+#[test]
+fn regression_data_ref_escaped_the_suite() {
+    let image = payload(48, MIB);
+    let file = "debian-12-genericcloud-amd64-20241004-1890.qcow2";
+    for bad in [
+        format!("bookworm/..\\..\\..\\x/{file}"),
+        format!("bookworm/20241004-1890/{file}?x"),
+        format!("bookworm/20241004-1890/{file}#x"),
+        format!("trixie/20241004-1890/{file}"),
+        "bookworm/20241004-1890/debian-12-nocloud-amd64-20241004-1890.qcow2".to_string(),
+    ] {
+        let m = Mirror::start();
+        m.publish("20241004-1890", &image, true);
+        // The configured `latest` lists another digest: the pin would need a dated manifest.
+        m.put(
+            "/images/cloud/bookworm/latest/SHA512SUMS",
+            format!("{}  debian-12-genericcloud-amd64.qcow2\n", "1".repeat(128)).into_bytes(),
+        );
+        let mut json: serde_json::Value =
+            serde_json::from_str(&json_manifest("20241004-1890", &image)).unwrap();
+        json["items"][1]["data"]["ref"] = serde_json::Value::String(bad.clone());
+        m.put(
+            "/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.json",
+            json.to_string().into_bytes(),
+        );
+        let c = fast_client();
+        let got = resolve(&c, &m.entry());
+        m.settle();
+        let paths: Vec<String> = m
+            .state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .map(|(p, _, _)| p.clone())
+            .collect();
+        let e = got.expect_err(&format!("{bad} was accepted"));
+        let text = one_sentence(&e);
+        assert!(
+            paths
+                .iter()
+                .all(|p| p.starts_with("/images/cloud/bookworm/latest/")),
+            "{bad}: requests outside the configured `latest/`: {paths:?} ({text})"
+        );
+    }
+}
 #[test]
 fn regression_file_image_url_failed_with_empty_host() {
     let src = tempfile::tempdir().unwrap();
@@ -1082,7 +1190,9 @@ fn real_debian_json_manifest_is_confirmed_only_by_the_configured_sums() {
     }
     assert!(text.contains("not trusted"), "{text}");
 
-    // The dated directory lists the build: resolved to it.
+    // Even with a dated directory that lists the pinned build: the real `latest/SHA512SUMS`
+    // lists a JSON manifest other than this one, so the build `latest` is cannot be told and an
+    // older build is not taken for it.
     m.put(
         "/images/cloud/bookworm/20250210-2019/SHA512SUMS",
         format!(
@@ -1091,16 +1201,9 @@ fn real_debian_json_manifest_is_confirmed_only_by_the_configured_sums() {
         )
         .into_bytes(),
     );
-    let r = resolve(&c, &m.entry()).unwrap();
-    assert_eq!(r.sha512, pinned.sha512);
-    assert_eq!(r.version.as_deref(), Some("20250210-2019"));
-    assert!(
-        r.download_url.ends_with(
-            "/images/cloud/bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2"
-        ),
-        "{}",
-        r.download_url
-    );
+    let e = resolve(&c, &m.entry()).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(text.contains("not trusted"), "{text}");
 }
 
 /// Is this test running as root (chown to another user needs it)?

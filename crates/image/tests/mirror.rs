@@ -1429,3 +1429,104 @@ fn regression_unbounded_image_body_filled_the_disk() {
         );
     }
 }
+
+/// An https server on 127.0.0.1 (certificate for 127.0.0.1 from the test CA in `tests/tls/`)
+/// that answers every request with a redirect to `location`; returns its base URL.
+fn https_redirector(location: String) -> String {
+    use std::sync::Arc;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let cert =
+        rustls::pki_types::CertificateDer::from(std::fs::read(dir.join("leaf.der")).unwrap());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+        std::fs::read(dir.join("leaf.key.der")).unwrap().into(),
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut stream = rustls::StreamOwned::new(tls, conn);
+            let mut reader = BufReader::new(&mut stream);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.flush();
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
+        }
+    });
+    format!("https://{addr}")
+}
+
+fn test_ca_client() -> Client {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            std::fs::read(dir.join("ca.der")).unwrap(),
+        ))
+        .unwrap();
+    fast_client().trusting(roots).unwrap()
+}
+
+#[test]
+fn regression_https_to_http_redirect_was_followed() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(49, MIB), false);
+    let plain = format!("{}/bookworm/latest/SHA512SUMS", m.base);
+    let https = https_redirector(plain.clone());
+    let c = test_ca_client();
+    let url = format!("{https}/images/cloud/bookworm/latest/SHA512SUMS");
+    let t = Instant::now();
+    let e = c.get_text(&url).unwrap_err();
+    let dir = tempfile::tempdir().unwrap();
+    assert_fault(
+        &e,
+        &url,
+        t.elapsed(),
+        "from https to plain http",
+        dir.path(),
+    );
+    assert_eq!(m.requests("SHA512SUMS"), 0, "nothing was fetched over http");
+
+    // The same for an image download, and for a manifest URL redirected to https: followed.
+    let image_url =
+        format!("{https}/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2");
+    let mut r = resolve(&fast_client(), &m.entry()).unwrap();
+    r.download_url = image_url.clone();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    assert_fault(
+        &e,
+        &image_url,
+        t.elapsed(),
+        "from https to plain http",
+        dir.path(),
+    );
+    assert_eq!(m.served(".qcow2"), 0, "no image bytes over http");
+    // A relative Location keeps the scheme: a loop of https redirects.
+    let https_again = https_redirector("/again".to_string());
+    let e = c
+        .get_text(&format!("{https_again}/x"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("too many redirects"),
+        "https → https is followed: {e}"
+    );
+}

@@ -261,6 +261,18 @@ fn stop_on_signals() {
     });
 }
 
+/// Only kvmprov's own crates log, whatever `KVMPROV_LOG` says (`debug`, `trace`, `ureq=trace`):
+/// they show URLs redacted, while third-party crates print them whole (ureq's debug log:
+/// `sending request GET http://user:password@host/…?token=…`). A second filter, so a directive
+/// of the user's can lower kvmprov's levels but never let another crate through.
+fn own_targets_only() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    // Targets match by prefix: `kvmprov` covers kvmprov_image, kvmprov_hypervisor, …
+    Targets::new()
+        .with_default(LevelFilter::OFF)
+        .with_target("kvmprov", LevelFilter::TRACE)
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
@@ -290,6 +302,7 @@ fn init_logging(verbose: u8) {
                 .with_target(false),
         )
         .with(filter)
+        .with(own_targets_only())
         .try_init();
 }
 

@@ -2,9 +2,11 @@
 //! file aside.
 
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kvmprov_safefs::{Dir, FileType, FsError};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::is_sha512_hex;
@@ -35,51 +37,90 @@ pub fn cache_file_name(image_file: &str, sha512: &str) -> String {
     }
 }
 
-/// The sidecar of a cached image: `<file>.json`.
+/// The sidecar of a cached image: `<file>.json` (its name: [`sidecar_name`]).
 pub fn sidecar_path(image: &Path) -> PathBuf {
     let mut s = image.as_os_str().to_owned();
     s.push(".json");
     PathBuf::from(s)
 }
 
-/// Is this version cached? Only `stat`s: the file and its sidecar exist and the size matches.
-pub fn lookup(cache_dir: &Path, resolved: &Resolved) -> Result<Option<CachedImage>, ImageError> {
-    let path = cache_dir.join(&resolved.file_name);
-    let Some(cached) = read_sidecar(&path)? else {
-        return Ok(None);
-    };
-    match fs::metadata(&path) {
-        Ok(m) if m.len() == cached.size && cached.sha512 == resolved.sha512 => Ok(Some(cached)),
-        Ok(_) => Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(&path)(e)),
+/// The cache directory, created if missing (0755: libvirt's qemu user reads the images in it),
+/// opened without following a link and accepted only if nobody but root or the running user can
+/// write it: a planted `.part` link or sidecar there would be written or trusted as root.
+pub(crate) fn open_cache_dir(cache_dir: &Path) -> Result<Dir, ImageError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(cache_dir)
+        .map_err(io_err(cache_dir))?;
+    Ok(Dir::trusted(cache_dir)?)
+}
+
+/// The cache directory if it exists (`None` when it does not: nothing is cached).
+fn existing_cache_dir(cache_dir: &Path) -> Result<Option<Dir>, ImageError> {
+    match Dir::trusted(cache_dir) {
+        Ok(d) => Ok(Some(d)),
+        Err(FsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
-fn read_sidecar(image: &Path) -> Result<Option<CachedImage>, ImageError> {
-    let side = sidecar_path(image);
-    let text = match fs::read_to_string(&side) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(&side)(e)),
+/// The name of a cache file's sidecar inside the cache directory.
+pub(crate) fn sidecar_name(file_name: &str) -> String {
+    format!("{file_name}.json")
+}
+
+/// Is this version cached? Only `stat`s: the file and its sidecar exist and the size matches.
+pub fn lookup(cache_dir: &Path, resolved: &Resolved) -> Result<Option<CachedImage>, ImageError> {
+    match existing_cache_dir(cache_dir)? {
+        Some(dir) => lookup_in(&dir, resolved),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn lookup_in(dir: &Dir, resolved: &Resolved) -> Result<Option<CachedImage>, ImageError> {
+    let Some(cached) = read_sidecar(dir, &resolved.file_name)? else {
+        return Ok(None);
     };
-    match serde_json::from_str::<CachedImage>(&text) {
+    // Not followed: a link under an image's name is no cached image.
+    match dir.stat(&resolved.file_name)? {
+        Some(e)
+            if e.kind == FileType::RegularFile
+                && e.size == cached.size
+                && cached.sha512 == resolved.sha512 =>
+        {
+            Ok(Some(cached))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn read_sidecar(dir: &Dir, file_name: &str) -> Result<Option<CachedImage>, ImageError> {
+    let side = sidecar_name(file_name);
+    // Only kvmprov's own sidecars (owned by the running user, not writable by others) count.
+    let Some(bytes) = dir.read_own(&side)? else {
+        return Ok(None);
+    };
+    let shown = dir.join(&side);
+    match serde_json::from_slice::<CachedImage>(&bytes) {
         // A damaged sidecar (a truncated digest) is no proof of anything: not cached.
         Ok(c) if !is_sha512_hex(&c.sha512) => {
             tracing::warn!(
                 "ignoring sidecar {}: its sha512 is not 128 hex digits",
-                side.display()
+                shown.display()
             );
             Ok(None)
         }
         Ok(mut c) => {
-            c.path = image.to_path_buf();
+            c.path = dir.join(file_name);
             // Sidecars written before URLs were redacted may still hold a secret.
             c.url = redact_url(&c.url);
             Ok(Some(c))
         }
         Err(e) => {
-            tracing::warn!("ignoring unreadable sidecar {}: {e}", side.display());
+            tracing::warn!("ignoring unreadable sidecar {}: {e}", shown.display());
             Ok(None)
         }
     }
@@ -87,28 +128,29 @@ fn read_sidecar(image: &Path) -> Result<Option<CachedImage>, ImageError> {
 
 /// Every cached image (by sidecar), newest first.
 pub fn list_cached(cache_dir: &Path) -> Result<Vec<CachedImage>, ImageError> {
-    let entries = match fs::read_dir(cache_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(cache_dir)(e)),
+    let Some(dir) = existing_cache_dir(cache_dir)? else {
+        return Ok(Vec::new());
     };
+    let entries = fs::read_dir(cache_dir).map_err(io_err(cache_dir))?;
     let mut out = Vec::new();
     for entry in entries {
-        let path = entry.map_err(io_err(cache_dir))?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        let name = entry.map_err(io_err(cache_dir))?.file_name();
+        let Some(name) = name.to_str() else {
             continue;
         };
         if name.ends_with(".json")
             || name.ends_with(".part")
             || name.ends_with(".lock")
             || name.ends_with(".tmp")
+            || name.starts_with('.')
         {
             continue;
         }
-        if let Some(c) = read_sidecar(&path)? {
-            if path.is_file() {
-                out.push(c);
-            }
+        let Some(c) = read_sidecar(&dir, name)? else {
+            continue;
+        };
+        if matches!(dir.stat(name)?, Some(e) if e.kind == FileType::RegularFile) {
+            out.push(c);
         }
     }
     out.sort_by(|a, b| {
@@ -130,19 +172,18 @@ pub fn newest_cached(
 
 /// Move a damaged file (and its sidecar) aside; never delete it silently.
 pub fn quarantine(path: &Path) -> Result<PathBuf, ImageError> {
+    let bad = || ImageError::Invalid(format!("{} is not a file in a directory", path.display()));
+    let parent = path.parent().ok_or_else(bad)?;
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(bad)?;
+    let dir = Dir::trusted(parent)?;
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".damaged-{stamp}"));
-    let aside = PathBuf::from(aside);
-    fs::rename(path, &aside).map_err(io_err(path))?;
-    let side = sidecar_path(path);
-    if side.exists() {
-        fs::remove_file(&side).map_err(io_err(&side))?;
-    }
-    Ok(aside)
+    let aside = format!("{name}.damaged-{stamp}");
+    dir.rename(name, &aside)?;
+    dir.remove_file(&sidecar_name(name))?;
+    Ok(dir.join(&aside))
 }
 
 #[cfg(test)]

@@ -13,7 +13,13 @@ use crate::url::{self, redact_url};
 /// small document (`text_deadline`) and for an image body by a minimum rate over a window.
 #[derive(Clone)]
 pub struct Client {
+    /// For `http://` URLs.
     agent: ureq::Agent,
+    /// For `https://` URLs: `https_only`, so no redirect takes a request given as https to
+    /// plain http (where anyone on the path reads its credentials and swaps its bytes).
+    https_agent: ureq::Agent,
+    connect: Duration,
+    stall: Duration,
     /// Attempts per request (first try included).
     pub attempts: u32,
     /// First retry delay; doubled each time.
@@ -27,6 +33,8 @@ pub struct Client {
     /// timeout, would otherwise hold a run forever.
     pub min_bytes: u64,
     pub window: Duration,
+    /// Longest wait for the cache-wide lock that a prune holds exclusively.
+    pub lock_wait: Duration,
 }
 
 impl Default for Client {
@@ -42,15 +50,12 @@ impl Client {
 
     /// `connect`: to establish a connection; `stall`: longest wait for any bytes.
     pub fn with_timeouts(connect: Duration, stall: Duration) -> Client {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(connect)
-            .timeout_read(stall)
-            .timeout_write(stall)
-            .redirects(5)
-            .user_agent(concat!("kvmprov/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let (agent, https_agent) = agents(connect, stall, None);
         Client {
             agent,
+            https_agent,
+            connect,
+            stall,
             attempts: 4,
             backoff: Duration::from_secs(1),
             // Generous for any real mirror: headers come in milliseconds, and 64 KiB per 30 s
@@ -59,7 +64,23 @@ impl Client {
             text_deadline: Duration::from_secs(120),
             min_bytes: 64 * 1024,
             window: Duration::from_secs(30),
+            lock_wait: Duration::from_secs(60),
         }
+    }
+
+    /// Trust these root certificates (a private mirror's CA) instead of the built-in web roots.
+    pub fn trusting(mut self, roots: rustls::RootCertStore) -> Result<Client, ImageError> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ImageError::Invalid(format!("cannot set up TLS with these roots: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (agent, https_agent) =
+            agents(self.connect, self.stall, Some(std::sync::Arc::new(config)));
+        self.agent = agent;
+        self.https_agent = https_agent;
+        Ok(self)
     }
 
     /// Run `f` until it succeeds, fails for good, or the attempts are used up. `url` is only
@@ -97,7 +118,15 @@ impl Client {
         headers: &[(&str, String)],
         whole: Option<Duration>,
     ) -> Result<ureq::Response, ImageError> {
-        let mut req = self.agent.get(url);
+        let https = url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+        let agent = if https {
+            &self.https_agent
+        } else {
+            &self.agent
+        };
+        let mut req = agent.get(url);
         for (k, v) in headers {
             req = req.set(k, v);
         }
@@ -151,6 +180,27 @@ impl Client {
     }
 }
 
+/// The agents for http and https URLs (see [`Client`]): the same deadlines and redirect limit.
+fn agents(
+    connect: Duration,
+    stall: Duration,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> (ureq::Agent, ureq::Agent) {
+    let builder = || {
+        let b = ureq::AgentBuilder::new()
+            .timeout_connect(connect)
+            .timeout_read(stall)
+            .timeout_write(stall)
+            .redirects(5)
+            .user_agent(concat!("kvmprov/", env!("CARGO_PKG_VERSION")));
+        match &tls {
+            Some(c) => b.tls_config(c.clone()),
+            None => b,
+        }
+    };
+    (builder().build(), builder().https_only(true).build())
+}
+
 /// Worth retrying: the network may recover. A bad URL, a redirect loop, a malformed response or
 /// a TLS failure will not, and retrying them only delays the error.
 fn transient_kind(kind: ureq::ErrorKind) -> bool {
@@ -179,7 +229,10 @@ fn transport_detail(t: &ureq::Transport) -> String {
         K::TooManyRedirects => "too many redirects",
         K::InvalidUrl | K::UnknownScheme => "invalid URL",
         K::Io => "I/O error (timeout or connection reset)",
-        K::InsecureRequestHttpsOnly => "refused to send an https-only request over http",
+        K::InsecureRequestHttpsOnly => {
+            "refused to follow a redirect from https to plain http (credentials and bytes would \
+             travel unencrypted): point the URL at the https address the mirror serves"
+        }
         K::BadStatus | K::BadHeader => "malformed HTTP response",
         K::InvalidProxyUrl | K::ProxyConnect | K::ProxyUnauthorized => "proxy error",
         _ => "transport error",

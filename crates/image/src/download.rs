@@ -3,17 +3,18 @@
 //! with `Range` after an interruption, checked to be a qcow2 and renamed into place only when
 //! the digest matches.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use kvmprov_safefs::Dir;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{lookup, sidecar_path};
-use crate::digest::{hash_file, Sha512};
+use crate::cache::{lookup_in, open_cache_dir, sidecar_name};
+use crate::digest::Sha512;
 use crate::error::{io_err, ImageError};
 use crate::lock::CacheLock;
 use crate::url::{self, redact_url};
@@ -38,14 +39,6 @@ impl Progress for Silent {
     fn finish(&mut self) {}
 }
 
-fn part_path(cache_dir: &Path, file_name: &str) -> PathBuf {
-    cache_dir.join(format!("{file_name}.part"))
-}
-
-fn part_meta_path(cache_dir: &Path, file_name: &str) -> PathBuf {
-    cache_dir.join(format!("{file_name}.part.json"))
-}
-
 /// What we remember about a partial download, to resume it safely.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PartMeta {
@@ -55,37 +48,55 @@ struct PartMeta {
     validator: Option<String>,
 }
 
+/// The names one download uses inside the cache directory.
+struct Names {
+    part: String,
+    meta: String,
+}
+
 /// Download, verify and cache one image. Resumes a `.part` left by an earlier attempt.
 /// Another run downloading the same version is waited for, and its finished file is used.
+///
+/// Every file is reached through the cache directory's handle (safefs): the `.part` is created
+/// with `O_EXCL|O_NOFOLLOW` or resumed only if it is a regular file of the running user, and
+/// only that file, through the same handle, is renamed into place.
 pub fn download(
     client: &Client,
     cache_dir: &Path,
     resolved: &Resolved,
     progress: &mut dyn Progress,
 ) -> Result<CachedImage, ImageError> {
+    let dir = open_cache_dir(cache_dir)?;
     // Shared: a prune deletes nothing while this version is being written.
-    let _cache = CacheLock::shared(cache_dir)?;
-    // The part file keeps its name (the next run resumes it), so only one run may write it.
-    let _writer = CacheLock::writer(cache_dir, &resolved.file_name)?;
-    if let Some(done) = lookup(cache_dir, resolved)? {
+    let _cache = CacheLock::shared_in(&dir, client.lock_wait)?;
+    let names = Names {
+        part: format!("{}.part", resolved.file_name),
+        meta: format!("{}.part.json", resolved.file_name),
+    };
+    // The part file keeps its name (the next run resumes it), so only one run may write it. The
+    // other writer's attempt is bounded by its client's deadlines: it shows progress at least
+    // once per header deadline plus rate window, or it is stuck.
+    let _writer = CacheLock::writer(
+        &dir,
+        &resolved.file_name,
+        &names.part,
+        client.header_deadline + client.window,
+    )?;
+    if let Some(done) = lookup_in(&dir, resolved)? {
         return Ok(done);
     }
     let url = resolved.download_url.as_str();
-    let part = part_path(cache_dir, &resolved.file_name);
-    let meta_path = part_meta_path(cache_dir, &resolved.file_name);
     let discard = || {
-        let _ = fs::remove_file(&part);
-        let _ = fs::remove_file(&meta_path);
+        let _ = dir.remove_file(&names.part);
+        let _ = dir.remove_file(&names.meta);
     };
-    let result = client.retry(url, || {
-        fetch_into(client, &part, &meta_path, resolved, progress)
-    });
+    let result = client.retry(url, || fetch_into(client, &dir, &names, resolved, progress));
     progress.finish();
-    let (size, actual) = match result {
+    let (size, actual, header) = match result {
         Ok(r) => r,
         Err(e) => {
             if !e.transient() {
-                // Bad bytes or a refused request: nothing here is worth resuming.
+                // Bad bytes, too many of them, or a refused request: nothing worth resuming.
                 discard();
             }
             return Err(e);
@@ -100,22 +111,18 @@ pub fn download(
         });
     }
     // Before the rename: what is not a qcow2 never enters the cache, so never becomes the base
-    // of an overlay.
-    match qcow2::read_header(&part) {
-        Ok(_) => {}
-        Err(qcow2::Qcow2Error::Invalid { problem, .. }) => {
-            discard();
-            return Err(ImageError::NotQcow2 {
-                url: redact_url(url),
-                problem,
-            });
-        }
-        Err(qcow2::Qcow2Error::Io { path, source }) => return Err(ImageError::Io { path, source }),
+    // of an overlay. The header was checked as it arrived (it sets the size cap); a body too
+    // short to hold one is refused here.
+    if let Err(problem) = header {
+        discard();
+        return Err(ImageError::NotQcow2 {
+            url: redact_url(url),
+            problem,
+        });
     }
-    let final_path = cache_dir.join(&resolved.file_name);
     let cached = CachedImage {
         image_name: resolved.image_name.clone(),
-        path: final_path.clone(),
+        path: dir.join(&resolved.file_name),
         sha512: resolved.sha512.clone(),
         size,
         version: resolved.version.clone(),
@@ -128,41 +135,32 @@ pub fn download(
     };
     // Sidecar first, then the image under its final name: a kill in between leaves a sidecar
     // without image (ignored by lookup), never an image without its record.
-    write_atomic(
-        &sidecar_path(&final_path),
+    dir.write_atomic(
+        &sidecar_name(&resolved.file_name),
         serde_json::to_string_pretty(&cached)
             .map_err(|e| ImageError::Invalid(e.to_string()))?
             .as_bytes(),
+        0o644,
     )?;
-    fs::rename(&part, &final_path).map_err(io_err(&final_path))?;
-    let _ = fs::remove_file(&meta_path);
+    dir.rename(&names.part, &resolved.file_name)?;
+    let _ = dir.remove_file(&names.meta);
     Ok(cached)
 }
 
-/// Write a file under a temporary name unique to this writer, then rename it into place.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(
-        ".{}-{}.tmp",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let tmp = PathBuf::from(tmp);
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(&tmp)(e));
+/// The first bytes of a file (as many of the qcow2 header as there are), read at offset 0.
+fn read_head(file: &File) -> std::io::Result<Vec<u8>> {
+    let mut head = vec![0u8; HEADER_BYTES];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read_at(&mut head[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    fs::rename(&tmp, path).map_err(io_err(path))
+    head.truncate(n);
+    Ok(head)
 }
 
 /// Where an attempt's bytes come from: the HTTP response, or the local file of a `file://` URL.
@@ -175,13 +173,54 @@ struct Body {
     validator: Option<String>,
 }
 
+/// A `.part` that may be resumed: the running user's own regular file (opened without following
+/// a link), with the record of what it is a part of.
+struct Resumable {
+    file: File,
+    have: u64,
+    meta: PartMeta,
+}
+
+/// The part file of an earlier attempt, if it can be proven to be the same download: same URL,
+/// digest and a validator, and at least a qcow2 header long (the size cap is read from it).
+fn resumable(
+    dir: &Dir,
+    names: &Names,
+    resolved: &Resolved,
+) -> Result<Option<Resumable>, ImageError> {
+    let Some(text) = dir.read_own(&names.meta)? else {
+        return Ok(None);
+    };
+    let Ok(meta) = serde_json::from_slice::<PartMeta>(&text) else {
+        return Ok(None);
+    };
+    if meta.url != redact_url(&resolved.download_url)
+        || meta.sha512 != resolved.sha512
+        || meta.validator.is_none()
+    {
+        return Ok(None);
+    }
+    // A link, another user's file or one others may write is refused, not resumed: an error
+    // that names it (and the part is then discarded as the link, never its target).
+    let Some(file) = dir.open_file(&names.part, true, true)? else {
+        return Ok(None);
+    };
+    let have = file
+        .metadata()
+        .map_err(io_err(&dir.join(&names.part)))?
+        .len();
+    if have < HEADER_BYTES as u64 {
+        return Ok(None);
+    }
+    Ok(Some(Resumable { file, have, meta }))
+}
+
 /// Open the body of one attempt, asking for the rest of the part file when it can be proven
 /// to be the same file.
 fn open_body(
     client: &Client,
-    part: &Path,
-    meta_path: &Path,
     resolved: &Resolved,
+    resume: Option<&Resumable>,
 ) -> Result<Body, ImageError> {
     let url = resolved.download_url.as_str();
     if let Some(path) = url::local_path(url) {
@@ -196,32 +235,20 @@ fn open_body(
             validator: None,
         });
     }
-    let meta: Option<PartMeta> = fs::read_to_string(meta_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    // Resume only what we can prove is the same file: same URL, digest and a validator.
-    let resumable = match &meta {
-        Some(m) if have > 0 => {
-            m.url == redact_url(url) && m.sha512 == resolved.sha512 && m.validator.is_some()
-        }
-        _ => false,
-    };
     let mut headers = Vec::new();
-    if resumable {
-        headers.push(("Range", format!("bytes={have}-")));
-        if let Some(v) = meta.as_ref().and_then(|m| m.validator.clone()) {
+    if let Some(r) = resume {
+        headers.push(("Range", format!("bytes={}-", r.have)));
+        if let Some(v) = r.meta.validator.clone() {
             headers.push(("If-Range", v));
         }
     }
     let resp = match client.request(url, &headers, None) {
-        // The part already holds every byte.
-        Err(ImageError::Status { status: 416, .. }) if resumable => {
-            fs::remove_file(part).map_err(io_err(part))?;
+        // The part already holds every byte (or more): start again.
+        Err(ImageError::Status { status: 416, .. }) if resume.is_some() => {
             return Err(ImageError::Truncated {
                 url: redact_url(url),
                 got: 0,
-                expected: have,
+                expected: resume.map_or(0, |r| r.have),
             });
         }
         other => other?,
@@ -231,7 +258,7 @@ fn open_body(
         .or_else(|| resp.header("Last-Modified"))
         .map(String::from);
     Ok(Body {
-        appending: resumable && resp.status() == 206,
+        appending: resume.is_some() && resp.status() == 206,
         length: resp.header("Content-Length").and_then(|v| v.parse().ok()),
         validator,
         reader: Box::new(resp.into_reader()),
@@ -239,28 +266,30 @@ fn open_body(
 }
 
 /// One attempt: continue the part file (hashing what it has first), stream the rest into it.
-/// Returns the total size and the digest of the whole file.
+/// Returns the total size, the digest of the whole file and whether its header is a qcow2's.
 fn fetch_into(
     client: &Client,
-    part: &Path,
-    meta_path: &Path,
+    dir: &Dir,
+    names: &Names,
     resolved: &Resolved,
     progress: &mut dyn Progress,
-) -> Result<(u64, String), ImageError> {
+) -> Result<(u64, String, Result<(), qcow2::Problem>), ImageError> {
     let url = resolved.download_url.as_str();
+    let part_path = dir.join(&names.part);
+    let resume = resumable(dir, names, resolved)?;
+    let body = open_body(client, resolved, resume.as_ref());
+    if let (Err(ImageError::Truncated { got: 0, .. }), Some(_)) = (&body, &resume) {
+        // 416: what the part holds is not a prefix of this file; the next attempt starts anew.
+        dir.remove_file(&names.part)?;
+    }
     let Body {
         reader,
         length,
         appending,
         validator,
-    } = open_body(client, part, meta_path, resolved)?;
-    let start = if appending {
-        fs::metadata(part).map_err(io_err(part))?.len()
-    } else {
-        0
-    };
-    write_atomic(
-        meta_path,
+    } = body?;
+    dir.write_atomic(
+        &names.meta,
         serde_json::to_string(&PartMeta {
             url: redact_url(url),
             sha512: resolved.sha512.clone(),
@@ -268,22 +297,28 @@ fn fetch_into(
         })
         .map_err(|e| ImageError::Invalid(e.to_string()))?
         .as_bytes(),
+        0o600,
     )?;
 
-    let (hasher, file) = if appending {
-        // Hash what we already have, then append.
-        let hasher = hash_file(part)?;
-        let file = OpenOptions::new().append(true).open(part);
-        (hasher, file.map_err(io_err(part))?)
-    } else {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(part);
-        (Sha512::default(), file.map_err(io_err(part))?)
+    let (start, hasher, file, head) = match resume {
+        Some(r) if appending => {
+            // Hash what we already have (through the checked handle), then append.
+            let mut file = r.file;
+            let hasher = hash_reader(&mut file).map_err(io_err(&part_path))?;
+            let head = read_head(&file).map_err(io_err(&part_path))?;
+            file.seek(SeekFrom::Start(r.have))
+                .map_err(io_err(&part_path))?;
+            (r.have, hasher, file, Some(head))
+        }
+        _ => {
+            // A new file that nobody can have planted: whatever had the name (an old part, or a
+            // link) is removed as a name first, never followed.
+            dir.remove_file(&names.part)?;
+            let file = dir.create_new(&names.part, 0o644)?;
+            (0, Sha512::default(), file, None)
+        }
     };
+    let mut limit = Limit::new(dir, url, start, length, head)?;
     progress.start(length.map(|l| l + start), start);
     let (received, written) = pipeline(file, hasher, |tx, spare| {
         receive(
@@ -292,13 +327,16 @@ fn fetch_into(
             length.is_some(),
             url,
             start,
+            &mut limit,
             progress,
             tx,
             spare,
         )
     });
-    let hasher = written.map_err(io_err(part))?;
+    // The body's own error (too large, not a qcow2) explains a writer that stopped because the
+    // reader did.
     let got = received?;
+    let hasher = written.map_err(io_err(&part_path))?;
     if let Some(expected) = length {
         if got < expected {
             return Err(ImageError::Truncated {
@@ -308,7 +346,183 @@ fn fetch_into(
             });
         }
     }
-    Ok((start + got, hasher.hex()))
+    Ok((start + got, hasher.hex(), limit.header()))
+}
+
+/// Hash a whole file from its start, through its handle.
+fn hash_reader(file: &mut File) -> std::io::Result<Sha512> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = Sha512::default();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(hasher),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The qcow2 header fields kvmprov reads (magic, version, virtual size) are in its first 32 bytes.
+const HEADER_BYTES: usize = 32;
+
+/// Fixed room for a qcow2's own metadata beyond the share that grows with its size: the header
+/// cluster, L1 and refcount tables of a tiny image with 2 MiB clusters.
+const QCOW2_SLACK: u64 = 32 << 20;
+/// Free space left untouched on the cache's filesystem.
+const FREE_RESERVE: u64 = 64 << 20;
+/// The free space is looked at again after every this many bytes.
+const SPACE_EVERY: u64 = 256 << 20;
+
+/// The most bytes a qcow2 of this header's virtual size can hold: the data itself plus its
+/// metadata (L2 entries of 8 or 16 bytes and refcounts of up to 8 bytes per cluster, at least
+/// 512 bytes each: under 1/8 of the data) plus fixed room. Internal snapshots are not counted:
+/// a cloud image has none.
+fn qcow2_size_bound(virtual_size: u64) -> u64 {
+    virtual_size
+        .saturating_add(virtual_size / 8)
+        .saturating_add(QCOW2_SLACK)
+}
+
+/// How many bytes the body may bring, and the free-space checks: known once the first bytes
+/// (the qcow2 header) are in, bounded by the free space before and during the write.
+struct Limit<'a> {
+    dir: &'a Dir,
+    url: &'a str,
+    /// Total file size allowed (`u64::MAX` until the header is read).
+    max: u64,
+    why: String,
+    /// The header's bytes while it is incomplete; `None` once it is parsed.
+    head: Option<Vec<u8>>,
+    /// The whole file's size if the server said it.
+    total: Option<u64>,
+    /// Total size at which free space is looked at next.
+    next_space_check: u64,
+}
+
+impl<'a> Limit<'a> {
+    fn new(
+        dir: &'a Dir,
+        url: &'a str,
+        start: u64,
+        length: Option<u64>,
+        head: Option<Vec<u8>>,
+    ) -> Result<Limit<'a>, ImageError> {
+        let mut limit = Limit {
+            dir,
+            url,
+            max: u64::MAX,
+            why: String::new(),
+            head: Some(Vec::new()),
+            total: length.map(|l| start + l),
+            next_space_check: start,
+        };
+        if let Some(head) = head {
+            limit.take_head(&head, start)?;
+        }
+        // Before a byte is written: room for what the server says is coming.
+        limit.check_space(start)?;
+        Ok(limit)
+    }
+
+    /// Collect the header from the first bytes; once complete, set the cap from it.
+    fn take_head(&mut self, bytes: &[u8], total: u64) -> Result<(), ImageError> {
+        let Some(head) = self.head.as_mut() else {
+            return Ok(());
+        };
+        let want = HEADER_BYTES - head.len();
+        head.extend_from_slice(&bytes[..want.min(bytes.len())]);
+        if head.len() < HEADER_BYTES {
+            return Ok(());
+        }
+        let header = qcow2::parse_header(head).map_err(|problem| ImageError::NotQcow2 {
+            url: redact_url(self.url),
+            problem,
+        })?;
+        self.head = None;
+        self.max = qcow2_size_bound(header.size);
+        self.why = format!(
+            "a qcow2 of the virtual size its header states ({} bytes) can hold",
+            header.size
+        );
+        match self.total {
+            Some(t) if t > self.max => Err(self.too_large(t.max(total))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The header, once the whole body is in: a body shorter than a header is no qcow2.
+    fn header(&self) -> Result<(), qcow2::Problem> {
+        match &self.head {
+            None => Ok(()),
+            Some(head) => qcow2::parse_header(head).map(|_| ()),
+        }
+    }
+
+    fn too_large(&self, got: u64) -> ImageError {
+        ImageError::TooLarge {
+            url: redact_url(self.url),
+            got,
+            limit: self.max,
+            why: self.why.clone(),
+        }
+    }
+
+    /// Room for the rest of the file (when its size is known) and the reserve, at `total` bytes.
+    fn check_space(&mut self, total: u64) -> Result<(), ImageError> {
+        let available = available_bytes(self.dir)?;
+        let rest = self.total.map_or(0, |t| t.saturating_sub(total));
+        let needed = rest.saturating_add(FREE_RESERVE);
+        self.next_space_check = total.saturating_add(SPACE_EVERY);
+        if available < needed {
+            return Err(ImageError::NoSpace {
+                url: redact_url(self.url),
+                dir: self.dir.path().to_path_buf(),
+                available,
+                needed,
+                why: match self.total {
+                    Some(_) => format!(
+                        "{rest} more bytes of the image and {FREE_RESERVE} left free on its filesystem"
+                    ),
+                    None => format!("{FREE_RESERVE} left free on its filesystem"),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// The next `n` bytes (the start of `chunk`) arrive at `total` bytes so far: refuse them
+    /// past the cap, read the header from them, look at the free space now and then. Cheap
+    /// unless a check is due.
+    fn admit(&mut self, chunk: &[u8], total: u64) -> Result<(), ImageError> {
+        let after = total + chunk.len() as u64;
+        if self.head.is_some() {
+            self.take_head(chunk, after)?;
+        }
+        if after > self.max {
+            return Err(self.too_large(after));
+        }
+        if after >= self.next_space_check {
+            self.check_space(after)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
+fn available_bytes(dir: &Dir) -> Result<u64, ImageError> {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: fstatvfs writes a `statvfs` into the buffer it is given and reads nothing of ours;
+    // the descriptor is the directory's, open while `dir` lives.
+    let rc = unsafe { libc::fstatvfs(dir.fd().as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io_err(dir.path())(std::io::Error::last_os_error()));
+    }
+    // SAFETY: rc == 0: the kernel filled the struct.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Chunks in flight: the memory bound (`BUFFERS` × `CHUNK`), and enough that a stall of one
@@ -387,6 +601,7 @@ fn receive(
     length_known: bool,
     url: &str,
     start: u64,
+    limit: &mut Limit,
     progress: &mut dyn Progress,
     tx: &SyncSender<Vec<u8>>,
     spare: &Receiver<Vec<u8>>,
@@ -425,6 +640,8 @@ fn receive(
             }
         }
         buf.truncate(n);
+        // Before it is written: bytes past the cap (or a body that is not a qcow2) go nowhere.
+        limit.admit(&buf, start + got)?;
         if n > 0 && tx.send(buf).is_err() {
             break;
         }
@@ -462,6 +679,7 @@ fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     /// Bytes per test chunk: small, so that debug-build hashing stays fast.
     const LEN: usize = 4096;

@@ -58,8 +58,31 @@ pub enum ImageError {
         #[source]
         problem: qcow2::Problem,
     },
-    #[error("the image cache is being pruned by another kvmprov run (lock {path} held for more than {seconds}s)")]
-    CacheBusy { path: PathBuf, seconds: u64 },
+    #[error("{path} has been locked by {holder} for more than {seconds}s, so {what}: let that process finish, or end it if it is stuck")]
+    LockBusy {
+        path: PathBuf,
+        /// `process 1234 (kvmprov)`, or `another process` when /proc/locks does not say.
+        holder: String,
+        seconds: u64,
+        what: String,
+    },
+    #[error("GET {url}: the body grew past {limit} bytes, more than {why}; the {got} bytes received were discarded")]
+    TooLarge {
+        url: String,
+        got: u64,
+        limit: u64,
+        why: String,
+    },
+    #[error("GET {url}: {dir} has {available} bytes free, and {needed} are needed ({why}); the partial download was discarded: free space there and run again")]
+    NoSpace {
+        url: String,
+        dir: PathBuf,
+        available: u64,
+        needed: u64,
+        why: String,
+    },
+    #[error(transparent)]
+    Fs(#[from] kvmprov_safefs::FsError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

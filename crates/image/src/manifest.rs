@@ -18,6 +18,13 @@ pub enum ManifestError {
     NoUpload,
     #[error("the JSON manifest digest `{0}` is not `sha512:<base64>` of 64 bytes")]
     Digest(String),
+    #[error(
+        "the JSON manifest's `data.ref` {0:?} is not `<suite>/<YYYYMMDD-NNNN>/<file name>` \
+         (letters, digits, `.`, `_`, `-` only), so no URL is made from it"
+    )]
+    Ref(String),
+    #[error("the JSON manifest names version {label:?} but its `data.ref` names build {build:?}")]
+    Version { label: String, build: String },
 }
 
 /// The SHA-512 (lowercase hex) recorded for `file_name` in a `SHA512SUMS` text.
@@ -53,8 +60,11 @@ pub fn parse_sha512sums(text: &str, file_name: &str) -> Result<String, ManifestE
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonPin {
     /// Path of the dated file relative to the `images/cloud/` base, e.g.
-    /// `bookworm/20241004-1890/debian-12-genericcloud-amd64-20241004-1890.qcow2`.
+    /// `bookworm/20241004-1890/debian-12-genericcloud-amd64-20241004-1890.qcow2`: checked to be
+    /// `<suite>/<build>/<file>`, but URLs are built from `build` only (a ref is the image host's).
     pub dated_ref: String,
+    /// The dated build, `YYYYMMDD-NNNN` (checked), from `data.ref`.
+    pub build: String,
     pub version: Option<String>,
     /// Lowercase hex.
     pub sha512: String,
@@ -82,22 +92,56 @@ pub fn parse_json_manifest(text: &str) -> Result<JsonPin, ManifestError> {
     let dated_ref = upload
         .pointer("/data/ref")
         .and_then(Value::as_str)
-        .filter(|r| !r.is_empty() && !r.split('/').any(|s| s == ".." || s.is_empty()))
-        .ok_or_else(|| ManifestError::Json("upload item has no usable `data.ref`".into()))?
+        .ok_or_else(|| ManifestError::Json("upload item has no `data.ref`".into()))?
+        .to_string();
+    let build = ref_build(&dated_ref)
+        .ok_or_else(|| ManifestError::Ref(dated_ref.chars().take(200).collect()))?
         .to_string();
     let version = upload
         .pointer("/metadata/labels/cloud.debian.org~1version")
         .and_then(Value::as_str)
         .map(String::from);
+    if let Some(label) = version.as_ref().filter(|v| **v != build) {
+        return Err(ManifestError::Version {
+            label: label.chars().take(100).collect(),
+            build,
+        });
+    }
     let digest = upload
         .pointer("/metadata/annotations/cloud.debian.org~1digest")
         .and_then(Value::as_str)
         .ok_or_else(|| ManifestError::Json("upload item has no digest annotation".into()))?;
     Ok(JsonPin {
         dated_ref,
+        build,
         version,
         sha512: digest_to_hex(digest)?,
     })
+}
+
+/// A dated build id: `YYYYMMDD-NNNN` (`20250210-2019`), digits only; ids of this shape order
+/// as strings in the order they were built.
+pub fn is_build_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 13
+        && b[8] == b'-'
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[9..].iter().all(u8::is_ascii_digit)
+}
+
+/// The build id of a `data.ref` laid out as `<suite>/<build>/<file>`, each part a plain name
+/// (no `..`, `\`, `?`, `#`, `%` or anything a URL parser reinterprets); `None` otherwise.
+fn ref_build(dated_ref: &str) -> Option<&str> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    match dated_ref.split('/').collect::<Vec<_>>().as_slice() {
+        [suite, build, file] if plain(suite) && is_build_id(build) && plain(file) => Some(build),
+        _ => None,
+    }
 }
 
 /// `sha512:<base64, padding optional>` → lowercase hex.
@@ -208,6 +252,36 @@ mod tests {
             parse_json_manifest(&manifest("sha512:AAAA")),
             Err(ManifestError::Digest(_))
         ));
+    }
+
+    #[test]
+    fn regression_data_ref_escaped_the_suite() {
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode([0xabu8; 64]);
+        let good = manifest(&format!("sha512:{b64}"));
+        let file = "debian-12-genericcloud-amd64-20241004-1890.qcow2";
+        for bad in [
+            format!("bookworm/..\\..\\..\\x/{file}"),
+            format!("bookworm/20241004-1890/{file}?x"),
+            format!("bookworm/20241004-1890/{file}#x"),
+            format!("bookworm/20241004-1890/%2e%2e/{file}"),
+            format!("bookworm/20241004-1890/../{file}"),
+            format!("bookworm/2024-10-04/{file}"),
+            format!("/bookworm/20241004-1890/{file}"),
+        ] {
+            let mut v: Value = serde_json::from_str(&good).unwrap();
+            v["items"][1]["data"]["ref"] = Value::String(bad.clone());
+            let got = parse_json_manifest(&v.to_string());
+            assert!(matches!(got, Err(ManifestError::Ref(_))), "{bad}: {got:?}");
+        }
+        let text = good.replace(
+            "\"cloud.debian.org/version\":\"20241004-1890\"",
+            "\"cloud.debian.org/version\":\"20991231-0000\"",
+        );
+        assert!(matches!(
+            parse_json_manifest(&text),
+            Err(ManifestError::Version { .. })
+        ));
+        assert!(is_build_id("20250210-2019") && !is_build_id("2025021-02019"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::cache::cache_file_name;
+use crate::digest::Sha512;
 use crate::manifest::{self, parse_json_manifest, parse_sha512sums, ManifestError};
 use crate::url::{self, redact_url};
 use crate::{Client, ImageError};
@@ -80,18 +81,29 @@ pub fn resolve(client: &Client, entry: &CatalogEntry) -> Result<Resolved, ImageE
         }
     };
 
-    if let Some((json_url, pin)) = json_pin(client, &entry.image_url)? {
-        confirm_pin(
-            client,
-            manifest_url,
-            &image_file,
-            listed.as_deref(),
-            &json_url,
-            &pin,
-        )?;
+    if let Some((json_url, json_text, pin)) = json_pin(client, &entry.image_url)? {
+        // Only the shape `<suite>/<build>/<stem>-<build>.<ext>` of the configured image's own
+        // suite is accepted; the URL is then made from the checked build id alone.
+        let dated_file = dated_file_name(&image_file, &pin.build);
+        let suite = suite_of(&entry.image_url);
+        if suite.map(|s| format!("{s}/{}/{dated_file}", pin.build)) != Some(pin.dated_ref.clone()) {
+            return Err(ImageError::Invalid(format!(
+                "{} names {:?}, not build {} of {image_file} in the suite of {}: nothing is \
+                 fetched from it; check the image URL and the mirror",
+                redact_url(&json_url),
+                pin.dated_ref,
+                pin.build,
+                redact_url(&entry.image_url)
+            )));
+        }
+        let sums = Sums {
+            url: manifest_url,
+            listed: listed.as_deref(),
+        };
+        confirm_pin(client, &sums, &image_file, &json_url, &json_text, &pin)?;
         return Ok(Resolved {
             image_name: entry.image_name.clone(),
-            download_url: dated_url(&entry.image_url, &pin.dated_ref)?,
+            download_url: dated_url(&entry.image_url, &pin.build, &dated_file)?,
             file_name: cache_file_name(&image_file, &pin.sha512),
             sha512: pin.sha512,
             version: pin.version,
@@ -115,65 +127,118 @@ pub fn resolve(client: &Client, entry: &CatalogEntry) -> Result<Resolved, ImageE
     })
 }
 
-/// The JSON manifest's digest must be confirmed by the configured manifest: its `latest/` line
-/// for the image (`listed`), or — `latest` moved between our requests — the line for the dated
-/// file in the dated directory's `SHA512SUMS` on the configured manifest's host, never the
-/// image host's. That dated file must be a build of the same image in the same suite: the JSON
-/// manifest may not swap in another variant or release that Debian happens to list.
+/// The configured checksum manifest as read.
+struct Sums<'a> {
+    url: &'a str,
+    /// Its line for the image.
+    listed: Option<&'a str>,
+}
+
+/// The JSON manifest's digest must be confirmed by the configured manifest:
+/// - its `latest/` line for the image (read again once: `latest` may have moved on to the
+///   pinned build since it was first read);
+/// - or, when `latest` moved, the dated directory's `SHA512SUMS` beside the configured manifest
+///   (never on the image host), built from the checked build id, and only for a build at least
+///   as new as the one `latest` names: a mirror must not roll a fleet back to an old build.
+///   Which build `latest` is comes only from the configured manifest: its line for
+///   `<stem>.json` confirms a JSON manifest (the one already read, or the one beside the
+///   configured manifest), and that names the build.
 fn confirm_pin(
     client: &Client,
-    manifest_url: &str,
+    sums: &Sums,
     image_file: &str,
-    listed: Option<&str>,
     json_url: &str,
+    json_text: &str,
     pin: &manifest::JsonPin,
 ) -> Result<(), ImageError> {
-    if listed == Some(pin.sha512.as_str()) {
+    if sums.listed == Some(pin.sha512.as_str()) {
         return Ok(());
     }
-    let dated_file = pin.dated_ref.rsplit('/').next().unwrap_or(&pin.dated_ref);
+    let again = client.get_text(sums.url)?;
+    let listed_now = match parse_sha512sums(&again, image_file) {
+        Ok(sum) => Some(sum),
+        Err(ManifestError::Missing { .. }) => None,
+        Err(source) => {
+            return Err(ImageError::Manifest {
+                url: redact_url(sums.url),
+                source,
+            })
+        }
+    };
+    if listed_now.as_deref() == Some(pin.sha512.as_str()) {
+        tracing::info!(
+            "{} moved on to build {} while it was read",
+            redact_url(sums.url),
+            pin.build
+        );
+        return Ok(());
+    }
+    let dated_file = dated_file_name(image_file, &pin.build);
     let configured = format!(
         "the configured checksum manifest {} lists {} for {image_file}",
-        redact_url(manifest_url),
-        listed.map_or_else(|| "no digest".to_string(), |l| format!("sha512 {l}"))
+        redact_url(sums.url),
+        listed_now
+            .as_deref()
+            .map_or_else(|| "no digest".to_string(), |l| format!("sha512 {l}"))
     );
-    let refuse = |dated: Option<(&str, Option<&str>)>| ImageError::Unconfirmed {
+    let refuse = |why: String| ImageError::Unconfirmed {
         json_url: redact_url(json_url),
         json_sha512: pin.sha512.clone(),
-        file: dated_file.to_string(),
-        listings: match dated {
-            None => configured.clone(),
-            Some((url, listed)) => format!(
-                "{configured} and {} lists {} for it",
-                redact_url(url),
-                listed.map_or_else(|| "no digest".to_string(), |l| format!("sha512 {l}"))
-            ),
-        },
+        file: dated_file.clone(),
+        listings: format!("{configured}{why}"),
     };
-    let dated_sums = dated_sums_url(manifest_url, &pin.dated_ref)
-        .filter(|_| is_build_of(dated_file, image_file));
-    let Some(dated_sums) = dated_sums else {
-        return Err(refuse(None));
+    let latest = match latest_build(client, sums.url, &again, image_file, json_text)? {
+        Some(b) => b,
+        None => {
+            return Err(refuse(format!(
+                " and no JSON manifest it lists tells which build `latest` is, so build {} \
+                 cannot be shown to be at least as new",
+                pin.build
+            )))
+        }
+    };
+    if pin.build < latest {
+        return Err(refuse(format!(
+            " (build {latest}), and the pinned build {} is older: a mirror must not roll the \
+             image back",
+            pin.build
+        )));
+    }
+    let Some(dated_sums) = dated_sums_url(sums.url, &pin.build) else {
+        return Err(refuse(String::new()));
     };
     let text = match client.get_text(&dated_sums) {
         Ok(t) => t,
         // No such dated directory where the configured manifest lives: nothing confirms it.
         Err(ImageError::Status {
             status: 404 | 410, ..
-        }) => return Err(refuse(Some((&dated_sums, None)))),
+        }) => {
+            return Err(refuse(format!(
+                " and {} does not exist",
+                redact_url(&dated_sums)
+            )))
+        }
         Err(e) => return Err(e),
     };
-    match parse_sha512sums(&text, dated_file) {
+    let listing = |l: Option<&str>| {
+        format!(
+            " and {} lists {} for it",
+            redact_url(&dated_sums),
+            l.map_or_else(|| "no digest".to_string(), |l| format!("sha512 {l}"))
+        )
+    };
+    match parse_sha512sums(&text, &dated_file) {
         Ok(sum) if sum == pin.sha512 => {
             tracing::info!(
-                "{} moved while it was read; {} confirms the dated build {dated_file}",
-                redact_url(manifest_url),
-                redact_url(&dated_sums)
+                "{} moved while it was read; {} confirms the newer dated build {}",
+                redact_url(sums.url),
+                redact_url(&dated_sums),
+                pin.build
             );
             Ok(())
         }
-        Ok(sum) => Err(refuse(Some((&dated_sums, Some(&sum))))),
-        Err(ManifestError::Missing { .. }) => Err(refuse(Some((&dated_sums, None)))),
+        Ok(sum) => Err(refuse(listing(Some(&sum)))),
+        Err(ManifestError::Missing { .. }) => Err(refuse(listing(None))),
         Err(source) => Err(ImageError::Manifest {
             url: redact_url(&dated_sums),
             source,
@@ -181,12 +246,55 @@ fn confirm_pin(
     }
 }
 
+/// The build `latest` is, as the configured manifest (`sums_text`, read from `sums_url`) says:
+/// its line for `<stem>.json` must match a JSON manifest, either the one read beside the image
+/// or the one beside the configured manifest; that manifest's build id is the answer.
+fn latest_build(
+    client: &Client,
+    sums_url: &str,
+    sums_text: &str,
+    image_file: &str,
+    json_text: &str,
+) -> Result<Option<String>, ImageError> {
+    let stem = image_file
+        .rsplit_once('.')
+        .map(|(s, _)| s)
+        .unwrap_or(image_file);
+    let json_name = format!("{stem}.json");
+    let Ok(json_sum) = parse_sha512sums(sums_text, &json_name) else {
+        return Ok(None);
+    };
+    let confirmed = |text: &str| {
+        let mut h = Sha512::default();
+        h.update(text.as_bytes());
+        h.hex() == json_sum
+    };
+    let text = if confirmed(json_text) {
+        json_text.to_string()
+    } else {
+        let (base, query) = url::split_query(sums_url);
+        let Some((dir, _)) = base.rsplit_once('/') else {
+            return Ok(None);
+        };
+        let beside = format!("{dir}/{json_name}{query}");
+        match client.get_text(&beside) {
+            Ok(t) if confirmed(&t) => t,
+            Ok(_)
+            | Err(ImageError::Status {
+                status: 404 | 410, ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(parse_json_manifest(&text).ok().map(|p| p.build))
+}
+
 /// `<dir>/<stem>.json` beside an http(s) image URL and what it says, if the server has one
 /// (404: none).
 fn json_pin(
     client: &Client,
     image_url: &str,
-) -> Result<Option<(String, manifest::JsonPin)>, ImageError> {
+) -> Result<Option<(String, String, manifest::JsonPin)>, ImageError> {
     if !image_url.starts_with("http://") && !image_url.starts_with("https://") {
         return Ok(None);
     }
@@ -198,7 +306,7 @@ fn json_pin(
     let url = format!("{dir}/{stem}.json{query}");
     match client.get_text(&url) {
         Ok(text) => match parse_json_manifest(&text) {
-            Ok(pin) => Ok(Some((url, pin))),
+            Ok(pin) => Ok(Some((url, text, pin))),
             Err(source) => Err(ImageError::Manifest {
                 url: redact_url(&url),
                 source,
@@ -211,56 +319,59 @@ fn json_pin(
     }
 }
 
-/// `…/<base>/<suite>/latest/<file>` with `dated_ref` (relative to `<base>`) → `…/<base>/<dated_ref>`.
-fn replace_suite_latest(url: &str, dated_ref: &str) -> Option<String> {
+/// `…/<base>/<suite>/latest/<file>` with `rest` (relative to `<base>`) → `…/<base>/<rest>`.
+fn replace_suite_latest(url: &str, rest: &str) -> Option<String> {
     let (base, query) = url::split_query(url);
     let mut parts: Vec<&str> = base.split('/').collect();
     // scheme:, "", host, at least one base segment, suite, latest, file.
-    if parts.len() < 6 {
+    if parts.len() < 6 || parts[parts.len() - 2] != "latest" {
         return None;
     }
     parts.truncate(parts.len() - 3);
-    Some(format!("{}/{dated_ref}{query}", parts.join("/")))
+    Some(format!("{}/{rest}{query}", parts.join("/")))
 }
 
-/// The dated URL: `data.ref` is relative to the directory holding `<suite>/latest/`.
-fn dated_url(image_url: &str, dated_ref: &str) -> Result<String, ImageError> {
-    replace_suite_latest(image_url, dated_ref).ok_or_else(|| {
-        ImageError::Invalid(format!(
-            "{} is not laid out as <base>/<suite>/latest/<file>",
-            redact_url(image_url)
-        ))
-    })
-}
-
-/// The dated build's `SHA512SUMS` at the same place as the configured manifest:
-/// `https://h/images/cloud/bookworm/latest/SHA512SUMS` and `bookworm/20250210-2019/…` →
-/// `https://h/images/cloud/bookworm/20250210-2019/SHA512SUMS`. `None` when the configured
-/// manifest is not a `<suite>/latest/` one, or the dated build is of another suite.
-fn dated_sums_url(manifest_url: &str, dated_ref: &str) -> Option<String> {
-    let (base, _) = url::split_query(manifest_url);
+/// The `<suite>` of a `…/<suite>/latest/<file>` URL.
+fn suite_of(url: &str) -> Option<&str> {
+    let (base, _) = url::split_query(url);
     let mut segments = base.rsplit('/');
-    let name = segments.next()?;
+    let _file = segments.next()?;
     if segments.next() != Some("latest") {
         return None;
     }
-    let suite = segments.next()?;
-    let (dated_dir, _) = dated_ref.rsplit_once('/')?;
-    if dated_dir.split('/').next() != Some(suite) {
-        return None;
-    }
-    replace_suite_latest(manifest_url, &format!("{dated_dir}/{name}"))
+    segments.next().filter(|s| !s.is_empty())
 }
 
-/// `debian-12-genericcloud-amd64-20250210-2019.qcow2` is a build of
-/// `debian-12-genericcloud-amd64.qcow2`: the same stem and extension around a version.
-fn is_build_of(dated_file: &str, image_file: &str) -> bool {
-    let (stem, ext) = image_file.rsplit_once('.').unwrap_or((image_file, ""));
-    dated_file
-        .strip_prefix(stem)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|rest| rest.strip_suffix(ext))
-        .is_some_and(|version| version.len() > 1 && version.ends_with('.'))
+/// `debian-12-genericcloud-amd64.qcow2` of build `20250210-2019` →
+/// `debian-12-genericcloud-amd64-20250210-2019.qcow2`.
+fn dated_file_name(image_file: &str, build: &str) -> String {
+    match image_file.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}-{build}.{ext}"),
+        None => format!("{image_file}-{build}"),
+    }
+}
+
+/// The dated URL, `<base>/<suite>/<build>/<dated file>`, made from a checked build id only.
+fn dated_url(image_url: &str, build: &str, dated_file: &str) -> Result<String, ImageError> {
+    suite_of(image_url)
+        .and_then(|suite| replace_suite_latest(image_url, &format!("{suite}/{build}/{dated_file}")))
+        .ok_or_else(|| {
+            ImageError::Invalid(format!(
+                "{} is not laid out as <base>/<suite>/latest/<file>",
+                redact_url(image_url)
+            ))
+        })
+}
+
+/// The dated build's `SHA512SUMS` at the same place as the configured manifest:
+/// `https://h/images/cloud/bookworm/latest/SHA512SUMS` and build `20250210-2019` →
+/// `https://h/images/cloud/bookworm/20250210-2019/SHA512SUMS`. `None` when the configured
+/// manifest is not a `<suite>/latest/` one.
+fn dated_sums_url(manifest_url: &str, build: &str) -> Option<String> {
+    let suite = suite_of(manifest_url)?;
+    let (base, _) = url::split_query(manifest_url);
+    let name = base.rsplit('/').next()?;
+    replace_suite_latest(manifest_url, &format!("{suite}/{build}/{name}"))
 }
 
 #[cfg(test)]
@@ -269,29 +380,19 @@ mod tests {
 
     #[test]
     fn dated_sums_sit_beside_the_configured_manifest() {
-        let sums = "https://h/images/cloud/bookworm/latest/SHA512SUMS";
-        let dated = "bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2";
+        let sums = "https://h/images/cloud/bookworm/latest/SHA512SUMS?t=1";
         assert_eq!(
-            dated_sums_url(sums, dated).as_deref(),
-            Some("https://h/images/cloud/bookworm/20250210-2019/SHA512SUMS")
+            dated_sums_url(sums, "20250210-2019").as_deref(),
+            Some("https://h/images/cloud/bookworm/20250210-2019/SHA512SUMS?t=1")
         );
-        // Another suite, or a manifest outside a `latest/` directory: no dated manifest.
-        assert_eq!(dated_sums_url(sums, "trixie/20250814-2204/x.qcow2"), None);
-        assert_eq!(dated_sums_url("file:///srv/SHA512SUMS", dated), None);
-        let image = "debian-12-genericcloud-amd64.qcow2";
-        assert!(is_build_of(
-            "debian-12-genericcloud-amd64-20250210-2019.qcow2",
-            image
-        ));
-        assert!(!is_build_of(
-            "debian-12-nocloud-amd64-20250210-2019.qcow2",
-            image
-        ));
-        assert!(!is_build_of(
-            "debian-12-genericcloud-amd64-20250210-2019.raw",
-            image
-        ));
-        assert!(!is_build_of(image, image));
+        assert_eq!(
+            dated_sums_url("file:///srv/SHA512SUMS", "20250210-2019"),
+            None
+        );
+        assert_eq!(
+            dated_file_name("debian-12-genericcloud-amd64.qcow2", "20250210-2019"),
+            "debian-12-genericcloud-amd64-20250210-2019.qcow2"
+        );
     }
 
     #[test]
@@ -299,10 +400,12 @@ mod tests {
         assert_eq!(
             dated_url(
                 "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2",
-                "bookworm/20241004-1890/debian-12-genericcloud-amd64-20241004-1890.qcow2"
+                "20241004-1890",
+                "debian-12-genericcloud-amd64-20241004-1890.qcow2"
             )
             .unwrap(),
             "https://cloud.debian.org/images/cloud/bookworm/20241004-1890/debian-12-genericcloud-amd64-20241004-1890.qcow2"
         );
+        assert!(dated_url("https://h/a/b/c/x.qcow2", "20241004-1890", "x.qcow2").is_err());
     }
 }

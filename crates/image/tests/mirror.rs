@@ -27,6 +27,8 @@ enum Fault {
     Redirect(String),
     /// The whole body, 64 KiB every 20 ms: slow enough for a second run to meet this one.
     Slow,
+    /// No Content-Length: these bytes, then zeros until the client hangs up (at most 1 GiB).
+    Endless(Vec<u8>),
 }
 
 #[derive(Default)]
@@ -139,13 +141,24 @@ impl Mirror {
             &format!("/images/cloud/bookworm/latest/{stem}.qcow2"),
             image.to_vec(),
         );
+        let json_path = format!("/images/cloud/bookworm/latest/{stem}.json");
+        // Like Debian's: `latest/SHA512SUMS` lists the JSON manifest beside the image too.
+        let json = json_manifest(version, image);
+        let json_line = if with_json {
+            format!("{}  {stem}.json\n", hex(json.as_bytes()))
+        } else {
+            String::new()
+        };
         self.put(
             "/images/cloud/bookworm/latest/SHA512SUMS",
-            format!("{}  other.qcow2\n{sum}  {stem}.qcow2\n", "0".repeat(128)).into_bytes(),
+            format!(
+                "{}  other.qcow2\n{json_line}{sum}  {stem}.qcow2\n",
+                "0".repeat(128)
+            )
+            .into_bytes(),
         );
-        let json_path = format!("/images/cloud/bookworm/latest/{stem}.json");
         if with_json {
-            self.put(&json_path, json_manifest(version, image).into_bytes());
+            self.put(&json_path, json.into_bytes());
         } else {
             self.state.lock().unwrap().files.remove(&json_path);
         }
@@ -252,6 +265,19 @@ fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        (_, Some(Fault::Endless(head))) => {
+            let _ = write!(conn, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+            if conn.write_all(&head).is_ok() {
+                sent = head.len();
+                let zeros = vec![0u8; 1 << 20];
+                for _ in 0..1024 {
+                    if conn.write_all(&zeros).is_err() {
+                        break;
+                    }
+                    sent += zeros.len();
+                }
             }
         }
         (None, _) => respond(&mut conn, "404 Not Found", "", b""),
@@ -782,7 +808,7 @@ fn regression_json_manifest_digest_overrode_configured_sha512sums() {
     let sums = Mirror::start();
     let good = payload(30, MIB);
     let evil = payload(31, MIB);
-    let good_sum = sums.publish("20241004-1890", &good, false);
+    let good_sum = sums.publish("20241004-1890", &good, true);
     let evil_sum = images.publish("20241004-1890", &evil, true);
     let mut entry = images.entry();
     entry.checksum_manifest_url = sums.entry().checksum_manifest_url;
@@ -826,27 +852,124 @@ fn regression_json_manifest_digest_overrode_configured_sha512sums() {
 }
 
 #[test]
-fn latest_moving_between_requests_is_resolved_through_the_dated_sha512sums() {
-    let m = Mirror::start();
+fn regression_json_manifest_pinned_an_older_build_than_latest() {
+    // The configured manifest's host: `latest` is build 20241105-1920 (its JSON manifest listed
+    // in its SHA512SUMS), and the older 20241004-1890 still has its dated directory.
+    let sums = Mirror::start();
+    let images = Mirror::start();
     let old = payload(32, MIB);
     let new = payload(33, MIB);
-    let new_sum = m.publish("20241105-1920", &new, false);
-    let old_sum = m.publish("20241004-1890", &old, true);
-    // `latest/` moved on after the JSON manifest was written: its SHA512SUMS names the new build.
+    let old_sum = sums.publish("20241004-1890", &old, true);
+    let new_sum = sums.publish("20241105-1920", &new, true);
+    // The image host's JSON manifest pins the old build (a mirror rolling the fleet back).
+    images.publish("20241004-1890", &old, true);
+    let mut entry = images.entry();
+    entry.checksum_manifest_url = sums.entry().checksum_manifest_url;
+    let c = fast_client();
+    let e = resolve(&c, &entry).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(
+        text.contains("not trusted")
+            && text.contains("build 20241105-1920")
+            && text.contains("older")
+            && text.contains(&old_sum)
+            && text.contains(&new_sum),
+        "{text}"
+    );
+    assert_eq!(
+        sums.requests("/bookworm/20241004-1890/SHA512SUMS"),
+        0,
+        "an older dated manifest is not even asked"
+    );
+
+    // One host for both, its JSON not the one `latest/SHA512SUMS` lists: which build `latest`
+    // is cannot be told, so no dated manifest confirms the pin either.
+    let m = Mirror::start();
+    m.publish("20241105-1920", &new, false);
+    m.publish("20241004-1890", &old, true);
     m.put(
         "/images/cloud/bookworm/latest/SHA512SUMS",
         format!("{new_sum}  debian-12-genericcloud-amd64.qcow2\n").into_bytes(),
     );
-    let c = fast_client();
-    let r = resolve(&c, &m.entry()).unwrap();
-    assert_eq!(r.sha512, old_sum);
-    assert!(r.download_url.contains("/bookworm/20241004-1890/"), "{r:?}");
-    assert_eq!(m.requests("/bookworm/20241004-1890/SHA512SUMS"), 1);
-    let dir = tempfile::tempdir().unwrap();
-    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
-    assert_eq!(std::fs::read(cached.path).unwrap(), old);
+    let e = resolve(&c, &m.entry()).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(text.contains("which build `latest` is"), "{text}");
 }
 
+#[test]
+fn a_newer_pinned_build_is_confirmed_by_its_dated_sha512sums_beside_the_configured_one() {
+    // `latest` moved on between the configured manifest and the JSON manifest: the image host
+    // already pins 20241105-1920; the configured host's `latest` still names 20241004-1890.
+    let sums = Mirror::start();
+    let images = Mirror::start();
+    let old = payload(46, MIB);
+    let new = payload(47, MIB);
+    sums.publish("20241004-1890", &old, true);
+    let new_sum = hex(&new);
+    sums.put(
+        "/images/cloud/bookworm/20241105-1920/SHA512SUMS",
+        format!("{new_sum}  debian-12-genericcloud-amd64-20241105-1920.qcow2\n").into_bytes(),
+    );
+    images.publish("20241105-1920", &new, true);
+    let mut entry = images.entry();
+    entry.checksum_manifest_url = sums.entry().checksum_manifest_url;
+    let c = fast_client();
+    let r = resolve(&c, &entry).unwrap();
+    assert_eq!(r.sha512, new_sum);
+    assert_eq!(r.version.as_deref(), Some("20241105-1920"));
+    assert!(r.download_url.starts_with(&images.base), "{r:?}");
+    assert_eq!(sums.requests("/bookworm/20241105-1920/SHA512SUMS"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
+    assert_eq!(std::fs::read(cached.path).unwrap(), new);
+}
+
+#[test]
+fn regression_data_ref_escaped_the_suite() {
+    let image = payload(48, MIB);
+    let file = "debian-12-genericcloud-amd64-20241004-1890.qcow2";
+    for bad in [
+        format!("bookworm/..\\..\\..\\x/{file}"),
+        format!("bookworm/20241004-1890/{file}?x"),
+        format!("bookworm/20241004-1890/{file}#x"),
+        format!("trixie/20241004-1890/{file}"),
+        "bookworm/20241004-1890/debian-12-nocloud-amd64-20241004-1890.qcow2".to_string(),
+    ] {
+        let m = Mirror::start();
+        m.publish("20241004-1890", &image, true);
+        // The configured `latest` lists another digest: the pin would need a dated manifest.
+        m.put(
+            "/images/cloud/bookworm/latest/SHA512SUMS",
+            format!("{}  debian-12-genericcloud-amd64.qcow2\n", "1".repeat(128)).into_bytes(),
+        );
+        let mut json: serde_json::Value =
+            serde_json::from_str(&json_manifest("20241004-1890", &image)).unwrap();
+        json["items"][1]["data"]["ref"] = serde_json::Value::String(bad.clone());
+        m.put(
+            "/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.json",
+            json.to_string().into_bytes(),
+        );
+        let c = fast_client();
+        let got = resolve(&c, &m.entry());
+        m.settle();
+        let paths: Vec<String> = m
+            .state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .map(|(p, _, _)| p.clone())
+            .collect();
+        let e = got.expect_err(&format!("{bad} was accepted"));
+        let text = one_sentence(&e);
+        assert!(
+            paths
+                .iter()
+                .all(|p| p.starts_with("/images/cloud/bookworm/latest/")),
+            "{bad}: requests outside the configured `latest/`: {paths:?} ({text})"
+        );
+    }
+}
 #[test]
 fn regression_file_image_url_failed_with_empty_host() {
     let src = tempfile::tempdir().unwrap();
@@ -1067,7 +1190,9 @@ fn real_debian_json_manifest_is_confirmed_only_by_the_configured_sums() {
     }
     assert!(text.contains("not trusted"), "{text}");
 
-    // The dated directory lists the build: resolved to it.
+    // Even with a dated directory that lists the pinned build: the real `latest/SHA512SUMS`
+    // lists a JSON manifest other than this one, so the build `latest` is cannot be told and an
+    // older build is not taken for it.
     m.put(
         "/images/cloud/bookworm/20250210-2019/SHA512SUMS",
         format!(
@@ -1076,14 +1201,332 @@ fn real_debian_json_manifest_is_confirmed_only_by_the_configured_sums() {
         )
         .into_bytes(),
     );
+    let e = resolve(&c, &m.entry()).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(text.contains("not trusted"), "{text}");
+}
+
+/// Is this test running as root (chown to another user needs it)?
+fn root() -> bool {
+    let me = kvmprov_safefs::euid();
+    if me != 0 {
+        eprintln!("SKIPPED part of this test: it needs root to chown files to another user");
+    }
+    me == 0
+}
+
+fn chown_nobody(path: &std::path::Path) {
+    std::os::unix::fs::lchown(path, Some(65534), Some(65534)).unwrap();
+}
+
+#[test]
+fn regression_part_symlink_made_root_overwrite_another_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = Mirror::start();
+    let image = payload(40, 2 * MIB);
+    m.publish("20241004-1890", &image, false);
+    let c = fast_client();
     let r = resolve(&c, &m.entry()).unwrap();
-    assert_eq!(r.sha512, pinned.sha512);
-    assert_eq!(r.version.as_deref(), Some("20250210-2019"));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let victim = elsewhere.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let untouched = || assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+    // A fresh download: the planted link is replaced by a file of our own, never followed.
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join(format!("{}.part", r.file_name));
+    std::os::unix::fs::symlink(&victim, &part).unwrap();
+    let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
+    untouched();
+    let meta = std::fs::symlink_metadata(&cached.path).unwrap();
     assert!(
-        r.download_url.ends_with(
-            "/images/cloud/bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2"
-        ),
-        "{}",
-        r.download_url
+        meta.file_type().is_file(),
+        "the cached image is a regular file"
+    );
+    assert_eq!(std::fs::read(&cached.path).unwrap(), image);
+
+    // A "resumable" part that is a link: refused (not appended to), and removed as the link.
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join(format!("{}.part", r.file_name));
+    let record = serde_json::json!({"url": kvmprov_image::redact_url(&r.download_url),
+                                    "sha512": r.sha512, "validator": "\"x\""})
+    .to_string();
+    std::fs::write(
+        dir.path().join(format!("{}.part.json", r.file_name)),
+        &record,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&victim, &part).unwrap();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    let text = one_sentence(&e);
+    untouched();
+    assert!(
+        text.contains("symbolic link") && text.contains(".part"),
+        "{text}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&part).is_err(),
+        "the link is gone"
+    );
+
+    // Another user's part is not resumed, and so never renamed into the cache.
+    if root() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join(format!("{}.part", r.file_name));
+        std::fs::write(&part, &image[..MIB]).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{}.part.json", r.file_name)),
+            &record,
+        )
+        .unwrap();
+        chown_nobody(&part);
+        let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+        let text = one_sentence(&e);
+        assert!(text.contains("owned by uid 65534"), "{text}");
+        let cached = dir.path().join(&r.file_name);
+        assert!(
+            std::fs::symlink_metadata(&cached).map_or(true, |m| m.uid() != 65534),
+            "another user's file became the cached image"
+        );
+    }
+
+    // A cache directory others can write (the 1777 of the report) is refused, with the fix.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(text.contains("chmod o-w"), "{text}");
+    assert!(cache_files(dir.path()).is_empty());
+}
+
+#[test]
+fn regression_cache_lock_files_anyone_could_open_and_hold() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(41, MIB), false);
+    let c = fast_client();
+    let r = resolve(&c, &m.entry()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    download(&c, dir.path(), &r, &mut Silent).unwrap();
+    let mut locks = 0;
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with(".lock") {
+            let mode = e.metadata().unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{:?} is {mode:o}", e.file_name());
+            locks += 1;
+        }
+    }
+    assert_eq!(locks, 2, "the cache lock and the writer lock");
+
+    // A lock file 0644 from an older kvmprov is narrowed; another user's is refused.
+    let lock = dir.path().join(".kvmprov-cache.lock");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    download(&c, dir.path(), &r, &mut Silent).unwrap();
+    assert_eq!(std::fs::metadata(&lock).unwrap().mode() & 0o777, 0o600);
+    if root() {
+        chown_nobody(&lock);
+        let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+        let text = one_sentence(&e);
+        assert!(
+            text.contains(".kvmprov-cache.lock") && text.contains("owned by uid 65534"),
+            "{text}"
+        );
+    }
+}
+
+/// Hold an exclusive `flock` on `path` from this process (as another user's process did).
+fn hold(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.lock().unwrap();
+    f
+}
+
+#[test]
+fn regression_held_writer_lock_made_the_download_wait_forever() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(42, MIB), false);
+    let mut c = fast_client();
+    c.header_deadline = Duration::from_secs(1);
+    c.window = Duration::from_secs(1);
+    let r = resolve(&c, &m.entry()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _held = hold(&dir.path().join(format!(".{}.lock", r.file_name)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (c2, r2, path) = (c.clone(), r.clone(), dir.path().to_path_buf());
+    let t = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(download(&c2, &path, &r2, &mut Silent));
+    });
+    let e = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the download still waits for the writer lock after 30 s")
+        .unwrap_err();
+    let text = one_sentence(&e);
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(
+        text.contains(&format!("process {}", std::process::id()))
+            && text.contains("no progress")
+            && !text.contains("pruned"),
+        "{text}"
+    );
+}
+
+#[test]
+fn regression_held_cache_lock_was_reported_as_a_prune() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(43, MIB), false);
+    let mut c = fast_client();
+    c.lock_wait = Duration::from_secs(1);
+    let r = resolve(&c, &m.entry()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _held = hold(&dir.path().join(".kvmprov-cache.lock"));
+    let t = Instant::now();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    let text = one_sentence(&e);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        text.contains(&format!("process {}", std::process::id())) && !text.contains("being pruned"),
+        "{text}"
+    );
+}
+
+#[test]
+fn regression_unbounded_image_body_filled_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = payload(44, 64);
+    small[24..32].copy_from_slice(&(MIB as u64).to_be_bytes());
+    // Zeros (not a qcow2 at all), then a qcow2 header that states 1 MiB followed by zeros.
+    for (head, says) in [(Vec::new(), "not a qcow2"), (small, "more than a qcow2")] {
+        let m = Mirror::start();
+        m.publish("20241004-1890", &payload(45, MIB), false);
+        m.fault(LATEST, Fault::Endless(head));
+        let mut c = fast_client();
+        c.attempts = 1;
+        let r = resolve(&c, &m.entry()).unwrap();
+        let t = Instant::now();
+        let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+        let mut text = one_sentence(&e);
+        if let Some(cause) = std::error::Error::source(&e) {
+            text = format!("{text}: {cause}");
+        }
+        assert!(text.contains(says), "{text}");
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        let served = m.served(".qcow2");
+        assert!(served < 96 * MIB, "{served} bytes were taken");
+        assert!(
+            cache_files(dir.path()).is_empty(),
+            "nothing kept for resume: {:?}",
+            cache_files(dir.path())
+        );
+    }
+}
+
+/// An https server on 127.0.0.1 (certificate for 127.0.0.1 from the test CA in `tests/tls/`)
+/// that answers every request with a redirect to `location`; returns its base URL.
+fn https_redirector(location: String) -> String {
+    use std::sync::Arc;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let cert =
+        rustls::pki_types::CertificateDer::from(std::fs::read(dir.join("leaf.der")).unwrap());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+        std::fs::read(dir.join("leaf.key.der")).unwrap().into(),
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut stream = rustls::StreamOwned::new(tls, conn);
+            let mut reader = BufReader::new(&mut stream);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.flush();
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
+        }
+    });
+    format!("https://{addr}")
+}
+
+fn test_ca_client() -> Client {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            std::fs::read(dir.join("ca.der")).unwrap(),
+        ))
+        .unwrap();
+    fast_client().trusting(roots).unwrap()
+}
+
+#[test]
+fn regression_https_to_http_redirect_was_followed() {
+    let m = Mirror::start();
+    m.publish("20241004-1890", &payload(49, MIB), false);
+    let plain = format!("{}/bookworm/latest/SHA512SUMS", m.base);
+    let https = https_redirector(plain.clone());
+    let c = test_ca_client();
+    let url = format!("{https}/images/cloud/bookworm/latest/SHA512SUMS");
+    let t = Instant::now();
+    let e = c.get_text(&url).unwrap_err();
+    let dir = tempfile::tempdir().unwrap();
+    assert_fault(
+        &e,
+        &url,
+        t.elapsed(),
+        "from https to plain http",
+        dir.path(),
+    );
+    assert_eq!(m.requests("SHA512SUMS"), 0, "nothing was fetched over http");
+
+    // The same for an image download, and for a manifest URL redirected to https: followed.
+    let image_url =
+        format!("{https}/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2");
+    let mut r = resolve(&fast_client(), &m.entry()).unwrap();
+    r.download_url = image_url.clone();
+    let e = download(&c, dir.path(), &r, &mut Silent).unwrap_err();
+    assert_fault(
+        &e,
+        &image_url,
+        t.elapsed(),
+        "from https to plain http",
+        dir.path(),
+    );
+    assert_eq!(m.served(".qcow2"), 0, "no image bytes over http");
+    // A relative Location keeps the scheme: a loop of https redirects.
+    let https_again = https_redirector("/again".to_string());
+    let e = c
+        .get_text(&format!("{https_again}/x"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("too many redirects"),
+        "https → https is followed: {e}"
     );
 }

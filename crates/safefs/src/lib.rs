@@ -16,8 +16,11 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
+
+/// The kind of an [`Entry`] (rustix's), so callers need no rustix of their own.
+pub use rustix::fs::FileType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {

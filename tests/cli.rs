@@ -541,8 +541,10 @@ fn inventory_lists_running_instances_and_names_the_others() {
     );
     std::fs::write(&cfg, body).unwrap();
     // What provision leaves behind: the operator key and the instance's pinned host key.
-    let state = kvmprov::state::state_dir(&dir.path().join("instances"));
-    kvmprov::state::ensure_dir(&state).unwrap();
+    let state = kvmprov::state::StateDir::open(&dir.path().join("instances"))
+        .unwrap()
+        .path()
+        .to_path_buf();
     for f in ["id_ed25519", "id_ed25519.pub"] {
         std::fs::write(state.join(f), "test key\n").unwrap();
     }

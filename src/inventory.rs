@@ -39,7 +39,9 @@ pub struct Facts {
 pub struct HostVars {
     pub ansible_host: String,
     pub ansible_user: String,
-    pub ansible_ssh_private_key_file: String,
+    /// Left out when Ansible would pass it to ssh altered (`%`, `"`, `\\`, `$` in the path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ansible_ssh_private_key_file: Option<String>,
     pub ansible_ssh_common_args: String,
     /// The hypervisor the instance lives on (for `delegate_to`-style plays on it).
     pub kvmprov_libvirt_uri: String,
@@ -65,7 +67,14 @@ pub fn build(facts: &[Facts]) -> Inventory {
                 continue;
             }
         };
-        inv.hosts.insert(f.name.clone(), host_vars(f, target));
+        let vars = match host_vars(f, target) {
+            Ok(v) => v,
+            Err(reason) => {
+                inv.skipped.push((f.name.clone(), reason));
+                continue;
+            }
+        };
+        inv.hosts.insert(f.name.clone(), vars);
         for group in [
             group_name("image", &f.image),
             group_name("hypervisor", &hypervisor_name(&f.libvirt_uri)),
@@ -77,32 +86,25 @@ pub fn build(facts: &[Facts]) -> Inventory {
     inv
 }
 
-fn host_vars(f: &Facts, t: &SshTarget) -> HostVars {
-    // Ansible adds its own options (ControlMaster, the user, the key file); these are the ones
-    // that make its ssh trust only the key kvmprov generated for this guest.
-    let mut args: Vec<String> = [
-        "-o",
-        &format!("UserKnownHostsFile={}", t.known_hosts.display()),
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if let Some(proxy) = t.proxy_option() {
-        args.extend(["-o".to_string(), proxy]);
+fn host_vars(f: &Facts, t: &SshTarget) -> Result<HostVars, String> {
+    // Ansible adds its own options (ControlMaster, the user, the key file); these are kvmprov's
+    // own pinned options (`SshTarget::pinned_options`, the ones its ssh uses), which make
+    // Ansible's ssh trust only the key kvmprov generated for this guest.
+    let mut args = Vec::new();
+    for o in t.pinned_options().map_err(|e| error_chain(&e))? {
+        args.push("-o".to_string());
+        args.push(o);
     }
-    HostVars {
+    let key = t.identity.display().to_string();
+    Ok(HostVars {
         ansible_host: t.addr.to_string(),
         ansible_user: t.user.clone(),
-        ansible_ssh_private_key_file: t.identity.display().to_string(),
+        // Ansible writes it as `-o IdentityFile="<path>"` unescaped: only a path that reads back
+        // the same; the escaped IdentityFile in the common arguments covers any other.
+        ansible_ssh_private_key_file: (!key.contains(['"', '\\', '%', '$'])).then_some(key),
         ansible_ssh_common_args: shell_words(&args),
         kvmprov_libvirt_uri: f.libvirt_uri.clone(),
-    }
+    })
 }
 
 /// An Ansible group name: `prefix_name`, lower case, every character outside `[a-z0-9_]`
@@ -428,10 +430,13 @@ mod tests {
         let v = &inv.hosts["app-01"];
         assert_eq!(v.ansible_host, "192.168.122.50");
         assert_eq!(v.ansible_user, "debian");
-        assert_eq!(v.ansible_ssh_private_key_file, "/pool/.kvmprov/id_ed25519");
+        assert_eq!(
+            v.ansible_ssh_private_key_file.as_deref(),
+            Some("/pool/.kvmprov/id_ed25519")
+        );
         assert_eq!(
             v.ansible_ssh_common_args,
-            "-o UserKnownHostsFile=/pool/.kvmprov/app-01.x.known_hosts -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+            "-o 'IdentityFile=\"/pool/.kvmprov/id_ed25519\"' -o 'IdentitiesOnly=yes' -o 'StrictHostKeyChecking=yes' -o 'UserKnownHostsFile=\"/pool/.kvmprov/app-01.x.known_hosts\"' -o 'GlobalKnownHostsFile=/dev/null'"
         );
         assert_eq!(v.kvmprov_libvirt_uri, "qemu:///system");
     }
@@ -446,6 +451,7 @@ mod tests {
             Some("qemu+ssh://admin@hv2.example.org/system"),
         )
         .proxy_option()
+        .unwrap()
         .unwrap();
         assert!(
             args.ends_with(&format!(" -o {}", shell_words(&[proxy]))),
@@ -453,9 +459,46 @@ mod tests {
         );
         assert!(
             args.contains(
-                "'ProxyCommand=ssh -o BatchMode=yes -l admin -W %h:%p -- hv2.example.org'"
+                "\"ProxyCommand=ssh -o 'BatchMode=yes' -l admin -W '%h:%p' -- hv2.example.org\""
             ),
             "{args}"
+        );
+    }
+
+    /// Issue 23 item 13, in the inventory: Ansible split `ansible_ssh_common_args` into words
+    /// and ssh read `UserKnownHostsFile=/srv/vm` and a relative `pool/…`, never the pinned file,
+    /// for a pool path with a space; a `%` was expanded as a token. Split as Ansible splits
+    /// (POSIX shell words), then read back by the real `ssh -G`.
+    #[test]
+    fn regression_inventory_ssh_args_broke_pinning_for_a_pool_path_with_space_or_percent() {
+        let kh = "/srv/vm pool 100%/.kvmprov/app-01.x.known_hosts";
+        let mut t = target([192, 168, 122, 50], None);
+        t.known_hosts = kh.into();
+        t.identity = "/srv/vm pool 100%/.kvmprov/id_ed25519".into();
+        let inv = build(&[f("app-01", "debian-12", "qemu:///system", Ok(t))]);
+        let v = &inv.hosts["app-01"];
+        // Ansible would write it as `IdentityFile="…100%…"`, which ssh reads as a token.
+        assert_eq!(v.ansible_ssh_private_key_file, None);
+        let words = shlex::split(&v.ansible_ssh_common_args).unwrap();
+        let Ok(out) = std::process::Command::new("ssh")
+            .args(["-G", "-F", "/dev/null"])
+            .args(&words)
+            .arg("debian@192.168.122.50")
+            .stdin(std::process::Stdio::null())
+            .output()
+        else {
+            eprintln!("skipped: no ssh client here");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let read = text
+            .lines()
+            .find_map(|l| l.strip_prefix("userknownhostsfile "));
+        assert_eq!(read, Some(kh), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l == "identityfile /srv/vm pool 100%%/.kvmprov/id_ed25519"),
+            "{text}"
         );
     }
 
@@ -520,8 +563,10 @@ mod tests {
     fn yaml_values_cannot_change_type_or_break_out() {
         let mut t = target([10, 0, 0, 1], None);
         t.user = "yes".into();
-        t.identity = PathBuf::from("/k\": x\n  evil: 1");
-        let inv = build(&[f("123", "debian-12", "qemu:///system", Ok(t))]);
+        // ssh takes no control character in a path (refused before it gets here): the line
+        // break rides in the hypervisor URI instead.
+        let uri = "qemu:///system\": x\n  evil: 1";
+        let inv = build(&[f("123", "debian-12", uri, Ok(t))]);
         let y = to_yaml(&inv);
         let root = marked_yaml::parse_yaml(0, &y).unwrap();
         let h = root
@@ -534,12 +579,7 @@ mod tests {
             .get_mapping("123")
             .unwrap();
         assert_eq!(h.get_scalar("ansible_user").unwrap().as_str(), "yes");
-        assert_eq!(
-            h.get_scalar("ansible_ssh_private_key_file")
-                .unwrap()
-                .as_str(),
-            "/k\": x\n  evil: 1"
-        );
+        assert_eq!(h.get_scalar("kvmprov_libvirt_uri").unwrap().as_str(), uri);
         assert!(h.get_node("evil").is_none());
         assert!(y.contains("ansible_user: \"yes\""), "{y}");
     }

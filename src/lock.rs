@@ -1,8 +1,7 @@
 //! One run at a time per hypervisor and instance pool: the run lock.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use crate::settings::Session;
@@ -26,7 +25,12 @@ pub fn lock_all(hosts: &[Session]) -> Result<Vec<RunLock>, LockError> {
         .collect()
 }
 
-/// One run at a time per hypervisor and instance pool (see [`crate::state::run_lock_path`]).
+/// One run at a time per hypervisor and instance pool: `<pool>/.kvmprov/run-<uri key>.lock`.
+///
+/// It sits beside kvmprov's state in a directory only its owner can write, opened through the
+/// checked handle ([`crate::state::StateDir`]), so no other local user can pre-create it or plant
+/// a symlink there (as they could in `$TMPDIR`), and one pool spelled two ways (`/srv/pool/`, a
+/// symlink to it) is one directory, so one lock.
 pub struct RunLock {
     _file: File,
     path: PathBuf,
@@ -34,13 +38,11 @@ pub struct RunLock {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot prepare the lock directory of the instance pool {pool}")]
-    Dir {
-        pool: PathBuf,
-        #[source]
-        source: crate::state::StateError,
-    },
-    #[error("cannot open the lock file {path}: {source}")]
+    /// The state directory or the lock file in it is not safe to use (the message names the
+    /// path, its owner and mode, and the fix), or cannot be made.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot lock {path}: {source}")]
     Open {
         path: PathBuf,
         #[source]
@@ -62,24 +64,7 @@ impl RunLock {
 
     fn acquire_within(s: &Session, wait: std::time::Duration) -> Result<RunLock, LockError> {
         let pool = &s.cfg.instance_pool_path;
-        let path =
-            crate::state::run_lock_path(pool, &s.cfg.libvirt_uri).map_err(|e| LockError::Dir {
-                pool: pool.clone(),
-                source: e,
-            })?;
-        // O_NOFOLLOW: a symlink in its place is refused, never written through.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(|source| LockError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let (path, mut file) = crate::state::StateDir::open(pool)?.run_lock(&s.cfg.libvirt_uri)?;
         // Another run may be finishing (or a killed one still exiting): wait a little for it.
         let deadline = std::time::Instant::now() + wait;
         let mut told = false;

@@ -4,13 +4,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use kvmprov_hypervisor::SshDest;
 
 use crate::config::Instance;
 use crate::guest::SshTarget;
 use crate::settings::Session;
-use crate::state::{self, StateError};
+use crate::state::{self, StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -25,7 +26,8 @@ pub enum LoginError {
 pub struct Login {
     user: String,
     identity: PathBuf,
-    state_dir: PathBuf,
+    /// The checked state directory the pinned keys are read from and known_hosts written to.
+    state: Arc<StateDir>,
     libvirt_uri: String,
     instance: String,
     jump: Option<SshDest>,
@@ -34,15 +36,16 @@ pub struct Login {
 impl Login {
     /// `s` is the session of the instance's own hypervisor (`Session::for_host`).
     pub fn new(s: &Session, inst: &Instance) -> Result<Login, LoginError> {
-        let dir = state::state_dir(&s.cfg.instance_pool_path);
-        let key = state::operator_key(&dir, false)?.ok_or_else(|| LoginError::NoOperatorKey {
-            dir: dir.clone(),
+        let no_key = || LoginError::NoOperatorKey {
+            dir: state::state_dir(&s.cfg.instance_pool_path),
             instance: inst.name.clone(),
-        })?;
+        };
+        let st = StateDir::open_existing(&s.cfg.instance_pool_path)?.ok_or_else(no_key)?;
+        let key = st.operator_key(false)?.ok_or_else(no_key)?;
         Ok(Login {
             user: s.cfg.cloud_init.user.clone(),
             identity: key.private_path,
-            state_dir: dir,
+            state: Arc::new(st),
             libvirt_uri: inst.libvirt_uri.clone(),
             instance: inst.name.clone(),
             // Guests of a remote hypervisor sit on its NAT network: reach them through it.
@@ -65,8 +68,7 @@ impl Login {
             user: self.user.clone(),
             addr: IpAddr::V4(addr),
             identity: self.identity.clone(),
-            known_hosts: state::known_hosts_for(
-                &self.state_dir,
+            known_hosts: self.state.known_hosts_for(
                 &self.libvirt_uri,
                 &self.instance,
                 &addr.to_string(),

@@ -4,8 +4,6 @@
 //! Here, not in `cli`, so that nothing below the command line needs to know about clap's
 //! argument types; and built in one step, so no code sees a half-made session.
 
-use std::path::PathBuf;
-
 use kvmprov_hypervisor::Hypervisor;
 
 use crate::config::{Config, StageChoice};
@@ -165,11 +163,6 @@ impl Session {
 
     pub fn connect(&self) -> Result<Hypervisor, kvmprov_hypervisor::HvError> {
         Hypervisor::connect(&self.cfg.libvirt_uri)
-    }
-
-    /// kvmprov's own files for this instance pool: operator key, pinned host keys.
-    pub fn state_dir(&self) -> PathBuf {
-        crate::state::state_dir(&self.cfg.instance_pool_path)
     }
 }
 

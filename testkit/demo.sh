@@ -5,12 +5,14 @@
 #         cloud.debian.org, start libvirtd in a private network namespace, and run
 #         `kvmprov provision` (stage full) for one VM, demo-01. Prints how to log in.
 #   down: remove the VM, its files, the mirror, libvirtd and the namespace.
-# Needs root. Its state lives in /var/tmp/kvmprov-demo.
+# Needs root. Its state lives in /var/tmp/kvmprov-demo (KVMPROV_DEMO_DIR elsewhere), a
+# directory root made: one that another user made or can write, or a link, is refused before
+# anything in it is read, killed or run (its owner could swap the config or the mirror's PID).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KVMPROV="$ROOT/target/release/kvmprov"
-DEMO=/var/tmp/kvmprov-demo
+DEMO=${KVMPROV_DEMO_DIR:-/var/tmp/kvmprov-demo}
 NS=kvmprov-demo
 CACHE=${KVMPROV_TESTKIT_CACHE:-/var/cache/kvmprov-testkit}
 SUITE=bookworm
@@ -18,27 +20,70 @@ VERSION=20261124-0001
 CFG="$DEMO/vars.yml"
 
 say() { printf '==> %s\n' "$*"; }
+refuse() { echo "demo.sh: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || { echo "make demo needs root (network namespace, libvirtd)" >&2; exit 2; }
 
+# The demo directory is used only if it is a real directory (no link) owned by root that no
+# other user can write, and so are the directories above it (a sticky one like /var/tmp
+# excepted); its config and PID file must be root's regular files, not links. Missing is fine.
+check_demo_dir() {
+    local d=$DEMO owner mode f
+    [ -e "$d" ] || [ -L "$d" ] || return 0
+    [ ! -L "$d" ] || refuse "$d is a symbolic link (to $(readlink "$d")), not the directory root made: remove it (rm $d) and run make demo again"
+    [ -d "$d" ] || refuse "$d is not a directory: remove it and run make demo again"
+    owner=$(stat -c %u "$d") mode=$(stat -c %a "$d")
+    [ "$owner" -eq 0 ] || refuse "$d is owned by uid $owner (mode $mode), not root, so that user could swap the demo's config or the PID demo-clean kills: check and remove it (rm -rf $d), then run make demo again"
+    (( (8#$mode & 8#022) == 0 )) || refuse "$d (owner root, mode $mode) can be written by group or other users, who could swap the demo's config or the PID demo-clean kills: check and remove it (rm -rf $d), then run make demo again"
+    local up
+    up=$(dirname "$d")
+    while :; do
+        [ ! -L "$up" ] || refuse "$up, above $d, is a symbolic link: use a KVMPROV_DEMO_DIR below real directories"
+        owner=$(stat -c %u "$up") mode=$(stat -c %a "$up")
+        [ "$owner" -eq 0 ] || refuse "$up, above $d, is owned by uid $owner (mode $mode), not root: use a KVMPROV_DEMO_DIR below root's directories"
+        (( (8#$mode & 8#022) == 0 || (8#$mode & 8#1000) != 0 )) ||
+            refuse "$up, above $d, (owner root, mode $mode) can be written by group or other users without the sticky bit: chmod go-w $up, or use another KVMPROV_DEMO_DIR"
+        [ "$up" = / ] && break
+        up=$(dirname "$up")
+    done
+    for f in "$CFG" "$d/mirror.pid"; do
+        [ -e "$f" ] || [ -L "$f" ] || continue
+        [ ! -L "$f" ] && [ -f "$f" ] && [ "$(stat -c %u "$f")" -eq 0 ] ||
+            refuse "$f is not a regular file of root's (a link, or another owner's): remove $d (rm -rf $d) and run make demo again"
+    done
+}
+
+# The demo's mirror, by its PID file: killed only if that PID is still the mirror.py it started.
+stop_mirror() {
+    local pid
+    [ -f "$DEMO/mirror.pid" ] || return 0
+    pid=$(cat "$DEMO/mirror.pid")
+    if [[ "$pid" =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "testkit/mirror.py --root $DEMO/mirror "; then
+        kill "$pid" 2>/dev/null
+    else
+        say "not stopping PID $pid from $DEMO/mirror.pid: it is not the demo's mirror (any more)"
+    fi
+    rm -f "$DEMO/mirror.pid"
+}
+
 down() {
+    check_demo_dir
     set +e
     if [ -f "$CFG" ] && ip netns list 2>/dev/null | grep -qw "$NS"; then
         say "removing demo-01 (kvmprov cleanup, disks included)"
         ip netns exec "$NS" "$KVMPROV" -c "$CFG" -e kvm_cleanup_confirmed=true \
             -e kvm_cleanup_remove_instance_disks=true cleanup
     fi
-    if [ -f "$DEMO/mirror.pid" ]; then
-        kill "$(cat "$DEMO/mirror.pid")" 2>/dev/null
-        rm -f "$DEMO/mirror.pid"
-    fi
+    stop_mirror
     bash "$ROOT/testkit/netns-libvirtd.sh" down "$NS"
     rm -rf "$DEMO"
     say "demo removed (the built image stays cached in $CACHE)"
 }
 
 up() {
-    mkdir -p "$DEMO"
+    check_demo_dir
+    # Made by root now (mkdir fails on anything planted since the check), or root's checked one.
+    mkdir -m 0755 "$DEMO" 2>/dev/null || check_demo_dir
     chmod 0755 "$DEMO"
     # The image (mostly apt downloads and dpkg) and kvmprov (mostly CPU) are built side by side:
     # on a fresh machine that saves the shorter of the two.

@@ -541,8 +541,10 @@ fn inventory_lists_running_instances_and_names_the_others() {
     );
     std::fs::write(&cfg, body).unwrap();
     // What provision leaves behind: the operator key and the instance's pinned host key.
-    let state = kvmprov::state::state_dir(&dir.path().join("instances"));
-    kvmprov::state::ensure_dir(&state).unwrap();
+    let state = kvmprov::state::StateDir::open(&dir.path().join("instances"))
+        .unwrap()
+        .path()
+        .to_path_buf();
     for f in ["id_ed25519", "id_ed25519.pub"] {
         std::fs::write(state.join(f), "test key\n").unwrap();
     }
@@ -566,10 +568,13 @@ fn inventory_lists_running_instances_and_names_the_others() {
     );
     let common = vars["ansible_ssh_common_args"].as_str().unwrap();
     assert!(common.contains("StrictHostKeyChecking=yes"), "{common}");
-    let known_hosts = common
-        .split_whitespace()
+    // Split as Ansible splits it; the value is one ssh_config word in double quotes.
+    let words = shlex::split(common).unwrap();
+    let known_hosts = words
+        .iter()
         .find_map(|w| w.strip_prefix("UserKnownHostsFile="))
-        .unwrap();
+        .unwrap()
+        .trim_matches('"');
     assert_eq!(
         std::fs::read_to_string(known_hosts).unwrap(),
         format!("192.168.122.50 {pinned}\n")

@@ -146,12 +146,19 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
             return ExitStatus::Failure;
         }
     };
+    let args = match target.args(10) {
+        Ok(a) => a,
+        Err(e) => {
+            output::error(&error_chain(&e));
+            return ExitStatus::Failure;
+        }
+    };
     let mut cmd = Command::new("ssh");
     if command.is_empty() {
         // Interactive: allocate a terminal; BatchMode stays on (keys only, no prompts).
         cmd.arg("-t");
     }
-    cmd.args(target.args(10));
+    cmd.args(args);
     if !command.is_empty() {
         cmd.arg("--").args(command);
     }

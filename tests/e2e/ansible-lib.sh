@@ -50,7 +50,8 @@ EOF
 # ansible_pinned_known_hosts INVENTORY_YAML HOST: the known_hosts file the static inventory
 # pins for HOST.
 ansible_pinned_known_hosts() {
-    grep -A4 "^    \"$2\":\$" "$1" | grep -o 'UserKnownHostsFile=[^ "]*' | cut -d= -f2 || true
+    # The value is one ssh_config word in double quotes, JSON-escaped in the YAML: =\"/path\".
+    grep -A4 "^    \"$2\":\$" "$1" | grep -o 'UserKnownHostsFile=\\"[^\\]*' | sed 's/^UserKnownHostsFile=\\"//' || true
 }
 
 # ansible_impostor_inventory INVENTORY_YAML HOST DIR: writes DIR/inventory-mismatch.yml, a copy
@@ -61,7 +62,7 @@ ansible_impostor_inventory() {
     kh=$(ansible_pinned_known_hosts "$inv" "$host")
     ssh-keygen -q -t ed25519 -N '' -C impostor -f "$dir/impostor" </dev/null
     printf '%s %s\n' "$(cut -d' ' -f1 "$kh")" "$(cut -d' ' -f1,2 "$dir/impostor.pub")" >"$dir/known_hosts.mismatch"
-    sed "s#UserKnownHostsFile=$kh#UserKnownHostsFile=$dir/known_hosts.mismatch#" "$inv" >"$dir/inventory-mismatch.yml"
+    sed "s#UserKnownHostsFile=\\\\\"$kh\\\\\"#UserKnownHostsFile=\\\\\"$dir/known_hosts.mismatch\\\\\"#" "$inv" >"$dir/inventory-mismatch.yml"
 }
 
 # ansible_all_succeeded OUTPUT HOST...: every HOST answered `| SUCCESS` in an ad-hoc run.

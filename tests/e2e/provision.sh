@@ -1,6 +1,7 @@
 # Scenario: preflight and provision against the real libvirtd, no guest boot.
 # Preflight cases (missing network, inactive network with/without auto-start, a pool path the
-# qemu user cannot traverse with/without the ACL fix), what provision generates (domain XML
+# qemu user cannot traverse with/without the ACL fix, pools and state directories other users
+# can write or planted, a planted demo directory), what provision generates (domain XML
 # valid for libvirt's schema, seed ISO readable with isoinfo, user-data accepted by
 # cloud-init, nothing world-readable, no plain password), and 20 instances in parallel.
 # Sourced by tests/e2e/run.sh.
@@ -55,6 +56,89 @@ check "the message prints the exact setfacl fix" grep -q "setfacl -m u:libvirt-q
 check "preflight with the ACL fix succeeds" kp -c "$P/locked.yml" preflight
 check "the ACL grants libvirt-qemu traverse" bash -c 'getfacl -p "$0" 2>/dev/null | grep -q "^user:libvirt-qemu:--x"' "$P/locked"
 check "others still have no access to the locked directory" test "$(stat -c %A "$P/locked" | cut -c8-10)" = "---"
+
+# --- preflight: trees other users can write, a planted .kvmprov (issue 23 items 1, 2) ----------
+# kvmprov runs as root into the pool, the cache and <pool>/.kvmprov: refused, with one sentence
+# naming the directory, its owner and mode and the fix, and nothing written through them.
+mkdir -p "$P/ww"
+chmod 0777 "$P/ww"
+pcfg "$P/ww.yml" "$P/ww/pool" 1
+set +e
+out=$(kp -c "$P/ww.yml" preflight 2>&1); rc=$?
+set -e
+check "regression_pool_under_world_writable_dir_was_used: preflight refuses (exit 1)" test "$rc" -eq 1
+check "regression_pool_under_world_writable_dir_was_used: one sentence names $P/ww, every user and the fix" \
+    grep -q "$P/ww (owner uid 0, mode 0777) can be written by every user, who could then plant files kvmprov runs as root on: \`chmod o-w $P/ww\`" <<<"$out"
+check "regression_pool_under_world_writable_dir_was_used: the pool was not created" test ! -e "$P/ww/pool"
+
+mkdir -p "$P/planted" "$P/victim"
+chmod 0755 "$P/planted" "$P/victim"
+echo keep >"$P/victim/keep"
+chown -R nobody "$P/victim"
+ln -s "$P/victim" "$P/planted/.kvmprov"
+chown -h nobody "$P/planted/.kvmprov"
+before=$(stat -c '%a %U' "$P/victim"; ls -A "$P/victim")
+pcfg "$P/planted.yml" "$P/planted" 1
+for cmd in preflight "provision --stage provision"; do
+    set +e
+    # shellcheck disable=SC2086
+    out=$(kp -c "$P/planted.yml" $cmd 2>&1); rc=$?
+    set -e
+    check "regression_planted_kvmprov_symlink_was_followed: $cmd refuses (exit 1)" test "$rc" -eq 1
+    check "regression_planted_kvmprov_symlink_was_followed: $cmd says it is a link and to remove it" \
+        grep -q "$P/planted/.kvmprov is a symbolic link, and kvmprov follows no link it did not make there: remove it" <<<"$out"
+    check "regression_planted_kvmprov_symlink_was_followed: $cmd left the victim's mode and files alone" \
+        test "$(stat -c '%a %U' "$P/victim"; ls -A "$P/victim")" = "$before"
+done
+
+mkdir -p "$P/theirs"
+chown nobody "$P/theirs"
+chmod 0755 "$P/theirs"
+pcfg "$P/theirs.yml" "$P/theirs" 1
+set +e
+out=$(kp -c "$P/theirs.yml" preflight 2>&1); rc=$?
+set -e
+check "regression_pool_owned_by_another_user_was_used: preflight refuses (exit 1)" test "$rc" -eq 1
+check "regression_pool_owned_by_another_user_was_used: the message names the owner and the fix" \
+    grep -q "$P/theirs is owned by uid 65534 (mode 0755), not by uid 0 that kvmprov runs as or root" <<<"$out"
+check "regression_pool_owned_by_another_user_was_used: nothing was created in it" test -z "$(ls -A "$P/theirs")"
+
+mkdir -p "$P/sticky"
+chmod 1777 "$P/sticky"
+pcfg "$P/sticky.yml" "$P/sticky/pool" 1
+check "a pool under a root-owned 1777 directory passes preflight" kp -c "$P/sticky.yml" preflight
+check "its state directory is root's, 0700" test "$(stat -c '%a %U' "$P/sticky/pool/.kvmprov")" = "700 root"
+
+# --- make demo: a demo directory somebody else planted (issue 23 item 15) ---------------------
+mkdir -p "$P/demo-planted"
+sleep 600 &
+decoy=$!
+echo "$decoy" >"$P/demo-planted/mirror.pid"
+echo "kvm_libvirt_uri: qemu:///system" >"$P/demo-planted/vars.yml"
+chown -R nobody "$P/demo-planted"
+set +e
+out=$(KVMPROV_DEMO_DIR="$P/demo-planted" bash "$TESTKIT/demo.sh" down 2>&1); rc=$?
+set -e
+check "regression_demo_trusted_a_planted_demo_dir: demo-clean refuses (exit 1)" test "$rc" -eq 1
+check "regression_demo_trusted_a_planted_demo_dir: it names the owner" grep -q "$P/demo-planted is owned by uid 65534" <<<"$out"
+check "regression_demo_trusted_a_planted_demo_dir: the PID it held was not killed" kill -0 "$decoy"
+check "regression_demo_trusted_a_planted_demo_dir: the directory is left as it was" test -f "$P/demo-planted/vars.yml"
+kill "$decoy" 2>/dev/null; wait "$decoy" 2>/dev/null || true
+mkdir -p "$P/demo-real"
+ln -s "$P/demo-real" "$P/demo-link"
+set +e
+out=$(KVMPROV_DEMO_DIR="$P/demo-link" bash "$TESTKIT/demo.sh" up 2>&1); rc=$?
+set -e
+check "regression_demo_trusted_a_planted_demo_dir: make demo refuses a linked demo dir before anything" \
+    bash -c '[ "$0" -eq 1 ] && grep -q "is a symbolic link" <<<"$1" && ! grep -q "^==>" <<<"$1"' "$rc" "$out"
+mkdir -p "$P/demo-root"
+chmod 0755 "$P/demo-root"
+ln -s /etc/hostname "$P/demo-root/vars.yml"
+set +e
+out=$(KVMPROV_DEMO_DIR="$P/demo-root" bash "$TESTKIT/demo.sh" down 2>&1); rc=$?
+set -e
+check "regression_demo_trusted_a_planted_demo_dir: a vars.yml link is refused" \
+    bash -c '[ "$0" -eq 1 ] && grep -q "vars.yml is not a regular file of root" <<<"$1"' "$rc" "$out"
 
 # --- the hypervisor crate against this real daemon (overlay, upload read-back, define/start) ---
 mkdir -p "$P/hv"

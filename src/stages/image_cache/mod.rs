@@ -158,14 +158,27 @@ fn download(s: &Session, client: &Client, r: &Resolved) -> Result<CachedImage, I
 
 /// A run that fetches or provisions from the cache holds it shared, so a prune never deletes a
 /// version between its download and its use. `None` for plans and for stages that use no image.
-pub fn hold_cache(s: &Session, stages: &[Stage]) -> Result<Option<CacheLock>, ImageError> {
+pub fn hold_cache(s: &Session, stages: &[Stage]) -> Result<Option<CacheLock>, HoldCacheError> {
     let uses_images = stages
         .iter()
         .any(|st| matches!(st, Stage::ImageCache | Stage::Provision));
     if s.check || !uses_images {
         return Ok(None);
     }
-    CacheLock::shared(&s.cfg.image_cache_path).map(Some)
+    // Also without preflight (`provision --stage provision`, `image-cache`): root writes into
+    // the cache only when nobody else can write it or a directory above it.
+    kvmprov_safefs::check_tree(&s.cfg.image_cache_path)?;
+    Ok(Some(CacheLock::shared(&s.cfg.image_cache_path)?))
+}
+
+/// Why a run could not hold the image cache.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldCacheError {
+    /// Another user can write the cache directory or one above it (the message names it).
+    #[error(transparent)]
+    Unsafe(#[from] kvmprov_safefs::FsError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
 }
 
 #[cfg(test)]

@@ -92,6 +92,8 @@ pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
     let deleting = yes && !s.check;
     let _cache = if deleting {
         let cache = &s.cfg.image_cache_path;
+        // Root deletes in the cache only when nobody else can write it or above it.
+        kvmprov_safefs::check_tree(cache).map_err(|e| fail(&e))?;
         match CacheLock::try_exclusive(cache) {
             Ok(Some(lock)) => Some(lock),
             Ok(None) => {

@@ -34,6 +34,19 @@ pub struct Observed {
     pub remote: Option<SshDest>,
     /// The firmware the hypervisor offers (only asked when an instance wants UEFI).
     pub firmware: Option<Result<FirmwareSupport, String>>,
+    /// Directories on this machine kvmprov writes into as root (the image cache, a local
+    /// instance pool, kvmprov's state directory) and why each is unsafe, if it is.
+    pub trees: Vec<TreeState>,
+}
+
+/// A local directory kvmprov writes into as root, and what another user could do there.
+#[derive(Debug, Clone)]
+pub struct TreeState {
+    pub key: &'static str,
+    pub path: PathBuf,
+    /// The one-sentence refusal (who can write where, and the fix); `None`: only root and the
+    /// running user can write it and every directory above it.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,13 +227,38 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
             }
         }));
     }
+    out.extend(o.trees.iter().map(tree_check));
     for p in &o.paths {
-        out.extend(path_checks(cfg, o, p));
+        // Nothing is created or granted through a tree another user can write (refused above).
+        let unsafe_tree = o
+            .trees
+            .iter()
+            .any(|t| o.local && t.path == p.path && t.problem.is_some());
+        if !unsafe_tree {
+            out.extend(path_checks(cfg, o, p));
+        }
     }
     if let Some(free) = o.pool_free_bytes {
         out.push(free_space_check(cfg, o, free));
     }
     out
+}
+
+/// A local directory kvmprov writes into as root: nobody but root and the running user can
+/// write it or a directory above it (sticky world-writable ancestors such as /tmp excepted).
+fn tree_check(t: &TreeState) -> (Action, Verdict) {
+    let action = Action::new(
+        t.path.display().to_string(),
+        Op::Check,
+        format!(
+            "{}: no other user can write it or a directory above it",
+            t.key
+        ),
+    );
+    match &t.problem {
+        None => (action, Verdict::Pass),
+        Some(why) => (action, Verdict::Fail(why.clone())),
+    }
 }
 
 /// The hypervisor answers, and offers the domain type the config asks for.
@@ -605,6 +643,7 @@ mod tests {
             qemu_user: "64055".into(),
             local: false,
             remote: kvmprov_hypervisor::ssh_destination("qemu+ssh://admin@hv1:2222/system"),
+            trees: Vec::new(),
         }
     }
 

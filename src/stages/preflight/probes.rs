@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use kvmprov_hypervisor::{DomainType, FirmwareSupport, HostInfo, HvError, Hypervisor, SshDest};
 
-use super::plan::{Observed, PathState};
+use super::plan::{Observed, PathState, TreeState};
 use crate::config::{Config, FirmwareChoice};
 use crate::host::{is_local, resolve_domain_type};
 use crate::settings::Session;
@@ -63,9 +63,41 @@ pub(super) fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, HvError>
         missing_instances,
         tools: if local { tools(cfg) } else { Vec::new() },
         qemu_user: user,
+        trees: local_trees(cfg, local),
         local,
         remote,
     })
+}
+
+/// The directories on this machine kvmprov writes into as root, and who else can write there:
+/// the image cache (always local: remote hypervisors get uploads from it), the instance pool
+/// when the hypervisor is local (a remote one's lives there, and only kvmprov's state directory
+/// is kept here), and the state directory `<pool>/.kvmprov` with the tree above it.
+fn local_trees(cfg: &Config, local: bool) -> Vec<TreeState> {
+    let tree = |key, path: &Path| TreeState {
+        key,
+        path: path.to_path_buf(),
+        problem: kvmprov_safefs::check_tree(path)
+            .err()
+            .map(|e| e.to_string()),
+    };
+    let mut trees = vec![tree("image cache", &cfg.image_cache_path)];
+    if local {
+        trees.push(tree("instance pool", &cfg.instance_pool_path));
+    }
+    let pool = &cfg.instance_pool_path;
+    // The pool's own refusal already says what the state directory's would.
+    if trees.iter().any(|t| t.path == *pool && t.problem.is_some()) {
+        return trees;
+    }
+    trees.push(TreeState {
+        key: "kvmprov state",
+        path: crate::state::state_dir(pool),
+        problem: crate::state::StateDir::inspect(pool)
+            .err()
+            .map(|e| crate::plan::error_chain(&e)),
+    });
+    trees
 }
 
 /// A path on this machine, and the directories on its way `user` cannot traverse.

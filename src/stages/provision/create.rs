@@ -1,7 +1,7 @@
 //! Creating one instance: the overlay disk (if missing) and a new cloud-init seed with a pinned
 //! host key, side by side, then the domain, so a domain never exists without its disk and seed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvmprov_hypervisor::xml::{self, DomainSpec, DomainType, KvmprovMetadata};
@@ -24,7 +24,8 @@ pub(super) struct Shared<'a> {
     pub domain_type: DomainType,
     /// The name of the instance pool.
     pub instance_pool: String,
-    pub state_dir: PathBuf,
+    /// kvmprov's checked state directory (`None` when only planning: nothing is created then).
+    pub state: Option<state::StateDir>,
     pub operator_public: String,
 }
 
@@ -139,10 +140,16 @@ fn seed_spec(sh: &Shared, inst: &Instance, instance_id: &str) -> Result<SeedSpec
 fn upload_seed(sh: &Shared, inst: &Instance, spec: &SeedSpec) -> Result<(), ProvisionError> {
     let iso = kvmprov_seed::build_iso(spec)?;
     // Pin the host key before the domain can exist: runtime trusts only this key.
-    state::ensure_dir(&sh.state_dir)?;
-    state::write_private(
-        &state::host_key_path(&sh.state_dir, &inst.libvirt_uri, &inst.name),
-        format!("{}\n", spec.host_keys.ed25519_public_openssh.trim()).as_bytes(),
+    let st = sh.state.as_ref().ok_or_else(|| {
+        ProvisionError::Invalid(format!(
+            "{} cannot be created: kvmprov's state directory was not opened (a planning run creates nothing)",
+            inst.name
+        ))
+    })?;
+    st.pin_host_key(
+        &inst.libvirt_uri,
+        &inst.name,
+        &spec.host_keys.ed25519_public_openssh,
     )?;
     let seed_vol = seed_name(&inst.name);
     // A seed left by an interrupted run belongs to no domain: replace it.

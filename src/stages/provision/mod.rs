@@ -127,23 +127,24 @@ pub fn prepare<'a>(
             (&inst_pool, &cfg.instance_pool_path),
         ],
     );
-    let state_dir = s.state_dir();
-    // Only when applying: a plan reads no state.
-    let operator_public = if s.check || report.failed() {
-        String::new()
+    // Only when applying: a plan reads no state. Opened through the checked handle: a planted
+    // `.kvmprov` or an unsafe pool tree is refused before a key is read or written.
+    let (state, operator_public) = if s.check || report.failed() {
+        (None, String::new())
     } else {
         let needs_work = planned
             .iter()
             .any(|(_, p)| matches!(p, InstancePlan::Create { .. }));
-        let operator = state::operator_key(&state_dir, needs_work)?;
-        operator.map(|k| k.public).unwrap_or_default()
+        let st = state::StateDir::open(&cfg.instance_pool_path)?;
+        let operator = st.operator_key(needs_work)?;
+        (Some(st), operator.map(|k| k.public).unwrap_or_default())
     };
     let shared = create::Shared {
         cfg,
         hv,
         domain_type,
         instance_pool: inst_pool.name,
-        state_dir,
+        state,
         operator_public,
     };
     Ok(Prepared {

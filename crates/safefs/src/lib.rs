@@ -132,7 +132,7 @@ fn check_dir_entry(path: &Path, e: &Entry, last: bool) -> Result<(), FsError> {
     }
     let world = e.mode & 0o002 != 0;
     let sticky = e.mode & 0o1000 != 0;
-    let group = e.mode & 0o020 != 0 && e.gid != 0 && e.gid != rustix::process::getegid().as_raw();
+    let group = group_writers(path, e, me)?;
     let p = path.display();
     let (who, fix) = if world && (last || !sticky) {
         (
@@ -143,8 +143,13 @@ fn check_dir_entry(path: &Path, e: &Entry, last: bool) -> Result<(), FsError> {
                 format!("`chmod o-w {p}` (or `chmod +t {p}`, as /tmp has)")
             },
         )
-    } else if group {
-        (format!("group {}", e.gid), format!("`chmod g-w {p}`"))
+    } else if let Some(who) = group {
+        let fix = if who.contains("ACL") {
+            format!("`setfacl -m m::r-x {p}` (or remove the entry)")
+        } else {
+            format!("`chmod g-w {p}`")
+        };
+        (who, fix)
     } else {
         return Ok(());
     };
@@ -155,6 +160,41 @@ fn check_dir_entry(path: &Path, e: &Entry, last: bool) -> Result<(), FsError> {
         who,
         fix,
     })
+}
+
+/// Who, through the group bits, can write a directory besides root and the running user: its
+/// group (unless root's or ours), or, where a POSIX ACL is set (the group bits are then the ACL's
+/// mask), any named user or group the ACL lets write.
+fn group_writers(path: &Path, e: &Entry, me: u32) -> Result<Option<String>, FsError> {
+    if e.mode & 0o020 == 0 {
+        return Ok(None);
+    }
+    let mine = |gid: u32| gid == 0 || gid == rustix::process::getegid().as_raw();
+    let mut buf = [0u8; 4096];
+    let acl = match rfs::lgetxattr(path, "system.posix_acl_access", &mut buf[..]) {
+        Ok(n) => &buf[..n],
+        Err(Errno::NODATA | Errno::OPNOTSUPP) => {
+            return Ok((!mine(e.gid)).then(|| format!("group {}", e.gid)))
+        }
+        Err(err) => return Err(io("read the ACL of", path)(err)),
+    };
+    // Linux's xattr form: a 4-byte version, then 8-byte entries (u16 tag, u16 perm, u32 id).
+    const USER: u16 = 0x02;
+    const GROUP_OBJ: u16 = 0x04;
+    const GROUP: u16 = 0x08;
+    for entry in acl.get(4..).unwrap_or_default().chunks_exact(8) {
+        let tag = u16::from_le_bytes([entry[0], entry[1]]);
+        let write = u16::from_le_bytes([entry[2], entry[3]]) & 0o2 != 0;
+        let id = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        let who = match tag {
+            USER if write && id != 0 && id != me => format!("user {id} (through an ACL entry)"),
+            GROUP if write && !mine(id) => format!("group {id} (through an ACL entry)"),
+            GROUP_OBJ if write && !mine(e.gid) => format!("group {}", e.gid),
+            _ => continue,
+        };
+        return Ok(Some(who));
+    }
+    Ok(None)
 }
 
 /// Who besides root and the running user can write `path` (a directory kvmprov writes into as

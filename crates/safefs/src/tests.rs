@@ -193,3 +193,36 @@ fn tree_owned_by_another_user_is_refused_also_behind_a_link() {
         Err(FsError::Owner { .. })
     ));
 }
+
+/// A POSIX ACL shows only as the group bits (its mask) in the mode: a directory owned by
+/// root:root whose ACL let user 65534 write passed the check.
+#[test]
+fn regression_acl_granting_another_user_write_passed_as_root_group() {
+    if !is_root()
+        || std::process::Command::new("setfacl")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("pool");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // What kvmprov's own access fix adds (traverse for the qemu user) is fine.
+    let acl = |spec: &str| {
+        let ok = std::process::Command::new("setfacl")
+            .args(["-m", spec])
+            .arg(&d)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "setfacl -m {spec}");
+    };
+    acl("u:65534:x");
+    check_tree(&d).unwrap();
+    acl("u:65534:rwx");
+    let e = check_tree(&d).unwrap_err();
+    assert!(e.to_string().contains("user 65534"), "{e}");
+}

@@ -82,6 +82,7 @@ fn differences(
         Some((m, recorded)) => drift::diff(
             recorded,
             &drift::instance_fields(cfg, inst, domain_type, &m.instance_id),
+            &m.instance_id,
         ),
         None => Vec::new(),
     };

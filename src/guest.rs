@@ -354,14 +354,7 @@ fn read_end(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 
 /// The last `n` lines of a console log on a remote hypervisor, read over SSH.
 pub fn remote_console_tail(dest: &SshDest, path: &Path, n: usize) -> String {
-    let argv = [
-        "tail".to_string(),
-        "-n".into(),
-        n.to_string(),
-        "--".into(),
-        path.display().to_string(),
-    ];
-    match hypervisor_run(dest, &argv, Duration::from_secs(20)) {
+    match hypervisor_run(dest, &remote_tail_argv(path, n), Duration::from_secs(20)) {
         // Sanitized as every remote command's output is (`read_all`).
         Ok(o) if o.code == Some(0) => o.stdout.trim_end().to_string(),
         Ok(o) => format!(
@@ -371,6 +364,20 @@ pub fn remote_console_tail(dest: &SshDest, path: &Path, n: usize) -> String {
         ),
         Err(e) => format!("(cannot read it on {}: {e})", dest.display()),
     }
+}
+
+/// The command `remote_console_tail` runs: `tail` of a regular file only, never through a link
+/// (as [`console_tail`] locally): a log linked to a private key on the hypervisor must not be
+/// printed.
+fn remote_tail_argv(path: &Path, n: usize) -> Vec<String> {
+    vec![
+        "sh".to_string(),
+        "-c".into(),
+        r#"if [ -L "$1" ] || [ ! -f "$1" ]; then echo "$1 is not a regular file (a link or missing)" >&2; exit 1; fi; exec tail -n "$2" -- "$1""#.into(),
+        "sh".into(),
+        path.display().to_string(),
+        n.to_string(),
+    ]
 }
 
 #[cfg(test)]
@@ -533,5 +540,25 @@ mod tests {
         let mut guest: &[u8] = b"status: error\r\nerrors:\n\t- \x1b]2;owned\x07\x1b[2Jbad\n";
         let out = read_all(Some(&mut guest));
         assert_eq!(out, "status: error\nerrors:\n\t- bad\n");
+    }
+
+    #[test]
+    fn remote_console_tail_reads_no_link() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("a b-console.log");
+        std::fs::write(&log, "1\n2\n3\n").unwrap();
+        let link = t.path().join("c-console.log");
+        std::os::unix::fs::symlink(&log, &link).unwrap();
+        let run = |p: &Path| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(shell_words(&remote_tail_argv(p, 2)))
+                .output()
+                .unwrap()
+        };
+        let ok = run(&log);
+        assert_eq!(String::from_utf8_lossy(&ok.stdout), "2\n3\n");
+        let refused = run(&link);
+        assert!(!refused.status.success() && refused.stdout.is_empty());
     }
 }

@@ -109,9 +109,14 @@ fn real(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// What libvirt's storage says is under a file: `Some(backing)` when the file is a volume of a
+/// pool libvirt knows (its volume XML), `None` when libvirt does not know it.
+pub type VolumeBacking<'a> = dyn Fn(&Path) -> Result<Option<Option<PathBuf>>, HvError> + 'a;
+
 /// The files a domain uses on the local machine, as real paths: disks with their backing
-/// chains (libvirt's, else the qcow2 headers of qcow2 disks), console logs, NVRAM.
-pub fn local_files(domain_xml: &str) -> Result<Vec<PathBuf>, HvError> {
+/// chains (libvirt's: the domain XML's `<backingStore>`, else the volume XML through `volumes`;
+/// else the qcow2 headers), for qcow2 disks only; console logs and NVRAM as names.
+pub fn local_files(domain_xml: &str, volumes: &VolumeBacking) -> Result<Vec<PathBuf>, HvError> {
     let mut files = Vec::new();
     for used in used_files(domain_xml)? {
         match used {
@@ -135,7 +140,11 @@ pub fn local_files(domain_xml: &str) -> Result<Vec<PathBuf>, HvError> {
                 // A header that cannot be read (a FIFO, a link, a damaged file) names no
                 // backing file: the chain ends there, the file itself still protected.
                 files.extend(qcow2::backing_chain(real(&path), |f| {
-                    Ok::<_, HvError>(qcow2::backing_file(f).ok().flatten().map(|b| real(&b)))
+                    let backing = match volumes(f)? {
+                        Some(known) => known,
+                        None => qcow2::backing_file(f).ok().flatten(),
+                    };
+                    Ok::<_, HvError>(backing.map(|b| real(&b)))
                 })?);
             }
         }
@@ -175,6 +184,16 @@ fn remote_files(hv: &Hypervisor, domain_xml: &str) -> Result<Vec<PathBuf>, HvErr
     Ok(files)
 }
 
+/// libvirt's view of a local file's backing file: `None` when no pool holds it (or libvirt
+/// cannot say: the header is read then), a lost connection an error.
+fn volume_backing(hv: &Hypervisor, file: &Path) -> Result<Option<Option<PathBuf>>, HvError> {
+    match hv.volume_by_path(file) {
+        Ok(v) => Ok(v.map(|v| v.backing_path)),
+        Err(e) if e.is_connection_lost() => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Each file once, in order (libvirt repeats the serial log under `<console>`).
 fn dedup(files: &mut Vec<PathBuf>) {
     let mut seen = std::collections::HashSet::new();
@@ -191,7 +210,7 @@ pub fn observe(hv: &Hypervisor) -> Result<Vec<DomainFacts>, HvError> {
             Ok(x) => {
                 let ours = xml::parse_domain_xml(&x)?.metadata.is_some();
                 let files = if local {
-                    local_files(&x)?
+                    local_files(&x, &|f| volume_backing(hv, f))?
                 } else {
                     remote_files(hv, &x)?
                 };
@@ -267,7 +286,7 @@ mod tests {
     fn files_within_seconds(xml: String) -> Vec<PathBuf> {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(local_files(&xml).map_err(|e| e.to_string()));
+            let _ = tx.send(local_files(&xml, &|_| Ok(None)).map_err(|e| e.to_string()));
         });
         rx.recv_timeout(Duration::from_secs(5))
             .expect("reading the domain's files blocked (a FIFO named in a header was opened)")
@@ -334,5 +353,30 @@ mod tests {
         let files = files_within_seconds(domain(&disk, "qcow2", &log, &nvram, "<backingStore/>"));
         assert_eq!(files[0], real.join("top.qcow2"));
         assert!(!files.contains(&real.join("fifo")), "{files:?}");
+    }
+
+    #[test]
+    fn libvirts_volume_xml_is_preferred_to_the_headers() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("fifo");
+        mkfifo(&fifo);
+        let disk = t.path().join("top.qcow2");
+        std::fs::write(&disk, qcow2_header(&fifo)).unwrap();
+        let real = t.path().canonicalize().unwrap();
+        let top = real.join("top.qcow2");
+        let (log, nvram) = (t.path().join("l.log"), t.path().join("n.fd"));
+        let xml = domain(&disk, "qcow2", &log, &nvram, "");
+        // libvirt knows the volume: its backing file, not the header's FIFO.
+        let files = local_files(&xml, &|f| {
+            Ok((f == top).then(|| Some(PathBuf::from("/cache/base.qcow2"))))
+        })
+        .unwrap();
+        assert_eq!(
+            files[..2],
+            [top.clone(), PathBuf::from("/cache/base.qcow2")]
+        );
+        // A volume libvirt knows without a backing file: none.
+        let files = local_files(&xml, &|f| Ok((f == top).then_some(None))).unwrap();
+        assert_eq!(files[..2], [top, real.join("l.log")]);
     }
 }

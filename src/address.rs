@@ -159,7 +159,7 @@ pub fn console_announced(text: &str, mac: &str) -> Option<Ipv4Addr> {
                 return None;
             }
             let ip: Ipv4Addr = cells[2].parse().ok()?;
-            (!ip.is_loopback() && !ip.is_link_local()).then_some(ip)
+            guest_unicast(ip).then_some(ip)
         })
         .next_back()
 }
@@ -172,8 +172,20 @@ pub fn neighbour_ipv4(arp: &str, mac: &str) -> Option<Ipv4Addr> {
         if f.len() < 4 || f[2] == "0x0" || !f[3].eq_ignore_ascii_case(mac) {
             return None;
         }
-        f[0].parse().ok()
+        f[0].parse().ok().filter(|ip| guest_unicast(*ip))
     })
+}
+
+/// Pure: could `ip` be a guest's own unicast address, one to log in to? Not 0.0.0.0/8 ("this
+/// network"), loopback (127/8), link-local (169.254/16: what a guest takes when DHCP failed, not
+/// an address kvmprov can route to), multicast (224/4), reserved (240/4) or the broadcast
+/// address. The guest writes the console: it must not send kvmprov anywhere else.
+pub fn guest_unicast(ip: Ipv4Addr) -> bool {
+    !(ip.octets()[0] == 0
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.octets()[0] >= 240)
 }
 
 /// The I/O behind the sources. libvirt's errors come back (a lost connection must end a wait
@@ -281,7 +293,8 @@ impl Probe for HostProbe<'_> {
 /// rows match).
 pub fn read_tail(path: &Path, max: u64) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).ok()?;
+    // Not through a link, and a FIFO cannot block the wait.
+    let mut f = kvmprov_safefs::open_regular(path).ok()?;
     let len = f.metadata().ok()?.len();
     f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
     let mut buf = Vec::new();
@@ -479,5 +492,42 @@ IP address       HW type     Flags       HW address            Mask     Device
         std::fs::write(&f, "a".repeat(1000) + "END").unwrap();
         assert_eq!(read_tail(&f, 3).as_deref(), Some("END"));
         assert_eq!(read_tail(&t.path().join("none"), 3), None);
+    }
+
+    /// The console address parser took `0.0.0.0` (and any other non-unicast address a guest
+    /// printed in its network table) as the guest's address.
+    #[test]
+    fn regression_console_address_parser_accepted_0_0_0_0() {
+        let mac = "52:54:00:ab:cd:ef";
+        let row = |ip: &str| {
+            format!("ci-info: | enp1s0 | True | {ip} | 255.255.255.0 | global | {mac} |\n")
+        };
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.8.9.10",
+            "169.254.3.4",
+            "224.0.0.1",
+            "239.1.2.3",
+            "240.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert_eq!(console_announced(&row(bad), mac), None, "{bad}");
+            let arp = format!(
+                "IP address HW type Flags HW address Mask Device\n{bad} 0x1 0x2 {mac} * virbr0\n"
+            );
+            assert_eq!(neighbour_ipv4(&arp, mac), None, "{bad}");
+        }
+        assert_eq!(
+            console_announced(&row("192.168.122.7"), mac),
+            Some(Ipv4Addr::new(192, 168, 122, 7))
+        );
+        // A bad row after a good one does not hide the good one.
+        let text = format!("{}{}", row("10.0.0.5"), row("0.0.0.0"));
+        assert_eq!(
+            console_announced(&text, mac),
+            Some(Ipv4Addr::new(10, 0, 0, 5))
+        );
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! When kvmprov defines a domain it records in the domain's metadata the fields the instance
 //! was made from ([`instance_fields`]); later runs compare that record with the config, field
-//! by field ([`diff`]). Secrets are recorded only as a salted digest, and a change of one is
+//! by field ([`diff`]). Secrets, and the commands and packages (which can carry tokens and are
+//! readable by any local user through libvirt's read-only socket, `virsh -r dumpxml`, while the
+//! seed holding them is 0600), are recorded only as a salted digest, and a change of one is
 //! reported without values.
 
 use kvmprov_hypervisor::xml::DomainType;
@@ -13,6 +15,10 @@ use crate::instance::firmware_label;
 
 /// Fields recorded as a digest: a change says only that it changed.
 const SECRET: &[&str] = &["password", "ssh_authorized_keys"];
+
+/// Fields recorded as a digest although not secrets by name: a change says only that it
+/// changed. Older kvmprov versions recorded them in clear text (a JSON list).
+const DIGESTED: &[&str] = &["packages", "runcmd"];
 
 /// Fields that shaped the instance's disk: applying a change takes a new disk.
 const ON_DISK: &[&str] = &["image_name", "disk_size_gib"];
@@ -55,8 +61,8 @@ pub fn instance_fields(
             ipv4.map(|s| list(s.dns.iter().map(|d| d.to_string())))
                 .unwrap_or_default(),
         ),
-        ("packages", list(inst.packages.iter().cloned())),
-        ("runcmd", list(inst.runcmd.iter().cloned())),
+        ("packages", digest_list(salt, inst.packages.iter().cloned())),
+        ("runcmd", digest_list(salt, inst.runcmd.iter().cloned())),
         ("user", ci.user.clone()),
         (
             "password",
@@ -90,6 +96,16 @@ fn list(items: impl Iterator<Item = String>) -> String {
     }
 }
 
+/// A list recorded as a digest of its JSON form ([`list`]); empty stays "" (nothing to hide).
+fn digest_list(salt: &str, items: impl Iterator<Item = String>) -> String {
+    let text = list(items);
+    if text.is_empty() {
+        text
+    } else {
+        secret_digest(salt, &text)
+    }
+}
+
 /// A salted, stretched digest of a secret (16 hex digits): enough to notice a change.
 fn secret_digest(salt: &str, secret: &str) -> String {
     let mut d = Sha256::new()
@@ -117,7 +133,7 @@ pub struct Change {
 impl Change {
     /// `disk_size_gib 20 → 40`; a secret only as `password changed`.
     pub fn describe(&self) -> String {
-        if SECRET.contains(&self.field.as_str()) {
+        if SECRET.contains(&self.field.as_str()) || DIGESTED.contains(&self.field.as_str()) {
             return format!("{} changed", self.field);
         }
         let shown = |v: &str| {
@@ -133,15 +149,22 @@ impl Change {
 
 /// Pure: the recorded fields whose value the config no longer has, in the config's order.
 /// A field only one side knows (added or dropped by another kvmprov version) is not compared:
-/// nothing says what it was.
-pub fn diff(recorded: &[(String, String)], wanted: &[(&str, String)]) -> Vec<Change> {
+/// nothing says what it was. `salt` (the domain's instance-id) digests what an older kvmprov
+/// recorded in clear text, so it compares with today's digests.
+pub fn diff(recorded: &[(String, String)], wanted: &[(&str, String)], salt: &str) -> Vec<Change> {
     wanted
         .iter()
         .filter_map(|(name, new)| {
             let (_, old) = recorded.iter().find(|(n, _)| n == name)?;
-            (old != new).then(|| Change {
+            // A clear-text list (JSON, `[`…) from an older kvmprov; a digest is 16 hex digits.
+            let old = if DIGESTED.contains(name) && old.starts_with('[') {
+                secret_digest(salt, old)
+            } else {
+                old.clone()
+            };
+            (old != *new).then(|| Change {
                 field: name.to_string(),
-                old: old.clone(),
+                old,
                 new: new.clone(),
             })
         })
@@ -172,8 +195,10 @@ mod tests {
         crate::config::parse(Path::new("t.yml"), &text, &[]).unwrap()
     }
 
+    const SALT: &str = "app-01-1";
+
     fn fields(c: &Config) -> Vec<(&'static str, String)> {
-        instance_fields(c, &c.instances[0], DomainType::Qemu, "app-01-1")
+        instance_fields(c, &c.instances[0], DomainType::Qemu, SALT)
     }
 
     fn recorded(c: &Config) -> Vec<(String, String)> {
@@ -190,7 +215,7 @@ mod tests {
             "    ipv4_address: 192.168.122.60/24\n    disk_size_gib: 40\n    packages: [nginx, \"a b\"]\n    runcmd: [\"echo hi\"]\n",
             "old-secret",
         );
-        let changes = diff(&recorded(&before), &fields(&after));
+        let changes = diff(&recorded(&before), &fields(&after), SALT);
         let described: Vec<String> = changes.iter().map(Change::describe).collect();
         assert_eq!(
             described,
@@ -199,15 +224,15 @@ mod tests {
                 "ipv4_address (none) → 192.168.122.60/24",
                 "ipv4_gateway (none) → 192.168.122.1",
                 r#"dns_servers (none) → ["192.168.122.1"]"#,
-                r#"packages (none) → ["nginx","a b"]"#,
-                r#"runcmd (none) → ["echo hi"]"#,
+                "packages changed",
+                "runcmd changed",
             ]
         );
         assert!(remedy(&changes).contains("new disk"));
-        assert_eq!(diff(&recorded(&after), &fields(&after)), vec![]);
+        assert_eq!(diff(&recorded(&after), &fields(&after), SALT), vec![]);
         // A domain type chosen differently (kvm now) is drift too.
         let kvm = instance_fields(&after, &after.instances[0], DomainType::Kvm, "app-01-1");
-        let changes = diff(&recorded(&after), &kvm);
+        let changes = diff(&recorded(&after), &kvm, SALT);
         assert_eq!(changes[0].describe(), "domain_type qemu → kvm");
         assert!(remedy(&changes).contains("the disk is kept"));
     }
@@ -219,7 +244,7 @@ mod tests {
         for (_, v) in fields(&before) {
             assert!(!v.contains("old-secret") && !v.contains("AAAA"), "{v}");
         }
-        let changes = diff(&recorded(&before), &fields(&after));
+        let changes = diff(&recorded(&before), &fields(&after), SALT);
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(changes[0].describe(), "password changed");
         // The same password under another instance-id digests differently.
@@ -239,6 +264,45 @@ mod tests {
         let mut rec = recorded(&c);
         rec.retain(|(n, _)| n != "runcmd");
         rec.push(("retired_field".into(), "x".into()));
-        assert_eq!(diff(&rec, &fields(&c)), vec![]);
+        assert_eq!(diff(&rec, &fields(&c), SALT), vec![]);
+    }
+
+    /// `runcmd` and `packages` were recorded in clear text in the domain XML's metadata, which
+    /// any local user reads through libvirt's read-only socket, while the seed is 0600. Now
+    /// digests; a domain recorded in clear text by an older kvmprov still compares, without
+    /// false drift.
+    #[test]
+    fn regression_runcmd_and_packages_were_readable_in_the_domain_xml() {
+        let c = cfg(
+            "    packages: [nginx]\n    runcmd: [\"curl -H 'Token: s3cr3t' http://x\"]\n",
+            "s",
+        );
+        let rec = recorded(&c);
+        for (name, v) in &rec {
+            assert!(
+                !v.contains("s3cr3t") && !v.contains("nginx"),
+                "{name} recorded in clear text: {v}"
+            );
+        }
+        let value = |name: &str| rec.iter().find(|(n, _)| n == name).unwrap().1.clone();
+        assert_eq!(value("runcmd").len(), 16);
+        assert_eq!(value("packages").len(), 16);
+        // As an older kvmprov recorded them: clear JSON lists. Same config: no drift.
+        let mut old = rec.clone();
+        for (n, v) in old.iter_mut() {
+            match n.as_str() {
+                "packages" => *v = r#"["nginx"]"#.into(),
+                "runcmd" => *v = r#"["curl -H 'Token: s3cr3t' http://x"]"#.into(),
+                _ => {}
+            }
+        }
+        assert_eq!(diff(&old, &fields(&c), SALT), vec![]);
+        // A changed runcmd against the old clear text is drift, named without values.
+        let changed = cfg("    packages: [nginx]\n    runcmd: [\"true\"]\n", "s");
+        let d = diff(&old, &fields(&changed), SALT);
+        assert_eq!(
+            d.iter().map(Change::describe).collect::<Vec<_>>(),
+            vec!["runcmd changed"]
+        );
     }
 }

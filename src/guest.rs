@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use kvmprov_hypervisor::SshDest;
 
+use crate::output::sanitize;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
     #[error("cannot run ssh: {0}")]
@@ -312,12 +314,27 @@ fn wait_bounded(
     })
 }
 
+/// The most of a remote command's stdout or stderr kept: a guest can print without end, and
+/// what kvmprov parses or shows (cloud-init's status, ssh's messages, a console tail) is far
+/// smaller.
+const MAX_OUTPUT: u64 = 1024 * 1024;
+
+/// What a remote command printed (a guest or a hypervisor: neither is kvmprov), at most
+/// [`MAX_OUTPUT`] bytes of it, sanitized ([`sanitize`]). The rest is read and dropped, so the
+/// command never blocks on a full pipe.
 fn read_all<R: std::io::Read>(r: Option<&mut R>) -> String {
     let mut buf = Vec::new();
+    let mut cut = false;
     if let Some(r) = r {
-        let _ = r.read_to_end(&mut buf);
+        use std::io::Read;
+        let _ = r.by_ref().take(MAX_OUTPUT).read_to_end(&mut buf);
+        cut = std::io::copy(r, &mut std::io::sink()).is_ok_and(|n| n > 0);
     }
-    String::from_utf8_lossy(&buf).into_owned()
+    let mut text = sanitize(&String::from_utf8_lossy(&buf), true);
+    if cut {
+        text.push_str(&format!("\n(output cut at {} KiB)", MAX_OUTPUT / 1024));
+    }
+    text
 }
 
 /// Is TCP port `port` open on `addr`? One attempt, bounded.
@@ -374,10 +391,11 @@ const CONSOLE_TAIL_BYTES: u64 = 64 * 1024;
 
 /// The last `n` lines of a console log (for "why did it not come up" messages), read from at
 /// most its last [`CONSOLE_TAIL_BYTES`].
+/// The guest wrote it: escape sequences and control characters are taken out ([`sanitize`]).
 pub fn console_tail(path: &Path, n: usize) -> String {
     match read_end(path, CONSOLE_TAIL_BYTES) {
         Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
+            let text = sanitize(&String::from_utf8_lossy(&bytes), true);
             let lines: Vec<&str> = text
                 .lines()
                 .map(str::trim_end)
@@ -393,7 +411,12 @@ pub fn console_tail(path: &Path, n: usize) -> String {
 /// would read as a log line of its own).
 fn read_end(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
+    // Not through a link (a console log linked to kvmprov's private key would print the key),
+    // nor a FIFO (it would block).
+    let mut f = kvmprov_safefs::open_regular(path).map_err(|e| match e {
+        kvmprov_safefs::FsError::Io { source, .. } => source,
+        other => std::io::Error::other(other),
+    })?;
     let start = f.metadata()?.len().saturating_sub(max);
     f.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
@@ -408,14 +431,8 @@ fn read_end(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 
 /// The last `n` lines of a console log on a remote hypervisor, read over SSH.
 pub fn remote_console_tail(dest: &SshDest, path: &Path, n: usize) -> String {
-    let argv = [
-        "tail".to_string(),
-        "-n".into(),
-        n.to_string(),
-        "--".into(),
-        path.display().to_string(),
-    ];
-    match hypervisor_run(dest, &argv, Duration::from_secs(20)) {
+    match hypervisor_run(dest, &remote_tail_argv(path, n), Duration::from_secs(20)) {
+        // Sanitized as every remote command's output is (`read_all`).
         Ok(o) if o.code == Some(0) => o.stdout.trim_end().to_string(),
         Ok(o) => format!(
             "(cannot read it on {}: {})",
@@ -426,9 +443,24 @@ pub fn remote_console_tail(dest: &SshDest, path: &Path, n: usize) -> String {
     }
 }
 
+/// The command `remote_console_tail` runs: `tail` of a regular file only, never through a link
+/// (as [`console_tail`] locally): a log linked to a private key on the hypervisor must not be
+/// printed.
+fn remote_tail_argv(path: &Path, n: usize) -> Vec<String> {
+    vec![
+        "sh".to_string(),
+        "-c".into(),
+        r#"if [ -L "$1" ] || [ ! -f "$1" ]; then echo "$1 is not a regular file (a link or missing)" >&2; exit 1; fi; exec tail -n "$2" -- "$1""#.into(),
+        "sh".into(),
+        path.display().to_string(),
+        n.to_string(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn only_our_own_children_count_as_ours() {
@@ -589,5 +621,64 @@ mod tests {
         std::fs::write(&p, "a\nb\n\nc\nd\n").unwrap();
         assert_eq!(console_tail(&p, 2), "c\nd");
         assert!(console_tail(&t.path().join("none"), 2).contains("no console log"));
+    }
+
+    /// A guest set the terminal's title and cleared the screen through the console lines of a
+    /// timeout message; a console log linked to kvmprov's private key printed the key.
+    #[test]
+    fn regression_console_tail_printed_escape_sequences_and_followed_links() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("app-01-console.log");
+        std::fs::write(
+            &p,
+            "boot\r\n\x1b]0;owned\x07\x1b[2J\x1b[31mlogin:\x1b[0m \x7f\r\n",
+        )
+        .unwrap();
+        assert_eq!(console_tail(&p, 2), "boot\nlogin: \\x7f");
+        let key = t.path().join("id_ed25519");
+        std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----").unwrap();
+        let link = t.path().join("app-02-console.log");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        let shown = console_tail(&link, 5);
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        assert!(shown.contains("symbolic link"), "{shown}");
+    }
+
+    /// Output read from a guest over SSH was kept whole (a guest printing without end filled
+    /// memory) and unsanitized (cloud-init's messages reached the terminal with their escape
+    /// sequences).
+    #[test]
+    fn regression_ssh_output_was_unbounded_and_unsanitized() {
+        let mut flood = std::io::repeat(b'y').take(3 * MAX_OUTPUT);
+        let out = read_all(Some(&mut flood));
+        assert!(out.len() < MAX_OUTPUT as usize + 100, "{} bytes", out.len());
+        assert!(
+            out.ends_with("(output cut at 1024 KiB)"),
+            "{}",
+            &out[out.len() - 40..]
+        );
+        let mut guest: &[u8] = b"status: error\r\nerrors:\n\t- \x1b]2;owned\x07\x1b[2Jbad\n";
+        let out = read_all(Some(&mut guest));
+        assert_eq!(out, "status: error\nerrors:\n\t- bad\n");
+    }
+
+    #[test]
+    fn remote_console_tail_reads_no_link() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("a b-console.log");
+        std::fs::write(&log, "1\n2\n3\n").unwrap();
+        let link = t.path().join("c-console.log");
+        std::os::unix::fs::symlink(&log, &link).unwrap();
+        let run = |p: &Path| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(shell_words(&remote_tail_argv(p, 2)))
+                .output()
+                .unwrap()
+        };
+        let ok = run(&log);
+        assert_eq!(String::from_utf8_lossy(&ok.stdout), "2\n3\n");
+        let refused = run(&link);
+        assert!(!refused.status.success() && refused.stdout.is_empty());
     }
 }

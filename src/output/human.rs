@@ -22,16 +22,18 @@ pub fn render_line(o: &Outcome) -> String {
         Status::Done => "✓",
         Status::Failed(_) => "✗",
     };
+    // Reasons and errors quote paths, guests and image hosts: a last sanitizing pass (the text
+    // was sanitized where it entered; this one costs nothing and catches what was missed).
     let mut line = format!(
         "  {mark} {:<9} {:<18} {}",
         o.action.op.as_str(),
-        o.action.target,
-        o.action.reason
+        super::sanitize(&o.action.target, false),
+        super::sanitize(&o.action.reason, true)
     );
     match &o.status {
         Status::Failed(err) => {
             line.push_str("\n      error: ");
-            line.push_str(err);
+            line.push_str(&super::sanitize(err, true));
         }
         Status::Done if o.seconds >= 0.05 => line.push_str(&format!(" ({:.1}s)", o.seconds)),
         _ => {}

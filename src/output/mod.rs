@@ -9,10 +9,12 @@
 //! - [`human`]: the text renderings (action lines, the summary table, `check`, `ping`, `status`)
 //! - [`json`]: the envelope and each command's payload
 //! - [`progress`]: the download and upload progress (a bar on a terminal, else 10 % lines)
+//! - [`untrusted`]: the one sanitizer for text from guests and image hosts
 
 pub mod human;
 pub mod json;
 pub mod progress;
+pub mod untrusted;
 
 use std::io::Write;
 use std::sync::{Mutex, PoisonError};
@@ -21,6 +23,7 @@ use crate::config::Config;
 use crate::plan::{Outcome, StageReport};
 
 pub use json::{Payload, Probe};
+pub use untrusted::sanitize;
 
 /// How results are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]

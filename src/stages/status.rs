@@ -69,9 +69,9 @@ fn row(
         image: observed
             .metadata
             .map(|m| {
-                format!("{} {}", m.image_name, m.image_version.unwrap_or_default())
-                    .trim()
-                    .to_string()
+                // The version came from the image host's manifest: sanitized.
+                let version = crate::output::sanitize(&m.image_version.unwrap_or_default(), false);
+                format!("{} {version}", m.image_name).trim().to_string()
             })
             .unwrap_or_else(|| "-".into()),
         ip: ip.map(|a| a.to_string()),

@@ -3,7 +3,10 @@
 # one (app-0 vs app-01), one differing only in case (APP-01), one whose disk lives in the
 # instance pool, one whose disk path is a symlink into the cache, and an unrelated pool file.
 # A declared instance whose disk was replaced by a symlink to a file outside the pool: its
-# domain goes, the outside file stays, the refusal is reported.
+# domain goes, the outside file stays, the refusal is reported. A declared instance whose disk
+# links to another pool file and whose console log links to kvmprov's private key: the links go,
+# as links, and nothing else. A foreign domain whose raw disk starts with a qcow2 header naming a
+# FIFO: every cleanup and prune still finishes within seconds (they once blocked in open(fifo)).
 # Sourced by tests/e2e/run.sh.
 
 C="$E2E_DIR/cleanup"
@@ -18,7 +21,7 @@ CCFG="$C/vars.yml"
   - {instance_name: app-03, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}
 EOF
 } >"$CCFG"
-E2E_DOMAINS="$E2E_DOMAINS app-01 app-02 app-03 app-0 APP-01 decoy-pool decoy-link"
+E2E_DOMAINS="$E2E_DOMAINS app-01 app-02 app-03 app-0 APP-01 decoy-pool decoy-link decoy-fifo"
 ckp() { kp -c "$CCFG" "$@"; }
 
 # Declared instances, defined (not booted): disks, seeds, domains.
@@ -26,7 +29,7 @@ check "cleanup scenario: image cached" ckp image-cache
 check "cleanup scenario: provision stage creates disks and domains" ckp provision --stage provision
 
 # Decoys.
-decoy_domain() { # name disk
+decoy_domain() { # name disk [driver type]
     cat >"$C/$1.xml" <<EOF
 <domain type='qemu'>
   <name>$1</name>
@@ -35,7 +38,7 @@ decoy_domain() { # name disk
   <os><type arch='x86_64' machine='q35'>hvm</type></os>
   <devices>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
+      <driver name='qemu' type='${3:-qcow2}'/>
       <source file='$2'/>
       <target dev='vda' bus='virtio'/>
     </disk>
@@ -53,6 +56,11 @@ decoy_domain app-0 "$C/outside/app-0.qcow2"
 decoy_domain APP-01 "$C/outside/APP-01.qcow2"
 decoy_domain decoy-pool "$C/instances/decoy-pool.qcow2"
 decoy_domain decoy-link "$C/instances/decoy-link.qcow2"
+# A foreign domain whose *raw* disk carries a qcow2 header naming a FIFO (what a guest can write
+# into its own raw disk); `-u`: qemu-img must not open the FIFO itself.
+mkfifo "$C/outside/fifo"
+qemu-img create -q -f qcow2 -u -b "$C/outside/fifo" -F raw "$C/outside/raw-fifo.img" 64M
+decoy_domain decoy-fifo "$C/outside/raw-fifo.img" raw
 virsh_ns start app-0 >/dev/null
 virsh_ns start decoy-pool >/dev/null
 echo "operator notes" >"$C/instances/notes.txt"
@@ -68,14 +76,28 @@ fingerprint() {
         virsh_ns dumpxml --inactive "$d" 2>&1 | sha256sum
     done
     sha256sum "$C/outside/app-0.qcow2" "$C/outside/APP-01.qcow2" "$C/instances/decoy-pool.qcow2" \
-        "$cached_image" "$C/instances/notes.txt" "$C/outside/precious.img" 2>&1
+        "$cached_image" "$C/instances/notes.txt" "$C/outside/precious.img" "$C/outside/raw-fifo.img" 2>&1
+    virsh_ns dumpxml --inactive decoy-fifo 2>&1 | sha256sum
     readlink "$C/instances/decoy-link.qcow2"
 }
 listing() { virsh_ns list --all --name | sort; ls -la "$C/instances" | awk '{print $1, $5, $NF}'; }
 
+# kvmprov under `timeout 30`: status 124 is a run that hung (the FIFO), anything else finished.
+#   ckp30 ARGS... ; then $rc is kvmprov's status, $out its stdout ($C/last.err its stderr)
+ckp30() {
+    rc=0
+    out=$(timeout 30 ip netns exec "$E2E_NS" "$KVMPROV" -c "$CCFG" "$@" 2>"$C/last.err") || rc=$?
+}
+fifo_check() { # what
+    check "regression_cleanup_and_prune_hung_on_a_fifo_named_in_a_raw_disks_header: $1 finished within 30 s (status $rc)" \
+        test "$rc" -ne 124
+}
+
 before=$(fingerprint)
 all_before=$(listing)
-out=$(ckp cleanup 2>&1)
+ckp30 cleanup
+fifo_check "dry-run cleanup"
+check "dry-run cleanup succeeds beside a raw disk with a qcow2 header" test "$rc" -eq 0
 check "unconfirmed cleanup changes nothing (domains and pool listing)" test "$all_before" = "$(listing)"
 check "unconfirmed cleanup says how to confirm" grep -q "kvm_cleanup_confirmed=true" <<<"$out"
 check "decoys intact after unconfirmed cleanup" test "$before" = "$(fingerprint)"
@@ -84,7 +106,8 @@ check "decoys intact after unconfirmed cleanup" test "$before" = "$(fingerprint)
 virsh_ns start app-03 >/dev/null
 virsh_ns suspend app-03 >/dev/null
 check "app-03 is paused before cleanup" test "$(virsh_ns domstate app-03)" = paused
-out=$(ckp -e kvm_cleanup_confirmed=true cleanup 2>&1) || true
+ckp30 -e kvm_cleanup_confirmed=true cleanup
+fifo_check "confirmed cleanup"
 left=$(virsh_ns list --all --name)
 check "cleanup-force removed app-01, app-02 and the paused app-03" bash -c '! grep -qx "app-0[123]" <<<"$0"' "$left"
 check "cleanup-force kept the disks" test -f "$C/instances/app-01.qcow2"
@@ -92,7 +115,28 @@ check "decoys intact after cleanup-force" test "$before" = "$(fingerprint)"
 
 # Define the declared ones again (disks are still there) and remove them with their disks.
 ckp provision --stage provision >/dev/null 2>&1 || true
-out=$(ckp -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true --output json cleanup) || true
+# app-03's disk now links to another file of the pool, its console log to kvmprov's private key
+# (a stand-in when this run made no key): cleanup once deleted both targets and left the links.
+qemu-img create -q -f qcow2 "$C/instances/db-old.qcow2" 64M
+key="$C/instances/.kvmprov/id_ed25519"
+[ -f "$key" ] || { install -m 0600 /dev/null "$key" && echo "stand-in key" >"$key"; }
+rm -f "$C/instances/app-03.qcow2" "$C/instances/app-03-console.log"
+ln -s db-old.qcow2 "$C/instances/app-03.qcow2"
+ln -s .kvmprov/id_ed25519 "$C/instances/app-03-console.log"
+kept_files() { sha256sum "$C/instances/db-old.qcow2" "$key" 2>&1; }
+kept_before=$(kept_files)
+ckp30 -e kvm_cleanup_remove_instance_disks=true cleanup
+fifo_check "dry-run cleanup with disks"
+check "regression_cleanup_deleted_a_symlinks_target: the plan says only app-03's link goes" \
+    grep -qF "app-03.qcow2 (a symlink to $C/instances/db-old.qcow2: only the link is removed)" <<<"$out"
+ckp30 -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true --output json cleanup
+fifo_check "confirmed cleanup with disks"
+check "regression_cleanup_deleted_a_symlinks_target: the link's target and kvmprov's key survived" \
+    test "$kept_before" = "$(kept_files)"
+check "regression_cleanup_deleted_a_symlinks_target: both links were removed as links" \
+    test ! -L "$C/instances/app-03.qcow2" -a ! -L "$C/instances/app-03-console.log"
+check "regression_cleanup_deleted_a_symlinks_target: the report names the link" \
+    outcome "$out" app-03 delete "app-03-console.log \\(a symlink to .*id_ed25519: only the link is removed\\)"
 jq -r '.stages[].outcomes[] | select(.op == "refuse" or .op == "delete") | "  \(.op) \(.target) \(.reason)"' <<<"$out" || true
 left=$(virsh_ns list --all --name)
 check "cleanup-force-disks removed the declared domains" bash -c '! grep -qx "app-0[123]" <<<"$0"' "$left"
@@ -106,12 +150,15 @@ check "decoy app-0 is still running" test "$(virsh_ns domstate app-0)" = running
 check "cache file untouched" test -f "$cached_image"
 
 # image-cache prune: the cached image backs decoy-link's disk (through a symlink): kept.
-out=$(ckp --output json image-cache prune --yes)
+ckp30 --output json image-cache prune --yes
+fifo_check "image-cache prune --yes"
 kept() { jqt 'any(.stages[].outcomes[]; .op == "ok" and (.reason | test("backs a domain")))' <<<"$out" && test -f "$cached_image"; }
 check "prune keeps an image a domain's disk uses" kept
 virsh_ns undefine decoy-link >/dev/null
-out=$(ckp --output json image-cache prune)
+ckp30 --output json image-cache prune
+fifo_check "image-cache prune (listing)"
 listed() { jqt 'any(.stages[].outcomes[]; .op == "delete" and (.reason | test("used by no domain")))' <<<"$out" && test -f "$cached_image"; }
 check "prune without --yes only lists the unused image" listed
-ckp image-cache prune --yes >/dev/null 2>&1
+ckp30 image-cache prune --yes
+fifo_check "image-cache prune --yes (deleting)"
 check "prune --yes deletes it with its sidecar" test ! -e "$cached_image" -a ! -e "$cached_image.json"

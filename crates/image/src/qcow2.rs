@@ -15,7 +15,7 @@ const HEADER_LEN: usize = 32;
 /// qemu allows 1023; a little more is still a name, anything larger is a damaged header.
 const MAX_BACKING_NAME: u32 = 4096;
 /// Longest chain followed: a loop or a damaged file must not hold a run.
-const MAX_CHAIN: usize = 16;
+pub const MAX_CHAIN: usize = 16;
 
 /// What the header says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,18 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
     read(path, parse_header)
 }
 
+/// [`kvmprov_safefs::open_regular`], its refusals as I/O errors on `path` (the download code
+/// matches on the two kinds of error this module has).
+fn open(path: &Path) -> Result<File, Qcow2Error> {
+    kvmprov_safefs::open_regular(path).map_err(|e| Qcow2Error::Io {
+        path: path.to_path_buf(),
+        source: match e {
+            kvmprov_safefs::FsError::Io { source, .. } => source,
+            other => std::io::Error::other(other),
+        },
+    })
+}
+
 fn read(path: &Path, parse: fn(&[u8]) -> Result<Header, Problem>) -> Result<Header, Qcow2Error> {
     let io = |source| Qcow2Error::Io {
         path: path.to_path_buf(),
@@ -104,7 +116,9 @@ fn read(path: &Path, parse: fn(&[u8]) -> Result<Header, Problem>) -> Result<Head
         path: path.to_path_buf(),
         problem,
     };
-    let mut f = File::open(path).map_err(io)?;
+    // The path may come from a header a guest wrote: no link followed at its end, no FIFO or
+    // device opened (an open of a FIFO blocks until a writer comes), a regular file only.
+    let mut f = open(path)?;
     let mut bytes = Vec::with_capacity(HEADER_LEN);
     (&mut f)
         .take(HEADER_LEN as u64)
@@ -149,7 +163,8 @@ pub fn backing_file(path: &Path) -> Result<Option<PathBuf>, Qcow2Error> {
 }
 
 /// A file and the files under it, `backing` naming the one under each (from a local header,
-/// or from libvirt for a remote volume). Stops at a loop or after 16 files.
+/// or from libvirt for a remote volume). Stops at a loop or after [`MAX_CHAIN`] files: a chain
+/// a guest wrote into its own disk's header must not hold a run.
 pub fn backing_chain<E>(
     file: PathBuf,
     mut backing: impl FnMut(&Path) -> Result<Option<PathBuf>, E>,
@@ -223,5 +238,37 @@ mod tests {
         let a = t.path().join("a.qcow2");
         std::fs::write(&a, header(1, Some("a.qcow2"))).unwrap();
         assert_eq!(backing_chain(a.clone(), backing_file).unwrap(), vec![a]);
+    }
+
+    /// A foreign domain's raw disk started with a qcow2 header naming a FIFO: reading the chain
+    /// opened the FIFO with a plain `open`, which blocks until a writer comes (cleanup and
+    /// prune hung forever). Now the FIFO is refused at once, and so is a link.
+    #[test]
+    fn regression_backing_chain_opened_a_fifo_named_in_a_guest_written_header() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let disk = t.path().join("raw.img");
+        std::fs::write(&disk, header(1 << 20, Some(fifo.to_str().unwrap()))).unwrap();
+        // On a thread: the old code never returns, and the test must fail, not hang.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = disk.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(backing_chain(d, |f| {
+                backing_file(f).map_err(|e| e.to_string())
+            }));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("reading the backing chain blocked on a FIFO");
+        let e = got.unwrap_err();
+        assert!(e.contains("a FIFO, not a regular file"), "{e}");
+        assert!(matches!(backing_file(&fifo), Err(Qcow2Error::Io { .. })));
+        // A link is not followed either.
+        let link = t.path().join("link.qcow2");
+        std::os::unix::fs::symlink(&disk, &link).unwrap();
+        assert!(backing_file(&link).is_err());
     }
 }

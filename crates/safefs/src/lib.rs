@@ -272,6 +272,36 @@ pub fn lexical_absolute(path: &Path) -> PathBuf {
     out
 }
 
+/// Open `path` read-only for reading a file whose name came from somewhere kvmprov does not
+/// control (a disk's backing file named in a qcow2 header, a console log): its last component
+/// is not followed (`O_NOFOLLOW`), a FIFO or device cannot block the open (`O_NONBLOCK`), and
+/// anything but a regular file is refused after `fstat`. Resolve the links above it first
+/// (`canonicalize`) if they are to count.
+pub fn open_regular(path: &Path) -> Result<File, FsError> {
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match rfs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP) => {
+            return Err(FsError::Symlink {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    let e = Entry::of(&rfs::fstat(&fd).map_err(io("inspect", path))?);
+    if e.kind != FileType::RegularFile {
+        return Err(FsError::WrongType {
+            path: path.to_path_buf(),
+            found: type_name(e.kind),
+            want: "a regular file",
+        });
+    }
+    // A regular file's reads never block; ordinary semantics for the caller.
+    rfs::fcntl_setfl(&fd, OFlags::RDONLY).map_err(io("open", path))?;
+    Ok(File::from(fd))
+}
+
 /// A directory opened without following a link at its last component, checked through the handle.
 /// Everything kvmprov does inside goes through it.
 #[derive(Debug)]

@@ -226,3 +226,30 @@ fn regression_acl_granting_another_user_write_passed_as_root_group() {
     let e = check_tree(&d).unwrap_err();
     assert!(e.to_string().contains("user 65534"), "{e}");
 }
+
+#[test]
+fn open_regular_refuses_links_fifos_and_directories_without_blocking() {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("disk.qcow2");
+    std::fs::write(&file, b"data").unwrap();
+    let mut s = String::new();
+    use std::io::Read;
+    open_regular(&file).unwrap().read_to_string(&mut s).unwrap();
+    assert_eq!(s, "data");
+    let link = t.path().join("link");
+    symlink(&file, &link).unwrap();
+    assert!(matches!(open_regular(&link), Err(FsError::Symlink { .. })));
+    // A FIFO nobody writes to: a plain open would block forever.
+    let fifo = t.path().join("fifo");
+    rustix::fs::mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+    let e = open_regular(&fifo).unwrap_err();
+    assert!(e.to_string().contains("a FIFO, not a regular file"), "{e}");
+    assert!(matches!(
+        open_regular(t.path()),
+        Err(FsError::WrongType { .. })
+    ));
+    assert!(matches!(
+        open_regular(&t.path().join("none")),
+        Err(FsError::Io { .. })
+    ));
+}

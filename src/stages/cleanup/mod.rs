@@ -4,7 +4,9 @@
 //! byte; a declared name missing in libvirt is skipped; undeclared domains are never touched;
 //! disks only with `kvm_cleanup_remove_instance_disks=true`, and then only the instance's own
 //! files whose real path (symlinks resolved) lies inside the instance pool, is not in the image
-//! cache and is used by no other domain. Without `kvm_cleanup_confirmed=true` nothing changes.
+//! cache and is used by no other domain; a file that is a symlink is removed as the link, never
+//! its target (`unlinkat` on the directory's handle). Without `kvm_cleanup_confirmed=true`
+//! nothing changes.
 //!
 //! Applying stops at the first failed step of an instance (its later steps are skipped: an
 //! undefine or a disk deletion after a failed destroy would act on a guest that may still
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
+use kvmprov_safefs::Dir;
 
 use plan::{apply, plan, CleanupError, FileFacts, Observed, Step};
 
@@ -59,22 +62,12 @@ fn observe(cfg: &Config, hv: &Hypervisor) -> Result<Observed, HvError> {
                     real: remote_volumes.contains(&path).then(|| path.clone()),
                     path,
                     dangling: false,
+                    link: false,
                     remote: true,
                 });
                 continue;
             }
-            let is_link = path
-                .symlink_metadata()
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false);
-            let resolved = path.canonicalize().ok();
-            files.push(FileFacts {
-                instance: inst.name.clone(),
-                dangling: is_link && resolved.is_none(),
-                real: resolved,
-                path,
-                remote: false,
-            });
+            files.push(local_facts(&inst.name, path));
         }
     }
     Ok(Observed {
@@ -91,6 +84,37 @@ fn observe(cfg: &Config, hv: &Hypervisor) -> Result<Observed, HvError> {
             cfg.image_cache_path.clone()
         },
     })
+}
+
+/// What a local file of `instance` is: symlinks resolved to decide (a link out of the pool or
+/// into the cache is refused by the plan), and whether the name itself is a link (then only the
+/// link may go).
+fn local_facts(instance: &str, path: PathBuf) -> FileFacts {
+    let link = path
+        .symlink_metadata()
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false);
+    let resolved = path.canonicalize().ok();
+    FileFacts {
+        instance: instance.to_string(),
+        dangling: link && resolved.is_none(),
+        real: resolved,
+        link,
+        path,
+        remote: false,
+    }
+}
+
+/// Remove the name `path` through a handle on its directory (`unlinkat`): a symlink goes as the
+/// link, whatever it points to, and a link swapped in since the plan is no different.
+fn delete_name(path: &Path) -> Result<(), CleanupError> {
+    let dir = Dir::trusted(path.parent().unwrap_or(Path::new("/")))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    dir.remove_file(name)?;
+    Ok(())
 }
 
 fn stop(hv: &Hypervisor, name: &str) -> Result<(), HvError> {
@@ -138,13 +162,7 @@ fn exec(hv: &Hypervisor, cfg: &Config, name: &str, step: &Step) -> Result<(), Cl
                 None => Ok(()),
             }
         }
-        Step::Delete(path) => match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CleanupError::Delete {
-                path: path.clone(),
-                source: e,
-            }),
-            _ => Ok(()),
-        },
+        Step::Delete { path, .. } => delete_name(path),
     }
 }
 
@@ -200,4 +218,84 @@ fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {
         }
     }
     Ok(vec![report])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// `<pool>/app-01.qcow2 -> db-old.qcow2` and `<pool>/app-01-console.log ->
+    /// .kvmprov/id_ed25519`: a confirmed cleanup with disks printed `delete …/app-01.qcow2`
+    /// and deleted `db-old.qcow2` and kvmprov's own private key (the links' targets), leaving
+    /// both links. Now the links go, as links, the plan line says so, and the targets stay.
+    #[test]
+    fn regression_cleanup_deleted_a_symlinks_target() {
+        let t = tempfile::tempdir().unwrap();
+        let pool = t.path().canonicalize().unwrap().join("pool");
+        std::fs::create_dir_all(pool.join(".kvmprov")).unwrap();
+        std::fs::write(pool.join("db-old.qcow2"), b"another instance's disk").unwrap();
+        std::fs::write(pool.join(".kvmprov/id_ed25519"), b"kvmprov's key").unwrap();
+        symlink("db-old.qcow2", pool.join("app-01.qcow2")).unwrap();
+        symlink(".kvmprov/id_ed25519", pool.join("app-01-console.log")).unwrap();
+        std::fs::write(pool.join("app-01-seed.iso"), b"seed").unwrap();
+        let text = format!(
+            "kvm_image_cache_path: {cache}\nkvm_instance_disk_pool_path: {pool}\n\
+             kvm_cleanup_remove_instance_disks: true\nkvm_cleanup_confirmed: true\n\
+             kvm_cloud_image_catalog:\n  - {{image_name: d, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}}\n\
+             kvm_instance_definitions:\n  - {{instance_name: app-01, image_name: d}}\n",
+            cache = t.path().join("cache").display(),
+            pool = pool.display()
+        );
+        let cfg = crate::config::parse(Path::new("t.yml"), &text, &[]).unwrap();
+        let observed = Observed {
+            domains: Vec::new(),
+            files: instance_files(&cfg, "app-01")
+                .into_iter()
+                .map(|p| local_facts("app-01", p))
+                .collect(),
+            pool_real: pool.clone(),
+            cache_real: t.path().join("cache"),
+        };
+        let outcomes = apply(
+            plan(&cfg, &observed),
+            false,
+            |_, step| match step {
+                Step::Delete { path, .. } => delete_name(path),
+                _ => Ok(()),
+            },
+            || Ok(Vec::new()),
+            |_| {},
+        );
+        let lines: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.action.op == crate::plan::Op::Delete)
+            .map(|o| o.action.reason.clone())
+            .collect();
+        assert!(outcomes.iter().all(|o| !o.failed()), "{outcomes:?}");
+        assert_eq!(
+            std::fs::read(pool.join("db-old.qcow2")).unwrap(),
+            b"another instance's disk"
+        );
+        assert_eq!(
+            std::fs::read(pool.join(".kvmprov/id_ed25519")).unwrap(),
+            b"kvmprov's key"
+        );
+        for gone in ["app-01.qcow2", "app-01-console.log", "app-01-seed.iso"] {
+            assert!(
+                pool.join(gone).symlink_metadata().is_err(),
+                "{gone} is left"
+            );
+        }
+        assert_eq!(
+            lines[0],
+            format!(
+                "{} (a symlink to {}: only the link is removed)",
+                pool.join("app-01.qcow2").display(),
+                pool.join("db-old.qcow2").display()
+            )
+        );
+        assert_eq!(lines[1], pool.join("app-01-seed.iso").display().to_string());
+        assert!(lines[2].contains("a symlink to") && lines[2].contains("id_ed25519"));
+    }
 }

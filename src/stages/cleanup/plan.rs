@@ -22,6 +22,8 @@ pub struct FileFacts {
     /// `None`: does not exist (or is a dangling link: then `dangling` is set).
     pub real: Option<PathBuf>,
     pub dangling: bool,
+    /// `path` itself is a symbolic link (to `real`): only the link may go, never its target.
+    pub link: bool,
     /// A volume in the instance pool of a remote hypervisor (deleted through libvirt, which
     /// unlinks the pool's own directory entry and never follows a symlink out of the pool).
     pub remote: bool,
@@ -45,7 +47,12 @@ pub enum Step {
     Undefine {
         ours: bool,
     },
-    Delete(PathBuf),
+    /// Remove the name `path` (a link as the link). `real`: what it resolves to, which no
+    /// active domain may use at the time of the deletion.
+    Delete {
+        path: PathBuf,
+        real: PathBuf,
+    },
     /// A remote instance-pool volume: its name, and its path as the hypervisor names it.
     DeleteVolume {
         name: String,
@@ -55,10 +62,10 @@ pub enum Step {
 }
 
 impl Step {
-    /// The file a deleting step removes.
+    /// The file an active domain must not use when a deleting step runs.
     fn deletes(&self) -> Option<&Path> {
         match self {
-            Step::Delete(path) | Step::DeleteVolume { path, .. } => Some(path),
+            Step::Delete { real: path, .. } | Step::DeleteVolume { path, .. } => Some(path),
             _ => None,
         }
     }
@@ -165,11 +172,13 @@ fn file_step(f: &FileFacts, o: &Observed, foreign: &[&PathBuf]) -> Option<(Actio
     };
     Some(match refusal {
         Some(why) => (Action::new(&f.instance, Op::Refuse, why), Step::Refuse),
+        // libvirt's vol-delete unlinks the volume's own path in the pool (a symlink as the
+        // link, never its target), so the line names that path.
         None if f.remote => (
             Action::new(
                 &f.instance,
                 Op::Delete,
-                format!("{shown} (volume on the hypervisor)"),
+                format!("{shown} (volume on the hypervisor; a symlink goes as the link)"),
             ),
             Step::DeleteVolume {
                 name: f
@@ -180,9 +189,27 @@ fn file_step(f: &FileFacts, o: &Observed, foreign: &[&PathBuf]) -> Option<(Actio
                 path: f.path.clone(),
             },
         ),
+        // A link is removed as the link: the line says so, and names what stays.
+        None if f.link => (
+            Action::new(
+                &f.instance,
+                Op::Delete,
+                format!(
+                    "{shown} (a symlink to {}: only the link is removed)",
+                    real.display()
+                ),
+            ),
+            Step::Delete {
+                path: f.path.clone(),
+                real: real.clone(),
+            },
+        ),
         None => (
             Action::new(&f.instance, Op::Delete, shown),
-            Step::Delete(real.clone()),
+            Step::Delete {
+                path: f.path.clone(),
+                real: real.clone(),
+            },
         ),
     })
 }
@@ -255,12 +282,8 @@ pub enum CleanupError {
     Hypervisor(#[from] HvError),
     #[error("{} is used by active domain {domains}: not deleted (stop it first)", path.display())]
     InUse { path: PathBuf, domains: String },
-    #[error("cannot delete {path}: {source}")]
-    Delete {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Delete(#[from] kvmprov_safefs::FsError),
 }
 
 #[cfg(test)]
@@ -292,6 +315,7 @@ mod tests {
             path: path.into(),
             real: real.map(PathBuf::from),
             dangling: false,
+            link: false,
             remote: false,
         }
     }
@@ -337,7 +361,10 @@ mod tests {
             .all(|(a, _)| a.op != Op::Delete && a.op != Op::Refuse));
         let p = plan(&cfg(true), &observed(files));
         let steps: Vec<&Step> = p.iter().map(|(_, s)| s).collect();
-        assert!(steps.contains(&&Step::Delete("/p/app-01.qcow2".into())));
+        assert!(steps.contains(&&Step::Delete {
+            path: "/p/app-01.qcow2".into(),
+            real: "/p/app-01.qcow2".into()
+        }));
         let refused: Vec<&str> = p
             .iter()
             .filter(|(a, _)| a.op == Op::Refuse)
@@ -399,7 +426,13 @@ mod tests {
             vec![
                 ("app-01".to_string(), Step::Stop),
                 ("gone".to_string(), Step::Undefine { ours: true }),
-                ("gone".to_string(), Step::Delete("/p/gone.qcow2".into())),
+                (
+                    "gone".to_string(),
+                    Step::Delete {
+                        path: "/p/gone.qcow2".into(),
+                        real: "/p/gone.qcow2".into()
+                    }
+                ),
             ]
         );
         let app: Vec<&Outcome> = outcomes
@@ -434,7 +467,7 @@ mod tests {
         let now = vec![dom("app-02", DomainState::Paused, &["/p/app-01.qcow2"])];
         let (outcomes, done) = apply_with(plan(&cfg(true), &o), Step::Skip, now);
         assert!(
-            !done.iter().any(|(_, s)| matches!(s, Step::Delete(_))),
+            !done.iter().any(|(_, s)| matches!(s, Step::Delete { .. })),
             "{done:?}"
         );
         let delete = outcomes.iter().find(|o| o.action.op == Op::Delete).unwrap();
@@ -448,7 +481,13 @@ mod tests {
         // Shut off, it no longer holds the file.
         let off = vec![dom("app-02", DomainState::ShutOff, &["/p/app-01.qcow2"])];
         let (_, done) = apply_with(plan(&cfg(true), &o), Step::Skip, off);
-        assert!(done.contains(&("app-01".into(), Step::Delete("/p/app-01.qcow2".into()))));
+        assert!(done.contains(&(
+            "app-01".into(),
+            Step::Delete {
+                path: "/p/app-01.qcow2".into(),
+                real: "/p/app-01.qcow2".into()
+            }
+        )));
     }
 
     #[test]

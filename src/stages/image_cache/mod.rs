@@ -27,7 +27,8 @@ pub enum Step {
 /// Pure: the action line for one image.
 pub fn plan_one(r: &Resolved, step: &Step) -> Action {
     let short = &r.sha512[..16.min(r.sha512.len())];
-    let version = r.version.as_deref().unwrap_or("unversioned");
+    // The image host's label: shown only sanitized.
+    let version = crate::output::sanitize(r.version.as_deref().unwrap_or("unversioned"), false);
     match step {
         Step::Keep(c) => Action::new(
             &r.image_name,
@@ -201,5 +202,22 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("https://***@mirror.example/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2?***"), "{line}");
+    }
+
+    /// The image host's JSON `version` label was printed with its escape sequences (a title
+    /// set, the screen cleared). Now sanitized wherever it is shown.
+    #[test]
+    fn regression_image_version_label_printed_escape_sequences() {
+        let r = Resolved {
+            image_name: "debian-12".into(),
+            download_url: "http://mirror/d.qcow2".into(),
+            sha512: "ab".repeat(64),
+            version: Some("20241004-1890\x1b]0;owned\x07\x1b[2J\x7f".into()),
+            file_name: "d.qcow2".into(),
+            source: "json".into(),
+        };
+        let line = plan_one(&r, &Step::Download).reason;
+        assert!(line.starts_with("20241004-1890\\x7f sha512:"), "{line:?}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
     }
 }

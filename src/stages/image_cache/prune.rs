@@ -31,50 +31,71 @@ pub enum PruneError {
 
 /// The files under the qcow2 files of a host's instance pool (their backing chains), each with
 /// the disk it backs. Disks no domain references any more (kept by `cleanup-force`) count too:
-/// deleting their base would ruin them. Local pools are read from the files' qcow2 headers,
-/// remote ones through libvirt's volumes.
+/// deleting their base would ruin them. libvirt's view of the pool's volumes is used where it
+/// has one (it reads the headers itself, and kvmprov then opens nothing a guest could have
+/// named); a local directory libvirt has no pool for is read from the headers of its `.qcow2`
+/// files only (console logs, seeds and NVRAM are never disks), each opened without following a
+/// link or blocking on a FIFO.
 fn pool_backing(s: &Session, hv: &Hypervisor) -> Result<Vec<(PathBuf, PathBuf)>, PruneError> {
     let pool = &s.cfg.instance_pool_path;
+    let local = is_local(hv.uri());
     let mut out = Vec::new();
-    if is_local(hv.uri()) {
-        let entries = match std::fs::read_dir(pool) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(source) => {
-                return Err(PruneError::Pool {
-                    path: pool.clone(),
-                    source,
-                })
+    match hv.pool_by_path(pool)?.filter(|p| p.active) {
+        Some(p) => {
+            hv.refresh_pool(&p.name)?;
+            // Locally, real paths: the cache is compared by its real path.
+            let real = |p: PathBuf| {
+                if local {
+                    p.canonicalize().unwrap_or(p)
+                } else {
+                    p
+                }
+            };
+            for v in hv.volumes(&p.name)? {
+                let chain = qcow2::backing_chain(v.path.clone(), |f| {
+                    Ok::<_, HvError>(hv.volume_by_path(f)?.and_then(|v| v.backing_path.map(real)))
+                })?;
+                out.extend(chain.into_iter().skip(1).map(|b| (b, v.path.clone())));
             }
-        };
-        let real = |p: PathBuf| p.canonicalize().unwrap_or(p);
-        for entry in entries {
-            let entry = entry.map_err(|source| PruneError::Pool {
-                path: pool.clone(),
-                source,
-            })?;
-            // Regular files only: kvmprov's state directory and links are not disks of the pool.
-            if !entry.file_type().is_ok_and(|t| t.is_file()) {
-                continue;
-            }
-            let disk = entry.path();
-            let chain = qcow2::backing_chain(disk.clone(), |f| {
-                qcow2::backing_file(f).map(|b| b.map(real))
-            })
-            .map_err(PruneError::Header)?;
-            out.extend(chain.into_iter().skip(1).map(|b| (b, disk.clone())));
         }
-        return Ok(out);
+        None if local => out = local_pool_backing(pool)?,
+        None => {}
     }
-    let Some(p) = hv.pool_by_path(pool)?.filter(|p| p.active) else {
-        return Ok(out);
+    Ok(out)
+}
+
+/// [`pool_backing`] for a local directory libvirt has no pool for.
+fn local_pool_backing(pool: &Path) -> Result<Vec<(PathBuf, PathBuf)>, PruneError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(pool) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(PruneError::Pool {
+                path: pool.to_path_buf(),
+                source,
+            })
+        }
     };
-    hv.refresh_pool(&p.name)?;
-    for v in hv.volumes(&p.name)? {
-        let chain = qcow2::backing_chain(v.path.clone(), |f| {
-            Ok::<_, HvError>(hv.volume_by_path(f)?.and_then(|v| v.backing_path))
+    let real = |p: PathBuf| p.canonicalize().unwrap_or(p);
+    for entry in entries {
+        let entry = entry.map_err(|source| PruneError::Pool {
+            path: pool.to_path_buf(),
+            source,
         })?;
-        out.extend(chain.into_iter().skip(1).map(|b| (b, v.path.clone())));
+        // Regular `.qcow2` files only: kvmprov's state directory, links, console logs (which a
+        // guest writes), seeds and NVRAM stores are not overlays.
+        let disk = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_file())
+            || disk.extension().and_then(|e| e.to_str()) != Some("qcow2")
+        {
+            continue;
+        }
+        let chain = qcow2::backing_chain(disk.clone(), |f| {
+            qcow2::backing_file(f).map(|b| b.map(real))
+        })
+        .map_err(PruneError::Header)?;
+        out.extend(chain.into_iter().skip(1).map(|b| (b, disk.clone())));
     }
     Ok(out)
 }
@@ -157,22 +178,79 @@ pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
 }
 
 /// A cached version, its sidecar and its writer lock (no writer can hold it: the prune holds
-/// the cache exclusively, and writers take it shared first).
-fn delete_cached(path: &Path) -> Result<(), std::io::Error> {
-    std::fs::remove_file(path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+/// the cache exclusively, and writers take it shared first). Each removed as a name in the
+/// cache directory: a link as the link.
+fn delete_cached(path: &Path) -> Result<(), kvmprov_safefs::FsError> {
+    let dir = kvmprov_safefs::Dir::trusted(path.parent().unwrap_or(Path::new(".")))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    dir.remove_file(&name)?;
     for extra in [
         kvmprov_image::sidecar_path(path),
-        kvmprov_image::writer_lock_path(dir, &name),
+        kvmprov_image::writer_lock_path(dir.path(), &name),
     ] {
-        match std::fs::remove_file(&extra) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        if let Some(n) = extra.file_name().and_then(|n| n.to_str()) {
+            dir.remove_file(n)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A guest wrote a qcow2 header naming a FIFO into its console log (and a foreign raw disk
+    /// in the pool carried one too): prune read every regular file of the pool as a qcow2 and
+    /// opened the FIFO, hanging forever. Only `.qcow2` files are read now, and none through a
+    /// FIFO or a link.
+    #[test]
+    fn regression_prune_read_console_logs_and_raw_disks_as_qcow2() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let name = fifo.to_str().unwrap().as_bytes();
+        let mut h = vec![0u8; 104];
+        h[..4].copy_from_slice(qcow2::MAGIC);
+        h[4..8].copy_from_slice(&3u32.to_be_bytes());
+        h[8..16].copy_from_slice(&104u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+        h.extend_from_slice(name);
+        std::fs::write(t.path().join("app-01-console.log"), &h).unwrap();
+        std::fs::write(t.path().join("foreign.img"), &h).unwrap();
+        let pool = t.path().to_path_buf();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(local_pool_backing(&pool).map_err(|e| e.to_string()));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("prune blocked reading a FIFO named in a guest-written header");
+        assert_eq!(got, Ok(vec![]));
+    }
+
+    #[test]
+    fn deleting_a_cached_version_removes_a_link_not_its_target() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside.qcow2");
+        std::fs::write(&outside, b"precious").unwrap();
+        let cache = t.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        std::os::unix::fs::symlink(&outside, cache.join("d-0123.qcow2")).unwrap();
+        delete_cached(&cache.join("d-0123.qcow2")).unwrap();
+        assert!(cache.join("d-0123.qcow2").symlink_metadata().is_err());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+    }
 }

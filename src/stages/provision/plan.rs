@@ -82,6 +82,7 @@ fn differences(
         Some((m, recorded)) => drift::diff(
             recorded,
             &drift::instance_fields(cfg, inst, domain_type, &m.instance_id),
+            &m.instance_id,
         ),
         None => Vec::new(),
     };
@@ -162,11 +163,11 @@ fn edited(
 
 /// The action line for a plan.
 pub fn describe(inst: &Instance, p: &InstancePlan, image: Option<&CachedImage>) -> Action {
+    // The version label came from the image host: sanitized.
     let version = image
-        .map(|c| {
-            c.version
-                .clone()
-                .unwrap_or_else(|| c.sha512.chars().take(16).collect())
+        .map(|c| match &c.version {
+            Some(v) => crate::output::sanitize(v, false),
+            None => c.sha512.chars().take(16).collect(),
         })
         .unwrap_or_default();
     match p {

@@ -7,23 +7,17 @@
 //! `KVMPROV_HV_TEST_NETWORK` (default `default`). Everything it creates is removed again.
 //! Run the daemon inside a network namespace of its own (see DESIGN.md §4).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kvmprov_hypervisor::xml::{self, DomainSpec, DomainType, KvmprovMetadata};
-use kvmprov_hypervisor::{DomainState, Hypervisor, PoolAction};
+use kvmprov_hypervisor::{DomainState, Firmware, Hypervisor, PoolAction};
 
 #[test]
 fn real_daemon_storage_and_domain() {
-    let (Ok(uri), Ok(dir)) = (
-        std::env::var("KVMPROV_HV_TEST_URI"),
-        std::env::var("KVMPROV_HV_TEST_DIR"),
-    ) else {
-        eprintln!("skipped: set KVMPROV_HV_TEST_URI and KVMPROV_HV_TEST_DIR to run against a real libvirtd");
+    let Some((uri, dir, network)) = real_daemon() else {
         return;
     };
-    let network = std::env::var("KVMPROV_HV_TEST_NETWORK").unwrap_or_else(|_| "default".into());
-    let dir = PathBuf::from(dir);
     let tag = format!("kvmhv-test-{}", std::process::id());
     let hv = Hypervisor::connect(&uri).unwrap();
     let host = hv.host_info().unwrap();
@@ -116,4 +110,146 @@ fn real_daemon_storage_and_domain() {
     let _ = std::fs::remove_file(&spec.console_log);
     let _ = std::fs::remove_dir(&pool_dir);
     let _ = std::fs::remove_file(&base);
+}
+
+/// The real daemon's URI, scratch directory and network, or `None` (the test is skipped).
+fn real_daemon() -> Option<(String, PathBuf, String)> {
+    let (Ok(uri), Ok(dir)) = (
+        std::env::var("KVMPROV_HV_TEST_URI"),
+        std::env::var("KVMPROV_HV_TEST_DIR"),
+    ) else {
+        eprintln!("skipped: set KVMPROV_HV_TEST_URI and KVMPROV_HV_TEST_DIR to run against a real libvirtd");
+        return None;
+    };
+    let network = std::env::var("KVMPROV_HV_TEST_NETWORK").unwrap_or_else(|_| "default".into());
+    Some((uri, PathBuf::from(dir), network))
+}
+
+/// A domain of ours with `firmware` on a blank disk (nothing boots: libvirt's choice of
+/// firmware is what is looked at).
+fn firmware_spec(
+    name: &str,
+    (disk, seed): (&Path, &Path),
+    dir: &Path,
+    network: &str,
+    firmware: Firmware,
+) -> DomainSpec {
+    DomainSpec {
+        name: name.into(),
+        domain_type: DomainType::Qemu,
+        vcpus: 1,
+        memory_mib: 256,
+        disk_path: disk.to_path_buf(),
+        // Any file serves as the CD: the guest is destroyed before it reads it.
+        seed_path: seed.to_path_buf(),
+        network: network.into(),
+        mac: xml::mac_for(name),
+        console_log: dir.join(format!("{name}-console.log")),
+        firmware,
+        metadata: KvmprovMetadata {
+            image_name: "test".into(),
+            image_version: None,
+            image_sha512: String::new(),
+            config_digest: "d".into(),
+            instance_id: format!("{name}-1"),
+            fields: None,
+        },
+    }
+}
+
+/// libvirt 9.0 refused kvmprov's plain UEFI domain at define ("loader attribute 'secure'
+/// cannot be specified when firmware autoselection is enabled"). Both UEFI variants must be
+/// defined and started, libvirt must pick OVMF's plain build for the one and the Secure Boot
+/// build for the other, and kvmprov must read each back as what it asked for.
+#[test]
+fn real_daemon_regression_uefi_without_secure_boot_was_refused_at_define() {
+    let Some((uri, dir, network)) = real_daemon() else {
+        return;
+    };
+    let hv = Hypervisor::connect(&uri).unwrap();
+    let support = hv.firmware_support(DomainType::Qemu).unwrap();
+    if !support.efi {
+        eprintln!("skipped: no OVMF on this host ({support:?})");
+        return;
+    }
+    hv.start_network(&network).unwrap();
+    let tag = format!("kvmhv-fw-{}", std::process::id());
+    let disk = dir.join(format!("{tag}.qcow2"));
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .output()
+        .expect("qemu-img (qemu-utils) is installed");
+    assert!(out.status.success(), "{out:?}");
+    let seed = dir.join(format!("{tag}-seed.iso"));
+    std::fs::write(&seed, vec![0u8; 64 * 1024]).unwrap();
+
+    let mut variants = vec![(false, "uefi")];
+    if support.secure_boot {
+        variants.push((true, "uefi+secure-boot"));
+    }
+    let mut failures = Vec::new();
+    for (secure_boot, want) in variants {
+        let name = format!("{tag}-{}", if secure_boot { "sb" } else { "plain" });
+        let nvram = dir.join(format!("{name}_VARS.fd"));
+        let spec = firmware_spec(
+            &name,
+            (&disk, &seed),
+            &dir,
+            &network,
+            Firmware::Uefi {
+                secure_boot,
+                nvram: nvram.clone(),
+            },
+        );
+        let result = (|| -> Result<(String, String), String> {
+            hv.define(&xml::domain_xml(&spec))
+                .map_err(|e| e.to_string())?;
+            let defined = xml::parse_domain_xml(&hv.domain_xml(&name).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?
+                .firmware;
+            hv.start(&name).map_err(|e| e.to_string())?;
+            Ok((defined, hv.domain_xml(&name).map_err(|e| e.to_string())?))
+        })();
+        // Clean up before judging: a failed assertion must not leave a domain behind.
+        let _ = hv.destroy(&name);
+        let _ = hv.undefine(&name, true);
+        let _ = std::fs::remove_file(&nvram);
+        let _ = std::fs::remove_file(&spec.console_log);
+        match result {
+            Err(e) => failures.push(format!("{name}: {e}")),
+            Ok((defined, live)) => {
+                let observed = xml::parse_domain_xml(&live).unwrap();
+                let loader = live
+                    .lines()
+                    .find(|l| l.contains("<loader"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                eprintln!("{name}: {loader}");
+                if defined != want || observed.firmware != want {
+                    failures.push(format!(
+                        "{name}: read back as {defined} (defined) / {} (running), want {want}",
+                        observed.firmware
+                    ));
+                }
+                if observed.nvram.as_deref() != Some(nvram.as_path()) {
+                    failures.push(format!(
+                        "{name}: NVRAM {:?}, want {nvram:?}",
+                        observed.nvram
+                    ));
+                }
+                // Debian's ovmf: the plain build is OVMF_CODE_4M.fd; `.ms`/`.secboot` are the
+                // Secure Boot builds.
+                let sb_build = loader.contains(".ms.") || loader.contains("secboot");
+                if sb_build != secure_boot {
+                    failures.push(format!("{name}: libvirt chose {loader}"));
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&disk);
+    let _ = std::fs::remove_file(&seed);
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -7,11 +7,17 @@
 //! `KVMPROV_HV_TEST_NETWORK` (default `default`). Everything it creates is removed again.
 //! Run the daemon inside a network namespace of its own (see DESIGN.md §4).
 
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use kvmprov_hypervisor::xml::{self, DomainSpec, DomainType, KvmprovMetadata};
-use kvmprov_hypervisor::{DomainState, Firmware, Hypervisor, PoolAction};
+use kvmprov_hypervisor::{keepalive_deadline, DomainState, Firmware, Hypervisor, PoolAction};
 
 #[test]
 fn real_daemon_storage_and_domain() {
@@ -252,4 +258,122 @@ fn real_daemon_regression_uefi_without_secure_boot_was_refused_at_define() {
     let _ = std::fs::remove_file(&disk);
     let _ = std::fs::remove_file(&seed);
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A unix-socket relay between a libvirt client and the daemon's socket that can go silent:
+/// once frozen it delivers nothing either way and closes nothing (what a client sees of a
+/// daemon stopped with SIGSTOP, or of a network cut), while the real daemon runs on for
+/// everyone else. Nothing shared is stopped, so nothing has to be resumed.
+struct FreezableRelay {
+    frozen: Arc<AtomicBool>,
+    path: PathBuf,
+}
+
+impl FreezableRelay {
+    fn start(path: PathBuf, upstream: PathBuf) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        let frozen = Arc::new(AtomicBool::new(false));
+        let f = frozen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(daemon) = UnixStream::connect(&upstream) else {
+                    return;
+                };
+                for (from, to) in [(&client, &daemon), (&daemon, &client)] {
+                    let (Ok(mut from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
+                        return;
+                    };
+                    let f = f.clone();
+                    std::thread::spawn(move || relay(&mut from, to, &f));
+                }
+            }
+        });
+        Ok(FreezableRelay { frozen, path })
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezableRelay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Copy `from` to `to` until either end closes; while frozen, read and drop, and keep `to`
+/// open even when `from` closes (a silent peer never says goodbye).
+fn relay(from: &mut UnixStream, mut to: UnixStream, frozen: &AtomicBool) {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    if frozen.load(Ordering::SeqCst) {
+        // Hold `to` open until the test process ends.
+        std::mem::forget(to);
+    } else {
+        let _ = to.shutdown(Shutdown::Both);
+    }
+}
+
+/// A call to a daemon that went silent blocked forever: kvmprov ran no event loop and set no
+/// keepalive (a CI run saw one libvirt call wait 14 minutes). Through a relay that goes
+/// silent mid-session, the next call must fail within the keepalive deadline (~30 s) with
+/// an error that says the connection was lost.
+#[test]
+fn real_daemon_regression_libvirt_call_hung_without_keepalive() {
+    let Some((uri, dir, _)) = real_daemon() else {
+        return;
+    };
+    // The relay needs the daemon's socket: this machine's system libvirtd.
+    let socket = std::env::var("KVMPROV_HV_TEST_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/run/libvirt/libvirt-sock"));
+    if !uri.starts_with("qemu:///system") || !socket.exists() {
+        eprintln!("skipped: needs qemu:///system and its socket {socket:?} on this machine");
+        return;
+    }
+    let relay = FreezableRelay::start(
+        dir.join(format!("kvmhv-relay-{}.sock", std::process::id())),
+        socket,
+    )
+    .unwrap();
+    let relayed = format!("qemu+unix:///system?socket={}", relay.path.display());
+    let hv = Hypervisor::connect(&relayed).unwrap();
+    hv.domain_names()
+        .expect("the relay passes calls while it is not frozen");
+
+    relay.freeze();
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(hv.domain_names());
+    });
+    // The deadline and some slack for a loaded machine; the old code never returned.
+    let limit = keepalive_deadline() + Duration::from_secs(20);
+    match rx.recv_timeout(limit) {
+        Err(_) => panic!(
+            "a libvirt call to a silent daemon was still blocked after {} s: no keepalive",
+            limit.as_secs()
+        ),
+        Ok(Ok(names)) => panic!("a frozen relay answered: {names:?}"),
+        Ok(Err(e)) => {
+            let took = started.elapsed();
+            eprintln!("failed after {:.1} s: {e}", took.as_secs_f64());
+            assert!(e.is_connection_lost(), "{e}");
+            assert!(took <= limit, "{took:?}");
+        }
+    }
 }

@@ -67,6 +67,17 @@ fn real_daemon_storage_and_domain() {
     let bytes: Vec<u8> = (0..700_001u32).map(|i| (i % 251) as u8).collect();
     let seed = hv.upload_volume(&tag, "seed.iso", &bytes, "raw").unwrap();
     assert_eq!(std::fs::read(&seed.path).unwrap(), bytes);
+    // What the upload reports without asking libvirt again is what libvirt then says.
+    let looked = hv.volume_by_path(&seed.path).unwrap().unwrap();
+    assert_eq!(
+        (
+            looked.name.as_str(),
+            looked.capacity,
+            looked.format.as_deref()
+        ),
+        (seed.name.as_str(), seed.capacity, seed.format.as_deref())
+    );
+    assert_eq!(seed.capacity, bytes.len() as u64);
 
     // Our XML on the real QEMU driver: define, start briefly, destroy, undefine.
     let spec = DomainSpec {

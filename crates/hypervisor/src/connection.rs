@@ -1,6 +1,6 @@
 //! The libvirt connection and the host facts it gives: versions, domain types, firmware.
 
-use std::sync::{Once, OnceLock};
+use std::sync::{mpsc, Once, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -73,6 +73,40 @@ fn event_loop() -> Result<(), HvError> {
     .map_err(|reason| HvError::EventLoop { reason })
 }
 
+/// `virConnectOpen` within `keepalive_deadline()`: keepalive starts only once the connection
+/// is open, and a daemon that accepted the connection but never answers (stopped, hung) kept
+/// the open waiting forever. The open runs in a thread of its own; when it gives no answer in
+/// time that thread is left behind (libvirt cannot cancel it) and its late connection, if
+/// any, is closed when it arrives.
+fn open(uri: &str) -> Result<Connect, HvError> {
+    let failed = |message: String| HvError::Connect {
+        uri: uri.to_string(),
+        message,
+    };
+    let (tx, rx) = mpsc::channel();
+    let target = uri.to_string();
+    std::thread::Builder::new()
+        .name("libvirt-connect".into())
+        .spawn(move || {
+            // libvirt's error is per thread: read it here.
+            let opened = Connect::open(Some(&target)).map_err(|e| one_line(e.message()));
+            // Nobody listens any more when connect gave up: the connection is dropped (closed).
+            let _ = tx.send(opened);
+        })
+        .map_err(|e| failed(format!("cannot start a thread to connect: {e}")))?;
+    let limit = keepalive_deadline();
+    match rx.recv_timeout(limit) {
+        Ok(opened) => opened.map_err(failed),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(failed(format!(
+            "no answer within {} s: is libvirtd there stopped or hung, or the network to its host cut? run again once it answers",
+            limit.as_secs()
+        ))),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(failed(
+            "the connecting thread ended without an answer".to_string(),
+        )),
+    }
+}
+
 fn version_string(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
 }
@@ -85,10 +119,7 @@ impl Hypervisor {
         static QUIET: Once = Once::new();
         QUIET.call_once(virt::error::clear_error_callback);
         event_loop()?;
-        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect {
-            uri: uri.to_string(),
-            message: one_line(e.message()),
-        })?;
+        let conn = open(uri)?;
         // Drivers that run in this process (`test:///`) have no daemon to lose and no
         // keepalive: they say "unsupported", which is fine.
         if let Err(e) = conn

@@ -271,6 +271,24 @@ fn real_daemon_regression_uefi_without_secure_boot_was_refused_at_define() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// The daemon's socket for a relay: `KVMPROV_HV_TEST_SOCKET`, or the system libvirtd's on
+/// this machine; `None` (the test is skipped) when there is none.
+fn daemon_socket(uri: &str) -> Option<PathBuf> {
+    let socket = match std::env::var("KVMPROV_HV_TEST_SOCKET") {
+        Ok(s) => PathBuf::from(s),
+        Err(_) if uri.starts_with("qemu:///system") => PathBuf::from("/run/libvirt/libvirt-sock"),
+        Err(_) => {
+            eprintln!("skipped: set KVMPROV_HV_TEST_SOCKET to the socket of the daemon at {uri}");
+            return None;
+        }
+    };
+    if !socket.exists() {
+        eprintln!("skipped: no libvirt socket at {socket:?}");
+        return None;
+    }
+    Some(socket)
+}
+
 /// A unix-socket relay between a libvirt client and the daemon's socket that can go silent:
 /// once frozen it delivers nothing either way and closes nothing (what a client sees of a
 /// daemon stopped with SIGSTOP, or of a network cut), while the real daemon runs on for
@@ -348,20 +366,9 @@ fn real_daemon_regression_libvirt_call_hung_without_keepalive() {
     let Some((uri, dir, _)) = real_daemon() else {
         return;
     };
-    // The relay needs the daemon's socket: `KVMPROV_HV_TEST_SOCKET`, or the system
-    // libvirtd's on this machine.
-    let socket = match std::env::var("KVMPROV_HV_TEST_SOCKET") {
-        Ok(s) => PathBuf::from(s),
-        Err(_) if uri.starts_with("qemu:///system") => PathBuf::from("/run/libvirt/libvirt-sock"),
-        Err(_) => {
-            eprintln!("skipped: set KVMPROV_HV_TEST_SOCKET to the socket of the daemon at {uri}");
-            return;
-        }
-    };
-    if !socket.exists() {
-        eprintln!("skipped: no libvirt socket at {socket:?}");
+    let Some(socket) = daemon_socket(&uri) else {
         return;
-    }
+    };
     let relay = FreezableRelay::start(
         dir.join(format!("kvmhv-relay-{}.sock", std::process::id())),
         socket,
@@ -391,6 +398,46 @@ fn real_daemon_regression_libvirt_call_hung_without_keepalive() {
             eprintln!("failed after {:.1} s: {e}", took.as_secs_f64());
             assert!(e.is_connection_lost(), "{e}");
             assert!(took <= limit, "{took:?}");
+        }
+    }
+}
+
+/// Keepalive starts only once a connection is open: connecting to a daemon that accepted the
+/// connection but never answered waited forever. It must fail within the deadline, naming
+/// the URI.
+#[test]
+fn real_daemon_regression_connect_to_a_silent_daemon_hung() {
+    let Some((uri, dir, _)) = real_daemon() else {
+        return;
+    };
+    let Some(socket) = daemon_socket(&uri) else {
+        return;
+    };
+    let relay = FreezableRelay::start(
+        dir.join(format!("kvmhv-relay-open-{}.sock", std::process::id())),
+        socket,
+    )
+    .unwrap();
+    relay.freeze();
+    let relayed = format!("qemu+unix:///system?socket={}", relay.path.display());
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let target = relayed.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Hypervisor::connect(&target).map(|_| ()));
+    });
+    let limit = keepalive_deadline() + Duration::from_secs(20);
+    match rx.recv_timeout(limit) {
+        Err(_) => panic!(
+            "connecting to a silent daemon was still waiting after {} s",
+            limit.as_secs()
+        ),
+        Ok(Ok(())) => panic!("a frozen relay let a connection open"),
+        Ok(Err(e)) => {
+            let took = started.elapsed();
+            eprintln!("failed after {:.1} s: {e}", took.as_secs_f64());
+            assert!(e.to_string().contains(&relayed), "{e}");
+            assert!(e.to_string().contains("no answer within 30 s"), "{e}");
         }
     }
 }

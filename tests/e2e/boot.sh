@@ -1,8 +1,9 @@
 # Scenario: real TCG guests from the twins of Debian's images through `provision` (stage full):
-# a Debian 13 guest by DHCP on libvirt's NAT network, a Debian 12 guest with a static address
-# (and a snapshot), a Debian 12 guest on a bridged libvirt network whose DHCP server is a
-# dnsmasq of this test (libvirt knows no lease), a Debian 13 UEFI guest with Secure Boot; each
-# SSH-ready with its pinned host key and cloud-init done, then cleaned up. Also: Debian 13's
+# a Debian 13 guest by DHCP on libvirt's NAT network (BIOS), a Debian 12 guest with a static
+# address (and a snapshot; BIOS), a Debian 12 guest under plain UEFI (no Secure Boot) on a
+# bridged libvirt network whose DHCP server is a dnsmasq of this test (libvirt knows no lease),
+# a Debian 13 UEFI guest with Secure Boot; each SSH-ready with its pinned host key and
+# cloud-init done, then cleaned up. Every firmware variant and both releases boot. Also: Debian 13's
 # twin hangs in GRUB without a video device (what kvmprov's domain has one for), and a network
 # where no address source can work fails at preflight. Sourced by tests/e2e/run.sh.
 CFG="$E2E_DIR/vars.yml"
@@ -72,6 +73,8 @@ kvm_instance_definitions:
     memory_mib: 1024
     disk_size_gib: 4
     libvirt_network_name: e2e-br
+    firmware: uefi
+    secure_boot: false
   - instance_name: e2e-uefi
     image_name: debian-13
     vcpus: 1
@@ -119,6 +122,7 @@ check "preflight says the bridged guest's address comes from its console" \
 check "preflight says the NAT guest's address comes from libvirt's lease" \
     outcome "$pre" "address e2e-dhcp" "" "DHCP lease from libvirt on \`default\` \\(nat"
 check "preflight finds the UEFI firmware" outcome "$pre" "firmware e2e-uefi" "" "OVMF installed"
+check "preflight finds the plain UEFI firmware for e2e-bridge" outcome "$pre" "firmware e2e-bridge" "" "OVMF installed"
 nowhere="kvm_instance_definitions=[{instance_name: e2e-nowhere, image_name: debian-12, libvirt_network_name: e2e-nodhcp}]"
 t0=$(date +%s%N)
 set +e
@@ -200,6 +204,17 @@ if [ "$SECURE" = true ]; then
 fi
 uefi_xml=$(virsh_ns dumpxml e2e-uefi)
 check "e2e-uefi's NVRAM is in the instance pool" grep -q "<nvram[^>]*>$E2E_DIR/instances/e2e-uefi_VARS.fd</nvram>" <<<"$uefi_xml"
+# Plain UEFI on Debian 12's libvirt (9.0): before the fix its define failed ("loader attribute
+# 'secure' cannot be specified when firmware autoselection is enabled").
+check "regression_plain_uefi_guest_was_refused_at_define: e2e-bridge (Debian 12, UEFI without Secure Boot) is ready" \
+    outcome "$prov" e2e-bridge wait "^ready at .*cloud-init done"
+check "e2e-bridge booted through UEFI" test "$(ssh_out e2e-bridge 'test -d /sys/firmware/efi && echo efi')" = efi
+sb=$(ssh_out e2e-bridge 'od -An -t u1 /sys/firmware/efi/efivars/SecureBoot-* 2>&1') || true
+check "e2e-bridge runs without Secure Boot (SecureBoot variable: $(tr -s ' ' <<<"$sb"))" test "$(awk '{print $NF}' <<<"$sb")" = 0
+plain_loader=$(virsh_ns dumpxml e2e-bridge | grep -o "<loader[^>]*>[^<]*" || true)
+check "libvirt chose OVMF's plain build for e2e-bridge ($plain_loader)" \
+    bash -c 'grep -q "OVMF_CODE" <<<"$0" && ! grep -qE "\.ms\.|secboot|secure=.yes" <<<"$0"' "$plain_loader"
+check "e2e-bridge's NVRAM is in the instance pool" test -f "$E2E_DIR/instances/e2e-bridge_VARS.fd"
 # When the address appeared (the test's DHCP server's log) and when kvmprov used it (its -v
 # log line). libvirt's lease file keeps only the newest renewal, so NAT guests are not timed here.
 addr_line=$(grep -m1 "e2e-bridge: address .* from the " "$E2E_DIR/provision.log" || true)
@@ -240,6 +255,9 @@ mut = {"create", "download", "define", "start", "snapshot", "fix", "delete", "un
 print(sum(1 for s in doc["stages"] for o in s["outcomes"] if o["op"] in mut and o["status"] == "done"))
 ' <<<"$json")
 check "second run changed nothing (changed=$changed)" test "$changed" -eq 0
+# kvmprov reads what libvirt wrote back (the resolved pflash loader) as what it asked for.
+check "the second run reads both UEFI guests' firmware back as configured (no firmware drift)" \
+    bash -c '! grep -qE "firmware (bios|uefi)[^ ]* \\(config" <<<"$0"' "$json"
 
 # --- a paused guest is resumed by runtime ---------------------------------------------------------
 virsh_ns suspend e2e-dhcp >/dev/null
@@ -304,6 +322,7 @@ check "confirmed cleanup removed the domains${left:+ (listed after it: ${left//$
     bash -c '! grep -q "^e2e-" <<<"$0"' "$left"
 check "confirmed cleanup removed the disks" test ! -e "$E2E_DIR/instances/e2e-dhcp.qcow2"
 check "cleanup with disks removed the UEFI guest's NVRAM" test ! -e "$E2E_DIR/instances/e2e-uefi_VARS.fd"
+check "cleanup with disks removed the plain UEFI guest's NVRAM" test ! -e "$E2E_DIR/instances/e2e-bridge_VARS.fd"
 check "cleanup kept the cached image" bash -c 'ls "$0"/*.qcow2 >/dev/null' "$E2E_DIR/boot-images"
 
 

@@ -4,7 +4,8 @@
 # reached over qemu+ssh from an operator namespace. One run provisions a TCG guest on each,
 # downloads the image once and uploads it to both through libvirt streams, SSH-checks the
 # guests through their hypervisor, runs Ansible (ansible-core from PyPI) against `kvmprov
-# inventory` through the hypervisors' jump, survives one host going down, and cleans up.
+# inventory` through the hypervisors' jump, survives one host going down and another's network
+# being cut mid-upload (that host's work ends within 60 s, the re-run converges), and cleans up.
 #   tests/e2e/remote.sh            (root; `make test-remote`, also run by `make test`)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -198,6 +199,55 @@ check "with hypervisor 2 down the run exits 1" test "$rc" -eq 1
 check "hypervisor 1's instance is still worked on" grep -q "✓ ok *$A" <<<"$out"
 check "the failure names hypervisor 2" grep -q "$URI2: cannot connect" <<<"$out"
 rh_start_sshd 2
+
+# --- a hypervisor whose network is cut mid-run: its work ends within 60 s, the other's goes on ----
+# Before keepalive a libvirt call to a host that stopped answering blocked forever (a CI run saw
+# one wait 14 minutes). Hypervisor 2's image copy is removed so the run uploads it again, and
+# every packet between the operator and hypervisor 2 is dropped once that upload has begun.
+pool2=$(virsh_hv 2 pool-list --name | grep images || true)
+virsh_hv 2 vol-delete --pool "$pool2" "$file.json" >/dev/null
+virsh_hv 2 vol-delete --pool "$pool2" "$file" >/dev/null
+cut_rules() { # -I to cut, -D to restore
+    ip netns exec "$RH_OP" iptables "$1" OUTPUT -d "$(rh_addr 2)" -j DROP
+    ip netns exec "$RH_OP" iptables "$1" INPUT -s "$(rh_addr 2)" -j DROP
+}
+# A full run (its image-cache stage uploads); hypervisor 1's guest is checked as ready meanwhile.
+PATH="$RH_DIR/bin:$PATH" ip netns exec "$RH_OP" "$KVMPROV" -c "$CFG" provision >"$DIR/cut.log" 2>&1 &
+cut_pid=$!
+E2E_EVIDENCE+=("$DIR/cut.log")
+for _ in $(seq 1 600); do
+    rh_exec 2 test -e "$RH_POOLS/images/$file" && break
+    kill -0 "$cut_pid" 2>/dev/null || break
+    sleep 0.1
+done
+sent=$(rh_exec 2 stat -c %s "$RH_POOLS/images/$file" 2>/dev/null || echo none)
+cut_rules -I
+cut_at=$(date +%s)
+log "network to hypervisor 2 cut while its image upload runs (volume: $sent bytes)"
+for _ in $(seq 1 120); do kill -0 "$cut_pid" 2>/dev/null || break; sleep 1; done
+took=$(($(date +%s) - cut_at))
+if kill -0 "$cut_pid" 2>/dev/null; then
+    kill "$cut_pid" 2>/dev/null
+    log "the run was still going ${took}s after the cut: stopped it"
+fi
+wait "$cut_pid" && rc=0 || rc=$?
+out=$(cat "$DIR/cut.log")
+log "with hypervisor 2 cut off the run ended ${took}s after the cut (exit $rc)"
+check "regression_libvirt_call_hung_on_a_cut_network: the run ends within 60 s of the cut (${took}s), exit 1" \
+    test "$took" -le 60 -a "$rc" -eq 1
+check "the error names hypervisor 2 and the lost connection" \
+    bash -c 'grep -q "$1" <<<"$0" && grep -qE "connection to libvirtd was lost|keepalive" <<<"$0"' "$out" "$URI2"
+check "hypervisor 1's guest is still checked ready while hypervisor 2 is cut off" \
+    bash -c 'grep "$1" <<<"$0" | grep -q "ready at 192.168.122"' "$out" "$A"
+cut_rules -D
+out=$(kp_op provision 2>&1) && rc=0 || rc=$?
+keep cut-rerun
+check "after the network returns the re-run converges (exit $rc)" test "$rc" -eq 0
+check "the re-run uploaded hypervisor 2's image again, record included" \
+    bash -c 'grep -q "$1.json" <<<"$0"' "$(virsh_hv 2 vol-list --pool "$pool2" 2>&1)" "$file"
+check "hypervisor 2's copy has the image's size again" \
+    test "$(rh_exec 2 stat -c %s "$RH_POOLS/images/$file")" -eq "$size"
+check "$B still runs on hypervisor 2" test "$(virsh_hv 2 domstate "$B")" = running
 
 # --- a hypervisor whose storage is the operator's own (the same machine over qemu+ssh) -------
 # Its image pool is the very directory of the local cache: the cached file is used in place,

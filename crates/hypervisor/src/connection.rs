@@ -1,6 +1,7 @@
 //! The libvirt connection and the host facts it gives: versions, domain types, firmware.
 
-use std::sync::{Once, OnceLock};
+use std::sync::{mpsc, Once, OnceLock};
+use std::time::Duration;
 
 use serde::Serialize;
 use virt::connect::Connect;
@@ -34,20 +35,101 @@ pub struct Hypervisor {
     host: OnceLock<HostInfo>,
 }
 
+/// Keepalive: a ping after `KEEPALIVE_INTERVAL` seconds without a message from the daemon,
+/// and the connection closed when `KEEPALIVE_COUNT` pings in a row go unanswered. A dead
+/// daemon or a cut network then fails the call in progress after about
+/// `interval × (count + 1)` = 30 s, instead of leaving it blocked forever (a CI run once saw
+/// one call wait 14 minutes).
+pub const KEEPALIVE_INTERVAL: i32 = 5;
+pub const KEEPALIVE_COUNT: u32 = 5;
+
+/// The longest a call can wait on a daemon that stopped answering, once keepalive runs.
+pub fn keepalive_deadline() -> Duration {
+    Duration::from_secs(KEEPALIVE_INTERVAL as u64 * (u64::from(KEEPALIVE_COUNT) + 1))
+}
+
+/// libvirt's default event loop, registered once per process and run by one thread for the
+/// rest of it. Keepalive needs it (libvirt sends its pings and notices missing answers from
+/// the loop's timers), and it must be registered before the first connection opens: a
+/// connection opened earlier never gets keepalive.
+fn event_loop() -> Result<(), HvError> {
+    static LOOP: OnceLock<Result<(), String>> = OnceLock::new();
+    LOOP.get_or_init(|| {
+        virt::event::event_register_default_impl().map_err(|e| one_line(e.message()))?;
+        std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .spawn(|| loop {
+                // One iteration waits for and dispatches the next event or timer.
+                if let Err(e) = virt::event::event_run_default_impl() {
+                    tracing::warn!("libvirt event loop: {}", one_line(e.message()));
+                    // Do not spin on an error that repeats.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| format!("cannot start its thread: {e}"))
+    })
+    .clone()
+    .map_err(|reason| HvError::EventLoop { reason })
+}
+
+/// `virConnectOpen` within `keepalive_deadline()`: keepalive starts only once the connection
+/// is open, and a daemon that accepted the connection but never answers (stopped, hung) kept
+/// the open waiting forever. The open runs in a thread of its own; when it gives no answer in
+/// time that thread is left behind (libvirt cannot cancel it) and its late connection, if
+/// any, is closed when it arrives.
+fn open(uri: &str) -> Result<Connect, HvError> {
+    let failed = |message: String| HvError::Connect {
+        uri: uri.to_string(),
+        message,
+    };
+    let (tx, rx) = mpsc::channel();
+    let target = uri.to_string();
+    std::thread::Builder::new()
+        .name("libvirt-connect".into())
+        .spawn(move || {
+            // libvirt's error is per thread: read it here.
+            let opened = Connect::open(Some(&target)).map_err(|e| one_line(e.message()));
+            // Nobody listens any more when connect gave up: the connection is dropped (closed).
+            let _ = tx.send(opened);
+        })
+        .map_err(|e| failed(format!("cannot start a thread to connect: {e}")))?;
+    let limit = keepalive_deadline();
+    match rx.recv_timeout(limit) {
+        Ok(opened) => opened.map_err(failed),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(failed(format!(
+            "no answer within {} s: is libvirtd there stopped or hung, or the network to its host cut? run again once it answers",
+            limit.as_secs()
+        ))),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(failed(
+            "the connecting thread ended without an answer".to_string(),
+        )),
+    }
+}
+
 fn version_string(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
 }
 
 impl Hypervisor {
-    /// Open `uri`. The error is one sentence naming the URI, with libvirt's reason.
+    /// Open `uri` with keepalive on (see `KEEPALIVE_INTERVAL`). The error is one sentence
+    /// naming the URI, with libvirt's reason.
     pub fn connect(uri: &str) -> Result<Self, HvError> {
         // libvirt prints every error to stderr unless told not to; we report them ourselves.
         static QUIET: Once = Once::new();
         QUIET.call_once(virt::error::clear_error_callback);
-        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect {
-            uri: uri.to_string(),
-            message: one_line(e.message()),
-        })?;
+        event_loop()?;
+        let conn = open(uri)?;
+        // Drivers that run in this process (`test:///`) have no daemon to lose and no
+        // keepalive: they say "unsupported", which is fine.
+        if let Err(e) = conn
+            .set_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+            .map_err(lv(format!("enable keepalive on the connection to {uri}")))
+        {
+            if !e.is_unsupported() {
+                return Err(e);
+            }
+        }
         Ok(Hypervisor {
             conn,
             uri: uri.to_string(),

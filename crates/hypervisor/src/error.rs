@@ -7,6 +7,10 @@
 pub enum HvError {
     #[error("cannot connect to the hypervisor at {uri}: {message}")]
     Connect { uri: String, message: String },
+    /// Without libvirt's event loop no connection gets keepalive, and a call to a dead daemon
+    /// would never end: refuse to connect at all.
+    #[error("cannot start libvirt's event loop (needed for keepalive on hypervisor connections): {reason}; kvmprov connects to no hypervisor without it")]
+    EventLoop { reason: String },
     #[error("{what}: {message}")]
     Libvirt {
         what: String,
@@ -83,6 +87,11 @@ fn with_hint(message: String) -> String {
         "Broken pipe",
         "Connection reset by peer",
     ];
+    // libvirt's own words when keepalive gave up on a silent daemon.
+    if message.contains("keepalive timeout") {
+        let secs = crate::connection::keepalive_deadline().as_secs();
+        return format!("{message} ({LOST_HINT}: it did not answer for {secs} s; is the daemon stopped or hung, or the network to its host cut? run again once it answers)");
+    }
     if LOST.iter().any(|l| message.contains(l)) {
         format!("{message} ({LOST_HINT}: was the daemon restarted or stopped, or, over qemu+ssh, the ssh link to its host lost? run again once it is back)")
     } else {
@@ -108,6 +117,17 @@ mod tests {
         assert!(with_hint("internal error: client socket is closed".into())
             .contains("connection to libvirtd was lost"));
         assert_eq!(with_hint("Domain not found".into()), "Domain not found");
+    }
+
+    #[test]
+    fn keepalive_timeout_is_a_lost_connection_naming_the_silence() {
+        let e = HvError::Libvirt {
+            what: "list domains".into(),
+            message: with_hint("internal error: connection closed due to keepalive timeout".into()),
+            code: Some(virt_sys::VIR_ERR_INTERNAL_ERROR),
+        };
+        assert!(e.is_connection_lost(), "{e}");
+        assert!(e.to_string().contains("did not answer for 30 s"), "{e}");
     }
 
     #[test]

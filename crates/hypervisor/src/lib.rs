@@ -17,7 +17,9 @@ mod storage;
 pub mod uri;
 pub mod xml;
 
-pub use connection::{HostInfo, Hypervisor};
+pub use connection::{
+    keepalive_deadline, HostInfo, Hypervisor, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL,
+};
 pub use domain::{DomainInfo, DomainState};
 pub use error::HvError;
 pub use network::NetworkInfo;

@@ -305,6 +305,7 @@ impl Hypervisor {
 
     /// Create a volume and stream a local file into it (cached images: hundreds of MiB, never
     /// held in memory). `progress` gets the bytes sent so far. A half-written volume is deleted.
+    /// The result's `capacity` and `allocation` are the bytes the finished stream carried.
     pub fn upload_file(
         &self,
         pool: &str,
@@ -337,6 +338,18 @@ impl Hypervisor {
         let p = self.lookup_pool(pool)?;
         let v = StorageVol::create_xml(&p, &xml::raw_volume_xml(name, len, format), 0)
             .map_err(lv(format!("create volume {name} in pool {pool}")))?;
+        // Everything the caller learns about the volume is known before the stream starts.
+        // Once an upload stream closes, libvirtd refreshes the whole pool in a thread that
+        // holds the pool's lock; every volume call on that pool (path, info, XML) waits for
+        // it. So none is made after the upload (a CI run saw `virStorageVolGetInfo` there
+        // block for 14 minutes).
+        let path = match v.path() {
+            Ok(path) => PathBuf::from(path),
+            Err(e) => {
+                let _ = v.delete(0);
+                return Err(lv(format!("read volume {name} in pool {pool}"))(e));
+            }
+        };
         let sent = Stream::new(&self.conn, 0)
             .map_err(lv(what))
             .and_then(|stream| send_volume(&v, stream, source, len, what, progress));
@@ -345,7 +358,16 @@ impl Hypervisor {
             let _ = v.delete(0);
             return Err(e);
         }
-        volume_info(&v)
+        // `virStreamFinish` returned only after libvirtd wrote and closed the file: it holds
+        // exactly the `len` bytes sent (`send_volume` fails on a short source).
+        Ok(VolumeInfo {
+            name: name.to_string(),
+            path,
+            capacity: len,
+            allocation: len,
+            format: Some(format.to_string()),
+            backing_path: None,
+        })
     }
 
     /// Stream a volume's bytes into `sink` (for re-hashing an image on a remote host).

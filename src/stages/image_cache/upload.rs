@@ -357,12 +357,16 @@ impl PoolCopy<'_> {
             .progress("uploading", &format!("{} to {}", img.image_name, self.host));
         kvmprov_image::Progress::start(&mut bar, Some(img.size), 0);
         let mut last = 0u64;
-        hv.upload_file(pool, file, &img.path, "raw", &mut |done| {
+        let sent = hv.upload_file(pool, file, &img.path, "raw", &mut |done| {
             kvmprov_image::Progress::advance(&mut bar, done - last);
             last = done;
         })?;
         kvmprov_image::Progress::finish(&mut bar);
-        let landed = hv.volume_file_size(pool, file)?.unwrap_or(0);
+        // What the finished stream carried, not a read-back: right after an upload libvirtd
+        // refreshes the pool holding its lock, and a volume call then waits for it (one
+        // `virStorageVolGetInfo` there once blocked a CI run for 14 minutes). The next run
+        // checks the copy's size on the hypervisor before it trusts it.
+        let landed = sent.allocation;
         if landed != img.size {
             return Err(UploadError::Size {
                 file: file.clone(),
@@ -389,7 +393,7 @@ pub enum UploadError {
         got: String,
         want: String,
     },
-    #[error("{file} on {host} holds {got} bytes after the upload, expected {want}")]
+    #[error("the upload of {file} to {host} carried {got} bytes, but the cached image has {want}: the cached file changed while it was sent; run `kvmprov image-cache` and then provision again")]
     Size {
         file: String,
         host: String,

@@ -77,6 +77,12 @@ pub struct DomainSpec {
 
 /// The `<os>` element: q35, boot from the disk, and for UEFI the firmware features libvirt
 /// matches against the installed descriptors (`/usr/share/qemu/firmware/*.json`).
+///
+/// With autoselection (`firmware='efi'`) the wish is said through `<firmware><feature/>` only:
+/// libvirt 9.0 refuses any `<loader secure=…>` beside it ("loader attribute 'secure' cannot be
+/// specified when firmware autoselection is enabled" for `no`), and the features alone pick
+/// the right build on every version tried (plain: `OVMF_CODE_4M.fd`; Secure Boot with
+/// Microsoft's keys: `OVMF_CODE_4M.ms.fd`).
 fn os_xml(f: &Firmware) -> String {
     match f {
         Firmware::Bios => "  <os>
@@ -94,7 +100,6 @@ fn os_xml(f: &Firmware) -> String {
       <feature enabled='{yes_no}' name='secure-boot'/>
       <feature enabled='{yes_no}' name='enrolled-keys'/>
     </firmware>
-    <loader secure='{yes_no}'/>
     <nvram>{}</nvram>
     <boot dev='hd'/>
   </os>
@@ -529,6 +534,62 @@ pub(super) mod tests {
         // OVMF's Secure Boot build protects its variable store with SMM.
         assert!(x.contains("<smm state='on'/>"), "{x}");
         assert_eq!(parse_domain_xml(&x).unwrap().firmware, "uefi+secure-boot");
+    }
+
+    #[test]
+    fn regression_uefi_without_secure_boot_wrote_loader_secure_no() {
+        // libvirt 9.0 refused `<loader secure='no'/>` beside `<os firmware='efi'>` at define:
+        // with autoselection only `<firmware><feature/>` may say what is wanted.
+        for secure_boot in [false, true] {
+            let mut s = spec("a", DomainType::Qemu);
+            s.firmware = Firmware::Uefi {
+                secure_boot,
+                nvram: "/p/a_VARS.fd".into(),
+            };
+            let x = domain_xml(&s);
+            let doc = Document::parse(&x).unwrap();
+            let os = child(doc.root_element(), "os").unwrap();
+            assert_eq!(os.attribute("firmware"), Some("efi"), "{x}");
+            assert!(child(os, "loader").is_none(), "no <loader> at all: {x}");
+            let want = if secure_boot { "yes" } else { "no" };
+            let features: Vec<_> = children(child(os, "firmware").unwrap(), "feature")
+                .map(|f| {
+                    (
+                        f.attribute("name").unwrap(),
+                        f.attribute("enabled").unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                features,
+                vec![("secure-boot", want), ("enrolled-keys", want)],
+                "{x}"
+            );
+        }
+    }
+
+    #[test]
+    fn libvirt_9_written_back_plain_uefi_is_read_as_uefi_not_secure_boot() {
+        // What libvirt 9.0 wrote back for kvmprov's plain UEFI domain: before the start
+        // (autoselection pending) and while it runs (the descriptor resolved).
+        let inactive = "<domain type='qemu'><name>a</name><os firmware='efi'>\
+            <type arch='x86_64' machine='pc-q35-7.2'>hvm</type><firmware>\
+            <feature enabled='no' name='enrolled-keys'/><feature enabled='no' name='secure-boot'/>\
+            </firmware><nvram>/p/a_VARS.fd</nvram><boot dev='hd'/></os></domain>";
+        let live = "<domain type='qemu'><name>a</name><os>\
+            <type arch='x86_64' machine='pc-q35-7.2'>hvm</type><firmware>\
+            <feature enabled='no' name='enrolled-keys'/><feature enabled='no' name='secure-boot'/>\
+            </firmware><loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\
+            <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/p/a_VARS.fd</nvram>\
+            <boot dev='hd'/></os></domain>";
+        for x in [inactive, live] {
+            let o = parse_domain_xml(x).unwrap();
+            assert_eq!(o.firmware, "uefi", "{x}");
+            assert_eq!(o.nvram, Some(PathBuf::from("/p/a_VARS.fd")));
+        }
+        // The Secure Boot domain as libvirt 9.0 wrote it back before the start.
+        let sb = inactive.replace("enabled='no'", "enabled='yes'");
+        assert_eq!(parse_domain_xml(&sb).unwrap().firmware, "uefi+secure-boot");
     }
 
     #[test]

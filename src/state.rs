@@ -170,7 +170,7 @@ impl StateDir {
         } else if !meta.is_dir() {
             FsError::WrongType {
                 path,
-                found: "not a directory",
+                found: "another kind of file",
                 want: "a directory",
             }
         } else if meta.uid() != me {

@@ -161,6 +161,8 @@ impl Printer {
     }
 
     fn document_with(&self, command: &str, ok: bool, error: Option<String>, p: Payload) -> bool {
+        // The error carries paths and text from guests, image hosts and other processes.
+        let error = error.map(|e| untrusted::sanitize(&e, true));
         match json::render(command, ok, error, p) {
             Ok(doc) => {
                 println!("{doc}");
@@ -217,15 +219,17 @@ pub fn stdout() -> std::io::Stdout {
 
 /// `error: …` on stderr (both modes).
 pub fn error(text: &str) {
-    eprintln!("error: {text}");
+    // Errors carry paths and text from guests, image hosts and other processes.
+    eprintln!("error: {}", untrusted::sanitize(text, true));
 }
 
 /// `warning: …` on stderr (both modes): something went wrong and was handled.
 pub fn warning(text: &str) {
-    eprintln!("warning: {text}");
+    // Errors carry paths and text from guests, image hosts and other processes.
+    eprintln!("warning: {}", untrusted::sanitize(text, true));
 }
 
 /// A line on stderr as it is (both modes): a hint after an error, what a run is waiting for.
 pub fn note(text: &str) {
-    eprintln!("{text}");
+    eprintln!("{}", untrusted::sanitize(text, true));
 }

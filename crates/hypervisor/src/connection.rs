@@ -95,6 +95,16 @@ fn open(uri: &str) -> Result<Connect, HvError> {
         })
         .map_err(|e| failed(format!("cannot start a thread to connect: {e}")))?;
     let limit = keepalive_deadline();
+    // Over SSH with an operator at the terminal, ssh may be asking for a passphrase or a host
+    // key confirmation: no deadline then (the operator can interrupt; scripts and CI, with no
+    // terminal, keep it).
+    let scheme = uri.split("://").next().unwrap_or_default();
+    if scheme.contains("ssh") && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return rx
+            .recv()
+            .map_err(|_| failed("the connecting thread ended without an answer".to_string()))?
+            .map_err(failed);
+    }
     match rx.recv_timeout(limit) {
         Ok(opened) => opened.map_err(failed),
         Err(mpsc::RecvTimeoutError::Timeout) => Err(failed(format!(

@@ -53,6 +53,9 @@ pub(crate) fn open_cache_dir(cache_dir: &Path) -> Result<Dir, ImageError> {
         .mode(0o755)
         .create(cache_dir)
         .map_err(io_err(cache_dir))?;
+    // Again after creating: a directory another user made above it between the caller's check
+    // and this create would otherwise go unseen (the handle below checks the last one only).
+    kvmprov_safefs::check_tree(cache_dir)?;
     Ok(Dir::trusted(cache_dir)?)
 }
 

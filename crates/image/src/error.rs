@@ -66,7 +66,7 @@ pub enum ImageError {
         seconds: u64,
         what: String,
     },
-    #[error("GET {url}: the body grew past {limit} bytes, more than {why}; the {got} bytes received were discarded")]
+    #[error("GET {url}: the body ({got} bytes, as announced or received so far) is larger than {limit} bytes, more than {why}; what was received was discarded")]
     TooLarge {
         url: String,
         got: u64,

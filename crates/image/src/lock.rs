@@ -146,7 +146,13 @@ fn holder(file: &File, exclusive_only: bool) -> String {
     });
     match pid {
         Some(pid) => {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            // Any process names itself (prctl PR_SET_NAME), escape bytes included: printable
+            // ASCII only reaches the message.
+            let comm: String = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .collect();
             match comm.trim() {
                 "" => format!("process {pid}"),
                 name => format!("process {pid} ({name})"),

@@ -235,9 +235,20 @@ fn check_chain(path: &Path) -> Result<(), FsError> {
         let e = Entry::of(&st);
         match e.kind {
             FileType::Directory => check_dir_entry(&prefix, &e, i + 1 == comps.len())?,
-            // A link's own mode means nothing; the directory holding it was checked, and
-            // check_tree checks where it leads.
-            FileType::Symlink => {}
+            // A link's own mode means nothing, but its owner can point it elsewhere at any
+            // time (in a sticky directory too): only root's or ours. Where it leads is
+            // checked by check_tree.
+            FileType::Symlink => {
+                let me = euid();
+                if e.uid != 0 && e.uid != me {
+                    return Err(FsError::Owner {
+                        path: prefix,
+                        owner: e.uid,
+                        mode: e.mode,
+                        me,
+                    });
+                }
+            }
             found => {
                 return Err(FsError::WrongType {
                     path: prefix,
@@ -363,13 +374,39 @@ impl Dir {
 
     /// A directory kvmprov writes into (the image cache, an instance pool): a real directory,
     /// owned by root or the running user, not writable by anybody else.
+    ///
+    /// Links in `path` are resolved first (a cache or pool configured as a link to a bigger disk
+    /// is common); whether they may be trusted is [`check_tree`]'s decision, which the callers
+    /// make first. The resolved directory itself is opened without following a link.
     pub fn trusted(path: &Path) -> Result<Dir, FsError> {
-        let (fd, e) = Self::open_raw(path)?;
-        check_dir_entry(path, &e, true)?;
+        let real = std::fs::canonicalize(path).map_err(|source| FsError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (fd, e) = Self::open_raw(&real)?;
+        check_dir_entry(&real, &e, true)?;
         Ok(Dir {
             fd,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Remove the file `path` (the name: a link as the link) through a checked handle on its
+    /// directory. `false` when it did not exist.
+    pub fn remove_at(path: &Path) -> Result<bool, FsError> {
+        let bad = || FsError::BadName {
+            dir: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            name: path.to_string_lossy().into_owned(),
+        };
+        let parent = path.parent().ok_or_else(bad)?;
+        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(bad)?;
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        Dir::trusted(parent)?.remove_file(name)
     }
 
     pub fn path(&self) -> &Path {
@@ -544,23 +581,32 @@ impl Dir {
     /// by the running user, so nobody else can hold it open (flock works on any descriptor).
     pub fn lock_file(&self, name: &str) -> Result<File, FsError> {
         let name = self.name(name)?;
-        match self.create_new(name, 0o600) {
-            Ok(f) => return Ok(f),
-            Err(FsError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+        // A few rounds: another run may replace the same old file at the same time.
+        for _ in 0..4 {
+            match self.create_new(name, 0o600) {
+                Ok(f) => return Ok(f),
+                Err(FsError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            let Some(f) = self.open_file(name, true, true)? else {
+                continue;
+            };
+            let mode = rfs::fstat(&f)
+                .map_err(io("inspect", &self.join(name)))?
+                .st_mode;
+            if mode & 0o077 == 0 {
+                return Ok(f);
+            }
+            // Older kvmprov created lock files 0644: another user may hold a descriptor of it
+            // open (and flock it), which a chmod would not take away. A new file it is.
+            self.remove_file(name)?;
         }
-        let f = self
-            .open_file(name, true, true)?
-            .ok_or_else(|| FsError::Io {
-                op: "open",
-                path: self.join(name),
-                source: std::io::ErrorKind::NotFound.into(),
-            })?;
-        // Older kvmprov created lock files 0644: other users could open them (and flock them).
-        let fd = f.as_fd();
-        rfs::fchmod(fd, Mode::from_raw_mode(0o600)).map_err(io("chmod", &self.join(name)))?;
-        Ok(f)
+        Err(FsError::Io {
+            op: "create",
+            path: self.join(name),
+            source: std::io::Error::other("it was replaced again and again while being created"),
+        })
     }
 }
 

@@ -151,8 +151,13 @@ fn lock_files_are_0600_and_others_cannot_own_them() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
+    // A descriptor another user opened while it was 0644.
+    let theirs = std::fs::File::open(t.path().join(".lock")).unwrap();
     d.lock_file(".lock").unwrap();
     assert_eq!(mode(&t.path().join(".lock")), 0o600);
+    // Replaced, not chmod-ed: that descriptor now holds a file nobody locks any more.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(theirs.metadata().unwrap().nlink(), 0);
     if is_root() {
         chown(&t.path().join(".lock"), 65534);
         assert!(matches!(d.lock_file(".lock"), Err(FsError::Owner { .. })));
@@ -252,4 +257,49 @@ fn open_regular_refuses_links_fifos_and_directories_without_blocking() {
         open_regular(&t.path().join("none")),
         Err(FsError::Io { .. })
     ));
+}
+
+/// A cache or pool configured as a link to a bigger disk (root's link, root's target) was
+/// refused by every command after preflight accepted it: "… is a symbolic link".
+#[test]
+fn regression_pool_configured_as_a_link_was_refused_after_preflight_accepted_it() {
+    let t = tempfile::tempdir().unwrap();
+    let real = t.path().join("big");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::write(real.join("app-01.qcow2"), b"x").unwrap();
+    let link = t.path().join("instances");
+    symlink(&real, &link).unwrap();
+    check_tree(&link).unwrap();
+    let d = Dir::trusted(&link).unwrap();
+    assert_eq!(d.path(), link);
+    assert!(Dir::remove_at(&link.join("app-01.qcow2")).unwrap());
+    assert!(!real.join("app-01.qcow2").exists());
+}
+
+/// A link in a sticky directory (`/tmp/kvm -> /root/safe`) owned by another user passed: its
+/// owner can point it at their own directory after the check.
+#[test]
+fn regression_another_users_link_in_the_path_was_trusted() {
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let sticky = t.path().join("tmp");
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let safe = t.path().join("safe");
+    std::fs::create_dir(&safe).unwrap();
+    let link = sticky.join("kvm");
+    symlink(&safe, &link).unwrap();
+    check_tree(&link.join("pool")).unwrap();
+    rustix::fs::chownat(
+        CWD,
+        &link,
+        Some(rustix::process::Uid::from_raw(65534)),
+        None,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    let e = check_tree(&link.join("pool")).unwrap_err();
+    assert!(matches!(e, FsError::Owner { owner: 65534, .. }), "{e}");
 }

@@ -108,12 +108,7 @@ fn local_facts(instance: &str, path: PathBuf) -> FileFacts {
 /// Remove the name `path` through a handle on its directory (`unlinkat`): a symlink goes as the
 /// link, whatever it points to, and a link swapped in since the plan is no different.
 fn delete_name(path: &Path) -> Result<(), CleanupError> {
-    let dir = Dir::trusted(path.parent().unwrap_or(Path::new("/")))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    dir.remove_file(name)?;
+    Dir::remove_at(path)?;
     Ok(())
 }
 

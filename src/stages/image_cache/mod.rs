@@ -149,10 +149,7 @@ fn one(s: &Session, client: &Client, c: &CatalogImage, handoff: &mut Handoff) ->
 }
 
 fn download(s: &Session, client: &Client, r: &Resolved) -> Result<CachedImage, ImageError> {
-    std::fs::create_dir_all(&s.cfg.image_cache_path).map_err(|source| ImageError::Io {
-        path: s.cfg.image_cache_path.clone(),
-        source,
-    })?;
+    // The image crate creates the cache directory (and checks it) itself.
     let mut progress = s.printer.progress("downloading", &r.image_name);
     kvmprov_image::download(client, &s.cfg.image_cache_path, r, &mut progress)
 }

@@ -91,8 +91,11 @@ fn local_pool_backing(pool: &Path) -> Result<Vec<(PathBuf, PathBuf)>, PruneError
         {
             continue;
         }
+        // A header that cannot be read (a FIFO or link named by a guest-written header, a
+        // missing base) ends that chain, as for a domain's disks: the files before it stay
+        // protected, and one bad file does not stop the prune.
         let chain = qcow2::backing_chain(disk.clone(), |f| {
-            qcow2::backing_file(f).map(|b| b.map(real))
+            Ok::<_, qcow2::Qcow2Error>(qcow2::backing_file(f).ok().flatten().map(real))
         })
         .map_err(PruneError::Header)?;
         out.extend(chain.into_iter().skip(1).map(|b| (b, disk.clone())));
@@ -181,19 +184,17 @@ pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
 /// the cache exclusively, and writers take it shared first). Each removed as a name in the
 /// cache directory: a link as the link.
 fn delete_cached(path: &Path) -> Result<(), kvmprov_safefs::FsError> {
-    let dir = kvmprov_safefs::Dir::trusted(path.parent().unwrap_or(Path::new(".")))?;
+    kvmprov_safefs::Dir::remove_at(path)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dir.remove_file(&name)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
     for extra in [
         kvmprov_image::sidecar_path(path),
-        kvmprov_image::writer_lock_path(dir.path(), &name),
+        kvmprov_image::writer_lock_path(dir, &name),
     ] {
-        if let Some(n) = extra.file_name().and_then(|n| n.to_str()) {
-            dir.remove_file(n)?;
-        }
+        kvmprov_safefs::Dir::remove_at(&extra)?;
     }
     Ok(())
 }
@@ -239,6 +240,34 @@ mod tests {
             .recv_timeout(Duration::from_secs(5))
             .expect("prune blocked reading a FIFO named in a guest-written header");
         assert_eq!(got, Ok(vec![]));
+    }
+
+    /// A `.qcow2` file in the pool whose guest-written header names a FIFO made the whole prune
+    /// stop ("cannot read the backing file …, so nothing is pruned"), printing the guest's path.
+    #[test]
+    fn regression_one_unreadable_backing_file_stopped_the_whole_prune() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let name = fifo.to_str().unwrap().as_bytes();
+        let mut h = vec![0u8; 104];
+        h[..4].copy_from_slice(qcow2::MAGIC);
+        h[4..8].copy_from_slice(&3u32.to_be_bytes());
+        h[8..16].copy_from_slice(&104u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+        h.extend_from_slice(name);
+        std::fs::write(t.path().join("foreign.qcow2"), &h).unwrap();
+        let got = local_pool_backing(t.path()).map_err(|e| e.to_string());
+        // The FIFO is not a backing file anything is read from; nothing blocks the prune.
+        assert!(got.is_ok(), "{got:?}");
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn with_hint(message: String) -> String {
     ];
     // libvirt's own words when keepalive gave up on a silent daemon.
     if message.contains("keepalive timeout") {
-        let secs = crate::connection::keepalive_deadline().as_secs();
+        let secs = crate::keepalive::keepalive_deadline().as_secs();
         return format!("{message} ({LOST_HINT}: it did not answer for {secs} s; is the daemon stopped or hung, or the network to its host cut? run again once it answers)");
     }
     if LOST.iter().any(|l| message.contains(l)) {

@@ -5,8 +5,10 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use crate::download::CHUNK;
 use crate::error::{io_err, ImageError};
+
+/// Bytes read per chunk, while streaming a download or re-hashing a file.
+pub(crate) const CHUNK: usize = 1024 * 1024;
 
 /// A SHA-512 hasher; as a `Write` sink it hashes what it is given (a remote copy as it streams).
 ///

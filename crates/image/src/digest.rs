@@ -28,7 +28,7 @@ impl Sha512 {
 
     /// The digest as 128 lowercase hex digits.
     pub fn hex(self) -> String {
-        hex(&sha2::Digest::finalize(self.0))
+        hex::encode(sha2::Digest::finalize(self.0))
     }
 }
 
@@ -44,10 +44,6 @@ impl std::io::Write for Sha512 {
 
 pub(crate) fn is_sha512_hex(s: &str) -> bool {
     s.len() == 128 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-pub(crate) fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Hash a whole file.

@@ -202,10 +202,7 @@ fn cache_files(dir: &std::path::Path) -> Vec<String> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    Sha512::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha512::digest(bytes))
 }
 
 fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {

@@ -108,6 +108,23 @@ pub(crate) fn none_if_missing<T>(r: Result<T, HvError>) -> Result<Option<T>, HvE
     }
 }
 
+/// What `info` says of each listed object, sorted by `name`, leaving out the objects that
+/// vanished (undefined or deleted between the listing and the look at them).
+pub(crate) fn infos_of_listed<O, I>(
+    listed: Vec<O>,
+    info: impl Fn(&O) -> Result<I, HvError>,
+    name: impl Fn(&I) -> &str,
+) -> Result<Vec<I>, HvError> {
+    let mut out = Vec::with_capacity(listed.len());
+    for object in &listed {
+        if let Some(i) = none_if_missing(info(object))? {
+            out.push(i);
+        }
+    }
+    out.sort_by(|a, b| name(a).cmp(name(b)));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

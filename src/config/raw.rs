@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Every top-level key of the variables file (the seed's names plus ours).
+/// Every top-level key of the variables file (the replaced Ansible project's names plus ours).
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "kvm_hypervisor_host",
     "kvm_libvirt_uri",

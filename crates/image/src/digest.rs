@@ -1,5 +1,7 @@
-//! SHA-512 as the cache uses it: one hasher type (every digest the project computes goes through
-//! it, so the implementation is chosen here only), hex digests, re-hashing a file.
+//! SHA-512 as the cache uses it: one hasher type (every SHA-512 of an image the project computes,
+//! downloaded, verified or uploaded, goes through it, so the implementation is chosen here only;
+//! the short SHA-256 keys of `state` and `drift` are not image digests), hex digests, re-hashing
+//! a file.
 
 use std::fs::File;
 use std::io::Read;

@@ -66,7 +66,7 @@ impl FirmwareChoice {
     }
 }
 
-/// The seed's `kvm_provision_stage`.
+/// `kvm_provision_stage`, as the replaced Ansible project (`kvm-vm-provisioning`) reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageChoice {

@@ -117,7 +117,7 @@ fn secret_digest(salt: &str, secret: &str) -> String {
     for _ in 0..SECRET_ROUNDS {
         d = Sha256::digest(d);
     }
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&d[..8])
 }
 
 /// One field that differs between the record and the config.

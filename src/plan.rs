@@ -1,8 +1,9 @@
 //! Observe → plan → apply: the shape every stage shares.
 //!
-//! A stage looks at the hypervisor, then a pure planner turns (config, observation) into a
-//! [`Plan`]: actions, each with the reason it is (or is not) needed. `--check` prints the plan;
-//! apply runs it and records an [`Outcome`] per action. This module is the model only: how
+//! A stage looks at the hypervisor, then a pure planner turns (config, observation) into a plan:
+//! a list of [`Action`]s, each with the reason it is (or is not) needed. `--check` prints the
+//! plan; apply runs it and records an [`Outcome`] per action, collected in a [`StageReport`].
+//! This module is the model only (there is no `Plan` type: a plan is a `Vec<Action>`): how
 //! plans and outcomes look on screen and in `--output json` is `crate::output`'s business.
 
 use std::time::Instant;

@@ -40,7 +40,8 @@ impl Stage {
     }
 }
 
-/// What `kvmprov provision` runs: every stage (`full`) or only one (the seed's rule).
+/// What `kvmprov provision` runs: every stage (`full`) or only one (`kvm_provision_stage`, as
+/// in the Ansible project kvmprov replaces).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageSelection {
     Full,

@@ -102,8 +102,7 @@ fn run_lock_name(uri: &str) -> String {
 
 /// Lowercase hex SHA-256.
 pub fn digest_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// kvmprov's state directory of one instance pool, opened and checked: everything kvmprov keeps

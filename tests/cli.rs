@@ -818,10 +818,7 @@ fn file_catalog(dir: &Path, uri: &str, image: &[u8]) -> PathBuf {
     let mirror = dir.join("mirror");
     std::fs::create_dir_all(&mirror).unwrap();
     std::fs::write(mirror.join("debian-12-genericcloud-amd64.qcow2"), image).unwrap();
-    let sum: String = sha2::Sha512::digest(image)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sum = hex::encode(sha2::Sha512::digest(image));
     std::fs::write(
         mirror.join("SHA512SUMS"),
         format!("{sum}  debian-12-genericcloud-amd64.qcow2\n"),

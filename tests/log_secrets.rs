@@ -8,10 +8,7 @@ use std::process::Command;
 /// A mirror that serves `image` and a `SHA512SUMS` for it, and 404 for anything else.
 fn serve(image: Vec<u8>) -> String {
     use sha2::Digest;
-    let sum: String = sha2::Sha512::digest(&image)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sum = hex::encode(sha2::Sha512::digest(&image));
     let sums = format!("{sum}  debian-12-genericcloud-amd64.qcow2\n").into_bytes();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

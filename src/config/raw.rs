@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Every top-level key of the variables file (the seed's names plus ours).
+/// Every top-level key of the variables file (the replaced Ansible project's names plus ours).
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "kvm_hypervisor_host",
     "kvm_libvirt_uri",
@@ -66,7 +66,7 @@ impl FirmwareChoice {
     }
 }
 
-/// The seed's `kvm_provision_stage`.
+/// `kvm_provision_stage`, as the replaced Ansible project (`kvm-vm-provisioning`) reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageChoice {

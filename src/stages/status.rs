@@ -17,10 +17,11 @@ use crate::parallel::parallel;
 use crate::plan::error_chain;
 use crate::settings::Session;
 
-/// How long `status` lets a guest take to answer on port 22 and to run `true` over SSH before
-/// it says "not SSH-ready". Generous: with 8 s, CI once (2026-12-02) saw a guest reported not
-/// ready right after it had answered, while four TCG guests shared two cores; a slow answer
-/// costs a few seconds, a wrong "no" sends a user chasing a guest that is fine.
+/// How long `status` lets a guest take to answer on port 22 (3 s, the TCP connect alone) and to
+/// run `true` over SSH (30 s) before it says "not SSH-ready". The login's 30 s is the generous
+/// one: with 8 s, CI once (2026-12-02) saw a guest reported not ready right after it had
+/// answered, while four TCG guests shared two cores; a slow answer costs a few seconds, a wrong
+/// "no" sends a user chasing a guest that is fine.
 const PORT_TIMEOUT: Duration = Duration::from_secs(3);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 

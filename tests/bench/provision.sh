@@ -85,7 +85,7 @@ for r in 1 2 3; do
     stop_all "bench-onec$r"
 done
 
-log "(b) the seed's chain: qemu-img create -b, cloud-localds, virt-install --import"
+log "(b) the replaced Ansible project's chain: qemu-img create -b, cloud-localds, virt-install --import"
 mkdir -p "$E2E_DIR/b"
 chmod 0755 "$E2E_DIR/b"
 t0=$(now)

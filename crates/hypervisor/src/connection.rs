@@ -7,6 +7,7 @@ use serde::Serialize;
 use virt::connect::Connect;
 
 use crate::error::{lv, one_line};
+use crate::keepalive::{keepalive_deadline, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL};
 use crate::xml::{self, DomainType, FirmwareSupport};
 use crate::HvError;
 
@@ -33,19 +34,6 @@ pub struct Hypervisor {
     /// `host_info`, read once per connection: preflight and provision both ask, and the
     /// capabilities XML alone takes libvirt ~1.5 ms to build.
     host: OnceLock<HostInfo>,
-}
-
-/// Keepalive: a ping after `KEEPALIVE_INTERVAL` seconds without a message from the daemon,
-/// and the connection closed when `KEEPALIVE_COUNT` pings in a row go unanswered. A dead
-/// daemon or a cut network then fails the call in progress after about
-/// `interval × (count + 1)` = 30 s, instead of leaving it blocked forever (a CI run once saw
-/// one call wait 14 minutes).
-pub const KEEPALIVE_INTERVAL: i32 = 5;
-pub const KEEPALIVE_COUNT: u32 = 5;
-
-/// The longest a call can wait on a daemon that stopped answering, once keepalive runs.
-pub fn keepalive_deadline() -> Duration {
-    Duration::from_secs(KEEPALIVE_INTERVAL as u64 * (u64::from(KEEPALIVE_COUNT) + 1))
 }
 
 /// libvirt's default event loop, registered once per process and run by one thread for the

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 use virt::domain::Domain;
 
-use crate::error::{lv, none_if_missing};
+use crate::error::{infos_of_listed, lv, none_if_missing};
 use crate::xml;
 use crate::{HvError, Hypervisor};
 
@@ -37,17 +37,8 @@ impl Hypervisor {
 
     /// All domains, running or not, sorted by name.
     pub fn domains(&self) -> Result<Vec<DomainInfo>, HvError> {
-        let mut out = Vec::new();
-        for d in self.conn.list_all_domains(0).map_err(lv("list domains"))? {
-            match domain_info(&d) {
-                Ok(info) => out.push(info),
-                // Undefined between the listing and now.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        let listed = self.conn.list_all_domains(0).map_err(lv("list domains"))?;
+        infos_of_listed(listed, domain_info, |i| &i.name)
     }
 
     /// The names of all domains, running or not, sorted: one call, where `domains` costs two

@@ -89,7 +89,7 @@ fn with_hint(message: String) -> String {
     ];
     // libvirt's own words when keepalive gave up on a silent daemon.
     if message.contains("keepalive timeout") {
-        let secs = crate::connection::keepalive_deadline().as_secs();
+        let secs = crate::keepalive::keepalive_deadline().as_secs();
         return format!("{message} ({LOST_HINT}: it did not answer for {secs} s; is the daemon stopped or hung, or the network to its host cut? run again once it answers)");
     }
     if LOST.iter().any(|l| message.contains(l)) {
@@ -106,6 +106,23 @@ pub(crate) fn none_if_missing<T>(r: Result<T, HvError>) -> Result<Option<T>, HvE
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// What `info` says of each listed object, sorted by `name`, leaving out the objects that
+/// vanished (undefined or deleted between the listing and the look at them).
+pub(crate) fn infos_of_listed<O, I>(
+    listed: Vec<O>,
+    info: impl Fn(&O) -> Result<I, HvError>,
+    name: impl Fn(&I) -> &str,
+) -> Result<Vec<I>, HvError> {
+    let mut out = Vec::with_capacity(listed.len());
+    for object in &listed {
+        if let Some(i) = none_if_missing(info(object))? {
+            out.push(i);
+        }
+    }
+    out.sort_by(|a, b| name(a).cmp(name(b)));
+    Ok(out)
 }
 
 #[cfg(test)]

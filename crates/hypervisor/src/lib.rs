@@ -1,7 +1,7 @@
 //! kvmprov-hypervisor: the only code that talks to libvirt.
 //!
 //! A thin, typed layer over the `virt` crate, one file per object: the connection and host
-//! facts (`connection`), networks and their DHCP leases (`network`), `dir` storage pools and
+//! facts (`connection`), how long a silent daemon is given (`keepalive`), networks and their DHCP leases (`network`), `dir` storage pools and
 //! volumes with uploads through streams (`storage`), domains, snapshots and guest-agent
 //! addresses (`domain`). It works the same for `qemu:///system`, `qemu+ssh://host/system` and
 //! libvirt's `test:///default` driver. `uri` parses libvirt URIs; `xml` holds what the XML
@@ -12,16 +12,16 @@
 mod connection;
 mod domain;
 mod error;
+mod keepalive;
 mod network;
 mod storage;
 pub mod uri;
 pub mod xml;
 
-pub use connection::{
-    keepalive_deadline, HostInfo, Hypervisor, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL,
-};
+pub use connection::{HostInfo, Hypervisor};
 pub use domain::{DomainInfo, DomainState};
 pub use error::HvError;
+pub use keepalive::{keepalive_deadline, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL};
 pub use network::NetworkInfo;
 pub use storage::{PoolAction, PoolInfo, PoolOutcome, VolumeInfo};
 pub use uri::{ssh_destination, SshDest};

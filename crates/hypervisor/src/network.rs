@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 use virt::network::Network;
 
-use crate::error::lv;
+use crate::error::{infos_of_listed, lv};
 use crate::xml::{self, NetworkIpv4};
 use crate::{HvError, Hypervisor};
 
@@ -32,21 +32,11 @@ struct Lease {
 impl Hypervisor {
     /// All networks, active and inactive, sorted by name.
     pub fn networks(&self) -> Result<Vec<NetworkInfo>, HvError> {
-        let nets = self
+        let listed = self
             .conn
             .list_all_networks(0)
             .map_err(lv("list networks"))?;
-        let mut out = Vec::new();
-        for n in nets {
-            match network_info(&n) {
-                Ok(info) => out.push(info),
-                // Undefined between the listing and now.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        infos_of_listed(listed, network_info, |i| &i.name)
     }
 
     /// Start a defined network; a network that is already active is left alone.

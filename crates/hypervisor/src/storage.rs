@@ -7,7 +7,7 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
-use crate::error::{lv, none_if_missing};
+use crate::error::{infos_of_listed, lv, none_if_missing};
 use crate::xml;
 use crate::{HvError, Hypervisor};
 
@@ -94,12 +94,9 @@ impl Hypervisor {
             .list_all_storage_pools(0)
             .map_err(lv("list storage pools"))?
         {
-            let target = match pool_target(&p) {
-                Ok(Some(target)) => target,
-                Ok(None) => continue,
-                // Undefined between the listing and now.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
+            // `None` twice: a pool with no target path, or one undefined since the listing.
+            let Some(Some(target)) = none_if_missing(pool_target(&p))? else {
+                continue;
             };
             let canonical = resolve.then(|| target.canonicalize().ok()).flatten();
             let Some(i) = (0..paths.len()).find(|&i| {
@@ -108,10 +105,9 @@ impl Hypervisor {
             }) else {
                 continue;
             };
-            match pool_state(&p, target) {
-                Ok(info) => found[i] = Some((p, info)),
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
+            match none_if_missing(pool_state(&p, target))? {
+                Some(info) => found[i] = Some((p, info)),
+                None => continue,
             }
             if found.iter().all(Option::is_some) {
                 break;
@@ -242,19 +238,10 @@ impl Hypervisor {
     /// The volumes of a pool, sorted by name.
     pub fn volumes(&self, pool: &str) -> Result<Vec<VolumeInfo>, HvError> {
         let p = self.lookup_pool(pool)?;
-        let mut out = Vec::new();
-        for v in p
+        let listed = p
             .list_all_volumes(0)
-            .map_err(lv(format!("list volumes of pool {pool}")))?
-        {
-            match volume_info(&v) {
-                Ok(info) => out.push(info),
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+            .map_err(lv(format!("list volumes of pool {pool}")))?;
+        infos_of_listed(listed, volume_info, |i| &i.name)
     }
 
     /// The volume at `path` in whichever pool holds it; `None` when no pool does.

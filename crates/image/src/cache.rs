@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use crate::digest::is_sha512_hex;
 use crate::error::{io_err, ImageError};
 use crate::url::redact_url;
-use crate::Resolved;
 
 /// A verified image in the cache (what its sidecar records).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,24 +74,33 @@ pub(crate) fn sidecar_name(file_name: &str) -> String {
     format!("{file_name}.json")
 }
 
-/// Is this version cached? Only `stat`s: the file and its sidecar exist and the size matches.
-pub fn lookup(cache_dir: &Path, resolved: &Resolved) -> Result<Option<CachedImage>, ImageError> {
+/// Is this version (its cache file name, [`cache_file_name`], and its SHA-512) cached? Only
+/// `stat`s: the file and its sidecar exist, the size matches and the sidecar records the digest.
+pub fn lookup(
+    cache_dir: &Path,
+    file_name: &str,
+    sha512: &str,
+) -> Result<Option<CachedImage>, ImageError> {
     match existing_cache_dir(cache_dir)? {
-        Some(dir) => lookup_in(&dir, resolved),
+        Some(dir) => lookup_in(&dir, file_name, sha512),
         None => Ok(None),
     }
 }
 
-pub(crate) fn lookup_in(dir: &Dir, resolved: &Resolved) -> Result<Option<CachedImage>, ImageError> {
-    let Some(cached) = read_sidecar(dir, &resolved.file_name)? else {
+pub(crate) fn lookup_in(
+    dir: &Dir,
+    file_name: &str,
+    sha512: &str,
+) -> Result<Option<CachedImage>, ImageError> {
+    let Some(cached) = read_sidecar(dir, file_name)? else {
         return Ok(None);
     };
     // Not followed: a link under an image's name is no cached image.
-    match dir.stat(&resolved.file_name)? {
+    match dir.stat(file_name)? {
         Some(e)
             if e.kind == FileType::RegularFile
                 && e.size == cached.size
-                && cached.sha512 == resolved.sha512 =>
+                && cached.sha512 == sha512 =>
         {
             Ok(Some(cached))
         }

@@ -1,12 +1,16 @@
-//! SHA-512 as the cache uses it: one hasher type (every digest the project computes goes through
-//! it, so the implementation is chosen here only), hex digests, re-hashing a file.
+//! SHA-512 as the cache uses it: one hasher type (every SHA-512 of an image the project computes,
+//! downloaded, verified or uploaded, goes through it, so the implementation is chosen here only;
+//! the short SHA-256 keys of `state` and `drift` are not image digests), hex digests, re-hashing
+//! a file.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use crate::download::CHUNK;
 use crate::error::{io_err, ImageError};
+
+/// Bytes read per chunk, while streaming a download or re-hashing a file.
+pub(crate) const CHUNK: usize = 1024 * 1024;
 
 /// A SHA-512 hasher; as a `Write` sink it hashes what it is given (a remote copy as it streams).
 ///
@@ -26,7 +30,7 @@ impl Sha512 {
 
     /// The digest as 128 lowercase hex digits.
     pub fn hex(self) -> String {
-        hex(&sha2::Digest::finalize(self.0))
+        hex::encode(sha2::Digest::finalize(self.0))
     }
 }
 
@@ -42,10 +46,6 @@ impl std::io::Write for Sha512 {
 
 pub(crate) fn is_sha512_hex(s: &str) -> bool {
     s.len() == 128 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-pub(crate) fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Hash a whole file.

@@ -14,14 +14,11 @@ use kvmprov_safefs::Dir;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{lookup_in, open_cache_dir, sidecar_name};
-use crate::digest::Sha512;
+use crate::digest::{Sha512, CHUNK};
 use crate::error::{io_err, ImageError};
 use crate::lock::CacheLock;
 use crate::url::{self, redact_url};
 use crate::{qcow2, CachedImage, Client, Resolved};
-
-/// Bytes read per chunk while streaming.
-pub(crate) const CHUNK: usize = 1024 * 1024;
 
 /// Progress of one download.
 pub trait Progress {
@@ -82,7 +79,7 @@ pub fn download(
         &names.part,
         client.header_deadline + client.window,
     )?;
-    if let Some(done) = lookup_in(&dir, resolved)? {
+    if let Some(done) = lookup_in(&dir, &resolved.file_name, &resolved.sha512)? {
         return Ok(done);
     }
     let url = resolved.download_url.as_str();

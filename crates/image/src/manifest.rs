@@ -154,7 +154,7 @@ pub fn digest_to_hex(digest: &str) -> Result<String, ManifestError> {
     if bytes.len() != 64 {
         return Err(bad());
     }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

@@ -202,10 +202,7 @@ fn cache_files(dir: &std::path::Path) -> Vec<String> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    Sha512::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha512::digest(bytes))
 }
 
 fn serve(mut conn: TcpStream, st: Arc<Mutex<State>>) {
@@ -416,7 +413,9 @@ fn fresh_cache_then_no_bytes_on_rerun() {
         "{}",
         r.download_url
     );
-    assert!(lookup(dir.path(), &r).unwrap().is_none());
+    assert!(lookup(dir.path(), &r.file_name, &r.sha512)
+        .unwrap()
+        .is_none());
     let cached = download(&c, dir.path(), &r, &mut Silent).unwrap();
     assert_eq!(cached.sha512, sum);
     assert_eq!(
@@ -430,7 +429,9 @@ fn fresh_cache_then_no_bytes_on_rerun() {
     assert_eq!(before, 2 * MIB);
     // The second run: resolve + lookup only.
     let r2 = resolve(&c, &m.entry()).unwrap();
-    assert!(lookup(dir.path(), &r2).unwrap().is_some());
+    assert!(lookup(dir.path(), &r2.file_name, &r2.sha512)
+        .unwrap()
+        .is_some());
     assert_eq!(m.served(".qcow2"), before, "no image bytes on a re-run");
 }
 
@@ -1002,7 +1003,13 @@ fn regression_file_image_url_failed_with_empty_host() {
         side.contains(&entry.image_url) && side.contains(&hex(&image)),
         "{side}"
     );
-    assert_eq!(lookup(dir.path(), &r).unwrap().unwrap().sha512, hex(&image));
+    assert_eq!(
+        lookup(dir.path(), &r.file_name, &r.sha512)
+            .unwrap()
+            .unwrap()
+            .sha512,
+        hex(&image)
+    );
 
     // The same verification: a changed file is refused and nothing is cached.
     let other = tempfile::tempdir().unwrap();
@@ -1046,7 +1053,9 @@ fn regression_non_qcow2_download_was_cached() {
             "{text}"
         );
         assert!(cache_files(dir.path()).is_empty(), "nothing cached");
-        assert!(lookup(dir.path(), &r).unwrap().is_none());
+        assert!(lookup(dir.path(), &r.file_name, &r.sha512)
+            .unwrap()
+            .is_none());
     }
 }
 

@@ -1,12 +1,13 @@
 //! Cleanup: remove exactly the declared instances, never anything else.
 //!
-//! The seed's five rules, plus path safety: scope is the declared names compared byte for
-//! byte; a declared name missing in libvirt is skipped; undeclared domains are never touched;
-//! disks only with `kvm_cleanup_remove_instance_disks=true`, and then only the instance's own
-//! files whose real path (symlinks resolved) lies inside the instance pool, is not in the image
-//! cache and is used by no other domain; a file that is a symlink is removed as the link, never
-//! its target (`unlinkat` on the directory's handle). Without `kvm_cleanup_confirmed=true`
-//! nothing changes.
+//! The five rules of the replaced Ansible project (`kvm-vm-provisioning`), plus path safety:
+//! scope is the declared names compared byte for byte; a declared name missing in libvirt is
+//! skipped; undeclared domains are never touched; disks only with
+//! `kvm_cleanup_remove_instance_disks=true`, and then only the instance's own files whose real
+//! path (symlinks resolved) lies inside the instance pool, is not in the image cache and is
+//! used by no other domain; a file that is a symlink is removed as the link, never its target
+//! (`unlinkat` on the directory's handle). Without `kvm_cleanup_confirmed=true` nothing
+//! changes.
 //!
 //! Applying stops at the first failed step of an instance (its later steps are skipped: an
 //! undefine or a disk deletion after a failed destroy would act on a guest that may still

@@ -91,7 +91,7 @@ fn one(s: &Session, client: &Client, c: &CatalogImage, handoff: &mut Handoff) ->
             )
         }
     };
-    let step = match kvmprov_image::lookup(cache, &resolved) {
+    let step = match kvmprov_image::lookup(cache, &resolved.file_name, &resolved.sha512) {
         Ok(Some(cached)) if s.cfg.verify_on_run => Step::Verify(cached),
         Ok(Some(cached)) => Step::Keep(cached),
         Ok(None) => Step::Download,

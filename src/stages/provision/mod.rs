@@ -1,6 +1,7 @@
 //! Provision stage: per instance, a qcow2 overlay on the cached image, a cloud-init seed ISO and
-//! a domain — created only when missing, in that order, so a domain never exists without its
-//! disk and seed. Existing domains are never modified; differences from the config are drift.
+//! a domain — created only when missing; the overlay and the seed are made concurrently and the
+//! domain only after both, so a domain never exists without its disk and seed. Existing
+//! domains are never modified; differences from the config are drift.
 //!
 //! [`run`] observes (pools, images, volumes, domains), plans each instance with the pure
 //! [`plan`] module, and applies with [`create`].

@@ -205,14 +205,10 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    /// A guest wrote a qcow2 header naming a FIFO into its console log (and a foreign raw disk
-    /// in the pool carried one too): prune read every regular file of the pool as a qcow2 and
-    /// opened the FIFO, hanging forever. Only `.qcow2` files are read now, and none through a
-    /// FIFO or a link.
-    #[test]
-    fn regression_prune_read_console_logs_and_raw_disks_as_qcow2() {
-        let t = tempfile::tempdir().unwrap();
-        let fifo = t.path().join("fifo");
+    /// A qcow2 header (as a guest can write into its disk or console) whose backing file is a
+    /// FIFO made in `dir`: a plain open of it blocks forever.
+    fn header_naming_a_fifo(dir: &Path) -> Vec<u8> {
+        let fifo = dir.join("fifo");
         rustix::fs::mknodat(
             rustix::fs::CWD,
             &fifo,
@@ -229,6 +225,17 @@ mod tests {
         h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
         h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
         h.extend_from_slice(name);
+        h
+    }
+
+    /// A guest wrote a qcow2 header naming a FIFO into its console log (and a foreign raw disk
+    /// in the pool carried one too): prune read every regular file of the pool as a qcow2 and
+    /// opened the FIFO, hanging forever. Only `.qcow2` files are read now, and none through a
+    /// FIFO or a link.
+    #[test]
+    fn regression_prune_read_console_logs_and_raw_disks_as_qcow2() {
+        let t = tempfile::tempdir().unwrap();
+        let h = header_naming_a_fifo(t.path());
         std::fs::write(t.path().join("app-01-console.log"), &h).unwrap();
         std::fs::write(t.path().join("foreign.img"), &h).unwrap();
         let pool = t.path().to_path_buf();
@@ -247,23 +254,7 @@ mod tests {
     #[test]
     fn regression_one_unreadable_backing_file_stopped_the_whole_prune() {
         let t = tempfile::tempdir().unwrap();
-        let fifo = t.path().join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
-        let name = fifo.to_str().unwrap().as_bytes();
-        let mut h = vec![0u8; 104];
-        h[..4].copy_from_slice(qcow2::MAGIC);
-        h[4..8].copy_from_slice(&3u32.to_be_bytes());
-        h[8..16].copy_from_slice(&104u64.to_be_bytes());
-        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
-        h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
-        h.extend_from_slice(name);
+        let h = header_naming_a_fifo(t.path());
         std::fs::write(t.path().join("foreign.qcow2"), &h).unwrap();
         let got = local_pool_backing(t.path()).map_err(|e| e.to_string());
         // The FIFO is not a backing file anything is read from; nothing blocks the prune.

@@ -144,8 +144,8 @@ out=$(kp_op inventory --format yaml 2>"$DIR/inventory.err") && rc=0 || rc=$?
 printf '%s\n' "$out" >"$DIR/inventory.yml"
 check "inventory --format yaml exits 0 with nothing left out" test "$rc" -eq 0 -a ! -s "$DIR/inventory.err"
 check "the inventory reaches $A through hypervisor 1 and $B through hypervisor 2" \
-    bash -c 'grep -A4 "^    \"$1\":\$" "$0" | grep -q "ProxyCommand=ssh .* -W %h:%p -- 10\.231\.1\.2" &&
-             grep -A4 "^    \"$2\":\$" "$0" | grep -q "ProxyCommand=ssh .* -W %h:%p -- 10\.231\.2\.2"' \
+    bash -c 'grep -A4 "^    \"$1\":\$" "$0" | grep -qE "ProxyCommand=ssh .* -W .?%h:%p.? -- 10\.231\.1\.2" &&
+             grep -A4 "^    \"$2\":\$" "$0" | grep -qE "ProxyCommand=ssh .* -W .?%h:%p.? -- 10\.231\.2\.2"' \
     "$DIR/inventory.yml" "$A" "$B"
 out=$(ans_op ansible all -i "$DIR/inventory.yml" -m ansible.builtin.ping 2>&1) || true
 keep ansible-ping

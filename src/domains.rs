@@ -236,13 +236,13 @@ pub fn paths_in_use(hv: &Hypervisor) -> Result<Vec<PathBuf>, HvError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::mpsc;
     use std::time::Duration;
 
-    /// A qcow2 v3 header naming `backing`.
-    fn qcow2_header(backing: &Path) -> Vec<u8> {
+    /// A qcow2 v3 header naming `backing` (as a guest can write into its disk).
+    pub(crate) fn qcow2_header(backing: &Path) -> Vec<u8> {
         let name = backing.to_str().unwrap().as_bytes();
         let mut h = vec![0u8; 104];
         h[..4].copy_from_slice(qcow2::MAGIC);

@@ -217,15 +217,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let name = fifo.to_str().unwrap().as_bytes();
-        let mut h = vec![0u8; 104];
-        h[..4].copy_from_slice(qcow2::MAGIC);
-        h[4..8].copy_from_slice(&3u32.to_be_bytes());
-        h[8..16].copy_from_slice(&104u64.to_be_bytes());
-        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
-        h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
-        h.extend_from_slice(name);
-        h
+        crate::domains::tests::qcow2_header(&fifo)
     }
 
     /// A guest wrote a qcow2 header naming a FIFO into its console log (and a foreign raw disk

@@ -2,23 +2,10 @@
 //! driver (a node description file gives each test a known hypervisor state).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn kvmprov(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvmprov"))
-        .args(args)
-        .env_remove("KVMPROV_LOG")
-        .output()
-        .expect("run kvmprov")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod util;
+use util::{kvmprov, text};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -4,23 +4,9 @@
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn kvmprov(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvmprov"))
-        .args(args)
-        .env_remove("KVMPROV_LOG")
-        .output()
-        .expect("run kvmprov")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod util;
+use util::{kvmprov, text};
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777

@@ -7,7 +7,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config;
 use crate::exit::ExitStatus;
-use crate::output::{self, OutputFormat};
+use crate::output::{OutputFormat, Printer};
 use crate::plan::{error_chain, StageReport};
 use crate::run::StageError;
 use crate::settings::{Options, Session, Stage, StageSelection};
@@ -194,7 +194,7 @@ pub fn main() -> ExitStatus {
         }
     };
     init_logging(cli.global.verbose);
-    stop_on_signals();
+    stop_on_signals(Printer::new(cli.global.output));
     run(cli)
 }
 
@@ -213,25 +213,23 @@ fn ansible_script_form(mut args: Vec<OsString>) -> Vec<OsString> {
 }
 
 /// The commands that print something about kvmprov itself: they need no variables file.
-fn print_static(command: &Command) -> Option<ExitStatus> {
-    let mut out = output::stdout();
+fn print_static(command: &Command, printer: &Printer) -> Option<ExitStatus> {
     let written = match command {
-        Command::Schema => {
-            output::document(&crate::schema::render());
-            Ok(())
-        }
+        Command::Schema => printer.document(&crate::schema::render()),
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "kvmprov", &mut out);
+            clap_complete::generate(*shell, &mut Cli::command(), "kvmprov", &mut printer.out());
             Ok(())
         }
-        Command::Man { out_dir: None } => clap_mangen::Man::new(Cli::command()).render(&mut out),
+        Command::Man { out_dir: None } => {
+            clap_mangen::Man::new(Cli::command()).render(&mut printer.out())
+        }
         Command::Man { out_dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), dir),
         _ => return None,
     };
     Some(match written {
         Ok(()) => ExitStatus::Success,
         Err(e) => {
-            output::error(&format!("cannot write: {e}"));
+            printer.error(&format!("cannot write: {e}"));
             ExitStatus::Failure
         }
     })
@@ -240,7 +238,7 @@ fn print_static(command: &Command) -> Option<ExitStatus> {
 /// Ctrl-C and SIGTERM stop a run at once, with the conventional exit codes (130, 143). Nothing
 /// needs undoing: every step is safe to resume (partial downloads have temporary names, a
 /// half-made instance is reused or replaced by the next run); only our ssh children are stopped.
-fn stop_on_signals() {
+fn stop_on_signals(printer: Printer) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
         return;
@@ -252,7 +250,7 @@ fn stop_on_signals() {
             } else {
                 "terminated"
             };
-            output::note(&format!(
+            printer.note(&format!(
                 "\nkvmprov: {what}; stopped. The next run resumes partial downloads and reuses or replaces anything half-made."
             ));
             crate::guest::stop_children();
@@ -307,14 +305,15 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> ExitStatus {
-    if let Some(status) = print_static(&cli.command) {
+    let g = &cli.global;
+    let printer = Printer::new(g.output);
+    if let Some(status) = print_static(&cli.command, &printer) {
         return status;
     }
-    let g = &cli.global;
     let cfg = match config::load(&g.config, &g.extra) {
         Ok(cfg) => cfg,
         Err(e) => {
-            output::Printer::new(g.output).failure(cli.command.name(), &error_chain(&e));
+            printer.failure(cli.command.name(), &error_chain(&e));
             return ExitStatus::Usage;
         }
     };

@@ -18,7 +18,6 @@ use crate::config::{did_you_mean, Instance};
 use crate::exit::ExitStatus;
 use crate::guest::{shell_words, SshTarget};
 use crate::login::Login;
-use crate::output;
 use crate::parallel::parallel;
 use crate::plan::error_chain;
 use crate::settings::Session;
@@ -305,7 +304,7 @@ pub fn run(s: &Session, host: Option<&str>, format: Format) -> ExitStatus {
     if let Some(name) = host {
         if s.cfg.instance(name).is_none() {
             let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
-            output::error(&format!(
+            s.printer.error(&format!(
                 "`{name}` is not a declared instance{}",
                 did_you_mean(name, &names)
             ));
@@ -321,19 +320,24 @@ pub fn run(s: &Session, host: Option<&str>, format: Format) -> ExitStatus {
     let (facts, errors) = gather(&s);
     let inv = build(&facts);
     for (name, reason) in &inv.skipped {
-        output::note(&format!("kvmprov inventory: {name} left out: {reason}"));
+        s.printer
+            .note(&format!("kvmprov inventory: {name} left out: {reason}"));
     }
     // Ansible's formats, not kvmprov's `--output json` envelope: Ansible reads them.
-    output::document(&match (host, format) {
+    let written = s.printer.document(&match (host, format) {
         (Some(name), _) => format!("{:#}", host_json(&inv, name)),
         (None, Format::Json) => format!("{:#}", to_json(&inv)),
         (None, Format::Yaml) => to_yaml(&inv),
     });
+    if let Err(e) = written {
+        s.printer.error(&format!("cannot write: {e}"));
+        return ExitStatus::Failure;
+    }
     if errors.is_empty() {
         ExitStatus::Success
     } else {
         for e in &errors {
-            output::error(e);
+            s.printer.error(e);
         }
         ExitStatus::Failure
     }

@@ -82,7 +82,7 @@ impl RunLock {
                         });
                     }
                     if !told {
-                        crate::output::note(&format!(
+                        s.printer.note(&format!(
                             "waiting up to {}s for another kvmprov run ({holder}) on this hypervisor and pool",
                             wait.as_secs()
                         ));

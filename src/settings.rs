@@ -146,7 +146,7 @@ impl Session {
             check: self.check,
             output: self.output,
             jobs: self.jobs,
-            printer: self.printer,
+            printer: self.printer.clone(),
             no_wait: self.no_wait,
             stages: self.stages,
         }

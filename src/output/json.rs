@@ -57,7 +57,8 @@ pub fn render(
     serde_json::to_string_pretty(&Envelope {
         command,
         ok,
-        error,
+        // The error carries paths and text from guests, image hosts and other processes.
+        error: error.map(|e| super::sanitize(&e, true)),
         payload,
     })
 }

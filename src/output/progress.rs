@@ -1,15 +1,21 @@
-//! Progress of long transfers (image downloads, uploads to remote hypervisors), on stderr:
-//! a bar on a terminal, a line per 10 % otherwise, nothing in JSON mode.
-
-use std::io::IsTerminal;
+//! Progress of long transfers (image downloads, uploads to remote hypervisors), on the printer's
+//! "err" writer: a bar when that is a terminal, a line per 10 % otherwise, nothing in JSON mode.
+//!
+//! The bar is indicatif's and draws on the process's stderr itself: it exists only when the
+//! printer's "err" is that terminal (never in tests), and it redraws in place, sized to the
+//! terminal, at its own rate, which a writer without a terminal behind it could not show.
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+use super::Printer;
 
 /// One transfer's progress; `kvmprov_image` drives it through [`kvmprov_image::Progress`].
 pub struct Bar {
     verb: &'static str,
     name: String,
     bar: Option<ProgressBar>,
+    /// Where the 10 % lines go when `lines`.
+    printer: Printer,
     lines: bool,
     total: Option<u64>,
     done: u64,
@@ -17,12 +23,14 @@ pub struct Bar {
 }
 
 impl Bar {
-    pub(super) fn new(verb: &'static str, name: &str, human: bool) -> Self {
-        let tty = human && std::io::stderr().is_terminal();
+    pub(super) fn new(verb: &'static str, name: &str, printer: &Printer) -> Self {
+        let human = printer.human();
+        let tty = human && printer.sink.err_is_terminal;
         Bar {
             verb,
             name: name.to_string(),
             bar: tty.then(|| terminal_bar(name)),
+            printer: printer.clone(),
             lines: human && !tty,
             total: None,
             done: 0,
@@ -56,7 +64,7 @@ impl kvmprov_image::Progress for Bar {
             } else {
                 String::new()
             };
-            super::note(&format!(
+            self.printer.note(&format!(
                 "  {} {}: {} MiB{from}",
                 self.verb,
                 self.name,
@@ -76,7 +84,8 @@ impl kvmprov_image::Progress for Bar {
             let tenth = (self.done * 10).checked_div(total).unwrap_or(0);
             if tenth > self.last_tenth {
                 self.last_tenth = tenth;
-                super::note(&format!("  {} {}: {}%", self.verb, self.name, tenth * 10));
+                self.printer
+                    .note(&format!("  {} {}: {}%", self.verb, self.name, tenth * 10));
             }
         }
     }
@@ -95,10 +104,38 @@ mod tests {
 
     #[test]
     fn json_mode_shows_no_progress() {
-        let mut b = Bar::new("downloading", "debian-12", false);
+        let (printer, printed) = crate::output::capture(crate::output::OutputFormat::Json);
+        let mut b = Bar::new("downloading", "debian-12", &printer);
         assert!(b.bar.is_none() && !b.lines);
         b.start(Some(100), 0);
         b.advance(50);
+        b.finish();
         assert_eq!(b.last_tenth, 0, "no 10 % lines were counted");
+        assert_eq!(
+            (printed.out(), printed.err()),
+            (String::new(), String::new())
+        );
+    }
+
+    /// Without a terminal, a line when the transfer starts and one per 10 % on "err" (counted
+    /// from zero, so a resumed transfer's first line says where it resumed).
+    #[test]
+    fn without_a_terminal_progress_is_a_line_per_tenth_on_err() {
+        let (printer, printed) = crate::output::capture(crate::output::OutputFormat::Human);
+        let mut b = Bar::new("downloading", "debian-12", &printer);
+        assert!(b.bar.is_none() && b.lines);
+        b.start(Some(100 << 20), 50 << 20);
+        b.advance(5 << 20);
+        b.advance(6 << 20);
+        b.advance(39 << 20);
+        b.finish();
+        assert_eq!(printed.out(), "");
+        assert_eq!(
+            printed.err(),
+            "  downloading debian-12: 100 MiB, resuming at 50 MiB\n\
+             \x20 downloading debian-12: 50%\n\
+             \x20 downloading debian-12: 60%\n\
+             \x20 downloading debian-12: 100%\n"
+        );
     }
 }

@@ -12,7 +12,7 @@ use crate::config::Instance;
 use crate::exit::ExitStatus;
 use crate::guest;
 use crate::login::Login;
-use crate::output::{self, json::InstanceStatus};
+use crate::output::json::InstanceStatus;
 use crate::parallel::parallel;
 use crate::plan::error_chain;
 use crate::settings::Session;
@@ -101,7 +101,7 @@ pub fn run(s: &Session) -> ExitStatus {
             Ok(r) => rows.extend(r),
             Err(e) => {
                 let e = format!("{}: {e}", h.cfg.libvirt_uri);
-                output::error(&e);
+                s.printer.error(&e);
                 errors.push(e);
             }
         }
@@ -114,7 +114,7 @@ pub fn run(s: &Session) -> ExitStatus {
 pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
     let Some(inst) = s.cfg.instance(name) else {
         let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
-        output::error(&format!(
+        s.printer.error(&format!(
             "`{name}` is not a declared instance (declared: {}){}",
             names.join(", "),
             crate::config::did_you_mean(name, &names)
@@ -129,13 +129,13 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
     let addr = match found {
         Ok(Some(a)) => a,
         Ok(None) => {
-            output::error(&format!(
+            s.printer.error(&format!(
                 "`{name}` has no IPv4 address yet (is it running? try `kvmprov status`)"
             ));
             return ExitStatus::Failure;
         }
         Err(e) => {
-            output::error(&error_chain(&e));
+            s.printer.error(&error_chain(&e));
             return ExitStatus::Failure;
         }
     };
@@ -143,14 +143,14 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
     let target = match login.and_then(|l| l.target(addr).map_err(|e| error_chain(&e))) {
         Ok(t) => t,
         Err(e) => {
-            output::error(&e);
+            s.printer.error(&e);
             return ExitStatus::Failure;
         }
     };
     let args = match target.args(10) {
         Ok(a) => a,
         Err(e) => {
-            output::error(&error_chain(&e));
+            s.printer.error(&error_chain(&e));
             return ExitStatus::Failure;
         }
     };
@@ -164,6 +164,6 @@ pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
         cmd.arg("--").args(command);
     }
     let err = cmd.exec();
-    output::error(&format!("cannot run ssh: {err}"));
+    s.printer.error(&format!("cannot run ssh: {err}"));
     ExitStatus::Failure
 }

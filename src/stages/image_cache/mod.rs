@@ -128,7 +128,7 @@ fn one(s: &Session, client: &Client, c: &CatalogImage, handoff: &mut Handoff) ->
                         error_chain(&e),
                         aside.display()
                     );
-                    crate::output::warning(&format!(
+                    s.printer.warning(&format!(
                         "cached image {} failed verification ({}); moved aside to {}",
                         c.path.display(),
                         error_chain(&e),

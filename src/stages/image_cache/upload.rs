@@ -241,7 +241,7 @@ fn upload_one(
         record,
         host,
         img,
-        printer: s.printer,
+        printer: s.printer.clone(),
     };
     run_action(action, || target.apply(step))
 }
@@ -320,7 +320,7 @@ impl PoolCopy<'_> {
                     return Ok(());
                 }
                 // Never keep a damaged copy: say so and send a good one.
-                crate::output::warning(&format!(
+                self.printer.warning(&format!(
                     "{} on {} failed verification (sha512 {}…, expected {}…); uploading it again",
                     self.file,
                     self.host,

@@ -9,9 +9,17 @@
 //! `stages` (+ `check`) for the stage commands, `config` for `check`, `hypervisors` for `ping`,
 //! `instances` for `status`. `inventory` and `schema` print the formats Ansible and JSON Schema
 //! define, not this envelope.
+//!
+//! Every string of the document passes through [`super::sanitize`] as it is written ([`render`]):
+//! reasons, targets, failure details and errors quote guests, image hosts and other processes, and
+//! JSON's escaping keeps their control and bidirectional characters intact for whoever reads
+//! the values.
+
+use std::io;
 
 use kvmprov_hypervisor::{HostInfo, NetworkInfo};
 use serde::Serialize;
+use serde_json::ser::{CharEscape, Formatter, PrettyFormatter};
 
 use crate::config::Config;
 use crate::plan::StageReport;
@@ -47,20 +55,123 @@ pub enum Payload<'a> {
     },
 }
 
-/// The document, pretty-printed.
+/// The document, pretty-printed, every string in it sanitized.
 pub fn render(
     command: &str,
     ok: bool,
     error: Option<String>,
     payload: Payload,
 ) -> Result<String, serde_json::Error> {
-    serde_json::to_string_pretty(&Envelope {
+    let mut doc = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut doc, Sanitizing::default());
+    Envelope {
         command,
         ok,
-        // The error carries paths and text from guests, image hosts and other processes.
-        error: error.map(|e| super::sanitize(&e, true)),
+        error,
         payload,
-    })
+    }
+    .serialize(&mut ser)?;
+    // serde_json writes only UTF-8 (its strings are `str`, the rest ASCII).
+    String::from_utf8(doc).map_err(|e| serde::ser::Error::custom(e.utf8_error()))
+}
+
+/// serde_json's pretty printer, except that each string is collected whole and written
+/// sanitized (whole, because the sanitizer removes escape sequences, not single characters).
+#[derive(Default)]
+struct Sanitizing {
+    pretty: PrettyFormatter<'static>,
+    /// The string being written, unescaped.
+    text: String,
+}
+
+impl Formatter for Sanitizing {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        _: &mut W,
+        s: &str,
+    ) -> io::Result<()> {
+        self.text.push_str(s);
+        Ok(())
+    }
+
+    fn write_char_escape<W: ?Sized + io::Write>(
+        &mut self,
+        _: &mut W,
+        c: CharEscape,
+    ) -> io::Result<()> {
+        self.text.push(match c {
+            CharEscape::Quote => '"',
+            CharEscape::ReverseSolidus => '\\',
+            CharEscape::Solidus => '/',
+            CharEscape::Backspace => '\x08',
+            CharEscape::FormFeed => '\x0c',
+            CharEscape::LineFeed => '\n',
+            CharEscape::CarriageReturn => '\r',
+            CharEscape::Tab => '\t',
+            CharEscape::AsciiControl(b) => char::from(b),
+        });
+        Ok(())
+    }
+
+    fn begin_string<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b"\"")
+    }
+
+    fn end_string<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        let text = super::sanitize(&std::mem::take(&mut self.text), true);
+        // serde_json's own escaping of the clean text, without the quotes it adds: the opening
+        // one is written (a map's integer key is written between the two quotes, not as text).
+        let quoted = serde_json::to_string(&text).map_err(io::Error::other)?;
+        let inner = &quoted[1..quoted.len() - 1];
+        w.write_all(inner.as_bytes())?;
+        w.write_all(b"\"")
+    }
+
+    // The layout is the pretty printer's.
+
+    fn begin_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.pretty.begin_array(w)
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.pretty.end_array(w)
+    }
+
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.pretty.begin_array_value(w, first)
+    }
+
+    fn end_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.pretty.end_array_value(w)
+    }
+
+    fn begin_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.pretty.begin_object(w)
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.pretty.end_object(w)
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.pretty.begin_object_key(w, first)
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.pretty.begin_object_value(w)
+    }
+
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.pretty.end_object_value(w)
+    }
 }
 
 /// `ping`: what one hypervisor answered, or why it did not.
@@ -119,6 +230,19 @@ mod tests {
         assert_eq!(j["stages"][0]["outcomes"][0]["op"], "undefine");
         assert_eq!(j["stages"][0]["outcomes"][0]["status"], "planned");
         assert_eq!(j["stages"][0]["outcomes"][0]["target"], "a");
+    }
+
+    /// Integer map keys are written between the string's quotes; they stay keys.
+    #[test]
+    fn sanitized_documents_keep_integer_keys_and_the_pretty_layout() {
+        let value = std::collections::BTreeMap::from([(7u32, vec!["a\u{202e}b"])]);
+        let mut doc = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(&mut doc, Sanitizing::default());
+        value.serialize(&mut ser).unwrap();
+        assert_eq!(
+            String::from_utf8(doc).unwrap(),
+            "{\n  \"7\": [\n    \"a\\\\u{202e}b\"\n  ]\n}"
+        );
     }
 
     #[test]

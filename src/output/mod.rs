@@ -10,7 +10,7 @@
 //!
 //! - this module: [`Printer`] (what goes to which writer, when, in which order) and [`Held`]
 //! - [`human`]: the text renderings (action lines, the summary table, `check`, `ping`, `status`)
-//! - [`json`]: the envelope and each command's payload
+//! - [`json`]: the envelope and each command's payload, every string in it sanitized
 //! - [`progress`]: the download and upload progress (a bar on a terminal, else 10 % lines)
 //! - [`untrusted`]: the one sanitizer for text from guests and image hosts
 

@@ -163,6 +163,42 @@ fn a_command_that_could_not_start_gets_an_envelope_without_payload() {
     );
 }
 
+/// A guest's cloud-init message or an image host's label in a reason, a target, a failure's
+/// detail or the error: JSON's escaping kept U+202E (which shows the rest of a line reversed),
+/// U+2066 and escape sequences in the values a script reads; every string is now sanitized as
+/// the document is written.
+#[test]
+fn regression_json_reason_kept_bidi_controls_from_a_guest() {
+    let (printer, printed) = capture(OutputFormat::Json);
+    let mut r = StageReport::new("runtime");
+    r.outcomes = vec![Outcome::failure(
+        Action::new(
+            "app-01\u{2066}",
+            Op::Wait,
+            "cloud-init: \u{202e}txt.exe\x1b[2J done",
+        ),
+        "ssh: \u{200f}refused\r",
+    )];
+    printer.stages("runtime", false, &[r], Some("guest said \u{2067}no"));
+    let doc: serde_json::Value = serde_json::from_str(&printed.out()).unwrap();
+    let outcome = &doc["stages"][0]["outcomes"][0];
+    assert_eq!(outcome["reason"], "cloud-init: \\u{202e}txt.exe done");
+    assert_eq!(outcome["target"], "app-01\\u{2066}");
+    assert_eq!(outcome["detail"], "ssh: \\u{200f}refused");
+    assert_eq!(doc["error"], "guest said \\u{2067}no");
+}
+
+/// Strings are collected whole before they are sanitized: serde_json hands them over in pieces
+/// around what it escapes (quotes, backslashes, newlines), and those must come back as they were.
+#[test]
+fn json_strings_keep_quotes_backslashes_newlines_and_tabs() {
+    let (printer, printed) = capture(OutputFormat::Json);
+    let text = "a \"quoted\" C:\\path\nline two\tcolumn ✓";
+    printer.failure(Some("check"), text);
+    let doc: serde_json::Value = serde_json::from_str(&printed.out()).unwrap();
+    assert_eq!(doc["error"], text);
+}
+
 #[test]
 fn warnings_notes_and_errors_go_to_err_in_both_modes() {
     for format in [OutputFormat::Human, OutputFormat::Json] {

@@ -22,8 +22,8 @@ pub fn render_line(o: &Outcome) -> String {
         Status::Done => "✓",
         Status::Failed(_) => "✗",
     };
-    // Reasons and errors quote paths, guests and image hosts: a last sanitizing pass (the text
-    // was sanitized where it entered; this one costs nothing and catches what was missed).
+    // Reasons and errors quote paths, guests and image hosts: a last sanitizing pass, for text
+    // that was not sanitized where it entered (on clean text the sanitizer changes nothing).
     let mut line = format!(
         "  {mark} {:<9} {:<18} {}",
         o.action.op.as_str(),

@@ -165,15 +165,15 @@ fn a_command_that_could_not_start_gets_an_envelope_without_payload() {
 
 /// A guest's cloud-init message or an image host's label in a reason, a target, a failure's
 /// detail or the error: JSON's escaping kept U+202E (which shows the rest of a line reversed),
-/// U+2066 and escape sequences in the values a script reads; every string is now sanitized as
-/// the document is written.
+/// U+2066, zero-width characters and escape sequences in the values a script reads; every
+/// string is now sanitized as the document is written.
 #[test]
 fn regression_json_reason_kept_bidi_controls_from_a_guest() {
     let (printer, printed) = capture(OutputFormat::Json);
     let mut r = StageReport::new("runtime");
     r.outcomes = vec![Outcome::failure(
         Action::new(
-            "app-01\u{2066}",
+            "app-01\u{2066}\u{200b}",
             Op::Wait,
             "cloud-init: \u{202e}txt.exe\x1b[2J done",
         ),
@@ -183,7 +183,7 @@ fn regression_json_reason_kept_bidi_controls_from_a_guest() {
     let doc: serde_json::Value = serde_json::from_str(&printed.out()).unwrap();
     let outcome = &doc["stages"][0]["outcomes"][0];
     assert_eq!(outcome["reason"], "cloud-init: \\u{202e}txt.exe done");
-    assert_eq!(outcome["target"], "app-01\\u{2066}");
+    assert_eq!(outcome["target"], "app-01\\u{2066}\\u{200b}");
     assert_eq!(outcome["detail"], "ssh: \\u{200f}refused");
     assert_eq!(doc["error"], "guest said \\u{2067}no");
 }

@@ -1,4 +1,6 @@
-//! Everything kvmprov prints, and nothing else: the one place that writes what a user reads.
+//! Everything kvmprov prints, and nothing else: results, action lines, warnings, errors and
+//! progress. (clap prints its own help and usage errors, and `-v` logs go through `tracing` to
+//! stderr.)
 //!
 //! The stages and commands hand over values (outcomes as they happen, then a command's result)
 //! to a [`Printer`]; this layer decides how they look and writes them into the printer's two

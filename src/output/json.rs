@@ -14,7 +14,7 @@ use kvmprov_hypervisor::{HostInfo, NetworkInfo};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::plan::StageReport;
+use crate::report::StageReport;
 
 #[derive(Serialize)]
 struct Envelope<'a> {
@@ -94,7 +94,7 @@ pub struct InstanceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Action, Op};
+    use crate::report::{Action, Op};
 
     #[test]
     fn stage_reports_in_the_envelope() {

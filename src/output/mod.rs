@@ -20,7 +20,7 @@ use std::io::Write;
 use std::sync::{Mutex, PoisonError};
 
 use crate::config::Config;
-use crate::plan::{Outcome, StageReport};
+use crate::report::{error_chain, Outcome, StageReport};
 
 pub use json::{Payload, Probe};
 pub use untrusted::sanitize;
@@ -128,8 +128,17 @@ impl Printer {
     }
 
     /// The end of a stage command (`provision`, `cleanup`, `image-cache prune`, …): the summary
-    /// table or the document, and the error that stopped the run, if one did.
-    pub fn stages(&self, command: &str, check: bool, reports: &[StageReport], fatal: Option<&str>) {
+    /// table or the document, and the error that stopped the run, if one did (typed up to here,
+    /// shown as its cause chain).
+    pub fn stages<E: std::error::Error>(
+        &self,
+        command: &str,
+        check: bool,
+        reports: &[StageReport],
+        fatal: Option<&E>,
+    ) {
+        let fatal = fatal.map(|e| error_chain(e));
+        let fatal = fatal.as_deref();
         if self.human() {
             print!("{}", human::render_summary(reports, check));
         }

@@ -9,6 +9,14 @@
 use schemars::generate::SchemaSettings;
 
 use crate::config::Vars;
+use crate::exit::ExitStatus;
+use crate::output;
+
+/// Printed as it is: it needs no variables file.
+pub fn run() -> ExitStatus {
+    output::document(&render());
+    ExitStatus::Success
+}
 
 /// The schema as a JSON document.
 pub fn schema() -> serde_json::Value {

@@ -20,7 +20,7 @@ use crate::guest::{shell_words, SshTarget};
 use crate::login::Login;
 use crate::output;
 use crate::parallel::parallel;
-use crate::plan::error_chain;
+use crate::report::error_chain;
 use crate::settings::Session;
 
 /// What kvmprov found out about one declared instance.

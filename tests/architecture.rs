@@ -168,7 +168,10 @@ fn the_rule_check_sees_a_stage_or_a_command_importing_a_sibling() {
         member_breaks(commands, true, "use crate::commands::status;").len(),
         1
     );
-    assert_eq!(member_breaks(commands, true, "use super::ping::NAME;").len(), 1);
+    assert_eq!(
+        member_breaks(commands, true, "use super::ping::NAME;").len(),
+        1
+    );
     assert!(member_breaks(commands, true, "use crate::stages::{self, Handoff};").is_empty());
 }
 

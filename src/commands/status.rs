@@ -111,6 +111,7 @@ pub fn run(s: &Session) -> ExitStatus {
             }
         }
     }
-    s.printer.instances(&rows, hosts.len() > 1, &errors);
+    let several_hosts = hosts.len() > 1;
+    s.printer.instances(&rows, several_hosts, &errors);
     ExitStatus::failed_if(!errors.is_empty())
 }

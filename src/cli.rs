@@ -1,17 +1,17 @@
-//! Command-line interface: arguments, dispatch, output and exit codes.
+//! Command-line interface: the arguments, and the one `match` ([`run`]) that hands each
+//! command to its file in [`crate::commands`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::config;
+use crate::commands;
+use crate::config::{self, StageChoice};
 use crate::exit::ExitStatus;
 use crate::output::{OutputFormat, Printer};
-use crate::plan::{error_chain, StageReport};
-use crate::run::StageError;
-use crate::settings::{Options, Session, Stage, StageSelection};
-use crate::stages;
+use crate::report::error_chain;
+use crate::settings::{Options, Session};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -129,8 +129,8 @@ pub struct InventoryArgs {
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
     /// json: Ansible's dynamic-inventory document; yaml: a static inventory file.
-    #[arg(long, value_enum, default_value_t = crate::inventory::Format::Json, conflicts_with = "host")]
-    pub format: crate::inventory::Format,
+    #[arg(long, value_enum, default_value_t = commands::inventory::Format::Json, conflicts_with = "host")]
+    pub format: commands::inventory::Format,
 }
 
 #[derive(Args, Debug)]
@@ -157,7 +157,7 @@ pub enum ImageCacheAction {
 pub struct ProvisionArgs {
     /// Run this stage instead of kvm_provision_stage.
     #[arg(long, value_enum)]
-    pub stage: Option<StageSelection>,
+    pub stage: Option<StageChoice>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -210,29 +210,6 @@ fn ansible_script_form(mut args: Vec<OsString>) -> Vec<OsString> {
         args.insert(1, "inventory".into());
     }
     args
-}
-
-/// The commands that print something about kvmprov itself: they need no variables file.
-fn print_static(command: &Command, printer: &Printer) -> Option<ExitStatus> {
-    let written = match command {
-        Command::Schema => printer.document(&crate::schema::render()),
-        Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "kvmprov", &mut printer.out());
-            Ok(())
-        }
-        Command::Man { out_dir: None } => {
-            clap_mangen::Man::new(Cli::command()).render(&mut printer.out())
-        }
-        Command::Man { out_dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), dir),
-        _ => return None,
-    };
-    Some(match written {
-        Ok(()) => ExitStatus::Success,
-        Err(e) => {
-            printer.error(&format!("cannot write: {e}"));
-            ExitStatus::Failure
-        }
-    })
 }
 
 /// Ctrl-C and SIGTERM stop a run at once, with the conventional exit codes (130, 143). Nothing
@@ -304,76 +281,68 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// The whole program: every command, and the file that runs it. Those that print something
+/// about kvmprov itself (schema, completions, man) need no variables file; every other reads
+/// it first ([`with_session`]).
 fn run(cli: Cli) -> ExitStatus {
     let g = &cli.global;
-    let printer = Printer::new(g.output);
-    if let Some(status) = print_static(&cli.command, &printer) {
-        return status;
-    }
-    let cfg = match config::load(&g.config, &g.extra) {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            printer.failure(cli.command.name(), &error_chain(&e));
-            return ExitStatus::Usage;
+    let name = cli.command.name();
+    match cli.command {
+        Command::Check => with_session(g, name, |s| commands::check::run(&s)),
+        Command::Ping => with_session(g, name, |s| commands::ping::run(&s)),
+        Command::Preflight => with_session(g, name, |s| commands::preflight::run(&s)),
+        Command::ImageCache(ImageCacheArgs {
+            action: Some(ImageCacheAction::Prune { yes }),
+            ..
+        }) => with_session(g, name, |s| commands::image_cache_prune::run(&s, yes)),
+        Command::ImageCache(args) => {
+            with_session(g, name, |s| commands::image_cache::run(&s, args.all))
         }
-    };
-    let session = Session::new(cfg, options(&cli));
-    let command = cli.command.name().unwrap_or_default();
-    let result = match cli.command {
-        Command::Check => return stages::check::run(&session),
-        Command::Ping => return stages::ping::run(&session),
-        Command::Ssh(args) => return stages::status::ssh(&session, &args.name, &args.command),
-        Command::Status => return stages::status::run(&session),
-        Command::Inventory(args) => {
-            return crate::inventory::run(&session, args.host.as_deref(), args.format)
+        Command::Provision(args) => with_session(g, name, |s| {
+            commands::provision::run(&s, args.stage, args.runtime.no_wait)
+        }),
+        Command::Runtime(args) => {
+            with_session(g, name, |s| commands::runtime::run(&s, args.no_wait))
         }
-        // Printed by `print_static` above, without a variables file.
-        Command::Schema | Command::Completions { .. } | Command::Man { .. } => {
-            return ExitStatus::Success
+        Command::Cleanup => with_session(g, name, |s| commands::cleanup::run(&s)),
+        Command::Status => with_session(g, name, |s| commands::status::run(&s)),
+        Command::Ssh(args) => with_session(g, name, |s| {
+            commands::ssh::run(&s, &args.name, &args.command)
+        }),
+        Command::Inventory(args) => with_session(g, name, |s| {
+            commands::inventory::run(&s, args.host.as_deref(), args.format)
+        }),
+        Command::Schema => commands::schema::run(&Printer::new(g.output)),
+        Command::Completions { shell } => {
+            commands::completions::run(&Printer::new(g.output), shell, &mut Cli::command())
         }
-        Command::Preflight => stages::run_stages(&session, &[Stage::Preflight]),
-        Command::ImageCache(args) => match args.action {
-            Some(ImageCacheAction::Prune { yes }) => stages::image_cache::prune(&session, yes),
-            None => stages::run_stages_with(&session, &[Stage::ImageCache], args.all),
-        },
-        Command::Provision(_) => stages::run_stages(&session, &session.stages.stages()),
-        Command::Runtime(_) => stages::run_stages(&session, &[Stage::Runtime]),
-        Command::Cleanup => stages::cleanup::run(&session),
-    };
-    finish(&session, command, result)
-}
-
-/// What the command line adds to the variables file's settings.
-fn options(cli: &Cli) -> Options {
-    let g = &cli.global;
-    let (no_wait, stage) = match &cli.command {
-        Command::Provision(a) => (a.runtime.no_wait, a.stage),
-        Command::Runtime(a) => (a.no_wait, None),
-        _ => (false, None),
-    };
-    Options {
-        check: g.check,
-        output: g.output,
-        jobs: g.jobs.map(usize::from),
-        no_wait,
-        stage,
+        Command::Man { out_dir } => {
+            commands::man::run(&Printer::new(g.output), Cli::command(), out_dir.as_deref())
+        }
     }
 }
 
-/// Print the summary (human) or the JSON document, and pick the exit status.
-fn finish(
-    session: &Session,
-    command: &str,
-    result: Result<Vec<StageReport>, StageError>,
+/// Read the variables file and run `command` with the session; an invalid file ends the
+/// command before it starts (exit 2), in the command's `--output json` envelope when it has one.
+fn with_session(
+    g: &GlobalArgs,
+    name: Option<&str>,
+    command: impl FnOnce(Session) -> ExitStatus,
 ) -> ExitStatus {
-    let (reports, fatal) = match result {
-        Ok(r) => (r, None),
-        Err(StageError { reports, error }) => (reports, Some(error)),
-    };
-    session
-        .printer
-        .stages(command, session.check, &reports, fatal.as_deref());
-    ExitStatus::failed_if(fatal.is_some() || reports.iter().any(StageReport::failed))
+    match config::load(&g.config, &g.extra) {
+        Ok(cfg) => command(Session::new(
+            cfg,
+            Options {
+                check: g.check,
+                output: g.output,
+                jobs: g.jobs.map(usize::from),
+            },
+        )),
+        Err(e) => {
+            Printer::new(g.output).failure(name, &error_chain(&e));
+            ExitStatus::Usage
+        }
+    }
 }
 
 impl Command {
@@ -381,18 +350,18 @@ impl Command {
     /// format (Ansible's inventory, the JSON Schema, completions, man pages) or hand over to ssh.
     pub fn name(&self) -> Option<&'static str> {
         Some(match self {
-            Command::Check => "check",
-            Command::Ping => "ping",
-            Command::Preflight => "preflight",
+            Command::Check => commands::check::NAME,
+            Command::Ping => commands::ping::NAME,
+            Command::Preflight => commands::preflight::NAME,
             Command::ImageCache(ImageCacheArgs {
                 action: Some(ImageCacheAction::Prune { .. }),
                 ..
-            }) => "image-cache prune",
-            Command::ImageCache(_) => "image-cache",
-            Command::Provision(_) => "provision",
-            Command::Runtime(_) => "runtime",
-            Command::Cleanup => "cleanup",
-            Command::Status => "status",
+            }) => commands::image_cache_prune::NAME,
+            Command::ImageCache(_) => commands::image_cache::NAME,
+            Command::Provision(_) => commands::provision::NAME,
+            Command::Runtime(_) => commands::runtime::NAME,
+            Command::Cleanup => commands::cleanup::NAME,
+            Command::Status => commands::status::NAME,
             Command::Ssh(_)
             | Command::Inventory(_)
             | Command::Schema

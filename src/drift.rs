@@ -11,7 +11,7 @@ use kvmprov_hypervisor::xml::DomainType;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Instance};
-use crate::instance::firmware_label;
+use crate::firmware::firmware_label;
 
 /// Fields recorded as a digest: a change says only that it changed.
 const SECRET: &[&str] = &["password", "ssh_authorized_keys"];

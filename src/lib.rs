@@ -1,27 +1,27 @@
 //! kvmprov: provision Debian cloud-image VMs on KVM/libvirt from one YAML file.
 //!
-//! Data flows one way: `cli` → `settings` → `stages` → (`kvmprov_image`, `kvmprov_seed`,
-//! `kvmprov_hypervisor`, `guest`). Lower layers never read the config file; only `output` prints. The
-//! stages import no sibling stage: what several of them need lives below them (`layout`,
-//! `instance`, `host`, `domains`, `drift`, `login`, `address`, `lock`, `run`, `parallel`).
+//! Data flows one way: `cli` → `commands` → `settings` → `stages` → (`kvmprov_image`,
+//! `kvmprov_seed`, `kvmprov_hypervisor`, `guest`). `cli` holds the arguments and one `match`
+//! over the commands; each command is a file in `commands`. Lower layers never read the config
+//! file; only `output` prints. No stage imports a sibling stage and no command another command:
+//! what several of them need lives below them (`layout`, `firmware`, `host`, `domains`, `drift`,
+//! `login`, `address`, `lock`, `report`, `parallel`).
 pub mod address;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod domains;
 pub mod drift;
 pub mod exit;
+pub mod firmware;
 pub mod guest;
 pub mod host;
-pub mod instance;
-pub mod inventory;
 pub mod layout;
 pub mod lock;
 pub mod login;
 pub mod output;
 pub mod parallel;
-pub mod plan;
-pub mod run;
-pub mod schema;
+pub mod report;
 pub mod settings;
 pub mod stages;
 pub mod state;

@@ -1,5 +1,7 @@
-//! The settings layer: the variables file (already resolved into a [`Config`]) and the command
-//! line, combined once into an immutable [`Session`] that every command and stage reads.
+//! The settings layer: the variables file (already resolved into a [`Config`]) and the global
+//! command-line options, combined once into an immutable [`Session`] that every command and
+//! stage reads; and the settings of the commands that run stages ([`StageSettings`]), resolved
+//! by those commands alone.
 //!
 //! Here, not in `cli`, so that nothing below the command line needs to know about clap's
 //! argument types; and built in one step, so no code sees a half-made session.
@@ -40,58 +42,47 @@ impl Stage {
     }
 }
 
-/// What `kvmprov provision` runs: every stage (`full`) or only one (`kvm_provision_stage`, as
-/// in the Ansible project kvmprov replaces).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StageSelection {
-    Full,
-    Only(Stage),
+/// The stages a [`StageChoice`] (`kvm_provision_stage`, `provision --stage`) names, in order.
+pub fn stages_of(choice: StageChoice) -> Vec<Stage> {
+    match choice {
+        StageChoice::Full => Stage::ALL.to_vec(),
+        StageChoice::Preflight => vec![Stage::Preflight],
+        StageChoice::ImageCache => vec![Stage::ImageCache],
+        StageChoice::Provision => vec![Stage::Provision],
+        StageChoice::Runtime => vec![Stage::Runtime],
+    }
 }
 
-impl StageSelection {
+/// How a command that runs stages (`preflight`, `image-cache`, `provision`, `runtime`) runs
+/// them: resolved once, by that command, from its arguments and the config. Only the stage
+/// runner reads it; other commands never see these fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSettings {
     /// The stages to run, in order.
-    pub fn stages(self) -> Vec<Stage> {
-        match self {
-            StageSelection::Full => Stage::ALL.to_vec(),
-            StageSelection::Only(stage) => vec![stage],
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StageSelection::Full => "full",
-            StageSelection::Only(stage) => stage.as_str(),
-        }
-    }
+    pub stages: Vec<Stage>,
+    /// `--no-wait`: runtime only starts the domains.
+    pub no_wait: bool,
+    /// `image-cache --all`: every catalog image, not only those instances use.
+    pub all_images: bool,
 }
 
-impl From<StageChoice> for StageSelection {
-    fn from(choice: StageChoice) -> Self {
-        match choice {
-            StageChoice::Full => StageSelection::Full,
-            StageChoice::Preflight => StageSelection::Only(Stage::Preflight),
-            StageChoice::ImageCache => StageSelection::Only(Stage::ImageCache),
-            StageChoice::Provision => StageSelection::Only(Stage::Provision),
-            StageChoice::Runtime => StageSelection::Only(Stage::Runtime),
+impl StageSettings {
+    /// One stage, with the defaults.
+    pub fn only(stage: Stage) -> Self {
+        StageSettings {
+            stages: vec![stage],
+            no_wait: false,
+            all_images: false,
         }
     }
-}
 
-/// `--stage` is parsed by clap straight into a selection (the same names as
-/// `kvm_provision_stage`), so no string is looked at twice.
-impl clap::ValueEnum for StageSelection {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[
-            StageSelection::Full,
-            StageSelection::Only(Stage::Preflight),
-            StageSelection::Only(Stage::ImageCache),
-            StageSelection::Only(Stage::Provision),
-            StageSelection::Only(Stage::Runtime),
-        ]
-    }
-
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.as_str()))
+    /// `kvmprov provision`: the stages `--stage` names, else `kvm_provision_stage`.
+    pub fn provision(cfg: &Config, stage: Option<StageChoice>, no_wait: bool) -> Self {
+        StageSettings {
+            stages: stages_of(stage.unwrap_or(cfg.stage)),
+            no_wait,
+            all_images: false,
+        }
     }
 }
 
@@ -103,10 +94,6 @@ pub struct Options {
     pub output: OutputFormat,
     /// `--jobs`; default: one per instance, at most [`DEFAULT_MAX_JOBS`].
     pub jobs: Option<usize>,
-    /// `--no-wait`: runtime only starts the domains.
-    pub no_wait: bool,
-    /// `provision --stage`; default: `kvm_provision_stage`.
-    pub stage: Option<StageSelection>,
 }
 
 /// One invocation: the resolved config and how to run. Never changed once built.
@@ -116,10 +103,6 @@ pub struct Session {
     pub output: OutputFormat,
     pub jobs: usize,
     pub printer: Printer,
-    /// Runtime only starts domains (`--no-wait`).
-    pub no_wait: bool,
-    /// The stages `provision` runs: `--stage`, else `kvm_provision_stage`.
-    pub stages: StageSelection,
 }
 
 impl Session {
@@ -129,13 +112,11 @@ impl Session {
             .unwrap_or_else(|| cfg.instances.len().clamp(1, DEFAULT_MAX_JOBS))
             .max(1);
         Session {
-            stages: opts.stage.unwrap_or_else(|| cfg.stage.into()),
             cfg,
             check: opts.check,
             output: opts.output,
             jobs,
             printer: Printer::new(opts.output),
-            no_wait: opts.no_wait,
         }
     }
 
@@ -147,8 +128,6 @@ impl Session {
             output: self.output,
             jobs: self.jobs,
             printer: self.printer.clone(),
-            no_wait: self.no_wait,
-            stages: self.stages,
         }
     }
 
@@ -174,7 +153,7 @@ mod tests {
     #[test]
     fn full_expands_to_four_stages_in_order() {
         assert_eq!(
-            StageSelection::from(StageChoice::Full).stages(),
+            stages_of(StageChoice::Full),
             vec![
                 Stage::Preflight,
                 Stage::ImageCache,
@@ -182,12 +161,11 @@ mod tests {
                 Stage::Runtime
             ]
         );
-        assert_eq!(
-            StageSelection::from(StageChoice::Runtime).stages(),
-            vec![Stage::Runtime]
-        );
+        assert_eq!(stages_of(StageChoice::Runtime), vec![Stage::Runtime]);
     }
 
+    /// `--stage` and `kvm_provision_stage` are one enum: the same names, and a single stage
+    /// is named as the stage itself.
     #[test]
     fn stage_names_are_the_config_names() {
         for choice in [
@@ -197,9 +175,24 @@ mod tests {
             StageChoice::Provision,
             StageChoice::Runtime,
         ] {
-            assert_eq!(StageSelection::from(choice).as_str(), choice.as_str());
-            let parsed = <StageSelection as clap::ValueEnum>::from_str(choice.as_str(), false);
-            assert_eq!(parsed, Ok(StageSelection::from(choice)));
+            let parsed = <StageChoice as clap::ValueEnum>::from_str(choice.as_str(), false);
+            assert_eq!(parsed, Ok(choice));
+            if let [one] = stages_of(choice)[..] {
+                assert_eq!(one.as_str(), choice.as_str());
+            }
         }
+    }
+
+    #[test]
+    fn the_command_line_stage_wins_over_the_config() {
+        let text = "kvm_provision_stage: runtime\n\
+            kvm_cloud_image_catalog:\n  - {image_name: d, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}\n\
+            kvm_instance_definitions:\n  - {instance_name: app-01, image_name: d}\n";
+        let cfg = crate::config::parse(std::path::Path::new("t.yml"), text, &[]).unwrap();
+        let from_file = StageSettings::provision(&cfg, None, false);
+        assert_eq!(from_file.stages, vec![Stage::Runtime]);
+        let from_args = StageSettings::provision(&cfg, Some(StageChoice::Preflight), true);
+        assert_eq!(from_args.stages, vec![Stage::Preflight]);
+        assert!(from_args.no_wait);
     }
 }

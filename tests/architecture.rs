@@ -1,7 +1,7 @@
 //! The import rules of `src/` (README, "Development"), checked on the source text so that a
 //! change that breaks them fails here rather than in a review: no stage imports another stage,
-//! nothing below `cli` imports `cli`, and no import circle between modules, in `src/` or in
-//! any crate under `crates/`.
+//! no command imports another command, nothing below `cli` imports `cli`, and no import circle
+//! between modules, in `src/` or in any crate under `crates/`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,18 +17,45 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The stage a file belongs to: `src/stages/NAME.rs` or `src/stages/NAME/…`; `None` for
-/// `src/stages/mod.rs` (the driver, which knows every stage) and files outside the stages.
-fn stage_of(rel: &Path) -> Option<String> {
+/// A folder whose members must not import each other: `src/FOLDER/NAME.rs` or
+/// `src/FOLDER/NAME/…` is the member NAME.
+struct Folder {
+    name: &'static str,
+    /// What a member is called in a message.
+    member: &'static str,
+    /// Files of the folder that are no member and may import every member: `mod.rs`, and the
+    /// plumbing that runs them (the stage runner, the error that names each stage's error).
+    above: &'static [&'static str],
+    /// Modules of the folder every member may import: the types of the boundary they share.
+    shared: &'static [&'static str],
+}
+
+const FOLDERS: [Folder; 2] = [
+    Folder {
+        name: "stages",
+        member: "stage",
+        above: &["mod.rs", "hosts.rs", "pipeline.rs", "error.rs"],
+        shared: &["handoff"],
+    },
+    Folder {
+        name: "commands",
+        member: "command",
+        above: &["mod.rs"],
+        shared: &[],
+    },
+];
+
+/// The folder and member a file belongs to: `src/stages/NAME.rs` or `src/stages/NAME/…` is the
+/// stage NAME; `None` for the folder's own files (`above`) and for files outside the folders.
+fn member_of(rel: &Path) -> Option<(&'static Folder, String)> {
     let mut parts = rel.iter().map(|p| p.to_string_lossy().into_owned());
-    if parts.next()? != "stages" {
-        return None;
-    }
+    let top = parts.next()?;
+    let folder = FOLDERS.iter().find(|f| f.name == top)?;
     let first = parts.next()?;
-    if first == "mod.rs" {
+    if folder.above.contains(&first.as_str()) {
         return None;
     }
-    Some(first.trim_end_matches(".rs").to_string())
+    Some((folder, first.trim_end_matches(".rs").to_string()))
 }
 
 /// Code lines only: the rules are about imports, not about what comments mention.
@@ -39,8 +66,40 @@ fn code(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .filter(|(_, l)| !l.starts_with("//"))
 }
 
+/// The rule breaks of one line of a member of `folder` (a file directly in the folder when
+/// `direct`).
+fn member_breaks(folder: &Folder, direct: bool, line: &str) -> Vec<&'static str> {
+    let mut broken = Vec::new();
+    let prefix = format!("crate::{}", folder.name);
+    let shared = |rest: &str| {
+        folder
+            .shared
+            .iter()
+            .any(|m| rest.starts_with(&format!("::{m}::")))
+    };
+    let mut from = 0;
+    while let Some(at) = line[from..].find(&prefix) {
+        let rest = &line[from + at + prefix.len()..];
+        if !shared(rest) {
+            broken.push("imports its own folder (a sibling, or the folder's runner)");
+            break;
+        }
+        from += at + prefix.len();
+    }
+    // Inside a member's folder `super::` is that member; two levels up is the folder.
+    // The one exception: tests of a member's submodule reuse the member's test fixtures.
+    if line.contains("super::super::") && !line.contains("::tests::") {
+        broken.push("reaches above itself");
+    }
+    // A member file directly in the folder: `super::` is the folder itself.
+    if direct && line.contains("super::") && !line.contains("use super::*;") {
+        broken.push("imports through its folder");
+    }
+    broken
+}
+
 #[test]
-fn no_stage_imports_another_stage_and_nothing_below_cli_imports_cli() {
+fn no_stage_imports_another_stage_no_command_another_and_nothing_below_cli_imports_cli() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
@@ -55,26 +114,19 @@ fn no_stage_imports_another_stage_and_nothing_below_cli_imports_cli() {
         let text = fs::read_to_string(path).expect("read a source file");
         let top = rel.to_string_lossy();
         let below_cli = !matches!(top.as_ref(), "cli.rs" | "main.rs" | "lib.rs");
-        let stage = stage_of(rel);
+        let member = member_of(rel);
         for (n, line) in code(&text) {
             if below_cli && line.contains("crate::cli") {
                 broken.push(format!("src/{top}:{n}: imports cli: {line}"));
             }
-            if stage.is_some() && line.contains("crate::stages") {
-                broken.push(format!("src/{top}:{n}: a stage imports the stages: {line}"));
-            }
-            // Inside a stage's folder `super::` is that stage; two levels up is `stages`.
-            // The one exception: tests of a stage's submodule reuse the stage's test fixtures.
-            if stage.is_some() && line.contains("super::super::") && !line.contains("::tests::") {
-                broken.push(format!("src/{top}:{n}: reaches above its stage: {line}"));
-            }
-            // A stage file directly in src/stages/: `super::` is `stages` itself.
-            if rel.parent() == Some(Path::new("stages"))
-                && stage.is_some()
-                && line.contains("super::")
-                && !line.contains("use super::*;")
-            {
-                broken.push(format!("src/{top}:{n}: imports through stages/: {line}"));
+            if let Some((folder, name)) = &member {
+                let direct = rel.parent() == Some(Path::new(folder.name));
+                for why in member_breaks(folder, direct, line) {
+                    broken.push(format!(
+                        "src/{top}:{n}: the {} `{name}` {why}: {line}",
+                        folder.member
+                    ));
+                }
             }
         }
     }
@@ -86,19 +138,41 @@ fn no_stage_imports_another_stage_and_nothing_below_cli_imports_cli() {
 }
 
 #[test]
-fn the_rule_check_sees_a_stage_importing_a_sibling() {
+fn the_rule_check_sees_a_stage_or_a_command_importing_a_sibling() {
+    let member = |p: &str| member_of(Path::new(p)).map(|(f, m)| (f.name, m));
     assert_eq!(
-        stage_of(Path::new("stages/runtime/wait.rs")).as_deref(),
-        Some("runtime")
+        member("stages/runtime/wait.rs"),
+        Some(("stages", "runtime".into()))
     );
     assert_eq!(
-        stage_of(Path::new("stages/check.rs")).as_deref(),
-        Some("check")
+        member("commands/status.rs"),
+        Some(("commands", "status".into()))
     );
-    assert_eq!(stage_of(Path::new("stages/mod.rs")), None);
-    assert_eq!(stage_of(Path::new("address.rs")), None);
+    assert_eq!(member("stages/mod.rs"), None);
+    assert_eq!(member("stages/hosts.rs"), None);
+    assert_eq!(member("commands/mod.rs"), None);
+    assert_eq!(member("address.rs"), None);
     let lines: Vec<_> = code("// crate::stages::x\nuse crate::stages::provision;\n").collect();
     assert_eq!(lines, vec![(2, "use crate::stages::provision;")]);
+    let [stages, commands] = &FOLDERS;
+    assert_eq!(
+        member_breaks(stages, false, "use crate::stages::provision::Prepared;").len(),
+        1
+    );
+    assert!(member_breaks(stages, false, "use crate::stages::handoff::Handoff;").is_empty());
+    assert_eq!(
+        member_breaks(stages, false, "use crate::stages::{handoff::Handoff, run};").len(),
+        1
+    );
+    assert_eq!(
+        member_breaks(commands, true, "use crate::commands::status;").len(),
+        1
+    );
+    assert_eq!(
+        member_breaks(commands, true, "use super::ping::NAME;").len(),
+        1
+    );
+    assert!(member_breaks(commands, true, "use crate::stages::{self, Handoff};").is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -95,6 +95,25 @@ impl StageChoice {
     }
 }
 
+/// `provision --stage` takes the same names as `kvm_provision_stage`: one enum for the file, the
+/// command line and the stage runner. Written out rather than derived so the `--help` text
+/// lists only the names (a derive would add each variant's doc comment).
+impl clap::ValueEnum for StageChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            StageChoice::Full,
+            StageChoice::Preflight,
+            StageChoice::ImageCache,
+            StageChoice::Provision,
+            StageChoice::Runtime,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
 /// A secret string: never printed, never serialized in clear.
 #[derive(Clone, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]

@@ -1,7 +1,7 @@
 //! The human renderings: pure functions from values to the text kvmprov prints.
 
 use crate::config::Config;
-use crate::plan::{Outcome, StageReport, Status};
+use crate::report::{Outcome, StageReport, Status};
 
 use super::json::{InstanceStatus, Probe};
 
@@ -220,7 +220,7 @@ pub fn status_table(rows: &[InstanceStatus], several_hosts: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{run, Action, Op};
+    use crate::report::{run, Action, Op};
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::ser::{CharEscape, Formatter, PrettyFormatter};
 
 use crate::config::Config;
-use crate::plan::StageReport;
+use crate::report::StageReport;
 
 #[derive(Serialize)]
 struct Envelope<'a> {
@@ -206,7 +206,7 @@ pub struct InstanceStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Action, Op};
+    use crate::report::{Action, Op};
 
     #[test]
     fn stage_reports_in_the_envelope() {

@@ -25,7 +25,7 @@ use std::io::{self, IsTerminal, Write};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::config::Config;
-use crate::plan::{Outcome, StageReport};
+use crate::report::{error_chain, Outcome, StageReport};
 
 pub use json::{Payload, Probe};
 pub use untrusted::sanitize;
@@ -192,8 +192,17 @@ impl Printer {
     }
 
     /// The end of a stage command (`provision`, `cleanup`, `image-cache prune`, …): the summary
-    /// table or the document, and the error that stopped the run, if one did.
-    pub fn stages(&self, command: &str, check: bool, reports: &[StageReport], fatal: Option<&str>) {
+    /// table or the document, and the error that stopped the run, if one did (typed up to here,
+    /// shown as its cause chain).
+    pub fn stages<E: std::error::Error>(
+        &self,
+        command: &str,
+        check: bool,
+        reports: &[StageReport],
+        fatal: Option<&E>,
+    ) {
+        let fatal = fatal.map(|e| error_chain(e));
+        let fatal = fatal.as_deref();
         if self.human() {
             self.out_text(&human::render_summary(reports, check));
         }

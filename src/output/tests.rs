@@ -1,7 +1,19 @@
 //! The printer rendering into buffers: what each writer receives, byte for byte.
 
 use super::*;
-use crate::plan::{Action, Op, Outcome, StageReport};
+use crate::report::{Action, Op, Outcome, StageReport};
+
+/// A fatal error as a stage hands it to the printer (typed until printed).
+#[derive(Debug)]
+struct Msg(&'static str);
+
+impl std::fmt::Display for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Msg {}
 
 fn took(mut o: Outcome, seconds: f64) -> Outcome {
     o.seconds = seconds;
@@ -33,7 +45,7 @@ fn action_lines_and_the_summary_table_go_to_out() {
     for o in &report.outcomes {
         printer.outcome(o);
     }
-    printer.stages("provision", false, &[report], None);
+    printer.stages("provision", false, &[report], None::<&Msg>);
     assert_eq!(
         printed.out(),
         "provision\n\
@@ -59,7 +71,7 @@ fn a_plan_has_its_header_its_advice_and_the_check_mode_footer() {
     printer.stage_header("cleanup", true);
     printer.outcome(&report.outcomes[0]);
     printer.advice("nothing changed: confirm with -e kvm_cleanup_confirmed=true");
-    printer.stages("cleanup", true, &[report], None);
+    printer.stages("cleanup", true, &[report], None::<&Msg>);
     assert_eq!(
         printed.out(),
         "cleanup (check mode: plan only)\n\
@@ -81,7 +93,7 @@ fn the_error_that_stopped_a_human_run_goes_to_err() {
         "provision",
         false,
         &[],
-        Some("cannot connect: no such host"),
+        Some(&Msg("cannot connect: no such host")),
     );
     assert_eq!(
         printed.out(),
@@ -99,7 +111,12 @@ fn json_mode_prints_one_envelope_with_the_error_and_no_lines() {
         printer.outcome(o);
     }
     printer.advice("not in JSON");
-    printer.stages("provision", false, &[report], Some("stopped: disk full"));
+    printer.stages(
+        "provision",
+        false,
+        &[report],
+        Some(&Msg("stopped: disk full")),
+    );
     assert_eq!(
         printed.out(),
         r#"{
@@ -179,7 +196,7 @@ fn regression_json_reason_kept_bidi_controls_from_a_guest() {
         ),
         "ssh: \u{200f}refused\r",
     )];
-    printer.stages("runtime", false, &[r], Some("guest said \u{2067}no"));
+    printer.stages("runtime", false, &[r], Some(&Msg("guest said \u{2067}no")));
     let doc: serde_json::Value = serde_json::from_str(&printed.out()).unwrap();
     let outcome = &doc["stages"][0]["outcomes"][0];
     assert_eq!(outcome["reason"], "cloud-init: \\u{202e}txt.exe done");

@@ -31,10 +31,9 @@ use crate::config::Config;
 use crate::domains;
 use crate::host::is_local;
 use crate::layout::instance_files;
-use crate::lock::RunLock;
-use crate::plan::StageReport;
-use crate::run::{host_error, StageError};
+use crate::report::StageReport;
 use crate::settings::Session;
+use crate::stages::handoff::Handoff;
 use plan::SHUTDOWN_GRACE;
 
 fn observe(cfg: &Config, hv: &Hypervisor) -> Result<Observed, HvError> {
@@ -162,46 +161,21 @@ fn exec(hv: &Hypervisor, cfg: &Config, name: &str, step: &Step) -> Result<(), Cl
     }
 }
 
-/// Cleanup on every hypervisor the config names, one after the other.
-pub fn run(s: &Session) -> Result<Vec<StageReport>, StageError> {
-    let hosts = s.per_host();
-    let multi = hosts.len() > 1;
-    let mut reports = Vec::new();
-    let mut errors = Vec::new();
-    for h in &hosts {
-        match run_host(h, multi) {
-            Ok(r) => reports.extend(r),
-            Err(e) => {
-                reports.extend(e.reports);
-                errors.push(host_error(multi, &h.cfg.libvirt_uri, e.error));
-            }
-        }
-    }
-    StageError::collect(reports, errors)
-}
-
-fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {
-    let _lock = if s.check || !s.cfg.cleanup_confirmed {
-        None
-    } else {
-        Some(RunLock::acquire(s).map_err(|e| StageError::new(Vec::new(), &e))?)
-    };
-    let hv = s.connect().map_err(|e| StageError::new(Vec::new(), &e))?;
-    let observed = observe(&s.cfg, &hv).map_err(|e| StageError::new(Vec::new(), &e))?;
-    let dry = s.check || !s.cfg.cleanup_confirmed;
-    let host = multi.then(|| s.cfg.libvirt_uri.clone());
-    match &host {
-        Some(h) => s.printer.stage_header(&format!("cleanup @ {h}"), dry),
-        None => s.printer.stage_header("cleanup", dry),
-    }
+/// The stage on one hypervisor (the caller holds its lock when it applies): observe, plan,
+/// and apply unless `--check` or `kvm_cleanup_confirmed` is not set.
+pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageReport, HvError> {
+    let observed = observe(&s.cfg, hv)?;
+    let dry = dry_run(s);
+    let uri = &s.cfg.libvirt_uri;
+    s.printer.stage_header(&handoff.header("cleanup", uri), dry);
     let mut report = StageReport::new("cleanup");
-    report.host = host;
+    report.host = handoff.host(uri);
     let steps = plan(&s.cfg, &observed);
     report.outcomes = apply(
         steps,
         dry,
-        |name, step| exec(&hv, &s.cfg, name, step),
-        || domains::observe(&hv).map_err(CleanupError::from),
+        |name, step| exec(hv, &s.cfg, name, step),
+        || domains::observe(hv).map_err(CleanupError::from),
         |o| s.printer.outcome(o),
     );
     if dry && !s.check {
@@ -213,7 +187,12 @@ fn run_host(s: &Session, multi: bool) -> Result<Vec<StageReport>, StageError> {
             let _ = hv.refresh_pool(&p.name);
         }
     }
-    Ok(vec![report])
+    Ok(report)
+}
+
+/// Only a plan: `--check`, or `kvm_cleanup_confirmed` is not set.
+pub fn dry_run(s: &Session) -> bool {
+    s.check || !s.cfg.cleanup_confirmed
 }
 
 #[cfg(test)]
@@ -265,7 +244,7 @@ mod tests {
         );
         let lines: Vec<String> = outcomes
             .iter()
-            .filter(|o| o.action.op == crate::plan::Op::Delete)
+            .filter(|o| o.action.op == crate::report::Op::Delete)
             .map(|o| o.action.reason.clone())
             .collect();
         assert!(outcomes.iter().all(|o| !o.failed()), "{outcomes:?}");

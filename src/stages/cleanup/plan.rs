@@ -9,7 +9,7 @@ use kvmprov_hypervisor::{DomainState, HvError};
 
 use crate::config::Config;
 use crate::domains::DomainFacts;
-use crate::plan::{run as run_action, Action, Op, Outcome};
+use crate::report::{run as run_action, Action, Op, Outcome};
 
 /// How long a guest gets to shut down cleanly before it is destroyed.
 pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -289,7 +289,7 @@ pub enum CleanupError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Status;
+    use crate::report::Status;
 
     fn cfg(remove: bool) -> Config {
         let text = format!(

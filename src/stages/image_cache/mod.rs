@@ -1,20 +1,20 @@
 //! Image-cache stage: resolve each used catalog image through Debian's manifests, download
-//! what is missing (verified, resumable), and hand the cached versions on to provision.
-//! [`upload`] then puts them into remote hypervisors' cache pools; [`prune`] removes cached
-//! versions nothing uses.
+//! what is missing (verified, resumable) into the local cache once per run ([`fetch`]), and
+//! hand the cached versions on to provision. On each hypervisor the stage ([`run`]) then puts
+//! them into a remote hypervisor's cache pool ([`upload`]).
 
-mod prune;
 mod upload;
 
 use kvmprov_image::{CacheLock, CachedImage, CatalogEntry, Client, ImageError, Resolved};
 
-pub use prune::prune;
-pub use upload::distribute;
+use std::convert::Infallible;
+
+use kvmprov_hypervisor::Hypervisor;
 
 use crate::config::CatalogImage;
-use crate::plan::{error_chain, run as run_action, Action, Op, Outcome, StageReport};
-use crate::run::Handoff;
+use crate::report::{error_chain, run as run_action, Action, Op, Outcome, StageReport};
 use crate::settings::{Session, Stage};
+use crate::stages::handoff::Handoff;
 
 /// What to do with one image, decided from what the manifest says and the cache holds.
 #[derive(Debug, Clone)]
@@ -62,8 +62,17 @@ fn entry(c: &CatalogImage) -> CatalogEntry {
     }
 }
 
-/// The stage, as part of a run (the caller holds the lock).
-pub fn run(s: &Session, all: bool, handoff: &mut Handoff) -> Result<StageReport, ImageError> {
+/// The stage on one hypervisor: the images this run cached, uploaded to a remote one's cache
+/// pool (a local hypervisor reads the local cache; the run does not call this for it). It
+/// cannot fail as a whole: an image that cannot be uploaded is a failed line.
+pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageReport, Infallible> {
+    Ok(upload::distribute(s, hv, &handoff.images))
+}
+
+/// The images, once per run, into the local cache (the caller holds the lock); `all`: the
+/// whole catalog, not only the images instances use. An image that cannot be resolved or
+/// fetched is a failed line.
+pub fn fetch(s: &Session, all: bool, handoff: &mut Handoff) -> StageReport {
     let cfg = &s.cfg;
     let images: Vec<&CatalogImage> = if all {
         cfg.catalog.iter().collect()
@@ -77,7 +86,7 @@ pub fn run(s: &Session, all: bool, handoff: &mut Handoff) -> Result<StageReport,
         s.printer.outcome(&outcome);
         report.outcomes.push(outcome);
     }
-    Ok(report)
+    report
 }
 
 fn one(s: &Session, client: &Client, c: &CatalogImage, handoff: &mut Handoff) -> Outcome {

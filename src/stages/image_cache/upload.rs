@@ -11,7 +11,7 @@ use kvmprov_image::CachedImage;
 use crate::host::is_local;
 use crate::layout::pool_name_for;
 use crate::output::Printer;
-use crate::plan::{error_chain, run as run_action, Action, Op, Outcome, StageReport};
+use crate::report::{error_chain, run as run_action, Action, Op, Outcome, StageReport};
 use crate::settings::Session;
 
 /// What a remote hypervisor's cache pool holds for one image.

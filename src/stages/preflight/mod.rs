@@ -14,10 +14,12 @@ use kvmprov_hypervisor::{HvError, Hypervisor};
 use plan::{plan, Observed, Verdict};
 use probes::blocked_dirs;
 
-use crate::plan::{Action, Op, Outcome, StageReport};
+use crate::report::{Action, Op, Outcome, StageReport};
 use crate::settings::Session;
+use crate::stages::handoff::Handoff;
 
-pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
+/// The stage on one host. It reads nothing an earlier stage hands on: it comes first.
+pub fn run(s: &Session, hv: &Hypervisor, _: &Handoff) -> Result<StageReport, HvError> {
     let observed = probes::observe(s, hv)?;
     let mut report = StageReport::new("preflight");
     for (action, verdict) in plan(&s.cfg, &observed) {
@@ -67,7 +69,7 @@ fn outcome(
         Verdict::Fail(why) => Outcome::failure(action, why),
         Verdict::Apply(_) if s.check => Outcome::planned(action),
         Verdict::Apply(fix) => {
-            crate::plan::run(action, || fixes::apply(hv, observed.remote.as_ref(), &fix))
+            crate::report::run(action, || fixes::apply(hv, observed.remote.as_ref(), &fix))
         }
     }
 }

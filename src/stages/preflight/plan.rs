@@ -10,7 +10,7 @@ use crate::address;
 use crate::config::{Config, FirmwareChoice, Instance};
 use crate::host::resolve_domain_type;
 use crate::layout::pool_name_for;
-use crate::plan::{Action, Op};
+use crate::report::{Action, Op};
 
 /// Headroom kept free in the instance pool beyond the planned initial disk sizes.
 const POOL_HEADROOM_BYTES: u64 = 256 * 1024 * 1024;

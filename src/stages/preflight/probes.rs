@@ -95,7 +95,7 @@ fn local_trees(cfg: &Config, local: bool) -> Vec<TreeState> {
         path: crate::state::state_dir(pool),
         problem: crate::state::StateDir::inspect(pool)
             .err()
-            .map(|e| crate::plan::error_chain(&e)),
+            .map(|e| crate::report::error_chain(&e)),
     });
     trees
 }
@@ -183,7 +183,7 @@ fn firmware(
         .unwrap_or(DomainType::Qemu);
     Some(
         hv.firmware_support(dt)
-            .map_err(|e| crate::plan::error_chain(&e)),
+            .map_err(|e| crate::report::error_chain(&e)),
     )
 }
 

@@ -13,7 +13,7 @@ use super::plan::config_digest;
 use super::ProvisionError;
 use crate::config::{Config, Instance};
 use crate::drift;
-use crate::instance::firmware_of;
+use crate::firmware::firmware_of;
 use crate::layout::{console_name, disk_name, seed_name};
 use crate::state;
 

@@ -16,15 +16,15 @@ use kvmprov_hypervisor::xml::{self, DomainType};
 use kvmprov_hypervisor::{HvError, Hypervisor, PoolInfo};
 use kvmprov_image::CachedImage;
 
-use plan::{describe, plan_instance, Found, InstancePlan};
+use plan::{describe, plan_instance, Backing, Found, InstancePlan};
 
 use crate::config::{Config, Instance};
 use crate::host::{is_local, resolve_domain_type};
 use crate::layout::{disk_name, pool_name_for};
 use crate::parallel::parallel;
-use crate::plan::{Action, Op, Outcome, StageReport};
-use crate::run::Handoff;
+use crate::report::{Action, Op, Outcome, StageReport};
 use crate::settings::Session;
+use crate::stages::handoff::Handoff;
 use crate::state;
 
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +190,7 @@ impl<'a> Prepared<'a> {
             InstancePlan::Keep | InstancePlan::Drift(_) => Outcome::done(action),
             InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
             InstancePlan::Create { disk } => {
-                crate::plan::run(action, || create::create(&self.shared, inst, image, *disk))
+                crate::report::run(action, || create::create(&self.shared, inst, image, *disk))
             }
         };
         self.s.printer.outcome(&outcome);
@@ -267,13 +267,13 @@ fn plan_all<'a>(
                 disk_exists: volumes.contains(&disk_name(&inst.name)),
             },
         };
-        let image = images.get(&inst.image_name);
-        let mut p = plan_instance(cfg, inst, image, &found, domain_type);
-        // In check mode the image-cache stage only planned its download.
-        if matches!(p, InstancePlan::Blocked(_)) && handoff.pending.contains(&inst.image_name) {
-            p = InstancePlan::Create { disk: true };
-        }
-        planned.push((inst, p));
+        let image = match images.get(&inst.image_name) {
+            Some(cached) => Backing::Cached(cached),
+            // In check mode the image-cache stage only planned its download.
+            None if handoff.pending.contains(&inst.image_name) => Backing::Pending,
+            None => Backing::Missing,
+        };
+        planned.push((inst, plan_instance(cfg, inst, image, &found, domain_type)));
     }
     Ok(planned)
 }
@@ -310,7 +310,7 @@ fn create_pool(s: &Session, hv: &Hypervisor, pool: &Pool, path: &std::path::Path
     if s.check {
         Outcome::planned(action)
     } else {
-        crate::plan::run(action, || {
+        crate::report::run(action, || {
             hv.ensure_seen_dir_pool(name, path, pool.found.as_ref())
                 .map(|_| ())
         })

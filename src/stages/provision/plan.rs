@@ -6,8 +6,8 @@ use kvmprov_image::CachedImage;
 
 use crate::config::{Config, Instance};
 use crate::drift;
-use crate::instance::firmware_label;
-use crate::plan::{Action, Op};
+use crate::firmware::firmware_label;
+use crate::report::{Action, Op};
 use crate::state;
 
 /// What exists for one instance.
@@ -19,6 +19,18 @@ pub enum Found {
         disk_exists: bool,
     },
     Exists(Box<ObservedDomain>),
+}
+
+/// The image an instance's new overlay would be backed by.
+#[derive(Debug, Clone, Copy)]
+pub enum Backing<'a> {
+    /// Cached (on this hypervisor's cache pool, for a remote one).
+    Cached(&'a CachedImage),
+    /// Not cached, but this `--check` run's image-cache stage plans to download it: applying
+    /// would have it by the time provision runs.
+    Pending,
+    /// Not cached, and nothing in this run fetches it.
+    Missing,
 }
 
 /// What to do for one instance.
@@ -39,7 +51,7 @@ pub enum InstancePlan {
 pub fn plan_instance(
     cfg: &Config,
     inst: &Instance,
-    image: Option<&CachedImage>,
+    image: Backing,
     found: &Found,
     domain_type: DomainType,
 ) -> InstancePlan {
@@ -53,7 +65,7 @@ pub fn plan_instance(
             }
         }
         Found::NoDomain { disk_exists } => match image {
-            None if !disk_exists => InstancePlan::Blocked(format!(
+            Backing::Missing if !disk_exists => InstancePlan::Blocked(format!(
                 "image `{}` is not cached on this hypervisor: run the image-cache stage first (make image-cache)",
                 inst.image_name
             )),
@@ -268,7 +280,7 @@ mod tests {
         let p = plan_instance(
             &cfg(),
             &i,
-            Some(&cached()),
+            Backing::Cached(&cached()),
             &Found::NoDomain { disk_exists: false },
             DomainType::Qemu,
         );
@@ -284,7 +296,7 @@ mod tests {
         let p = plan_instance(
             &cfg(),
             &i,
-            None,
+            Backing::Missing,
             &Found::NoDomain { disk_exists: true },
             DomainType::Qemu,
         );
@@ -297,7 +309,7 @@ mod tests {
         let p = plan_instance(
             &cfg(),
             &i,
-            Some(&cached()),
+            Backing::Cached(&cached()),
             &Found::Exists(Box::new(observed(&i))),
             DomainType::Qemu,
         );
@@ -314,7 +326,7 @@ mod tests {
         match plan_instance(
             &cfg(),
             &i,
-            Some(&cached()),
+            Backing::Cached(&cached()),
             &Found::Exists(Box::new(o)),
             DomainType::Qemu,
         ) {
@@ -344,7 +356,7 @@ mod tests {
         match plan_instance(
             &cfg(),
             i,
-            Some(&cached()),
+            Backing::Cached(&cached()),
             &Found::Exists(Box::new(o)),
             DomainType::Qemu,
         ) {
@@ -427,7 +439,7 @@ mod tests {
             match plan_instance(
                 &cfg(),
                 &i,
-                Some(&cached()),
+                Backing::Cached(&cached()),
                 &Found::Exists(Box::new(o)),
                 DomainType::Qemu,
             ) {
@@ -451,6 +463,21 @@ mod tests {
         );
     }
 
+    /// A `--check` run plans the image's download: the instance is planned as created (a new
+    /// disk), not blocked, and the plan line says what it will be made of.
+    #[test]
+    fn an_image_this_check_run_would_download_plans_creation() {
+        let i = inst("a");
+        let p = plan_instance(
+            &cfg(),
+            &i,
+            Backing::Pending,
+            &Found::NoDomain { disk_exists: false },
+            DomainType::Qemu,
+        );
+        assert_eq!(p, InstancePlan::Create { disk: true });
+    }
+
     #[test]
     fn missing_image_blocks() {
         let i = inst("a");
@@ -458,7 +485,7 @@ mod tests {
             plan_instance(
                 &cfg(),
                 &i,
-                None,
+                Backing::Missing,
                 &Found::NoDomain { disk_exists: false },
                 DomainType::Qemu,
             ),

@@ -14,8 +14,9 @@ use crate::config::Instance;
 use crate::guest;
 use crate::login::LoginError;
 use crate::parallel::parallel;
-use crate::plan::{Action, Op, Outcome, StageReport, Status};
+use crate::report::{Action, Op, Outcome, StageReport, Status};
 use crate::settings::Session;
+use crate::stages::handoff::Handoff;
 use crate::state;
 
 /// What runtime will do for one instance, from its observed state (pure).
@@ -94,7 +95,7 @@ pub enum RuntimeError {
     Invalid(String),
 }
 
-pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
+pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageReport, HvError> {
     let mut report = StageReport::new("runtime");
     let mut observed = Vec::new();
     for inst in &s.cfg.instances {
@@ -102,7 +103,7 @@ pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
     }
     if s.check {
         for (inst, seen) in &observed {
-            for action in plan_instance(inst, seen.state, &seen.snapshots, !s.no_wait) {
+            for action in plan_instance(inst, seen.state, &seen.snapshots, !handoff.no_wait) {
                 let o = Outcome::planned(action);
                 s.printer.outcome(&o);
                 report.outcomes.push(o);
@@ -110,7 +111,7 @@ pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
         }
         return Ok(report);
     }
-    let runner = Runner::new(s, hv)?;
+    let runner = Runner::new(s, hv, handoff)?;
     let results = parallel(&observed, workers(s), |(inst, seen)| {
         runner.apply(inst, seen, &|o| s.printer.outcome(o))
     });
@@ -146,18 +147,22 @@ pub fn observe(hv: &Hypervisor, inst: &Instance) -> Result<Observed, HvError> {
 pub struct Runner<'a> {
     s: &'a Session,
     hv: &'a Hypervisor,
+    /// Wait for SSH and cloud-init and take snapshots, or only start (`--no-wait`).
+    wait: bool,
     /// Read once for every instance's address lookup.
     networks: Vec<NetworkInfo>,
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(s: &'a Session, hv: &'a Hypervisor) -> Result<Self, HvError> {
-        let networks = if s.no_wait {
-            Vec::new()
-        } else {
-            hv.networks()?
-        };
-        Ok(Runner { s, hv, networks })
+    pub fn new(s: &'a Session, hv: &'a Hypervisor, handoff: &Handoff) -> Result<Self, HvError> {
+        let wait = !handoff.no_wait;
+        let networks = if wait { hv.networks()? } else { Vec::new() };
+        Ok(Runner {
+            s,
+            hv,
+            wait,
+            networks,
+        })
     }
 
     /// One instance's plan applied in order, each outcome handed to `emit` as it is known;
@@ -165,7 +170,7 @@ impl<'a> Runner<'a> {
     pub fn apply(&self, inst: &Instance, seen: &Observed, emit: &dyn Fn(&Outcome)) -> Vec<Outcome> {
         let s = self.s;
         let mut outcomes = Vec::new();
-        for action in plan_instance(inst, seen.state, &seen.snapshots, !s.no_wait) {
+        for action in plan_instance(inst, seen.state, &seen.snapshots, self.wait) {
             let outcome = if outcomes.iter().any(Outcome::failed) {
                 Outcome::failure(action, "skipped: an earlier step failed")
             } else {
@@ -228,7 +233,7 @@ fn apply(
         action,
         status: match result {
             Ok(()) => Status::Done,
-            Err(e) => Status::Failed(crate::plan::error_chain(&e)),
+            Err(e) => Status::Failed(crate::report::error_chain(&e)),
         },
         seconds: started.elapsed().as_secs_f64(),
     }

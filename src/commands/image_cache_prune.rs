@@ -7,11 +7,14 @@ use kvmprov_hypervisor::{HvError, Hypervisor};
 use kvmprov_image::{qcow2, CacheLock};
 
 use crate::domains::paths_in_use;
+use crate::exit::ExitStatus;
 use crate::host::is_local;
-use crate::lock::lock_all;
-use crate::plan::{run as run_action, Action, Op, Outcome, StageReport};
-use crate::run::StageError;
+use crate::lock::{lock_all, LockError};
+use crate::report::{run as run_action, Action, Op, Outcome, StageReport};
 use crate::settings::Session;
+
+/// The command's name in its `--output json` envelope.
+pub const NAME: &str = "image-cache prune";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
@@ -27,6 +30,15 @@ pub enum PruneError {
     Header(#[source] qcow2::Qcow2Error),
     #[error(transparent)]
     Hypervisor(#[from] HvError),
+    /// Another run holds a hypervisor's lock, or the lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// Another user can write the cache directory or one above it (the message names it).
+    #[error(transparent)]
+    Unsafe(#[from] kvmprov_safefs::FsError),
+    /// The cache cannot be locked or listed.
+    #[error(transparent)]
+    Image(#[from] kvmprov_image::ImageError),
 }
 
 /// The files under the qcow2 files of a host's instance pool (their backing chains), each with
@@ -103,42 +115,50 @@ fn local_pool_backing(pool: &Path) -> Result<Vec<(PathBuf, PathBuf)>, PruneError
     Ok(out)
 }
 
-/// `kvmprov image-cache prune`: cached versions nothing on the config's hypervisors uses. Kept:
-/// every version a domain's disk is (backed by), every version a qcow2 file in an instance pool
-/// is backed by, and everything while another run uses the cache (its lock).
-pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
-    let fail = |e: &dyn std::error::Error| StageError::new(Vec::new(), e);
+/// `yes`: really delete them (unless `--check`).
+pub fn run(s: &Session, yes: bool) -> ExitStatus {
+    let (reports, error) = match prune(s, yes) {
+        Ok(report) => (vec![report], None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    s.printer.stages(NAME, s.check, &reports, error.as_ref());
+    ExitStatus::failed_if(error.is_some() || reports.iter().any(StageReport::failed))
+}
+
+/// Cached versions nothing on the config's hypervisors uses. Kept: every version a domain's
+/// disk is (backed by), every version a qcow2 file in an instance pool is backed by, and
+/// everything while another run uses the cache (its lock).
+fn prune(s: &Session, yes: bool) -> Result<StageReport, PruneError> {
     // The locks of every host a run of this config works on, and the cache's own lock, which
     // runs with other pools share: no run is between its download and its use of an image
     // while the prune decides.
     let hosts = s.per_host();
-    let _locks = lock_all(&hosts).map_err(|e| fail(&e))?;
+    let _locks = lock_all(&hosts)?;
     let deleting = yes && !s.check;
     let _cache = if deleting {
         let cache = &s.cfg.image_cache_path;
         // Root deletes in the cache only when nobody else can write it or above it.
-        kvmprov_safefs::check_tree(cache).map_err(|e| fail(&e))?;
-        match CacheLock::try_exclusive(cache) {
-            Ok(Some(lock)) => Some(lock),
-            Ok(None) => {
-                return Err(fail(&PruneError::CacheBusy {
+        kvmprov_safefs::check_tree(cache)?;
+        match CacheLock::try_exclusive(cache)? {
+            Some(lock) => Some(lock),
+            None => {
+                return Err(PruneError::CacheBusy {
                     path: cache.clone(),
-                }))
+                })
             }
-            Err(e) => return Err(fail(&e)),
         }
     } else {
         None
     };
-    let cached = kvmprov_image::list_cached(&s.cfg.image_cache_path).map_err(|e| fail(&e))?;
+    let cached = kvmprov_image::list_cached(&s.cfg.image_cache_path)?;
     // In use on any hypervisor of the config, with why: one that cannot be asked stops the prune.
     let mut in_use: Vec<(PathBuf, String)> = Vec::new();
     for h in &hosts {
-        let hv = h.connect().map_err(|e| fail(&e))?;
-        for p in paths_in_use(&hv).map_err(|e| fail(&e))? {
+        let hv = h.connect()?;
+        for p in paths_in_use(&hv)? {
             in_use.push((p, "backs a domain's disk".to_string()));
         }
-        for (base, disk) in pool_backing(h, &hv).map_err(|e| fail(&e))? {
+        for (base, disk) in pool_backing(h, &hv)? {
             in_use.push((base, format!("backs {}", disk.display())));
         }
     }
@@ -177,7 +197,7 @@ pub fn prune(s: &Session, yes: bool) -> Result<Vec<StageReport>, StageError> {
             "(nothing deleted: run `kvmprov image-cache prune --yes` to delete the unused versions)",
         );
     }
-    Ok(vec![report])
+    Ok(report)
 }
 
 /// A cached version, its sidecar and its writer lock (no writer can hold it: the prune holds

@@ -1,8 +1,7 @@
-//! `kvmprov status` (a table of the declared instances) and `kvmprov ssh NAME`.
+//! `kvmprov status`: a table of the declared instances (state, domain type, image, address,
+//! SSH readiness, snapshots), every hypervisor asked in parallel.
 
 use std::net::IpAddr;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
 use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo};
@@ -14,14 +13,17 @@ use crate::guest;
 use crate::login::Login;
 use crate::output::json::InstanceStatus;
 use crate::parallel::parallel;
-use crate::plan::error_chain;
+use crate::report::error_chain;
 use crate::settings::Session;
 
-/// How long `status` lets a guest take to answer on port 22 (3 s, the TCP connect alone) and to
-/// run `true` over SSH (30 s) before it says "not SSH-ready". The login's 30 s is the generous
-/// one: with 8 s, CI once (2026-12-02) saw a guest reported not ready right after it had
-/// answered, while four TCG guests shared two cores; a slow answer costs a few seconds, a wrong
-/// "no" sends a user chasing a guest that is fine.
+/// How long `status` lets a guest take to answer on port 22 and to run `true` over SSH before
+/// it says "not SSH-ready". The port's 3 s is a TCP connect alone: the guest's kernel, not sshd,
+/// completes the handshake, so a guest whose sshd listens answers at once; 3 s only bounds the
+/// wait at an address where nothing answers yet (a guest still booting), which is then "not
+/// SSH-ready" without the login being tried. The login's 30 s covers sshd and the shell themselves: with 8 s, CI
+/// once (2026-12-02) saw a guest reported not ready right after it had answered, while four
+/// TCG guests shared two cores; a slow answer costs a few seconds, a wrong "no" sends a user
+/// chasing a guest that is fine.
 const PORT_TIMEOUT: Duration = Duration::from_secs(3);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -91,6 +93,9 @@ fn host_rows(s: &Session) -> Result<Vec<InstanceStatus>, String> {
         .map_err(|e| error_chain(&e))
 }
 
+/// The command's name in its `--output json` envelope.
+pub const NAME: &str = "status";
+
 pub fn run(s: &Session) -> ExitStatus {
     let hosts = s.per_host();
     let mut rows = Vec::new();
@@ -106,64 +111,7 @@ pub fn run(s: &Session) -> ExitStatus {
             }
         }
     }
-    s.printer.instances(&rows, hosts.len() > 1, &errors);
+    let several_hosts = hosts.len() > 1;
+    s.printer.instances(&rows, several_hosts, &errors);
     ExitStatus::failed_if(!errors.is_empty())
-}
-
-/// Replace this process with `ssh` to the instance (interactive unless a command is given).
-pub fn ssh(s: &Session, name: &str, command: &[String]) -> ExitStatus {
-    let Some(inst) = s.cfg.instance(name) else {
-        let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
-        s.printer.error(&format!(
-            "`{name}` is not a declared instance (declared: {}){}",
-            names.join(", "),
-            crate::config::did_you_mean(name, &names)
-        ));
-        return ExitStatus::Usage;
-    };
-    let s = &s.for_host(&inst.libvirt_uri);
-    let found = s.connect().and_then(|hv| {
-        let networks = hv.networks()?;
-        address::current(&hv, &networks, inst, &s.cfg.instance_pool_path)
-    });
-    let addr = match found {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            s.printer.error(&format!(
-                "`{name}` has no IPv4 address yet (is it running? try `kvmprov status`)"
-            ));
-            return ExitStatus::Failure;
-        }
-        Err(e) => {
-            s.printer.error(&error_chain(&e));
-            return ExitStatus::Failure;
-        }
-    };
-    let login = Login::new(s, inst).map_err(|e| error_chain(&e));
-    let target = match login.and_then(|l| l.target(addr).map_err(|e| error_chain(&e))) {
-        Ok(t) => t,
-        Err(e) => {
-            s.printer.error(&e);
-            return ExitStatus::Failure;
-        }
-    };
-    let args = match target.args(10) {
-        Ok(a) => a,
-        Err(e) => {
-            s.printer.error(&error_chain(&e));
-            return ExitStatus::Failure;
-        }
-    };
-    let mut cmd = Command::new("ssh");
-    if command.is_empty() {
-        // Interactive: allocate a terminal; BatchMode stays on (keys only, no prompts).
-        cmd.arg("-t");
-    }
-    cmd.args(args);
-    if !command.is_empty() {
-        cmd.arg("--").args(command);
-    }
-    let err = cmd.exec();
-    s.printer.error(&format!("cannot run ssh: {err}"));
-    ExitStatus::Failure
 }

@@ -2,8 +2,11 @@
 
 use crate::exit::ExitStatus;
 use crate::output::Probe;
-use crate::plan::error_chain;
+use crate::report::error_chain;
 use crate::settings::Session;
+
+/// The command's name in its `--output json` envelope.
+pub const NAME: &str = "ping";
 
 /// Every hypervisor the config names; fails if any is unreachable.
 pub fn run(s: &Session) -> ExitStatus {

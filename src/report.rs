@@ -1,10 +1,10 @@
-//! Observe → plan → apply: the shape every stage shares.
+//! The report model every stage and command shares: an [`Action`] (what a planner decided, and
+//! why), its [`Outcome`] once applied or only planned, a stage's [`StageReport`], and
+//! [`error_chain`], the one way an error becomes the sentence a report or a message carries.
 //!
-//! A stage looks at the hypervisor, then a pure planner turns (config, observation) into a plan:
-//! a list of [`Action`]s, each with the reason it is (or is not) needed. `--check` prints the
-//! plan; apply runs it and records an [`Outcome`] per action, collected in a [`StageReport`].
-//! This module is the model only (there is no `Plan` type: a plan is a `Vec<Action>`): how
-//! plans and outcomes look on screen and in `--output json` is `crate::output`'s business.
+//! Planners are pure: (config, what was observed) → `Vec<Action>`; `--check` shows the actions,
+//! applying records an outcome per action. How reports look on screen and in `--output json` is
+//! `crate::output`'s business.
 
 use std::time::Instant;
 

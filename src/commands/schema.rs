@@ -9,6 +9,19 @@
 use schemars::generate::SchemaSettings;
 
 use crate::config::Vars;
+use crate::exit::ExitStatus;
+use crate::output::Printer;
+
+/// Printed as it is: it needs no variables file.
+pub fn run(printer: &Printer) -> ExitStatus {
+    match printer.document(&render()) {
+        Ok(()) => ExitStatus::Success,
+        Err(e) => {
+            printer.error(&format!("cannot write: {e}"));
+            ExitStatus::Failure
+        }
+    }
+}
 
 /// The schema as a JSON document.
 pub fn schema() -> serde_json::Value {

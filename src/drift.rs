@@ -18,7 +18,7 @@ const SECRET: &[&str] = &["password", "ssh_authorized_keys"];
 
 /// Fields recorded as a digest although not secrets by name: a change says only that it
 /// changed. Older kvmprov versions recorded them in clear text (a JSON list).
-const DIGESTED: &[&str] = &["packages", "runcmd"];
+const DIGESTED: &[&str] = &["packages", "runcmd", "user_data"];
 
 /// Fields that shaped the instance's disk: applying a change takes a new disk.
 const ON_DISK: &[&str] = &["image_name", "disk_size_gib"];
@@ -63,12 +63,23 @@ pub fn instance_fields(
         ),
         ("packages", digest_list(salt, inst.packages.iter().cloned())),
         ("runcmd", digest_list(salt, inst.runcmd.iter().cloned())),
+        // The operator's cloud-config can carry tokens (write_files, apt proxies): a digest.
+        (
+            "user_data",
+            if inst.user_data.is_empty() {
+                String::new()
+            } else {
+                secret_digest(salt, &inst.user_data.to_json().to_string())
+            },
+        ),
+        ("fqdn", inst.fqdn.clone().unwrap_or_default()),
         ("user", ci.user.clone()),
+        // Whichever source gives the password (plain, file, hash): a salted digest of it.
         (
             "password",
-            ci.password
+            cfg.password
                 .as_ref()
-                .map(|p| secret_digest(salt, p.expose()))
+                .map(|p| secret_digest(salt, &p.drift_material()))
                 .unwrap_or_default(),
         ),
         (

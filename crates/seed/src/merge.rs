@@ -45,7 +45,7 @@ impl CloudConfig {
         self.0.is_empty()
     }
 
-    /// As JSON (plain scalars as the strings they were written as): for digests and reports.
+    /// As JSON ([`Node::to_json`]): for digests and reports.
     pub fn to_json(&self) -> Value {
         Node::Map(self.clone()).to_json()
     }
@@ -66,9 +66,22 @@ impl Node {
         }
     }
 
+    /// As JSON, for reports and digests: a plain `true`/`false`/`null` or decimal number as
+    /// that type (YAML 1.1's other spellings, such as `yes` or `0644`, stay strings here; the
+    /// guest still reads them as YAML 1.1 does).
     pub fn to_json(&self) -> Value {
         match self {
-            Node::Quoted(s) | Node::Plain(s) => Value::String(s.clone()),
+            Node::Plain(s) => match s.as_str() {
+                "true" | "True" | "TRUE" => Value::Bool(true),
+                "false" | "False" | "FALSE" => Value::Bool(false),
+                "" | "~" | "null" | "Null" | "NULL" => Value::Null,
+                n if !n.starts_with('0') || n == "0" => n
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::String(s.clone())),
+                _ => Value::String(s.clone()),
+            },
+            Node::Quoted(s) => Value::String(s.clone()),
             Node::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
             Node::Map(m) => {
                 Value::Object(m.0.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())

@@ -62,6 +62,7 @@ schema: build ## Regenerate vars/kvm-provisioning.schema.json (the variables fil
 
 schema-check: build ## Validate the example and hostile variants with check-jsonschema (PyPI, venv in /tmp)
 	bash tests/schema-check.sh
+	bash tests/cloud-init-schema.sh
 
 deb: build ## Build target/debian/kvmprov_<version>_<arch>.deb (binary, man page, completions, docs)
 	bash packaging/build-deb.sh
@@ -75,6 +76,7 @@ test: deps ## Run every check and test: fmt, clippy, unit, snapshots, schema, en
 	cargo build --release --locked
 	cargo test --workspace --locked
 	bash tests/schema-check.sh
+	bash tests/cloud-init-schema.sh
 	bash tests/e2e/run.sh
 	bash tests/e2e/remote.sh
 	bash packaging/build-deb.sh

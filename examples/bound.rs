@@ -52,6 +52,8 @@ fn main() {
         },
         packages: vec![],
         runcmd: vec![],
+        fqdn: None,
+        user_data: Default::default(),
     };
     let names: Vec<String> = (1..=count).map(|i| format!("{prefix}-{i:02}")).collect();
     let isos: Vec<Vec<u8>> = names

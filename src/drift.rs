@@ -18,7 +18,7 @@ const SECRET: &[&str] = &["password", "ssh_authorized_keys"];
 
 /// Fields recorded as a digest although not secrets by name: a change says only that it
 /// changed. Older kvmprov versions recorded them in clear text (a JSON list).
-const DIGESTED: &[&str] = &["packages", "runcmd"];
+const DIGESTED: &[&str] = &["packages", "runcmd", "user_data"];
 
 /// Fields that shaped the instance's disk: applying a change takes a new disk.
 const ON_DISK: &[&str] = &["image_name", "disk_size_gib"];
@@ -63,12 +63,23 @@ pub fn instance_fields(
         ),
         ("packages", digest_list(salt, inst.packages.iter().cloned())),
         ("runcmd", digest_list(salt, inst.runcmd.iter().cloned())),
+        // The operator's cloud-config can carry tokens (write_files, apt proxies): a digest.
+        (
+            "user_data",
+            if inst.user_data.is_empty() {
+                String::new()
+            } else {
+                secret_digest(salt, &inst.user_data.to_json().to_string())
+            },
+        ),
+        ("fqdn", inst.fqdn.clone().unwrap_or_default()),
         ("user", ci.user.clone()),
+        // Whichever source gives the password (plain, file, hash): a salted digest of it.
         (
             "password",
-            ci.password
+            cfg.password
                 .as_ref()
-                .map(|p| secret_digest(salt, p.expose()))
+                .map(|p| secret_digest(salt, &p.drift_material()))
                 .unwrap_or_default(),
         ),
         (
@@ -304,5 +315,57 @@ mod tests {
             d.iter().map(Change::describe).collect::<Vec<_>>(),
             vec!["runcmd changed"]
         );
+    }
+
+    /// `cfg` with the password lines and instance lines given.
+    fn cfg_with(dir: &Path, password: &str, instance: &str) -> Config {
+        let text = format!(
+            "kvm_image_cache_path: /c\nkvm_instance_disk_pool_path: /p\n\
+             kvm_cloud_image_catalog:\n  - {{image_name: d, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}}\n\
+             kvm_cloud_init_defaults:\n{password}\
+             kvm_instance_definitions:\n  - instance_name: app-01\n    image_name: d\n{instance}"
+        );
+        crate::config::parse(&dir.join("t.yml"), &text, &[]).unwrap()
+    }
+
+    #[test]
+    fn password_sources_user_data_and_fqdn_are_compared_without_values() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "same-secret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let plain = cfg_with(dir.path(), "  password: same-secret\n", "");
+        let file = cfg_with(dir.path(), "  password_file: pw\n", "");
+        // The same password from a file: nothing to re-create.
+        assert_eq!(diff(&recorded(&plain), &fields(&file), SALT), vec![]);
+        let hash = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/";
+        let hashed = cfg_with(dir.path(), &format!("  password_hash: '{hash}'\n"), "");
+        let changes = diff(&recorded(&file), &fields(&hashed), SALT);
+        assert_eq!(
+            changes.iter().map(Change::describe).collect::<Vec<_>>(),
+            vec!["password changed"]
+        );
+        for (_, v) in fields(&hashed).iter().chain(fields(&file).iter()) {
+            assert!(!v.contains("same-secret") && !v.contains("saltsalt"), "{v}");
+        }
+        let with_ud = cfg_with(
+            dir.path(),
+            "",
+            "    fqdn: app-01.example.com\n    user_data:\n      write_files: [{path: /etc/t, content: \"token s3cr3t\"}]\n",
+        );
+        let changes = diff(&recorded(&plain), &fields(&with_ud), SALT);
+        let described: Vec<String> = changes.iter().map(Change::describe).collect();
+        assert_eq!(
+            described,
+            vec![
+                "user_data changed",
+                "fqdn (none) → app-01.example.com",
+                "password changed"
+            ]
+        );
+        for (_, v) in fields(&with_ud) {
+            assert!(!v.contains("s3cr3t"), "{v}");
+        }
     }
 }

@@ -235,6 +235,16 @@ impl<'a> Locator<'a> {
         self.step(next)
     }
 
+    /// The node the walk reached: `None` where a key is left to its default.
+    pub fn node(self) -> Option<&'a Node> {
+        self.node
+    }
+
+    /// Where the document's text came from.
+    pub fn sources(self) -> &'a Sources<'a> {
+        self.sources
+    }
+
     /// Whether the walk reached a node: false where a key is left to its default.
     pub fn is_set(self) -> bool {
         self.node.is_some()

@@ -41,9 +41,27 @@ fn start_mappings_at_first_key(node: &mut Node) {
     }
 }
 
-fn loader_options() -> LoaderOptions {
+pub(super) fn loader_options() -> LoaderOptions {
     // Duplicate keys silently losing a value is the kind of thing that deletes the wrong VM.
-    LoaderOptions::default().error_on_duplicate_keys(true)
+    // Scalars remember whether they were quoted: user_data passes them on as written.
+    LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true)
+}
+
+/// The tree as serde reads it: every scalar may be coerced (`"2"` is a number where a number is
+/// expected), as the settings have always been read; only user_data needs the quoting.
+pub(super) fn coercible(node: &Node) -> Node {
+    let mut node = node.clone();
+    fn walk(node: &mut Node) {
+        match node {
+            Node::Scalar(s) => s.set_coerce(true),
+            Node::Mapping(m) => m.values_mut().for_each(walk),
+            Node::Sequence(s) => s.iter_mut().for_each(walk),
+        }
+    }
+    walk(&mut node);
+    node
 }
 
 /// A key whose value is YAML's null (`null`, `Null`, `NULL` or `~`) is not set: it is dropped so

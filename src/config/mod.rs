@@ -11,22 +11,27 @@
 //! | `raw` | node tree → the file's serde types ([`Vars`]), defaults filled in |
 //! | `resolve` | [`Vars`] → [`Config`]: rules across fields, each error located in the tree |
 //! | `validate` | checks of single values (names, paths, URLs, addresses) |
+//! | `user_data` | the operator's cloud-config (inline or a file): read, checked, converted |
+//! | `password` | the login password's source (`password`, `password_hash`, `password_file`) |
 //! | `resolved` | [`Config`] and [`Instance`]: what the stages read |
 //! | `diagnostics` | [`Location`], [`ConfigError`], the wording of YAML and serde errors |
 
 mod diagnostics;
 mod document;
+mod password;
 mod raw;
 mod resolve;
 mod resolved;
+mod user_data;
 mod validate;
 
 use std::path::Path;
 
 pub use diagnostics::{did_you_mean, ConfigError, Location};
+pub use password::LoginPassword;
 pub use raw::{
     CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, InstanceDefinition, Secret,
-    StageChoice, Vars, TOP_LEVEL_KEYS,
+    StageChoice, UserData, Vars, TOP_LEVEL_KEYS,
 };
 pub use resolved::{Config, Instance, StaticIpv4};
 pub use validate::{libvirt_uri_for, valid_instance_name};
@@ -54,11 +59,13 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
     parse(path, &text, overrides)
 }
 
-/// Parse text as if it came from `path` (pure: used by `load` and the tests).
+/// Parse text as if it came from `path` (used by `load` and the tests). Pure but for the files
+/// the settings name (`user_data_file`, `password_file`), read relative to `path`'s directory.
 pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Config, ConfigError> {
     let sources = Sources { path, overrides };
     let root = document::build(&sources, text)?;
-    let vars: Vars = marked_yaml::from_node(&root).map_err(|e| sources.serde_error(&root, e))?;
+    let vars: Vars = marked_yaml::from_node(&document::coercible(&root))
+        .map_err(|e| sources.serde_error(&root, e))?;
     resolve::resolve(Locator::new(&sources, &root), path, vars)
 }
 

@@ -170,16 +170,39 @@ pub struct CloudInitDefaults {
     /// Login user (lowercase, not root), with passwordless sudo.
     #[serde(default = "default_user")]
     pub user: String,
-    /// Plain in the file; only a SHA-512 crypt hash reaches the guest. Without it the password is locked.
+    /// Plain in the file; only a SHA-512 crypt hash reaches the guest. Without it (and without password_hash and password_file) the password is locked.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// A SHA-512 crypt hash (`$6$…`, as `mkpasswd -m sha-512` or `openssl passwd -6` make), used as it is. Not with password or password_file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub password_hash: Option<Secret>,
+    /// A file whose first line is the password (relative to the variables file), read when kvmprov runs; it must belong to the user kvmprov runs as and not be readable by group or others. Not with password or password_hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub password_file: Option<PathBuf>,
     /// Public keys allowed to log in (kvmprov adds its own operator key).
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
     /// Allow SSH password login.
     #[serde(default)]
     pub ssh_password_authentication: bool,
+    /// The operator's own cloud-config for every instance (a mapping); merged with each instance's (lists concatenate, the instance's scalars win). Keys kvmprov sets (users' login user, ssh_keys, ssh_pwauth, chpasswd, hostname…) are errors. Not with user_data_file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub user_data: Option<UserData>,
+    /// A cloud-config file (YAML mapping; relative to the variables file) used as user_data. It must belong to root or the user kvmprov runs as and not be writable by others. Not with user_data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub user_data_file: Option<PathBuf>,
 }
+
+/// An inline cloud-config mapping. Its typed form is read from the document tree (which keeps
+/// each scalar as written, quoted or plain, and where it is): this value only checks that it is
+/// a mapping, and is what `kvmprov check --output json` shows.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(transparent)]
+pub struct UserData(serde_json::Map<String, serde_json::Value>);
 
 impl Default for CloudInitDefaults {
     fn default() -> Self {
@@ -188,6 +211,10 @@ impl Default for CloudInitDefaults {
             password: None,
             ssh_authorized_keys: Vec::new(),
             ssh_password_authentication: false,
+            password_hash: None,
+            password_file: None,
+            user_data: None,
+            user_data_file: None,
         }
     }
 }
@@ -250,6 +277,18 @@ pub struct InstanceDefinition {
     /// With `uefi`: OVMF with Secure Boot and Microsoft's keys enrolled.
     #[serde(default)]
     pub secure_boot: bool,
+    /// Fully qualified host name (`app-01.example.com`, its first label the instance_name): cloud-init's hostname, fqdn and /etc/hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub fqdn: Option<String>,
+    /// This instance's own cloud-config, laid over `kvm_cloud_init_defaults.user_data` (lists concatenate, defaults first; mappings merge key by key; otherwise the instance's value wins). Not with user_data_file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub user_data: Option<UserData>,
+    /// A cloud-config file (relative to the variables file) used as this instance's user_data. Not with user_data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub user_data_file: Option<PathBuf>,
 }
 
 fn default_vcpus() -> u32 {

@@ -6,9 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use kvmprov_seed::merge::{self, CloudConfig};
+
 use super::diagnostics::{did_you_mean, Locator};
+use super::password::{self, LoginPassword};
 use super::raw::{CatalogImage, CloudInitDefaults, FirmwareChoice, InstanceDefinition, Vars};
 use super::resolved::{effective_mac, Config, Instance, StaticIpv4};
+use super::user_data::{self, check_fqdn};
 use super::validate::{
     check_libvirt_uri, check_login_user, check_path, check_public_key, check_separate,
     check_sha512, check_url, libvirt_uri_for, parse_mac, parse_static, valid_instance_name,
@@ -31,15 +35,20 @@ pub(super) fn resolve(doc: Locator, source: &Path, v: Vars) -> Result<Config, Co
         doc.key("kvm_cloud_image_catalog"),
         &v.kvm_cloud_image_catalog,
     )?;
-    check_cloud_init(
-        doc.key("kvm_cloud_init_defaults"),
-        &v.kvm_cloud_init_defaults,
-    )?;
+    // Files the settings name (user_data_file, password_file) are relative to the file.
+    let base = source.parent().unwrap_or(Path::new(""));
+    let ci_at = doc.key("kvm_cloud_init_defaults");
+    let password = check_cloud_init(ci_at, &v.kvm_cloud_init_defaults, base)?;
+    let ci = &v.kvm_cloud_init_defaults;
+    let user_data = user_data::load(ci_at, ci.user_data_file.as_deref(), base, &ci.user)?;
     let shared = Shared {
         libvirt_uri: &libvirt_uri,
         network: &v.kvm_default_libvirt_network_name,
         firmware: v.kvm_default_firmware,
         image_names,
+        base,
+        login: &ci.user,
+        user_data,
     };
     let instances = resolve_instances(
         doc.key("kvm_instance_definitions"),
@@ -62,6 +71,7 @@ pub(super) fn resolve(doc: Locator, source: &Path, v: Vars) -> Result<Config, Co
         runtime_timeout_seconds: v.kvm_runtime_timeout_seconds,
         catalog: v.kvm_cloud_image_catalog,
         cloud_init: v.kvm_cloud_init_defaults,
+        password,
         instances,
         cleanup_confirmed: v.kvm_cleanup_confirmed,
         cleanup_remove_disks: v.kvm_cleanup_remove_instance_disks,
@@ -118,17 +128,18 @@ fn check_catalog<'v>(
     Ok(names)
 }
 
-fn check_cloud_init(at: Locator, ci: &CloudInitDefaults) -> Result<(), ConfigError> {
+/// Checks the login user and its keys; returns where its password comes from.
+fn check_cloud_init(
+    at: Locator,
+    ci: &CloudInitDefaults,
+    base: &Path,
+) -> Result<Option<LoginPassword>, ConfigError> {
     check_login_user(&ci.user).map_err(|m| at.key("user").error(m))?;
-    if ci.password.as_ref().is_some_and(|p| p.expose().is_empty()) {
-        return Err(at
-            .key("password")
-            .error("password is empty: remove the key to lock password login instead"));
-    }
+    let password = password::resolve(at, ci, base)?;
     for (i, key) in ci.ssh_authorized_keys.iter().enumerate() {
         check_public_key(key).map_err(|m| at.key("ssh_authorized_keys").index(i).error(m))?;
     }
-    Ok(())
+    Ok(password)
 }
 
 /// What every instance falls back to or must refer to.
@@ -137,6 +148,12 @@ struct Shared<'a> {
     network: &'a str,
     firmware: FirmwareChoice,
     image_names: Vec<&'a str>,
+    /// The variables file's directory: `user_data_file` is relative to it.
+    base: &'a Path,
+    /// kvmprov's login user, which no user_data may list.
+    login: &'a str,
+    /// `kvm_cloud_init_defaults`' user_data, which each instance's is laid over.
+    user_data: CloudConfig,
 }
 
 /// What earlier instances took: no two guests share a name, an address or a MAC.
@@ -193,6 +210,10 @@ fn resolve_instance(
         None => shared.libvirt_uri.to_string(),
     };
     let firmware = firmware(at, d, shared.firmware)?;
+    if let Some(fqdn) = &d.fqdn {
+        check_fqdn(fqdn, &d.instance_name).map_err(|m| at.key("fqdn").error(m))?;
+    }
+    let own = user_data::load(at, d.user_data_file.as_deref(), shared.base, shared.login)?;
     Ok(Instance {
         name: d.instance_name.clone(),
         image_name: d.image_name.clone(),
@@ -208,6 +229,8 @@ fn resolve_instance(
         libvirt_uri,
         firmware,
         secure_boot: d.secure_boot,
+        fqdn: d.fqdn.as_ref().map(|f| f.to_ascii_lowercase()),
+        user_data: merge::layer(&shared.user_data, &own),
     })
 }
 

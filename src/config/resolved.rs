@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+use kvmprov_seed::merge::CloudConfig;
+
+use super::password::LoginPassword;
 use super::raw::{CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, StageChoice};
 
 /// A validated static IPv4 setup.
@@ -39,6 +42,19 @@ pub struct Instance {
     /// Only ever true with `FirmwareChoice::Uefi`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub secure_boot: bool,
+    /// cloud-init's `fqdn` (lowercase); the host name stays `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<String>,
+    /// The operator's cloud-config: `kvm_cloud_init_defaults`' with the instance's laid over it.
+    #[serde(
+        skip_serializing_if = "CloudConfig::is_empty",
+        serialize_with = "serialize_cloud_config"
+    )]
+    pub user_data: CloudConfig,
+}
+
+fn serialize_cloud_config<S: serde::Serializer>(c: &CloudConfig, s: S) -> Result<S::Ok, S::Error> {
+    c.to_json().serialize(s)
 }
 
 #[cfg(test)]
@@ -61,6 +77,8 @@ impl Instance {
             libvirt_uri: "qemu:///system".into(),
             firmware: FirmwareChoice::Bios,
             secure_boot: false,
+            fqdn: None,
+            user_data: CloudConfig::default(),
         }
     }
 }
@@ -96,6 +114,9 @@ pub struct Config {
     pub runtime_timeout_seconds: u64,
     pub catalog: Vec<CatalogImage>,
     pub cloud_init: CloudInitDefaults,
+    /// Where the login user's password comes from (`None`: locked). Never serialized.
+    #[serde(skip)]
+    pub password: Option<LoginPassword>,
     pub instances: Vec<Instance>,
     pub cleanup_confirmed: bool,
     pub cleanup_remove_disks: bool,

@@ -13,6 +13,10 @@ use std::net::Ipv4Addr;
 
 use serde_json::{json, Map, Value};
 
+pub mod merge;
+
+use merge::{CloudConfig, Node};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
     #[error("cannot hash the password: {0}")]
@@ -122,6 +126,11 @@ pub struct SeedSpec {
     pub network: NetworkSpec,
     pub packages: Vec<String>,
     pub runcmd: Vec<String>,
+    /// The host's fully qualified name (its first label is `hostname`): `/etc/hosts` names it.
+    pub fqdn: Option<String>,
+    /// The operator's own cloud-config, defaults and instance already layered
+    /// ([`merge::layer`]); joined with kvmprov's keys by [`merge::join`].
+    pub user_data: CloudConfig,
 }
 
 impl fmt::Debug for SeedSpec {
@@ -143,24 +152,47 @@ impl fmt::Debug for SeedSpec {
             .field("network", &self.network)
             .field("packages", &self.packages)
             .field("runcmd", &self.runcmd)
+            .field("fqdn", &self.fqdn)
+            // The operator's cloud-config can hold tokens (write_files, apt proxies).
+            .field("user_data_keys", &self.user_data.0.len())
             .finish()
     }
 }
 
 /// Block-style YAML for a JSON value; strings double-quoted (see [`quote`]).
 fn yaml(v: &Value) -> String {
+    yaml_node(&Node::from_json(v))
+}
+
+/// Block-style YAML for a document tree: quoted strings double-quoted (see [`quote`]), plain
+/// scalars as written (see [`plain`]).
+fn yaml_node(v: &Node) -> String {
     let mut out = String::new();
     emit(v, 0, &mut out);
     out
 }
 
-fn scalar(v: &Value) -> String {
+fn scalar(v: &Node) -> String {
     match v {
-        Value::String(s) => quote(s),
-        Value::Null => "null".into(),
-        Value::Object(m) if m.is_empty() => "{}".into(),
-        Value::Array(a) if a.is_empty() => "[]".into(),
-        other => other.to_string(),
+        Node::Quoted(s) => quote(s),
+        Node::Plain(s) => plain(s),
+        Node::Map(m) if m.is_empty() => "{}".into(),
+        Node::Seq(a) if a.is_empty() => "[]".into(),
+        // Only reached for non-empty collections, which `emit` writes as blocks.
+        Node::Map(_) | Node::Seq(_) => "{}".into(),
+    }
+}
+
+/// A plain scalar as the operator wrote it, so PyYAML resolves its type as it would have in
+/// the operator's own file. What could not stand plain on one line (a folded line break, white
+/// space at either end) is a string to any YAML reader anyway: it is written quoted.
+fn plain(s: &str) -> String {
+    if s.is_empty() {
+        "null".into()
+    } else if s.contains(['\n', '\r']) || s.trim() != s {
+        quote(s)
+    } else {
+        s.to_string()
     }
 }
 
@@ -192,15 +224,15 @@ fn quote(s: &str) -> String {
     out
 }
 
-fn is_block(v: &Value) -> bool {
-    matches!(v, Value::Object(m) if !m.is_empty()) || matches!(v, Value::Array(a) if !a.is_empty())
+fn is_block(v: &Node) -> bool {
+    matches!(v, Node::Map(m) if !m.is_empty()) || matches!(v, Node::Seq(a) if !a.is_empty())
 }
 
-fn emit(v: &Value, indent: usize, out: &mut String) {
+fn emit(v: &Node, indent: usize, out: &mut String) {
     let pad = " ".repeat(indent);
     match v {
-        Value::Object(m) if !m.is_empty() => {
-            for (k, val) in m {
+        Node::Map(m) if !m.is_empty() => {
+            for (k, val) in &m.0 {
                 let key = quote(k);
                 if is_block(val) {
                     out.push_str(&format!("{pad}{key}:\n"));
@@ -210,7 +242,7 @@ fn emit(v: &Value, indent: usize, out: &mut String) {
                 }
             }
         }
-        Value::Array(a) if !a.is_empty() => {
+        Node::Seq(a) if !a.is_empty() => {
             for item in a {
                 if is_block(item) {
                     // "- " then the first line of the nested block on the same line.
@@ -227,7 +259,8 @@ fn emit(v: &Value, indent: usize, out: &mut String) {
     }
 }
 
-/// `user-data`: the user, SSH access, the pinned host key, hostname, pass-through extras.
+/// `user-data`: the user, SSH access, the pinned host key, hostname, then the operator's own
+/// cloud-config joined by [`merge::join`]'s rules.
 pub fn user_data(spec: &SeedSpec) -> String {
     let mut user = Map::new();
     user.insert("name".into(), json!(spec.user));
@@ -251,6 +284,9 @@ pub fn user_data(spec: &SeedSpec) -> String {
     }
     let mut doc = Map::new();
     doc.insert("hostname".into(), json!(spec.hostname));
+    if let Some(fqdn) = &spec.fqdn {
+        doc.insert("fqdn".into(), json!(fqdn));
+    }
     doc.insert("manage_etc_hosts".into(), json!(true));
     doc.insert("users".into(), Value::Array(vec![Value::Object(user)]));
     doc.insert("disable_root".into(), json!(true));
@@ -272,7 +308,13 @@ pub fn user_data(spec: &SeedSpec) -> String {
     if !spec.runcmd.is_empty() {
         doc.insert("runcmd".into(), json!(spec.runcmd));
     }
-    format!("#cloud-config\n{}", yaml(&Value::Object(doc)))
+    let own = match Node::from_json(&Value::Object(doc)) {
+        Node::Map(m) => m,
+        // A JSON object converts to a mapping.
+        _ => CloudConfig::default(),
+    };
+    let joined = merge::join(own, &spec.user_data);
+    format!("#cloud-config\n{}", yaml_node(&Node::Map(joined)))
 }
 
 /// `meta-data`: a new `instance-id` makes cloud-init treat the boot as a new instance.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::merge::{self, CloudConfig, Node};
 use std::process::Command;
 
 fn spec(network: NetworkSpec) -> SeedSpec {
@@ -15,6 +16,8 @@ fn spec(network: NetworkSpec) -> SeedSpec {
         network,
         packages: vec!["yes".into(), "0777".into()],
         runcmd: vec!["echo on: 1e3 # not a comment".into(), "null".into()],
+        fqdn: None,
+        user_data: CloudConfig::default(),
     }
 }
 
@@ -316,4 +319,195 @@ fn debug_redacts_secrets() {
     let d = format!("{s:?}");
     assert!(!d.contains("$6$"), "{d}");
     assert!(!d.contains("PRIVATE KEY"), "{d}");
+}
+
+fn plain(s: &str) -> Node {
+    Node::Plain(s.into())
+}
+fn quoted(s: &str) -> Node {
+    Node::Quoted(s.into())
+}
+fn map(pairs: Vec<(&str, Node)>) -> Node {
+    Node::Map(CloudConfig(
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    ))
+}
+
+/// An operator's cloud-config as the config layer hands it over (plain scalars as written).
+fn operator_user_data() -> CloudConfig {
+    let Node::Map(m) = map(vec![
+        ("timezone", plain("Europe/Berlin")),
+        ("packages", Node::Seq(vec![plain("jq")])),
+        ("runcmd", Node::Seq(vec![plain("touch /run/ud-marker")])),
+        (
+            "write_files",
+            Node::Seq(vec![map(vec![
+                ("path", plain("/etc/motd.d/ud")),
+                ("permissions", quoted("0644")),
+                ("content", quoted("hello from user_data\n")),
+            ])]),
+        ),
+        (
+            "users",
+            Node::Seq(vec![map(vec![
+                ("name", plain("backup")),
+                ("shell", plain("/bin/sh")),
+                ("lock_passwd", plain("true")),
+            ])]),
+        ),
+        ("package_update", plain("false")),
+        // A kvmprov key that slipped through: kvmprov's value stays.
+        ("ssh_pwauth", plain("true")),
+    ]) else {
+        unreachable!()
+    };
+    m
+}
+
+#[test]
+fn user_data_joins_the_operators_lists_and_keeps_kvmprovs_keys() {
+    let mut s = spec(dhcp());
+    s.fqdn = Some("app-01.example.com".into());
+    s.user_data = operator_user_data();
+    let Some(v) = pyyaml(&user_data(&s)) else {
+        return;
+    };
+    assert_eq!(v["fqdn"], "app-01.example.com");
+    assert_eq!(v["hostname"], "app-01");
+    assert_eq!(v["manage_etc_hosts"], true);
+    assert_eq!(v["timezone"], "Europe/Berlin");
+    assert_eq!(v["package_update"], false);
+    // The operator's list items first, then the instance's own fields.
+    assert_eq!(v["packages"], json!(["jq", "yes", "0777"]));
+    assert_eq!(
+        v["runcmd"],
+        json!([
+            "touch /run/ud-marker",
+            "echo on: 1e3 # not a comment",
+            "null"
+        ])
+    );
+    assert_eq!(v["users"][0]["name"], "debian");
+    assert_eq!(v["users"][1]["name"], "backup");
+    assert_eq!(v["users"][1]["lock_passwd"], true);
+    assert_eq!(v["write_files"][0]["permissions"], "0644");
+    assert_eq!(v["ssh_pwauth"], false);
+}
+
+#[test]
+fn layering_concatenates_lists_merges_mappings_and_lets_the_instance_win() {
+    let Node::Map(base) = map(vec![
+        ("packages", Node::Seq(vec![plain("a")])),
+        ("timezone", plain("UTC")),
+        (
+            "ca_certs",
+            map(vec![
+                ("trusted", Node::Seq(vec![quoted("A")])),
+                ("remove_defaults", plain("false")),
+            ]),
+        ),
+        ("apt", map(vec![("proxy", plain("http://p"))])),
+    ]) else {
+        unreachable!()
+    };
+    let Node::Map(top) = map(vec![
+        ("packages", Node::Seq(vec![plain("b")])),
+        ("timezone", plain("Europe/Paris")),
+        (
+            "ca_certs",
+            map(vec![("trusted", Node::Seq(vec![quoted("B")]))]),
+        ),
+        ("apt", plain("x")),
+    ]) else {
+        unreachable!()
+    };
+    let got = merge::layer(&base, &top);
+    assert_eq!(
+        got.get("packages"),
+        Some(&Node::Seq(vec![plain("a"), plain("b")]))
+    );
+    assert_eq!(got.get("timezone"), Some(&plain("Europe/Paris")));
+    assert_eq!(
+        got.get("ca_certs"),
+        Some(&map(vec![
+            ("trusted", Node::Seq(vec![quoted("A"), quoted("B")])),
+            ("remove_defaults", plain("false")),
+        ]))
+    );
+    // Different kinds: the instance's value.
+    assert_eq!(got.get("apt"), Some(&plain("x")));
+}
+
+#[test]
+fn plain_scalars_keep_the_type_yaml_1_1_gives_them() {
+    let mut s = spec(dhcp());
+    let Node::Map(m) = map(vec![
+        ("a", plain("0644")),
+        ("b", plain("yes")),
+        ("c", plain("")),
+        ("d", plain("two\nlines")),
+        ("e", quoted("yes")),
+    ]) else {
+        unreachable!()
+    };
+    s.user_data = m;
+    let Some(v) = pyyaml(&user_data(&s)) else {
+        return;
+    };
+    assert_eq!(v["a"], 420);
+    assert_eq!(v["b"], true);
+    assert_eq!(v["c"], Value::Null);
+    assert_eq!(v["d"], "two\nlines");
+    assert_eq!(v["e"], "yes");
+}
+
+/// Every kind of document the seed writes, for `tests/cloud-init-schema.sh`: with
+/// `KVMPROV_CLOUD_INIT_DOCS=DIR` each is written to `DIR/NAME.user-data` and
+/// `DIR/NAME.network-config`, where Debian 12's and 13's cloud-init validate them.
+#[test]
+fn documents_for_cloud_init_schema() {
+    let static_net = NetworkSpec::Static {
+        mac: "52:54:00:aa:bb:cc".into(),
+        address: "192.168.122.50/24".into(),
+        gateway: Some(Ipv4Addr::new(192, 168, 122, 1)),
+        dns: vec![Ipv4Addr::new(192, 168, 122, 1), Ipv4Addr::new(9, 9, 9, 9)],
+    };
+    let mut table: Vec<(&str, SeedSpec)> =
+        vec![("dhcp", spec(dhcp())), ("static", spec(static_net.clone()))];
+    let mut s = spec(dhcp());
+    s.password_hash = None;
+    s.packages = vec![];
+    s.runcmd = vec![];
+    s.ssh_password_authentication = true;
+    table.push(("locked-bare", s));
+    let mut s = spec(static_net);
+    s.fqdn = Some("app-01.example.com".into());
+    s.user_data = operator_user_data();
+    s.user_data.0.retain(|(k, _)| k != "ssh_pwauth");
+    table.push(("user-data-fqdn", s));
+    let mut s = spec(NetworkSpec::Static {
+        mac: "52:54:00:aa:bb:cd".into(),
+        address: "10.1.2.3/16".into(),
+        gateway: None,
+        dns: vec![],
+    });
+    s.password_hash = Some(
+        "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/".into(),
+    );
+    table.push(("password-hash-static-no-gateway", s));
+
+    let dir = std::env::var_os("KVMPROV_CLOUD_INIT_DOCS").map(std::path::PathBuf::from);
+    for (name, s) in &table {
+        let ud = user_data(s);
+        let nc = network_config(s);
+        if pyyaml(&ud).is_none() {
+            return;
+        }
+        pyyaml(&nc);
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(format!("{name}.user-data")), ud).unwrap();
+            std::fs::write(dir.join(format!("{name}.network-config")), nc).unwrap();
+        }
+    }
 }

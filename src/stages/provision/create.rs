@@ -103,10 +103,11 @@ fn make_overlay(sh: &Shared, inst: &Instance, image: &CachedImage) -> Result<(),
 /// the network.
 fn seed_spec(sh: &Shared, inst: &Instance, instance_id: &str) -> Result<SeedSpec, ProvisionError> {
     let ci = &sh.cfg.cloud_init;
-    let password_hash = ci
+    let password_hash = sh
+        .cfg
         .password
         .as_ref()
-        .map(|p| kvmprov_seed::hash_password(p.expose()))
+        .map(|p| p.crypt_hash())
         .transpose()?;
     let mut authorized = ci.ssh_authorized_keys.clone();
     if !sh.operator_public.is_empty() {
@@ -133,6 +134,8 @@ fn seed_spec(sh: &Shared, inst: &Instance, instance_id: &str) -> Result<SeedSpec
         network,
         packages: inst.packages.clone(),
         runcmd: inst.runcmd.clone(),
+        fqdn: inst.fqdn.clone(),
+        user_data: inst.user_data.clone(),
     })
 }
 

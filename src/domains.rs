@@ -11,10 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::{xml, DomainState, HvError, Hypervisor};
 use kvmprov_image::qcow2;
-
-use crate::host::is_local;
 
 /// A domain and the files it uses.
 #[derive(Debug, Clone)]

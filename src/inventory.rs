@@ -124,18 +124,10 @@ pub fn group_name(prefix: &str, name: &str) -> String {
 /// The host part of a libvirt URI (user and port dropped: the same machine), `localhost` for
 /// URIs without one (`qemu:///system`, `test:///default`).
 pub fn hypervisor_name(uri: &str) -> String {
-    let rest = uri.split_once("://").map_or("", |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host_port.split(':').next().unwrap_or_default(),
-    };
-    if host.is_empty() {
-        "localhost".to_string()
-    } else {
-        host.to_string()
-    }
+    kvmprov_hypervisor::uri::LibvirtUri::parse(uri)
+        .and_then(|u| u.host)
+        .unwrap_or("localhost")
+        .to_string()
 }
 
 /// The dynamic-inventory document (`--list`): every group, `all` as their parent, and the host

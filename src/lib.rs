@@ -7,6 +7,7 @@
 pub mod address;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod domains;
 pub mod drift;
 pub mod exit;

@@ -17,15 +17,14 @@ pub mod provision;
 pub mod runtime;
 pub mod status;
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::{HvError, Hypervisor};
 
-use crate::host::is_local;
 use crate::lock::lock_all;
 use crate::parallel::{parallel, pipeline};
 use crate::plan::{error_chain, Outcome, StageReport};
 use crate::run::{host_error, Handoff, StageError};
 use crate::settings::{Session, Stage};
-
 /// Run stages in order, stopping at the first stage that fails. Images are fetched once into
 /// the local cache; then each hypervisor runs its stages under its own lock, all of them in
 /// parallel, so one host that is down fails only its own instances.

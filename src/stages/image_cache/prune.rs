@@ -3,16 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::{HvError, Hypervisor};
 use kvmprov_image::{qcow2, CacheLock};
 
 use crate::domains::paths_in_use;
-use crate::host::is_local;
 use crate::lock::lock_all;
 use crate::plan::{run as run_action, Action, Op, Outcome, StageReport};
 use crate::run::StageError;
 use crate::settings::Session;
-
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
     #[error("another kvmprov run is using the image cache {}; prune when it has finished", .path.display())]

@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::{DomainType, FirmwareSupport, HostInfo, HvError, Hypervisor, SshDest};
 
 use super::plan::{Observed, PathState, TreeState};
 use crate::config::{Config, FirmwareChoice};
-use crate::host::{is_local, resolve_domain_type};
+use crate::host::resolve_domain_type;
 use crate::settings::Session;
 
 /// Look at the hypervisor: host, networks, the two pool paths and their access, free space,

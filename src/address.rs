@@ -21,7 +21,7 @@ use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo, SshDest};
 use serde::Serialize;
 
 use crate::config::Instance;
-use crate::guest;
+use crate::ssh;
 
 /// Where an address came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -248,7 +248,7 @@ impl<'a> HostProbe<'a> {
     fn read_remote(&self, argv: &[&str]) -> Option<String> {
         let dest = self.remote.as_ref()?;
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        match guest::hypervisor_run(dest, &argv, Duration::from_secs(15)) {
+        match ssh::hypervisor_run(dest, &argv, Duration::from_secs(15)) {
             Ok(o) if o.code == Some(0) => Some(o.stdout),
             _ => None,
         }

@@ -16,12 +16,12 @@ use std::collections::BTreeMap;
 use crate::address;
 use crate::config::{did_you_mean, Instance};
 use crate::exit::ExitStatus;
-use crate::guest::{shell_words, SshTarget};
 use crate::login::Login;
 use crate::output;
 use crate::parallel::parallel;
 use crate::plan::error_chain;
 use crate::settings::Session;
+use crate::ssh::{shell_words, SshTarget};
 
 /// What kvmprov found out about one declared instance.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ pub mod digest;
 pub mod domains;
 pub mod drift;
 pub mod exit;
-pub mod guest;
+
 pub mod host;
 pub mod instance;
 pub mod inventory;
@@ -24,5 +24,6 @@ pub mod plan;
 pub mod run;
 pub mod schema;
 pub mod settings;
+pub mod ssh;
 pub mod stages;
 pub mod state;

@@ -194,7 +194,7 @@ fn firmware(
 pub(super) fn hypervisor_run_as_root(dest: &SshDest, argv: &[String]) -> Result<String, String> {
     let timeout = std::time::Duration::from_secs(30);
     let run = |argv: &[String]| {
-        crate::guest::hypervisor_run(dest, argv, timeout).map_err(|e| e.to_string())
+        crate::ssh::hypervisor_run(dest, argv, timeout).map_err(|e| e.to_string())
     };
     let out = run(argv)?;
     if out.code == Some(0) {

@@ -11,11 +11,11 @@ use std::time::Instant;
 use kvmprov_hypervisor::{DomainState, HvError, Hypervisor, NetworkInfo};
 
 use crate::config::Instance;
-use crate::guest;
 use crate::login::LoginError;
 use crate::parallel::parallel;
 use crate::plan::{Action, Op, Outcome, StageReport, Status};
 use crate::settings::Session;
+use crate::ssh;
 use crate::state;
 
 /// What runtime will do for one instance, from its observed state (pure).
@@ -78,7 +78,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
-    Guest(#[from] guest::GuestError),
+    Guest(#[from] ssh::GuestError),
     #[error(transparent)]
     Login(#[from] LoginError),
     #[error("timed out after {seconds}s waiting for {what}\n      last console lines ({console}):\n{tail}")]

@@ -10,10 +10,10 @@ use kvmprov_hypervisor::{Hypervisor, NetworkInfo, SshDest};
 use super::RuntimeError;
 use crate::address;
 use crate::config::Instance;
-use crate::guest::{self, CloudInitStatus, SshTarget};
 use crate::layout::console_name;
 use crate::login::Login;
 use crate::settings::Session;
+use crate::ssh::{self, CloudInitStatus, SshTarget};
 
 /// How often we look again while waiting.
 const POLL: Duration = Duration::from_millis(250);
@@ -170,12 +170,12 @@ fn login_loop(
 /// attempt that ran out of time is tried again until the deadline: a guest busy booting
 /// (cloud-init, a loaded host) can take longer than one attempt's 30 s to finish a login.
 fn login_attempt(
-    out: Result<guest::CommandOutput, guest::GuestError>,
+    out: Result<ssh::CommandOutput, ssh::GuestError>,
 ) -> Result<Option<String>, RuntimeError> {
     match out {
         Ok(out) if out.code == Some(0) => Ok(None),
         Ok(out) => Ok(Some(out.stderr.trim().to_string())),
-        Err(e @ guest::GuestError::Timeout { .. }) => Ok(Some(e.to_string())),
+        Err(e @ ssh::GuestError::Timeout { .. }) => Ok(Some(e.to_string())),
         Err(e) => Err(e.into()),
     }
 }
@@ -214,7 +214,7 @@ pub(super) fn wait_ready(
         inst,
         &probe,
         &waits,
-        |ip| guest::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)),
+        |ip| ssh::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)),
         |ip| ssh_attempt(&login, ip, deadline),
     );
     let logged_in = match logged_in {
@@ -241,7 +241,7 @@ fn ssh_attempt(
     deadline: Instant,
 ) -> Result<Option<String>, RuntimeError> {
     let remaining = deadline.saturating_duration_since(Instant::now());
-    login_attempt(guest::ssh_run(
+    login_attempt(ssh::ssh_run(
         &login.target(ip)?,
         "true",
         remaining.min(Duration::from_secs(30)),
@@ -260,8 +260,8 @@ fn wait_cloud_init(
         if remaining.is_zero() {
             return Err(timeout("cloud-init to finish".to_string()));
         }
-        let out = guest::ssh_run(target, "cloud-init status --wait --long", remaining)?;
-        match guest::parse_cloud_init_status(&out) {
+        let out = ssh::ssh_run(target, "cloud-init status --wait --long", remaining)?;
+        match ssh::parse_cloud_init_status(&out) {
             CloudInitStatus::Done => return Ok(()),
             CloudInitStatus::Degraded(d) => {
                 tracing::warn!("{}: cloud-init finished degraded: {d}", inst.name);
@@ -287,8 +287,8 @@ fn timeout(s: &Session, inst: &Instance, jump: Option<&SshDest>, what: String) -
             None => console.display().to_string(),
         },
         tail: match jump {
-            Some(j) => guest::remote_console_tail(j, &console, 15),
-            None => guest::console_tail(&console, 15),
+            Some(j) => ssh::remote_console_tail(j, &console, 15),
+            None => ssh::console_tail(&console, 15),
         }
         .lines()
         .map(|l| format!("        {l}"))
@@ -418,13 +418,13 @@ mod tests {
             |ip| {
                 n += 1;
                 login_attempt(if n == 1 {
-                    Err(guest::GuestError::Timeout {
+                    Err(ssh::GuestError::Timeout {
                         user: "debian".into(),
                         addr: IpAddr::V4(ip),
                         seconds: 30,
                     })
                 } else {
-                    Ok(guest::CommandOutput {
+                    Ok(ssh::CommandOutput {
                         code: Some(0),
                         stdout: String::new(),
                         stderr: String::new(),
@@ -439,12 +439,12 @@ mod tests {
 
     #[test]
     fn a_login_that_cannot_start_ssh_fails_at_once() {
-        let err = login_attempt(Err(guest::GuestError::Spawn(std::io::Error::from(
+        let err = login_attempt(Err(ssh::GuestError::Spawn(std::io::Error::from(
             std::io::ErrorKind::NotFound,
         ))));
         assert!(matches!(
             err,
-            Err(RuntimeError::Guest(guest::GuestError::Spawn(_)))
+            Err(RuntimeError::Guest(ssh::GuestError::Spawn(_)))
         ));
     }
 

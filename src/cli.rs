@@ -255,7 +255,7 @@ fn stop_on_signals() {
             output::note(&format!(
                 "\nkvmprov: {what}; stopped. The next run resumes partial downloads and reuses or replaces anything half-made."
             ));
-            crate::ssh::stop_children();
+            crate::process::stop_children();
             std::process::exit(128 + sig);
         }
     });

@@ -78,7 +78,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
-    Guest(#[from] ssh::GuestError),
+    Ssh(#[from] ssh::SshError),
     #[error(transparent)]
     Login(#[from] LoginError),
     #[error("timed out after {seconds}s waiting for {what}\n      last console lines ({console}):\n{tail}")]

@@ -106,33 +106,7 @@ impl StateDir {
     pub fn inspect(pool: &Path) -> Result<(), StateError> {
         let pool = kvmprov_safefs::lexical_absolute(pool);
         kvmprov_safefs::check_tree(&pool)?;
-        let path = state_dir(&pool);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(StateError::Read { path, source }),
-        };
-        use std::os::unix::fs::MetadataExt;
-        let me = kvmprov_safefs::euid();
-        let err = if meta.file_type().is_symlink() {
-            FsError::Symlink { path }
-        } else if !meta.is_dir() {
-            FsError::WrongType {
-                path,
-                found: "another kind of file",
-                want: "a directory",
-            }
-        } else if meta.uid() != me {
-            FsError::Owner {
-                path,
-                owner: meta.uid(),
-                mode: meta.mode() & 0o7777,
-                me,
-            }
-        } else {
-            return Ok(());
-        };
-        Err(err.into())
+        Ok(Dir::inspect_private(&state_dir(&pool))?)
     }
 
     pub fn path(&self) -> &Path {

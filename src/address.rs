@@ -265,7 +265,7 @@ impl Probe for HostProbe<'_> {
     }
 
     fn console(&self) -> Option<Ipv4Addr> {
-        // A cut first line is harmless here: only whole table rows match.
+        // Read and sanitized as every console reader does; only whole table rows match.
         console_announced(&self.console.tail().ok()?, &self.mac)
     }
 

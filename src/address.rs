@@ -14,14 +14,15 @@
 //! can; `find` asks them in order through a `Probe`, the only part that does I/O.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo, SshDest};
 use serde::Serialize;
 
 use crate::config::Instance;
-use crate::guest;
+use crate::console::ConsoleLog;
+use crate::ssh;
 
 /// Where an address came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -218,10 +219,6 @@ pub fn find(
     Ok(None)
 }
 
-/// How much of the console log is read: cloud-init's table is printed well within the last
-/// 256 KiB, and a chatty guest cannot make us read a huge file.
-const CONSOLE_TAIL_BYTES: u64 = 256 * 1024;
-
 /// The sources as they are on a hypervisor: libvirt for the lease and the agent, the console
 /// log file and the ARP table read locally, or over SSH on a remote hypervisor.
 pub struct HostProbe<'a> {
@@ -229,7 +226,10 @@ pub struct HostProbe<'a> {
     pub domain: String,
     pub network: String,
     pub mac: String,
-    pub console_log: PathBuf,
+    pub console: ConsoleLog,
+    /// The hypervisor is this machine: its ARP table is ours.
+    pub local: bool,
+    /// The remote hypervisor's SSH destination, to read its ARP table.
     pub remote: Option<SshDest>,
 }
 
@@ -240,7 +240,11 @@ impl<'a> HostProbe<'a> {
             domain: inst.name.clone(),
             network: inst.network.clone(),
             mac: inst.effective_mac(),
-            console_log: pool_path.join(crate::layout::console_name(&inst.name)),
+            console: ConsoleLog::on(
+                hv.uri(),
+                pool_path.join(crate::layout::console_name(&inst.name)),
+            ),
+            local: kvmprov_hypervisor::uri::is_local(hv.uri()),
             remote: kvmprov_hypervisor::ssh_destination(hv.uri()),
         }
     }
@@ -248,7 +252,7 @@ impl<'a> HostProbe<'a> {
     fn read_remote(&self, argv: &[&str]) -> Option<String> {
         let dest = self.remote.as_ref()?;
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        match guest::hypervisor_run(dest, &argv, Duration::from_secs(15)) {
+        match ssh::hypervisor_run(dest, &argv, Duration::from_secs(15)) {
             Ok(o) if o.code == Some(0) => Some(o.stdout),
             _ => None,
         }
@@ -261,21 +265,15 @@ impl Probe for HostProbe<'_> {
     }
 
     fn console(&self) -> Option<Ipv4Addr> {
-        let text = match &self.remote {
-            Some(_) => {
-                let bytes = CONSOLE_TAIL_BYTES.to_string();
-                let path = self.console_log.to_string_lossy();
-                self.read_remote(&["tail", "-c", &bytes, "--", &path])?
-            }
-            None => read_tail(&self.console_log, CONSOLE_TAIL_BYTES)?,
-        };
-        console_announced(&text, &self.mac)
+        // Read and sanitized as every console reader does; only whole table rows match.
+        console_announced(&self.console.tail().ok()?, &self.mac)
     }
 
     fn neighbour(&self) -> Option<Ipv4Addr> {
-        let text = match &self.remote {
-            Some(_) => self.read_remote(&["cat", "/proc/net/arp"])?,
-            None => std::fs::read_to_string("/proc/net/arp").ok()?,
+        let text = if self.local {
+            std::fs::read_to_string("/proc/net/arp").ok()?
+        } else {
+            self.read_remote(&["cat", "/proc/net/arp"])?
         };
         neighbour_ipv4(&text, &self.mac)
     }
@@ -287,19 +285,6 @@ impl Probe for HostProbe<'_> {
             r => Ok(r.ok().flatten()),
         }
     }
-}
-
-/// The last `max` bytes of a file, as text (a cut first line is harmless: only whole table
-/// rows match).
-pub fn read_tail(path: &Path, max: u64) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    // Not through a link, and a FIFO cannot block the wait.
-    let mut f = kvmprov_safefs::open_regular(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
-    let mut buf = Vec::new();
-    f.take(max).read_to_end(&mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 #[cfg(test)]
@@ -483,15 +468,6 @@ IP address       HW type     Flags       HW address            Mask     Device
         let i = inst(None);
         let p = plan(&i, &net(Some("nat"), true)).unwrap();
         assert!(find(&p, &i, &Lost).is_err());
-    }
-
-    #[test]
-    fn read_tail_reads_only_the_end() {
-        let t = tempfile::tempdir().unwrap();
-        let f = t.path().join("c.log");
-        std::fs::write(&f, "a".repeat(1000) + "END").unwrap();
-        assert_eq!(read_tail(&f, 3).as_deref(), Some("END"));
-        assert_eq!(read_tail(&t.path().join("none"), 3), None);
     }
 
     /// The console address parser took `0.0.0.0` (and any other non-unicast address a guest

@@ -230,7 +230,7 @@ fn stop_on_signals(printer: Printer) {
             printer.note(&format!(
                 "\nkvmprov: {what}; stopped. The next run resumes partial downloads and reuses or replaces anything half-made."
             ));
-            crate::guest::stop_children();
+            crate::process::stop_children();
             std::process::exit(128 + sig);
         }
     });

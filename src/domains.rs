@@ -11,10 +11,10 @@
 
 use std::path::{Path, PathBuf};
 
-use kvmprov_hypervisor::{xml, DomainState, HvError, Hypervisor};
+use kvmprov_hypervisor::uri::is_local;
+use kvmprov_hypervisor::xml::{self, used_files, UsedFile};
+use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
 use kvmprov_image::qcow2;
-
-use crate::host::is_local;
 
 /// A domain and the files it uses.
 #[derive(Debug, Clone)]
@@ -27,81 +27,10 @@ pub struct DomainFacts {
     pub ours: bool,
 }
 
-/// A file a domain's XML names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UsedFile {
-    /// A disk's source. `qcow2`: libvirt declares it as qcow2 (only then can it have a backing
-    /// chain). `chain`: libvirt's `<backingStore>` files under it, when the XML has the element
-    /// (an empty `<backingStore/>` says "none"); `None` when libvirt did not say.
-    Disk {
-        path: PathBuf,
-        qcow2: bool,
-        chain: Option<Vec<PathBuf>>,
-    },
-    /// A console log or an NVRAM store: protected, never read.
-    Plain(PathBuf),
-}
-
-fn invalid(e: roxmltree::Error) -> HvError {
-    HvError::Invalid {
-        what: "read the files of a domain XML".into(),
-        reason: e.to_string(),
-    }
-}
-
-fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree::Node<'a, 'i>> {
-    n.children()
-        .find(|c| c.is_element() && c.tag_name().name() == name)
-}
-
-fn source_of(n: roxmltree::Node) -> Option<PathBuf> {
-    child(n, "source")
-        .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
-        .map(PathBuf::from)
-}
-
-/// Pure: the files a domain XML names, each with what libvirt says about it.
-pub fn used_files(domain_xml: &str) -> Result<Vec<UsedFile>, HvError> {
-    let doc = roxmltree::Document::parse(domain_xml).map_err(invalid)?;
-    let root = doc.root_element();
-    let mut out = Vec::new();
-    if let Some(devices) = child(root, "devices") {
-        for dev in devices.children().filter(|c| c.is_element()) {
-            match dev.tag_name().name() {
-                "disk" => {
-                    let Some(path) = source_of(dev) else { continue };
-                    let qcow2 =
-                        child(dev, "driver").and_then(|d| d.attribute("type")) == Some("qcow2");
-                    let chain = child(dev, "backingStore").map(|mut b| {
-                        let mut files = Vec::new();
-                        // Nested: each <backingStore> holds the next; an empty one ends it.
-                        while let Some(p) = source_of(b) {
-                            files.push(p);
-                            match child(b, "backingStore") {
-                                Some(next) if files.len() < qcow2::MAX_CHAIN => b = next,
-                                _ => break,
-                            }
-                        }
-                        files
-                    });
-                    out.push(UsedFile::Disk { path, qcow2, chain });
-                }
-                "serial" | "console" => {
-                    if let Some(f) = child(dev, "log").and_then(|l| l.attribute("file")) {
-                        out.push(UsedFile::Plain(PathBuf::from(f)));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    if let Some(nvram) = child(root, "os")
-        .and_then(|os| child(os, "nvram"))
-        .and_then(|n| n.text())
-    {
-        out.push(UsedFile::Plain(PathBuf::from(nvram.trim())));
-    }
-    Ok(out)
+/// libvirt's backing chain of a disk, as long as kvmprov follows any chain
+/// ([`qcow2::MAX_CHAIN`]).
+fn bounded(chain: &[PathBuf]) -> &[PathBuf] {
+    &chain[..chain.len().min(qcow2::MAX_CHAIN)]
 }
 
 /// The real path of a local file (itself when it cannot be resolved).
@@ -132,7 +61,7 @@ pub fn local_files(domain_xml: &str, volumes: &VolumeBacking) -> Result<Vec<Path
                 ..
             } => {
                 files.push(real(&path));
-                files.extend(chain.iter().map(|p| real(p)));
+                files.extend(bounded(&chain).iter().map(|p| real(p)));
             }
             UsedFile::Disk {
                 path, chain: None, ..
@@ -171,7 +100,7 @@ fn remote_files(hv: &Hypervisor, domain_xml: &str) -> Result<Vec<PathBuf>, HvErr
                 ..
             } => {
                 files.push(path);
-                files.extend(chain);
+                files.extend(bounded(&chain).iter().cloned());
             }
             UsedFile::Disk {
                 path, chain: None, ..

@@ -1,14 +1,9 @@
-//! What kvmprov decides about a hypervisor from its URI and what it offers: whether it is this
-//! machine, and which domain type the instances get.
+//! Which domain type the instances get on a hypervisor, from what it offers. (Whether a
+//! hypervisor is this machine is its URI's to say: `kvmprov_hypervisor::uri::is_local`.)
 
 use kvmprov_hypervisor::{DomainType, HostInfo};
 
 use crate::config::DomainTypeChoice;
-
-/// Is this URI a hypervisor on this machine (so its paths are our paths)?
-pub fn is_local(uri: &str) -> bool {
-    uri.starts_with("qemu:///") || uri.starts_with("test:///")
-}
 
 /// The domain type `kvm_domain_type` resolves to on this host and a sentence saying why, or
 /// why the wanted one is unavailable.

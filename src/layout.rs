@@ -30,7 +30,7 @@ pub fn nvram_name(instance: &str) -> String {
 /// The libvirt pool name for a directory (`prefix`: `images` or `instances`); an existing pool
 /// with that path wins over this name wherever one is looked up.
 pub fn pool_name_for(prefix: &str, path: &Path) -> String {
-    let digest = state::digest_hex(path.as_os_str().as_encoded_bytes());
+    let digest = crate::digest::sha256_hex(path.as_os_str().as_encoded_bytes());
     format!("kvmprov-{prefix}-{}", &digest[..8])
 }
 

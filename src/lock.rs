@@ -15,7 +15,12 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub fn lock_all(hosts: &[Session]) -> Result<Vec<RunLock>, LockError> {
     let mut order: Vec<(String, &Session)> = hosts
         .iter()
-        .map(|h| (crate::state::canonical_uri(&h.cfg.libvirt_uri), h))
+        .map(|h| {
+            (
+                kvmprov_hypervisor::uri::canonical_uri(&h.cfg.libvirt_uri),
+                h,
+            )
+        })
         .collect();
     order.sort_by(|a, b| a.0.cmp(&b.0));
     order.dedup_by(|a, b| a.0 == b.0);

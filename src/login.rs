@@ -9,8 +9,8 @@ use std::sync::Arc;
 use kvmprov_hypervisor::SshDest;
 
 use crate::config::Instance;
-use crate::guest::SshTarget;
 use crate::settings::Session;
+use crate::ssh::SshTarget;
 use crate::state::{self, StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]

@@ -9,8 +9,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use kvmprov_hypervisor::uri::canonical_uri;
 use kvmprov_safefs::{Dir, FsError};
-use sha2::{Digest, Sha256};
+
+use crate::digest::sha256_hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -43,66 +45,14 @@ pub fn state_dir(pool: &Path) -> PathBuf {
     pool.join(".kvmprov")
 }
 
-/// The URI kvmprov's local state is keyed by: one spelling per hypervisor. Scheme and host are
-/// lower-cased, the transport's default port, a trailing `/` and the SSH user are dropped (the
-/// same host reached as another user is the same hypervisor), except for `/session` URIs, where
-/// the user names whose libvirt it is. What is not a URI (no `://`, an unclosed `[`) is only
-/// trimmed.
-pub fn canonical_uri(uri: &str) -> String {
-    let uri = uri.trim();
-    let Some(u) = kvmprov_hypervisor::uri::LibvirtUri::parse(uri) else {
-        return uri.to_string();
-    };
-    let scheme = u.scheme.to_ascii_lowercase();
-    let host = u.host.unwrap_or("");
-    let host = if u.bracketed {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    let transport = u.transport().map(str::to_ascii_lowercase);
-    let default_port = match transport.as_deref() {
-        Some("ssh" | "libssh" | "libssh2") => Some("22"),
-        Some("tcp") => Some("16509"),
-        Some("tls") | None => Some("16514"),
-        Some(_) => None,
-    };
-    let port = u.port.filter(|p| !p.is_empty() && Some(*p) != default_port);
-    let path = match u.path.trim_end_matches('/') {
-        "" => u.path,
-        trimmed => trimmed,
-    };
-    let mut out = format!("{scheme}://");
-    if let Some(user) = u.user.filter(|_| path.ends_with("/session")) {
-        out.push_str(user);
-        out.push('@');
-    }
-    out.push_str(&host.to_ascii_lowercase());
-    if let Some(p) = port {
-        out.push(':');
-        out.push_str(p);
-    }
-    out.push_str(path);
-    if let Some(q) = u.query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 /// A short file-name-safe key for a hypervisor (its canonical URI, hashed).
 fn uri_key(uri: &str) -> String {
-    digest_hex(canonical_uri(uri).as_bytes())[..16].to_string()
+    sha256_hex(canonical_uri(uri).as_bytes())[..16].to_string()
 }
 
 /// The run lock's file name for one hypervisor: `run-<uri key>.lock` in the state directory.
 fn run_lock_name(uri: &str) -> String {
     format!("run-{}.lock", uri_key(uri))
-}
-
-/// Lowercase hex SHA-256.
-pub fn digest_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// kvmprov's state directory of one instance pool, opened and checked: everything kvmprov keeps
@@ -156,33 +106,7 @@ impl StateDir {
     pub fn inspect(pool: &Path) -> Result<(), StateError> {
         let pool = kvmprov_safefs::lexical_absolute(pool);
         kvmprov_safefs::check_tree(&pool)?;
-        let path = state_dir(&pool);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(StateError::Read { path, source }),
-        };
-        use std::os::unix::fs::MetadataExt;
-        let me = kvmprov_safefs::euid();
-        let err = if meta.file_type().is_symlink() {
-            FsError::Symlink { path }
-        } else if !meta.is_dir() {
-            FsError::WrongType {
-                path,
-                found: "another kind of file",
-                want: "a directory",
-            }
-        } else if meta.uid() != me {
-            FsError::Owner {
-                path,
-                owner: meta.uid(),
-                mode: meta.mode() & 0o7777,
-                me,
-            }
-        } else {
-            return Ok(());
-        };
-        Err(err.into())
+        Ok(Dir::inspect_private(&state_dir(&pool))?)
     }
 
     pub fn path(&self) -> &Path {
@@ -575,34 +499,5 @@ mod tests {
             host_key_files(st.path(), "qemu+ssh://hv1/system", "app-01").len(),
             2
         );
-    }
-
-    #[test]
-    fn canonical_uri_spellings() {
-        for (given, want) in [
-            ("qemu:///system", "qemu:///system"),
-            ("qemu:///system/", "qemu:///system"),
-            ("QEMU+SSH://HV1/system", "qemu+ssh://hv1/system"),
-            ("qemu+ssh://hv1:22/system", "qemu+ssh://hv1/system"),
-            ("qemu+ssh://admin@hv1/system", "qemu+ssh://hv1/system"),
-            ("qemu+ssh://hv1:2222/system", "qemu+ssh://hv1:2222/system"),
-            (
-                "qemu+ssh://alice@hv1/session",
-                "qemu+ssh://alice@hv1/session",
-            ),
-            ("qemu+tcp://hv1:16509/system", "qemu+tcp://hv1/system"),
-            ("qemu://hv1:16514/system", "qemu://hv1/system"),
-            (
-                "qemu+ssh://[fe80::1]:22/system",
-                "qemu+ssh://[fe80::1]/system",
-            ),
-            (
-                "qemu+ssh://hv1/system?keyfile=/k",
-                "qemu+ssh://hv1/system?keyfile=/k",
-            ),
-            ("test:///default", "test:///default"),
-        ] {
-            assert_eq!(canonical_uri(given), want, "{given}");
-        }
     }
 }

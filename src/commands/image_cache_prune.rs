@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::{HvError, Hypervisor};
 use kvmprov_image::{qcow2, CacheLock};
 
 use crate::domains::paths_in_use;
 use crate::exit::ExitStatus;
-use crate::host::is_local;
 use crate::lock::{lock_all, LockError};
 use crate::report::{run as run_action, Action, Op, Outcome, StageReport};
 use crate::settings::Session;

@@ -9,12 +9,12 @@ use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo};
 use crate::address;
 use crate::config::Instance;
 use crate::exit::ExitStatus;
-use crate::guest;
 use crate::login::Login;
 use crate::output::json::InstanceStatus;
 use crate::parallel::parallel;
 use crate::report::error_chain;
 use crate::settings::Session;
+use crate::ssh;
 
 /// How long `status` lets a guest take to answer on port 22 and to run `true` over SSH before
 /// it says "not SSH-ready". The port's 3 s is a TCP connect alone: the guest's kernel, not sshd,
@@ -55,13 +55,11 @@ fn row(
     };
     let remote = kvmprov_hypervisor::ssh_destination(&s.cfg.libvirt_uri).is_some();
     let ssh_ready = match ip {
-        Some(a) if remote || guest::tcp_open(IpAddr::V4(a), 22, PORT_TIMEOUT) => {
-            Login::new(s, inst)
-                .ok()
-                .and_then(|l| l.target(a).ok())
-                .and_then(|t| guest::ssh_run(&t, "true", LOGIN_TIMEOUT).ok())
-                .is_some_and(|o| o.code == Some(0))
-        }
+        Some(a) if remote || ssh::tcp_open(IpAddr::V4(a), 22, PORT_TIMEOUT) => Login::new(s, inst)
+            .ok()
+            .and_then(|l| l.target(a).ok())
+            .and_then(|t| ssh::ssh_run(&t, "true", LOGIN_TIMEOUT).ok())
+            .is_some_and(|o| o.code == Some(0)),
         _ => false,
     };
     Ok(InstanceStatus {

@@ -3,12 +3,12 @@
 //! once, between every host's preflight and the rest; the reports collected in stage order.
 //! What a host's provision and runtime do together is [`super::pipeline`]'s.
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::Hypervisor;
 
 use super::error::StageError;
 use super::handoff::Handoff;
 use super::{image_cache, pipeline, preflight, provision, runtime};
-use crate::host::is_local;
 use crate::lock::lock_all;
 use crate::parallel::parallel;
 use crate::report::StageReport;

@@ -1,5 +1,8 @@
-//! libvirt URIs, `driver[+transport]://[user@][host][:port][/path][?query]`: the one parser of
-//! their parts, and the SSH destination of an ssh transport. Pure: nothing here connects.
+//! libvirt URIs, `driver[+transport]://[user@][host][:port][/path][?query]`: the one owner of
+//! what a URI says. It parses the parts, decides whether the hypervisor is this machine
+//! ([`is_local`]), gives the SSH destination of an ssh transport ([`ssh_destination`]) and the
+//! one spelling kvmprov keys its local state by ([`canonical_uri`]). Nothing else in kvmprov
+//! looks inside a URI. Pure: nothing here connects.
 
 /// A libvirt URI's parts, borrowed from its text as written: nothing is decoded, lower-cased or
 /// checked (a port may be `""` or `x`); callers that compare or use a part decide that.
@@ -148,6 +151,78 @@ pub fn ssh_destination(uri: &str) -> Option<SshDest> {
     })
 }
 
+/// Is the hypervisor of `uri` this machine, so that its paths are our paths (the image cache is
+/// read in place, console logs are read here, ACLs are set here)?
+///
+/// libvirt reaches this machine's daemon through a Unix socket: the driver's default transport
+/// without a host (`qemu:///system`, `test:///default`, with or without `?socket=…`) or the
+/// `unix` transport (`qemu+unix:///system?socket=/run/x/libvirt-sock`: how a second local
+/// libvirtd is reached), whatever host it names, a Unix socket being always local. Every other
+/// transport (`ssh`, `libssh`, `libssh2`, `tcp`, `tls`, `ext`), and the default one with a host
+/// (libvirt then uses TLS), is a network hop to what may be another machine: remote. That
+/// includes `qemu+ssh://localhost/system`: ssh may land anywhere (a `Host localhost` entry, a
+/// port forwarded into a container, another mount namespace), and treating a remote machine as
+/// local reads and writes the wrong files, while treating this machine as remote only costs an
+/// upload (which `image-cache` skips when the pool's file is the cached file itself). What is
+/// not a URI is not this machine.
+pub fn is_local(uri: &str) -> bool {
+    let Some(u) = LibvirtUri::parse(uri.trim()) else {
+        return false;
+    };
+    match u.transport() {
+        Some(t) => t.eq_ignore_ascii_case("unix"),
+        None => u.host.is_none(),
+    }
+}
+
+/// The URI kvmprov's local state is keyed by: one spelling per hypervisor. Scheme and host are
+/// lower-cased, the transport's default port, a trailing `/` and the SSH user are dropped (the
+/// same host reached as another user is the same hypervisor), except for `/session` URIs, where
+/// the user names whose libvirt it is. What is not a URI (no `://`, an unclosed `[`) is only
+/// trimmed. Run lock and pinned host key file names are derived from it: a spelling that
+/// changes orphans existing users' locks and pinned keys.
+pub fn canonical_uri(uri: &str) -> String {
+    let uri = uri.trim();
+    let Some(u) = LibvirtUri::parse(uri) else {
+        return uri.to_string();
+    };
+    let scheme = u.scheme.to_ascii_lowercase();
+    let host = u.host.unwrap_or("");
+    let host = if u.bracketed {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let transport = u.transport().map(str::to_ascii_lowercase);
+    let default_port = match transport.as_deref() {
+        Some("ssh" | "libssh" | "libssh2") => Some("22"),
+        Some("tcp") => Some("16509"),
+        Some("tls") | None => Some("16514"),
+        Some(_) => None,
+    };
+    let port = u.port.filter(|p| !p.is_empty() && Some(*p) != default_port);
+    let path = match u.path.trim_end_matches('/') {
+        "" => u.path,
+        trimmed => trimmed,
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(user) = u.user.filter(|_| path.ends_with("/session")) {
+        out.push_str(user);
+        out.push('@');
+    }
+    out.push_str(&host.to_ascii_lowercase());
+    if let Some(p) = port {
+        out.push(':');
+        out.push_str(p);
+    }
+    out.push_str(path);
+    if let Some(q) = u.query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +349,88 @@ mod tests {
             (d.host.as_str(), d.keyfile.as_deref()),
             ("hv", Some("/k/id"))
         );
+    }
+
+    /// `host::is_local` was a prefix test (`qemu:///`, `test:///`): `qemu+unix:///system`, and
+    /// `qemu+unix:///system?socket=…` (how a second local libvirtd is reached) were taken for a
+    /// remote hypervisor: images were uploaded through libvirt instead of read in place, ACLs and
+    /// console logs looked for over SSH, and prune and cleanup compared paths as remote ones.
+    #[test]
+    fn regression_qemu_unix_uri_was_treated_as_a_remote_hypervisor() {
+        assert!(is_local("qemu+unix:///system"));
+        assert!(is_local(
+            "qemu+unix:///system?socket=/run/kvmprov-twin/libvirt/libvirt-sock"
+        ));
+        assert!(is_local("qemu:///system?socket=/run/x/libvirt-sock"));
+    }
+
+    #[test]
+    fn which_uris_are_this_machine() {
+        for (uri, local) in [
+            ("qemu:///system", true),
+            ("qemu:///system/", true),
+            ("qemu:///session", true),
+            ("QEMU:///system", true),
+            (" qemu:///system ", true),
+            ("qemu:///system?socket=/run/libvirt/libvirt-sock", true),
+            ("test:///default", true),
+            ("test:///tmp/node.xml", true),
+            ("qemu+unix:///system", true),
+            ("QEMU+UNIX:///system", true),
+            ("qemu+unix:///session", true),
+            ("qemu+unix:///system?socket=/s/libvirt-sock", true),
+            // A Unix socket is on this machine whatever host the URI names.
+            ("qemu+unix://localhost/system", true),
+            // Network transports: a hop to what may be another machine.
+            ("qemu+ssh://hv1/system", false),
+            ("qemu+ssh://root@hv1:2222/system?keyfile=/k", false),
+            ("qemu+ssh://localhost/system", false),
+            ("qemu+ssh://127.0.0.1/system", false),
+            ("qemu+libssh://hv1/system", false),
+            ("qemu+libssh2://hv1/system", false),
+            ("qemu+tcp://hv1/system", false),
+            ("qemu+tcp://localhost/system", false),
+            ("qemu+tls://hv1/system", false),
+            ("qemu+ext:///system?command=/bin/x", false),
+            // The default transport with a host is TLS.
+            ("qemu://hv1/system", false),
+            ("qemu://localhost/system", false),
+            ("qemu://[fe80::1]/system", false),
+            // Not URIs.
+            ("", false),
+            ("localhost", false),
+            ("qemu:/system", false),
+        ] {
+            assert_eq!(is_local(uri), local, "{uri}");
+        }
+    }
+
+    #[test]
+    fn canonical_uri_spellings() {
+        for (given, want) in [
+            ("qemu:///system", "qemu:///system"),
+            ("qemu:///system/", "qemu:///system"),
+            ("QEMU+SSH://HV1/system", "qemu+ssh://hv1/system"),
+            ("qemu+ssh://hv1:22/system", "qemu+ssh://hv1/system"),
+            ("qemu+ssh://admin@hv1/system", "qemu+ssh://hv1/system"),
+            ("qemu+ssh://hv1:2222/system", "qemu+ssh://hv1:2222/system"),
+            (
+                "qemu+ssh://alice@hv1/session",
+                "qemu+ssh://alice@hv1/session",
+            ),
+            ("qemu+tcp://hv1:16509/system", "qemu+tcp://hv1/system"),
+            ("qemu://hv1:16514/system", "qemu://hv1/system"),
+            (
+                "qemu+ssh://[fe80::1]:22/system",
+                "qemu+ssh://[fe80::1]/system",
+            ),
+            (
+                "qemu+ssh://hv1/system?keyfile=/k",
+                "qemu+ssh://hv1/system?keyfile=/k",
+            ),
+            ("test:///default", "test:///default"),
+        ] {
+            assert_eq!(canonical_uri(given), want, "{given}");
+        }
     }
 }

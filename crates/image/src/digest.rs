@@ -1,7 +1,10 @@
-//! SHA-512 as the cache uses it: one hasher type (every SHA-512 of an image the project computes,
-//! downloaded, verified or uploaded, goes through it, so the implementation is chosen here only;
-//! the short SHA-256 keys of `state` and `drift` are not image digests), hex digests, re-hashing
-//! a file.
+//! SHA-512 as the cache uses it: one hasher type, hex digests, re-hashing a file. Every SHA-512
+//! kvmprov computes of an image (while downloading, when resuming a part file, when verifying
+//! the cache, when re-hashing a remote copy through a libvirt download stream in `image-cache`)
+//! goes through [`Sha512`], so the implementation is chosen here only. Not image digests, and
+//! not here: the binary's short SHA-256 keys (`digest`) and drift's salted digest of secrets,
+//! the SHA-512 crypt of the guest password (`kvmprov_seed`), and the mirror test's independent
+//! reference digests.
 
 use std::fs::File;
 use std::io::Read;
@@ -51,14 +54,20 @@ pub(crate) fn is_sha512_hex(s: &str) -> bool {
 /// Hash a whole file.
 pub(crate) fn hash_file(path: &Path) -> Result<Sha512, ImageError> {
     let mut f = File::open(path).map_err(io_err(path))?;
+    hash_reader(&mut f).map_err(io_err(path))
+}
+
+/// Hash everything `r` still has to give, [`CHUNK`] bytes at a time.
+pub(crate) fn hash_reader<R: Read>(r: &mut R) -> std::io::Result<Sha512> {
     let mut hasher = Sha512::default();
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            return Ok(hasher);
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(hasher),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        hasher.update(&buf[..n]);
     }
 }
 

@@ -14,7 +14,7 @@ use kvmprov_safefs::Dir;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{lookup_in, open_cache_dir, sidecar_name};
-use crate::digest::{Sha512, CHUNK};
+use crate::digest::{hash_reader, Sha512, CHUNK};
 use crate::error::{io_err, ImageError};
 use crate::lock::CacheLock;
 use crate::url::{self, redact_url};
@@ -301,7 +301,7 @@ fn fetch_into(
         Some(r) if appending => {
             // Hash what we already have (through the checked handle), then append.
             let mut file = r.file;
-            let hasher = hash_reader(&mut file).map_err(io_err(&part_path))?;
+            let hasher = hash_from_start(&mut file).map_err(io_err(&part_path))?;
             let head = read_head(&file).map_err(io_err(&part_path))?;
             file.seek(SeekFrom::Start(r.have))
                 .map_err(io_err(&part_path))?;
@@ -347,18 +347,9 @@ fn fetch_into(
 }
 
 /// Hash a whole file from its start, through its handle.
-fn hash_reader(file: &mut File) -> std::io::Result<Sha512> {
+fn hash_from_start(file: &mut File) -> std::io::Result<Sha512> {
     file.seek(SeekFrom::Start(0))?;
-    let mut hasher = Sha512::default();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(hasher),
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    hash_reader(file)
 }
 
 /// The qcow2 header fields kvmprov reads (magic, version, virtual size) are in its first 32 bytes.

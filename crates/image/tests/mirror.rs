@@ -1428,7 +1428,9 @@ fn regression_unbounded_image_body_filled_the_disk() {
             text = format!("{text}: {cause}");
         }
         assert!(text.contains(says), "{text}");
-        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        // A hang guard, not a speed target: the cap is what `served` checks. The unoptimized
+        // test build hashes ~100 MiB here, which took 21–28 s on two cores shared with guests.
+        assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
         let served = m.served(".qcow2");
         assert!(served < 96 * MIB, "{served} bytes were taken");
         assert!(

@@ -261,6 +261,30 @@ fn check_chain(path: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
+/// The rule for kvmprov's private directory, [`Dir::private`]'s and [`Dir::inspect_private`]'s:
+/// a real directory (not a link to one), owned by the running user. Its mode is kvmprov's to
+/// correct, not a reason to refuse.
+fn check_private_entry(path: &Path, e: &Entry) -> Result<(), FsError> {
+    let me = euid();
+    match e.kind {
+        FileType::Symlink => Err(FsError::Symlink {
+            path: path.to_path_buf(),
+        }),
+        FileType::Directory if e.uid != me => Err(FsError::Owner {
+            path: path.to_path_buf(),
+            owner: e.uid,
+            mode: e.mode,
+            me,
+        }),
+        FileType::Directory => Ok(()),
+        found => Err(FsError::WrongType {
+            path: path.to_path_buf(),
+            found: type_name(found),
+            want: "a directory",
+        }),
+    }
+}
+
 /// `path` made absolute (against the working directory) with `.` and `..` resolved by name.
 pub fn lexical_absolute(path: &Path) -> PathBuf {
     let joined = if path.is_absolute() {
@@ -354,15 +378,7 @@ impl Dir {
             Err(e) => return Err(io("create", path)(e)),
         }
         let (fd, e) = Self::open_raw(path)?;
-        let me = euid();
-        if e.uid != me {
-            return Err(FsError::Owner {
-                path: path.to_path_buf(),
-                owner: e.uid,
-                mode: e.mode,
-                me,
-            });
-        }
+        check_private_entry(path, &e)?;
         if e.mode != 0o700 {
             rfs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(io("chmod", path))?;
         }
@@ -370,6 +386,16 @@ impl Dir {
             fd,
             path: path.to_path_buf(),
         })
+    }
+
+    /// What [`Dir::private`] would refuse about `path`, found without creating or changing
+    /// anything (preflight, `--check`); a missing directory is fine (it would be created).
+    pub fn inspect_private(path: &Path) -> Result<(), FsError> {
+        match rfs::lstat(path) {
+            Ok(st) => check_private_entry(path, &Entry::of(&st)),
+            Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(io("inspect", path)(e)),
+        }
     }
 
     /// A directory kvmprov writes into (the image cache, an instance pool): a real directory,

@@ -55,6 +55,38 @@ fn private_dir_owned_by_another_user_is_refused() {
     assert!(matches!(e, FsError::Owner { owner: 65534, .. }), "{e}");
 }
 
+/// Preflight's look ([`Dir::inspect_private`]) refuses what [`Dir::private`] refuses, one rule,
+/// and creates nothing.
+#[test]
+fn inspecting_the_private_dir_refuses_what_opening_it_refuses() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("missing");
+    Dir::inspect_private(&missing).unwrap();
+    assert!(!missing.exists(), "inspect created it");
+    let link = t.path().join("link");
+    symlink(t.path(), &link).unwrap();
+    let file = t.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut cases = vec![link, file];
+    if is_root() {
+        let theirs = t.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        chown(&theirs, 65534);
+        cases.push(theirs);
+    }
+    for p in &cases {
+        let seen = Dir::inspect_private(p).unwrap_err().to_string();
+        let opened = Dir::private(p).unwrap_err().to_string();
+        assert_eq!(seen, opened, "{}", p.display());
+    }
+    // Our own directory with another mode: fine (opening corrects it).
+    let ours = t.path().join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Dir::inspect_private(&ours).unwrap();
+    assert_eq!(mode(&ours), 0o755);
+}
+
 #[test]
 fn files_inside_are_never_opened_through_links_or_fifos() {
     let t = tempfile::tempdir().unwrap();

@@ -21,11 +21,11 @@ pub use render::{host_json, to_json, to_yaml, Format};
 use crate::address;
 use crate::config::{did_you_mean, Instance};
 use crate::exit::ExitStatus;
-use crate::guest::SshTarget;
 use crate::login::Login;
 use crate::parallel::parallel;
 use crate::report::error_chain;
 use crate::settings::Session;
+use crate::ssh::SshTarget;
 
 /// One instance on its hypervisor: whether it runs, its address, how to log in. `networks`:
 /// the hypervisor's, read once for all its instances.

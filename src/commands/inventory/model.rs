@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::guest::{shell_words, SshTarget};
 use crate::report::error_chain;
+use crate::ssh::{shell_words, SshTarget};
 
 /// What kvmprov found out about one declared instance.
 #[derive(Debug, Clone)]
@@ -110,18 +110,10 @@ pub fn group_name(prefix: &str, name: &str) -> String {
 /// The host part of a libvirt URI (user and port dropped: the same machine), `localhost` for
 /// URIs without one (`qemu:///system`, `test:///default`).
 pub fn hypervisor_name(uri: &str) -> String {
-    let rest = uri.split_once("://").map_or("", |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host_port.split(':').next().unwrap_or_default(),
-    };
-    if host.is_empty() {
-        "localhost".to_string()
-    } else {
-        host.to_string()
-    }
+    kvmprov_hypervisor::uri::LibvirtUri::parse(uri)
+        .and_then(|u| u.host)
+        .unwrap_or("localhost")
+        .to_string()
 }
 
 #[cfg(test)]

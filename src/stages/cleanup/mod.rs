@@ -22,6 +22,7 @@ mod plan;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::{DomainState, HvError, Hypervisor};
 use kvmprov_safefs::Dir;
 
@@ -29,7 +30,6 @@ use plan::{apply, plan, CleanupError, FileFacts, Observed, Step};
 
 use crate::config::Config;
 use crate::domains;
-use crate::host::is_local;
 use crate::layout::instance_files;
 use crate::report::StageReport;
 use crate::settings::Session;

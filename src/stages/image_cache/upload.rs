@@ -5,15 +5,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::{HvError, Hypervisor};
 use kvmprov_image::CachedImage;
 
-use crate::host::is_local;
 use crate::layout::pool_name_for;
 use crate::output::Printer;
 use crate::report::{error_chain, run as run_action, Action, Op, Outcome, StageReport};
 use crate::settings::Session;
-
 /// What a remote hypervisor's cache pool holds for one image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteCopy {

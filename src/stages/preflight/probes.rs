@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::{DomainType, FirmwareSupport, HostInfo, HvError, Hypervisor, SshDest};
 
 use super::plan::{Observed, PathState, TreeState};
 use crate::config::{Config, FirmwareChoice};
-use crate::host::{is_local, resolve_domain_type};
+use crate::host::resolve_domain_type;
 use crate::settings::Session;
 
 /// Look at the hypervisor: host, networks, the two pool paths and their access, free space,
@@ -193,7 +194,7 @@ fn firmware(
 pub(super) fn hypervisor_run_as_root(dest: &SshDest, argv: &[String]) -> Result<String, String> {
     let timeout = std::time::Duration::from_secs(30);
     let run = |argv: &[String]| {
-        crate::guest::hypervisor_run(dest, argv, timeout).map_err(|e| e.to_string())
+        crate::ssh::hypervisor_run(dest, argv, timeout).map_err(|e| e.to_string())
     };
     let out = run(argv)?;
     if out.code == Some(0) {

@@ -12,6 +12,7 @@ pub mod plan;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::xml::{self, DomainType};
 use kvmprov_hypervisor::{HvError, Hypervisor, PoolInfo};
 use kvmprov_image::CachedImage;
@@ -19,7 +20,7 @@ use kvmprov_image::CachedImage;
 use plan::{describe, plan_instance, Backing, Found, InstancePlan};
 
 use crate::config::{Config, Instance};
-use crate::host::{is_local, resolve_domain_type};
+use crate::host::resolve_domain_type;
 use crate::layout::{disk_name, pool_name_for};
 use crate::parallel::parallel;
 use crate::report::{Action, Op, Outcome, StageReport};

@@ -5,10 +5,10 @@ use kvmprov_hypervisor::xml::{DomainType, ObservedDomain};
 use kvmprov_image::CachedImage;
 
 use crate::config::{Config, Instance};
+use crate::digest::sha256_hex;
 use crate::drift;
 use crate::firmware::firmware_label;
 use crate::report::{Action, Op};
-use crate::state;
 
 /// What exists for one instance.
 #[derive(Debug, Clone)]
@@ -214,7 +214,7 @@ pub fn describe(inst: &Instance, p: &InstancePlan, image: Option<&CachedImage>) 
 /// A digest of the instance's definition, recorded in the domain metadata.
 pub fn config_digest(inst: &Instance) -> String {
     let text = serde_json::to_string(inst).unwrap_or_default();
-    state::digest_hex(text.as_bytes())[..16].to_string()
+    sha256_hex(text.as_bytes())[..16].to_string()
 }
 
 #[cfg(test)]

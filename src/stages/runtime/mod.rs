@@ -11,11 +11,11 @@ use std::time::Instant;
 use kvmprov_hypervisor::{DomainState, HvError, Hypervisor, NetworkInfo};
 
 use crate::config::Instance;
-use crate::guest;
 use crate::login::LoginError;
 use crate::parallel::parallel;
 use crate::report::{Action, Op, Outcome, StageReport, Status};
 use crate::settings::Session;
+use crate::ssh;
 use crate::stages::handoff::Handoff;
 use crate::state;
 
@@ -79,7 +79,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
-    Guest(#[from] guest::GuestError),
+    Ssh(#[from] ssh::SshError),
     #[error(transparent)]
     Login(#[from] LoginError),
     #[error("timed out after {seconds}s waiting for {what}\n      last console lines ({console}):\n{tail}")]

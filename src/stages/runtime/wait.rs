@@ -9,11 +9,13 @@ use kvmprov_hypervisor::{Hypervisor, NetworkInfo, SshDest};
 
 use super::RuntimeError;
 use crate::address;
+use crate::cloud_init::{parse_cloud_init_status, CloudInitStatus};
 use crate::config::Instance;
-use crate::guest::{self, CloudInitStatus, SshTarget};
+use crate::console::ConsoleLog;
 use crate::layout::console_name;
 use crate::login::Login;
 use crate::settings::Session;
+use crate::ssh::{self, SshTarget};
 
 /// How often we look again while waiting.
 const POLL: Duration = Duration::from_millis(250);
@@ -170,12 +172,12 @@ fn login_loop(
 /// attempt that ran out of time is tried again until the deadline: a guest busy booting
 /// (cloud-init, a loaded host) can take longer than one attempt's 30 s to finish a login.
 fn login_attempt(
-    out: Result<guest::CommandOutput, guest::GuestError>,
+    out: Result<crate::process::CommandOutput, ssh::SshError>,
 ) -> Result<Option<String>, RuntimeError> {
     match out {
         Ok(out) if out.code == Some(0) => Ok(None),
         Ok(out) => Ok(Some(out.stderr.trim().to_string())),
-        Err(e @ guest::GuestError::Timeout { .. }) => Ok(Some(e.to_string())),
+        Err(e @ ssh::SshError::Timeout { .. }) => Ok(Some(e.to_string())),
         Err(e) => Err(e.into()),
     }
 }
@@ -192,7 +194,7 @@ pub(super) fn wait_ready(
     let deadline = start + Duration::from_secs(s.cfg.runtime_timeout_seconds);
     let login = Login::new(s, inst)?;
     let jump = login.jump();
-    let timeout = |what: String| timeout(s, inst, jump, what);
+    let timeout = |what: String| timeout(s, inst, what);
 
     // The address, TCP 22 on it, then SSH with the pinned key. The address is asked again
     // before every attempt: a stale lease or an old announcement must not pin a dead address.
@@ -214,7 +216,7 @@ pub(super) fn wait_ready(
         inst,
         &probe,
         &waits,
-        |ip| guest::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)),
+        |ip| ssh::tcp_open(IpAddr::V4(ip), 22, Duration::from_secs(2)),
         |ip| ssh_attempt(&login, ip, deadline),
     );
     let logged_in = match logged_in {
@@ -241,7 +243,7 @@ fn ssh_attempt(
     deadline: Instant,
 ) -> Result<Option<String>, RuntimeError> {
     let remaining = deadline.saturating_duration_since(Instant::now());
-    login_attempt(guest::ssh_run(
+    login_attempt(ssh::ssh_run(
         &login.target(ip)?,
         "true",
         remaining.min(Duration::from_secs(30)),
@@ -260,8 +262,8 @@ fn wait_cloud_init(
         if remaining.is_zero() {
             return Err(timeout("cloud-init to finish".to_string()));
         }
-        let out = guest::ssh_run(target, "cloud-init status --wait --long", remaining)?;
-        match guest::parse_cloud_init_status(&out) {
+        let out = ssh::ssh_run(target, "cloud-init status --wait --long", remaining)?;
+        match parse_cloud_init_status(&out) {
             CloudInitStatus::Done => return Ok(()),
             CloudInitStatus::Degraded(d) => {
                 tracing::warn!("{}: cloud-init finished degraded: {d}", inst.name);
@@ -277,23 +279,21 @@ fn wait_cloud_init(
 }
 
 /// A wait that ran out: what it waited for and the last lines of the guest's console.
-fn timeout(s: &Session, inst: &Instance, jump: Option<&SshDest>, what: String) -> RuntimeError {
-    let console = s.cfg.instance_pool_path.join(console_name(&inst.name));
+fn timeout(s: &Session, inst: &Instance, what: String) -> RuntimeError {
+    let console = ConsoleLog::on(
+        &s.cfg.libvirt_uri,
+        s.cfg.instance_pool_path.join(console_name(&inst.name)),
+    );
     RuntimeError::Timeout {
         seconds: s.cfg.runtime_timeout_seconds,
         what,
-        console: match jump {
-            Some(j) => format!("{} on {}", console.display(), j.display()),
-            None => console.display().to_string(),
-        },
-        tail: match jump {
-            Some(j) => guest::remote_console_tail(j, &console, 15),
-            None => guest::console_tail(&console, 15),
-        }
-        .lines()
-        .map(|l| format!("        {l}"))
-        .collect::<Vec<_>>()
-        .join("\n"),
+        console: console.describe(),
+        tail: console
+            .last_lines(15)
+            .lines()
+            .map(|l| format!("        {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
     }
 }
 
@@ -418,13 +418,13 @@ mod tests {
             |ip| {
                 n += 1;
                 login_attempt(if n == 1 {
-                    Err(guest::GuestError::Timeout {
+                    Err(ssh::SshError::Timeout {
                         user: "debian".into(),
                         addr: IpAddr::V4(ip),
                         seconds: 30,
                     })
                 } else {
-                    Ok(guest::CommandOutput {
+                    Ok(crate::process::CommandOutput {
                         code: Some(0),
                         stdout: String::new(),
                         stderr: String::new(),
@@ -439,12 +439,12 @@ mod tests {
 
     #[test]
     fn a_login_that_cannot_start_ssh_fails_at_once() {
-        let err = login_attempt(Err(guest::GuestError::Spawn(std::io::Error::from(
+        let err = login_attempt(Err(ssh::SshError::Spawn(std::io::Error::from(
             std::io::ErrorKind::NotFound,
         ))));
         assert!(matches!(
             err,
-            Err(RuntimeError::Guest(guest::GuestError::Spawn(_)))
+            Err(RuntimeError::Ssh(ssh::SshError::Spawn(_)))
         ));
     }
 

@@ -2,7 +2,7 @@
 //! domain's XML: drift detection, cleanup's "whose file is this", firmware.
 
 use std::fmt::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use roxmltree::Node;
 use serde::Serialize;
@@ -401,31 +401,85 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
     })
 }
 
-/// Every host file a domain's XML names: disk and CD sources, serial/console log files,
-/// UEFI NVRAM. Cleanup must never delete one of these for another domain.
-pub fn domain_files(xml: &str) -> Result<Vec<PathBuf>, HvError> {
-    let doc = parse("domain XML", xml)?;
-    let root = doc.root_element();
-    let mut files: Vec<PathBuf> = Vec::new();
-    if let Some(devices) = child(root, "devices") {
-        for dev in devices.children().filter(|c| c.is_element()) {
-            let found = match dev.tag_name().name() {
-                "disk" => child(dev, "source")
-                    .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev"))),
-                "serial" | "console" => child(dev, "log").and_then(|l| l.attribute("file")),
-                _ => None,
-            };
-            files.extend(found.map(PathBuf::from));
+/// A host file a domain's XML names, with what libvirt says about it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UsedFile {
+    /// A disk's (or CD's) source. `qcow2`: libvirt declares it as qcow2 (`<driver type>`; only
+    /// then can it have a backing chain). `chain`: libvirt's `<backingStore>` files under it,
+    /// in order, when the XML has the element (an empty `<backingStore/>` says "none"); `None`
+    /// when libvirt did not say.
+    Disk {
+        path: PathBuf,
+        qcow2: bool,
+        chain: Option<Vec<PathBuf>>,
+    },
+    /// A serial/console log file or a UEFI NVRAM store: only a name, never read.
+    Plain(PathBuf),
+}
+
+impl UsedFile {
+    /// The file the XML names (a disk's own source, not its backing chain).
+    pub fn path(&self) -> &Path {
+        match self {
+            UsedFile::Disk { path, .. } | UsedFile::Plain(path) => path,
         }
     }
-    let nvram = child(root, "os")
+}
+
+fn source_of(n: Node) -> Option<PathBuf> {
+    child(n, "source")
+        .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
+        .map(PathBuf::from)
+}
+
+/// The one reader of which host files a domain uses: disk and CD sources (with libvirt's view
+/// of their backing chains), serial/console log files, the UEFI NVRAM store; each once, in
+/// order (libvirt repeats the serial log under `<console>`). Cleanup must never delete one of
+/// these for another domain, and `image-cache prune` must keep every backing file in it.
+pub fn used_files(xml: &str) -> Result<Vec<UsedFile>, HvError> {
+    let doc = parse("domain XML", xml)?;
+    let root = doc.root_element();
+    let mut out = Vec::new();
+    if let Some(devices) = child(root, "devices") {
+        for dev in devices.children().filter(|c| c.is_element()) {
+            match dev.tag_name().name() {
+                "disk" => {
+                    let Some(path) = source_of(dev) else { continue };
+                    let qcow2 =
+                        child(dev, "driver").and_then(|d| d.attribute("type")) == Some("qcow2");
+                    let chain = child(dev, "backingStore").map(|mut b| {
+                        let mut files = Vec::new();
+                        // Nested: each <backingStore> holds the next; an empty one ends it.
+                        // The document is already in memory: its depth bounds the walk.
+                        while let Some(p) = source_of(b) {
+                            files.push(p);
+                            match child(b, "backingStore") {
+                                Some(next) => b = next,
+                                None => break,
+                            }
+                        }
+                        files
+                    });
+                    out.push(UsedFile::Disk { path, qcow2, chain });
+                }
+                "serial" | "console" => {
+                    if let Some(f) = child(dev, "log").and_then(|l| l.attribute("file")) {
+                        out.push(UsedFile::Plain(PathBuf::from(f)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(nvram) = child(root, "os")
         .and_then(|os| child(os, "nvram"))
-        .and_then(|n| n.text());
-    files.extend(nvram.map(|t| PathBuf::from(t.trim())));
-    // libvirt repeats the serial log under <console>: keep each file once, in order.
+        .and_then(|n| n.text())
+    {
+        out.push(UsedFile::Plain(PathBuf::from(nvram.trim())));
+    }
     let mut seen = std::collections::HashSet::new();
-    files.retain(|f| seen.insert(f.clone()));
-    Ok(files)
+    out.retain(|f| seen.insert(f.clone()));
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -522,9 +576,9 @@ pub(super) mod tests {
         let o = parse_domain_xml(&x).unwrap();
         assert_eq!(o.firmware, "uefi");
         assert_eq!(o.nvram, Some(PathBuf::from("/p/a_VARS.fd")));
-        assert!(domain_files(&x)
+        assert!(used_files(&x)
             .unwrap()
-            .contains(&PathBuf::from("/p/a_VARS.fd")));
+            .contains(&UsedFile::Plain(PathBuf::from("/p/a_VARS.fd"))));
 
         s.firmware = Firmware::Uefi {
             secure_boot: true,
@@ -705,8 +759,8 @@ pub(super) mod tests {
         assert_eq!(md.image_name, "<\"&'>");
         assert_eq!(md.instance_id, "</kvmprov:instance>");
         assert_eq!(
-            domain_files(&x).unwrap()[2],
-            PathBuf::from("/p/]]><!--"),
+            used_files(&x).unwrap()[2].path(),
+            Path::new("/p/]]><!--"),
             "console log"
         );
         // One device each: nothing injected.
@@ -812,13 +866,18 @@ pub(super) mod tests {
                  <serial type='pty'><log file='/p/x.log'/></serial>\
                  <channel type='unix'><target type='virtio'/></channel>\
                  <console type='pty'><log file='/p/x.log'/></console></devices></domain>";
+        let disk = |p: &str| UsedFile::Disk {
+            path: PathBuf::from(p),
+            qcow2: false,
+            chain: None,
+        };
         assert_eq!(
-            domain_files(x).unwrap(),
+            used_files(x).unwrap(),
             vec![
-                PathBuf::from("/dev/vg/x"),
-                PathBuf::from("/p/x.qcow2"),
-                PathBuf::from("/p/x.log"),
-                PathBuf::from("/var/lib/libvirt/qemu/nvram/x_VARS.fd"),
+                disk("/dev/vg/x"),
+                disk("/p/x.qcow2"),
+                UsedFile::Plain(PathBuf::from("/p/x.log")),
+                UsedFile::Plain(PathBuf::from("/var/lib/libvirt/qemu/nvram/x_VARS.fd")),
             ]
         );
     }

@@ -17,8 +17,8 @@ use crate::HvError;
 
 pub use capabilities::{dac_baselabel, domain_types, parse_firmware_support, FirmwareSupport};
 pub use domain::{
-    domain_files, domain_xml, mac_for, parse_domain_xml, snapshot_xml, DomainSpec, DomainType,
-    Firmware, KvmprovMetadata, ObservedDomain, METADATA_NS,
+    domain_xml, mac_for, parse_domain_xml, snapshot_xml, used_files, DomainSpec, DomainType,
+    Firmware, KvmprovMetadata, ObservedDomain, UsedFile, METADATA_NS,
 };
 pub use network::{parse_network_xml, NetworkFacts, NetworkIpv4};
 pub use storage::{

@@ -1,6 +1,8 @@
 //! The variables file as written: the serde types `kvmprov schema` is generated from, with their
 //! defaults. Nothing here is checked beyond its type; `resolve` checks the rest.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -25,6 +27,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "kvm_cloud_image_catalog",
     "kvm_cloud_init_defaults",
     "kvm_instance_definitions",
+    "kvm_instance_profiles",
     "kvm_cleanup_confirmed",
     "kvm_cleanup_remove_instance_disks",
 ];
@@ -229,6 +232,10 @@ fn default_user() -> String {
 pub struct InstanceDefinition {
     /// Domain and host name: 1–63 of `A-Z a-z 0-9 -`, not starting or ending with `-`, unique (case-insensitively).
     pub instance_name: String,
+    /// A `kvm_instance_profiles` name: this instance takes the profile's fields it does not set itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub profile: Option<String>,
     /// A catalog `image_name`.
     pub image_name: String,
     /// Virtual CPUs, 1–256.
@@ -359,6 +366,9 @@ pub struct Vars {
     /// The instances.
     #[serde(default)]
     pub kvm_instance_definitions: Vec<InstanceDefinition>,
+    /// Named sets of instance fields; an instance names one with `profile`. The instance's own fields win, each replacing the profile's whole (lists too); user_data layers instead: kvm_cloud_init_defaults', then the profile's, then the instance's. A profile sets neither instance_name nor profile.
+    #[serde(default)]
+    pub kvm_instance_profiles: BTreeMap<String, InstanceProfile>,
     /// Cleanup really removes (else it prints the plan).
     #[serde(default)]
     pub kvm_cleanup_confirmed: bool,
@@ -384,4 +394,35 @@ fn default_runtime_timeout() -> u64 {
 }
 fn yes() -> bool {
     true
+}
+
+/// One `kvm_instance_profiles` entry: any instance fields but `instance_name` and `profile`.
+/// It is read from the document tree, where it is laid under the instances that name it (see
+/// `profiles`); this value is what `kvmprov schema` describes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct InstanceProfile(serde_json::Map<String, serde_json::Value>);
+
+/// An instance definition's schema with nothing required and without the two fields a profile
+/// cannot set: a field added to [`InstanceDefinition`] is described here too.
+impl JsonSchema for InstanceProfile {
+    fn schema_name() -> Cow<'static, str> {
+        "InstanceProfile".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = InstanceDefinition::json_schema(generator);
+        if let Some(object) = schema.as_object_mut() {
+            object.remove("required");
+            if let Some(serde_json::Value::Object(properties)) = object.get_mut("properties") {
+                properties.remove("instance_name");
+                properties.remove("profile");
+            }
+            object.insert(
+                "description".into(),
+                "Instance fields an instance naming this profile takes where it sets none.".into(),
+            );
+        }
+        schema
+    }
 }

@@ -249,7 +249,12 @@ pub(super) fn origins(
                 _ => serde_json::Value::from(inst.libvirt_uri.as_str()),
             };
             // kvm_libvirt_uri, when set, wins over kvm_hypervisor_host.
-            let key = if field == "hypervisor_host" && doc.key("kvm_libvirt_uri").is_set() {
+            let uri_set = doc
+                .key("kvm_libvirt_uri")
+                .node()
+                .and_then(Node::as_scalar)
+                .is_some_and(|s| !s.as_str().trim().is_empty());
+            let key = if field == "hypervisor_host" && uri_set {
                 "kvm_libvirt_uri"
             } else {
                 key

@@ -229,6 +229,7 @@ fn default_user() -> String {
 /// One `kvm_instance_definitions` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = image_name_or_profile)]
 pub struct InstanceDefinition {
     /// Domain and host name: 1–63 of `A-Z a-z 0-9 -`, not starting or ending with `-`, unique (case-insensitively).
     pub instance_name: String,
@@ -296,6 +297,21 @@ pub struct InstanceDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = null))]
     pub user_data_file: Option<PathBuf>,
+}
+
+/// An instance may take its image_name from its profile: the schema asks for one or the other
+/// (serde reads the instance with the profile laid under it, where image_name is required).
+fn image_name_or_profile(schema: &mut schemars::Schema) {
+    if let Some(required) = schema
+        .get_mut("required")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        required.retain(|field| field != "image_name");
+    }
+    schema.insert(
+        "anyOf".into(),
+        serde_json::json!([{ "required": ["image_name"] }, { "required": ["profile"] }]),
+    );
 }
 
 fn default_vcpus() -> u32 {
@@ -414,6 +430,7 @@ impl JsonSchema for InstanceProfile {
         let mut schema = InstanceDefinition::json_schema(generator);
         if let Some(object) = schema.as_object_mut() {
             object.remove("required");
+            object.remove("anyOf");
             if let Some(serde_json::Value::Object(properties)) = object.get_mut("properties") {
                 properties.remove("instance_name");
                 properties.remove("profile");

@@ -295,3 +295,37 @@ fn moving_fields_into_a_profile_changes_no_instance_and_no_digest() {
     );
     assert!(without.origins.is_empty());
 }
+
+#[test]
+fn a_profile_user_data_file_is_read_beside_the_variables_file_and_layered() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("db.yml"),
+        "runcmd: [from-file]\ntimezone: UTC\n",
+    )
+    .unwrap();
+    let text = with_profiles(
+        "  - instance_name: db-01\n    profile: db\n    user_data:\n      runcmd: [instance]\n",
+    )
+    .replace(
+        "    packages: [postgresql]\n",
+        "    packages: [postgresql]\n    user_data_file: db.yml\n",
+    );
+    let c = parse(&dir.path().join("vars.yml"), &text, &[]).unwrap();
+    assert_eq!(
+        c.instances[0].user_data.to_json(),
+        serde_json::json!({ "runcmd": ["from-file", "instance"], "timezone": "UTC" })
+    );
+    // Both in one profile: refused at the profile, as on an instance.
+    let both = text.replace(
+        "    user_data_file: db.yml\n",
+        "    user_data_file: db.yml\n    user_data: {timezone: UTC}\n",
+    );
+    let e = parse(&dir.path().join("vars.yml"), &both, &[]).unwrap_err();
+    assert!(
+        e.to_string().ends_with(
+            "vars.yml:13:21: user_data and user_data_file cannot be used together: set one"
+        ),
+        "{e}"
+    );
+}

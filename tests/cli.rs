@@ -244,6 +244,27 @@ fn provision_plans_for_empty_partial_and_full_hosts_and_drift() {
     );
 }
 
+/// Profiles resolve to plain instances before any stage runs: `--check` plans and drift read
+/// the values an instance took from its profile.
+#[test]
+fn provision_check_reads_the_values_an_instance_took_from_its_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &[]);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text = text.replace(
+        "kvm_instance_definitions:\n",
+        "kvm_instance_profiles:\n  web:\n    image_name: debian-12\n    vcpus: 1\n    memory_mib: 512\n\
+         kvm_instance_definitions:\n  - instance_name: web-01\n    profile: web\n  - instance_name: web-02\n    profile: web\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let uri = node(dir.path(), &[("web-01", 1), ("web-02", 4)]);
+    let ops = plan_ops(&cfg, &uri);
+    let find = |n: &str| ops.iter().find(|(t, _, _)| t == n).cloned().unwrap();
+    assert_eq!(find("web-01").1, "ok", "{ops:?}");
+    assert_eq!(find("web-02").1, "drift");
+    assert!(find("web-02").2.contains("vcpus 4 (config 1)"), "{ops:?}");
+}
+
 #[test]
 fn regression_provision_said_matches_the_config_after_ipv4_address_changed() {
     let dir = tempfile::tempdir().unwrap();

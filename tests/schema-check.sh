@@ -23,6 +23,13 @@ trap 'rm -rf "$work"' EXIT
 failed=0
 "$venv/bin/check-jsonschema" --check-metaschema "$schema" >/dev/null
 validate "$example" >/dev/null || { echo "FAIL: the shipped example does not validate"; failed=1; }
+# An instance taking its image_name from the profile it names: accepted by both.
+profiled="$work/profiled.yml"
+sed 's/^# kvm_instance_profiles:/kvm_instance_profiles:\n  db:\n    image_name: debian-12\n    vcpus: 4/
+     /^  - instance_name: app-01$/{n;s/^    image_name: debian-12$/    profile: db/}' "$example" >"$profiled"
+grep -q '^    profile: db$' "$profiled" || { echo "FAIL: the profile edit changed nothing"; failed=1; }
+validate "$profiled" >/dev/null && "$kvmprov" -c "$profiled" check >/dev/null \
+    || { echo "FAIL: the example with a profile is refused"; failed=1; }
 
 # name | sed expression applied to the example
 cases=(
@@ -37,6 +44,9 @@ cases=(
     "unknown firmware|s/^    snapshot_name: baseline/    snapshot_name: baseline\n    firmware: efi/"
     "string for a list|s/^  ssh_authorized_keys: \[\]/  ssh_authorized_keys: \"ssh-ed25519 AAAA\"/"
     "missing required field|/^    image_url: .*trixie/d"
+    "neither image_name nor profile|/^  - instance_name: app-01$/{n;d}"
+    "typo in a profile|s/^# kvm_instance_profiles:/kvm_instance_profiles:\n  db:\n    vcpu: 4/"
+    "instance_name in a profile|s/^# kvm_instance_profiles:/kvm_instance_profiles:\n  db:\n    instance_name: x/"
 )
 for c in "${cases[@]}"; do
     name=${c%%|*}

@@ -107,10 +107,12 @@ mod tests {
                 walk(root, items, &format!("{path}[]"), out);
             }
             if let Some(props) = node.get("properties").and_then(Value::as_object) {
-                let required = node
-                    .get("required")
-                    .and_then(Value::as_array)
-                    .into_iter()
+                // Keys required by an `anyOf` alternative count as required (an instance's
+                // image_name, which its profile can give instead).
+                let alternatives = node.get("anyOf").and_then(Value::as_array);
+                let required = std::iter::once(node)
+                    .chain(alternatives.into_iter().flatten())
+                    .filter_map(|n| n.get("required").and_then(Value::as_array))
                     .flatten()
                     .filter_map(|v| v.as_str().map(String::from))
                     .collect();

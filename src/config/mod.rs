@@ -8,6 +8,7 @@
 //! | module | step |
 //! |---|---|
 //! | `document` | text + `-e` arguments → one YAML node tree with positions |
+//! | `profiles` | `kvm_instance_profiles` laid under the instances naming them, in the tree; origins |
 //! | `raw` | node tree → the file's serde types ([`Vars`]), defaults filled in |
 //! | `resolve` | [`Vars`] → [`Config`]: rules across fields, each error located in the tree |
 //! | `validate` | checks of single values (names, paths, URLs, addresses) |
@@ -19,6 +20,7 @@
 mod diagnostics;
 mod document;
 mod password;
+mod profiles;
 mod raw;
 mod resolve;
 mod resolved;
@@ -30,10 +32,11 @@ use std::path::Path;
 pub use diagnostics::{did_you_mean, ConfigError, Location};
 pub use password::LoginPassword;
 pub use raw::{
-    CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, InstanceDefinition, Secret,
-    StageChoice, UserData, Vars, TOP_LEVEL_KEYS,
+    CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, InstanceDefinition,
+    InstanceProfile, Secret, StageChoice, UserData, Vars, TOP_LEVEL_KEYS,
 };
 pub use resolved::{Config, Instance, StaticIpv4};
+pub use resolved::{FieldOrigin, Origins};
 pub use validate::{libvirt_uri_for, valid_instance_name};
 
 use diagnostics::{Locator, Sources};
@@ -63,10 +66,11 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
 /// the settings name (`user_data_file`, `password_file`), read relative to `path`'s directory.
 pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Config, ConfigError> {
     let sources = Sources { path, overrides };
-    let root = document::build(&sources, text)?;
+    let mut root = document::build(&sources, text)?;
+    let profiles = profiles::expand(&sources, &mut root)?;
     let vars: Vars = marked_yaml::from_node(&document::coercible(&root))
         .map_err(|e| sources.serde_error(&root, e))?;
-    resolve::resolve(Locator::new(&sources, &root), path, vars)
+    resolve::resolve(Locator::new(&sources, &root), path, vars, &profiles)
 }
 
 #[cfg(test)]

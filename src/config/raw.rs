@@ -1,6 +1,8 @@
 //! The variables file as written: the serde types `kvmprov schema` is generated from, with their
 //! defaults. Nothing here is checked beyond its type; `resolve` checks the rest.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -25,6 +27,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "kvm_cloud_image_catalog",
     "kvm_cloud_init_defaults",
     "kvm_instance_definitions",
+    "kvm_instance_profiles",
     "kvm_cleanup_confirmed",
     "kvm_cleanup_remove_instance_disks",
 ];
@@ -226,9 +229,14 @@ fn default_user() -> String {
 /// One `kvm_instance_definitions` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = image_name_or_profile)]
 pub struct InstanceDefinition {
     /// Domain and host name: 1–63 of `A-Z a-z 0-9 -`, not starting or ending with `-`, unique (case-insensitively).
     pub instance_name: String,
+    /// A `kvm_instance_profiles` name: this instance takes the profile's fields it does not set itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub profile: Option<String>,
     /// A catalog `image_name`.
     pub image_name: String,
     /// Virtual CPUs, 1–256.
@@ -289,6 +297,21 @@ pub struct InstanceDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = null))]
     pub user_data_file: Option<PathBuf>,
+}
+
+/// An instance may take its image_name from its profile: the schema asks for one or the other
+/// (serde reads the instance with the profile laid under it, where image_name is required).
+fn image_name_or_profile(schema: &mut schemars::Schema) {
+    if let Some(required) = schema
+        .get_mut("required")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        required.retain(|field| field != "image_name");
+    }
+    schema.insert(
+        "anyOf".into(),
+        serde_json::json!([{ "required": ["image_name"] }, { "required": ["profile"] }]),
+    );
 }
 
 fn default_vcpus() -> u32 {
@@ -359,6 +382,9 @@ pub struct Vars {
     /// The instances.
     #[serde(default)]
     pub kvm_instance_definitions: Vec<InstanceDefinition>,
+    /// Named sets of instance fields; an instance names one with `profile`. The instance's own fields win, each replacing the profile's whole (lists too); user_data layers instead: kvm_cloud_init_defaults', then the profile's, then the instance's. A profile sets neither instance_name nor profile.
+    #[serde(default)]
+    pub kvm_instance_profiles: BTreeMap<String, InstanceProfile>,
     /// Cleanup really removes (else it prints the plan).
     #[serde(default)]
     pub kvm_cleanup_confirmed: bool,
@@ -384,4 +410,36 @@ fn default_runtime_timeout() -> u64 {
 }
 fn yes() -> bool {
     true
+}
+
+/// One `kvm_instance_profiles` entry: any instance fields but `instance_name` and `profile`.
+/// It is read from the document tree, where it is laid under the instances that name it (see
+/// `profiles`); this value is what `kvmprov schema` describes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct InstanceProfile(serde_json::Map<String, serde_json::Value>);
+
+/// An instance definition's schema with nothing required and without the two fields a profile
+/// cannot set: a field added to [`InstanceDefinition`] is described here too.
+impl JsonSchema for InstanceProfile {
+    fn schema_name() -> Cow<'static, str> {
+        "InstanceProfile".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = InstanceDefinition::json_schema(generator);
+        if let Some(object) = schema.as_object_mut() {
+            object.remove("required");
+            object.remove("anyOf");
+            if let Some(serde_json::Value::Object(properties)) = object.get_mut("properties") {
+                properties.remove("instance_name");
+                properties.remove("profile");
+            }
+            object.insert(
+                "description".into(),
+                "Instance fields an instance naming this profile takes where it sets none.".into(),
+            );
+        }
+        schema
+    }
 }

@@ -4,14 +4,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kvmprov_seed::merge::{self, CloudConfig};
 
 use super::diagnostics::{did_you_mean, Locator};
 use super::password::{self, LoginPassword};
+use super::profiles::{self, Expanded};
 use super::raw::{CatalogImage, CloudInitDefaults, FirmwareChoice, InstanceDefinition, Vars};
-use super::resolved::{effective_mac, Config, Instance, StaticIpv4};
+use super::resolved::{effective_mac, Config, Instance, Origins, StaticIpv4};
 use super::user_data::{self, check_fqdn};
 use super::validate::{
     check_libvirt_uri, check_login_user, check_path, check_public_key, check_separate,
@@ -21,7 +22,13 @@ use super::validate::{
 use super::ConfigError;
 
 /// `doc` locates the document's root; `source` is the file the settings came from.
-pub(super) fn resolve(doc: Locator, source: &Path, v: Vars) -> Result<Config, ConfigError> {
+/// `profiles` says which instance took which fields from which profile.
+pub(super) fn resolve(
+    doc: Locator,
+    source: &Path,
+    v: Vars,
+    profiles: &Expanded,
+) -> Result<Config, ConfigError> {
     let libvirt_uri = hypervisor_uri(doc, &v)?;
     check_directories(doc, &v)?;
     if v.kvm_runtime_timeout_seconds == 0 {
@@ -50,11 +57,8 @@ pub(super) fn resolve(doc: Locator, source: &Path, v: Vars) -> Result<Config, Co
         login: &ci.user,
         user_data,
     };
-    let instances = resolve_instances(
-        doc.key("kvm_instance_definitions"),
-        &v.kvm_instance_definitions,
-        &shared,
-    )?;
+    let (instances, origins) =
+        resolve_instances(doc, &v.kvm_instance_definitions, &shared, profiles)?;
 
     Ok(Config {
         source: source.to_path_buf(),
@@ -73,6 +77,7 @@ pub(super) fn resolve(doc: Locator, source: &Path, v: Vars) -> Result<Config, Co
         cloud_init: v.kvm_cloud_init_defaults,
         password,
         instances,
+        origins,
         cleanup_confirmed: v.kvm_cleanup_confirmed,
         cleanup_remove_disks: v.kvm_cleanup_remove_instance_disks,
     })
@@ -166,23 +171,32 @@ struct Taken {
     macs: HashMap<String, String>,
 }
 
+/// The instances, and the origins of the values of those that name a profile.
 fn resolve_instances(
-    list: Locator,
+    doc: Locator,
     definitions: &[InstanceDefinition],
     shared: &Shared,
-) -> Result<Vec<Instance>, ConfigError> {
+    profiles: &Expanded,
+) -> Result<(Vec<Instance>, Vec<Origins>), ConfigError> {
+    let list = doc.key("kvm_instance_definitions");
     let mut taken = Taken::default();
     let mut instances = Vec::new();
+    let mut origins = Vec::new();
     for (i, d) in definitions.iter().enumerate() {
-        instances.push(resolve_instance(list.index(i), d, shared, &mut taken)?);
+        let profile_user_data = profiles::layered_source(doc, profiles, i);
+        let instance = resolve_instance(list.index(i), d, shared, profile_user_data, &mut taken)?;
+        origins.extend(profiles::origins(doc, profiles, i, d, &instance));
+        instances.push(instance);
     }
-    Ok(instances)
+    Ok((instances, origins))
 }
 
+/// `profile_user_data`: where the instance's profile sets user_data, and the file it names.
 fn resolve_instance(
     at: Locator,
     d: &InstanceDefinition,
     shared: &Shared,
+    profile_user_data: Option<(Locator, Option<PathBuf>)>,
     taken: &mut Taken,
 ) -> Result<Instance, ConfigError> {
     check_name(at, d, taken)?;
@@ -214,6 +228,13 @@ fn resolve_instance(
         check_fqdn(fqdn, &d.instance_name).map_err(|m| at.key("fqdn").error(m))?;
     }
     let own = user_data::load(at, d.user_data_file.as_deref(), shared.base, shared.login)?;
+    let below = match profile_user_data {
+        Some((p, file)) => merge::layer(
+            &shared.user_data,
+            &user_data::load(p, file.as_deref(), shared.base, shared.login)?,
+        ),
+        None => shared.user_data.clone(),
+    };
     Ok(Instance {
         name: d.instance_name.clone(),
         image_name: d.image_name.clone(),
@@ -230,7 +251,7 @@ fn resolve_instance(
         firmware,
         secure_boot: d.secure_boot,
         fqdn: d.fqdn.as_ref().map(|f| f.to_ascii_lowercase()),
-        user_data: merge::layer(&shared.user_data, &own),
+        user_data: merge::layer(&below, &own),
     })
 }
 

@@ -97,6 +97,35 @@ pub(super) fn effective_mac(configured: Option<&str>, name: &str) -> String {
         .unwrap_or_else(|| kvmprov_hypervisor::xml::mac_for(name))
 }
 
+/// Where each effective value of one instance came from (`kvmprov check` shows them for an
+/// instance that names a profile).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Origins {
+    pub instance: String,
+    pub profile: String,
+    pub fields: Vec<FieldOrigin>,
+}
+
+/// One field of an instance: its effective value and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldOrigin {
+    pub field: String,
+    pub value: serde_json::Value,
+    /// `instance`, `profile NAME`, the top-level key that gave it (`kvm_default_firmware`…),
+    /// `built-in default`, or for user_data the layers joined by ` + `.
+    pub from: String,
+}
+
+impl FieldOrigin {
+    /// Whether the value is kvmprov's own default (set nowhere in the settings).
+    pub fn is_built_in_default(&self) -> bool {
+        self.from == BUILT_IN
+    }
+}
+
+/// The origin of a value set nowhere in the settings.
+pub(super) const BUILT_IN: &str = "built-in default";
+
 /// The resolved settings every stage reads.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -118,6 +147,11 @@ pub struct Config {
     #[serde(skip)]
     pub password: Option<LoginPassword>,
     pub instances: Vec<Instance>,
+    /// Where each value of the instances that name a profile came from (`check` shows it).
+    /// Kept apart from [`Instance`], whose serialised form is its config digest: moving a field
+    /// into a profile changes no value, so it must not change the digest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<Origins>,
     pub cleanup_confirmed: bool,
     pub cleanup_remove_disks: bool,
 }
@@ -151,6 +185,9 @@ impl Config {
         let mut c = self.clone();
         c.libvirt_uri = uri.to_string();
         c.instances.retain(|i| i.libvirt_uri == uri);
+        let kept = &c.instances;
+        c.origins
+            .retain(|o| kept.iter().any(|i| i.name == o.instance));
         c
     }
 

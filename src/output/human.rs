@@ -1,9 +1,59 @@
 //! The human renderings: pure functions from values to the text kvmprov prints.
 
-use crate::config::Config;
+use crate::config::{Config, FieldOrigin, Origins};
 use crate::report::{Outcome, StageReport, Status};
 
 use super::json::{InstanceStatus, Probe};
+
+/// Under an instance that names a profile: each field with a value, and where the value came
+/// from. Fields left empty by a built-in default (no list, no option) are left out.
+fn origins(o: &Origins) -> Vec<String> {
+    let shown: Vec<&FieldOrigin> = o
+        .fields
+        .iter()
+        .filter(|f| {
+            let empty = match &f.value {
+                serde_json::Value::Null | serde_json::Value::Bool(false) => true,
+                serde_json::Value::Array(a) => a.is_empty(),
+                serde_json::Value::Object(m) => m.is_empty(),
+                _ => false,
+            };
+            !(empty && f.is_built_in_default())
+        })
+        .collect();
+    // Values line up unless one is long (a list, user_data): that one pushes its origin on.
+    let values: Vec<String> = shown.iter().map(|f| shown_value(f)).collect();
+    let width = values
+        .iter()
+        .map(|v| v.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(24);
+    let mut lines = vec![format!(
+        "      profile {}: each value and where it comes from",
+        o.profile
+    )];
+    for (f, value) in shown.iter().zip(values) {
+        lines.push(format!(
+            "        {:<22} {value:<width$}  {}",
+            f.field, f.from
+        ));
+    }
+    lines
+}
+
+/// A value on one line: a string as it is, user_data by its keys, anything else as JSON.
+fn shown_value(f: &FieldOrigin) -> String {
+    let text = match &f.value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(m) if f.field == "user_data" => {
+            let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+            format!("keys: {}", keys.join(", "))
+        }
+        v => v.to_string(),
+    };
+    super::sanitize(&text, false)
+}
 
 /// The line that opens a stage: `provision` or `cleanup (check mode: plan only)`.
 pub fn stage_header(stage: &str, check: bool) -> String {
@@ -150,6 +200,9 @@ pub fn config(cfg: &Config) -> String {
             "    {:<14} {:<10} {} vCPU {:>6} MiB {:>5} GiB  net {} ip {} snapshot {}{on}",
             i.name, i.image_name, i.vcpus, i.memory_mib, i.disk_size_gib, i.network, ip, snap
         ));
+        if let Some(o) = cfg.origins.iter().find(|o| o.instance == i.name) {
+            origins(o).into_iter().for_each(&mut line);
+        }
     }
     line(format!(
         "  cleanup         confirmed={} remove_disks={}",

@@ -162,6 +162,51 @@ fn check_on_the_shipped_example() {
     insta::assert_snapshot!("check_json", stdout);
 }
 
+/// The shipped example with its commented profiles (`web`, `db`) and the instance `db-01` that
+/// names one taken in: the commented example must stay valid, and `check` shows where each
+/// value of `db-01` came from. Only the lines of that block are uncommented.
+fn example_with_profiles(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo().join("vars/kvm-provisioning.yml")).unwrap();
+    let start = text
+        .find("# kvm_instance_profiles:")
+        .expect("the example has a commented kvm_instance_profiles");
+    let end = text
+        .find("  - instance_name: app-01")
+        .expect("the example's first instance");
+    let block: String = text[start..end]
+        .lines()
+        .map(|l| {
+            let body = l.trim_start();
+            match body.strip_prefix("# ") {
+                Some(rest) => format!("{}{rest}\n", &l[..l.len() - body.len()]),
+                None => format!("{l}\n"),
+            }
+        })
+        .collect();
+    let path = dir.join("kvm-provisioning.yml");
+    std::fs::write(&path, format!("{}{block}{}", &text[..start], &text[end..])).unwrap();
+    path
+}
+
+#[test]
+fn check_shows_where_the_values_of_an_instance_with_a_profile_come_from() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = example_with_profiles(t.path());
+    let c = cfg.to_str().unwrap();
+    let (code, stdout, stderr) = run(&["-c", c, "check"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    insta::assert_snapshot!(
+        "check_profiles_human",
+        shown(code, &redact(&stdout, t.path()), &stderr)
+    );
+    let (code, stdout, _) = run(&["-c", c, "--output", "json", "check"]);
+    assert_eq!(code, Some(0));
+    insta::assert_snapshot!(
+        "check_profiles_json",
+        format!("{:#}", redact_json(&stdout, t.path()))
+    );
+}
+
 #[test]
 fn a_config_error_in_json_mode_is_an_envelope_too() {
     let t = tempfile::tempdir().unwrap();

@@ -7,9 +7,9 @@
 # links to another pool file and whose console log links to kvmprov's private key: the links go,
 # as links, and nothing else. A foreign domain whose raw disk starts with a qcow2 header naming a
 # FIFO: every cleanup and prune still finishes within seconds (they once blocked in open(fifo)).
-# Sourced by tests/e2e/run.sh.
+# Run by tests/e2e/run.sh (e2e_scenario): everything under its scratch directory.
 
-C="$E2E_DIR/cleanup"
+C="$E2E_SCRATCH"
 mkdir -p "$C/outside"
 chmod 0755 "$C" "$C/outside"
 CCFG="$C/vars.yml"
@@ -21,7 +21,7 @@ CCFG="$C/vars.yml"
   - {instance_name: app-03, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}
 EOF
 } >"$CCFG"
-E2E_DOMAINS="$E2E_DOMAINS app-01 app-02 app-03 app-0 APP-01 decoy-pool decoy-link decoy-fifo"
+e2e_own_domains app-01 app-02 app-03 app-0 APP-01 decoy-pool decoy-link decoy-fifo
 ckp() { kp -c "$CCFG" "$@"; }
 
 # Declared instances, defined (not booted): disks, seeds, domains.
@@ -85,8 +85,7 @@ listing() { virsh_ns list --all --name | sort; ls -la "$C/instances" | awk '{pri
 # kvmprov under `timeout 30`: status 124 is a run that hung (the FIFO), anything else finished.
 #   ckp30 ARGS... ; then $rc is kvmprov's status, $out its stdout ($C/last.err its stderr)
 ckp30() {
-    rc=0
-    out=$(timeout 30 ip netns exec "$E2E_NS" "$KVMPROV" -c "$CCFG" "$@" 2>"$C/last.err") || rc=$?
+    capture --stdout rc out timeout 30 ip netns exec "$E2E_NS" "$KVMPROV" -c "$CCFG" "$@" 2>"$C/last.err"
 }
 fifo_check() { # what
     check "regression_cleanup_and_prune_hung_on_a_fifo_named_in_a_raw_disks_header: $1 finished within 30 s (status $rc)" \

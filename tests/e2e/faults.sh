@@ -5,11 +5,9 @@
 # SIGTERM / SIGINT: prompt stop with exit 143 / 130, only temporary files left, the next run
 # completes (resuming the download). libvirtd restarted mid-run: a clear, prompt failure; the
 # next run completes.
-# Sourced by tests/e2e/run.sh.
+# Run by tests/e2e/run.sh (e2e_scenario): everything under its scratch directory.
 
-F="$E2E_DIR/faults"
-mkdir -p "$F"
-chmod 0755 "$F"
+F="$E2E_SCRATCH"
 FCFG="$F/vars.yml"
 e2e_config_head "$F/images" "$F/instances" faults-secret >"$FCFG"
 FNAMES=""
@@ -17,7 +15,8 @@ for i in 1 2 3 4 5 6; do
     echo "  - {instance_name: f-0$i, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}" >>"$FCFG"
     FNAMES="$FNAMES f-0$i"
 done
-E2E_DOMAINS="$E2E_DOMAINS $FNAMES"
+# shellcheck disable=SC2086 # one name a word
+e2e_own_domains $FNAMES
 fkp() { kp -c "$FCFG" "$@"; }
 # The work that is killed: the image cache, then provision (no guest boot). A script, so a
 # new session (setsid) can run it and the kill reaches kvmprov, not only the shell around it.
@@ -32,8 +31,8 @@ EOF
 # said loudly with where it sat, libvirtd is replaced, and the work is run once more and checked.
 LIBVIRTD_HANGS=0
 work() {
-    local rc=0
-    timeout -k 10 240 bash "$F/work.sh" || rc=$?
+    local rc
+    capture rc - timeout -k 10 240 bash "$F/work.sh"
     [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] || return "$rc"
     LIBVIRTD_HANGS=$((LIBVIRTD_HANGS + 1))
     log "NOTE: a kvmprov run hung for 240 s inside a libvirt call (libvirtd hang); its last lines:"
@@ -57,7 +56,7 @@ converged() {
     [ "$(wc -w <<<"$img")" -eq 1 ] || { log "cache: $(ls "$F/images")"; return 1; }
     case "$img" in *.part) log "cache holds a part file"; return 1 ;; esac
     sum=$(sha512sum "$F/images/$img" | cut -d' ' -f1)
-    want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha512"])' "$F/images/$img.json")
+    want=$(jq -r .sha512 "$F/images/$img.json")
     [ "$sum" = "$want" ] || { log "cached image does not verify"; return 1; }
 }
 # libvirtd 9.0 itself has died, once in seven CI runs, just after kvmprov was killed in the
@@ -96,6 +95,7 @@ halfwritten=0
 scale=100   # percent of run_ms the kill points are spread over; shrinks when a run was faster
 while [ "$kills" -lt 22 ] && [ "$attempts" -lt 60 ]; do
     attempts=$((attempts + 1))
+    # shellcheck disable=SC2017 # whole milliseconds are precise enough
     ms=$((run_ms * scale / 100 * (kills + 1) / 24))
     delay=$((ms / 1000)).$(printf %03d $((ms % 1000)))
     setsid bash "$F/work.sh" &
@@ -132,9 +132,8 @@ fkp --output json provision --stage provision >"$F/r1.json" 2>"$F/r1.err" &
 p1=$!
 fkp --output json provision --stage provision >"$F/r2.json" 2>"$F/r2.err" &
 p2=$!
-rc1=0; rc2=0
-wait "$p1" || rc1=$?
-wait "$p2" || rc2=$?
+capture rc1 - wait "$p1"
+capture rc2 - wait "$p2"
 check "two concurrent runs: the host converged without duplicates" converged
 if [ "$rc1" -ne 0 ] || [ "$rc2" -ne 0 ]; then
     cat "$F/r1.err" "$F/r2.err"
@@ -147,16 +146,13 @@ if [ "$rc1" -ne 0 ] || [ "$rc2" -ne 0 ]; then
     }
     check "the run that lost the lock says so clearly" lost_lock
 fi
-created=$(python3 -c '
-import json, sys
-n = 0
-for f in sys.argv[1:]:
-    try:
-        doc = json.load(open(f))
-    except ValueError:
-        continue
-    n += sum(1 for s in doc["stages"] for o in s["outcomes"] if o["op"] == "create" and o["status"] == "done" and not o["target"].startswith("pool "))
-print(n)' "$F/r1.json" "$F/r2.json")
+# Instances created (not pools) by both runs; a document that is no JSON counts none.
+created=0
+for f in "$F/r1.json" "$F/r2.json"; do
+    n=$(jq '[.stages[]?.outcomes[] | select(.op == "create" and .status == "done" and
+        (.target | startswith("pool ") | not))] | length' "$f" 2>/dev/null) || n=0
+    created=$((created + ${n:-0}))
+done
 check "exactly one run created the 6 instances (created=$created)" test "$created" -eq 6
 reset_host
 
@@ -168,18 +164,17 @@ for k in a b; do
     e2e_config_head "$S/images" "$S/pool-$k" >"$S/$k.yml"
     echo "  - {instance_name: s-$k, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4}" >>"$S/$k.yml"
 done
-E2E_DOMAINS="$E2E_DOMAINS s-a s-b"
-log_mark=$(wc -l <"$E2E_DIR/mirror.log")
+e2e_own_domains s-a s-b
+log_mark=$(wc -l <"$E2E_MIRROR_LOG")
 for k in a b; do
     ip netns exec "$E2E_NS" "$KVMPROV" -c "$S/$k.yml" provision --no-wait >"$S/$k.log" 2>&1 &
     eval "sp_$k=\$!"
 done
-rc_a=0; rc_b=0
-wait "$sp_a" || rc_a=$?
-wait "$sp_b" || rc_b=$?
-E2E_EVIDENCE+=("$S/a.log" "$S/b.log")
+capture rc_a - wait "$sp_a"
+capture rc_b - wait "$sp_b"
+evidence "$S/a.log" "$S/b.log"
 check "two configs sharing one cache provision at once (exit $rc_a and $rc_b)" test "$rc_a" -eq 0 -a "$rc_b" -eq 0
-gets=$(tail -n +"$((log_mark + 1))" "$E2E_DIR/mirror.log" | grep -c "genericcloud-amd64-.*qcow2 range=- status=200" || true)
+gets=$(tail -n +"$((log_mark + 1))" "$E2E_MIRROR_LOG" | grep -c "genericcloud-amd64-.*qcow2 range=- status=200" || true)
 check "the image was downloaded by one of them only ($gets full downloads)" test "$gets" -eq 1
 check "the shared cache holds one image and no partial file" \
     bash -c '[ "$(ls "$0"/*.qcow2 | wc -l)" -eq 1 ] && ! ls "$0"/*.part >/dev/null 2>&1' "$S/images"
@@ -194,8 +189,7 @@ ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" provision --stage provision >/dev/
 pid=$!
 sleep 0.05
 kill -TERM "$pid"
-rc=0
-wait "$pid" || rc=$?
+capture rc - wait "$pid"
 check "SIGTERM ends the run with 143 (got $rc), or it had finished (0)" test "$rc" -eq 143 -o "$rc" -eq 0
 libvirtd_survived SIGTERM
 check "the next run completes after SIGTERM" work
@@ -204,7 +198,7 @@ reset_host
 
 # --- Ctrl-C (SIGINT) in the middle of a download ------------------------------------------------
 rm -rf "$F/images"
-log_mark=$(wc -l <"$E2E_DIR/mirror.log")
+log_mark=$(wc -l <"$E2E_MIRROR_LOG")
 ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" image-cache >"$F/int.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 200); do
@@ -212,8 +206,7 @@ for _ in $(seq 1 200); do
     sleep 0.01
 done
 kill -INT "$pid"
-rc=0
-wait "$pid" || rc=$?
+capture rc - wait "$pid"
 check "SIGINT stops the download with exit 130 (got $rc)" test "$rc" -eq 130
 libvirtd_survived SIGINT
 check "SIGINT says it stopped and what the next run does" grep -q "interrupted; stopped" "$F/int.log"
@@ -222,7 +215,7 @@ check "after SIGINT the cache holds only temporary files: $(tr '\n' ' ' <<<"$lef
     test -n "$left" -a -z "$(grep -v '\.part' <<<"$left" || true)"
 check "the next run completes after SIGINT" work
 check "it resumed the partial download with a Range request" \
-    grep -q "qcow2 range=bytes=[1-9]" <(tail -n +"$((log_mark + 1))" "$E2E_DIR/mirror.log")
+    grep -q "qcow2 range=bytes=[1-9]" <(tail -n +"$((log_mark + 1))" "$E2E_MIRROR_LOG")
 check "and converges after SIGINT" converged
 reset_host
 
@@ -233,7 +226,7 @@ RCFG="$F/restart.yml"
     e2e_config_head "$F/images" "$F/instances"
     echo "  - {instance_name: f-restart, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 1024, disk_size_gib: 4}"
 } >"$RCFG"
-E2E_DOMAINS="$E2E_DOMAINS f-restart"
+e2e_own_domains f-restart
 ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" provision >"$F/restart.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do
@@ -243,15 +236,14 @@ done
 sleep 2   # inside the wait for the guest's address
 bash "$TESTKIT/netns-libvirtd.sh" restart "$E2E_NS"
 t0=$(date +%s)
-rc=0
-wait "$pid" || rc=$?
+capture rc - wait "$pid"
 waited=$(($(date +%s) - t0))
 check "the run fails (exit 1) when libvirtd restarts under it (got $rc)" test "$rc" -eq 1
 check "it stops within 30 s of the restart, not at its deadline (${waited}s)" test "$waited" -le 30
 check "the message says the connection to libvirtd was lost" \
     grep -q "connection to libvirtd was lost" "$F/restart.log"
-out=$(ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" --output json provision 2>"$F/restart2.log") && rc=0 || rc=$?
-E2E_EVIDENCE+=("$F/restart2.log")
+capture --stdout rc out ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" --output json provision 2>"$F/restart2.log"
+evidence "$F/restart2.log"
 check "the next run completes after the restart (exit $rc)" test "$rc" -eq 0
 ready() { jqt 'any(.stages[].outcomes[]; .target == "f-restart" and .op == "wait" and .status == "done" and (.reason | test("ready at")))' <<<"$out"; }
 check "and the guest is SSH-ready" ready

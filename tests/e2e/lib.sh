@@ -2,6 +2,10 @@
 # A test environment: a network namespace with its own libvirtd, a local mirror on 127.0.0.1
 # inside it serving a locally built Debian image, and a scratch directory. Everything started
 # here is recorded and removed by e2e_teardown, which the caller runs from an EXIT trap.
+# Scenarios (tests/e2e/run.sh) each run in a subshell with a scratch directory of their own and
+# record what they make (e2e_own_*): e2e_release removes it after the scenario, so no scenario
+# depends on another's files, instances or variables. Results (pass/fail, evidence) are files,
+# so counts add up across those subshells.
 
 E2E_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 KVMPROV="$E2E_ROOT/target/release/kvmprov"
@@ -12,25 +16,56 @@ E2E_VERSION=${E2E_VERSION:-20261124-0001}
 E2E_N=12
 [ "$E2E_SUITE" = trixie ] && E2E_N=13
 
-PASSED=0
-FAILED=0
-FAILED_NAMES=()
-# Output files of the runs under test: on failure their error lines close the summary, so the
-# last lines a CI log shows say why, not only what failed.
-E2E_EVIDENCE=()
-# Serial console logs of guests that never got ready: their failed units close the summary.
-E2E_CONSOLES=()
-
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
-pass() { PASSED=$((PASSED + 1)); log "PASS: $*"; }
-fail() { FAILED=$((FAILED + 1)); FAILED_NAMES+=("$*"); log "FAIL: $*"; }
+# e2e_results_init DIR: results go to DIR/results (one "PASS|FAIL<TAB>name" line per check),
+# DIR/evidence and DIR/consoles: output files of the runs under test, and serial console logs of
+# guests that never got ready; on failure their error lines close the summary, so the last lines
+# a CI log shows say why, not only what failed.
+e2e_results_init() {
+    E2E_RESULTS=$1
+    : >"$E2E_RESULTS/results"
+    : >"$E2E_RESULTS/evidence"
+    : >"$E2E_RESULTS/consoles"
+}
+
+pass() { printf 'PASS\t%s\n' "$*" >>"$E2E_RESULTS/results"; log "PASS: $*"; }
+fail() { printf 'FAIL\t%s\n' "$*" >>"$E2E_RESULTS/results"; log "FAIL: $*"; }
+
+# evidence FILE...: quote FILE's error lines in the summary if a check failed. Inside a scenario
+# the file is kept (copied) when the scenario's scratch directory goes.
+evidence() { printf '%s\n' "$@" >>"${E2E_OWNED:-$E2E_RESULTS}/evidence"; }
+# console_evidence FILE...: a guest's serial console log, quoted the same way.
+console_evidence() { printf '%s\n' "$@" >>"${E2E_OWNED:-$E2E_RESULTS}/consoles"; }
 
 # check NAME CMD...: run a check, record pass/fail, never abort the suite.
 check() {
     local name=$1
     shift
     if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+# capture RC OUT CMD...   run CMD and go on whatever it returns: its exit status into variable RC,
+#                        its output (stdout and stderr) into variable OUT.
+# capture --stdout RC OUT CMD...   only stdout into OUT; stderr goes where the call sends it.
+# capture RC - CMD...     keep no output: it goes where the call's redirections send it.
+# The one way the tests read a status that may be non-zero (errexit is never switched off around
+# a command). CMD runs on the left of `||`, so bash keeps `set -e` off inside it: a function
+# given as CMD runs to its end whatever fails in it.
+capture() {
+    local __cap_stdout_only=0 __cap_out="" __cap_rc=0
+    [ "$1" = --stdout ] && { __cap_stdout_only=1; shift; }
+    local __cap_rc_var=$1 __cap_out_var=$2
+    shift 2
+    if [ "$__cap_out_var" = - ]; then
+        "$@" || __cap_rc=$?
+    elif [ "$__cap_stdout_only" -eq 1 ]; then
+        __cap_out=$("$@") || __cap_rc=$?
+    else
+        __cap_out=$("$@" 2>&1) || __cap_rc=$?
+    fi
+    printf -v "$__cap_rc_var" %d "$__cap_rc"
+    [ "$__cap_out_var" = - ] || printf -v "$__cap_out_var" %s "$__cap_out"
 }
 
 # Facts from kvmprov's `--output json` document (its envelope: `command`, `ok`, `error`, then
@@ -49,8 +84,20 @@ outcome() {
         'any(.stages[].outcomes[]; .target == $t and ($op == "" or .op == $op) and (.reason | test($r)))' <<<"$1"
 }
 
+# changes DOC: the actions DOC reports done that changed something, one "op target reason" a
+# line; fails when DOC is no stage report. Read-only are the ops for which kvmprov's
+# `Op::mutates` (src/plan.rs) is false, what the human summary's "changed" column leaves out:
+# any other op, one added later too, counts as a change (`--output json` has no per-action
+# "changed" field to read instead).
+changes() {
+    jq -r '.stages[].outcomes[] | select(.status == "done" and
+        (.op | IN("ok", "check", "verify", "wait", "refuse", "drift", "skip") | not))
+        | "\(.op) \(.target) \(.reason)"' <<<"$1"
+}
+
 # Run inside the test namespace.
 in_ns() { ip netns exec "$E2E_NS" "$@"; }
+virsh_ns() { in_ns virsh -q -c qemu:///system "$@"; }
 
 # Run kvmprov inside the namespace (so it reaches the guests and the mirror).
 kp() { in_ns "$KVMPROV" "$@"; }
@@ -72,11 +119,26 @@ EOF
     echo "kvm_instance_definitions:"
 }
 
+# The catalog with both releases' twins, as debian-12 and debian-13 (boot and ansible run both).
+e2e_catalog_both() {
+    cat <<EOF
+kvm_cloud_image_catalog:
+  - image_name: debian-12
+    image_url: $E2E_BASE/bookworm/latest/debian-12-genericcloud-amd64.qcow2
+    image_checksum_manifest_url: $E2E_BASE/bookworm/latest/SHA512SUMS
+  - image_name: debian-13
+    image_url: $E2E_BASE/trixie/latest/debian-13-genericcloud-amd64.qcow2
+    image_checksum_manifest_url: $E2E_BASE/trixie/latest/SHA512SUMS
+EOF
+}
+
 e2e_setup() {
     E2E_NS=${E2E_NS:-kvmprov-e2e-$$}
     E2E_DIR=$(mktemp -d /tmp/kvmprov-e2e.XXXXXX)
     chmod 0755 "$E2E_DIR"
     log "scratch $E2E_DIR, namespace $E2E_NS"
+    e2e_results_init "$E2E_DIR"
+    mkdir -p "$E2E_DIR/owned" "$E2E_DIR/kept"
     # Both releases' twins: the boot scenario runs a Debian 13 guest (its GRUB differs).
     log "building (or reusing) the bookworm and trixie twin images"
     E2E_IMAGE_12=$(bash "$TESTKIT/build-image.sh" bookworm "$E2E_CACHE" | tail -n 1)
@@ -84,17 +146,16 @@ e2e_setup() {
     for f in "$E2E_IMAGE_12" "$E2E_IMAGE_13"; do
         [ -f "$f" ] || { log "image build did not produce a file: $f"; return 1; }
     done
-    E2E_IMAGE=$E2E_IMAGE_12
-    [ "$E2E_SUITE" = trixie ] && E2E_IMAGE=$E2E_IMAGE_13
     bash "$TESTKIT/netns-libvirtd.sh" up "$E2E_NS"
     E2E_NS_UP=1
     E2E_MIRROR="$E2E_DIR/mirror"
+    E2E_MIRROR_LOG="$E2E_DIR/mirror.log"
     bash "$TESTKIT/make-mirror.sh" "$E2E_IMAGE_12" "$E2E_MIRROR" bookworm "$E2E_VERSION"
     bash "$TESTKIT/make-mirror.sh" "$E2E_IMAGE_13" "$E2E_MIRROR" trixie "$E2E_VERSION"
     in_ns ip link set lo up
     # Not through in_ns: a function in the background would be a subshell, and $! its PID.
     ip netns exec "$E2E_NS" python3 "$TESTKIT/mirror.py" --root "$E2E_MIRROR" --port 0 \
-        --port-file "$E2E_DIR/mirror.port" --log "$E2E_DIR/mirror.log" >"$E2E_DIR/mirror.out" 2>&1 &
+        --port-file "$E2E_DIR/mirror.port" --log "$E2E_MIRROR_LOG" >"$E2E_DIR/mirror.out" 2>&1 &
     E2E_MIRROR_PID=$!
     for _ in $(seq 1 50); do [ -s "$E2E_DIR/mirror.port" ] && break; sleep 0.1; done
     E2E_PORT=$(cat "$E2E_DIR/mirror.port")
@@ -102,19 +163,100 @@ e2e_setup() {
     log "mirror at $E2E_BASE (pid $E2E_MIRROR_PID)"
 }
 
-# Domains this test declared (set by the test) are destroyed and undefined here, whatever
-# state the run left them in; then the mirror, libvirtd and the namespace go.
+# --- scenarios ---------------------------------------------------------------------------------
+# What a scenario made, recorded as it makes it (files under E2E_OWNED, which e2e_scenario sets):
+#   e2e_own_domains NAME...     libvirt domains: destroyed and undefined (with snapshots, NVRAM)
+#   e2e_own_networks NAME...    libvirt networks: destroyed and undefined
+#   e2e_own_links NAME...       network interfaces in the namespace: deleted
+#   e2e_own_daemon PID COMM     a daemon (not our child): stopped while PID is still a COMM
+# Pools whose directory is in the scenario's scratch directory go too, then the directory.
+e2e_own_domains() { printf '%s\n' "$@" >>"$E2E_OWNED/domains"; }
+e2e_own_networks() { printf '%s\n' "$@" >>"$E2E_OWNED/networks"; }
+e2e_own_links() { printf '%s\n' "$@" >>"$E2E_OWNED/links"; }
+e2e_own_daemon() { printf '%s %s\n' "$1" "$2" >>"$E2E_OWNED/daemons"; }
+
+# e2e_scenario NAME: run tests/e2e/NAME.sh in a subshell of its own, in the environment
+# e2e_setup made: its scratch directory is E2E_SCRATCH (0755, empty), E2E_DIR is unset (a
+# scenario reads nothing another one left), `set -euo pipefail` holds. Its status goes to
+# E2E_SCENARIO_RC (not 0: it stopped before its end); call it plainly, not on the left of `||`
+# or in `capture`, where bash would keep `set -e` off inside it.
+# shellcheck disable=SC2034 # E2E_SCENARIO_RC: read by run.sh
+e2e_scenario() {
+    local name=$1 pid
+    mkdir -p "$E2E_DIR/owned/$name" "$E2E_DIR/$name"
+    chmod 0755 "$E2E_DIR/$name"
+    echo "$E2E_DIR/$name" >"$E2E_DIR/owned/$name/scratch"
+    (
+        set -euo pipefail
+        E2E_OWNED="$E2E_DIR/owned/$name"
+        # shellcheck disable=SC2034 # the scenario's, read by the file sourced below
+        E2E_SCRATCH="$E2E_DIR/$name"
+        unset E2E_DIR
+        # shellcheck source=/dev/null
+        source "$E2E_ROOT/tests/e2e/$name.sh"
+    ) &
+    # In the background and waited for, so a SIGTERM to run.sh is handled at once.
+    pid=$!
+    E2E_SCENARIO_PID=$pid
+    E2E_SCENARIO_RC=0
+    wait "$pid" || E2E_SCENARIO_RC=$?
+    E2E_SCENARIO_PID=""
+}
+
+# e2e_release NAME: remove what scenario NAME recorded, its pools and scratch directory; keep its
+# evidence files for the summary. A teardown: every step is tried whatever the one before did.
+e2e_release() (
+    set +e
+    owned="$E2E_DIR/owned/$1"
+    [ -d "$owned" ] || return 0
+    scratch=$(cat "$owned/scratch" 2>/dev/null)
+    while read -r pid comm; do
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] && kill "$pid" 2>/dev/null
+    done < <(cat "$owned/daemons" 2>/dev/null)
+    while read -r d; do
+        virsh_ns destroy "$d" >/dev/null 2>&1
+        virsh_ns undefine "$d" --snapshots-metadata --nvram >/dev/null 2>&1 ||
+            virsh_ns undefine "$d" --snapshots-metadata >/dev/null 2>&1
+    done < <(cat "$owned/domains" 2>/dev/null)
+    while read -r n; do
+        virsh_ns net-destroy "$n" >/dev/null 2>&1
+        virsh_ns net-undefine "$n" >/dev/null 2>&1
+    done < <(cat "$owned/networks" 2>/dev/null)
+    while read -r l; do in_ns ip link del "$l" >/dev/null 2>&1; done < <(cat "$owned/links" 2>/dev/null)
+    if [ -n "$scratch" ]; then
+        for p in $(virsh_ns pool-list --all --name 2>/dev/null); do
+            target=$(virsh_ns pool-dumpxml "$p" 2>/dev/null | sed -n 's|.*<path>\(.*\)</path>.*|\1|p' | head -n 1)
+            case "$target" in "$scratch" | "$scratch"/*) ;; *) continue ;; esac
+            virsh_ns pool-destroy "$p" >/dev/null 2>&1
+            virsh_ns pool-undefine "$p" >/dev/null 2>&1
+        done
+    fi
+    mkdir -p "$E2E_DIR/kept/$1"
+    for kind in evidence consoles; do
+        while read -r f; do
+            [ -s "$f" ] || continue
+            cp "$f" "$E2E_DIR/kept/$1/" && echo "$E2E_DIR/kept/$1/$(basename "$f")" >>"$E2E_RESULTS/$kind"
+        done < <(cat "$owned/$kind" 2>/dev/null)
+    done
+    [ -n "$scratch" ] && rm -rf "$scratch"
+    rm -rf "$owned"
+    return 0
+)
+
+# Domains this test declared (E2E_DOMAINS, set by the test: the benchmarks) and what any
+# scenario recorded are destroyed and undefined here, whatever state the run left them in; then
+# the mirror, libvirtd and the namespace go.
 e2e_teardown() {
     set +e
+    # A scenario still running (run.sh stopped by a signal): stop it before taking its daemon.
+    [ -n "${E2E_SCENARIO_PID:-}" ] && kill "$E2E_SCENARIO_PID" 2>/dev/null
     if [ -n "${E2E_NS_UP:-}" ]; then
+        local s
+        for s in "$E2E_DIR"/owned/*; do [ -d "$s" ] && e2e_release "$(basename "$s")"; done
         for d in ${E2E_DOMAINS:-}; do
             in_ns virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
             in_ns virsh -q -c qemu:///system undefine "$d" --snapshots-metadata --nvram >/dev/null 2>&1 ||
                 in_ns virsh -q -c qemu:///system undefine "$d" --snapshots-metadata >/dev/null 2>&1
-        done
-        for n in ${E2E_NETWORKS:-}; do
-            in_ns virsh -q -c qemu:///system net-destroy "$n" >/dev/null 2>&1
-            in_ns virsh -q -c qemu:///system net-undefine "$n" >/dev/null 2>&1
         done
         local pools
         pools=$(in_ns virsh -q -c qemu:///system pool-list --all --name 2>/dev/null)
@@ -130,40 +272,45 @@ e2e_teardown() {
         done
     fi
     [ -n "${E2E_MIRROR_PID:-}" ] && kill "$E2E_MIRROR_PID" 2>/dev/null && wait "$E2E_MIRROR_PID" 2>/dev/null
-    # The bridged network's DHCP server (a daemon: not our child, stopped by its PID file).
-    [ -n "${E2E_BR_DNSMASQ:-}" ] && [ "$(cat "/proc/$E2E_BR_DNSMASQ/comm" 2>/dev/null)" = dnsmasq ] &&
-        kill "$E2E_BR_DNSMASQ" 2>/dev/null
     [ -n "${E2E_NS_UP:-}" ] && bash "$TESTKIT/netns-libvirtd.sh" down "$E2E_NS"
     [ -n "${E2E_DIR:-}" ] && [ -d "$E2E_DIR" ] && rm -rf "$E2E_DIR"
     return 0
 }
 
+# e2e_counts [FROM_LINE]: "N passed, N failed" of the results (from line FROM_LINE on).
+e2e_counts() {
+    tail -n +"${1:-1}" "$E2E_RESULTS/results" |
+        awk -F'\t' '$1 == "PASS" {p++} $1 == "FAIL" {f++} END {printf "%d passed, %d failed\n", p, f}'
+}
+
 e2e_summary() {
+    local failed
+    failed=$(grep -c $'^FAIL\t' "$E2E_RESULTS/results" || true)
     echo
-    if [ "$FAILED" -gt 0 ]; then
+    if [ "$failed" -gt 0 ]; then
         log "failed checks:"
-        for n in "${FAILED_NAMES[@]}"; do log "  - $n"; done
+        sed -n $'s/^FAIL\t/  - /p' "$E2E_RESULTS/results" | while IFS= read -r n; do log "$n"; done
         local f
-        for f in "${E2E_EVIDENCE[@]}"; do
+        while IFS= read -r f; do
             [ -s "$f" ] || continue
             log "errors in $(basename "$f"):"
             { grep -E '✗|^error|error:|timed out|cannot |denied|failed' "$f" || tail -n 4 "$f"; } |
                 grep -v 'action(s) failed$' | tail -n 6 | cut -c1-400 | sed 's/^/    /'
-        done
+        done <"$E2E_RESULTS/evidence"
         # A wait that ran out says what the guest's console showed last: why it never got ready.
-        for f in "${E2E_EVIDENCE[@]}"; do
-            [ -s "$f" ] && grep -q 'last console lines' "$f" || continue
+        while IFS= read -r f; do
+            if ! { [ -s "$f" ] && grep -q 'last console lines' "$f"; }; then continue; fi
             log "the last console lines kvmprov quoted in $(basename "$f"):"
             awk '/last console lines/ {n = 0; buf = ""} {buf = buf $0 "\n"; n++} END {printf "%s", buf}' "$f" |
                 sed -n '1,16p' | tr -cd '\11\12\40-\176' | cut -c1-200 | sed 's/^/    /'
-        done
-        for f in "${E2E_CONSOLES[@]}"; do
+        done <"$E2E_RESULTS/evidence"
+        while IFS= read -r f; do
             [ -s "$f" ] || continue
             log "units that failed and ssh lines on the console of $(basename "$f" -console.log):"
             { grep -a -E '\[FAILED\]|Failed to start|ssh' "$f" || echo "(none)"; } |
                 tail -n 6 | tr -cd '\11\12\40-\176' | cut -c1-200 | sed 's/^/    /'
-        done
+        done <"$E2E_RESULTS/consoles"
     fi
-    echo "e2e: $PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ]
+    echo "e2e: $(e2e_counts 1)"
+    [ "$failed" -eq 0 ]
 }

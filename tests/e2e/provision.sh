@@ -4,27 +4,23 @@
 # can write or planted, a planted demo directory), what provision generates (domain XML
 # valid for libvirt's schema, seed ISO readable with isoinfo, user-data accepted by
 # cloud-init, nothing world-readable, no plain password), and 20 instances in parallel.
-# Sourced by tests/e2e/run.sh.
+# Run by tests/e2e/run.sh (e2e_scenario): everything under its scratch directory.
 
-P="$E2E_DIR/prov"
-mkdir -p "$P"
-chmod 0755 "$P"
+P="$E2E_SCRATCH"
 # pcfg FILE POOL_DIR COUNT [extra instance fields]: a config with COUNT instances p-01…
 pcfg() {
     local f=$1 pool=$2 count=$3 extra=${4:-} i
-    e2e_config_head "$E2E_DIR/images" "$pool" prov-Plain-Secret-77 >"$f"
+    e2e_config_head "$P/images" "$pool" prov-Plain-Secret-77 >"$f"
     for i in $(seq 1 "$count"); do
         i=$(printf %02d "$i")
         echo "  - {instance_name: p-$i, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 256, disk_size_gib: 4$extra}" >>"$f"
     done
 }
-for i in $(seq 1 20); do E2E_DOMAINS="$E2E_DOMAINS p-$(printf %02d "$i")"; done
+for i in $(seq 1 20); do e2e_own_domains "p-$(printf %02d "$i")"; done
 
 # --- preflight: networks ---------------------------------------------------------------------
 pcfg "$P/net.yml" "$P/pool" 1 ", libvirt_network_name: nosuchnet"
-set +e
-out=$(kp -c "$P/net.yml" preflight 2>&1); rc=$?
-set -e
+capture rc out kp -c "$P/net.yml" preflight
 check "preflight fails on a missing network (exit 1)" test "$rc" -eq 1
 check "the missing-network message lists the defined networks" grep -q "Network not found: \`nosuchnet\`.*default (active)" <<<"$out"
 
@@ -32,10 +28,9 @@ cat >"$P/off.xml" <<EOF
 <network><name>kvmprov-e2e-off</name><bridge name='virbr-kpoff'/><ip address='192.168.150.1' netmask='255.255.255.0'><dhcp><range start='192.168.150.2' end='192.168.150.254'/></dhcp></ip></network>
 EOF
 virsh_ns net-define "$P/off.xml" >/dev/null
+e2e_own_networks kvmprov-e2e-off
 pcfg "$P/off.yml" "$P/pool" 1 ", libvirt_network_name: kvmprov-e2e-off"
-set +e
-out=$(kp -c "$P/off.yml" preflight 2>&1); rc=$?
-set -e
+capture rc out kp -c "$P/off.yml" preflight
 check "preflight fails on an inactive network without auto-start" test "$rc" -eq 1
 check "the inactive-network message says how to start it" grep -q "kvm_auto_start_required_libvirt_networks=true" <<<"$out"
 check "preflight with auto-start starts the network" \
@@ -48,9 +43,7 @@ virsh_ns net-undefine kvmprov-e2e-off >/dev/null 2>&1 || true
 mkdir -p "$P/locked/pool"
 chmod 0700 "$P/locked"
 pcfg "$P/locked.yml" "$P/locked/pool" 1
-set +e
-out=$(kp -c "$P/locked.yml" -e kvm_auto_fix_runtime_pool_access=false preflight 2>&1); rc=$?
-set -e
+capture rc out kp -c "$P/locked.yml" -e kvm_auto_fix_runtime_pool_access=false preflight
 check "preflight fails when libvirt-qemu cannot traverse the pool" test "$rc" -eq 1
 check "the message prints the exact setfacl fix" grep -q "setfacl -m u:libvirt-qemu:x $P/locked" <<<"$out"
 check "preflight with the ACL fix succeeds" kp -c "$P/locked.yml" preflight
@@ -63,9 +56,7 @@ check "others still have no access to the locked directory" test "$(stat -c %A "
 mkdir -p "$P/ww"
 chmod 0777 "$P/ww"
 pcfg "$P/ww.yml" "$P/ww/pool" 1
-set +e
-out=$(kp -c "$P/ww.yml" preflight 2>&1); rc=$?
-set -e
+capture rc out kp -c "$P/ww.yml" preflight
 check "regression_pool_under_world_writable_dir_was_used: preflight refuses (exit 1)" test "$rc" -eq 1
 check "regression_pool_under_world_writable_dir_was_used: one sentence names $P/ww, every user and the fix" \
     grep -q "$P/ww (owner uid 0, mode 0777) can be written by every user, who could then plant files kvmprov runs as root on: \`chmod o-w $P/ww\`" <<<"$out"
@@ -80,10 +71,8 @@ chown -h nobody "$P/planted/.kvmprov"
 before=$(stat -c '%a %U' "$P/victim"; ls -A "$P/victim")
 pcfg "$P/planted.yml" "$P/planted" 1
 for cmd in preflight "provision --stage provision"; do
-    set +e
     # shellcheck disable=SC2086
-    out=$(kp -c "$P/planted.yml" $cmd 2>&1); rc=$?
-    set -e
+    capture rc out kp -c "$P/planted.yml" $cmd
     check "regression_planted_kvmprov_symlink_was_followed: $cmd refuses (exit 1)" test "$rc" -eq 1
     check "regression_planted_kvmprov_symlink_was_followed: $cmd says it is a link and to remove it" \
         grep -q "$P/planted/.kvmprov is a symbolic link, and kvmprov follows no link it did not make there: remove it" <<<"$out"
@@ -95,9 +84,7 @@ mkdir -p "$P/theirs"
 chown nobody "$P/theirs"
 chmod 0755 "$P/theirs"
 pcfg "$P/theirs.yml" "$P/theirs" 1
-set +e
-out=$(kp -c "$P/theirs.yml" preflight 2>&1); rc=$?
-set -e
+capture rc out kp -c "$P/theirs.yml" preflight
 check "regression_pool_owned_by_another_user_was_used: preflight refuses (exit 1)" test "$rc" -eq 1
 check "regression_pool_owned_by_another_user_was_used: the message names the owner and the fix" \
     grep -q "$P/theirs is owned by uid 65534 (mode 0755), not by uid 0 that kvmprov runs as or root" <<<"$out"
@@ -113,12 +100,11 @@ check "its state directory is root's, 0700" test "$(stat -c '%a %U' "$P/sticky/p
 mkdir -p "$P/demo-planted"
 sleep 600 &
 decoy=$!
+e2e_own_daemon "$decoy" sleep
 echo "$decoy" >"$P/demo-planted/mirror.pid"
 echo "kvm_libvirt_uri: qemu:///system" >"$P/demo-planted/vars.yml"
 chown -R nobody "$P/demo-planted"
-set +e
-out=$(KVMPROV_DEMO_DIR="$P/demo-planted" bash "$TESTKIT/demo.sh" down 2>&1); rc=$?
-set -e
+capture rc out env KVMPROV_DEMO_DIR="$P/demo-planted" bash "$TESTKIT/demo.sh" down
 check "regression_demo_trusted_a_planted_demo_dir: demo-clean refuses (exit 1)" test "$rc" -eq 1
 check "regression_demo_trusted_a_planted_demo_dir: it names the owner" grep -q "$P/demo-planted is owned by uid 65534" <<<"$out"
 check "regression_demo_trusted_a_planted_demo_dir: the PID it held was not killed" kill -0 "$decoy"
@@ -126,17 +112,13 @@ check "regression_demo_trusted_a_planted_demo_dir: the directory is left as it w
 kill "$decoy" 2>/dev/null; wait "$decoy" 2>/dev/null || true
 mkdir -p "$P/demo-real"
 ln -s "$P/demo-real" "$P/demo-link"
-set +e
-out=$(KVMPROV_DEMO_DIR="$P/demo-link" bash "$TESTKIT/demo.sh" up 2>&1); rc=$?
-set -e
+capture rc out env KVMPROV_DEMO_DIR="$P/demo-link" bash "$TESTKIT/demo.sh" up
 check "regression_demo_trusted_a_planted_demo_dir: make demo refuses a linked demo dir before anything" \
     bash -c '[ "$0" -eq 1 ] && grep -q "is a symbolic link" <<<"$1" && ! grep -q "^==>" <<<"$1"' "$rc" "$out"
 mkdir -p "$P/demo-root"
 chmod 0755 "$P/demo-root"
 ln -s /etc/hostname "$P/demo-root/vars.yml"
-set +e
-out=$(KVMPROV_DEMO_DIR="$P/demo-root" bash "$TESTKIT/demo.sh" down 2>&1); rc=$?
-set -e
+capture rc out env KVMPROV_DEMO_DIR="$P/demo-root" bash "$TESTKIT/demo.sh" down
 check "regression_demo_trusted_a_planted_demo_dir: a vars.yml link is refused" \
     bash -c '[ "$0" -eq 1 ] && grep -q "vars.yml is not a regular file of root" <<<"$1"' "$rc" "$out"
 
@@ -174,8 +156,7 @@ kpid=$!
 # Every process's arguments, sampled while kvmprov works: the password must never be there.
 : >"$P/ps.log"
 while kill -0 "$kpid" 2>/dev/null; do ps -eo args >>"$P/ps.log"; sleep 0.01; done
-rc=0
-wait "$kpid" || rc=$?
+capture rc - wait "$kpid"
 log "20 instances: disks, seeds, domains in $((($(date +%s%N) - start) / 1000000)) ms"
 check "provision of 20 instances succeeds" test "$rc" -eq 0
 check "the password is in no process argument (ps sampled $(grep -c '^COMMAND' "$P/ps.log") times)" \
@@ -188,10 +169,7 @@ check "the password and private keys are not in JSON output" \
 defined=$(virsh_ns list --all --name | grep -c '^p-' || true)
 check "all 20 domains are defined (got $defined)" test "$defined" -eq 20
 again=$(kp -c "$P/twenty.yml" --output json provision --stage provision)
-check "a second provision run plans nothing" python3 -c '
-import json, sys
-doc = json.loads(sys.argv[1])
-sys.exit(0 if all(o["op"] == "ok" for s in doc["stages"] for o in s["outcomes"]) else 1)' "$again"
+check "a second provision run plans nothing" jqt 'all(.stages[].outcomes[]; .op == "ok")' <<<"$again"
 kp -c "$P/twenty.yml" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null
 left=$(virsh_ns list --all --name | grep -c '^p-' || true)
 check "cleanup removed all 20" test "$left" -eq 0

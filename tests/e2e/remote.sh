@@ -30,6 +30,7 @@ DIR=$(mktemp -d /tmp/kvmprov-remote.XXXXXX)
 # 0700 on purpose: qemu on the hypervisors cannot traverse it until preflight grants it (over ssh).
 chmod 0700 "$DIR"
 log "scratch $DIR"
+e2e_results_init "$DIR"
 IMAGE=$(bash "$TESTKIT/build-image.sh" "$E2E_SUITE" "$E2E_CACHE" | tail -n 1)
 rh_setup "$DIR" 2
 
@@ -83,13 +84,12 @@ check "ping reaches both hypervisors over qemu+ssh" \
 # --- one run, two hosts ----------------------------------------------------------------------
 log "kvmprov provision (full) on two remote hypervisors: two TCG guests, a few minutes"
 start=$(date +%s)
-set +e
-kp_op provision 2>&1 | tee "$DIR/provision.log"
-rc=${PIPESTATUS[0]}
-set -e
+# Shown as it comes and kept (pipefail: the pipeline's status is kvmprov's).
+two_host_run() { kp_op provision 2>&1 | tee "$DIR/provision.log"; }
+capture rc - two_host_run
 log "two-host run took $(($(date +%s) - start))s"
 P=$(cat "$DIR/provision.log")
-E2E_EVIDENCE+=("$DIR/provision.log")
+evidence "$DIR/provision.log"
 check "two-host provision exits 0" test "$rc" -eq 0
 size=$(stat -c %s "$IMAGE")
 check "the image was downloaded once ($(image_bytes) bytes of $size)" test "$(image_bytes)" -eq "$size"
@@ -118,7 +118,7 @@ check "the summary groups by host" grep -q "^$URI2 *provision" <<<"$P"
 check "snapshot taken on hypervisor 1" grep -qx baseline <<<"$(virsh_hv 1 snapshot-list "$A" --name)"
 
 out=$(kp_op ssh "$B" -- hostname 2>&1) || true
-keep() { printf '%s\n' "$out" >"$DIR/$1.log" && E2E_EVIDENCE+=("$DIR/$1.log"); }
+keep() { printf '%s\n' "$out" >"$DIR/$1.log" && evidence "$DIR/$1.log"; }
 keep ssh
 check "kvmprov ssh reaches the guest on hypervisor 2 through it" test "$out" = "$B"
 out=$(kp_op status 2>&1) || true
@@ -133,14 +133,11 @@ check "status shows both guests ssh-ready" test "$(grep -c ' yes ' <<<"$out")" -
 source "$HERE/ansible-lib.sh"
 ANS_VENV="$DIR/ansible-venv"
 log "installing ansible-core into $ANS_VENV"
-set +e
-ansible_install "$ANS_VENV" "$DIR/pip.log"
-rc=$?
-set -e
+capture rc - ansible_install "$ANS_VENV" "$DIR/pip.log"
 check "pip install ansible-core" test "$rc" -eq 0
 mapfile -t ANS_ENV < <(ansible_env "$DIR/ansible-home")
 ans_op() { rh_op env "${ANS_ENV[@]}" "$ANS_VENV/bin/$1" "${@:2}"; }
-out=$(kp_op inventory --format yaml 2>"$DIR/inventory.err") && rc=0 || rc=$?
+capture --stdout rc out kp_op inventory --format yaml 2>"$DIR/inventory.err"
 printf '%s\n' "$out" >"$DIR/inventory.yml"
 check "inventory --format yaml exits 0 with nothing left out" test "$rc" -eq 0 -a ! -s "$DIR/inventory.err"
 check "the inventory reaches $A through hypervisor 1 and $B through hypervisor 2" \
@@ -152,17 +149,14 @@ keep ansible-ping
 check "ansible -m ping through the hypervisors' jump reaches both guests" ansible_all_succeeded "$out" "$A" "$B"
 ansible_dynamic_inventory "$DIR/kvmprov-inventory.sh" "$KVMPROV" -c "$CFG"
 ansible_playbook "$DIR/playbook.yml"
-set +e
-ans_op ansible-playbook -i "$DIR/kvmprov-inventory.sh" "$DIR/playbook.yml" >"$DIR/ansible-playbook.log" 2>&1
-rc=$?
-set -e
-E2E_EVIDENCE+=("$DIR/ansible-playbook.log")
+capture rc - ans_op ansible-playbook -i "$DIR/kvmprov-inventory.sh" "$DIR/playbook.yml" >"$DIR/ansible-playbook.log" 2>&1
+evidence "$DIR/ansible-playbook.log"
 check "the two-task playbook (dynamic inventory) succeeds on both guests" \
     ansible_play_ok "$DIR/ansible-playbook.log" "$rc" "$A" "$B"
 check "the playbook's file is on the guest behind hypervisor 2" \
     test "$(kp_op ssh "$B" -- cat /etc/kvmprov-ansible 2>&1)" = "$B"
 ansible_impostor_inventory "$DIR/inventory.yml" "$B" "$DIR"
-out=$(ans_op ansible "$B" -i "$DIR/inventory-mismatch.yml" -m ansible.builtin.ping 2>&1) && rc=0 || rc=$?
+capture rc out ans_op ansible "$B" -i "$DIR/inventory-mismatch.yml" -m ansible.builtin.ping
 keep ansible-mismatch
 check "the impostor's known_hosts differs from the pinned one" \
     bash -c '[ -s "$0" ] && ! cmp -s "$0" "$1"' "$(ansible_pinned_known_hosts "$DIR/inventory.yml" "$B")" "$DIR/known_hosts.mismatch"
@@ -176,25 +170,25 @@ check "prune keeps the image the remote guests' disks are backed by" \
 
 # --- a re-run changes nothing and fetches nothing -------------------------------------------
 before=$(image_bytes)
-out=$(kp_op provision 2>&1) && rc=0 || rc=$?
+capture rc out kp_op provision
 keep rerun
 check "re-run exits 0" test "$rc" -eq 0
 check "re-run downloads and uploads nothing" test "$(image_bytes)" -eq "$before" -a \
     -z "$(grep -E '✓ (upload|download) ' <<<"$out" || true)"
 
-out=$(kp_op --check provision 2>&1) && rc=0 || rc=$?
+capture rc out kp_op --check provision
 keep plan
 check "a plan after the run plans no upload (the copies are known to be there)" test "$rc" -eq 0 -a \
     -z "$(grep -E 'upload stream|not in the local cache' <<<"$out" || true)"
 
 # --- verify-on-run re-hashes the remote copies through download streams ---------------------
-out=$(kp_op -e kvm_image_cache_verify_on_run=true provision --stage image-cache 2>&1) && rc=0 || rc=$?
+capture rc out kp_op -e kvm_image_cache_verify_on_run=true provision --stage image-cache
 check "verify-on-run re-hashes both remote copies" test "$rc" -eq 0 -a \
     "$(grep -c '✓ verify .*re-hashing through a libvirt download stream' <<<"$out")" -eq 2
 
 # --- one host down fails only its instances --------------------------------------------------
 rh_stop_sshd 2
-out=$(kp_op provision --stage provision 2>&1) && rc=0 || rc=$?
+capture rc out kp_op provision --stage provision
 check "with hypervisor 2 down the run exits 1" test "$rc" -eq 1
 check "hypervisor 1's instance is still worked on" grep -q "✓ ok *$A" <<<"$out"
 check "the failure names hypervisor 2" grep -q "$URI2: cannot connect" <<<"$out"
@@ -214,7 +208,7 @@ cut_rules() { # -I to cut, -D to restore
 # A full run (its image-cache stage uploads); hypervisor 1's guest is checked as ready meanwhile.
 PATH="$RH_DIR/bin:$PATH" ip netns exec "$RH_OP" "$KVMPROV" -c "$CFG" provision >"$DIR/cut.log" 2>&1 &
 cut_pid=$!
-E2E_EVIDENCE+=("$DIR/cut.log")
+evidence "$DIR/cut.log"
 for _ in $(seq 1 600); do
     rh_exec 2 test -e "$RH_POOLS/images/$file" && break
     kill -0 "$cut_pid" 2>/dev/null || break
@@ -230,7 +224,7 @@ if kill -0 "$cut_pid" 2>/dev/null; then
     kill "$cut_pid" 2>/dev/null
     log "the run was still going ${took}s after the cut: stopped it"
 fi
-wait "$cut_pid" && rc=0 || rc=$?
+capture rc - wait "$cut_pid"
 out=$(cat "$DIR/cut.log")
 log "with hypervisor 2 cut off the run ended ${took}s after the cut (exit $rc)"
 check "regression_libvirt_call_hung_on_a_cut_network: the run ends within 60 s of the cut (${took}s), exit 1" \
@@ -240,7 +234,7 @@ check "the error names hypervisor 2 and the lost connection" \
 check "hypervisor 1's guest is still checked ready while hypervisor 2 is cut off" \
     bash -c 'grep "$1" <<<"$0" | grep -q "ready at 192.168.122"' "$out" "$A"
 cut_rules -D
-out=$(kp_op provision 2>&1) && rc=0 || rc=$?
+capture rc out kp_op provision
 keep cut-rerun
 check "after the network returns the re-run converges (exit $rc)" test "$rc" -eq 0
 check "the re-run uploaded hypervisor 2's image again, record included" \
@@ -266,7 +260,7 @@ cached=$(ls "$RH_POOLS"/images/*.qcow2)
 inode=$(stat -c %i "$cached")
 sum=$(sha512sum "$cached" | cut -d' ' -f1)
 before=$(image_bytes)
-out=$(rh_op "$KVMPROV" -c "$CFG3" provision --no-wait 2>&1) && rc=0 || rc=$?
+capture rc out rh_op "$KVMPROV" -c "$CFG3" provision --no-wait
 keep shared
 check "a hypervisor sharing the cache directory provisions (exit $rc)" test "$rc" -eq 0
 check "nothing was downloaded or uploaded for it" test "$(image_bytes)" -eq "$before" -a \
@@ -279,8 +273,7 @@ rh_op "$KVMPROV" -c "$CFG3" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_
 check "cleanup on the shared hypervisor kept the cache file" test -f "$cached"
 
 # --- cleanup on both ------------------------------------------------------------------------
-out=$(kp_op -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup 2>&1) &&
-    rc=0 || rc=$?
+capture rc out kp_op -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup
 check "cleanup on both hosts exits 0" test "$rc" -eq 0
 check "no declared domain remains" test -z "$(virsh_hv 1 list --all --name)$(virsh_hv 2 list --all --name)"
 left=$(rh_exec 2 ls "$RH_POOLS/instances")

@@ -1,33 +1,46 @@
 #!/usr/bin/env bash
 # End-to-end tests: a real libvirtd in a private network namespace, a locally built Debian
-# image on a local mirror (127.0.0.1 inside the namespace), kvmprov driving it. Scenarios
-# (each a file here, sourced in order, sharing one namespace): boot (real guests, SSH),
-# provision (preflight cases, 20 instances in parallel, generated files), cleanup (decoys),
-# faults (SIGKILL at many points, two runs at once, SIGTERM, SIGINT mid-download,
-# libvirtd restarted mid-run), ansible (ansible-core from PyPI against `kvmprov inventory`),
-# userdata (the operator's user_data, fqdn and password_file on one booted guest).
-# Prints "e2e: N passed, N failed" and exits non-zero when any check failed.
+# image on a local mirror (127.0.0.1 inside the namespace), kvmprov driving it. Scenarios, each a
+# file here that stands alone: it runs in a subshell with its own scratch directory, config and
+# instances, and what it made is removed after it (lib.sh: e2e_scenario, e2e_release), so any
+# one runs by itself and the order does not matter. They share only the namespace, libvirtd and
+# the mirror, set up once per run.
+#   provision  preflight cases, 20 instances in parallel, generated files
+#   cleanup    decoys that every cleanup mode must leave alone
+#   faults     SIGKILL at many points, two runs at once, SIGTERM, SIGINT mid-download, libvirtd
+#              restarted mid-run
+#   boot       real TCG guests (both releases, BIOS/UEFI/Secure Boot, NAT/static/bridged), SSH
+#   ansible    ansible-core from PyPI against `kvmprov inventory`, on two guests it boots
+#   userdata   the operator's user_data, fqdn and password_file on one booted guest
+# Prints "e2e: N passed, N failed" and exits non-zero when any check failed (or a scenario stopped
+# before its end).
 #   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata
-#   tests/e2e/run.sh boot ansible       boot, then Ansible through `kvmprov inventory` (needs PyPI)
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
+ALL=(provision cleanup faults boot ansible userdata)
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=("${ALL[@]}")
+for s in "${scenarios[@]}"; do
+    [[ " ${ALL[*]} " == *" $s "* ]] || { echo "unknown scenario '$s'; one of: ${ALL[*]}" >&2; exit 2; }
+done
+
 [ "$(id -u)" -eq 0 ] || { echo "e2e tests need root (network namespaces, libvirtd)" >&2; exit 2; }
 [ -x "$KVMPROV" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 
-scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(provision cleanup faults boot ansible userdata)
-
-E2E_DOMAINS=""
 trap e2e_teardown EXIT
 e2e_setup
-virsh_ns() { in_ns virsh -q -c qemu:///system "$@"; }
 
 for s in "${scenarios[@]}"; do
     log "=== scenario $s"
-    # shellcheck source=/dev/null
-    source "$(dirname "$0")/$s.sh"
+    t0=$(date +%s)
+    mark=$(($(wc -l <"$E2E_RESULTS/results") + 1))
+    e2e_scenario "$s"
+    [ "$E2E_SCENARIO_RC" -eq 0 ] ||
+        fail "scenario $s ran to its end (it stopped with status $E2E_SCENARIO_RC; the lines above say where)"
+    e2e_release "$s"
+    log "=== scenario $s: $(e2e_counts "$mark") in $(($(date +%s) - t0)) s"
 done
 
 e2e_summary

@@ -6,13 +6,11 @@
 # plain password appears in no seed byte, domain XML, -vvv log, JSON or process argument. A
 # colliding kvmprov key and a password file others can read are refused at `check`, with the
 # line. The seed's user-data and network-config pass cloud-init 22.4's and 25.1's schema.
-# Runs alone after run.sh's setup: tests/e2e/run.sh userdata
-UD="$E2E_DIR/userdata"
-mkdir -p "$UD"
-chmod 0755 "$UD"
+# Runs alone: tests/e2e/run.sh userdata
+UD="$E2E_SCRATCH"
 UD_CFG="$UD/vars.yml"
 UD_PW="e2e-Ud-File-Secret-77"
-E2E_DOMAINS="$E2E_DOMAINS e2e-ud"
+e2e_own_domains e2e-ud
 
 printf '%s\n' "$UD_PW" >"$UD/password"
 chmod 0600 "$UD/password"
@@ -57,18 +55,12 @@ chmod 0600 "$UD_CFG"
 check "check accepts the user_data config" kp -c "$UD_CFG" check
 sed 's/^    timezone: Europe\/Berlin$/    timezone: Europe\/Berlin\n    ssh_pwauth: true/' "$UD_CFG" >"$UD/collide.yml"
 line=$(grep -n '^    ssh_pwauth: true$' "$UD/collide.yml" | cut -d: -f1)
-set +e
-out=$(kp -c "$UD/collide.yml" check 2>&1)
-rc=$?
-set -e
+capture rc out kp -c "$UD/collide.yml" check
 echo "$out" | head -n 3
 check "a user_data key kvmprov sets is refused at check with its line (exit $rc)" \
     bash -c '[ "$0" -eq 2 ] && grep -q "collide.yml:$1:5: user_data key \`ssh_pwauth\` is set by kvmprov" <<<"$2"' "$rc" "$line" "$out"
 chmod 0644 "$UD/password"
-set +e
-out=$(kp -c "$UD_CFG" check 2>&1)
-rc=$?
-set -e
+capture rc out kp -c "$UD_CFG" check
 chmod 0600 "$UD/password"
 check "a password_file others can read is refused (path, owner, mode; exit $rc)" \
     bash -c '[ "$0" -eq 2 ] && grep -q "$1" <<<"$2" && grep -q "mode 0644" <<<"$2" && grep -q "owner uid" <<<"$2"' "$rc" "$UD/password" "$out"
@@ -78,14 +70,11 @@ check "that error does not show the password" bash -c '! grep -q "$0" <<<"$1"' "
 log "kvmprov -vvv provision (full): one TCG guest with user_data"
 (while :; do ps -eo args; sleep 0.2; done) >"$UD/ps.log" 2>/dev/null &
 ud_ps=$!
-set +e
-kp -c "$UD_CFG" -vvv --output json -e kvm_runtime_timeout_seconds=1200 provision >"$UD/provision.json" 2>"$UD/provision.log"
-rc=$?
-set -e
+capture rc - kp -c "$UD_CFG" -vvv --output json -e kvm_runtime_timeout_seconds=1200 provision >"$UD/provision.json" 2>"$UD/provision.log"
 kill "$ud_ps" 2>/dev/null
 wait "$ud_ps" 2>/dev/null || true
-E2E_EVIDENCE+=("$UD/provision.log")
-E2E_CONSOLES+=("$UD/instances/e2e-ud-console.log")
+evidence "$UD/provision.log"
+console_evidence "$UD/instances/e2e-ud-console.log"
 check "provision with user_data and password_file exits 0" test "$rc" -eq 0
 check "e2e-ud is ready: SSH with the pinned host key and cloud-init done" \
     outcome "$(cat "$UD/provision.json")" e2e-ud wait "^ready at .*cloud-init done"
@@ -136,9 +125,9 @@ for doc in user-data network-config; do
 done
 check "the seed's user-data joins the user_data (write_files, timezone, fqdn)" \
     bash -c 'grep -q "timezone" "$0" && grep -q "write_files" "$0" && grep -q "e2e-ud.example.test" "$0"' "$UD/seed-docs/e2e-ud.user-data"
-bash "$E2E_ROOT/tests/cloud-init-schema.sh" "$UD/seed-docs" >"$UD/schema.log" 2>&1 && rc=0 || rc=$?
+capture rc - bash "$E2E_ROOT/tests/cloud-init-schema.sh" "$UD/seed-docs" >"$UD/schema.log" 2>&1
 tail -n 3 "$UD/schema.log"
-E2E_EVIDENCE+=("$UD/schema.log")
+evidence "$UD/schema.log"
 check "the e2e seed's user-data and network-config pass cloud-init schema 22.4 and 25.1" test "$rc" -eq 0
 
 kp -c "$UD_CFG" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null

@@ -9,6 +9,7 @@ use std::path::Path;
 use kvmprov_seed::merge::{self, CloudConfig};
 
 use super::diagnostics::{did_you_mean, Locator};
+use super::disks;
 use super::password::{self, LoginPassword};
 use super::raw::{CatalogImage, CloudInitDefaults, FirmwareChoice, InstanceDefinition, Vars};
 use super::resolved::{effective_mac, Config, Instance, StaticIpv4};
@@ -214,6 +215,7 @@ fn resolve_instance(
         check_fqdn(fqdn, &d.instance_name).map_err(|m| at.key("fqdn").error(m))?;
     }
     let own = user_data::load(at, d.user_data_file.as_deref(), shared.base, shared.login)?;
+    let disks = disks::resolve(at, &d.disks)?;
     Ok(Instance {
         name: d.instance_name.clone(),
         image_name: d.image_name.clone(),
@@ -231,6 +233,7 @@ fn resolve_instance(
         secure_boot: d.secure_boot,
         fqdn: d.fqdn.as_ref().map(|f| f.to_ascii_lowercase()),
         user_data: merge::layer(&shared.user_data, &own),
+        disks,
     })
 }
 

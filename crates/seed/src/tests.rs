@@ -18,6 +18,7 @@ fn spec(network: NetworkSpec) -> SeedSpec {
         runcmd: vec!["echo on: 1e3 # not a comment".into(), "null".into()],
         fqdn: None,
         user_data: CloudConfig::default(),
+        data_filesystems: vec![],
     }
 }
 

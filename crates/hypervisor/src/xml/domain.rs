@@ -64,6 +64,8 @@ pub struct DomainSpec {
     pub memory_mib: u64,
     /// The qcow2 overlay (vda).
     pub disk_path: PathBuf,
+    /// Data disks (`vdb`, `vdc`, …), each with its serial.
+    pub data_disks: Vec<super::DataDiskSpec>,
     /// The cloud-init NoCloud ISO (a read-only CD).
     pub seed_path: PathBuf,
     /// The libvirt network the NIC joins.
@@ -153,7 +155,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <controller type='scsi' index='0' model='virtio-scsi'/>
+{data_disks}    <controller type='scsi' index='0' model='virtio-scsi'/>
     <disk type='file' device='cdrom'>
       <driver name='qemu' type='raw'/>
       <source file='{seed}'/>
@@ -206,6 +208,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
             _ => "",
         },
         disk = p(&s.disk_path),
+        data_disks = super::data_disks_xml(&s.data_disks),
         seed = p(&s.seed_path),
         net = esc(&s.network),
         mac = esc(&s.mac),
@@ -440,6 +443,7 @@ pub(super) mod tests {
             vcpus: 2,
             memory_mib: 1536,
             disk_path: "/p/a.qcow2".into(),
+            data_disks: vec![],
             seed_path: "/p/a-seed.iso".into(),
             network: "default".into(),
             mac: mac_for(name),

@@ -285,6 +285,30 @@ mod tests {
         assert!(remedy(&changes).contains("the disk is kept"));
     }
 
+    /// Data disks added, removed and resized are each named, old → new; a domain recorded
+    /// before data disks existed had none, so a disk added since is reported too.
+    #[test]
+    fn data_disks_added_removed_and_resized_are_named() {
+        let disks = |list: &str| cfg(&format!("    disks: [{list}]\n"), "pw");
+        let before = disks("{name: data, size_gib: 10, filesystem: ext4, mount: /srv/data}, {name: old, size_gib: 1}");
+        let after = disks("{name: data, size_gib: 20, filesystem: ext4, mount: /srv/data}, {name: new, size_gib: 2}");
+        let changes = diff(&recorded(&before), &fields(&after), SALT);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(
+            changes[0].describe(),
+            "data disk data 10 GiB ext4 on /srv/data → data 20 GiB ext4 on /srv/data; data disk old 1 GiB raw removed; data disk new 2 GiB raw added"
+        );
+        // Recorded by a kvmprov without data disks: no `disks` field.
+        let mut older = recorded(&cfg("", "pw"));
+        older.retain(|(n, _)| n != "disks");
+        let changes = diff(&older, &fields(&before), SALT);
+        assert_eq!(
+            changes[0].describe(),
+            "data disk data 10 GiB ext4 on /srv/data added; data disk old 1 GiB raw added"
+        );
+        assert_eq!(diff(&older, &fields(&cfg("", "pw")), SALT), vec![]);
+    }
+
     #[test]
     fn secrets_are_recorded_as_salted_digests_and_reported_without_values() {
         let before = cfg("", "old-secret");

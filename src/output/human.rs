@@ -213,6 +213,22 @@ pub fn status_table(rows: &[InstanceStatus], several_hosts: bool) -> String {
         if several_hosts {
             out.push_str(&format!("{:<16} on {}\n", "", r.host));
         }
+        for d in &r.disks {
+            let volume = match d.capacity_bytes {
+                None => "missing".to_string(),
+                Some(c) if c == d.size_gib << 30 => "present".to_string(),
+                Some(c) => format!("present, {} bytes", c),
+            };
+            let fs = match (&d.filesystem, &d.mount) {
+                (Some(fs), Some(m)) => format!("{fs} on {m}"),
+                (Some(fs), None) => fs.clone(),
+                _ => "raw".to_string(),
+            };
+            out.push_str(&format!(
+                "{:<16} disk {} {} GiB {fs}: {} ({volume})\n",
+                "", d.name, d.size_gib, d.volume
+            ));
+        }
     }
     out
 }

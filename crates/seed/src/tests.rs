@@ -555,7 +555,10 @@ fn data_disks_are_formatted_only_when_empty_and_mounted_by_serial() {
     s.data_filesystems = data_filesystems();
     s.user_data = CloudConfig(vec![(
         "mounts".into(),
-        Node::Seq(vec![Node::Seq(vec![quoted("/dev/vdz"), quoted("/srv/other")])]),
+        Node::Seq(vec![Node::Seq(vec![
+            quoted("/dev/vdz"),
+            quoted("/srv/other"),
+        ])]),
     )]);
     let Some(v) = pyyaml(&user_data(&s)) else {
         return;
@@ -570,7 +573,14 @@ fn data_disks_are_formatted_only_when_empty_and_mounted_by_serial() {
     assert_eq!(
         v["mounts"],
         serde_json::json!([
-            ["/dev/disk/by-id/virtio-data", "/srv/data", "ext4", "defaults,nofail", "0", "2"],
+            [
+                "/dev/disk/by-id/virtio-data",
+                "/srv/data",
+                "ext4",
+                "defaults,nofail",
+                "0",
+                "2"
+            ],
             ["/dev/vdz", "/srv/other"],
         ])
     );

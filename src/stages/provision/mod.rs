@@ -184,11 +184,8 @@ impl<'a> Prepared<'a> {
     fn planned(&self) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
         for (inst, p) in &self.planned {
-            for (d, dp) in plan_disks(
-                inst,
-                &self.volumes,
-                !matches!(p, InstancePlan::Create { .. }),
-            ) {
+            let domain_exists = matches!(p, InstancePlan::Keep | InstancePlan::Drift(_));
+            for (d, dp) in plan_disks(inst, &self.volumes, domain_exists) {
                 let o = Outcome::planned(describe_disk(inst, d, &dp));
                 self.s.printer.outcome(&o);
                 outcomes.push(o);

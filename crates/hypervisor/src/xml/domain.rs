@@ -271,6 +271,8 @@ pub struct ObservedDomain {
     pub macs: Vec<String>,
     /// Source files (or block devices) of all disks, disk and cdrom, in device order.
     pub disk_paths: Vec<PathBuf>,
+    /// The `<serial>`s of the disks that have one, in device order (kvmprov's data disks).
+    pub disk_serials: Vec<String>,
     /// `kvm`, `qemu`, or whatever else the driver uses (`test`).
     pub domain_type: Option<String>,
     /// `None` for domains kvmprov did not define.
@@ -339,6 +341,7 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
     let mut networks = Vec::new();
     let mut macs = Vec::new();
     let mut disk_paths = Vec::new();
+    let mut disk_serials = Vec::new();
     if let Some(devices) = child(root, "devices") {
         for dev in devices.children().filter(|c| c.is_element()) {
             match dev.tag_name().name() {
@@ -355,6 +358,9 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
                         .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
                     {
                         disk_paths.push(PathBuf::from(f));
+                    }
+                    if let Some(serial) = child(dev, "serial").and_then(|s| s.text()) {
+                        disk_serials.push(serial.trim().to_string());
                     }
                 }
                 _ => {}
@@ -399,6 +405,7 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
         networks,
         macs,
         disk_paths,
+        disk_serials,
         domain_type: root.attribute("type").map(String::from),
         metadata,
     })

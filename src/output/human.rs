@@ -150,6 +150,9 @@ pub fn config(cfg: &Config) -> String {
             "    {:<14} {:<10} {} vCPU {:>6} MiB {:>5} GiB  net {} ip {} snapshot {}{on}",
             i.name, i.image_name, i.vcpus, i.memory_mib, i.disk_size_gib, i.network, ip, snap
         ));
+        for d in &i.disks {
+            line(format!("      data disk {} ({})", d.summary(), d.by_id()));
+        }
     }
     line(format!(
         "  cleanup         confirmed={} remove_disks={}",

@@ -139,6 +139,18 @@ pub(super) fn resolve(
                 .key("name")
                 .error(format!("data disk `{}` is declared twice", d.name)));
         }
+        // cloud-init's mounts module takes `<device>1`, `<device>p1` and `<device>-part1` for
+        // the device's first partition: `data1` beside `data` would hide `data`'s mount.
+        if let Some(other) = defs.iter().find(|o| {
+            ["1", "p1", "-part1"]
+                .iter()
+                .any(|suffix| d.name == format!("{}{suffix}", o.name))
+        }) {
+            return Err(here.key("name").error(format!(
+                "data disk name `{}` reads as a partition of data disk `{}` to cloud-init: choose another name",
+                d.name, other.name
+            )));
+        }
         if !(1..=65536).contains(&d.size_gib) {
             return Err(here
                 .key("size_gib")

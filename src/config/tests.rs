@@ -477,6 +477,11 @@ fn data_disks_are_checked_where_they_are_written() {
         ),
         ("      - {name: d, size_gib: 0}\n", "vars.yml:14:29: ", "between 1 and 65536"),
         (
+            "      - {name: d, size_gib: 1}\n      - {name: dp1, size_gib: 1}\n",
+            "vars.yml:15:16: ",
+            "reads as a partition of data disk `d`",
+        ),
+        (
             "      - {name: d, size_gib: 1, filesystem: xfs}\n",
             "vars.yml:14:44: ",
             "xfs is not supported yet",

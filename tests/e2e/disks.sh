@@ -56,8 +56,9 @@ check "e2e-disks is ready: SSH with the pinned host key and cloud-init done" \
     outcome "$(cat "$DK/provision.json")" e2e-disks wait "^ready at .*cloud-init done"
 check "provision created the data disk volume" \
     outcome "$(cat "$DK/provision.json")" e2e-disks create '^data disk e2e-disks_data\.qcow2 .*: missing, created empty$'
+# -U: the running qemu holds the images' write lock.
 check "both data disk volumes are qcow2 files in the instance pool" \
-    bash -c 'for d in data raw; do qemu-img info "$0/e2e-disks_$d.qcow2" | grep -q "file format: qcow2" || exit 1; done' "$DK_POOL"
+    bash -c 'for d in data raw; do qemu-img info -U "$0/e2e-disks_$d.qcow2" | grep -q "file format: qcow2" || exit 1; done' "$DK_POOL"
 
 dk_ssh() { kp -c "$DK_CFG" ssh e2e-disks -- "$1" 2>&1; }
 by_ids() {
@@ -87,7 +88,7 @@ for doc in user-data network-config; do
     isoinfo -i "$seed" -R -x "/$doc" >"$DK/seed-docs/e2e-disks.$doc" || rm -f "$DK/seed-docs/e2e-disks.$doc"
 done
 check "the seed's user-data has fs_setup and mounts" \
-    bash -c 'grep -q "^fs_setup:" "$0" && grep -q "^mounts:" "$0"' "$DK/seed-docs/e2e-disks.user-data"
+    bash -c 'grep -q "^\"fs_setup\":" "$0" && grep -q "^\"mounts\":" "$0"' "$DK/seed-docs/e2e-disks.user-data"
 bash "$E2E_ROOT/tests/cloud-init-schema.sh" "$DK/seed-docs" >"$DK/schema.log" 2>&1 && rc=0 || rc=$?
 tail -n 3 "$DK/schema.log"
 E2E_EVIDENCE+=("$DK/schema.log")

@@ -246,6 +246,43 @@ mod tests {
     struct Outer(#[source] std::io::Error);
 
     #[test]
+    fn status_lists_each_data_disk_under_its_instance() {
+        use crate::output::json::{DiskStatus, InstanceStatus};
+        let disk = |name: &str, capacity: Option<u64>, mount: Option<&str>| DiskStatus {
+            name: name.into(),
+            volume: format!("/p/db-01_{name}.qcow2"),
+            by_id: format!("/dev/disk/by-id/virtio-{name}"),
+            size_gib: 2,
+            capacity_bytes: capacity,
+            filesystem: mount.map(|_| "ext4".into()),
+            mount: mount.map(String::from),
+        };
+        let row = InstanceStatus {
+            name: "db-01".into(),
+            host: "qemu:///system".into(),
+            state: "running".into(),
+            domain_type: "kvm".into(),
+            image: "debian-12".into(),
+            ip: None,
+            ssh_ready: false,
+            snapshots: vec![],
+            disks: vec![
+                disk("data", Some(2 << 30), Some("/srv/data")),
+                disk("raw", None, None),
+            ],
+        };
+        let text = status_table(&[row], false);
+        let lines: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "                 disk data 2 GiB ext4 on /srv/data: /p/db-01_data.qcow2 (present)",
+                "                 disk raw 2 GiB raw: /p/db-01_raw.qcow2 (missing)",
+            ]
+        );
+    }
+
+    #[test]
     fn run_records_failure_chain() {
         let o = run(Action::new("app-01", Op::Create, "missing"), || {
             Err(Outer(std::io::Error::other("inner cause")))

@@ -54,6 +54,7 @@ fn main() {
         runcmd: vec![],
         fqdn: None,
         user_data: Default::default(),
+        data_filesystems: vec![],
     };
     let names: Vec<String> = (1..=count).map(|i| format!("{prefix}-{i:02}")).collect();
     let isos: Vec<Vec<u8>> = names
@@ -77,6 +78,7 @@ fn main() {
                             vcpus: 1,
                             memory_mib: 256,
                             disk_path: dir.join(&disk),
+                            data_disks: vec![],
                             seed_path: dir.join(&seed_vol),
                             network: net.clone(),
                             mac: xml::mac_for(name),

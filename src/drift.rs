@@ -10,7 +10,7 @@
 use kvmprov_hypervisor::xml::DomainType;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, Instance};
+use crate::config::{Config, DataDisk, Instance};
 use crate::firmware::firmware_label;
 
 /// Fields recorded as a digest: a change says only that it changed.
@@ -73,6 +73,7 @@ pub fn instance_fields(
             },
         ),
         ("fqdn", inst.fqdn.clone().unwrap_or_default()),
+        ("disks", list(inst.disks.iter().map(DataDisk::record))),
         ("user", ci.user.clone()),
         // Whichever source gives the password (plain, file, hash): a salted digest of it.
         (
@@ -147,6 +148,9 @@ impl Change {
         if SECRET.contains(&self.field.as_str()) || DIGESTED.contains(&self.field.as_str()) {
             return format!("{} changed", self.field);
         }
+        if self.field == "disks" {
+            return describe_disks(&self.old, &self.new);
+        }
         let shown = |v: &str| {
             if v.is_empty() {
                 "(none)".to_string()
@@ -166,12 +170,17 @@ pub fn diff(recorded: &[(String, String)], wanted: &[(&str, String)], salt: &str
     wanted
         .iter()
         .filter_map(|(name, new)| {
-            let (_, old) = recorded.iter().find(|(n, _)| n == name)?;
+            let old = match recorded.iter().find(|(n, _)| n == name) {
+                Some((_, old)) => old,
+                // Domains from before data disks existed have none.
+                None if *name == "disks" => "",
+                None => return None,
+            };
             // A clear-text list (JSON, `[`…) from an older kvmprov; a digest is 16 hex digits.
             let old = if DIGESTED.contains(name) && old.starts_with('[') {
                 secret_digest(salt, old)
             } else {
-                old.clone()
+                old.to_string()
             };
             (old != *new).then(|| Change {
                 field: name.to_string(),
@@ -180,6 +189,34 @@ pub fn diff(recorded: &[(String, String)], wanted: &[(&str, String)], salt: &str
             })
         })
         .collect()
+}
+
+/// The data disks added, removed or changed between two recorded `disks` values (JSON lists
+/// of [`DataDisk::record`]s, each starting with the disk's name).
+fn describe_disks(old: &str, new: &str) -> String {
+    let parse = |v: &str| -> Vec<String> {
+        if v.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(v).unwrap_or_else(|_| vec![v.to_string()])
+        }
+    };
+    let name = |r: &str| r.split(' ').next().unwrap_or("").to_string();
+    let (old, new) = (parse(old), parse(new));
+    let mut out = Vec::new();
+    for o in &old {
+        match new.iter().find(|n| name(n) == name(o)) {
+            None => out.push(format!("data disk {o} removed")),
+            Some(n) if n != o => out.push(format!("data disk {o} → {n}")),
+            Some(_) => {}
+        }
+    }
+    for n in &new {
+        if !old.iter().any(|o| name(o) == name(n)) {
+            out.push(format!("data disk {n} added"));
+        }
+    }
+    out.join("; ")
 }
 
 /// What applying `changes` takes: the domain is never changed in place.
@@ -246,6 +283,30 @@ mod tests {
         let changes = diff(&recorded(&after), &kvm, SALT);
         assert_eq!(changes[0].describe(), "domain_type qemu → kvm");
         assert!(remedy(&changes).contains("the disk is kept"));
+    }
+
+    /// Data disks added, removed and resized are each named, old → new; a domain recorded
+    /// before data disks existed had none, so a disk added since is reported too.
+    #[test]
+    fn data_disks_added_removed_and_resized_are_named() {
+        let disks = |list: &str| cfg(&format!("    disks: [{list}]\n"), "pw");
+        let before = disks("{name: data, size_gib: 10, filesystem: ext4, mount: /srv/data}, {name: old, size_gib: 1}");
+        let after = disks("{name: data, size_gib: 20, filesystem: ext4, mount: /srv/data}, {name: new, size_gib: 2}");
+        let changes = diff(&recorded(&before), &fields(&after), SALT);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(
+            changes[0].describe(),
+            "data disk data 10 GiB ext4 on /srv/data → data 20 GiB ext4 on /srv/data; data disk old 1 GiB raw removed; data disk new 2 GiB raw added"
+        );
+        // Recorded by a kvmprov without data disks: no `disks` field.
+        let mut older = recorded(&cfg("", "pw"));
+        older.retain(|(n, _)| n != "disks");
+        let changes = diff(&older, &fields(&before), SALT);
+        assert_eq!(
+            changes[0].describe(),
+            "data disk data 10 GiB ext4 on /srv/data added; data disk old 1 GiB raw added"
+        );
+        assert_eq!(diff(&older, &fields(&cfg("", "pw")), SALT), vec![]);
     }
 
     #[test]

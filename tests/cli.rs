@@ -917,3 +917,89 @@ fn regression_check_showed_url_credentials() {
 /// Snapshots of help, human and JSON output (in their own file; one test binary, like here).
 #[path = "cli/snapshots.rs"]
 mod snapshots;
+
+/// Data disks against the test driver: `provision --check` has one line per disk (created,
+/// used as it is, or of another size: drift, never resized) and changes nothing; an existing
+/// domain made without the disks reports them added; `status --output json` lists them.
+#[test]
+fn data_disks_have_a_plan_line_each_and_are_listed_by_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("instances");
+    let cfg = config(dir.path(), "test:///default", &["db-01", "db-02"]);
+    let body = std::fs::read_to_string(&cfg).unwrap().replace(
+        "  - instance_name: db-01\n",
+        "  - instance_name: db-01\n    disks:\n      - {name: data, size_gib: 2, filesystem: ext4, mount: /srv/data}\n      - {name: raw, size_gib: 1}\n",
+    ).replace(
+        "  - instance_name: db-02\n",
+        "  - instance_name: db-02\n    disks: [{name: data, size_gib: 1}]\n",
+    );
+    std::fs::write(&cfg, body).unwrap();
+    // db-01 has no domain; its `data` volume is left from an earlier life, `raw` is missing.
+    // db-02's domain exists, defined without data disks; its volume was made bigger by hand.
+    let uri = node(dir.path(), &[("db-02", 1)]);
+    let node_xml = dir.path().join("node.xml");
+    let volume = |name: &str, gib: u64| {
+        format!(
+            "<volume><name>{name}</name><capacity unit='GiB'>{gib}</capacity><target><path>{}</path><format type='qcow2'/></target></volume>",
+            pool.join(name).display()
+        )
+    };
+    // db-02 is shut off (the test driver's run state): status asks no address of it.
+    let xml = std::fs::read_to_string(&node_xml).unwrap().replace(
+        "<name>db-02</name>",
+        "<name>db-02</name><test:runstate xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>5</test:runstate>",
+    ).replace(
+        "</node>",
+        &format!(
+            "<pool type='dir'><name>inst</name><target><path>{}</path></target>{}{}</pool>\n</node>",
+            pool.display(),
+            volume("db-01_data.qcow2", 2),
+            volume("db-02_data.qcow2", 3),
+        ),
+    );
+    std::fs::write(&node_xml, xml).unwrap();
+    let ops = plan_ops(&cfg, &uri);
+    let lines: Vec<(&str, &str, &str)> = ops
+        .iter()
+        .filter(|(t, _, r)| t.starts_with("db-") && r.starts_with("data disk"))
+        .map(|(t, op, r)| (t.as_str(), op.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("db-01", "ok", "data disk db-01_data.qcow2 (data 2 GiB ext4 on /srv/data, /dev/disk/by-id/virtio-data): exists, used as it is"),
+            ("db-01", "create", "data disk db-01_raw.qcow2 (raw 1 GiB raw, /dev/disk/by-id/virtio-raw): missing, created empty"),
+            ("db-02", "drift", "data disk db-02_data.qcow2 (data 1 GiB raw, /dev/disk/by-id/virtio-data): exists with 3 GiB (config 1), used as it is, never resized by kvmprov"),
+        ],
+        "{ops:?}"
+    );
+    let db02 = ops
+        .iter()
+        .find(|(t, _, r)| t == "db-02" && !r.starts_with("data disk"))
+        .unwrap();
+    assert_eq!(db02.1, "drift", "{ops:?}");
+    assert!(
+        db02.2.contains("data disks (none) (config data)"),
+        "{ops:?}"
+    );
+
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        &format!("kvm_libvirt_uri={uri}"),
+        "--output",
+        "json",
+        "status",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    let rows = v["instances"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(rows.len(), 2, "{v}");
+    let disks = &rows[0]["disks"];
+    assert_eq!(disks[0]["name"], "data", "{v}");
+    assert_eq!(disks[0]["capacity_bytes"], 2u64 << 30, "{v}");
+    assert_eq!(disks[0]["mount"], "/srv/data", "{v}");
+    assert_eq!(disks[1]["capacity_bytes"], serde_json::Value::Null, "{v}");
+    assert_eq!(disks[1]["by_id"], "/dev/disk/by-id/virtio-raw", "{v}");
+}

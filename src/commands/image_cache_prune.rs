@@ -273,6 +273,30 @@ mod tests {
         assert!(got.is_ok(), "{got:?}");
     }
 
+    /// A data disk is a qcow2 without a backing file beside the overlays: it protects no
+    /// cached version and stops nothing; the overlay next to it still protects its base.
+    #[test]
+    fn data_disks_in_the_pool_are_read_as_disks_without_a_base() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("base.qcow2");
+        std::fs::write(&base, crate::domains::tests::qcow2_header(Path::new(""))).unwrap();
+        let pool = t.path().join("pool");
+        std::fs::create_dir(&pool).unwrap();
+        let mut data = crate::domains::tests::qcow2_header(Path::new(""));
+        data[8..20].fill(0); // no backing file
+        std::fs::write(pool.join("app-01_data.qcow2"), &data).unwrap();
+        std::fs::write(
+            pool.join("app-01.qcow2"),
+            crate::domains::tests::qcow2_header(&base),
+        )
+        .unwrap();
+        let got = local_pool_backing(&pool).unwrap();
+        assert_eq!(
+            got,
+            vec![(base.canonicalize().unwrap(), pool.join("app-01.qcow2"))]
+        );
+    }
+
     #[test]
     fn deleting_a_cached_version_removes_a_link_not_its_target() {
         let t = tempfile::tempdir().unwrap();

@@ -46,7 +46,9 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::config::{self, CatalogImage, CloudInitDefaults, InstanceDefinition};
+    use crate::config::{
+        self, CatalogImage, CloudInitDefaults, DataDiskDefinition, InstanceDefinition,
+    };
 
     /// The field names serde's derived `Deserialize` accepts for a struct: it hands them to
     /// `deserialize_struct`, which this deserializer records instead of reading anything.
@@ -155,6 +157,10 @@ mod tests {
                 "kvm_instance_definitions[]".into(),
                 serde_fields::<InstanceDefinition>(),
             ),
+            (
+                "kvm_instance_definitions[].disks[]".into(),
+                serde_fields::<DataDiskDefinition>(),
+            ),
         ])
     }
 
@@ -179,7 +185,11 @@ mod tests {
                 None => (seg, false),
             };
             let map = node.as_object_mut().expect("an object on the path");
-            node = map.entry(key).or_insert_with(|| json!({}));
+            node = map.entry(key).or_insert_with(|| match key {
+                // A list the minimal file lacks: one item with the item's required keys.
+                "disks" => json!([{ "name": "data", "size_gib": 1 }]),
+                _ => json!({}),
+            });
             if item {
                 node = &mut node[0];
             }

@@ -1,5 +1,5 @@
 //! `kvmprov status`: a table of the declared instances (state, domain type, image, address,
-//! SSH readiness, snapshots), every hypervisor asked in parallel.
+//! SSH readiness, snapshots, data disks), every hypervisor asked in parallel.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -9,8 +9,9 @@ use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo};
 use crate::address;
 use crate::config::Instance;
 use crate::exit::ExitStatus;
+use crate::layout::data_disk_name;
 use crate::login::Login;
-use crate::output::json::InstanceStatus;
+use crate::output::json::{DiskStatus, InstanceStatus};
 use crate::parallel::parallel;
 use crate::report::error_chain;
 use crate::settings::Session;
@@ -44,6 +45,7 @@ fn row(
             ip: None,
             ssh_ready: false,
             snapshots: Vec::new(),
+            disks: disks(s, hv, inst)?,
         });
     };
     let observed = kvmprov_hypervisor::xml::parse_domain_xml(&hv.domain_xml(&inst.name)?)?;
@@ -78,7 +80,30 @@ fn row(
         ip: ip.map(|a| a.to_string()),
         ssh_ready,
         snapshots: hv.snapshots(&inst.name)?,
+        disks: disks(s, hv, inst)?,
     })
+}
+
+/// The instance's data disks and whether their volumes are there.
+fn disks(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Vec<DiskStatus>, HvError> {
+    inst.disks
+        .iter()
+        .map(|d| {
+            let path = s
+                .cfg
+                .instance_pool_path
+                .join(data_disk_name(&inst.name, &d.name));
+            Ok(DiskStatus {
+                name: d.name.clone(),
+                capacity_bytes: hv.volume_by_path(&path)?.map(|v| v.capacity),
+                volume: path.display().to_string(),
+                by_id: d.by_id(),
+                size_gib: d.size_gib,
+                filesystem: d.filesystem.map(|f| f.as_str().to_string()),
+                mount: d.mount.as_ref().map(|m| m.display().to_string()),
+            })
+        })
+        .collect()
 }
 
 /// The rows of one hypervisor's instances.

@@ -13,11 +13,13 @@
 //! | `resolve` | [`Vars`] → [`Config`]: rules across fields, each error located in the tree |
 //! | `validate` | checks of single values (names, paths, URLs, addresses) |
 //! | `user_data` | the operator's cloud-config (inline or a file): read, checked, converted |
+//! | `disks` | an instance's data disks: their form in the file, checks, resolved form |
 //! | `password` | the login password's source (`password`, `password_hash`, `password_file`) |
 //! | `resolved` | [`Config`] and [`Instance`]: what the stages read |
 //! | `diagnostics` | [`Location`], [`ConfigError`], the wording of YAML and serde errors |
 
 mod diagnostics;
+mod disks;
 mod document;
 mod password;
 mod profiles;
@@ -30,6 +32,7 @@ mod validate;
 use std::path::Path;
 
 pub use diagnostics::{did_you_mean, ConfigError, Location};
+pub use disks::{DataDisk, DataDiskDefinition, Filesystem};
 pub use password::LoginPassword;
 pub use raw::{
     CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, InstanceDefinition,

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::disks::DataDiskDefinition;
+
 /// Every top-level key of the variables file (the replaced Ansible project's names plus ours).
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "kvm_hypervisor_host",
@@ -297,6 +299,10 @@ pub struct InstanceDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = null))]
     pub user_data_file: Option<PathBuf>,
+    /// Data disks: empty qcow2 volumes `<instance_name>_<name>.qcow2` in the instance pool, kept when the instance is re-created and by `cleanup-force` (removed only with kvm_cleanup_remove_instance_disks). An existing volume is used as it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("default" = []))]
+    pub disks: Vec<DataDiskDefinition>,
 }
 
 /// An instance may take its image_name from its profile: the schema asks for one or the other

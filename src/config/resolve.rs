@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use kvmprov_seed::merge::{self, CloudConfig};
 
 use super::diagnostics::{did_you_mean, Locator};
+use super::disks;
 use super::password::{self, LoginPassword};
 use super::profiles::{self, Expanded};
 use super::raw::{CatalogImage, CloudInitDefaults, FirmwareChoice, InstanceDefinition, Vars};
@@ -235,6 +236,7 @@ fn resolve_instance(
         ),
         None => shared.user_data.clone(),
     };
+    let disks = disks::resolve(at, &d.disks)?;
     Ok(Instance {
         name: d.instance_name.clone(),
         image_name: d.image_name.clone(),
@@ -252,6 +254,7 @@ fn resolve_instance(
         secure_boot: d.secure_boot,
         fqdn: d.fqdn.as_ref().map(|f| f.to_ascii_lowercase()),
         user_data: merge::layer(&below, &own),
+        disks,
     })
 }
 

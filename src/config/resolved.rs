@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use kvmprov_seed::merge::CloudConfig;
 
+use super::disks::DataDisk;
 use super::password::LoginPassword;
 use super::raw::{CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, StageChoice};
 
@@ -51,6 +52,10 @@ pub struct Instance {
         serialize_with = "serialize_cloud_config"
     )]
     pub user_data: CloudConfig,
+    /// Data disks, in the order they are attached (`vdb`, `vdc`, …). Left out of the
+    /// serialised form when there are none: older domains' config digests stay the same.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DataDisk>,
 }
 
 fn serialize_cloud_config<S: serde::Serializer>(c: &CloudConfig, s: S) -> Result<S::Ok, S::Error> {
@@ -79,6 +84,7 @@ impl Instance {
             secure_boot: false,
             fqdn: None,
             user_data: CloudConfig::default(),
+            disks: vec![],
         }
     }
 }

@@ -440,3 +440,80 @@ fn regression_overlap_with_default_pool_pointed_at_wrong_line() {
     assert!(e.starts_with("vars.yml:2:23: "), "{e}");
     assert!(e.contains("must be separate directories"), "{e}");
 }
+
+/// Data disks: resolved in order; every broken rule is an error at its key's line and column.
+#[test]
+fn data_disks_are_checked_where_they_are_written() {
+    let with_disks = |disks: &str| {
+        GOOD.replace(
+            "  - instance_name: app-02\n",
+            &format!("  - instance_name: app-02\n    disks:\n{disks}"),
+        )
+    };
+    let c = p(
+        &with_disks(
+            "      - {name: data, size_gib: 10, filesystem: ext4, mount: /srv/data}\n      - {name: raw, size_gib: 1}\n",
+        ),
+        &[],
+    )
+    .unwrap();
+    let d = &c.instances[1].disks;
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[0].summary(), "data 10 GiB ext4 on /srv/data");
+    assert_eq!(d[0].by_id(), "/dev/disk/by-id/virtio-data");
+    assert_eq!(d[1].summary(), "raw 1 GiB raw");
+    assert!(c.instances[0].disks.is_empty());
+    for (disks, at, says) in [
+        ("      - {name: Data, size_gib: 1}\n", "vars.yml:14:16: ", "may contain only"),
+        (
+            "      - {name: a-very-long-disk-name, size_gib: 1}\n",
+            "vars.yml:14:16: ",
+            "1 to 16 characters",
+        ),
+        (
+            "      - {name: d, size_gib: 1}\n      - {name: d, size_gib: 2}\n",
+            "vars.yml:15:16: ",
+            "declared twice",
+        ),
+        ("      - {name: d, size_gib: 0}\n", "vars.yml:14:29: ", "between 1 and 65536"),
+        (
+            "      - {name: d, size_gib: 1}\n      - {name: dp1, size_gib: 1}\n",
+            "vars.yml:15:16: ",
+            "reads as a partition of data disk `d`",
+        ),
+        (
+            "      - {name: d, size_gib: 1, filesystem: xfs}\n",
+            "vars.yml:14:44: ",
+            "xfs is not supported yet",
+        ),
+        (
+            "      - {name: d, size_gib: 1, mount: /srv/d}\n",
+            "vars.yml:14:39: ",
+            "mount needs a filesystem",
+        ),
+        (
+            "      - {name: d, size_gib: 1, filesystem: ext4, mount: /etc/d}\n",
+            "vars.yml:14:57: ",
+            "guest's own system files",
+        ),
+        (
+            "      - {name: d, size_gib: 1, filesystem: ext4, mount: /srv/d}\n      - {name: e, size_gib: 1, filesystem: ext4, mount: /srv/d}\n",
+            "vars.yml:15:57: ",
+            "used by another data disk",
+        ),
+        (
+            "      - {name: d, size_gib: 1, filesystem: ext4, mount_options: noatime}\n",
+            "vars.yml:14:65: ",
+            "mount_options needs mount",
+        ),
+        (
+            "      - {name: d, size_gib: 1, filesystem: ext4, mount: /srv/d, mount_options: \"a b\"}\n",
+            "vars.yml:14:80: ",
+            "without white space",
+        ),
+        ("      - {name: d, size_gib: 1, bus: scsi}\n", "vars.yml:14:32: ", "unknown"),
+    ] {
+        let e = err(&with_disks(disks), &[]);
+        assert!(e.starts_with(at) && e.contains(says), "want {at} … {says}: {e}");
+    }
+}

@@ -200,6 +200,9 @@ pub fn config(cfg: &Config) -> String {
             "    {:<14} {:<10} {} vCPU {:>6} MiB {:>5} GiB  net {} ip {} snapshot {}{on}",
             i.name, i.image_name, i.vcpus, i.memory_mib, i.disk_size_gib, i.network, ip, snap
         ));
+        for d in &i.disks {
+            line(format!("      data disk {} ({})", d.summary(), d.by_id()));
+        }
         if let Some(o) = cfg.origins.iter().find(|o| o.instance == i.name) {
             origins(o).into_iter().for_each(&mut line);
         }
@@ -266,6 +269,22 @@ pub fn status_table(rows: &[InstanceStatus], several_hosts: bool) -> String {
         if several_hosts {
             out.push_str(&format!("{:<16} on {}\n", "", r.host));
         }
+        for d in &r.disks {
+            let volume = match d.capacity_bytes {
+                None => "missing".to_string(),
+                Some(c) if c == d.size_gib << 30 => "present".to_string(),
+                Some(c) => format!("present, {} bytes", c),
+            };
+            let fs = match (&d.filesystem, &d.mount) {
+                (Some(fs), Some(m)) => format!("{fs} on {m}"),
+                (Some(fs), None) => fs.clone(),
+                _ => "raw".to_string(),
+            };
+            out.push_str(&format!(
+                "{:<16} disk {} {} GiB {fs}: {} ({volume})\n",
+                "", d.name, d.size_gib, d.volume
+            ));
+        }
     }
     out
 }
@@ -278,6 +297,43 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn status_lists_each_data_disk_under_its_instance() {
+        use crate::output::json::{DiskStatus, InstanceStatus};
+        let disk = |name: &str, capacity: Option<u64>, mount: Option<&str>| DiskStatus {
+            name: name.into(),
+            volume: format!("/p/db-01_{name}.qcow2"),
+            by_id: format!("/dev/disk/by-id/virtio-{name}"),
+            size_gib: 2,
+            capacity_bytes: capacity,
+            filesystem: mount.map(|_| "ext4".into()),
+            mount: mount.map(String::from),
+        };
+        let row = InstanceStatus {
+            name: "db-01".into(),
+            host: "qemu:///system".into(),
+            state: "running".into(),
+            domain_type: "kvm".into(),
+            image: "debian-12".into(),
+            ip: None,
+            ssh_ready: false,
+            snapshots: vec![],
+            disks: vec![
+                disk("data", Some(2 << 30), Some("/srv/data")),
+                disk("raw", None, None),
+            ],
+        };
+        let text = status_table(&[row], false);
+        let lines: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "                 disk data 2 GiB ext4 on /srv/data: /p/db-01_data.qcow2 (present)",
+                "                 disk raw 2 GiB raw: /p/db-01_raw.qcow2 (missing)",
+            ]
+        );
+    }
 
     #[test]
     fn run_records_failure_chain() {

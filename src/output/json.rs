@@ -201,6 +201,25 @@ pub struct InstanceStatus {
     pub ip: Option<String>,
     pub ssh_ready: bool,
     pub snapshots: Vec<String>,
+    /// The instance's data disks (left out when it has none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskStatus>,
+}
+
+/// `status`: one data disk of an instance.
+#[derive(Debug, Serialize)]
+pub struct DiskStatus {
+    pub name: String,
+    /// The volume's file in the instance pool.
+    pub volume: String,
+    /// What the guest calls it.
+    pub by_id: String,
+    /// The configured size.
+    pub size_gib: u64,
+    /// The volume's virtual size in bytes; `None`: there is no such volume.
+    pub capacity_bytes: Option<u64>,
+    pub filesystem: Option<String>,
+    pub mount: Option<String>,
 }
 
 #[cfg(test)]

@@ -12,14 +12,15 @@
 #   boot       real TCG guests (both releases, BIOS/UEFI/Secure Boot, NAT/static/bridged), SSH
 #   ansible    ansible-core from PyPI against `kvmprov inventory`, on two guests it boots
 #   userdata   the operator's user_data, fqdn and password_file on one booted guest
+#   disks      two data disks on one booted guest, kept across cleanup-force and a re-provision
 # Prints "e2e: N passed, N failed" and exits non-zero when any check failed (or a scenario stopped
 # before its end).
-#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata
+#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata disks
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-ALL=(provision cleanup faults boot ansible userdata)
+ALL=(provision cleanup faults boot ansible userdata disks)
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=("${ALL[@]}")
 for s in "${scenarios[@]}"; do

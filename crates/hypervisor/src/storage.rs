@@ -276,6 +276,22 @@ impl Hypervisor {
         volume_info(&v)
     }
 
+    /// An empty volume of `capacity_bytes` in `format` (`qcow2`: libvirt runs qemu-img; the
+    /// file starts small and grows as the guest writes). Fails if the name is taken.
+    pub fn create_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        capacity_bytes: u64,
+        format: &str,
+    ) -> Result<VolumeInfo, HvError> {
+        let p = self.lookup_pool(pool)?;
+        let xml = xml::raw_volume_xml(name, capacity_bytes, format);
+        let v = StorageVol::create_xml(&p, &xml, 0)
+            .map_err(lv(format!("create volume {name} in pool {pool}")))?;
+        volume_info(&v)
+    }
+
     /// Create a volume and fill it with `bytes` through a libvirt stream (works remotely).
     /// A half-written volume is deleted.
     pub fn upload_volume(
@@ -411,6 +427,16 @@ impl Hypervisor {
             .info_flags(virt_sys::VIR_STORAGE_VOL_GET_PHYSICAL)
             .map_err(lv(format!("read volume {name} in pool {pool}")))?;
         Ok(Some(info.allocation))
+    }
+
+    /// The volume `name` of `pool`, `None` when there is none.
+    pub fn volume(&self, pool: &str, name: &str) -> Result<Option<VolumeInfo>, HvError> {
+        let p = self.lookup_pool(pool)?;
+        none_if_missing(
+            p.lookup_storage_vol_by_name(name)
+                .map_err(lv(format!("look up volume {name} in pool {pool}")))
+                .and_then(|v| volume_info(&v)),
+        )
     }
 
     /// Does `pool` hold a volume called `name`? One lookup, not a listing: a listing races with

@@ -13,7 +13,10 @@ use std::net::Ipv4Addr;
 
 use serde_json::{json, Map, Value};
 
+mod disks;
 pub mod merge;
+
+pub use disks::DataFilesystem;
 
 use merge::{CloudConfig, Node};
 
@@ -131,6 +134,8 @@ pub struct SeedSpec {
     /// The operator's own cloud-config, defaults and instance already layered
     /// ([`merge::layer`]); joined with kvmprov's keys by [`merge::join`].
     pub user_data: CloudConfig,
+    /// Data disks to format (if empty) and mount, through cloud-init's own modules.
+    pub data_filesystems: Vec<DataFilesystem>,
 }
 
 impl fmt::Debug for SeedSpec {
@@ -155,6 +160,7 @@ impl fmt::Debug for SeedSpec {
             .field("fqdn", &self.fqdn)
             // The operator's cloud-config can hold tokens (write_files, apt proxies).
             .field("user_data_keys", &self.user_data.0.len())
+            .field("data_filesystems", &self.data_filesystems)
             .finish()
     }
 }
@@ -307,6 +313,9 @@ pub fn user_data(spec: &SeedSpec) -> String {
     }
     if !spec.runcmd.is_empty() {
         doc.insert("runcmd".into(), json!(spec.runcmd));
+    }
+    for (key, value) in disks::cloud_config(&spec.data_filesystems) {
+        doc.insert(key.into(), value);
     }
     let own = match Node::from_json(&Value::Object(doc)) {
         Node::Map(m) => m,

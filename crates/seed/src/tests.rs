@@ -18,6 +18,7 @@ fn spec(network: NetworkSpec) -> SeedSpec {
         runcmd: vec!["echo on: 1e3 # not a comment".into(), "null".into()],
         fqdn: None,
         user_data: CloudConfig::default(),
+        data_filesystems: vec![],
     }
 }
 
@@ -496,6 +497,21 @@ fn documents_for_cloud_init_schema() {
     );
     table.push(("password-hash-static-no-gateway", s));
 
+    let mut s = spec(dhcp());
+    s.data_filesystems = data_filesystems();
+    table.push(("data-disks", s));
+    let mut s = spec(dhcp());
+    s.data_filesystems = data_filesystems();
+    s.user_data = CloudConfig(vec![(
+        "mounts".into(),
+        Node::Seq(vec![Node::Seq(vec![
+            quoted("/dev/vdz"),
+            quoted("/srv/other"),
+            quoted("auto"),
+        ])]),
+    )]);
+    table.push(("data-disks-and-operator-mounts", s));
+
     let dir = std::env::var_os("KVMPROV_CLOUD_INIT_DOCS").map(std::path::PathBuf::from);
     for (name, s) in &table {
         let ud = user_data(s);
@@ -510,4 +526,65 @@ fn documents_for_cloud_init_schema() {
             std::fs::write(dir.join(format!("{name}.network-config")), nc).unwrap();
         }
     }
+}
+
+fn data_filesystems() -> Vec<DataFilesystem> {
+    vec![
+        DataFilesystem {
+            device: "/dev/disk/by-id/virtio-data".into(),
+            label: "data".into(),
+            filesystem: "ext4".into(),
+            mount: Some("/srv/data".into()),
+            options: "defaults,nofail".into(),
+        },
+        DataFilesystem {
+            device: "/dev/disk/by-id/virtio-scratch".into(),
+            label: "scratch".into(),
+            filesystem: "ext4".into(),
+            mount: None,
+            options: "defaults,nofail".into(),
+        },
+    ]
+}
+
+/// Data disks are formatted by cloud-init only when empty (`partition: any`, never
+/// `overwrite`) and mounted by their by-id name; the operator's own `mounts` follow ours.
+#[test]
+fn data_disks_are_formatted_only_when_empty_and_mounted_by_serial() {
+    let mut s = spec(dhcp());
+    s.data_filesystems = data_filesystems();
+    s.user_data = CloudConfig(vec![(
+        "mounts".into(),
+        Node::Seq(vec![Node::Seq(vec![
+            quoted("/dev/vdz"),
+            quoted("/srv/other"),
+        ])]),
+    )]);
+    let Some(v) = pyyaml(&user_data(&s)) else {
+        return;
+    };
+    assert_eq!(
+        v["fs_setup"],
+        serde_json::json!([
+            {"label": "data", "filesystem": "ext4", "device": "/dev/disk/by-id/virtio-data", "partition": "any", "overwrite": false},
+            {"label": "scratch", "filesystem": "ext4", "device": "/dev/disk/by-id/virtio-scratch", "partition": "any", "overwrite": false},
+        ])
+    );
+    assert_eq!(
+        v["mounts"],
+        serde_json::json!([
+            [
+                "/dev/disk/by-id/virtio-data",
+                "/srv/data",
+                "ext4",
+                "defaults,nofail",
+                "0",
+                "2"
+            ],
+            ["/dev/vdz", "/srv/other"],
+        ])
+    );
+    // Without data disks, no such keys.
+    let v = pyyaml(&user_data(&spec(dhcp()))).unwrap();
+    assert!(v.get("fs_setup").is_none() && v.get("mounts").is_none());
 }

@@ -9,6 +9,7 @@ use kvmprov_hypervisor::{DomainState, HvError};
 
 use crate::config::Config;
 use crate::domains::DomainFacts;
+use crate::layout::data_disk_files;
 use crate::report::{run as run_action, Action, Op, Outcome};
 
 /// How long a guest gets to shut down cleanly before it is destroyed.
@@ -83,6 +84,7 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
         out.extend(domain_steps(name, domain));
     }
     if !cfg.cleanup_remove_disks {
+        out.extend(kept_data_disks(cfg, o));
         return out;
     }
     // Files other (undeclared) domains use: never deleted.
@@ -93,6 +95,34 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
         .flat_map(|d| d.files.iter())
         .collect();
     out.extend(o.files.iter().filter_map(|f| file_step(f, o, &foreign)));
+    out
+}
+
+/// Pure: a line for each existing data disk of the declared instances, which a cleanup without
+/// the disk opt-in keeps (the root disk is kept too, as it always was, without a line).
+fn kept_data_disks(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
+    let mut out = Vec::new();
+    for inst in &cfg.instances {
+        for path in data_disk_files(cfg, &inst.name) {
+            let exists = o
+                .files
+                .iter()
+                .any(|f| f.path == path && (f.real.is_some() || f.dangling));
+            if exists {
+                out.push((
+                    Action::new(
+                        &inst.name,
+                        Op::Skip,
+                        format!(
+                            "data disk {} kept: removed only with kvm_cleanup_remove_instance_disks=true (make cleanup-force-disks)",
+                            path.display()
+                        ),
+                    ),
+                    Step::Skip,
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -374,6 +404,51 @@ mod tests {
         assert!(refused[0].contains("outside the instance pool"));
         assert!(refused[1].contains("image cache") || refused[1].contains("outside"));
         assert!(refused[2].contains("another (undeclared) domain"));
+    }
+
+    /// Data disks are named by the plan: kept (with a line) without the disk opt-in, deleted
+    /// with it; a data disk volume the config does not declare is never named.
+    #[test]
+    fn data_disks_are_kept_without_the_opt_in_and_deleted_with_it() {
+        let cfg = |remove: bool| {
+            let text = format!(
+                "kvm_image_cache_path: /c\nkvm_instance_disk_pool_path: /p\nkvm_cleanup_remove_instance_disks: {remove}\n\
+                 kvm_cloud_image_catalog:\n  - {{image_name: d, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}}\n\
+                 kvm_instance_definitions:\n  - instance_name: app-01\n    image_name: d\n    disks: [{{name: data, size_gib: 1}}]\n"
+            );
+            crate::config::parse(Path::new("t.yml"), &text, &[]).unwrap()
+        };
+        let files = |c: &Config| -> Vec<FileFacts> {
+            crate::layout::instance_files(c, "app-01")
+                .iter()
+                .map(|p| {
+                    let p = p.to_str().unwrap();
+                    file("app-01", p, Some(p))
+                })
+                .collect()
+        };
+        let keep = cfg(false);
+        assert!(files(&keep)
+            .iter()
+            .any(|f| f.path == Path::new("/p/app-01_data.qcow2")));
+        let p = plan(&keep, &observed(files(&keep)));
+        let kept: Vec<&str> = p
+            .iter()
+            .filter(|(a, _)| a.op == Op::Skip)
+            .map(|(a, _)| a.reason.as_str())
+            .collect();
+        assert_eq!(
+            kept,
+            vec!["data disk /p/app-01_data.qcow2 kept: removed only with kvm_cleanup_remove_instance_disks=true (make cleanup-force-disks)"]
+        );
+        assert!(p.iter().all(|(a, _)| a.op != Op::Delete));
+        let remove = cfg(true);
+        let p = plan(&remove, &observed(files(&remove)));
+        assert!(p.iter().any(|(_, s)| *s
+            == Step::Delete {
+                path: "/p/app-01_data.qcow2".into(),
+                real: "/p/app-01_data.qcow2".into()
+            }));
     }
 
     #[test]

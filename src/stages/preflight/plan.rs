@@ -16,6 +16,8 @@ use crate::report::{Action, Op};
 const POOL_HEADROOM_BYTES: u64 = 256 * 1024 * 1024;
 /// Initial size of one instance's files: qcow2 overlay header + seed ISO + console log.
 const INITIAL_BYTES_PER_INSTANCE: u64 = 8 * 1024 * 1024;
+/// Initial size of an empty qcow2 data disk (header and tables; it grows as the guest writes).
+const INITIAL_BYTES_PER_DATA_DISK: u64 = 1024 * 1024;
 
 /// What preflight saw.
 #[derive(Debug, Clone)]
@@ -25,6 +27,8 @@ pub struct Observed {
     pub paths: Vec<PathState>,
     pub pool_free_bytes: Option<u64>,
     pub missing_instances: usize,
+    /// The virtual sizes (GiB) of the data disks provision would create.
+    pub missing_data_disks: Vec<u64>,
     /// Tools kvmprov needs on a local hypervisor and whether each is on PATH.
     pub tools: Vec<(&'static str, &'static str, bool)>,
     pub qemu_user: String,
@@ -457,17 +461,25 @@ pub fn access_check(
 
 /// Room in the instance pool for the instances still to create, with headroom.
 fn free_space_check(cfg: &Config, o: &Observed, free: u64) -> (Action, Verdict) {
-    let need = o.missing_instances as u64 * INITIAL_BYTES_PER_INSTANCE + POOL_HEADROOM_BYTES;
-    let action = Action::new(
-        "free space",
-        Op::Check,
-        format!(
-            "instance pool: {} MiB free, {} MiB needed for {} new instance(s)",
-            free / (1 << 20),
-            need / (1 << 20),
-            o.missing_instances
-        ),
+    let disks = &o.missing_data_disks;
+    let need = o.missing_instances as u64 * INITIAL_BYTES_PER_INSTANCE
+        + disks.len() as u64 * INITIAL_BYTES_PER_DATA_DISK
+        + POOL_HEADROOM_BYTES;
+    let mut line = format!(
+        "instance pool: {} MiB free, {} MiB needed for {} new instance(s)",
+        free / (1 << 20),
+        need / (1 << 20),
+        o.missing_instances
     );
+    // Data disks are thin: what they need now is their tables; what they may grow to is said.
+    if !disks.is_empty() {
+        let virtual_gib: u64 = disks.iter().sum();
+        line.push_str(&format!(
+            " and {} new data disk(s) (thin; up to {virtual_gib} GiB as guests write)",
+            disks.len()
+        ));
+    }
+    let action = Action::new("free space", Op::Check, line);
     if free >= need {
         return (action, Verdict::Pass);
     }
@@ -601,6 +613,33 @@ mod tests {
         );
     }
 
+    /// New data disks count in the free-space check: their initial size in what is needed,
+    /// their virtual size said; without any, the line is as it always was.
+    #[test]
+    fn free_space_counts_new_data_disks() {
+        let mut o = remote(&[], None);
+        o.pool_free_bytes = Some(300 << 20);
+        let p = plan(&cfg(), &o);
+        let (a, v) = verdict_for(&p, "free space");
+        assert_eq!(v, &Verdict::Pass);
+        assert_eq!(
+            a.reason,
+            "instance pool: 300 MiB free, 264 MiB needed for 1 new instance(s)"
+        );
+        o.missing_data_disks = vec![10, 2];
+        let p = plan(&cfg(), &o);
+        let (a, _) = verdict_for(&p, "free space");
+        assert_eq!(
+            a.reason,
+            "instance pool: 300 MiB free, 266 MiB needed for 1 new instance(s) and 2 new data disk(s) (thin; up to 12 GiB as guests write)"
+        );
+        o.pool_free_bytes = Some(265 << 20);
+        assert!(matches!(
+            verdict_for(&plan(&cfg(), &o), "free space").1,
+            Verdict::Fail(_)
+        ));
+    }
+
     fn remote(blocked: &[&str], access_error: Option<&str>) -> Observed {
         let path = |key, p: &str| PathState {
             key,
@@ -639,6 +678,7 @@ mod tests {
             paths: vec![path("image cache", "/c"), path("instance pool", "/srv/p")],
             pool_free_bytes: None,
             missing_instances: 1,
+            missing_data_disks: Vec::new(),
             tools: Vec::new(),
             qemu_user: "64055".into(),
             local: false,

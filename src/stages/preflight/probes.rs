@@ -9,6 +9,7 @@ use kvmprov_hypervisor::{DomainType, FirmwareSupport, HostInfo, HvError, Hypervi
 use super::plan::{Observed, PathState, TreeState};
 use crate::config::{Config, FirmwareChoice};
 use crate::host::resolve_domain_type;
+use crate::layout::data_disk_name;
 use crate::settings::Session;
 
 /// Look at the hypervisor: host, networks, the two pool paths and their access, free space,
@@ -51,6 +52,18 @@ pub(super) fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, HvError>
         .iter()
         .filter(|i| !existing.contains(&i.name))
         .count();
+    // Data disks provision would create: those of new instances whose volume is not there.
+    let mut missing_data_disks = Vec::new();
+    for i in cfg.instances.iter().filter(|i| !existing.contains(&i.name)) {
+        for d in &i.disks {
+            let path = cfg
+                .instance_pool_path
+                .join(data_disk_name(&i.name, &d.name));
+            if hv.volume_by_path(&path)?.is_none() {
+                missing_data_disks.push(d.size_gib);
+            }
+        }
+    }
     Ok(Observed {
         firmware: firmware(hv, cfg, &host),
         host,
@@ -62,6 +75,7 @@ pub(super) fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, HvError>
             instance_pool_free
         },
         missing_instances,
+        missing_data_disks,
         tools: if local { tools(cfg) } else { Vec::new() },
         qemu_user: user,
         trees: local_trees(cfg, local),

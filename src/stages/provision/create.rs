@@ -4,17 +4,17 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kvmprov_hypervisor::xml::{self, DomainSpec, DomainType, KvmprovMetadata};
+use kvmprov_hypervisor::xml::{self, DataDiskSpec, DomainSpec, DomainType, KvmprovMetadata};
 use kvmprov_hypervisor::Hypervisor;
 use kvmprov_image::CachedImage;
-use kvmprov_seed::{HostKeys, NetworkSpec, SeedSpec};
+use kvmprov_seed::{DataFilesystem, HostKeys, NetworkSpec, SeedSpec};
 
 use super::plan::config_digest;
 use super::ProvisionError;
 use crate::config::{Config, Instance};
 use crate::drift;
 use crate::firmware::firmware_of;
-use crate::layout::{console_name, disk_name, seed_name};
+use crate::layout::{console_name, data_disk_name, disk_name, seed_name};
 use crate::state;
 
 /// Everything the instances share during apply.
@@ -136,6 +136,19 @@ fn seed_spec(sh: &Shared, inst: &Instance, instance_id: &str) -> Result<SeedSpec
         runcmd: inst.runcmd.clone(),
         fqdn: inst.fqdn.clone(),
         user_data: inst.user_data.clone(),
+        data_filesystems: inst
+            .disks
+            .iter()
+            .filter_map(|d| {
+                Some(DataFilesystem {
+                    device: d.by_id(),
+                    label: d.name.clone(),
+                    filesystem: d.filesystem?.as_str().to_string(),
+                    mount: d.mount.as_ref().map(|m| m.display().to_string()),
+                    options: d.fstab_options(),
+                })
+            })
+            .collect(),
     })
 }
 
@@ -181,6 +194,14 @@ fn domain_spec(
         vcpus: inst.vcpus,
         memory_mib: inst.memory_mib,
         disk_path: pool_path.join(disk_name(&inst.name)),
+        data_disks: inst
+            .disks
+            .iter()
+            .map(|d| DataDiskSpec {
+                path: pool_path.join(data_disk_name(&inst.name, &d.name)),
+                serial: d.name.clone(),
+            })
+            .collect(),
         seed_path: pool_path.join(seed_name(&inst.name)),
         network: inst.network.clone(),
         mac: inst.effective_mac(),

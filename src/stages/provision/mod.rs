@@ -7,21 +7,24 @@
 //! [`plan`] module, and applies with [`create`].
 
 mod create;
+pub mod disks;
 pub mod plan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::xml::{self, DomainType};
 use kvmprov_hypervisor::{HvError, Hypervisor, PoolInfo};
 use kvmprov_image::CachedImage;
 
+use disks::{describe_disk, plan_disks, DiskPlan};
 use plan::{describe, plan_instance, Backing, Found, InstancePlan};
 
 use crate::config::{Config, Instance};
 use crate::host::resolve_domain_type;
-use crate::layout::{disk_name, pool_name_for};
+use crate::layout::{data_disk_name, disk_name, pool_name_for};
 use crate::parallel::parallel;
 use crate::report::{Action, Op, Outcome, StageReport};
 use crate::settings::Session;
@@ -93,6 +96,11 @@ pub struct Prepared<'a> {
     report: StageReport,
     planned: Vec<(&'a Instance, InstancePlan)>,
     images: BTreeMap<String, CachedImage>,
+    /// The instance pool's volumes: name → virtual size in bytes.
+    volumes: BTreeMap<String, u64>,
+    /// The data disk lines of applied instances, each put before its instance's line by
+    /// [`Prepared::finish`] (the instance's own line is what the pipeline passes on).
+    disk_outcomes: Mutex<Vec<Outcome>>,
     shared: create::Shared<'a>,
 }
 
@@ -112,12 +120,15 @@ pub fn prepare<'a>(
         resolve_domain_type(cfg.domain_type, &hv.host_info()?).map_err(ProvisionError::Invalid)?;
     let (cache_pool, inst_pool) = Pool::observe_both(hv, cfg)?;
     let images = usable_images(s, hv, handoff, &cache_pool)?;
-    let volumes: Vec<String> = match inst_pool.active() {
+    let volumes: BTreeMap<String, u64> = match inst_pool.active() {
         Some(p) => {
             hv.refresh_pool(&p.name)?;
-            hv.volumes(&p.name)?.into_iter().map(|v| v.name).collect()
+            hv.volumes(&p.name)?
+                .into_iter()
+                .map(|v| (v.name, v.capacity))
+                .collect()
         }
-        None => Vec::new(),
+        None => BTreeMap::new(),
     };
     let planned = plan_all(cfg, hv, handoff, &images, &volumes, domain_type)?;
 
@@ -154,6 +165,8 @@ pub fn prepare<'a>(
         report,
         planned,
         images,
+        volumes,
+        disk_outcomes: Mutex::new(Vec::new()),
         shared,
     })
 }
@@ -172,6 +185,12 @@ impl<'a> Prepared<'a> {
     fn planned(&self) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
         for (inst, p) in &self.planned {
+            let domain_exists = matches!(p, InstancePlan::Keep | InstancePlan::Drift(_));
+            for (d, dp) in plan_disks(inst, &self.volumes, domain_exists) {
+                let o = Outcome::planned(describe_disk(inst, d, &dp));
+                self.s.printer.outcome(&o);
+                outcomes.push(o);
+            }
             let action = describe(inst, p, self.images.get(&inst.image_name));
             let o = match p {
                 InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
@@ -188,20 +207,91 @@ impl<'a> Prepared<'a> {
         let image = self.images.get(&inst.image_name);
         let action = describe(inst, p, image);
         let outcome = match p {
-            InstancePlan::Keep | InstancePlan::Drift(_) => Outcome::done(action),
-            InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
-            InstancePlan::Create { disk } => {
-                crate::report::run(action, || create::create(&self.shared, inst, image, *disk))
+            InstancePlan::Keep | InstancePlan::Drift(_) => {
+                self.report_data_disks(inst);
+                Outcome::done(action)
             }
+            InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
+            InstancePlan::Create { disk } => match self.make_data_disks(inst) {
+                Ok(()) => {
+                    crate::report::run(action, || create::create(&self.shared, inst, image, *disk))
+                }
+                Err(name) => Outcome::failure(
+                    action,
+                    format!("not created: its data disk {name} could not be created"),
+                ),
+            },
         };
         self.s.printer.outcome(&outcome);
         outcome
     }
 
-    /// The stage's report: the pool lines, then `outcomes` (the instances', in config order).
+    /// One line per data disk of `inst`, whose domain exists (printed): nothing is changed.
+    fn report_data_disks(&self, inst: &Instance) {
+        let lines: Vec<Outcome> = plan_disks(inst, &self.volumes, true)
+            .into_iter()
+            .map(|(d, dp)| Outcome::done(describe_disk(inst, d, &dp)))
+            .collect();
+        for o in &lines {
+            self.s.printer.outcome(o);
+        }
+        if let Ok(mut all) = self.disk_outcomes.lock() {
+            all.extend(lines);
+        }
+    }
+
+    /// One line per data disk of `inst` (printed): the missing ones created when `inst` is
+    /// being created. `Err`: the name of the first disk that could not be made.
+    fn make_data_disks(&self, inst: &Instance) -> Result<(), String> {
+        let mut lines = Vec::new();
+        let mut failed = None;
+        for (d, dp) in plan_disks(inst, &self.volumes, false) {
+            let action = describe_disk(inst, d, &dp);
+            let o = match dp {
+                DiskPlan::Create if failed.is_none() => crate::report::run(action, || {
+                    self.shared
+                        .hv
+                        .create_volume(
+                            &self.shared.instance_pool,
+                            &data_disk_name(&inst.name, &d.name),
+                            d.size_gib << 30,
+                            "qcow2",
+                        )
+                        .map(|_| ())
+                }),
+                DiskPlan::Create => Outcome::done(Action::new(
+                    &inst.name,
+                    Op::Skip,
+                    format!("{}: skipped, an earlier data disk failed", action.reason),
+                )),
+                _ => Outcome::done(action),
+            };
+            if o.failed() && failed.is_none() {
+                failed = Some(d.name.clone());
+            }
+            self.s.printer.outcome(&o);
+            lines.push(o);
+        }
+        if let Ok(mut all) = self.disk_outcomes.lock() {
+            all.extend(lines);
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// The stage's report: the pool lines, then `outcomes` (the instances', in config order),
+    /// each after its data disks' lines.
     pub fn finish(self, outcomes: Vec<Outcome>) -> StageReport {
         let mut report = self.report;
-        report.outcomes.extend(outcomes);
+        let mut disks = self.disk_outcomes.into_inner().unwrap_or_default();
+        for o in outcomes {
+            let (mine, rest): (Vec<Outcome>, Vec<Outcome>) = disks
+                .into_iter()
+                .partition(|d| d.action.target == o.action.target);
+            disks = rest;
+            report.outcomes.extend(mine);
+            report.outcomes.push(o);
+        }
+        report.outcomes.extend(disks);
         report
     }
 }
@@ -255,7 +345,7 @@ fn plan_all<'a>(
     hv: &Hypervisor,
     handoff: &Handoff,
     images: &BTreeMap<String, CachedImage>,
-    volumes: &[String],
+    volumes: &BTreeMap<String, u64>,
     domain_type: DomainType,
 ) -> Result<Vec<(&'a Instance, InstancePlan)>, HvError> {
     let mut planned = Vec::new();
@@ -265,7 +355,7 @@ fn plan_all<'a>(
                 &hv.domain_xml(&inst.name)?,
             )?)),
             None => Found::NoDomain {
-                disk_exists: volumes.contains(&disk_name(&inst.name)),
+                disk_exists: volumes.contains_key(&disk_name(&inst.name)),
             },
         };
         let image = match images.get(&inst.image_name) {

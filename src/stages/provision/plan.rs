@@ -163,6 +163,22 @@ fn edited(
     if !d.macs.iter().any(|m| m.eq_ignore_ascii_case(&mac)) && !changed("mac_address") {
         diffs.push(format!("mac {} (config {mac})", d.macs.join(",")));
     }
+    let serials: Vec<&str> = inst.disks.iter().map(|x| x.name.as_str()).collect();
+    if d.disk_serials != serials && !changed("disks") {
+        let shown = |v: &[&str]| {
+            if v.is_empty() {
+                "(none)".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        let observed: Vec<&str> = d.disk_serials.iter().map(String::as_str).collect();
+        diffs.push(format!(
+            "data disks {} (config {})",
+            shown(&observed),
+            shown(&serials)
+        ));
+    }
     if d.firmware != firmware_label(inst) && !changed("firmware") {
         diffs.push(format!(
             "firmware {} (config {})",
@@ -248,6 +264,7 @@ mod tests {
             networks: vec![i.network.clone()],
             macs: vec![xml::mac_for(&i.name)],
             disk_paths: vec![],
+            disk_serials: i.disks.iter().map(|d| d.name.clone()).collect(),
             domain_type: Some("qemu".into()),
             firmware: firmware_label(i).into(),
             nvram: None,

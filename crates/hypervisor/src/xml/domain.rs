@@ -64,6 +64,8 @@ pub struct DomainSpec {
     pub memory_mib: u64,
     /// The qcow2 overlay (vda).
     pub disk_path: PathBuf,
+    /// Data disks (`vdb`, `vdc`, …), each with its serial.
+    pub data_disks: Vec<super::DataDiskSpec>,
     /// The cloud-init NoCloud ISO (a read-only CD).
     pub seed_path: PathBuf,
     /// The libvirt network the NIC joins.
@@ -153,7 +155,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <controller type='scsi' index='0' model='virtio-scsi'/>
+{data_disks}    <controller type='scsi' index='0' model='virtio-scsi'/>
     <disk type='file' device='cdrom'>
       <driver name='qemu' type='raw'/>
       <source file='{seed}'/>
@@ -206,6 +208,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
             _ => "",
         },
         disk = p(&s.disk_path),
+        data_disks = super::data_disks_xml(&s.data_disks),
         seed = p(&s.seed_path),
         net = esc(&s.network),
         mac = esc(&s.mac),
@@ -268,6 +271,8 @@ pub struct ObservedDomain {
     pub macs: Vec<String>,
     /// Source files (or block devices) of all disks, disk and cdrom, in device order.
     pub disk_paths: Vec<PathBuf>,
+    /// The `<serial>`s of the disks that have one, in device order (kvmprov's data disks).
+    pub disk_serials: Vec<String>,
     /// `kvm`, `qemu`, or whatever else the driver uses (`test`).
     pub domain_type: Option<String>,
     /// `None` for domains kvmprov did not define.
@@ -336,6 +341,7 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
     let mut networks = Vec::new();
     let mut macs = Vec::new();
     let mut disk_paths = Vec::new();
+    let mut disk_serials = Vec::new();
     if let Some(devices) = child(root, "devices") {
         for dev in devices.children().filter(|c| c.is_element()) {
             match dev.tag_name().name() {
@@ -352,6 +358,9 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
                         .and_then(|s| s.attribute("file").or_else(|| s.attribute("dev")))
                     {
                         disk_paths.push(PathBuf::from(f));
+                    }
+                    if let Some(serial) = child(dev, "serial").and_then(|s| s.text()) {
+                        disk_serials.push(serial.trim().to_string());
                     }
                 }
                 _ => {}
@@ -396,6 +405,7 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
         networks,
         macs,
         disk_paths,
+        disk_serials,
         domain_type: root.attribute("type").map(String::from),
         metadata,
     })
@@ -494,6 +504,7 @@ pub(super) mod tests {
             vcpus: 2,
             memory_mib: 1536,
             disk_path: "/p/a.qcow2".into(),
+            data_disks: vec![],
             seed_path: "/p/a-seed.iso".into(),
             network: "default".into(),
             mac: mac_for(name),

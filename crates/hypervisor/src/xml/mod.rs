@@ -5,6 +5,7 @@
 //! what they share (escaping, parsing helpers).
 
 mod capabilities;
+mod disks;
 mod domain;
 mod network;
 mod storage;
@@ -16,6 +17,7 @@ use roxmltree::{Document, Node};
 use crate::HvError;
 
 pub use capabilities::{dac_baselabel, domain_types, parse_firmware_support, FirmwareSupport};
+pub use disks::{data_disks_xml, DataDiskSpec, MAX_SERIAL_LEN};
 pub use domain::{
     domain_xml, mac_for, parse_domain_xml, snapshot_xml, used_files, DomainSpec, DomainType,
     Firmware, KvmprovMetadata, ObservedDomain, UsedFile, METADATA_NS,

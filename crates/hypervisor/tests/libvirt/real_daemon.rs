@@ -86,6 +86,7 @@ fn real_daemon_storage_and_domain() {
         vcpus: 1,
         memory_mib: 256,
         disk_path: disk.path.clone(),
+        data_disks: vec![],
         seed_path: seed.path.clone(),
         network: network.clone(),
         mac: xml::mac_for(&tag),
@@ -158,6 +159,7 @@ fn firmware_spec(
         memory_mib: 256,
         disk_path: disk.to_path_buf(),
         // Any file serves as the CD: the guest is destroyed before it reads it.
+        data_disks: vec![],
         seed_path: seed.to_path_buf(),
         network: network.into(),
         mac: xml::mac_for(name),

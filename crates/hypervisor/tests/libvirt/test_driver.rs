@@ -21,6 +21,7 @@ fn spec(name: &str, dir: &Path) -> DomainSpec {
         vcpus: 1,
         memory_mib: 512,
         disk_path: dir.join(format!("{name}.qcow2")),
+        data_disks: vec![],
         seed_path: dir.join(format!("{name}-seed.iso")),
         network: "default".into(),
         mac: xml::mac_for(name),

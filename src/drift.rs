@@ -39,6 +39,7 @@ pub fn instance_fields(
 ) -> Vec<(&'static str, String)> {
     let ci = &cfg.cloud_init;
     let ipv4 = inst.ipv4.as_ref();
+    let ipv6 = inst.ipv6.as_ref();
     vec![
         ("image_name", inst.image_name.clone()),
         ("vcpus", inst.vcpus.to_string()),
@@ -60,6 +61,28 @@ pub fn instance_fields(
             "dns_servers",
             ipv4.map(|s| list(s.dns.iter().map(|d| d.to_string())))
                 .unwrap_or_default(),
+        ),
+        (
+            "ipv6_address",
+            ipv6.map(|s| s.address.to_string()).unwrap_or_default(),
+        ),
+        (
+            "ipv6_gateway",
+            ipv6.and_then(|s| s.gateway)
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+        ),
+        ("nic_model", inst.nic_model.as_str().to_string()),
+        // The other NICs with their positions: one added, removed, moved or changed shows.
+        (
+            "nics",
+            list(
+                inst.nics()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| !n.primary)
+                    .map(|(i, n)| format!("{i}: {}", n.describe())),
+            ),
         ),
         ("packages", digest_list(salt, inst.packages.iter().cloned())),
         ("runcmd", digest_list(salt, inst.runcmd.iter().cloned())),

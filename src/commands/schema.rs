@@ -46,7 +46,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::config::{self, CatalogImage, CloudInitDefaults, InstanceDefinition};
+    use crate::config::{self, CatalogImage, CloudInitDefaults, InstanceDefinition, NicDefinition};
 
     /// The field names serde's derived `Deserialize` accepts for a struct: it hands them to
     /// `deserialize_struct`, which this deserializer records instead of reading anything.
@@ -153,6 +153,10 @@ mod tests {
                 "kvm_instance_definitions[]".into(),
                 serde_fields::<InstanceDefinition>(),
             ),
+            (
+                "kvm_instance_definitions[].nics[]".into(),
+                serde_fields::<NicDefinition>(),
+            ),
         ])
     }
 
@@ -168,7 +172,16 @@ mod tests {
         })
     }
 
-    /// The object at `path` inside `doc` (the first item of a list).
+    /// The smallest item of a list the minimal file leaves out.
+    fn minimal_item(list: &str) -> Value {
+        match list {
+            "nics" => json!({ "network": "default" }),
+            _ => json!({}),
+        }
+    }
+
+    /// The object at `path` inside `doc` (the first item of a list; a missing list is made
+    /// with its smallest item).
     fn at<'a>(doc: &'a mut Value, path: &str) -> &'a mut serde_json::Map<String, Value> {
         let mut node = doc;
         for seg in path.split('.').filter(|s| !s.is_empty()) {
@@ -177,7 +190,13 @@ mod tests {
                 None => (seg, false),
             };
             let map = node.as_object_mut().expect("an object on the path");
-            node = map.entry(key).or_insert_with(|| json!({}));
+            node = map.entry(key).or_insert_with(|| {
+                if item {
+                    json!([minimal_item(key)])
+                } else {
+                    json!({})
+                }
+            });
             if item {
                 node = &mut node[0];
             }

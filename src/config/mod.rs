@@ -11,6 +11,7 @@
 //! | `raw` | node tree → the file's serde types ([`Vars`]), defaults filled in |
 //! | `resolve` | [`Vars`] → [`Config`]: rules across fields, each error located in the tree |
 //! | `validate` | checks of single values (names, paths, URLs, addresses) |
+//! | `nics` | an instance's `nics:` list → its resolved [`Nic`]s (the shorthand is `resolve`'s) |
 //! | `user_data` | the operator's cloud-config (inline or a file): read, checked, converted |
 //! | `password` | the login password's source (`password`, `password_hash`, `password_file`) |
 //! | `resolved` | [`Config`] and [`Instance`]: what the stages read |
@@ -18,6 +19,7 @@
 
 mod diagnostics;
 mod document;
+mod nics;
 mod password;
 mod raw;
 mod resolve;
@@ -30,10 +32,10 @@ use std::path::Path;
 pub use diagnostics::{did_you_mean, ConfigError, Location};
 pub use password::LoginPassword;
 pub use raw::{
-    CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, InstanceDefinition, Secret,
-    StageChoice, UserData, Vars, TOP_LEVEL_KEYS,
+    CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, InstanceDefinition,
+    NicDefinition, NicModel, Secret, StageChoice, UserData, Vars, TOP_LEVEL_KEYS,
 };
-pub use resolved::{Config, Instance, StaticIpv4};
+pub use resolved::{Config, Instance, Nic, NicIpv4, StaticIpv4, StaticIpv6};
 pub use validate::{libvirt_uri_for, valid_instance_name};
 
 use diagnostics::{Locator, Sources};

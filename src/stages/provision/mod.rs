@@ -7,6 +7,7 @@
 //! [`plan`] module, and applies with [`create`].
 
 mod create;
+mod nics;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -178,6 +179,13 @@ impl<'a> Prepared<'a> {
             };
             self.s.printer.outcome(&o);
             outcomes.push(o);
+            if matches!(p, InstancePlan::Create { .. }) {
+                for a in nics::planned(inst) {
+                    let o = Outcome::planned(a);
+                    self.s.printer.outcome(&o);
+                    outcomes.push(o);
+                }
+            }
         }
         outcomes
     }

@@ -272,6 +272,45 @@ mod tests {
     }
 
     #[test]
+    fn nics_added_removed_or_changed_are_named() {
+        let one = cfg("", "pw");
+        let two = cfg(
+            "    nics:\n      - network: default\n      - {network: storage, ipv4_address: 10.77.0.10/24, ipv6_address: 'fd77::10/64'}\n",
+            "pw",
+        );
+        let mac1 = kvmprov_hypervisor::xml::mac_for_nic("app-01", 1);
+        let added: Vec<String> = diff(&recorded(&one), &fields(&two), SALT)
+            .iter()
+            .map(Change::describe)
+            .collect();
+        assert_eq!(
+            added,
+            vec![format!(
+                r#"nics (none) → ["1: network storage, mac {mac1}, static 10.77.0.10/24, static fd77::10/64"]"#
+            )]
+        );
+        let removed = diff(&recorded(&two), &fields(&one), SALT);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].new, "");
+        // The primary NIC's own IPv6 address and model are fields of their own.
+        let primary_v6 = cfg(
+            "    nics:\n      - {network: default, ipv6_address: 'fd00::5/64', model: e1000e}\n",
+            "pw",
+        );
+        let changed: Vec<String> = diff(&recorded(&one), &fields(&primary_v6), SALT)
+            .iter()
+            .map(Change::describe)
+            .collect();
+        assert_eq!(
+            changed,
+            vec![
+                "ipv6_address (none) → fd00::5/64",
+                "nic_model virtio → e1000e"
+            ]
+        );
+    }
+
+    #[test]
     fn secrets_are_recorded_as_salted_digests_and_reported_without_values() {
         let before = cfg("", "old-secret");
         let after = cfg("", "new-secret");

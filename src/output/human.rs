@@ -213,6 +213,23 @@ pub fn status_table(rows: &[InstanceStatus], several_hosts: bool) -> String {
         if several_hosts {
             out.push_str(&format!("{:<16} on {}\n", "", r.host));
         }
+        // An instance with several NICs: a line per NIC under its row.
+        for (i, n) in r.nics.iter().enumerate() {
+            let mut addrs: Vec<String> = n.ipv4.iter().map(|a| a.to_string()).collect();
+            addrs.extend(n.ipv6.iter().map(|a| a.to_string()));
+            out.push_str(&format!(
+                "{:<16} nic{i} {} {} {}{}\n",
+                "",
+                n.network,
+                n.mac,
+                if addrs.is_empty() {
+                    "-".to_string()
+                } else {
+                    addrs.join(" ")
+                },
+                if n.primary { " (primary)" } else { "" }
+            ));
+        }
     }
     out
 }

@@ -201,6 +201,10 @@ pub struct InstanceStatus {
     pub ip: Option<String>,
     pub ssh_ready: bool,
     pub snapshots: Vec<String>,
+    /// Every NIC's addresses (`ip` is the primary NIC's IPv4); only for an instance with
+    /// several NICs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::address::NicAddresses>,
 }
 
 #[cfg(test)]

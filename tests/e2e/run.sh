@@ -5,9 +5,10 @@
 # provision (preflight cases, 20 instances in parallel, generated files), cleanup (decoys),
 # faults (SIGKILL at many points, two runs at once, SIGTERM, SIGINT mid-download,
 # libvirtd restarted mid-run), ansible (ansible-core from PyPI against `kvmprov inventory`),
-# userdata (the operator's user_data, fqdn and password_file on one booted guest).
+# userdata (the operator's user_data, fqdn and password_file on one booted guest), nics (two NICs,
+# static IPv4 and IPv6, on one booted guest).
 # Prints "e2e: N passed, N failed" and exits non-zero when any check failed.
-#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata
+#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata nics
 #   tests/e2e/run.sh boot ansible       boot, then Ansible through `kvmprov inventory` (needs PyPI)
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
@@ -17,7 +18,7 @@ source "$(dirname "$0")/lib.sh"
 [ -x "$KVMPROV" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(provision cleanup faults boot ansible userdata)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(provision cleanup faults boot ansible userdata nics)
 
 E2E_DOMAINS=""
 trap e2e_teardown EXIT

@@ -177,7 +177,7 @@ pub fn current_per_nic(
         let ipv4 = if nic.primary {
             primary_ipv4
         } else {
-            current(hv, networks, &as_primary(inst, &nic), pool_path)?
+            current(hv, networks, &nic_as_primary(inst, &nic), pool_path)?
         };
         out.push(NicAddresses {
             ipv6: nic.ipv6.as_ref().map(|v6| v6.address.addr()),
@@ -192,7 +192,7 @@ pub fn current_per_nic(
 
 /// `inst` as if `nic` were its primary NIC: what [`plan`] and [`HostProbe`] read (network,
 /// static address, MAC), so a secondary NIC's address is found the same way.
-fn as_primary(inst: &Instance, nic: &Nic) -> Instance {
+pub fn nic_as_primary(inst: &Instance, nic: &Nic) -> Instance {
     Instance {
         network: nic.network.clone(),
         ipv4: nic.ipv4.as_ref().map(|v4| StaticIpv4 {

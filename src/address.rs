@@ -16,7 +16,7 @@
 //! `plan` (pure) decides which sources can work for an instance on its network, or why none
 //! can; `find` asks them in order through a `Probe`, the only part that does I/O.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::config::{Instance, Nic, StaticIpv4};
 use crate::guest;
+pub use crate::output::json::NicAddresses;
 
 /// Where an address came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -148,18 +149,6 @@ pub fn current(
 ) -> Result<Option<Ipv4Addr>, HvError> {
     let probe = HostProbe::new(hv, inst, pool_path);
     Ok(find(&plan_among(inst, networks), inst, &probe)?.map(|(ip, _)| ip))
-}
-
-/// One NIC's addresses as found now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NicAddresses {
-    pub network: String,
-    pub mac: String,
-    pub primary: bool,
-    pub ipv4: Option<Ipv4Addr>,
-    /// The static IPv6 address the config gives; addresses the guest takes by SLAAC are not
-    /// looked up (no source above reports IPv6).
-    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// Every NIC's addresses, in device order: IPv4 found through the same sources as the primary

@@ -296,6 +296,27 @@ kvm_instance_definitions:
         }
     }
 
+    /// The commented `nics:` example in the shipped variables file, uncommented, is valid.
+    #[test]
+    fn the_shipped_example_of_nics_parses_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("vars/kvm-provisioning.yml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut block = String::new();
+        let mut inside = false;
+        for line in text.lines() {
+            inside = inside || line == "  # - instance_name: db-01";
+            if inside {
+                match line.strip_prefix("  # ") {
+                    Some(rest) => block.push_str(&format!("  {rest}\n")),
+                    None => break,
+                }
+            }
+        }
+        assert!(block.contains("nics:"), "{block}");
+        let c = p(&block).unwrap();
+        assert_eq!(c.instances[0].nics().len(), 2);
+    }
+
     #[test]
     fn a_list_of_one_nic_is_the_shorthand() {
         let short = p("  - {instance_name: db-01, image_name: debian-12, libvirt_network_name: lan, ipv4_address: 10.0.0.5/24}\n").unwrap();

@@ -934,6 +934,15 @@ fn provision_check_plans_a_line_per_nic_and_preflight_needs_every_network() {
         ],
         "{ops:?}"
     );
+    // `check` shows every NIC under the instance.
+    let o = kvmprov(&["-c", cfg.to_str().unwrap(), "check"]);
+    assert!(
+        text(&o).contains(&format!(
+            "      nic1 network storage, mac {mac1}, static 10.77.0.10/24, static fd77::10/64\n"
+        )),
+        "{}",
+        text(&o)
+    );
     // The node has no `storage` network: preflight says so.
     let o = kvmprov(&[
         "-c",

@@ -150,6 +150,12 @@ pub fn config(cfg: &Config) -> String {
             "    {:<14} {:<10} {} vCPU {:>6} MiB {:>5} GiB  net {} ip {} snapshot {}{on}",
             i.name, i.image_name, i.vcpus, i.memory_mib, i.disk_size_gib, i.network, ip, snap
         ));
+        // Several NICs: the line above shows the primary one; every NIC gets its own line.
+        if !i.other_nics.is_empty() {
+            for (n, nic) in i.nics().iter().enumerate() {
+                line(format!("      nic{n} {}", nic.describe()));
+            }
+        }
     }
     line(format!(
         "  cleanup         confirmed={} remove_disks={}",

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use kvmprov_hypervisor::xml::{self, DomainSpec, DomainType, KvmprovMetadata};
 use kvmprov_hypervisor::Hypervisor;
-use kvmprov_seed::{HostKeys, NetworkSpec, SeedSpec};
+use kvmprov_seed::{HostKeys, NetworkSpec, NicNetwork, SeedSpec};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -47,9 +47,9 @@ fn main() {
         ssh_authorized_keys: vec![],
         ssh_password_authentication: false,
         host_keys: keys.clone(),
-        network: NetworkSpec::Dhcp {
+        network: vec![NicNetwork::only(NetworkSpec::Dhcp {
             mac: xml::mac_for(name),
-        },
+        })],
         packages: vec![],
         runcmd: vec![],
         fqdn: None,
@@ -80,8 +80,10 @@ fn main() {
                             disk_path: dir.join(&disk),
                             data_disks: vec![],
                             seed_path: dir.join(&seed_vol),
-                            network: net.clone(),
-                            mac: xml::mac_for(name),
+                            interfaces: vec![xml::InterfaceSpec::virtio_on(
+                                net,
+                                &xml::mac_for(name),
+                            )],
                             console_log: dir.join(format!("{name}-console.log")),
                             firmware: kvmprov_hypervisor::Firmware::Bios,
                             metadata: KvmprovMetadata {

@@ -10,6 +10,9 @@
 //! - **neighbour**: the hypervisor's ARP table (`/proc/net/arp`), when it has talked to the guest;
 //! - **agent**: qemu-guest-agent, when the image has one.
 //!
+//! A secondary NIC's address is found the same way, by its own MAC on its own network
+//! ([`current_per_nic`]).
+//!
 //! `plan` (pure) decides which sources can work for an instance on its network, or why none
 //! can; `find` asks them in order through a `Probe`, the only part that does I/O.
 
@@ -20,8 +23,9 @@ use std::time::Duration;
 use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo, SshDest};
 use serde::Serialize;
 
-use crate::config::Instance;
+use crate::config::{Instance, Nic, StaticIpv4};
 use crate::console::ConsoleLog;
+pub use crate::output::json::NicAddresses;
 use crate::ssh;
 
 /// Where an address came from.
@@ -146,6 +150,52 @@ pub fn current(
 ) -> Result<Option<Ipv4Addr>, HvError> {
     let probe = HostProbe::new(hv, inst, pool_path);
     Ok(find(&plan_among(inst, networks), inst, &probe)?.map(|(ip, _)| ip))
+}
+
+/// Every NIC's addresses, in device order: IPv4 found through the same sources as the primary
+/// NIC's (each keyed by the NIC's MAC). `primary_ipv4`: the primary NIC's, already found by
+/// [`current`].
+pub fn current_per_nic(
+    hv: &Hypervisor,
+    networks: &[NetworkInfo],
+    inst: &Instance,
+    pool_path: &Path,
+    primary_ipv4: Option<Ipv4Addr>,
+) -> Result<Vec<NicAddresses>, HvError> {
+    let mut out = Vec::new();
+    for nic in inst.nics() {
+        let ipv4 = if nic.primary {
+            primary_ipv4
+        } else {
+            current(hv, networks, &nic_as_primary(inst, &nic), pool_path)?
+        };
+        out.push(NicAddresses {
+            ipv6: nic.ipv6.as_ref().map(|v6| v6.address.addr()),
+            network: nic.network,
+            mac: nic.mac,
+            primary: nic.primary,
+            ipv4,
+        });
+    }
+    Ok(out)
+}
+
+/// `inst` as if `nic` were its primary NIC: what [`plan`] and [`HostProbe`] read (network,
+/// static address, MAC), so a secondary NIC's address is found the same way.
+pub fn nic_as_primary(inst: &Instance, nic: &Nic) -> Instance {
+    Instance {
+        network: nic.network.clone(),
+        ipv4: nic.ipv4.as_ref().map(|v4| StaticIpv4 {
+            address: v4.address,
+            // Discovery reads only the address; a secondary NIC has no gateway.
+            gateway: v4.gateway.unwrap_or(v4.address.addr()),
+            dns: v4.dns.clone(),
+        }),
+        mac: Some(nic.mac.clone()),
+        other_nics: Vec::new(),
+        primary_nic_index: 0,
+        ..inst.clone()
+    }
 }
 
 /// Pure: the newest IPv4 cloud-init announced on the console for `mac`, from its

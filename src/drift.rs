@@ -39,6 +39,7 @@ pub fn instance_fields(
 ) -> Vec<(&'static str, String)> {
     let ci = &cfg.cloud_init;
     let ipv4 = inst.ipv4.as_ref();
+    let ipv6 = inst.ipv6.as_ref();
     vec![
         ("image_name", inst.image_name.clone()),
         ("vcpus", inst.vcpus.to_string()),
@@ -60,6 +61,28 @@ pub fn instance_fields(
             "dns_servers",
             ipv4.map(|s| list(s.dns.iter().map(|d| d.to_string())))
                 .unwrap_or_default(),
+        ),
+        (
+            "ipv6_address",
+            ipv6.map(|s| s.address.to_string()).unwrap_or_default(),
+        ),
+        (
+            "ipv6_gateway",
+            ipv6.and_then(|s| s.gateway)
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+        ),
+        ("nic_model", inst.nic_model.as_str().to_string()),
+        // The other NICs with their positions: one added, removed, moved or changed shows.
+        (
+            "nics",
+            list(
+                inst.nics()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| !n.primary)
+                    .map(|(i, n)| format!("{i}: {}", n.describe())),
+            ),
         ),
         ("packages", digest_list(salt, inst.packages.iter().cloned())),
         ("runcmd", digest_list(salt, inst.runcmd.iter().cloned())),
@@ -307,6 +330,45 @@ mod tests {
             "data disk data 10 GiB ext4 on /srv/data added; data disk old 1 GiB raw added"
         );
         assert_eq!(diff(&older, &fields(&cfg("", "pw")), SALT), vec![]);
+    }
+
+    #[test]
+    fn nics_added_removed_or_changed_are_named() {
+        let one = cfg("", "pw");
+        let two = cfg(
+            "    nics:\n      - network: default\n      - {network: storage, ipv4_address: 10.77.0.10/24, ipv6_address: 'fd77::10/64'}\n",
+            "pw",
+        );
+        let mac1 = kvmprov_hypervisor::xml::mac_for_nic("app-01", 1);
+        let added: Vec<String> = diff(&recorded(&one), &fields(&two), SALT)
+            .iter()
+            .map(Change::describe)
+            .collect();
+        assert_eq!(
+            added,
+            vec![format!(
+                r#"nics (none) → ["1: network storage, mac {mac1}, static 10.77.0.10/24, static fd77::10/64"]"#
+            )]
+        );
+        let removed = diff(&recorded(&two), &fields(&one), SALT);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].new, "");
+        // The primary NIC's own IPv6 address and model are fields of their own.
+        let primary_v6 = cfg(
+            "    nics:\n      - {network: default, ipv6_address: 'fd00::5/64', model: e1000e}\n",
+            "pw",
+        );
+        let changed: Vec<String> = diff(&recorded(&one), &fields(&primary_v6), SALT)
+            .iter()
+            .map(Change::describe)
+            .collect();
+        assert_eq!(
+            changed,
+            vec![
+                "ipv6_address (none) → fd00::5/64",
+                "nic_model virtio → e1000e"
+            ]
+        );
     }
 
     #[test]

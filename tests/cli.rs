@@ -1003,3 +1003,65 @@ fn data_disks_have_a_plan_line_each_and_are_listed_by_status() {
     assert_eq!(disks[1]["capacity_bytes"], serde_json::Value::Null, "{v}");
     assert_eq!(disks[1]["by_id"], "/dev/disk/by-id/virtio-raw", "{v}");
 }
+
+/// An instance with two NICs: `--check` plans a line per NIC, and preflight needs every NIC's
+/// network.
+#[test]
+fn provision_check_plans_a_line_per_nic_and_preflight_needs_every_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "test:///default", &[]);
+    let mut y = std::fs::read_to_string(&cfg).unwrap();
+    y.push_str(
+        "  - instance_name: db-01\n    image_name: debian-12\n    nics:\n      - network: default\n      - {network: storage, ipv4_address: 10.77.0.10/24, ipv6_address: 'fd77::10/64'}\n",
+    );
+    std::fs::write(&cfg, y).unwrap();
+    std::fs::create_dir_all(dir.path().join("images")).unwrap();
+    cached_image(&dir.path().join("images"), "a");
+    let uri = node(dir.path(), &[]);
+    let ops = plan_ops(&cfg, &uri);
+    let nic_lines: Vec<&(String, String, String)> = ops
+        .iter()
+        .filter(|(t, _, _)| t.starts_with("db-01 nic"))
+        .collect();
+    let mac0 = kvmprov_hypervisor::xml::mac_for("db-01");
+    let mac1 = kvmprov_hypervisor::xml::mac_for_nic("db-01", 1);
+    assert_eq!(
+        nic_lines,
+        vec![
+            &(
+                "db-01 nic0".to_string(),
+                "create".to_string(),
+                format!("network default, mac {mac0}, DHCPv4, primary")
+            ),
+            &(
+                "db-01 nic1".to_string(),
+                "create".to_string(),
+                format!("network storage, mac {mac1}, static 10.77.0.10/24, static fd77::10/64")
+            ),
+        ],
+        "{ops:?}"
+    );
+    // `check` shows every NIC under the instance.
+    let o = kvmprov(&["-c", cfg.to_str().unwrap(), "check"]);
+    assert!(
+        text(&o).contains(&format!(
+            "      nic1 network storage, mac {mac1}, static 10.77.0.10/24, static fd77::10/64\n"
+        )),
+        "{}",
+        text(&o)
+    );
+    // The node has no `storage` network: preflight says so.
+    let o = kvmprov(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-e",
+        &format!("kvm_libvirt_uri={uri}"),
+        "--check",
+        "provision",
+        "--stage",
+        "preflight",
+    ]);
+    let t = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("Network not found: `storage`"), "{t}");
+}

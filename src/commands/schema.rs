@@ -48,6 +48,7 @@ mod tests {
     use super::*;
     use crate::config::{
         self, CatalogImage, CloudInitDefaults, DataDiskDefinition, InstanceDefinition,
+        NicDefinition,
     };
 
     /// The field names serde's derived `Deserialize` accepts for a struct: it hands them to
@@ -161,6 +162,10 @@ mod tests {
                 "kvm_instance_definitions[].disks[]".into(),
                 serde_fields::<DataDiskDefinition>(),
             ),
+            (
+                "kvm_instance_definitions[].nics[]".into(),
+                serde_fields::<NicDefinition>(),
+            ),
         ])
     }
 
@@ -176,7 +181,17 @@ mod tests {
         })
     }
 
-    /// The object at `path` inside `doc` (the first item of a list).
+    /// The smallest item of a list the minimal file leaves out.
+    fn minimal_item(list: &str) -> Value {
+        match list {
+            "nics" => json!({ "network": "default" }),
+            "disks" => json!({ "name": "data", "size_gib": 1 }),
+            _ => json!({}),
+        }
+    }
+
+    /// The object at `path` inside `doc` (the first item of a list; a missing list is made
+    /// with its smallest item).
     fn at<'a>(doc: &'a mut Value, path: &str) -> &'a mut serde_json::Map<String, Value> {
         let mut node = doc;
         for seg in path.split('.').filter(|s| !s.is_empty()) {
@@ -185,10 +200,12 @@ mod tests {
                 None => (seg, false),
             };
             let map = node.as_object_mut().expect("an object on the path");
-            node = map.entry(key).or_insert_with(|| match key {
-                // A list the minimal file lacks: one item with the item's required keys.
-                "disks" => json!([{ "name": "data", "size_gib": 1 }]),
-                _ => json!({}),
+            node = map.entry(key).or_insert_with(|| {
+                if item {
+                    json!([minimal_item(key)])
+                } else {
+                    json!({})
+                }
             });
             if item {
                 node = &mut node[0];

@@ -46,6 +46,7 @@ fn row(
             ssh_ready: false,
             snapshots: Vec::new(),
             disks: disks(s, hv, inst)?,
+            nics: Vec::new(),
         });
     };
     let observed = kvmprov_hypervisor::xml::parse_domain_xml(&hv.domain_xml(&inst.name)?)?;
@@ -81,6 +82,7 @@ fn row(
         ssh_ready,
         snapshots: hv.snapshots(&inst.name)?,
         disks: disks(s, hv, inst)?,
+        nics: nic_rows(hv, networks, inst, &s.cfg.instance_pool_path, running, ip)?,
     })
 }
 
@@ -104,6 +106,35 @@ fn disks(s: &Session, hv: &Hypervisor, inst: &Instance) -> Result<Vec<DiskStatus
             })
         })
         .collect()
+}
+
+/// The addresses of every NIC of an instance with several (found only while it runs).
+fn nic_rows(
+    hv: &Hypervisor,
+    networks: &[NetworkInfo],
+    inst: &Instance,
+    pool_path: &std::path::Path,
+    running: bool,
+    primary_ipv4: Option<std::net::Ipv4Addr>,
+) -> Result<Vec<address::NicAddresses>, HvError> {
+    if inst.other_nics.is_empty() {
+        return Ok(Vec::new());
+    }
+    if running {
+        return address::current_per_nic(hv, networks, inst, pool_path, primary_ipv4);
+    }
+    // Not running: no address, like `ip`.
+    Ok(inst
+        .nics()
+        .into_iter()
+        .map(|n| address::NicAddresses {
+            ipv4: None,
+            ipv6: None,
+            network: n.network,
+            mac: n.mac,
+            primary: n.primary,
+        })
+        .collect())
 }
 
 /// The rows of one hypervisor's instances.

@@ -12,6 +12,7 @@
 //! | `raw` | node tree → the file's serde types ([`Vars`]), defaults filled in |
 //! | `resolve` | [`Vars`] → [`Config`]: rules across fields, each error located in the tree |
 //! | `validate` | checks of single values (names, paths, URLs, addresses) |
+//! | `nics` | an instance's `nics:` list → its resolved [`Nic`]s (the shorthand is `resolve`'s) |
 //! | `user_data` | the operator's cloud-config (inline or a file): read, checked, converted |
 //! | `disks` | an instance's data disks: their form in the file, checks, resolved form |
 //! | `password` | the login password's source (`password`, `password_hash`, `password_file`) |
@@ -21,6 +22,7 @@
 mod diagnostics;
 mod disks;
 mod document;
+mod nics;
 mod password;
 mod profiles;
 mod raw;
@@ -36,9 +38,9 @@ pub use disks::{DataDisk, DataDiskDefinition, Filesystem};
 pub use password::LoginPassword;
 pub use raw::{
     CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, InstanceDefinition,
-    InstanceProfile, Secret, StageChoice, UserData, Vars, TOP_LEVEL_KEYS,
+    InstanceProfile, NicDefinition, NicModel, Secret, StageChoice, UserData, Vars, TOP_LEVEL_KEYS,
 };
-pub use resolved::{Config, Instance, StaticIpv4};
+pub use resolved::{Config, Instance, Nic, NicIpv4, StaticIpv4, StaticIpv6};
 pub use resolved::{FieldOrigin, Origins};
 pub use validate::{libvirt_uri_for, valid_instance_name};
 

@@ -268,6 +268,10 @@ pub struct InstanceDefinition {
     /// MAC address; else a stable `52:54:00:…` derived from the instance name.
     #[serde(default)]
     pub mac_address: Option<String>,
+    /// Several NICs, in device order (instead of libvirt_network_name, ipv4_address, ipv4_gateway, dns_servers and mac_address, which describe one). Each NIC is matched by MAC in the guest; only the primary one (the first unless one says `primary: true`) has default routes, and kvmprov reaches the guest on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("default" = []))]
+    pub nics: Vec<NicDefinition>,
     /// Snapshot taken once after the first successful runtime check (not with `uefi`: libvirt takes no internal snapshots of a guest with UEFI NVRAM).
     #[serde(default)]
     pub snapshot_name: Option<String>,
@@ -448,4 +452,73 @@ impl JsonSchema for InstanceProfile {
         }
         schema
     }
+}
+/// QEMU's NIC model (`<model type=…>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NicModel {
+    /// Paravirtual: fastest; Debian's cloud kernels have the driver.
+    #[default]
+    Virtio,
+    /// Intel 82574 (PCIe): for guests without virtio drivers.
+    E1000e,
+    /// Intel 82540EM (PCI).
+    E1000,
+    /// Realtek 8139 (PCI), for very old guests.
+    Rtl8139,
+}
+
+impl NicModel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NicModel::Virtio => "virtio",
+            NicModel::E1000e => "e1000e",
+            NicModel::E1000 => "e1000",
+            NicModel::Rtl8139 => "rtl8139",
+        }
+    }
+
+    pub(super) fn is_virtio(&self) -> bool {
+        *self == NicModel::Virtio
+    }
+}
+
+/// One entry of an instance's `nics`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicDefinition {
+    /// The libvirt network this NIC joins (any forward mode: NAT, routed, isolated, bridge, open).
+    pub network: String,
+    /// MAC address; else the first NIC (or the primary one) gets the instance's stable `52:54:00:…` MAC, the others one derived from the name and the NIC's position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub mac: Option<String>,
+    /// Static IPv4 address with prefix (`10.77.0.10/24`, prefix 8–30, unique); else DHCPv4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub ipv4_address: Option<String>,
+    /// The primary NIC's IPv4 default gateway; default: the first host of the subnet. Only on the primary NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub ipv4_gateway: Option<String>,
+    /// DNS servers (IPv4) for a static ipv4_address; on the primary NIC default: the gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("default" = []))]
+    pub dns_servers: Vec<String>,
+    /// Static IPv6 address with prefix (`fd77::10/64`, unique); router advertisements are accepted either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub ipv6_address: Option<String>,
+    /// The primary NIC's IPv6 default gateway (needs ipv6_address). Only on the primary NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub ipv6_gateway: Option<String>,
+    /// `virtio` (default), `e1000e`, `e1000` or `rtl8139`.
+    #[serde(default, skip_serializing_if = "NicModel::is_virtio")]
+    #[schemars(extend("default" = "virtio"))]
+    pub model: NicModel,
+    /// The NIC kvmprov reaches the guest on and the only one with default routes; default: the first. At most one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("default" = false))]
+    pub primary: bool,
 }

@@ -3,16 +3,19 @@
 //! located at the key that breaks it. One step per part of the file, in file order.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use kvmprov_seed::merge::{self, CloudConfig};
 
 use super::diagnostics::{did_you_mean, Locator};
 use super::disks;
+use super::nics::{self, ResolvedNics};
 use super::password::{self, LoginPassword};
 use super::profiles::{self, Expanded};
-use super::raw::{CatalogImage, CloudInitDefaults, FirmwareChoice, InstanceDefinition, Vars};
+use super::raw::{
+    CatalogImage, CloudInitDefaults, FirmwareChoice, InstanceDefinition, NicModel, Vars,
+};
 use super::resolved::{effective_mac, Config, Instance, Origins, StaticIpv4};
 use super::user_data::{self, check_fqdn};
 use super::validate::{
@@ -168,8 +171,29 @@ struct Taken {
     /// Lowercase: host names are case-insensitive, so names differing only in case collide.
     names: HashSet<String>,
     ips: HashSet<Ipv4Addr>,
+    ips6: HashSet<Ipv6Addr>,
     /// MAC → the instance that has it: two NICs with one MAC on a network break both guests.
     macs: HashMap<String, String>,
+}
+
+impl nics::TakenAddresses for Taken {
+    fn take_ipv4(&mut self, ip: Ipv4Addr) -> bool {
+        self.ips.insert(ip)
+    }
+    fn take_ipv6(&mut self, ip: Ipv6Addr) -> bool {
+        self.ips6.insert(ip)
+    }
+    fn take_mac(&mut self, mac: &str, owner: &str) -> Result<(), String> {
+        if let Some(first) = self.macs.get(mac) {
+            return Err(if first == owner {
+                format!("another NIC of `{owner}`")
+            } else {
+                format!("instance `{first}`")
+            });
+        }
+        self.macs.insert(mac.to_string(), owner.to_string());
+        Ok(())
+    }
 }
 
 /// The instances, and the origins of the values of those that name a profile.
@@ -203,16 +227,11 @@ fn resolve_instance(
     check_name(at, d, taken)?;
     check_image_reference(at, d, &shared.image_names)?;
     check_sizes(at, d)?;
-    let network = d
-        .libvirt_network_name
-        .clone()
-        .unwrap_or_else(|| shared.network.to_string());
-    valid_simple_name(&network).map_err(|m| {
-        at.key("libvirt_network_name")
-            .error(format!("libvirt_network_name {m}"))
-    })?;
-    let ipv4 = static_ipv4(at, d, taken)?;
-    let mac = mac_address(at, d, taken)?;
+    let nics = if d.nics.is_empty() {
+        one_nic(at, d, shared, taken)?
+    } else {
+        nics::resolve(at, d, taken)?
+    };
     if let Some(s) = &d.snapshot_name {
         valid_simple_name(s)
             .map_err(|m| at.key("snapshot_name").error(format!("snapshot_name {m}")))?;
@@ -243,9 +262,13 @@ fn resolve_instance(
         vcpus: d.vcpus,
         memory_mib: d.memory_mib,
         disk_size_gib: d.disk_size_gib,
-        network,
-        ipv4,
-        mac,
+        network: nics.network,
+        ipv4: nics.ipv4,
+        mac: nics.mac,
+        ipv6: nics.ipv6,
+        nic_model: nics.model,
+        primary_nic_index: nics.primary_index,
+        other_nics: nics.others,
         snapshot_name: d.snapshot_name.clone(),
         packages: d.packages.clone(),
         runcmd: d.runcmd.clone(),
@@ -255,6 +278,35 @@ fn resolve_instance(
         fqdn: d.fqdn.as_ref().map(|f| f.to_ascii_lowercase()),
         user_data: merge::layer(&below, &own),
         disks,
+    })
+}
+
+/// The one-NIC shorthand: `libvirt_network_name`, `ipv4_address` (+ gateway, DNS),
+/// `mac_address`.
+fn one_nic(
+    at: Locator,
+    d: &InstanceDefinition,
+    shared: &Shared,
+    taken: &mut Taken,
+) -> Result<ResolvedNics, ConfigError> {
+    let network = d
+        .libvirt_network_name
+        .clone()
+        .unwrap_or_else(|| shared.network.to_string());
+    valid_simple_name(&network).map_err(|m| {
+        at.key("libvirt_network_name")
+            .error(format!("libvirt_network_name {m}"))
+    })?;
+    let ipv4 = static_ipv4(at, d, taken)?;
+    let mac = mac_address(at, d, taken)?;
+    Ok(ResolvedNics {
+        network,
+        ipv4,
+        mac,
+        ipv6: None,
+        model: NicModel::Virtio,
+        primary_index: 0,
+        others: Vec::new(),
     })
 }
 

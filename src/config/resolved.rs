@@ -1,16 +1,18 @@
 //! The resolved settings every stage reads: defaults applied, cross-field rules checked.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use kvmprov_seed::merge::CloudConfig;
 
 use super::disks::DataDisk;
 use super::password::LoginPassword;
-use super::raw::{CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, StageChoice};
+use super::raw::{
+    CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, NicModel, StageChoice,
+};
 
 /// A validated static IPv4 setup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,6 +33,20 @@ pub struct Instance {
     pub network: String,
     pub ipv4: Option<StaticIpv4>,
     pub mac: Option<String>,
+    // The primary NIC's settings beyond the shorthand's, and the other NICs: left out of the
+    // serialised form while unused, so a one-NIC instance's config digest stays the same.
+    /// The primary NIC's static IPv6 address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<StaticIpv6>,
+    /// The primary NIC's model.
+    #[serde(skip_serializing_if = "NicModel::is_virtio")]
+    pub nic_model: NicModel,
+    /// Where the primary NIC sits among the NICs (0: first).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub primary_nic_index: usize,
+    /// The NICs other than the primary one, in device order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_nics: Vec<Nic>,
     pub snapshot_name: Option<String>,
     pub packages: Vec<String>,
     pub runcmd: Vec<String>,
@@ -58,6 +74,10 @@ pub struct Instance {
     pub disks: Vec<DataDisk>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 fn serialize_cloud_config<S: serde::Serializer>(c: &CloudConfig, s: S) -> Result<S::Ok, S::Error> {
     c.to_json().serialize(s)
 }
@@ -76,6 +96,10 @@ impl Instance {
             network: "default".into(),
             ipv4: None,
             mac: None,
+            ipv6: None,
+            nic_model: NicModel::Virtio,
+            primary_nic_index: 0,
+            other_nics: vec![],
             snapshot_name: None,
             packages: vec![],
             runcmd: vec![],
@@ -93,6 +117,21 @@ impl Instance {
     /// The MAC the guest's NIC gets: the configured one, else one derived from the name.
     pub fn effective_mac(&self) -> String {
         effective_mac(self.mac.as_deref(), &self.name)
+    }
+
+    /// Every NIC, in device order, the primary one included (marked `primary`).
+    pub fn nics(&self) -> Vec<Nic> {
+        let primary = Nic {
+            network: self.network.clone(),
+            mac: self.effective_mac(),
+            ipv4: self.ipv4.as_ref().map(NicIpv4::from),
+            ipv6: self.ipv6.clone(),
+            model: self.nic_model,
+            primary: true,
+        };
+        let mut all = self.other_nics.clone();
+        all.insert(self.primary_nic_index.min(all.len()), primary);
+        all
     }
 }
 
@@ -204,11 +243,78 @@ impl Config {
     /// The networks the instances need, each once.
     pub fn required_networks(&self) -> Vec<String> {
         let mut seen = Vec::new();
-        for i in &self.instances {
-            if !seen.contains(&i.network) {
-                seen.push(i.network.clone());
+        for nic in self.instances.iter().flat_map(Instance::nics) {
+            if !seen.contains(&nic.network) {
+                seen.push(nic.network);
             }
         }
         seen
+    }
+}
+
+/// A static IPv4 address of a NIC; only the primary NIC's has a gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NicIpv4 {
+    pub address: Ipv4Net,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
+}
+
+impl From<&StaticIpv4> for NicIpv4 {
+    fn from(s: &StaticIpv4) -> NicIpv4 {
+        NicIpv4 {
+            address: s.address,
+            gateway: Some(s.gateway),
+            dns: s.dns.clone(),
+        }
+    }
+}
+
+/// A static IPv6 address of a NIC; only the primary NIC's has a gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaticIpv6 {
+    pub address: Ipv6Net,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv6Addr>,
+}
+
+/// One resolved NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Nic {
+    pub network: String,
+    /// The MAC the guest's NIC gets (configured or derived), lower case.
+    pub mac: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<NicIpv4>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<StaticIpv6>,
+    #[serde(skip_serializing_if = "NicModel::is_virtio")]
+    pub model: NicModel,
+    /// The NIC kvmprov reaches the guest on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub primary: bool,
+}
+
+impl Nic {
+    /// One line for plans and listings: `network isolated, 52:54:00:…, static 10.77.0.10/24
+    /// fd77::10/64`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("network {}, mac {}", self.network, self.mac);
+        match &self.ipv4 {
+            Some(v4) => s.push_str(&format!(", static {}", v4.address)),
+            None => s.push_str(", DHCPv4"),
+        }
+        if let Some(v6) = &self.ipv6 {
+            s.push_str(&format!(", static {}", v6.address));
+        }
+        if !self.model.is_virtio() {
+            s.push_str(&format!(", model {}", self.model.as_str()));
+        }
+        if self.primary {
+            s.push_str(", primary");
+        }
+        s
     }
 }

@@ -125,7 +125,7 @@ pub(super) fn parse_static(
 }
 
 /// `192.168.122.50/24`: a unicast host address inside a subnet a host can live in.
-fn host_address(address: &str) -> Result<Ipv4Net, String> {
+pub(super) fn host_address(address: &str) -> Result<Ipv4Net, String> {
     let net: Ipv4Net = address.parse().map_err(|_| {
         format!("`{address}` is not an IPv4 address with prefix, like 192.168.122.50/24")
     })?;

@@ -203,6 +203,12 @@ pub fn config(cfg: &Config) -> String {
         for d in &i.disks {
             line(format!("      data disk {} ({})", d.summary(), d.by_id()));
         }
+        // Several NICs: the line above shows the primary one; every NIC gets its own line.
+        if !i.other_nics.is_empty() {
+            for (n, nic) in i.nics().iter().enumerate() {
+                line(format!("      nic{n} {}", nic.describe()));
+            }
+        }
         if let Some(o) = cfg.origins.iter().find(|o| o.instance == i.name) {
             origins(o).into_iter().for_each(&mut line);
         }
@@ -285,6 +291,23 @@ pub fn status_table(rows: &[InstanceStatus], several_hosts: bool) -> String {
                 "", d.name, d.size_gib, d.volume
             ));
         }
+        // An instance with several NICs: a line per NIC under its row.
+        for (i, n) in r.nics.iter().enumerate() {
+            let mut addrs: Vec<String> = n.ipv4.iter().map(|a| a.to_string()).collect();
+            addrs.extend(n.ipv6.iter().map(|a| a.to_string()));
+            out.push_str(&format!(
+                "{:<16} nic{i} {} {} {}{}\n",
+                "",
+                n.network,
+                n.mac,
+                if addrs.is_empty() {
+                    "-".to_string()
+                } else {
+                    addrs.join(" ")
+                },
+                if n.primary { " (primary)" } else { "" }
+            ));
+        }
     }
     out
 }
@@ -323,6 +346,7 @@ mod tests {
                 disk("data", Some(2 << 30), Some("/srv/data")),
                 disk("raw", None, None),
             ],
+            nics: vec![],
         };
         let text = status_table(&[row], false);
         let lines: Vec<&str> = text.lines().skip(2).collect();

@@ -16,6 +16,7 @@
 //! the values.
 
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use kvmprov_hypervisor::{HostInfo, NetworkInfo};
 use serde::Serialize;
@@ -204,6 +205,10 @@ pub struct InstanceStatus {
     /// The instance's data disks (left out when it has none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskStatus>,
+    /// Every NIC's addresses (`ip` is the primary NIC's IPv4); only for an instance with
+    /// several NICs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicAddresses>,
 }
 
 /// `status`: one data disk of an instance.
@@ -220,6 +225,18 @@ pub struct DiskStatus {
     pub capacity_bytes: Option<u64>,
     pub filesystem: Option<String>,
     pub mount: Option<String>,
+}
+
+/// One NIC's addresses as found now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NicAddresses {
+    pub network: String,
+    pub mac: String,
+    pub primary: bool,
+    pub ipv4: Option<Ipv4Addr>,
+    /// The static IPv6 address the config gives; addresses the guest takes by SLAAC are not
+    /// looked up (no address source reports IPv6).
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 #[cfg(test)]

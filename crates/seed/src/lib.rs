@@ -9,16 +9,17 @@
 
 use std::fmt;
 use std::io::Cursor;
-use std::net::Ipv4Addr;
 
 use serde_json::{json, Map, Value};
 
 mod disks;
 pub mod merge;
+mod network;
 
 pub use disks::DataFilesystem;
 
 use merge::{CloudConfig, Node};
+pub use network::{Ipv6Static, NetworkSpec, NicNetwork};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
@@ -100,21 +101,6 @@ pub fn hash_password(plain: &str) -> Result<String, SeedError> {
     sha_crypt::sha512_simple(plain, &params).map_err(|e| SeedError::Hash(format!("{e:?}")))
 }
 
-/// How the guest gets its address. The NIC is matched by MAC, whatever the guest names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetworkSpec {
-    Dhcp {
-        mac: String,
-    },
-    Static {
-        mac: String,
-        /// `address/prefix`, e.g. `192.168.122.50/24`.
-        address: String,
-        gateway: Option<Ipv4Addr>,
-        dns: Vec<Ipv4Addr>,
-    },
-}
-
 /// Everything one instance's seed says. `Debug` redacts the password hash.
 #[derive(Clone)]
 pub struct SeedSpec {
@@ -126,7 +112,8 @@ pub struct SeedSpec {
     pub ssh_authorized_keys: Vec<String>,
     pub ssh_password_authentication: bool,
     pub host_keys: HostKeys,
-    pub network: NetworkSpec,
+    /// The NICs, in device order.
+    pub network: Vec<NicNetwork>,
     pub packages: Vec<String>,
     pub runcmd: Vec<String>,
     /// The host's fully qualified name (its first label is `hostname`): `/etc/hosts` names it.
@@ -334,40 +321,9 @@ pub fn meta_data(spec: &SeedSpec) -> String {
     }))
 }
 
-/// `network-config` version 2, the NIC matched by MAC.
+/// `network-config` version 2, each NIC matched by MAC.
 pub fn network_config(spec: &SeedSpec) -> String {
-    let nic = match &spec.network {
-        NetworkSpec::Dhcp { mac } => json!({
-            "match": { "macaddress": mac },
-            "dhcp4": true,
-        }),
-        NetworkSpec::Static {
-            mac,
-            address,
-            gateway,
-            dns,
-        } => {
-            let mut nic = Map::new();
-            nic.insert("match".into(), json!({ "macaddress": mac }));
-            nic.insert("dhcp4".into(), json!(false));
-            nic.insert("addresses".into(), json!([address]));
-            if let Some(gw) = gateway {
-                nic.insert(
-                    "routes".into(),
-                    json!([{ "to": "0.0.0.0/0", "via": gw.to_string() }]),
-                );
-            }
-            if !dns.is_empty() {
-                let servers: Vec<String> = dns.iter().map(Ipv4Addr::to_string).collect();
-                nic.insert("nameservers".into(), json!({ "addresses": servers }));
-            }
-            Value::Object(nic)
-        }
-    };
-    yaml(&json!({
-        "version": 2,
-        "ethernets": { "primary": nic },
-    }))
+    yaml(&network::document(&spec.network))
 }
 
 /// The NoCloud seed ISO: ISO9660 with Joliet and Rock Ridge, volume label `cidata`.

@@ -1,5 +1,6 @@
 use super::*;
 use crate::merge::{self, CloudConfig, Node};
+use std::net::Ipv4Addr;
 use std::process::Command;
 
 fn spec(network: NetworkSpec) -> SeedSpec {
@@ -13,7 +14,7 @@ fn spec(network: NetworkSpec) -> SeedSpec {
         ],
         ssh_password_authentication: false,
         host_keys: HostKeys::generate().unwrap(),
-        network,
+        network: vec![NicNetwork::only(network)],
         packages: vec!["yes".into(), "0777".into()],
         runcmd: vec!["echo on: 1e3 # not a comment".into(), "null".into()],
         fqdn: None,
@@ -184,6 +185,69 @@ fn meta_data_and_network_config() {
     assert_eq!(nic["nameservers"]["addresses"], json!(["192.168.122.1"]));
     let d = pyyaml(&network_config(&spec(dhcp()))).unwrap();
     assert_eq!(d["ethernets"]["primary"]["dhcp4"], true);
+}
+
+/// A primary NIC by DHCP and a second one with static IPv4 and IPv6 addresses, then the
+/// primary one marked elsewhere: each NIC matched by MAC, one default route.
+fn two_nics() -> Vec<NicNetwork> {
+    vec![
+        NicNetwork::only(dhcp()),
+        NicNetwork {
+            ipv4: NetworkSpec::Static {
+                mac: "52:54:00:aa:bb:01".into(),
+                address: "10.77.0.10/24".into(),
+                gateway: None,
+                dns: vec![],
+            },
+            ipv6: Some(Ipv6Static {
+                address: "fd77::10/64".into(),
+                gateway: None,
+            }),
+            primary: false,
+        },
+    ]
+}
+
+#[test]
+fn network_config_of_several_nics_has_one_default_route() {
+    let mut s = spec(dhcp());
+    s.network = two_nics();
+    let Some(nc) = pyyaml(&network_config(&s)) else {
+        return;
+    };
+    let first = &nc["ethernets"]["primary"];
+    assert_eq!(
+        first,
+        &json!({"match": {"macaddress": "52:54:00:12:34:56"}, "dhcp4": true})
+    );
+    let second = &nc["ethernets"]["nic1"];
+    assert_eq!(second["match"]["macaddress"], "52:54:00:aa:bb:01");
+    assert_eq!(second["dhcp4"], false);
+    assert_eq!(second["addresses"], json!(["10.77.0.10/24", "fd77::10/64"]));
+    assert!(second.get("routes").is_none(), "{second}");
+
+    // The second NIC primary (static, with gateways), the first by DHCP without its routes.
+    s.network[0].primary = false;
+    s.network[1].primary = true;
+    s.network[1].ipv4 = NetworkSpec::Static {
+        mac: "52:54:00:aa:bb:01".into(),
+        address: "10.77.0.10/24".into(),
+        gateway: Some(Ipv4Addr::new(10, 77, 0, 1)),
+        dns: vec![Ipv4Addr::new(10, 77, 0, 1)],
+    };
+    s.network[1].ipv6 = Some(Ipv6Static {
+        address: "fd77::10/64".into(),
+        gateway: Some("fd77::1".parse().unwrap()),
+    });
+    let nc = pyyaml(&network_config(&s)).unwrap();
+    let first = &nc["ethernets"]["nic0"];
+    assert_eq!(first["dhcp4"], true);
+    assert_eq!(first["dhcp4-overrides"], json!({"use-routes": false}));
+    let primary = &nc["ethernets"]["primary"];
+    assert_eq!(
+        primary["routes"],
+        json!([{"to": "0.0.0.0/0", "via": "10.77.0.1"}, {"to": "::/0", "via": "fd77::1"}])
+    );
 }
 
 #[test]
@@ -496,6 +560,24 @@ fn documents_for_cloud_init_schema() {
         "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/".into(),
     );
     table.push(("password-hash-static-no-gateway", s));
+    let mut s = spec(dhcp());
+    s.network = two_nics();
+    table.push(("two-nics-dhcp-static-ipv6", s));
+    let mut s = spec(dhcp());
+    s.network = two_nics();
+    s.network[0].primary = false;
+    s.network[1].primary = true;
+    s.network[1].ipv4 = NetworkSpec::Static {
+        mac: "52:54:00:aa:bb:01".into(),
+        address: "10.77.0.10/24".into(),
+        gateway: Some(Ipv4Addr::new(10, 77, 0, 1)),
+        dns: vec![Ipv4Addr::new(10, 77, 0, 1)],
+    };
+    s.network[1].ipv6 = Some(Ipv6Static {
+        address: "fd77::10/64".into(),
+        gateway: Some("fd77::1".parse().unwrap()),
+    });
+    table.push(("two-nics-second-primary-gateways", s));
 
     let mut s = spec(dhcp());
     s.data_filesystems = data_filesystems();

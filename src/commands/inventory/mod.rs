@@ -56,7 +56,23 @@ fn facts(
             Ok(Some(addr)) => login_at(s, inst, addr),
         },
     };
-    fact(inst, uri, login)
+    let mut f = fact(inst, uri, login);
+    if f.login.is_ok() && !inst.other_nics.is_empty() {
+        if let (Ok(nets), Ok(t)) = (networks, &f.login) {
+            let primary = match t.addr {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(_) => None,
+            };
+            // A failed look-up of the other NICs leaves the host in: Ansible reaches it at
+            // ansible_host all the same.
+            if let Ok(nics) =
+                address::current_per_nic(hv, nets, inst, &s.cfg.instance_pool_path, primary)
+            {
+                f.nics = nics;
+            }
+        }
+    }
+    f
 }
 
 /// How to log in to `inst` at `addr`, or why kvmprov cannot.
@@ -73,6 +89,7 @@ fn fact(inst: &Instance, uri: &str, login: Result<SshTarget, String>) -> Facts {
         image: inst.image_name.clone(),
         network: inst.network.clone(),
         libvirt_uri: uri.to_string(),
+        nics: Vec::new(),
         login,
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::address::NicAddresses;
 use crate::report::error_chain;
 use crate::ssh::{shell_words, SshTarget};
 
@@ -16,6 +17,8 @@ pub struct Facts {
     pub image: String,
     pub network: String,
     pub libvirt_uri: String,
+    /// Every NIC's addresses, for an instance with several NICs (else empty).
+    pub nics: Vec<NicAddresses>,
     /// How to log in, or why the instance is not in the inventory.
     pub login: Result<SshTarget, String>,
 }
@@ -31,6 +34,10 @@ pub struct HostVars {
     pub ansible_ssh_common_args: String,
     /// The hypervisor the instance lives on (for `delegate_to`-style plays on it).
     pub kvmprov_libvirt_uri: String,
+    /// Every NIC (network, MAC, addresses) of an instance with several; `ansible_host` is the
+    /// primary NIC's address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kvmprov_nics: Vec<NicAddresses>,
 }
 
 /// The inventory: hosts with their variables, groups with their members, and the declared
@@ -61,11 +68,19 @@ pub fn build(facts: &[Facts]) -> Inventory {
             }
         };
         inv.hosts.insert(f.name.clone(), vars);
-        for group in [
+        let mut groups = vec![
             group_name("image", &f.image),
             group_name("hypervisor", &hypervisor_name(&f.libvirt_uri)),
             group_name("network", &f.network),
-        ] {
+        ];
+        // An instance is in the group of every network one of its NICs is on.
+        for n in &f.nics {
+            let g = group_name("network", &n.network);
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        for group in groups {
             inv.groups.entry(group).or_default().push(f.name.clone());
         }
     }
@@ -90,6 +105,7 @@ fn host_vars(f: &Facts, t: &SshTarget) -> Result<HostVars, String> {
         ansible_ssh_private_key_file: (!key.contains(['"', '\\', '%', '$'])).then_some(key),
         ansible_ssh_common_args: shell_words(&args),
         kvmprov_libvirt_uri: f.libvirt_uri.clone(),
+        kvmprov_nics: f.nics.clone(),
     })
 }
 
@@ -141,6 +157,7 @@ pub(super) mod tests {
             image: image.into(),
             network: "default".into(),
             libvirt_uri: uri.into(),
+            nics: vec![],
             login,
         }
     }

@@ -40,8 +40,9 @@ pub fn host_json(inv: &Inventory, name: &str) -> Value {
         .unwrap_or_else(|| json!({}))
 }
 
-/// A static inventory in Ansible's YAML format. Every value is written as a JSON string, which
-/// is a valid YAML double-quoted scalar: no value can turn into a number, a boolean or syntax.
+/// A static inventory in Ansible's YAML format. Every string is written as a JSON string, which
+/// is a valid YAML double-quoted scalar: no value can turn into a number, a boolean or syntax;
+/// a list (`kvmprov_nics`) as JSON, which is YAML flow style with the same rule inside.
 pub fn to_yaml(inv: &Inventory) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
     let mut y = String::from(
@@ -57,10 +58,11 @@ pub fn to_yaml(inv: &Inventory) -> String {
         // Through serde, so the file always has the same variables as the JSON document.
         if let Ok(Value::Object(vars)) = serde_json::to_value(vars) {
             for (key, value) in vars {
-                y.push_str(&format!(
-                    "      {key}: {}\n",
-                    q(value.as_str().unwrap_or_default())
-                ));
+                let shown = match &value {
+                    Value::String(s) => q(s),
+                    other => other.to_string(),
+                };
+                y.push_str(&format!("      {key}: {shown}\n"));
             }
         }
     }
@@ -78,6 +80,48 @@ pub fn to_yaml(inv: &Inventory) -> String {
 mod tests {
     use super::super::model::tests::{build, f, sample, target};
     use super::*;
+
+    #[test]
+    fn every_nic_of_an_instance_with_several_is_listed() {
+        let mut db = f(
+            "db-01",
+            "debian-12",
+            "qemu:///system",
+            Ok(target([192, 168, 122, 9], None)),
+        );
+        db.nics = vec![
+            crate::address::NicAddresses {
+                network: "default".into(),
+                mac: "52:54:00:00:00:01".into(),
+                primary: true,
+                ipv4: Some([192, 168, 122, 9].into()),
+                ipv6: None,
+            },
+            crate::address::NicAddresses {
+                network: "storage".into(),
+                mac: "52:54:00:00:00:02".into(),
+                primary: false,
+                ipv4: Some([10, 77, 0, 10].into()),
+                ipv6: Some("fd77::10".parse().unwrap()),
+            },
+        ];
+        let inv = build(&[db]);
+        let doc = to_json(&inv);
+        let nics = &doc["_meta"]["hostvars"]["db-01"]["kvmprov_nics"];
+        assert_eq!(nics[1]["ipv4"], "10.77.0.10");
+        assert_eq!(nics[1]["ipv6"], "fd77::10");
+        assert_eq!(doc["network_storage"]["hosts"], json!(["db-01"]));
+        assert_eq!(doc["network_default"]["hosts"], json!(["db-01"]));
+        let y = to_yaml(&inv);
+        assert!(
+            y.contains(r#"      kvmprov_nics: [{"ipv4":"192.168.122.9","ipv6":null,"mac":"52:54:00:00:00:01","network":"default","primary":true},"#),
+            "{y}"
+        );
+        // A host with one NIC has no kvmprov_nics.
+        assert!(to_json(&sample())["_meta"]["hostvars"]["app-01"]
+            .get("kvmprov_nics")
+            .is_none());
+    }
 
     #[test]
     fn dynamic_json_has_meta_hostvars_and_all() {

@@ -156,6 +156,36 @@ fn address_check(inst: &Instance, net: &NetworkInfo) -> (Action, Verdict) {
     }
 }
 
+/// How each NIC other than the primary one gets its address, checked like the primary one's:
+/// a static address outside its network's subnet fails. A DHCP NIC whose address no source can
+/// find passes (kvmprov reaches the guest on the primary NIC), and says so.
+fn nic_address_checks(inst: &Instance, networks: &[NetworkInfo]) -> Vec<(Action, Verdict)> {
+    let mut out = Vec::new();
+    for (i, nic) in inst.nics().iter().enumerate() {
+        if nic.primary {
+            continue;
+        }
+        let Some(net) = networks.iter().find(|n| n.name == nic.network) else {
+            continue; // the network's own check fails
+        };
+        let (mut action, verdict) = address_check(&address::nic_as_primary(inst, nic), net);
+        action.target = format!("address {} nic{i}", inst.name);
+        let verdict = match verdict {
+            Verdict::Fail(why) if nic.ipv4.is_none() => {
+                action.reason = format!(
+                    "no address source on network `{}` (kvmprov does not need one: it reaches the guest on the primary NIC)",
+                    net.name
+                );
+                tracing::debug!("{}: {why}", action.target);
+                Verdict::Pass
+            }
+            v => v,
+        };
+        out.push((action, verdict));
+    }
+    out
+}
+
 /// Is the UEFI firmware the instance needs installed on the hypervisor?
 fn firmware_check(
     inst: &Instance,
@@ -216,6 +246,7 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
         if let Some(net) = o.networks.iter().find(|n| n.name == inst.network) {
             out.push(address_check(inst, net));
         }
+        out.extend(nic_address_checks(inst, &o.networks));
         if inst.firmware == FirmwareChoice::Uefi {
             out.push(firmware_check(inst, o.firmware.as_ref()));
         }
@@ -588,6 +619,52 @@ mod tests {
         let p = plan(&cfg_with("vcpus: 1"), &o);
         assert!(
             matches!(&verdict_for(&p, "address app-01").1, Verdict::Fail(m) if m.contains("no DHCP server"))
+        );
+    }
+
+    #[test]
+    fn each_other_nic_is_checked_on_its_own_network() {
+        let mut o = remote(&[], None);
+        let mut storage = o.networks[0].clone();
+        storage.name = "storage".into();
+        storage.forward = None;
+        storage.ipv4 = Some(kvmprov_hypervisor::NetworkIpv4 {
+            address: "10.77.0.1".parse().unwrap(),
+            prefix: 24,
+            dhcp_range: None,
+        });
+        o.networks.push(storage);
+        // A static address outside the NIC's network's subnet cannot work.
+        let p = plan(
+            &cfg_with("nics: [{network: default}, {network: storage, ipv4_address: 10.78.0.5/24}]"),
+            &o,
+        );
+        match &verdict_for(&p, "address app-01 nic1").1 {
+            Verdict::Fail(m) => assert!(
+                m.contains("outside network `storage`'s subnet 10.77.0.0/24"),
+                "{m}"
+            ),
+            v => panic!("{v:?}"),
+        }
+        let p = plan(
+            &cfg_with("nics: [{network: default}, {network: storage, ipv4_address: 10.77.0.5/24}]"),
+            &o,
+        );
+        let (a, v) = verdict_for(&p, "address app-01 nic1");
+        assert_eq!(v, &Verdict::Pass);
+        assert!(a.reason.contains("10.77.0.5"), "{}", a.reason);
+        assert_eq!(verdict_for(&p, "address app-01").1, Verdict::Pass);
+        // DHCP where no source can see the address: fine for a NIC kvmprov does not use.
+        let p = plan(
+            &cfg_with("nics: [{network: default}, {network: storage}]"),
+            &o,
+        );
+        let (a, v) = verdict_for(&p, "address app-01 nic1");
+        assert_eq!(v, &Verdict::Pass);
+        assert!(
+            a.reason.contains("reaches the guest on the primary NIC"),
+            "{}",
+            a.reason
         );
     }
 

@@ -7,8 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kvmprov_hypervisor::xml::{self, DataDiskSpec, DomainSpec, DomainType, KvmprovMetadata};
 use kvmprov_hypervisor::Hypervisor;
 use kvmprov_image::CachedImage;
-use kvmprov_seed::{DataFilesystem, HostKeys, NetworkSpec, SeedSpec};
+use kvmprov_seed::{DataFilesystem, HostKeys, SeedSpec};
 
+use super::nics;
 use super::plan::config_digest;
 use super::ProvisionError;
 use crate::config::{Config, Instance};
@@ -113,16 +114,6 @@ fn seed_spec(sh: &Shared, inst: &Instance, instance_id: &str) -> Result<SeedSpec
     if !sh.operator_public.is_empty() {
         authorized.push(sh.operator_public.clone());
     }
-    let mac = inst.effective_mac();
-    let network = match &inst.ipv4 {
-        Some(st) => NetworkSpec::Static {
-            mac,
-            address: st.address.to_string(),
-            gateway: Some(st.gateway),
-            dns: st.dns.clone(),
-        },
-        None => NetworkSpec::Dhcp { mac },
-    };
     Ok(SeedSpec {
         instance_id: instance_id.to_string(),
         hostname: inst.name.clone(),
@@ -131,7 +122,7 @@ fn seed_spec(sh: &Shared, inst: &Instance, instance_id: &str) -> Result<SeedSpec
         ssh_authorized_keys: authorized,
         ssh_password_authentication: ci.ssh_password_authentication,
         host_keys: HostKeys::generate()?,
-        network,
+        network: nics::seed_networks(inst),
         packages: inst.packages.clone(),
         runcmd: inst.runcmd.clone(),
         fqdn: inst.fqdn.clone(),
@@ -203,8 +194,7 @@ fn domain_spec(
             })
             .collect(),
         seed_path: pool_path.join(seed_name(&inst.name)),
-        network: inst.network.clone(),
-        mac: inst.effective_mac(),
+        interfaces: nics::interfaces(inst),
         console_log: pool_path.join(console_name(&inst.name)),
         firmware: firmware_of(inst, pool_path),
         metadata: KvmprovMetadata {

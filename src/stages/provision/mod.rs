@@ -8,6 +8,7 @@
 
 mod create;
 pub mod disks;
+mod nics;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -198,6 +199,13 @@ impl<'a> Prepared<'a> {
             };
             self.s.printer.outcome(&o);
             outcomes.push(o);
+            if matches!(p, InstancePlan::Create { .. }) {
+                for a in nics::planned(inst) {
+                    let o = Outcome::planned(a);
+                    self.s.printer.outcome(&o);
+                    outcomes.push(o);
+                }
+            }
         }
         outcomes
     }

@@ -179,6 +179,14 @@ fn edited(
             shown(&serials)
         ));
     }
+    for nic in inst.other_nics.iter() {
+        if !d.macs.iter().any(|m| m.eq_ignore_ascii_case(&nic.mac)) && !changed("nics") {
+            diffs.push(format!(
+                "no NIC with mac {} (config: on network {})",
+                nic.mac, nic.network
+            ));
+        }
+    }
     if d.firmware != firmware_label(inst) && !changed("firmware") {
         diffs.push(format!(
             "firmware {} (config {})",

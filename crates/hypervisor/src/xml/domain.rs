@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use roxmltree::Node;
 use serde::Serialize;
 
+use super::interfaces::{interfaces_xml, InterfaceSpec};
 use super::{child, children, esc, p, parse};
 use crate::HvError;
 
@@ -68,9 +69,8 @@ pub struct DomainSpec {
     pub data_disks: Vec<super::DataDiskSpec>,
     /// The cloud-init NoCloud ISO (a read-only CD).
     pub seed_path: PathBuf,
-    /// The libvirt network the NIC joins.
-    pub network: String,
-    pub mac: String,
+    /// The NICs, in device order (the primary one first unless the config says otherwise).
+    pub interfaces: Vec<InterfaceSpec>,
     /// Where libvirt writes the serial console (truncated at each start).
     pub console_log: PathBuf,
     pub firmware: Firmware,
@@ -162,12 +162,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
       <target dev='sda' bus='scsi'/>
       <readonly/>
     </disk>
-    <interface type='network'>
-      <source network='{net}'/>
-      <mac address='{mac}'/>
-      <model type='virtio'/>
-    </interface>
-    <serial type='pty'>
+{interfaces}    <serial type='pty'>
       <log file='{log}' append='off'/>
       <target port='0'/>
     </serial>
@@ -210,8 +205,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         disk = p(&s.disk_path),
         data_disks = super::data_disks_xml(&s.data_disks),
         seed = p(&s.seed_path),
-        net = esc(&s.network),
-        mac = esc(&s.mac),
+        interfaces = interfaces_xml(&s.interfaces),
         log = p(&s.console_log),
     );
     x
@@ -259,6 +253,14 @@ pub fn mac_for(instance_name: &str) -> String {
         (h >> 8) & 0xff,
         h & 0xff
     )
+}
+
+/// The deterministic MAC of an instance's NIC that is not its primary one: like
+/// [`mac_for`] (which the primary NIC keeps, so domains made before NICs were a list do
+/// not drift), from the name and the NIC's position. `/` cannot occur in an instance name, so
+/// no other instance's primary MAC is derived from the same text.
+pub fn mac_for_nic(instance_name: &str, index: usize) -> String {
+    mac_for(&format!("{instance_name}/{index}"))
 }
 
 /// What kvmprov reads back from a domain's XML.
@@ -506,8 +508,7 @@ pub(super) mod tests {
             disk_path: "/p/a.qcow2".into(),
             data_disks: vec![],
             seed_path: "/p/a-seed.iso".into(),
-            network: "default".into(),
-            mac: mac_for(name),
+            interfaces: vec![InterfaceSpec::virtio_on("default", &mac_for(name))],
             console_log: "/p/a-console.log".into(),
             firmware: Firmware::Bios,
             metadata: KvmprovMetadata {
@@ -743,11 +744,19 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn nic_macs_are_stable_and_differ_from_the_primary_one() {
+        assert_eq!(mac_for_nic("db-01", 1), mac_for_nic("db-01", 1));
+        assert_ne!(mac_for_nic("db-01", 1), mac_for_nic("db-01", 2));
+        assert_ne!(mac_for_nic("db-01", 1), mac_for("db-01"));
+        assert!(mac_for_nic("db-01", 1).starts_with("52:54:00:"));
+    }
+
+    #[test]
     fn hostile_values_are_escaped() {
         let mut s = spec("a'\"<b>&c", DomainType::Qemu);
         s.disk_path = "/p/x'><evil/>&.qcow2".into();
         s.seed_path = "/p/new\nline\ttab\r.iso".into();
-        s.network = "n\"et'".into();
+        s.interfaces[0].source = crate::xml::InterfaceSource::Network("n\"et'".into());
         s.console_log = "/p/]]><!--".into();
         s.metadata.image_name = "<\"&'>".into();
         s.metadata.instance_id = "</kvmprov:instance>".into();

@@ -7,6 +7,7 @@
 mod capabilities;
 mod disks;
 mod domain;
+mod interfaces;
 mod network;
 mod storage;
 
@@ -19,9 +20,10 @@ use crate::HvError;
 pub use capabilities::{dac_baselabel, domain_types, parse_firmware_support, FirmwareSupport};
 pub use disks::{data_disks_xml, DataDiskSpec, MAX_SERIAL_LEN};
 pub use domain::{
-    domain_xml, mac_for, parse_domain_xml, snapshot_xml, used_files, DomainSpec, DomainType,
-    Firmware, KvmprovMetadata, ObservedDomain, UsedFile, METADATA_NS,
+    domain_xml, mac_for, mac_for_nic, parse_domain_xml, snapshot_xml, used_files, DomainSpec,
+    DomainType, Firmware, KvmprovMetadata, ObservedDomain, UsedFile, METADATA_NS,
 };
+pub use interfaces::{interfaces_xml, InterfaceSource, InterfaceSpec};
 pub use network::{parse_network_xml, NetworkFacts, NetworkIpv4};
 pub use storage::{
     overlay_volume_xml, parse_pool_path, parse_volume_xml, pool_xml, raw_volume_xml, VolumeFacts,

@@ -88,8 +88,7 @@ fn real_daemon_storage_and_domain() {
         disk_path: disk.path.clone(),
         data_disks: vec![],
         seed_path: seed.path.clone(),
-        network: network.clone(),
-        mac: xml::mac_for(&tag),
+        interfaces: vec![xml::InterfaceSpec::virtio_on(&network, &xml::mac_for(&tag))],
         console_log: pool_dir.join("console.log"),
         firmware: kvmprov_hypervisor::Firmware::Bios,
         metadata: KvmprovMetadata {
@@ -115,7 +114,10 @@ fn real_daemon_storage_and_domain() {
         DomainState::Running
     );
     // The FFI call: a real driver answers (no lease yet for a guest without an OS).
-    assert_eq!(hv.dhcp_lease(&network, &spec.mac).unwrap(), None);
+    assert_eq!(
+        hv.dhcp_lease(&network, &spec.interfaces[0].mac).unwrap(),
+        None
+    );
     assert!(spec.console_log.exists(), "serial log file created");
     hv.destroy(&tag).unwrap();
     hv.undefine(&tag, true).unwrap();
@@ -161,8 +163,7 @@ fn firmware_spec(
         // Any file serves as the CD: the guest is destroyed before it reads it.
         data_disks: vec![],
         seed_path: seed.to_path_buf(),
-        network: network.into(),
-        mac: xml::mac_for(name),
+        interfaces: vec![xml::InterfaceSpec::virtio_on(network, &xml::mac_for(name))],
         console_log: dir.join(format!("{name}-console.log")),
         firmware,
         metadata: KvmprovMetadata {

@@ -23,8 +23,10 @@ fn spec(name: &str, dir: &Path) -> DomainSpec {
         disk_path: dir.join(format!("{name}.qcow2")),
         data_disks: vec![],
         seed_path: dir.join(format!("{name}-seed.iso")),
-        network: "default".into(),
-        mac: xml::mac_for(name),
+        interfaces: vec![xml::InterfaceSpec::virtio_on(
+            "default",
+            &xml::mac_for(name),
+        )],
         console_log: dir.join(format!("{name}-console.log")),
         firmware: kvmprov_hypervisor::Firmware::Bios,
         metadata: KvmprovMetadata {
@@ -317,12 +319,16 @@ fn domain_lifecycle_and_snapshots() {
         DomainState::Running
     );
     // The test driver answers for an agent: one address per NIC, matched by MAC.
-    let ip = hv.agent_ipv4("kp-life", &s.mac).unwrap();
+    let ip = hv.agent_ipv4("kp-life", &s.interfaces[0].mac).unwrap();
     assert!(
         ip.is_some_and(|ip| ip.octets()[..3] == [192, 168, 122]),
         "{ip:?}"
     );
-    assert_eq!(hv.agent_ipv4("kp-life", &s.mac.to_uppercase()).unwrap(), ip);
+    assert_eq!(
+        hv.agent_ipv4("kp-life", &s.interfaces[0].mac.to_uppercase())
+            .unwrap(),
+        ip
+    );
     assert_eq!(hv.agent_ipv4("kp-life", "52:54:00:ff:ff:ff").unwrap(), None);
     hv.set_autostart("kp-life", true).unwrap();
 
@@ -387,7 +393,7 @@ fn domain_xml_round_trips_through_libvirt() {
     assert_eq!(o.vcpus, 1);
     assert_eq!(o.memory_mib, 512);
     assert_eq!(o.networks, vec!["default"]);
-    assert_eq!(o.macs, vec![s.mac.clone()]);
+    assert_eq!(o.macs, vec![s.interfaces[0].mac.clone()]);
     assert_eq!(o.disk_paths, vec![s.disk_path.clone(), s.seed_path.clone()]);
     assert_eq!(o.domain_type.as_deref(), Some("qemu"));
     assert_eq!(o.metadata, Some(s.metadata.clone()));

@@ -5,12 +5,10 @@
 # default route (the primary NIC's); the domain has both interfaces; `status --output json`
 # and `kvmprov inventory` list both NICs' addresses; the seed's network-config passes cloud-init
 # 22.4's and 25.1's schema.
-# Runs alone after run.sh's setup: tests/e2e/run.sh nics
-NI="$E2E_DIR/nics"
-mkdir -p "$NI"
-chmod 0755 "$NI"
+# Runs alone: tests/e2e/run.sh nics
+NI="$E2E_SCRATCH"
 NI_CFG="$NI/vars.yml"
-E2E_DOMAINS="$E2E_DOMAINS e2e-nics"
+e2e_own_domains e2e-nics
 
 # The second network: isolated (no forward), libvirt's DHCPv4-less subnet and an IPv6 subnet.
 cat >"$NI/net-v6.xml" <<'EOF'
@@ -19,9 +17,9 @@ cat >"$NI/net-v6.xml" <<'EOF'
   <ip family='ipv6' address='fd77::1' prefix='64'/>
 </network>
 EOF
+e2e_own_networks e2e-v6
 virsh_ns net-define "$NI/net-v6.xml" >/dev/null
 virsh_ns net-start e2e-v6 >/dev/null
-E2E_NETWORKS="${E2E_NETWORKS:-} e2e-v6"
 
 {
     e2e_config_head "$NI/images" "$NI/instances" "e2e-nics-pw"
@@ -52,12 +50,9 @@ check "provision --check created no domain" bash -c '! grep -qx e2e-nics <<<"$0"
 
 # --- the guest ----------------------------------------------------------------------------------
 log "kvmprov provision (full): one TCG guest with two NICs"
-set +e
-kp -c "$NI_CFG" --output json -e kvm_runtime_timeout_seconds=1200 provision >"$NI/provision.json" 2>"$NI/provision.log"
-rc=$?
-set -e
-E2E_EVIDENCE+=("$NI/provision.log")
-E2E_CONSOLES+=("$NI/instances/e2e-nics-console.log")
+capture rc - kp -c "$NI_CFG" --output json -e kvm_runtime_timeout_seconds=1200 provision >"$NI/provision.json" 2>"$NI/provision.log"
+evidence "$NI/provision.log"
+console_evidence "$NI/instances/e2e-nics-console.log"
 check "provision with two NICs exits 0" test "$rc" -eq 0
 check "e2e-nics is ready: SSH on the primary NIC, cloud-init done" \
     outcome "$(cat "$NI/provision.json")" e2e-nics wait "^ready at .*cloud-init done"
@@ -111,9 +106,9 @@ for doc in user-data network-config; do
 done
 check "the seed's network-config matches both NICs by MAC" \
     bash -c 'grep -q "$1" "$0" && grep -q "52:54:00:77:00:10" "$0" && grep -q "fd77::10/64" "$0"' "$NI/seed-docs/e2e-nics.network-config" "$mac0"
-bash "$E2E_ROOT/tests/cloud-init-schema.sh" "$NI/seed-docs" >"$NI/schema.log" 2>&1 && rc=0 || rc=$?
+capture rc - bash "$E2E_ROOT/tests/cloud-init-schema.sh" "$NI/seed-docs" >"$NI/schema.log" 2>&1
 tail -n 3 "$NI/schema.log"
-E2E_EVIDENCE+=("$NI/schema.log")
+evidence "$NI/schema.log"
 check "the e2e seed's user-data and network-config pass cloud-init schema 22.4 and 25.1" test "$rc" -eq 0
 
 kp -c "$NI_CFG" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null

@@ -60,7 +60,7 @@ inventory: build ## Print an Ansible inventory (YAML) of the running instances
 schema: build ## Regenerate vars/kvm-provisioning.schema.json (the variables file's JSON Schema)
 	$(KVMPROV) schema > vars/kvm-provisioning.schema.json
 
-schema-check: build ## Validate the example and hostile variants with check-jsonschema (PyPI, venv in /tmp)
+schema-check: build ## Validate the example and hostile variants (check-jsonschema from PyPI), and the generated cloud-init documents with cloud-init 22.4 and 25.1
 	bash tests/schema-check.sh
 	bash tests/cloud-init-schema.sh
 

@@ -185,19 +185,34 @@ impl Change {
     }
 }
 
+/// Fields added to the record after domains were first recorded, with the value every domain
+/// made before them had: no data disks, no other NICs, no user_data, no fqdn, no IPv6, virtio.
+/// An older record without them compares as that value, so a change made since is drift.
+const ADDED_LATER: &[(&str, &str)] = &[
+    ("disks", ""),
+    ("nics", ""),
+    ("user_data", ""),
+    ("fqdn", ""),
+    ("ipv6_address", ""),
+    ("ipv6_gateway", ""),
+    ("nic_model", "virtio"),
+];
+
 /// Pure: the recorded fields whose value the config no longer has, in the config's order.
-/// A field only one side knows (added or dropped by another kvmprov version) is not compared:
-/// nothing says what it was. `salt` (the domain's instance-id) digests what an older kvmprov
+/// A field only one side knows (added or dropped by another kvmprov version) is not compared,
+/// nothing says what it was, unless its value before it was recorded is known
+/// ([`ADDED_LATER`]). `salt` (the domain's instance-id) digests what an older kvmprov
 /// recorded in clear text, so it compares with today's digests.
 pub fn diff(recorded: &[(String, String)], wanted: &[(&str, String)], salt: &str) -> Vec<Change> {
     wanted
         .iter()
         .filter_map(|(name, new)| {
             let old = match recorded.iter().find(|(n, _)| n == name) {
-                Some((_, old)) => old,
-                // Domains from before data disks existed have none.
-                None if *name == "disks" => "",
-                None => return None,
+                Some((_, old)) => old.as_str(),
+                None => match ADDED_LATER.iter().find(|(n, _)| n == name) {
+                    Some((_, before)) => *before,
+                    None => return None,
+                },
             };
             // A clear-text list (JSON, `[`…) from an older kvmprov; a digest is 16 hex digits.
             let old = if DIGESTED.contains(name) && old.starts_with('[') {
@@ -244,7 +259,14 @@ fn describe_disks(old: &str, new: &str) -> String {
 
 /// What applying `changes` takes: the domain is never changed in place.
 pub fn remedy(changes: &[Change]) -> &'static str {
-    if changes.iter().any(|c| ON_DISK.contains(&c.field.as_str())) {
+    // A data disk kept under its name but changed (resized, formatted otherwise): re-creating
+    // the domain attaches the kept volume as it is, so that advice would never clear the drift.
+    let disk_changed = changes
+        .iter()
+        .any(|c| c.field == "disks" && describe_disks(&c.old, &c.new).contains(" → "));
+    if disk_changed {
+        "kvmprov never resizes or reformats a data disk: change the volume and its file system by hand, or delete it (cleanup with kvm_cleanup_remove_instance_disks=true, which deletes the root disk too), then provision"
+    } else if changes.iter().any(|c| ON_DISK.contains(&c.field.as_str())) {
         "to apply, re-create the instance with a new disk (cleanup with kvm_cleanup_remove_instance_disks=true, then provision)"
     } else {
         "to apply, re-create the domain (cleanup, then provision: the disk is kept and boots with a new cloud-init seed)"
@@ -321,6 +343,12 @@ mod tests {
             changes[0].describe(),
             "data disk data 10 GiB ext4 on /srv/data → data 20 GiB ext4 on /srv/data; data disk old 1 GiB raw removed; data disk new 2 GiB raw added"
         );
+        // Re-creating the domain would attach the kept volume at its old size.
+        assert!(
+            remedy(&changes).contains("never resizes"),
+            "{}",
+            remedy(&changes)
+        );
         // Recorded by a kvmprov without data disks: no `disks` field.
         let mut older = recorded(&cfg("", "pw"));
         older.retain(|(n, _)| n != "disks");
@@ -330,6 +358,28 @@ mod tests {
             "data disk data 10 GiB ext4 on /srv/data added; data disk old 1 GiB raw added"
         );
         assert_eq!(diff(&older, &fields(&cfg("", "pw")), SALT), vec![]);
+    }
+
+    /// A domain recorded before user_data, fqdn, IPv6, NIC models and several NICs existed
+    /// (a record without those fields) reported "matches the config" when any of them was
+    /// added to its instance since: the change was never applied and never said.
+    #[test]
+    fn regression_fields_added_later_were_never_compared_for_older_domains() {
+        let plain = cfg("", "pw");
+        let mut older = recorded(&plain);
+        older.retain(|(n, _)| !ADDED_LATER.iter().any(|(added, _)| added == n));
+        assert_eq!(diff(&older, &fields(&plain), SALT), vec![]);
+        let changed = cfg(
+            "    fqdn: app-01.example.com\n    user_data: {timezone: UTC}\n    nics:\n      - {network: default, ipv6_address: 'fd00::5/64', model: e1000e}\n      - network: storage\n",
+            "pw",
+        );
+        let fields: Vec<String> = diff(&older, &fields(&changed), SALT)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        for f in ["ipv6_address", "nic_model", "nics", "user_data", "fqdn"] {
+            assert!(fields.iter().any(|x| x == f), "{f} in {fields:?}");
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ fn row(
             ssh_ready: false,
             snapshots: Vec::new(),
             disks: disks(s, hv, inst)?,
-            nics: Vec::new(),
+            nics: nic_rows(hv, networks, inst, &s.cfg.instance_pool_path, false, None)?,
         });
     };
     let observed = kvmprov_hypervisor::xml::parse_domain_xml(&hv.domain_xml(&inst.name)?)?;

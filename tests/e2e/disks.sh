@@ -72,7 +72,7 @@ check "the raw disk holds no file system" \
     test "$(dk_ssh 'sudo -n blkid /dev/disk/by-id/virtio-raw >/dev/null; echo $?')" = 2
 check "a file written to /srv/data" \
     test "$(dk_ssh 'echo kept-across-lives | sudo -n tee /srv/data/marker >/dev/null && sync && cat /srv/data/marker')" = kept-across-lives
-st=$(kp -c "$DK_CFG" --output json status 2>&1) || true
+st=$(kp -c "$DK_CFG" --output json status 2>"$DK/status.err") || true
 check "status JSON lists both data disks with their volumes" \
     jqt '.instances[0].disks | length == 2 and .[0].name == "data" and .[0].capacity_bytes == 1073741824 and .[0].mount == "/srv/data" and .[1].by_id == "/dev/disk/by-id/virtio-raw" and .[1].capacity_bytes == 1073741824' <<<"$st"
 ci=$(dk_ssh "cloud-init status --long") || true
@@ -91,7 +91,7 @@ evidence "$DK/schema.log"
 check "the e2e seed's user-data and network-config pass cloud-init schema 22.4 and 25.1" test "$rc" -eq 0
 
 # --- cleanup-force keeps the data disks; the next life finds the file --------------------------
-out=$(kp -c "$DK_CFG" -e kvm_cleanup_confirmed=true --output json cleanup 2>&1) || true
+out=$(kp -c "$DK_CFG" -e kvm_cleanup_confirmed=true --output json cleanup 2>"$DK/cleanup.err") || true
 check "cleanup-force removed the domain" bash -c '! grep -qx e2e-disks <<<"$0"' "$(virsh_ns list --all --name)"
 check "cleanup-force names the data disk it keeps" \
     outcome "$out" e2e-disks skip "^data disk $DK_POOL/e2e-disks_data\\.qcow2 kept: removed only with kvm_cleanup_remove_instance_disks=true"

@@ -70,6 +70,8 @@ check "that error does not show the password" bash -c '! grep -q "$0" <<<"$1"' "
 log "kvmprov -vvv provision (full): one TCG guest with user_data"
 (while :; do ps -eo args; sleep 0.2; done) >"$UD/ps.log" 2>/dev/null &
 ud_ps=$!
+# Released by e2e_release (as a bash process) if the scenario stops before its kill below.
+e2e_own_daemon "$ud_ps" bash
 capture rc - kp -c "$UD_CFG" -vvv --output json -e kvm_runtime_timeout_seconds=1200 provision >"$UD/provision.json" 2>"$UD/provision.log"
 kill "$ud_ps" 2>/dev/null
 wait "$ud_ps" 2>/dev/null || true

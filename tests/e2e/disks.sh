@@ -79,16 +79,10 @@ ci=$(dk_ssh "cloud-init status --long") || true
 check "cloud-init finished without errors or warnings" bash -c 'grep -q "status: done" <<<"$0" && ! grep -qi "recoverable_errors: {[^}]" <<<"$0"' "$ci"
 
 seed="$DK_POOL/e2e-disks-seed.iso"
-mkdir -p "$DK/seed-docs"
-for doc in user-data network-config; do
-    isoinfo -i "$seed" -R -x "/$doc" >"$DK/seed-docs/e2e-disks.$doc" || rm -f "$DK/seed-docs/e2e-disks.$doc"
-done
+e2e_seed_docs "$seed" "$DK/seed-docs" e2e-disks
 check "the seed's user-data has fs_setup and mounts" \
     bash -c 'grep -q "^\"fs_setup\":" "$0" && grep -q "^\"mounts\":" "$0"' "$DK/seed-docs/e2e-disks.user-data"
-capture rc - bash "$E2E_ROOT/tests/cloud-init-schema.sh" "$DK/seed-docs" >"$DK/schema.log" 2>&1
-tail -n 3 "$DK/schema.log"
-evidence "$DK/schema.log"
-check "the e2e seed's user-data and network-config pass cloud-init schema 22.4 and 25.1" test "$rc" -eq 0
+e2e_seed_schema "$DK/seed-docs" "$DK/schema.log"
 
 # --- cleanup-force keeps the data disks; the next life finds the file --------------------------
 out=$(kp -c "$DK_CFG" -e kvm_cleanup_confirmed=true --output json cleanup 2>"$DK/cleanup.err") || true

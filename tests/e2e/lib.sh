@@ -170,6 +170,26 @@ e2e_setup() {
 #   e2e_own_links NAME...       network interfaces in the namespace: deleted
 #   e2e_own_daemon PID COMM     a daemon (not our child): stopped while PID is still a COMM
 # Pools whose directory is in the scenario's scratch directory go too, then the directory.
+# e2e_seed_docs SEED DIR NAME: the seed ISO's user-data and network-config as DIR/NAME.user-data
+# and DIR/NAME.network-config (isoinfo: a loop mount would need the iso9660 module).
+e2e_seed_docs() {
+    local doc
+    mkdir -p "$2"
+    for doc in user-data network-config; do
+        isoinfo -i "$1" -R -x "/$doc" >"$2/$3.$doc" || rm -f "$2/$3.$doc"
+    done
+}
+
+# e2e_seed_schema DIR LOG: check the documents in DIR with cloud-init 22.4's and 25.1's own
+# schema (tests/cloud-init-schema.sh), its output in LOG (kept as evidence).
+e2e_seed_schema() {
+    local rc
+    capture rc - bash "$E2E_ROOT/tests/cloud-init-schema.sh" "$1" >"$2" 2>&1
+    tail -n 3 "$2"
+    evidence "$2"
+    check "the e2e seed's user-data and network-config pass cloud-init schema 22.4 and 25.1" test "$rc" -eq 0
+}
+
 e2e_own_domains() { printf '%s\n' "$@" >>"$E2E_OWNED/domains"; }
 e2e_own_networks() { printf '%s\n' "$@" >>"$E2E_OWNED/networks"; }
 e2e_own_links() { printf '%s\n' "$@" >>"$E2E_OWNED/links"; }

@@ -100,16 +100,10 @@ check "one IPv4 default route, through the primary NIC" \
 
 # --- the seed's network-config passes cloud-init's own schema (22.4 and 25.1) ----------------------
 seed="$NI/instances/e2e-nics-seed.iso"
-mkdir -p "$NI/seed-docs"
-for doc in user-data network-config; do
-    isoinfo -i "$seed" -R -x "/$doc" >"$NI/seed-docs/e2e-nics.$doc" || rm -f "$NI/seed-docs/e2e-nics.$doc"
-done
+e2e_seed_docs "$seed" "$NI/seed-docs" e2e-nics
 check "the seed's network-config matches both NICs by MAC" \
     bash -c 'grep -q "$1" "$0" && grep -q "52:54:00:77:00:10" "$0" && grep -q "fd77::10/64" "$0"' "$NI/seed-docs/e2e-nics.network-config" "$mac0"
-capture rc - bash "$E2E_ROOT/tests/cloud-init-schema.sh" "$NI/seed-docs" >"$NI/schema.log" 2>&1
-tail -n 3 "$NI/schema.log"
-evidence "$NI/schema.log"
-check "the e2e seed's user-data and network-config pass cloud-init schema 22.4 and 25.1" test "$rc" -eq 0
+e2e_seed_schema "$NI/seed-docs" "$NI/schema.log"
 
 kp -c "$NI_CFG" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null
 check "cleanup removed e2e-nics" bash -c '! grep -qx e2e-nics <<<"$0"' "$(virsh_ns list --all --name)"

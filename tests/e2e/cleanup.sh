@@ -85,7 +85,7 @@ listing() { virsh_ns list --all --name | sort; ls -la "$C/instances" | awk '{pri
 # kvmprov under `timeout 30`: status 124 is a run that hung (the FIFO), anything else finished.
 #   ckp30 ARGS... ; then $rc is kvmprov's status, $out its stdout ($C/last.err its stderr)
 ckp30() {
-    capture --stdout rc out timeout 30 ip netns exec "$E2E_NS" "$KVMPROV" -c "$CCFG" "$@" 2>"$C/last.err"
+    capture --stdout rc out timeout 30 "${E2E_IN[@]}" "$KVMPROV" -c "$CCFG" "$@" 2>"$C/last.err"
 }
 fifo_check() { # what
     check "regression_cleanup_and_prune_hung_on_a_fifo_named_in_a_raw_disks_header: $1 finished within 30 s (status $rc)" \

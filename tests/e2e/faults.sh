@@ -21,8 +21,8 @@ fkp() { kp -c "$FCFG" "$@"; }
 # The work that is killed: the image cache, then provision (no guest boot). A script, so a
 # new session (setsid) can run it and the kill reaches kvmprov, not only the shell around it.
 cat >"$F/work.sh" <<EOF
-ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" image-cache >"$F/work.log" 2>&1 &&
-    ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" provision --stage provision >>"$F/work.log" 2>&1
+"${E2E_IN[@]}" "$KVMPROV" -c "$FCFG" image-cache >"$F/work.log" 2>&1 &&
+    "${E2E_IN[@]}" "$KVMPROV" -c "$FCFG" provision --stage provision >>"$F/work.log" 2>&1
 EOF
 # One uninterrupted run of that work, bounded. Once in three full CI runs here a re-run after a
 # SIGKILL sat forever in libvirt's client waiting for libvirtd's answer to virStorageVolGetInfo
@@ -69,7 +69,7 @@ libvirtd_survived() {
     pid=$(bash "$TESTKIT/netns-libvirtd.sh" alive "$E2E_NS") && return 0
     LIBVIRTD_DEATHS=$((LIBVIRTD_DEATHS + 1))
     log "NOTE: libvirtd $pid died after its client was killed ($1): a libvirtd crash; its last log lines:"
-    tail -n 3 /var/log/libvirt/libvirtd.log 2>/dev/null | sed 's/^/    /' || true
+    in_ns tail -n 3 /var/log/libvirt/libvirtd.log 2>/dev/null | sed 's/^/    /' || true
     bash "$TESTKIT/netns-libvirtd.sh" restart "$E2E_NS"
 }
 reset_host() {
@@ -167,7 +167,7 @@ done
 e2e_own_domains s-a s-b
 log_mark=$(wc -l <"$E2E_MIRROR_LOG")
 for k in a b; do
-    ip netns exec "$E2E_NS" "$KVMPROV" -c "$S/$k.yml" provision --no-wait >"$S/$k.log" 2>&1 &
+    "${E2E_IN[@]}" "$KVMPROV" -c "$S/$k.yml" provision --no-wait >"$S/$k.log" 2>&1 &
     eval "sp_$k=\$!"
 done
 capture rc_a - wait "$sp_a"
@@ -185,7 +185,7 @@ done
 
 # --- SIGTERM -------------------------------------------------------------------------------------
 fkp image-cache >/dev/null
-ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" provision --stage provision >/dev/null 2>&1 &
+"${E2E_IN[@]}" "$KVMPROV" -c "$FCFG" provision --stage provision >/dev/null 2>&1 &
 pid=$!
 sleep 0.05
 kill -TERM "$pid"
@@ -199,7 +199,7 @@ reset_host
 # --- Ctrl-C (SIGINT) in the middle of a download ------------------------------------------------
 rm -rf "$F/images"
 log_mark=$(wc -l <"$E2E_MIRROR_LOG")
-ip netns exec "$E2E_NS" "$KVMPROV" -c "$FCFG" image-cache >"$F/int.log" 2>&1 &
+"${E2E_IN[@]}" "$KVMPROV" -c "$FCFG" image-cache >"$F/int.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 200); do
     [ -n "$(find "$F/images" -name '*.part' -size +1M 2>/dev/null)" ] && break
@@ -227,7 +227,7 @@ RCFG="$F/restart.yml"
     echo "  - {instance_name: f-restart, image_name: debian-$E2E_N, vcpus: 1, memory_mib: 1024, disk_size_gib: 4}"
 } >"$RCFG"
 e2e_own_domains f-restart
-ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" provision >"$F/restart.log" 2>&1 &
+"${E2E_IN[@]}" "$KVMPROV" -c "$RCFG" provision >"$F/restart.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do
     grep -q "✓ start .*f-restart" "$F/restart.log" && break
@@ -242,12 +242,12 @@ check "the run fails (exit 1) when libvirtd restarts under it (got $rc)" test "$
 check "it stops within 30 s of the restart, not at its deadline (${waited}s)" test "$waited" -le 30
 check "the message says the connection to libvirtd was lost" \
     grep -q "connection to libvirtd was lost" "$F/restart.log"
-capture --stdout rc out ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" --output json provision 2>"$F/restart2.log"
+capture --stdout rc out "${E2E_IN[@]}" "$KVMPROV" -c "$RCFG" --output json provision 2>"$F/restart2.log"
 evidence "$F/restart2.log"
 check "the next run completes after the restart (exit $rc)" test "$rc" -eq 0
 ready() { jqt 'any(.stages[].outcomes[]; .target == "f-restart" and .op == "wait" and .status == "done" and (.reason | test("ready at")))' <<<"$out"; }
 check "and the guest is SSH-ready" ready
-ip netns exec "$E2E_NS" "$KVMPROV" -c "$RCFG" -e kvm_cleanup_confirmed=true \
+"${E2E_IN[@]}" "$KVMPROV" -c "$RCFG" -e kvm_cleanup_confirmed=true \
     -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null 2>&1 || true
 reset_host
 [ "$LIBVIRTD_HANGS" -eq 0 ] ||

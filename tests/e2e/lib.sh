@@ -16,7 +16,8 @@ E2E_VERSION=${E2E_VERSION:-20261124-0001}
 E2E_N=12
 [ "$E2E_SUITE" = trixie ] && E2E_N=13
 
-log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+# E2E_LANE (run.sh, with more than one lane): the lane's tag in every log line.
+log() { printf '[e2e %s%s] %s\n' "${E2E_LANE:+$E2E_LANE }" "$(date +%H:%M:%S)" "$*"; }
 
 # e2e_results_init DIR: results go to DIR/results (one "PASS|FAIL<TAB>name" line per check),
 # DIR/evidence and DIR/consoles: output files of the runs under test, and serial console logs of
@@ -95,8 +96,10 @@ changes() {
         | "\(.op) \(.target) \(.reason)"' <<<"$1"
 }
 
-# Run inside the test namespace.
-in_ns() { ip netns exec "$E2E_NS" "$@"; }
+# Run inside the test namespace: E2E_IN is the command prefix that gets there (e2e_setup sets it:
+# `nsenter` into a private daemon's holder, or `ip netns exec`). It execs CMD, so
+# `"${E2E_IN[@]}" CMD &` leaves CMD's own PID in $!.
+in_ns() { "${E2E_IN[@]}" "$@"; }
 virsh_ns() { in_ns virsh -q -c qemu:///system "$@"; }
 
 # Run kvmprov inside the namespace (so it reaches the guests and the mirror).
@@ -132,29 +135,50 @@ kvm_cloud_image_catalog:
 EOF
 }
 
-e2e_setup() {
-    E2E_NS=${E2E_NS:-kvmprov-e2e-$$}
-    E2E_DIR=$(mktemp -d /tmp/kvmprov-e2e.XXXXXX)
-    chmod 0755 "$E2E_DIR"
-    log "scratch $E2E_DIR, namespace $E2E_NS"
-    e2e_results_init "$E2E_DIR"
-    mkdir -p "$E2E_DIR/owned" "$E2E_DIR/kept"
-    # Both releases' twins: the boot scenario runs a Debian 13 guest (its GRUB differs).
+# e2e_images: E2E_IMAGE_12 and E2E_IMAGE_13, both releases' twins (the boot scenario runs a
+# Debian 13 guest: its GRUB differs), built once or reused from E2E_CACHE.
+e2e_images() {
+    local f
     log "building (or reusing) the bookworm and trixie twin images"
     E2E_IMAGE_12=$(bash "$TESTKIT/build-image.sh" bookworm "$E2E_CACHE" | tail -n 1)
     E2E_IMAGE_13=$(bash "$TESTKIT/build-image.sh" trixie "$E2E_CACHE" | tail -n 1)
     for f in "$E2E_IMAGE_12" "$E2E_IMAGE_13"; do
         [ -f "$f" ] || { log "image build did not produce a file: $f"; return 1; }
     done
-    bash "$TESTKIT/netns-libvirtd.sh" up "$E2E_NS"
-    E2E_NS_UP=1
+}
+
+# e2e_setup: the environment (namespace, libvirtd, mirror) in E2E_DIR, a new scratch directory
+# unless the caller gives one (and then removes it). With E2E_PRIVATE=1 the libvirtd is a
+# private one (testkit/netns-libvirtd.sh up --private): several environments run side by side
+# (run.sh's lanes); otherwise it is the machine's one system libvirtd, in the namespace.
+e2e_setup() {
+    E2E_NS=${E2E_NS:-kvmprov-e2e-$$}
+    if [ -z "${E2E_DIR:-}" ]; then
+        E2E_DIR=$(mktemp -d /tmp/kvmprov-e2e.XXXXXX)
+        E2E_DIR_MADE=1
+    fi
+    chmod 0755 "$E2E_DIR"
+    log "scratch $E2E_DIR, namespace $E2E_NS"
+    e2e_results_init "$E2E_DIR"
+    mkdir -p "$E2E_DIR/owned" "$E2E_DIR/kept"
+    [ -n "${E2E_IMAGE_12:-}" ] || e2e_images
+    if [ -n "${E2E_PRIVATE:-}" ]; then
+        # Recorded first: a daemon that came half up is taken down too (`down` reads its state).
+        E2E_NS_UP=1
+        bash "$TESTKIT/netns-libvirtd.sh" up "$E2E_NS" --private "$E2E_DIR/libvirt"
+        E2E_IN=(nsenter -t "$(bash "$TESTKIT/netns-libvirtd.sh" holder "$E2E_NS")" -m -n)
+    else
+        bash "$TESTKIT/netns-libvirtd.sh" up "$E2E_NS"
+        E2E_NS_UP=1
+        E2E_IN=(ip netns exec "$E2E_NS")
+    fi
     E2E_MIRROR="$E2E_DIR/mirror"
     E2E_MIRROR_LOG="$E2E_DIR/mirror.log"
     bash "$TESTKIT/make-mirror.sh" "$E2E_IMAGE_12" "$E2E_MIRROR" bookworm "$E2E_VERSION"
     bash "$TESTKIT/make-mirror.sh" "$E2E_IMAGE_13" "$E2E_MIRROR" trixie "$E2E_VERSION"
     in_ns ip link set lo up
     # Not through in_ns: a function in the background would be a subshell, and $! its PID.
-    ip netns exec "$E2E_NS" python3 "$TESTKIT/mirror.py" --root "$E2E_MIRROR" --port 0 \
+    "${E2E_IN[@]}" python3 "$TESTKIT/mirror.py" --root "$E2E_MIRROR" --port 0 \
         --port-file "$E2E_DIR/mirror.port" --log "$E2E_MIRROR_LOG" >"$E2E_DIR/mirror.out" 2>&1 &
     E2E_MIRROR_PID=$!
     for _ in $(seq 1 50); do [ -s "$E2E_DIR/mirror.port" ] && break; sleep 0.1; done
@@ -270,7 +294,8 @@ e2e_teardown() {
     set +e
     # A scenario still running (run.sh stopped by a signal): stop it before taking its daemon.
     [ -n "${E2E_SCENARIO_PID:-}" ] && kill "$E2E_SCENARIO_PID" 2>/dev/null
-    if [ -n "${E2E_NS_UP:-}" ]; then
+    # (E2E_IN is set once the daemon is up: before, there is nothing to ask it.)
+    if [ -n "${E2E_NS_UP:-}" ] && [ -n "${E2E_IN:-}" ]; then
         local s
         for s in "$E2E_DIR"/owned/*; do [ -d "$s" ] && e2e_release "$(basename "$s")"; done
         for d in ${E2E_DOMAINS:-}; do
@@ -293,7 +318,7 @@ e2e_teardown() {
     fi
     [ -n "${E2E_MIRROR_PID:-}" ] && kill "$E2E_MIRROR_PID" 2>/dev/null && wait "$E2E_MIRROR_PID" 2>/dev/null
     [ -n "${E2E_NS_UP:-}" ] && bash "$TESTKIT/netns-libvirtd.sh" down "$E2E_NS"
-    [ -n "${E2E_DIR:-}" ] && [ -d "$E2E_DIR" ] && rm -rf "$E2E_DIR"
+    [ -n "${E2E_DIR_MADE:-}" ] && [ -d "$E2E_DIR" ] && rm -rf "$E2E_DIR"
     return 0
 }
 

@@ -151,7 +151,7 @@ kp -c "$P/one.yml" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_
 # --- 20 instances in parallel -----------------------------------------------------------------
 pcfg "$P/twenty.yml" "$P/pool" 20
 start=$(date +%s%N)
-ip netns exec "$E2E_NS" "$KVMPROV" -c "$P/twenty.yml" -vvv provision --stage provision >"$P/twenty.log" 2>&1 &
+"${E2E_IN[@]}" "$KVMPROV" -c "$P/twenty.yml" -vvv provision --stage provision >"$P/twenty.log" 2>&1 &
 kpid=$!
 # Every process's arguments, sampled while kvmprov works: the password must never be there.
 : >"$P/ps.log"

@@ -3,8 +3,7 @@
 # image on a local mirror (127.0.0.1 inside the namespace), kvmprov driving it. Scenarios, each a
 # file here that stands alone: it runs in a subshell with its own scratch directory, config and
 # instances, and what it made is removed after it (lib.sh: e2e_scenario, e2e_release), so any
-# one runs by itself and the order does not matter. They share only the namespace, libvirtd and
-# the mirror, set up once per run.
+# one runs by itself and the order does not matter.
 #   provision  preflight cases, 20 instances in parallel, generated files
 #   cleanup    decoys that every cleanup mode must leave alone
 #   faults     SIGKILL at many points, two runs at once, SIGTERM, SIGINT mid-download, libvirtd
@@ -14,35 +13,168 @@
 #   userdata   the operator's user_data, fqdn and password_file on one booted guest
 #   disks      two data disks on one booted guest, kept across cleanup-force and a re-provision
 #   nics       two NICs (NAT by DHCP; static IPv4 and IPv6 on an isolated network) on one guest
-# Prints "e2e: N passed, N failed" and exits non-zero when any check failed (or a scenario stopped
-# before its end).
-#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata disks nics
+#
+# Lanes: the scenarios run in E2E_LANES lanes side by side (default 2 when the machine has two
+# CPUs or more, else 1; E2E_LANES=1 runs them one after another). A lane is a whole environment
+# of its own: a network namespace, a private libvirtd + virtlogd (own /run/libvirt,
+# /var/lib/libvirt, /var/cache/libvirt, /etc/libvirt, /var/log/libvirt; testkit/netns-libvirtd.sh
+# up --private), a mirror and a results directory; scenarios in a lane share only those.
+# Scenarios go to lanes by the table E2E_EXPECTED below, fixed so every run splits the same way:
+# longest first, each to the lane with the least expected time so far. Log lines carry the lane
+# (`[e2e L1 12:00:00]`; other output of a lane `[e2e L1] ...`). Each scenario's line says its
+# wall time and the CPU its lane's processes used (sampled: testkit/cpu-meter.py). Results add up
+# into one summary: "e2e: N passed, N failed", non-zero exit when any check failed (or a
+# scenario or lane stopped before its end). Every lane's daemons and namespaces are removed on
+# exit, also after a failure or a SIGTERM.
+#   tests/e2e/run.sh [SCENARIO...]      default: all of E2E_EXPECTED
+#   E2E_LANES=1 tests/e2e/run.sh ...    one lane
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-ALL=(provision cleanup faults boot ansible userdata disks nics)
+# Scenario, and its wall time in seconds when it runs alone in CI (2 cores, TCG). A new scenario
+# is one line here (and a line in the list above).
+E2E_EXPECTED="
+boot 719
+ansible 290
+disks 268
+faults 245
+userdata 147
+nics 126
+provision 52
+cleanup 17
+"
+read -ra ALL <<<"$(awk 'NF {printf "%s ", $1}' <<<"$E2E_EXPECTED")"
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=("${ALL[@]}")
 for s in "${scenarios[@]}"; do
     [[ " ${ALL[*]} " == *" $s "* ]] || { echo "unknown scenario '$s'; one of: ${ALL[*]}" >&2; exit 2; }
 done
+if [ -z "${E2E_LANES:-}" ]; then
+    E2E_LANES=1
+    [ "$(nproc)" -ge 2 ] && E2E_LANES=2
+fi
+[[ "$E2E_LANES" =~ ^[1-9][0-9]*$ ]] || { echo "E2E_LANES must be a number from 1 on, not '$E2E_LANES'" >&2; exit 2; }
+lanes=$E2E_LANES
+[ "$lanes" -le ${#scenarios[@]} ] || lanes=${#scenarios[@]}
 
 [ "$(id -u)" -eq 0 ] || { echo "e2e tests need root (network namespaces, libvirtd)" >&2; exit 2; }
 [ -x "$KVMPROV" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 
-trap e2e_teardown EXIT
-e2e_setup
+# e2e_plan LANES SCENARIO...: "LANE SCENARIO EXPECTED" lines, each lane's in the order it runs
+# them. Longest first, each to the least loaded lane (the lower one on a tie): reproducible.
+e2e_plan() {
+    local n=$1 k best name secs
+    shift
+    local -a load
+    for k in $(seq 1 "$n"); do load[k]=0; done
+    while read -r name secs; do
+        [[ " $* " == *" $name "* ]] || continue
+        best=1
+        for k in $(seq 2 "$n"); do [ "${load[k]}" -lt "${load[best]}" ] && best=$k; done
+        load[best]=$((load[best] + secs))
+        echo "$best $name $secs"
+    done < <(awk 'NF' <<<"$E2E_EXPECTED" | sort -s -k2,2nr)
+}
 
-for s in "${scenarios[@]}"; do
-    log "=== scenario $s"
-    t0=$(date +%s)
-    mark=$(($(wc -l <"$E2E_RESULTS/results") + 1))
-    e2e_scenario "$s"
-    [ "$E2E_SCENARIO_RC" -eq 0 ] ||
-        fail "scenario $s ran to its end (it stopped with status $E2E_SCENARIO_RC; the lines above say where)"
-    e2e_release "$s"
-    log "=== scenario $s: $(e2e_counts "$mark") in $(($(date +%s) - t0)) s"
+# cpu_now: "LANE MACHINE" CPU seconds so far (the lane's meter), "0 0" before its first sample.
+cpu_now() { cat "$E2E_DIR/cpu" 2>/dev/null || echo "0 0"; }
+# cpu_text WALL BEFORE AFTER: the CPU used between two cpu_now readings, over WALL seconds.
+cpu_text() {
+    awk -v w="$1" -v a="$2" -v b="$3" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); l = y[1] - x[1]; m = y[2] - x[2]; if (w < 1) w = 1
+        printf "%d s by the lane (%.2f cores), %d s by the machine (%.2f cores)", l, l / w, m, m / w }'
+}
+
+# run_lane K SCENARIO...: the lane's environment and its scenarios, one after another (in a
+# subshell of its own: run.sh starts each lane with `( run_lane ... ) &`).
+run_lane() {
+    local k=$1 s t0 mark c0 c1 wall
+    shift
+    E2E_DIR="$RUN_DIR/L$k"
+    E2E_NS="kvmprov-e2e-$$-L$k"
+    E2E_PRIVATE=1
+    mkdir -p "$E2E_DIR"
+    if [ "$lanes" -gt 1 ]; then
+        E2E_LANE="L$k"
+        # Every line the lane prints carries its tag, so two lanes' lines can be told apart.
+        exec > >(sed -u "/^\[e2e $E2E_LANE /!s/^/[e2e $E2E_LANE] /") 2>&1
+        LANE_TAGGER=$!
+    fi
+    trap lane_end EXIT
+    e2e_setup
+    python3 "$TESTKIT/cpu-meter.py" "$(bash "$TESTKIT/netns-libvirtd.sh" holder "$E2E_NS")" \
+        "$E2E_DIR/cpu" </dev/null >/dev/null 2>&1 &
+    LANE_METER=$!
+    for _ in $(seq 1 30); do [ -s "$E2E_DIR/cpu" ] && break; sleep 0.1; done
+    for s in "$@"; do
+        log "=== scenario $s"
+        t0=$(date +%s)
+        c0=$(cpu_now)
+        mark=$(($(wc -l <"$E2E_RESULTS/results") + 1))
+        e2e_scenario "$s"
+        [ "$E2E_SCENARIO_RC" -eq 0 ] ||
+            fail "scenario $s ran to its end (it stopped with status $E2E_SCENARIO_RC; the lines above say where)"
+        e2e_release "$s"
+        c1=$(cpu_now)
+        wall=$(($(date +%s) - t0))
+        echo "$s $wall $c0 $c1" >>"$E2E_DIR/times"
+        log "=== scenario $s: $(e2e_counts "$mark") in $wall s, CPU $(cpu_text "$wall" "$c0" "$c1")"
+    done
+}
+
+lane_end() {
+    e2e_teardown
+    [ -n "${LANE_METER:-}" ] && kill "$LANE_METER" 2>/dev/null
+    if [ -n "${LANE_TAGGER:-}" ]; then
+        # The tagger ends once nothing writes to it: let it print the lane's last lines.
+        exec >/dev/null 2>&1
+        wait "$LANE_TAGGER" 2>/dev/null
+    fi
+    return 0
+}
+
+# A lane still running (run.sh stopped by a signal) is stopped: its EXIT trap takes its
+# environment down. What it could not take down (it was killed) goes here, by the lane's state.
+RUN_DIR=""
+LANE_PIDS=()
+run_teardown() {
+    set +e
+    local p k
+    for p in "${LANE_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${LANE_PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    for k in $(seq 1 "$lanes"); do
+        [ -f "/run/kvmprov-testkit/kvmprov-e2e-$$-L$k.state" ] &&
+            bash "$TESTKIT/netns-libvirtd.sh" down "kvmprov-e2e-$$-L$k"
+    done
+    [ -n "$RUN_DIR" ] && rm -rf "$RUN_DIR"
+    return 0
+}
+trap run_teardown EXIT
+
+RUN_DIR=$(mktemp -d /tmp/kvmprov-e2e.XXXXXX)
+chmod 0755 "$RUN_DIR"
+e2e_images
+plan=$(e2e_plan "$lanes" "${scenarios[@]}")
+start=$(date +%s)
+for k in $(seq 1 "$lanes"); do
+    mine=$(awk -v k="$k" '$1 == k {printf "%s ", $2}' <<<"$plan")
+    log "lane L$k: $mine(expected $(awk -v k="$k" '$1 == k {t += $3} END {print t + 0}' <<<"$plan") s)"
+    # shellcheck disable=SC2086 # scenario names: plain words
+    (run_lane "$k" $mine) &
+    LANE_PIDS+=("$!")
 done
 
+# The lanes' results, in lane order, as one run's.
+e2e_results_init "$RUN_DIR"
+for k in $(seq 1 "$lanes"); do
+    rc=0
+    wait "${LANE_PIDS[k - 1]}" || rc=$?
+    for f in results evidence consoles times; do cat "$RUN_DIR/L$k/$f" >>"$RUN_DIR/$f" 2>/dev/null || true; done
+    [ "$rc" -eq 0 ] ||
+        fail "lane L$k set up its environment and ran $(awk -v k="$k" '$1 == k {printf "%s ", $2}' <<<"$plan")to its end (it stopped with status $rc)"
+done
+LANE_PIDS=()
+log "all lanes done in $(($(date +%s) - start)) s; the scenarios one after another took $(awk '{t += $2} END {print t + 0}' "$RUN_DIR/times" 2>/dev/null || echo 0) s:"
+awk '{printf "    %-10s %5d s  lane CPU %5.0f s  machine CPU %5.0f s\n", $1, $2, $5 - $3, $6 - $4}' "$RUN_DIR/times" 2>/dev/null || true
 e2e_summary

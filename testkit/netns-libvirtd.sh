@@ -102,8 +102,9 @@ up() {
     local ns=$1 state="$STATE_DIR/$1.state" pid other
     mkdir -p "$STATE_DIR"
     for pid in $(running_libvirtd); do
-        # Private daemons (another e2e lane's) have sockets of their own: not in the way.
-        [ "$(readlink "/proc/$pid/ns/mnt" 2>/dev/null)" = "$(readlink /proc/self/ns/mnt)" ] || continue
+        # A private daemon (an e2e lane's) sees a /run/libvirt of its own: not in the way.
+        [ "$(stat -L -c %d:%i "/proc/$pid/root/run/libvirt" 2>/dev/null)" = "$(stat -c %d:%i /run/libvirt 2>/dev/null)" ] ||
+            continue
         other=$(ip netns identify "$pid" 2>/dev/null || true)
         if [ "$other" = "$ns" ]; then
             say "reusing libvirtd $pid already running in $ns"

@@ -20,9 +20,10 @@ e2e_own_domains $FNAMES
 fkp() { kp -c "$FCFG" "$@"; }
 # The work that is killed: the image cache, then provision (no guest boot). A script, so a
 # new session (setsid) can run it and the kill reaches kvmprov, not only the shell around it.
+# (E2E_IN's words are plain: a command, options, a PID or namespace name.)
 cat >"$F/work.sh" <<EOF
-"${E2E_IN[@]}" "$KVMPROV" -c "$FCFG" image-cache >"$F/work.log" 2>&1 &&
-    "${E2E_IN[@]}" "$KVMPROV" -c "$FCFG" provision --stage provision >>"$F/work.log" 2>&1
+${E2E_IN[*]} "$KVMPROV" -c "$FCFG" image-cache >"$F/work.log" 2>&1 &&
+    ${E2E_IN[*]} "$KVMPROV" -c "$FCFG" provision --stage provision >>"$F/work.log" 2>&1
 EOF
 # One uninterrupted run of that work, bounded. Once in three full CI runs here a re-run after a
 # SIGKILL sat forever in libvirt's client waiting for libvirtd's answer to virStorageVolGetInfo

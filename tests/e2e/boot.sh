@@ -138,6 +138,8 @@ start=$(date +%s)
 # Every process's arguments while the guests boot and are SSH-checked: no password, no key.
 (while :; do ps -eo args; sleep 0.2; done) >"$BOOT/boot-ps.log" 2>/dev/null &
 ps_pid=$!
+# Released by e2e_release (as a bash process) if the scenario stops before its kill below.
+e2e_own_daemon "$ps_pid" bash
 # The document to provision.json; the -v log (stderr) shown as it comes and kept (pipefail:
 # the pipeline's status is kvmprov's).
 # Four TCG guests on two cores, the UEFI one the slowest: 25 minutes before a guest counts as

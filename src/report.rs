@@ -78,6 +78,9 @@ pub struct Action {
     pub target: String,
     pub op: Op,
     pub reason: String,
+    /// A drifted domain's plan: per field, old → new and how it is applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<crate::drift::plan::Step>,
 }
 
 impl Action {
@@ -86,7 +89,14 @@ impl Action {
             target: target.into(),
             op,
             reason: reason.into(),
+            drift: Vec::new(),
         }
+    }
+
+    /// The same action carrying a drift plan (shown in `--output json`).
+    pub fn with_drift(mut self, steps: Vec<crate::drift::plan::Step>) -> Self {
+        self.drift = steps;
+        self
     }
 }
 

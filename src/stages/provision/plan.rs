@@ -6,7 +6,7 @@ use kvmprov_image::CachedImage;
 
 use crate::config::{Config, Instance};
 use crate::digest::sha256_hex;
-use crate::drift;
+use crate::drift::{self, plan::Step};
 use crate::firmware::firmware_label;
 use crate::report::{Action, Op};
 
@@ -38,8 +38,9 @@ pub enum Backing<'a> {
 pub enum InstancePlan {
     /// Exists and matches the config.
     Keep,
-    /// Exists but differs: reported, never changed.
-    Drift(Vec<String>),
+    /// Exists but differs: each difference a phrase, and the drift plan of the recorded
+    /// fields (applied by the runtime stage when `kvm_drift_apply_confirmed`).
+    Drift(Vec<String>, Vec<Step>),
     /// Create what is missing: the overlay (unless present), a fresh seed, the domain.
     Create { disk: bool },
     /// Cannot be planned (no cached image).
@@ -57,11 +58,11 @@ pub fn plan_instance(
 ) -> InstancePlan {
     match found {
         Found::Exists(d) => {
-            let diffs = differences(cfg, inst, d, domain_type);
+            let (diffs, steps) = differences(cfg, inst, d, domain_type);
             if diffs.is_empty() {
                 InstancePlan::Keep
             } else {
-                InstancePlan::Drift(diffs)
+                InstancePlan::Drift(diffs, steps)
             }
         }
         Found::NoDomain { disk_exists } => match image {
@@ -76,14 +77,14 @@ pub fn plan_instance(
     }
 }
 
-/// Pure: how an existing domain differs from the config, each difference a phrase, then the
-/// remedy when the config changed.
+/// Pure: how an existing domain differs from the config, each difference a phrase (for the
+/// recorded fields: how applying it works), and the drift plan of the recorded fields.
 fn differences(
     cfg: &Config,
     inst: &Instance,
     d: &ObservedDomain,
     domain_type: DomainType,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<Step>) {
     // The config against what the domain was made from, field by field; a domain
     // defined before fields were recorded has only the config digest to go by.
     let changes = match d
@@ -117,11 +118,30 @@ fn differences(
         Some(_) => {}
         None => diffs.push("not created by kvmprov (no kvmprov metadata)".to_string()),
     }
-    diffs.extend(changes.iter().map(drift::Change::describe));
-    if !changes.is_empty() {
+    // Only a domain kvmprov made has a plan: it knows what the domain was made from.
+    let recorded = d.metadata.as_ref().is_some_and(|m| m.fields.is_some());
+    let steps = if recorded {
+        drift::plan::plan(&changes, &facts(cfg, d))
+    } else {
+        Vec::new()
+    };
+    diffs.extend(steps.iter().map(Step::describe));
+    if steps.is_empty() && !changes.is_empty() {
         diffs.push(drift::remedy(&changes).to_string());
     }
-    diffs
+    (diffs, steps)
+}
+
+/// What the drift plan needs to know of a domain besides its record.
+pub fn facts(cfg: &Config, d: &ObservedDomain) -> drift::plan::Facts {
+    drift::plan::Facts {
+        running: d.running,
+        vcpus: d.vcpus,
+        max_vcpus: d.max_vcpus,
+        max_memory_mib: d.max_memory_mib,
+        autostart: d.autostart,
+        want_autostart: cfg.domain_autostart,
+    }
 }
 
 /// Pure: the domain as it is against the config (changed behind kvmprov's back, say with
@@ -197,8 +217,25 @@ fn edited(
     diffs
 }
 
+/// What happens to a drifted domain: the plan is applied by the runtime stage when confirmed.
+fn drift_note(cfg: &Config, steps: &[Step]) -> &'static str {
+    let (apply, _) = drift::plan::applicable(steps);
+    match (apply.is_empty(), cfg.drift_apply_confirmed) {
+        (true, _) => ", left unchanged",
+        (false, true) => ", the runtime stage applies what it can",
+        (false, false) => {
+            ", left unchanged (apply with -e kvm_drift_apply_confirmed=true, make provision-drift-apply)"
+        }
+    }
+}
+
 /// The action line for a plan.
-pub fn describe(inst: &Instance, p: &InstancePlan, image: Option<&CachedImage>) -> Action {
+pub fn describe(
+    cfg: &Config,
+    inst: &Instance,
+    p: &InstancePlan,
+    image: Option<&CachedImage>,
+) -> Action {
     // The version label came from the image host: sanitized.
     let version = image
         .map(|c| match &c.version {
@@ -210,14 +247,12 @@ pub fn describe(inst: &Instance, p: &InstancePlan, image: Option<&CachedImage>) 
         InstancePlan::Keep => {
             Action::new(&inst.name, Op::Ok, "domain exists and matches the config")
         }
-        InstancePlan::Drift(d) => Action::new(
+        InstancePlan::Drift(d, steps) => Action::new(
             &inst.name,
             Op::Drift,
-            format!(
-                "domain exists but differs, left unchanged: {}",
-                d.join("; ")
-            ),
-        ),
+            format!("domain exists but differs{}: {}", drift_note(cfg, steps), d.join("; ")),
+        )
+        .with_drift(steps.clone()),
         InstancePlan::Create { disk: true } => Action::new(
             &inst.name,
             Op::Create,

@@ -120,7 +120,6 @@ fn os_xml(f: &Firmware) -> String {
 /// serial"`) prints "Booting `Debian GNU/Linux'" on the serial console and then spins at full
 /// CPU forever on a machine without a display adapter (no kernel line, under BIOS and UEFI).
 pub fn domain_xml(s: &DomainSpec) -> String {
-    let m = &s.metadata;
     // KVM: host-model gives the guest the host's features while staying a named, migratable
     // model. TCG has no host CPU to expose; qemu's default model is the safe choice there.
     let cpu = match s.domain_type {
@@ -133,11 +132,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         "<domain type='{dt}'>
   <name>{name}</name>
   <metadata>
-    <kvmprov:instance xmlns:kvmprov='{ns}'>
-      <kvmprov:image name='{img}' version='{ver}' sha512='{sha}'/>
-      <kvmprov:config digest='{digest}' instance-id='{iid}'/>
-{fields}    </kvmprov:instance>
-  </metadata>
+{instance}  </metadata>
   <memory unit='MiB'>{mem}</memory>
   <currentMemory unit='MiB'>{mem}</currentMemory>
   <vcpu placement='static'>{vcpus}</vcpu>
@@ -184,13 +179,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
 ",
         dt = s.domain_type.as_str(),
         name = esc(&s.name),
-        ns = METADATA_NS,
-        img = esc(&m.image_name),
-        ver = esc(m.image_version.as_deref().unwrap_or("")),
-        sha = esc(&m.image_sha512),
-        digest = esc(&m.config_digest),
-        iid = esc(&m.instance_id),
-        fields = fields_xml(m.fields.as_deref()),
+        instance = metadata_xml(&s.metadata),
         mem = s.memory_mib,
         vcpus = s.vcpus,
         cpu = cpu,
@@ -209,6 +198,26 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         log = p(&s.console_log),
     );
     x
+}
+
+/// kvmprov's `<kvmprov:instance>` element (inside the domain's `<metadata>`): what the domain
+/// was made from. Also what drift writes back, with the applied fields' new values, through
+/// libvirt's metadata call (key `kvmprov`, namespace [`METADATA_NS`]).
+pub fn metadata_xml(m: &KvmprovMetadata) -> String {
+    format!(
+        "    <kvmprov:instance xmlns:kvmprov='{ns}'>
+      <kvmprov:image name='{img}' version='{ver}' sha512='{sha}'/>
+      <kvmprov:config digest='{digest}' instance-id='{iid}'/>
+{fields}    </kvmprov:instance>
+",
+        ns = METADATA_NS,
+        img = esc(&m.image_name),
+        ver = esc(m.image_version.as_deref().unwrap_or("")),
+        sha = esc(&m.image_sha512),
+        digest = esc(&m.config_digest),
+        iid = esc(&m.instance_id),
+        fields = fields_xml(m.fields.as_deref()),
+    )
 }
 
 /// `<kvmprov:fields>`: one `<kvmprov:field name=… value=…/>` per recorded config field.
@@ -264,10 +273,20 @@ pub fn mac_for_nic(instance_name: &str, index: usize) -> String {
 }
 
 /// What kvmprov reads back from a domain's XML.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedDomain {
+    /// The vCPUs the guest has (`<vcpu current=…>`, else all of them).
     pub vcpus: u32,
+    /// The most vCPUs it can have without a restart (`<vcpu>`'s text).
+    pub max_vcpus: u32,
+    /// The memory the guest has (`<currentMemory>`, else `<memory>`).
     pub memory_mib: u64,
+    /// The most memory it can have without a restart (`<memory>`: the balloon's ceiling).
+    pub max_memory_mib: u64,
+    /// Every disk's (and CD's) target device (`vda`, `sda`, …), in device order.
+    pub disk_targets: Vec<String>,
+    /// The disks that have a `<serial>` (kvmprov's data disks): (serial, target, source file).
+    pub serial_disks: Vec<(String, String, PathBuf)>,
     pub networks: Vec<String>,
     /// Lower case, in device order.
     pub macs: Vec<String>,
@@ -283,6 +302,10 @@ pub struct ObservedDomain {
     pub firmware: String,
     /// The UEFI variable store file, when the domain has one.
     pub nvram: Option<PathBuf>,
+    /// Running (libvirt gives a running domain an `id`).
+    pub running: bool,
+    /// Marked to start with the hypervisor: not in the XML, filled in by whoever observes.
+    pub autostart: bool,
 }
 
 /// The firmware of a domain, as `bios`, `uefi` or `uefi+secure-boot`, and its NVRAM file.
@@ -335,11 +358,21 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
     let doc = parse("domain XML", xml)?;
     let root = doc.root_element();
 
-    let vcpus = child(root, "vcpu")
+    let vcpu = child(root, "vcpu");
+    let max_vcpus = vcpu
         .and_then(|n| n.text())
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(0);
-    let memory_mib = child(root, "memory").and_then(memory_mib).unwrap_or(0);
+    let vcpus = vcpu
+        .and_then(|n| n.attribute("current"))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(max_vcpus);
+    let max_memory_mib = child(root, "memory").and_then(memory_mib).unwrap_or(0);
+    let memory_mib = child(root, "currentMemory")
+        .and_then(memory_mib)
+        .unwrap_or(max_memory_mib);
+    let mut disk_targets = Vec::new();
+    let mut serial_disks = Vec::new();
     let mut networks = Vec::new();
     let mut macs = Vec::new();
     let mut disk_paths = Vec::new();
@@ -361,9 +394,19 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
                     {
                         disk_paths.push(PathBuf::from(f));
                     }
+                    let target = child(dev, "target")
+                        .and_then(|t| t.attribute("dev"))
+                        .unwrap_or("")
+                        .to_string();
                     if let Some(serial) = child(dev, "serial").and_then(|s| s.text()) {
                         disk_serials.push(serial.trim().to_string());
+                        serial_disks.push((
+                            serial.trim().to_string(),
+                            target.clone(),
+                            source_of(dev).unwrap_or_default(),
+                        ));
                     }
+                    disk_targets.push(target);
                 }
                 _ => {}
             }
@@ -403,13 +446,19 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
         firmware,
         nvram,
         vcpus,
+        max_vcpus,
         memory_mib,
+        max_memory_mib,
+        disk_targets,
+        serial_disks,
         networks,
         macs,
         disk_paths,
         disk_serials,
         domain_type: root.attribute("type").map(String::from),
         metadata,
+        running: root.attribute("id").is_some_and(|id| id != "-1"),
+        autostart: false,
     })
 }
 

@@ -34,8 +34,10 @@ pub enum Op {
     Delete,
     /// Wanted by the user but refused for safety.
     Refuse,
-    /// The domain differs from the config; reported, never changed.
+    /// The domain differs from the config; reported, not changed here.
     Drift,
+    /// Drift applied to a defined domain (in place, or with a restart).
+    Apply,
     /// Not in scope (missing domain at cleanup, …).
     Skip,
 }
@@ -59,6 +61,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Refuse => "refuse",
             Op::Drift => "drift",
+            Op::Apply => "apply",
             Op::Skip => "skip",
         }
     }

@@ -44,7 +44,7 @@ pub enum Edit {
     DiskAdded { name: String },
     DiskRemoved { name: String },
     NicAdded { mac: String },
-    NicRemoved { mac: String },
+    NicRemoved { mac: String, network: String },
     Autostart { on: bool },
     /// Not applied by kvmprov (recreate, refused).
     None,
@@ -89,6 +89,20 @@ pub struct Facts {
     pub max_memory_mib: u64,
     pub autostart: bool,
     pub want_autostart: bool,
+}
+
+impl Facts {
+    /// The facts of an observed domain; `want_autostart`: `kvm_domain_autostart`.
+    pub fn of(d: &kvmprov_hypervisor::xml::ObservedDomain, want_autostart: bool) -> Facts {
+        Facts {
+            running: d.running,
+            vcpus: d.vcpus,
+            max_vcpus: d.max_vcpus,
+            max_memory_mib: d.max_memory_mib,
+            autostart: d.autostart,
+            want_autostart,
+        }
+    }
 }
 
 /// Fields only a new root disk carries.
@@ -261,6 +275,14 @@ fn nic_mac(record: &str) -> &str {
         .unwrap_or("")
 }
 
+/// The libvirt network in a recorded NIC.
+fn nic_network(record: &str) -> &str {
+    nic_body(record)
+        .split(", ")
+        .find_map(|p| p.strip_prefix("network "))
+        .unwrap_or("")
+}
+
 /// A recorded NIC without its position: moving in the list is no change of the NIC.
 fn nic_body(record: &str) -> &str {
     record.split_once(": ").map_or(record, |(_, b)| b)
@@ -286,6 +308,7 @@ fn nics(c: &Change) -> Vec<Step> {
                 "unplugged",
                 Edit::NicRemoved {
                     mac: nic_mac(o).to_string(),
+                    network: nic_network(o).to_string(),
                 },
             )),
             Some(n) if nic_body(n) != nic_body(o) => steps.push(one(
@@ -423,7 +446,8 @@ mod tests {
                 (
                     How::Live,
                     &Edit::NicRemoved {
-                        mac: "52:54:00:00:00:02".into()
+                        mac: "52:54:00:00:00:02".into(),
+                        network: "b".into()
                     }
                 ),
                 (

@@ -121,7 +121,10 @@ fn differences(
     // Only a domain kvmprov made has a plan: it knows what the domain was made from.
     let recorded = d.metadata.as_ref().is_some_and(|m| m.fields.is_some());
     let steps = if recorded {
-        drift::plan::plan(&changes, &facts(cfg, d))
+        drift::plan::plan(
+            &changes,
+            &drift::plan::Facts::of(d, cfg.domain_autostart),
+        )
     } else {
         Vec::new()
     };
@@ -132,17 +135,6 @@ fn differences(
     (diffs, steps)
 }
 
-/// What the drift plan needs to know of a domain besides its record.
-pub fn facts(cfg: &Config, d: &ObservedDomain) -> drift::plan::Facts {
-    drift::plan::Facts {
-        running: d.running,
-        vcpus: d.vcpus,
-        max_vcpus: d.max_vcpus,
-        max_memory_mib: d.max_memory_mib,
-        autostart: d.autostart,
-        want_autostart: cfg.domain_autostart,
-    }
-}
 
 /// Pure: the domain as it is against the config (changed behind kvmprov's back, say with
 /// virsh edit); what the config diff already names (`changed`) is not said twice.

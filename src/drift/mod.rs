@@ -243,7 +243,10 @@ fn disk_records(v: &str) -> Vec<String> {
 /// The record after `applied` steps of a plan: each applied field takes its new value; in a
 /// list field (`disks`, `nics`) only the items added or removed, so an item whose change was
 /// not applied (a refused resize) stays as recorded and is still drift next time.
-pub fn record_after(recorded: &[(String, String)], applied: &[&plan::Step]) -> Vec<(String, String)> {
+pub fn record_after(
+    recorded: &[(String, String)],
+    applied: &[&plan::Step],
+) -> Vec<(String, String)> {
     let mut out = recorded.to_vec();
     for step in applied {
         // Not recorded: autostart is read from the domain itself.
@@ -456,6 +459,38 @@ mod tests {
                 "nic_model virtio → e1000e"
             ]
         );
+    }
+
+    /// After a plan is applied the record says what the domain now is: no drift is left but
+    /// what was not applied (a refused data disk resize stays drift).
+    #[test]
+    fn the_record_after_applying_leaves_only_what_was_not_applied() {
+        let before = cfg(
+            "    vcpus: 1\n    disks: [{name: data, size_gib: 1}, {name: old, size_gib: 1}]\n",
+            "pw",
+        );
+        let after = cfg(
+            "    vcpus: 2\n    disks: [{name: data, size_gib: 2}, {name: new, size_gib: 1}]\n",
+            "pw",
+        );
+        let changes = diff(&recorded(&before), &fields(&after), SALT);
+        let facts = plan::Facts {
+            running: true,
+            vcpus: 1,
+            max_vcpus: 1,
+            max_memory_mib: 2048,
+            autostart: false,
+            want_autostart: false,
+        };
+        let steps = plan::plan(&changes, &facts);
+        let (applied, restart) = plan::applicable(&steps);
+        assert!(restart);
+        let now = record_after(&recorded(&before), &applied);
+        let left: Vec<String> = diff(&now, &fields(&after), SALT)
+            .iter()
+            .map(Change::describe)
+            .collect();
+        assert_eq!(left, ["data disk data 1 GiB raw → data 2 GiB raw"]);
     }
 
     #[test]

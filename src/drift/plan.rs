@@ -38,14 +38,31 @@ impl How {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Edit {
-    Vcpus { to: u32 },
-    Memory { to_mib: u64 },
-    RootDisk { to_gib: u64 },
-    DiskAdded { name: String },
-    DiskRemoved { name: String },
-    NicAdded { mac: String },
-    NicRemoved { mac: String, network: String },
-    Autostart { on: bool },
+    Vcpus {
+        to: u32,
+    },
+    Memory {
+        to_mib: u64,
+    },
+    RootDisk {
+        to_gib: u64,
+    },
+    DiskAdded {
+        name: String,
+    },
+    DiskRemoved {
+        name: String,
+    },
+    NicAdded {
+        mac: String,
+    },
+    NicRemoved {
+        mac: String,
+        network: String,
+    },
+    Autostart {
+        on: bool,
+    },
     /// Not applied by kvmprov (recreate, refused).
     None,
 }
@@ -71,7 +88,13 @@ impl Step {
         {
             format!("{} changed", self.field)
         } else {
-            let shown = |v: &str| if v.is_empty() { "(none)".to_string() } else { v.to_string() };
+            let shown = |v: &str| {
+                if v.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
             format!("{} {} → {}", self.field, shown(&self.old), shown(&self.new))
         };
         format!("{what} ({}: {})", self.how.as_str(), self.why)
@@ -167,11 +190,26 @@ fn vcpus(c: &Change, f: &Facts) -> Step {
     };
     let edit = Edit::Vcpus { to };
     if !f.running {
-        step(c, How::Restart, "the guest is off: it gets them at its next start", edit)
+        step(
+            c,
+            How::Restart,
+            "the guest is off: it gets them at its next start",
+            edit,
+        )
     } else if to > f.vcpus && to <= f.max_vcpus {
-        step(c, How::Live, "hot-plugged, within the guest's maximum", edit)
+        step(
+            c,
+            How::Live,
+            "hot-plugged, within the guest's maximum",
+            edit,
+        )
     } else if to < f.vcpus {
-        step(c, How::Restart, "kvmprov does not unplug vCPUs from a running guest", edit)
+        step(
+            c,
+            How::Restart,
+            "kvmprov does not unplug vCPUs from a running guest",
+            edit,
+        )
     } else {
         let why = format!("more than the {} the guest booted with", f.max_vcpus);
         step(c, How::Restart, &why, edit)
@@ -184,9 +222,19 @@ fn memory(c: &Change, f: &Facts) -> Step {
     };
     let edit = Edit::Memory { to_mib };
     if !f.running {
-        step(c, How::Restart, "the guest is off: it gets it at its next start", edit)
+        step(
+            c,
+            How::Restart,
+            "the guest is off: it gets it at its next start",
+            edit,
+        )
     } else if to_mib <= f.max_memory_mib {
-        step(c, How::Live, "the balloon, within the guest's maximum", edit)
+        step(
+            c,
+            How::Live,
+            "the balloon, within the guest's maximum",
+            edit,
+        )
     } else {
         let why = format!(
             "more than the {} MiB the guest booted with",
@@ -375,7 +423,10 @@ mod tests {
     #[test]
     fn more_vcpus_and_memory_than_the_guest_booted_with_take_a_restart() {
         let steps = plan(
-            &[change("vcpus", "1", "2"), change("memory_mib", "768", "1024")],
+            &[
+                change("vcpus", "1", "2"),
+                change("memory_mib", "768", "1024"),
+            ],
             &RUNNING,
         );
         assert_eq!(
@@ -398,7 +449,10 @@ mod tests {
             ..RUNNING
         };
         let steps = plan(
-            &[change("vcpus", "1", "2"), change("memory_mib", "768", "1024")],
+            &[
+                change("vcpus", "1", "2"),
+                change("memory_mib", "768", "1024"),
+            ],
             &roomy,
         );
         assert_eq!(
@@ -418,7 +472,11 @@ mod tests {
         assert_eq!(grow[0].edit, Edit::RootDisk { to_gib: 6 });
         let shrink = plan(&[change("disk_size_gib", "6", "4")], &RUNNING);
         assert_eq!(shrink[0].how, How::Refused);
-        assert!(shrink[0].describe().contains("never shrinks"), "{:?}", shrink[0]);
+        assert!(
+            shrink[0].describe().contains("never shrinks"),
+            "{:?}",
+            shrink[0]
+        );
         assert!(applicable(&shrink).0.is_empty());
     }
 

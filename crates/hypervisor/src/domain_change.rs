@@ -33,9 +33,10 @@ impl Hypervisor {
     /// persistent definition first; the running guest gets `n` only when `live` (a hot-plug
     /// within the maximum it booted with).
     pub fn set_vcpus(&self, name: &str, n: u32, max: u32, live: bool) -> Result<(), HvError> {
-        let d = self.conn.lookup_domain_by_name(name).map_err(lv(format!(
-            "look up domain {name}"
-        )))?;
+        let d = self
+            .conn
+            .lookup_domain_by_name(name)
+            .map_err(lv(format!("look up domain {name}")))?;
         let what = format!("set the vCPUs of domain {name} to {n}");
         // Current never above the maximum: raise the maximum first, lower it last.
         let old_max = d
@@ -54,9 +55,10 @@ impl Hypervisor {
     /// The guest's memory set to `mib` (the balloon, when `live`); `max`: the ceiling
     /// (`<memory>`) in the persistent definition.
     pub fn set_memory(&self, name: &str, mib: u64, max: u64, live: bool) -> Result<(), HvError> {
-        let d = self.conn.lookup_domain_by_name(name).map_err(lv(format!(
-            "look up domain {name}"
-        )))?;
+        let d = self
+            .conn
+            .lookup_domain_by_name(name)
+            .map_err(lv(format!("look up domain {name}")))?;
         let what = format!("set the memory of domain {name} to {mib} MiB");
         let kib = |m: u64| m << 10;
         // The ceiling first when it grows, last when it shrinks: current stays below it. The

@@ -121,10 +121,7 @@ fn differences(
     // Only a domain kvmprov made has a plan: it knows what the domain was made from.
     let recorded = d.metadata.as_ref().is_some_and(|m| m.fields.is_some());
     let steps = if recorded {
-        drift::plan::plan(
-            &changes,
-            &drift::plan::Facts::of(d, cfg.domain_autostart),
-        )
+        drift::plan::plan(&changes, &drift::plan::Facts::of(d, cfg.domain_autostart))
     } else {
         Vec::new()
     };
@@ -134,7 +131,6 @@ fn differences(
     }
     (diffs, steps)
 }
-
 
 /// Pure: the domain as it is against the config (changed behind kvmprov's back, say with
 /// virsh edit); what the config diff already names (`changed`) is not said twice.
@@ -242,7 +238,11 @@ pub fn describe(
         InstancePlan::Drift(d, steps) => Action::new(
             &inst.name,
             Op::Drift,
-            format!("domain exists but differs{}: {}", drift_note(cfg, steps), d.join("; ")),
+            format!(
+                "domain exists but differs{}: {}",
+                drift_note(cfg, steps),
+                d.join("; ")
+            ),
         )
         .with_drift(steps.clone()),
         InstancePlan::Create { disk: true } => Action::new(
@@ -311,6 +311,10 @@ mod tests {
                 instance_id: "x".into(),
                 fields: None,
             }),
+            max_vcpus: i.vcpus,
+            max_memory_mib: i.memory_mib,
+            running: true,
+            ..ObservedDomain::default()
         }
     }
 
@@ -337,7 +341,7 @@ mod tests {
             DomainType::Qemu,
         );
         assert_eq!(p, InstancePlan::Create { disk: true });
-        assert!(describe(&i, &p, Some(&cached()))
+        assert!(describe(&cfg(), &i, &p, Some(&cached()))
             .reason
             .contains("20241004-1890"));
     }
@@ -382,7 +386,7 @@ mod tests {
             &Found::Exists(Box::new(o)),
             DomainType::Qemu,
         ) {
-            InstancePlan::Drift(d) => {
+            InstancePlan::Drift(d, _) => {
                 assert_eq!(d.len(), 3, "{d:?}");
                 assert!(d[0].contains("vcpus 4 (config 2)"));
             }
@@ -412,14 +416,14 @@ mod tests {
             &Found::Exists(Box::new(o)),
             DomainType::Qemu,
         ) {
-            InstancePlan::Drift(d) => d,
+            InstancePlan::Drift(d, _) => d,
             InstancePlan::Keep => Vec::new(),
             p => panic!("{p:?}"),
         }
     }
 
     #[test]
-    fn drift_names_changed_fields_old_and_new_and_the_remedy() {
+    fn drift_names_changed_fields_old_new_and_how_they_are_applied() {
         let before = inst("a");
         let o = defined(&before);
         assert_eq!(drift_of(&before, o.clone()), Vec::<String>::new());
@@ -431,19 +435,42 @@ mod tests {
         });
         after.vcpus = 4;
         let d = drift_of(&after, o);
+        let seed = "(recreate: only a new domain with a new cloud-init seed carries it: cleanup, then provision (the disks are kept))";
         assert_eq!(
             d,
             vec![
-                "vcpus 2 → 4",
-                "ipv4_address (none) → 192.168.122.60/24",
-                "ipv4_gateway (none) → 192.168.122.1",
-                "to apply, re-create the domain (cleanup, then provision: the disk is kept and boots with a new cloud-init seed)",
+                "vcpus 2 → 4 (restart: more than the 2 the guest booted with)".to_string(),
+                format!("ipv4_address (none) → 192.168.122.60/24 {seed}"),
+                format!("ipv4_gateway (none) → 192.168.122.1 {seed}"),
             ]
         );
-        let line = describe(&after, &InstancePlan::Drift(d), None).reason;
+        let p = plan_instance(
+            &cfg(),
+            &after,
+            Backing::Cached(&cached()),
+            &Found::Exists(Box::new(defined(&before))),
+            DomainType::Qemu,
+        );
+        let action = describe(&cfg(), &after, &p, None);
         assert!(
-            line.starts_with("domain exists but differs, left unchanged: vcpus 2 → 4;"),
-            "{line}"
+            action.reason.starts_with(
+                "domain exists but differs, left unchanged (apply with -e kvm_drift_apply_confirmed=true, make provision-drift-apply): vcpus 2 → 4"
+            ),
+            "{}",
+            action.reason
+        );
+        let how: Vec<(&str, &str)> = action
+            .drift
+            .iter()
+            .map(|s| (s.field.as_str(), s.how.as_str()))
+            .collect();
+        assert_eq!(
+            how,
+            [
+                ("vcpus", "restart"),
+                ("ipv4_address", "recreate"),
+                ("ipv4_gateway", "recreate")
+            ]
         );
     }
 
@@ -495,7 +522,7 @@ mod tests {
                 &Found::Exists(Box::new(o)),
                 DomainType::Qemu,
             ) {
-                InstancePlan::Drift(d) => {
+                InstancePlan::Drift(d, _) => {
                     assert!(d.iter().any(|x| x.contains(want)), "{d:?}");
                     assert!(d.iter().any(|x| x.contains("uefi+secure-boot")), "{d:?}");
                 }

@@ -46,12 +46,13 @@ pub fn rollout(
     emit: &dyn Fn(&Outcome),
 ) -> Result<Rollout, HvError> {
     let cfg = &s.cfg;
-    let (domain_type, _) = resolve_domain_type(cfg.domain_type, &hv.host_info()?).map_err(
-        |reason| HvError::Invalid {
-            what: "choose the domain type".into(),
-            reason,
-        },
-    )?;
+    let (domain_type, _) =
+        resolve_domain_type(cfg.domain_type, &hv.host_info()?).map_err(|reason| {
+            HvError::Invalid {
+                what: "choose the domain type".into(),
+                reason,
+            }
+        })?;
     let mut pending = Vec::new();
     for inst in &cfg.instances {
         if hv.domain(&inst.name)?.is_none() {
@@ -68,10 +69,7 @@ pub fn rollout(
         };
         let wanted = fields::instance_fields(cfg, inst, domain_type, &m.instance_id);
         let changes = fields::diff(recorded, &wanted, &m.instance_id);
-        let steps = plan::plan(
-            &changes,
-            &plan::Facts::of(&d, cfg.domain_autostart),
-        );
+        let steps = plan::plan(&changes, &plan::Facts::of(&d, cfg.domain_autostart));
         let (apply, restart) = plan::applicable(&steps);
         if apply.is_empty() {
             continue;
@@ -101,7 +99,9 @@ pub fn rollout(
         push(o, &mut out);
     }
     let restarting: Vec<&Pending> = pending.iter().filter(|p| p.restart).collect();
-    let batch = usize::try_from(cfg.drift_max_unavailable).unwrap_or(1).max(1);
+    let batch = usize::try_from(cfg.drift_max_unavailable)
+        .unwrap_or(1)
+        .max(1);
     let mut stopped_by: Option<String> = None;
     for group in restarting.chunks(batch) {
         if let Some(who) = &stopped_by {
@@ -130,7 +130,6 @@ pub fn rollout(
     }
     Ok(out)
 }
-
 
 /// One guest's plan applied: its changes, its restart when it needs one, its new record.
 fn apply_one(s: &Session, hv: &Hypervisor, networks: &[NetworkInfo], p: &Pending) -> Outcome {
@@ -167,7 +166,10 @@ fn apply_one(s: &Session, hv: &Hypervisor, networks: &[NetworkInfo], p: &Pending
             if let Some(r) = restarted {
                 action.reason = format!("{}; restarted: {}", action.reason, r.describe());
             } else if !p.observed.running && apply.iter().any(|s| s.how == How::Restart) {
-                action.reason = format!("{}; the guest is off: it takes them at its next start", action.reason);
+                action.reason = format!(
+                    "{}; the guest is off: it takes them at its next start",
+                    action.reason
+                );
             }
             Status::Done
         }
@@ -243,7 +245,11 @@ fn apply_edit(
             if d.macs.iter().any(|m| m.eq_ignore_ascii_case(mac)) {
                 return Ok(());
             }
-            let Some(nic) = p.inst.nics().into_iter().find(|n| n.mac.eq_ignore_ascii_case(mac))
+            let Some(nic) = p
+                .inst
+                .nics()
+                .into_iter()
+                .find(|n| n.mac.eq_ignore_ascii_case(mac))
             else {
                 return Err(RuntimeError::Invalid(format!(
                     "NIC {mac} of {name} is not in the config"

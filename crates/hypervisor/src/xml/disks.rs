@@ -124,4 +124,24 @@ mod tests {
         assert!(x.contains("/p/a_&lt;raw&gt;.qcow2"), "{x}");
         assert!(x.contains("<target dev='vdc' bus='virtio'/>"), "{x}");
     }
+
+    #[test]
+    fn a_hot_plugged_disk_takes_the_first_free_target_and_keeps_its_serial() {
+        let used: Vec<String> = ["vda", "vdb", "vdd", "sda"].map(String::from).to_vec();
+        assert_eq!(free_target(&used), "vdc");
+        let x = data_disk_xml(
+            &DataDiskSpec {
+                path: "/p/a_extra.qcow2".into(),
+                serial: "extra".into(),
+            },
+            "vdc",
+        );
+        let doc = Document::parse(&x).unwrap();
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "disk");
+        assert!(
+            x.contains("<target dev='vdc' bus='virtio'/>") && x.contains("<serial>extra</serial>"),
+            "{x}"
+        );
+    }
 }

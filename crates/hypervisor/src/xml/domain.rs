@@ -906,6 +906,40 @@ pub(super) mod tests {
         assert_eq!(o.metadata, None);
     }
 
+    /// What drift's plan reads: current and maximum vCPUs and memory, running, data disks.
+    #[test]
+    fn current_and_maximum_vcpus_and_memory_and_the_data_disks_are_read() {
+        let x = "<domain type='qemu' id='7'><name>a</name>\
+            <memory unit='KiB'>2097152</memory><currentMemory unit='KiB'>1048576</currentMemory>\
+            <vcpu placement='static' current='2'>4</vcpu><devices>\
+            <disk type='file' device='disk'><source file='/p/a.qcow2'/><target dev='vda' bus='virtio'/></disk>\
+            <disk type='file' device='disk'><source file='/p/a_data.qcow2'/><target dev='vdb' bus='virtio'/><serial>data</serial></disk>\
+            </devices></domain>";
+        let d = parse_domain_xml(x).unwrap();
+        assert_eq!((d.vcpus, d.max_vcpus), (2, 4));
+        assert_eq!((d.memory_mib, d.max_memory_mib), (1024, 2048));
+        assert!(d.running);
+        assert_eq!(d.disk_targets, ["vda", "vdb"]);
+        assert_eq!(
+            d.serial_disks,
+            [(
+                "data".to_string(),
+                "vdb".to_string(),
+                PathBuf::from("/p/a_data.qcow2")
+            )]
+        );
+        // A defined domain that is off: no id (or -1); one vCPU count means all of them.
+        let off = parse_domain_xml(
+            "<domain type='qemu' id='-1'><memory>1024</memory><vcpu>1</vcpu></domain>",
+        )
+        .unwrap();
+        assert!(!off.running);
+        assert_eq!(
+            (off.vcpus, off.max_vcpus, off.memory_mib, off.max_memory_mib),
+            (1, 1, 1, 1)
+        );
+    }
+
     #[test]
     fn memory_units_and_overflow() {
         let mem = |m: &str| {

@@ -126,7 +126,7 @@ impl Hypervisor {
             .and_then(|d| {
                 d.set_metadata(
                     VIR_DOMAIN_METADATA_ELEMENT as i32,
-                    Some(&xml::metadata_xml(m)),
+                    Some(&xml::metadata_update_xml(m)),
                     Some("kvmprov"),
                     Some(xml::METADATA_NS),
                     impact(live),

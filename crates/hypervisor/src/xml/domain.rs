@@ -201,40 +201,44 @@ pub fn domain_xml(s: &DomainSpec) -> String {
 }
 
 /// kvmprov's `<kvmprov:instance>` element (inside the domain's `<metadata>`): what the domain
-/// was made from. Also what drift writes back, with the applied fields' new values, through
-/// libvirt's metadata call (key `kvmprov`, namespace [`METADATA_NS`]).
+/// was made from.
 pub fn metadata_xml(m: &KvmprovMetadata) -> String {
-    format!(
-        "    <kvmprov:instance xmlns:kvmprov='{ns}'>
-      <kvmprov:image name='{img}' version='{ver}' sha512='{sha}'/>
-      <kvmprov:config digest='{digest}' instance-id='{iid}'/>
-{fields}    </kvmprov:instance>
+    instance_xml(m, "kvmprov:", &format!(" xmlns:kvmprov='{METADATA_NS}'"))
+}
+
+/// The same element as libvirt's metadata call takes it (key `kvmprov`, namespace
+/// [`METADATA_NS`]): without prefix or namespace declaration, which libvirt adds itself (it
+/// refuses an element that declares them: "failed to create a new XML namespace"). Read back,
+/// it is the same element: names are matched without their namespace below the root.
+pub fn metadata_update_xml(m: &KvmprovMetadata) -> String {
+    instance_xml(m, "", "")
+}
+
+fn instance_xml(m: &KvmprovMetadata, prefix: &str, declaration: &str) -> String {
+    let mut x = format!(
+        "    <{prefix}instance{declaration}>
+      <{prefix}image name='{img}' version='{ver}' sha512='{sha}'/>
+      <{prefix}config digest='{digest}' instance-id='{iid}'/>
 ",
-        ns = METADATA_NS,
         img = esc(&m.image_name),
         ver = esc(m.image_version.as_deref().unwrap_or("")),
         sha = esc(&m.image_sha512),
         digest = esc(&m.config_digest),
         iid = esc(&m.instance_id),
-        fields = fields_xml(m.fields.as_deref()),
-    )
-}
-
-/// `<kvmprov:fields>`: one `<kvmprov:field name=… value=…/>` per recorded config field.
-fn fields_xml(fields: Option<&[(String, String)]>) -> String {
-    let Some(fields) = fields else {
-        return String::new();
-    };
-    let mut x = String::from("      <kvmprov:fields>\n");
-    for (name, value) in fields {
-        let _ = writeln!(
-            x,
-            "        <kvmprov:field name='{}' value='{}'/>",
-            esc(name),
-            esc(value)
-        );
+    );
+    if let Some(fields) = m.fields.as_deref() {
+        let _ = writeln!(x, "      <{prefix}fields>");
+        for (name, value) in fields {
+            let _ = writeln!(
+                x,
+                "        <{prefix}field name='{}' value='{}'/>",
+                esc(name),
+                esc(value)
+            );
+        }
+        let _ = writeln!(x, "      </{prefix}fields>");
     }
-    x.push_str("      </kvmprov:fields>\n");
+    let _ = writeln!(x, "    </{prefix}instance>");
     x
 }
 
@@ -938,6 +942,32 @@ pub(super) mod tests {
             (off.vcpus, off.max_vcpus, off.memory_mib, off.max_memory_mib),
             (1, 1, 1, 1)
         );
+    }
+
+    /// libvirt refused kvmprov's own element in its metadata call ("failed to create a new XML
+    /// namespace": it declares the namespace itself); what it writes back from the bare
+    /// element must read as the same record.
+    #[test]
+    fn regression_metadata_update_declared_its_own_namespace() {
+        let m = KvmprovMetadata {
+            image_name: "debian-12".into(),
+            image_version: None,
+            image_sha512: "ab".into(),
+            config_digest: "0123".into(),
+            instance_id: "a-1".into(),
+            fields: Some(vec![("vcpus".into(), "2".into())]),
+        };
+        let bare = metadata_update_xml(&m);
+        assert!(!bare.contains("xmlns") && !bare.contains("kvmprov:"), "{bare}");
+        // As libvirt stores it: the namespace on the root element only.
+        let stored = bare.replacen(
+            "<instance>",
+            &format!("<kvmprov:instance xmlns:kvmprov='{METADATA_NS}'>"),
+            1,
+        );
+        let stored = stored.replace("</instance>", "</kvmprov:instance>");
+        let x = format!("<domain type='qemu'><metadata>{stored}</metadata></domain>");
+        assert_eq!(parse_domain_xml(&x).unwrap().metadata, Some(m));
     }
 
     #[test]

@@ -958,7 +958,10 @@ pub(super) mod tests {
             fields: Some(vec![("vcpus".into(), "2".into())]),
         };
         let bare = metadata_update_xml(&m);
-        assert!(!bare.contains("xmlns") && !bare.contains("kvmprov:"), "{bare}");
+        assert!(
+            !bare.contains("xmlns") && !bare.contains("kvmprov:"),
+            "{bare}"
+        );
         // As libvirt stores it: the namespace on the root element only.
         let stored = bare.replacen(
             "<instance>",

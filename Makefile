@@ -8,7 +8,7 @@ STAGE      ?=
 KVMPROV    := target/release/kvmprov
 RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
-.PHONY: help venv build deps deps-demo check ping image-cache provision provision-stage provision-check \
+.PHONY: help venv build deps deps-demo check ping image-cache provision provision-stage provision-check drift-check provision-drift-apply \
         cleanup cleanup-force cleanup-force-disks status inventory schema schema-check deb deb-check test test-unit test-e2e test-remote demo demo-clean fuzz bench
 
 help: ## List the targets
@@ -41,6 +41,12 @@ provision-stage: build ## Run one stage: make provision-stage STAGE=image-cache
 
 provision-check: build ## Preflight in check mode: report, change nothing
 	$(RUN) --check preflight
+
+drift-check: build ## Show the drift plan (per field: old -> new, live/restart/recreate/refused); changes nothing
+	$(RUN) --check provision --stage provision
+
+provision-drift-apply: build ## Provision and apply drift (live, or restart one guest at a time)
+	$(RUN) -e kvm_drift_apply_confirmed=true provision
 
 cleanup: build ## Show what cleanup would remove (changes nothing)
 	$(RUN) cleanup

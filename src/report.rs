@@ -34,8 +34,10 @@ pub enum Op {
     Delete,
     /// Wanted by the user but refused for safety.
     Refuse,
-    /// The domain differs from the config; reported, never changed.
+    /// The domain differs from the config; reported, not changed here.
     Drift,
+    /// Drift applied to a defined domain (in place, or with a restart).
+    Apply,
     /// Not in scope (missing domain at cleanup, …).
     Skip,
 }
@@ -59,6 +61,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Refuse => "refuse",
             Op::Drift => "drift",
+            Op::Apply => "apply",
             Op::Skip => "skip",
         }
     }
@@ -78,6 +81,9 @@ pub struct Action {
     pub target: String,
     pub op: Op,
     pub reason: String,
+    /// A drifted domain's plan: per field, old → new and how it is applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<crate::drift::plan::Step>,
 }
 
 impl Action {
@@ -86,7 +92,14 @@ impl Action {
             target: target.into(),
             op,
             reason: reason.into(),
+            drift: Vec::new(),
         }
+    }
+
+    /// The same action carrying a drift plan (shown in `--output json`).
+    pub fn with_drift(mut self, steps: Vec<crate::drift::plan::Step>) -> Self {
+        self.drift = steps;
+        self
     }
 }
 

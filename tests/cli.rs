@@ -294,8 +294,9 @@ fn regression_provision_said_matches_the_config_after_ipv4_address_changed() {
     let web = ops.iter().find(|(t, _, _)| t == "web-01").unwrap();
     assert_eq!(web.1, "drift", "{ops:?}");
     assert!(
-        web.2.contains("ipv4_address (none) → 192.168.122.50/24")
-            && web.2.contains("re-create the domain"),
+        web.2.contains(
+            "ipv4_address (none) → 192.168.122.50/24 (recreate: only a new domain with a new cloud-init seed"
+        ),
         "{ops:?}"
     );
 }

@@ -32,6 +32,8 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "kvm_instance_profiles",
     "kvm_cleanup_confirmed",
     "kvm_cleanup_remove_instance_disks",
+    "kvm_drift_apply_confirmed",
+    "kvm_drift_max_unavailable",
 ];
 
 /// Which libvirt domain type to use.
@@ -401,6 +403,13 @@ pub struct Vars {
     /// Cleanup also deletes the instances' files.
     #[serde(default)]
     pub kvm_cleanup_remove_instance_disks: bool,
+    /// Provision applies drift (the changes it can make live or with a restart; else it only reports them).
+    #[serde(default)]
+    pub kvm_drift_apply_confirmed: bool,
+    /// When drift is applied: how many guests of a hypervisor may be restarting at once.
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(range(min = 1))]
+    pub kvm_drift_max_unavailable: u32,
 }
 
 fn default_host() -> String {
@@ -417,6 +426,9 @@ fn default_network() -> String {
 }
 fn default_runtime_timeout() -> u64 {
     900
+}
+fn default_max_unavailable() -> u32 {
+    1
 }
 fn yes() -> bool {
     true

@@ -40,6 +40,11 @@ pub(super) fn resolve(
             .key("kvm_runtime_timeout_seconds")
             .error("must be at least 1 second"));
     }
+    if v.kvm_drift_max_unavailable == 0 {
+        return Err(doc
+            .key("kvm_drift_max_unavailable")
+            .error("must be at least 1 (guests restarted at once while drift is applied)"));
+    }
     valid_simple_name(&v.kvm_default_libvirt_network_name)
         .map_err(|m| doc.key("kvm_default_libvirt_network_name").error(m))?;
     let image_names = check_catalog(
@@ -84,6 +89,8 @@ pub(super) fn resolve(
         origins,
         cleanup_confirmed: v.kvm_cleanup_confirmed,
         cleanup_remove_disks: v.kvm_cleanup_remove_instance_disks,
+        drift_apply_confirmed: v.kvm_drift_apply_confirmed,
+        drift_max_unavailable: v.kvm_drift_max_unavailable,
     })
 }
 

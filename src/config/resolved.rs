@@ -199,6 +199,10 @@ pub struct Config {
     pub origins: Vec<Origins>,
     pub cleanup_confirmed: bool,
     pub cleanup_remove_disks: bool,
+    /// Provision applies drift (`kvm_drift_apply_confirmed`).
+    pub drift_apply_confirmed: bool,
+    /// Guests of one hypervisor restarting at once while drift is applied (at least 1).
+    pub drift_max_unavailable: u32,
 }
 
 impl Config {

@@ -183,7 +183,10 @@ impl HostRun<'_> {
         let mut out = Vec::new();
         let mut rest = stages;
         while let Some(st) = rest.first() {
-            let pipelined = !self.s.check && rest.starts_with(&[Stage::Provision, Stage::Runtime]);
+            // Applying drift restarts guests one at a time: runtime runs as a whole stage.
+            let pipelined = !self.s.check
+                && !self.s.cfg.drift_apply_confirmed
+                && rest.starts_with(&[Stage::Provision, Stage::Runtime]);
             let (done, taken) = match (&self.hv, self.going()) {
                 (Some(hv), true) if pipelined => (
                     pipeline::provision_then_runtime(self.s, hv, handoff)

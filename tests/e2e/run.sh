@@ -13,21 +13,8 @@
 #   userdata   the operator's user_data, fqdn and password_file on one booted guest
 #   disks      two data disks on one booted guest, kept across cleanup-force and a re-provision
 #   nics       two NICs (NAT by DHCP; static IPv4 and IPv6 on an isolated network) on one guest
-#
-# Lanes: the scenarios run in E2E_LANES lanes side by side (default 2 when the machine has two
-# CPUs or more, else 1; E2E_LANES=1 runs them one after another). A lane is a whole environment
-# of its own: a network namespace, a private libvirtd + virtlogd (own /run/libvirt,
-# /var/lib/libvirt, /var/cache/libvirt, /etc/libvirt, /var/log/libvirt; testkit/netns-libvirtd.sh
-# up --private), a mirror and a results directory; scenarios in a lane share only those.
-# Scenarios go to lanes by the table E2E_EXPECTED below, fixed so every run splits the same way:
-# longest first, each to the lane with the least expected time so far. Log lines carry the lane
-# (`[e2e L1 12:00:00]`; other output of a lane `[e2e L1] ...`). Each scenario's line says its
-# wall time and the CPU its lane's processes used (sampled: testkit/cpu-meter.py). Results add up
-# into one summary: "e2e: N passed, N failed", non-zero exit when any check failed (or a
-# scenario or lane stopped before its end). Every lane's daemons and namespaces are removed on
-# exit, also after a failure or a SIGTERM.
-#   tests/e2e/run.sh [SCENARIO...]      default: all of E2E_EXPECTED
-#   E2E_LANES=1 tests/e2e/run.sh ...    one lane
+#   drift      drift applied on two guests: a data disk and a NIC hot-plugged; vCPUs, memory and
+#              root disk growth with a restart, one guest at a time
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -36,6 +23,7 @@ source "$(dirname "$0")/lib.sh"
 # is one line here (and a line in the list above).
 E2E_EXPECTED="
 boot 719
+drift 360
 ansible 290
 disks 268
 faults 245

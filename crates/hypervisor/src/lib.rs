@@ -3,7 +3,7 @@
 //! A thin, typed layer over the `virt` crate, one file per object: the connection and host
 //! facts (`connection`), how long a silent daemon is given (`keepalive`), networks and their DHCP leases (`network`), `dir` storage pools and
 //! volumes with uploads through streams (`storage`), domains, snapshots and guest-agent
-//! addresses (`domain`). It works the same for `qemu:///system`, `qemu+ssh://host/system` and
+//! addresses (`domain`), a defined domain changed in place (`domain_change`). It works the same for `qemu:///system`, `qemu+ssh://host/system` and
 //! libvirt's `test:///default` driver. `uri` parses libvirt URIs; `xml` holds what the XML
 //! looks like, both ways, as pure functions.
 //!
@@ -11,6 +11,7 @@
 
 mod connection;
 mod domain;
+mod domain_change;
 mod error;
 mod keepalive;
 mod network;

@@ -66,7 +66,7 @@ pub fn describe_disk(inst: &Instance, d: &DataDisk, p: &DiskPlan) -> Action {
         DiskPlan::MissingUnderDomain => Action::new(
             &inst.name,
             Op::Drift,
-            format!("{what}: missing, and the domain exists: left alone (created when the domain is re-created)"),
+            format!("{what}: missing, and the domain exists: created and hot-plugged when drift is applied (kvm_drift_apply_confirmed=true), else when the domain is re-created"),
         ),
     }
 }

@@ -186,13 +186,13 @@ impl<'a> Prepared<'a> {
     fn planned(&self) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
         for (inst, p) in &self.planned {
-            let domain_exists = matches!(p, InstancePlan::Keep | InstancePlan::Drift(_));
+            let domain_exists = matches!(p, InstancePlan::Keep | InstancePlan::Drift(..));
             for (d, dp) in plan_disks(inst, &self.volumes, domain_exists) {
                 let o = Outcome::planned(describe_disk(inst, d, &dp));
                 self.s.printer.outcome(&o);
                 outcomes.push(o);
             }
-            let action = describe(inst, p, self.images.get(&inst.image_name));
+            let action = describe(&self.s.cfg, inst, p, self.images.get(&inst.image_name));
             let o = match p {
                 InstancePlan::Blocked(why) => Outcome::failure(action, why.clone()),
                 _ => Outcome::planned(action),
@@ -213,9 +213,9 @@ impl<'a> Prepared<'a> {
     /// Create what one instance's plan says; its line printed as soon as it is done.
     pub fn apply(&self, (inst, p): &Planned) -> Outcome {
         let image = self.images.get(&inst.image_name);
-        let action = describe(inst, p, image);
+        let action = describe(&self.s.cfg, inst, p, image);
         let outcome = match p {
-            InstancePlan::Keep | InstancePlan::Drift(_) => {
+            InstancePlan::Keep | InstancePlan::Drift(..) => {
                 self.report_data_disks(inst);
                 Outcome::done(action)
             }
@@ -359,9 +359,11 @@ fn plan_all<'a>(
     let mut planned = Vec::new();
     for inst in &cfg.instances {
         let found = match hv.domain(&inst.name)? {
-            Some(_) => Found::Exists(Box::new(xml::parse_domain_xml(
-                &hv.domain_xml(&inst.name)?,
-            )?)),
+            Some(_) => {
+                let mut d = xml::parse_domain_xml(&hv.domain_xml(&inst.name)?)?;
+                d.autostart = hv.autostart(&inst.name)?;
+                Found::Exists(Box::new(d))
+            }
             None => Found::NoDomain {
                 disk_exists: volumes.contains_key(&disk_name(&inst.name)),
             },

@@ -6,7 +6,7 @@ use kvmprov_image::CachedImage;
 
 use crate::config::{Config, Instance};
 use crate::digest::sha256_hex;
-use crate::drift;
+use crate::drift::{self, plan::Step};
 use crate::firmware::firmware_label;
 use crate::report::{Action, Op};
 
@@ -38,8 +38,9 @@ pub enum Backing<'a> {
 pub enum InstancePlan {
     /// Exists and matches the config.
     Keep,
-    /// Exists but differs: reported, never changed.
-    Drift(Vec<String>),
+    /// Exists but differs: each difference a phrase, and the drift plan of the recorded
+    /// fields (applied by the runtime stage when `kvm_drift_apply_confirmed`).
+    Drift(Vec<String>, Vec<Step>),
     /// Create what is missing: the overlay (unless present), a fresh seed, the domain.
     Create { disk: bool },
     /// Cannot be planned (no cached image).
@@ -57,11 +58,11 @@ pub fn plan_instance(
 ) -> InstancePlan {
     match found {
         Found::Exists(d) => {
-            let diffs = differences(cfg, inst, d, domain_type);
+            let (diffs, steps) = differences(cfg, inst, d, domain_type);
             if diffs.is_empty() {
                 InstancePlan::Keep
             } else {
-                InstancePlan::Drift(diffs)
+                InstancePlan::Drift(diffs, steps)
             }
         }
         Found::NoDomain { disk_exists } => match image {
@@ -76,14 +77,14 @@ pub fn plan_instance(
     }
 }
 
-/// Pure: how an existing domain differs from the config, each difference a phrase, then the
-/// remedy when the config changed.
+/// Pure: how an existing domain differs from the config, each difference a phrase (for the
+/// recorded fields: how applying it works), and the drift plan of the recorded fields.
 fn differences(
     cfg: &Config,
     inst: &Instance,
     d: &ObservedDomain,
     domain_type: DomainType,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<Step>) {
     // The config against what the domain was made from, field by field; a domain
     // defined before fields were recorded has only the config digest to go by.
     let changes = match d
@@ -117,11 +118,18 @@ fn differences(
         Some(_) => {}
         None => diffs.push("not created by kvmprov (no kvmprov metadata)".to_string()),
     }
-    diffs.extend(changes.iter().map(drift::Change::describe));
-    if !changes.is_empty() {
+    // Only a domain kvmprov made has a plan: it knows what the domain was made from.
+    let recorded = d.metadata.as_ref().is_some_and(|m| m.fields.is_some());
+    let steps = if recorded {
+        drift::plan::plan(&changes, &drift::plan::Facts::of(d, cfg.domain_autostart))
+    } else {
+        Vec::new()
+    };
+    diffs.extend(steps.iter().map(Step::describe));
+    if steps.is_empty() && !changes.is_empty() {
         diffs.push(drift::remedy(&changes).to_string());
     }
-    diffs
+    (diffs, steps)
 }
 
 /// Pure: the domain as it is against the config (changed behind kvmprov's back, say with
@@ -197,8 +205,25 @@ fn edited(
     diffs
 }
 
+/// What happens to a drifted domain: the plan is applied by the runtime stage when confirmed.
+fn drift_note(cfg: &Config, steps: &[Step]) -> &'static str {
+    let (apply, _) = drift::plan::applicable(steps);
+    match (apply.is_empty(), cfg.drift_apply_confirmed) {
+        (true, _) => ", left unchanged",
+        (false, true) => ", the runtime stage applies what it can",
+        (false, false) => {
+            ", left unchanged (apply with -e kvm_drift_apply_confirmed=true, make provision-drift-apply)"
+        }
+    }
+}
+
 /// The action line for a plan.
-pub fn describe(inst: &Instance, p: &InstancePlan, image: Option<&CachedImage>) -> Action {
+pub fn describe(
+    cfg: &Config,
+    inst: &Instance,
+    p: &InstancePlan,
+    image: Option<&CachedImage>,
+) -> Action {
     // The version label came from the image host: sanitized.
     let version = image
         .map(|c| match &c.version {
@@ -210,14 +235,16 @@ pub fn describe(inst: &Instance, p: &InstancePlan, image: Option<&CachedImage>) 
         InstancePlan::Keep => {
             Action::new(&inst.name, Op::Ok, "domain exists and matches the config")
         }
-        InstancePlan::Drift(d) => Action::new(
+        InstancePlan::Drift(d, steps) => Action::new(
             &inst.name,
             Op::Drift,
             format!(
-                "domain exists but differs, left unchanged: {}",
+                "domain exists but differs{}: {}",
+                drift_note(cfg, steps),
                 d.join("; ")
             ),
-        ),
+        )
+        .with_drift(steps.clone()),
         InstancePlan::Create { disk: true } => Action::new(
             &inst.name,
             Op::Create,
@@ -284,6 +311,10 @@ mod tests {
                 instance_id: "x".into(),
                 fields: None,
             }),
+            max_vcpus: i.vcpus,
+            max_memory_mib: i.memory_mib,
+            running: true,
+            ..ObservedDomain::default()
         }
     }
 
@@ -310,7 +341,7 @@ mod tests {
             DomainType::Qemu,
         );
         assert_eq!(p, InstancePlan::Create { disk: true });
-        assert!(describe(&i, &p, Some(&cached()))
+        assert!(describe(&cfg(), &i, &p, Some(&cached()))
             .reason
             .contains("20241004-1890"));
     }
@@ -355,7 +386,7 @@ mod tests {
             &Found::Exists(Box::new(o)),
             DomainType::Qemu,
         ) {
-            InstancePlan::Drift(d) => {
+            InstancePlan::Drift(d, _) => {
                 assert_eq!(d.len(), 3, "{d:?}");
                 assert!(d[0].contains("vcpus 4 (config 2)"));
             }
@@ -385,14 +416,14 @@ mod tests {
             &Found::Exists(Box::new(o)),
             DomainType::Qemu,
         ) {
-            InstancePlan::Drift(d) => d,
+            InstancePlan::Drift(d, _) => d,
             InstancePlan::Keep => Vec::new(),
             p => panic!("{p:?}"),
         }
     }
 
     #[test]
-    fn drift_names_changed_fields_old_and_new_and_the_remedy() {
+    fn drift_names_changed_fields_old_new_and_how_they_are_applied() {
         let before = inst("a");
         let o = defined(&before);
         assert_eq!(drift_of(&before, o.clone()), Vec::<String>::new());
@@ -404,19 +435,42 @@ mod tests {
         });
         after.vcpus = 4;
         let d = drift_of(&after, o);
+        let seed = "(recreate: only a new domain with a new cloud-init seed carries it: cleanup, then provision (the disks are kept))";
         assert_eq!(
             d,
             vec![
-                "vcpus 2 → 4",
-                "ipv4_address (none) → 192.168.122.60/24",
-                "ipv4_gateway (none) → 192.168.122.1",
-                "to apply, re-create the domain (cleanup, then provision: the disk is kept and boots with a new cloud-init seed)",
+                "vcpus 2 → 4 (restart: more than the 2 the guest booted with)".to_string(),
+                format!("ipv4_address (none) → 192.168.122.60/24 {seed}"),
+                format!("ipv4_gateway (none) → 192.168.122.1 {seed}"),
             ]
         );
-        let line = describe(&after, &InstancePlan::Drift(d), None).reason;
+        let p = plan_instance(
+            &cfg(),
+            &after,
+            Backing::Cached(&cached()),
+            &Found::Exists(Box::new(defined(&before))),
+            DomainType::Qemu,
+        );
+        let action = describe(&cfg(), &after, &p, None);
         assert!(
-            line.starts_with("domain exists but differs, left unchanged: vcpus 2 → 4;"),
-            "{line}"
+            action.reason.starts_with(
+                "domain exists but differs, left unchanged (apply with -e kvm_drift_apply_confirmed=true, make provision-drift-apply): vcpus 2 → 4"
+            ),
+            "{}",
+            action.reason
+        );
+        let how: Vec<(&str, &str)> = action
+            .drift
+            .iter()
+            .map(|s| (s.field.as_str(), s.how.as_str()))
+            .collect();
+        assert_eq!(
+            how,
+            [
+                ("vcpus", "restart"),
+                ("ipv4_address", "recreate"),
+                ("ipv4_gateway", "recreate")
+            ]
         );
     }
 
@@ -468,7 +522,7 @@ mod tests {
                 &Found::Exists(Box::new(o)),
                 DomainType::Qemu,
             ) {
-                InstancePlan::Drift(d) => {
+                InstancePlan::Drift(d, _) => {
                     assert!(d.iter().any(|x| x.contains(want)), "{d:?}");
                     assert!(d.iter().any(|x| x.contains("uefi+secure-boot")), "{d:?}");
                 }

@@ -4,6 +4,8 @@
 //!
 //! [`plan_instance`] is pure; [`wait`] holds the wait for a guest to be ready.
 
+pub mod drift;
+pub mod lifecycle;
 mod wait;
 
 use std::time::Instant;
@@ -112,6 +114,22 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
         return Ok(report);
     }
     let runner = Runner::new(s, hv, handoff)?;
+    if s.cfg.drift_apply_confirmed {
+        // Before the waits: a guest restarted by the rollout is then found ready at once.
+        let networks = if runner.wait {
+            runner.networks.clone()
+        } else {
+            hv.networks()?
+        };
+        let rollout = drift::rollout(s, hv, &networks, &|o| s.printer.outcome(o))?;
+        report.outcomes.extend(rollout.outcomes);
+        observed.clear();
+        for inst in &s.cfg.instances {
+            if !rollout.failed.contains(&inst.name) {
+                observed.push((inst, observe(hv, inst)?));
+            }
+        }
+    }
     let results = parallel(&observed, workers(s), |(inst, seen)| {
         runner.apply(inst, seen, &|o| s.printer.outcome(o))
     });

@@ -34,6 +34,32 @@ fn target_dev(index: usize) -> String {
     format!("vd{name}")
 }
 
+/// The first data disk target (`vdb`, `vdc`, …) none of `used` takes: where a disk plugged
+/// into a defined domain goes.
+pub fn free_target(used: &[String]) -> String {
+    (0..)
+        .map(target_dev)
+        .find(|t| !used.contains(t))
+        .unwrap_or_else(|| target_dev(0))
+}
+
+/// One data disk's `<disk>` element at `target`: what is attached to (or detached from) a
+/// defined domain.
+pub fn data_disk_xml(d: &DataDiskSpec, target: &str) -> String {
+    format!(
+        "<disk type='file' device='disk'>
+  <driver name='qemu' type='qcow2' discard='unmap'/>
+  <source file='{}'/>
+  <target dev='{}' bus='virtio'/>
+  <serial>{}</serial>
+</disk>
+",
+        p(&d.path),
+        esc(target),
+        esc(&d.serial)
+    )
+}
+
 /// The `<disk>` elements of the data disks, in order.
 pub fn data_disks_xml(disks: &[DataDiskSpec]) -> String {
     let mut x = String::new();
@@ -97,5 +123,25 @@ mod tests {
         assert_eq!(serial(disks[1]).as_deref(), Some("raw"));
         assert!(x.contains("/p/a_&lt;raw&gt;.qcow2"), "{x}");
         assert!(x.contains("<target dev='vdc' bus='virtio'/>"), "{x}");
+    }
+
+    #[test]
+    fn a_hot_plugged_disk_takes_the_first_free_target_and_keeps_its_serial() {
+        let used: Vec<String> = ["vda", "vdb", "vdd", "sda"].map(String::from).to_vec();
+        assert_eq!(free_target(&used), "vdc");
+        let x = data_disk_xml(
+            &DataDiskSpec {
+                path: "/p/a_extra.qcow2".into(),
+                serial: "extra".into(),
+            },
+            "vdc",
+        );
+        let doc = Document::parse(&x).unwrap();
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "disk");
+        assert!(
+            x.contains("<target dev='vdc' bus='virtio'/>") && x.contains("<serial>extra</serial>"),
+            "{x}"
+        );
     }
 }

@@ -120,7 +120,6 @@ fn os_xml(f: &Firmware) -> String {
 /// serial"`) prints "Booting `Debian GNU/Linux'" on the serial console and then spins at full
 /// CPU forever on a machine without a display adapter (no kernel line, under BIOS and UEFI).
 pub fn domain_xml(s: &DomainSpec) -> String {
-    let m = &s.metadata;
     // KVM: host-model gives the guest the host's features while staying a named, migratable
     // model. TCG has no host CPU to expose; qemu's default model is the safe choice there.
     let cpu = match s.domain_type {
@@ -133,11 +132,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         "<domain type='{dt}'>
   <name>{name}</name>
   <metadata>
-    <kvmprov:instance xmlns:kvmprov='{ns}'>
-      <kvmprov:image name='{img}' version='{ver}' sha512='{sha}'/>
-      <kvmprov:config digest='{digest}' instance-id='{iid}'/>
-{fields}    </kvmprov:instance>
-  </metadata>
+{instance}  </metadata>
   <memory unit='MiB'>{mem}</memory>
   <currentMemory unit='MiB'>{mem}</currentMemory>
   <vcpu placement='static'>{vcpus}</vcpu>
@@ -184,13 +179,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
 ",
         dt = s.domain_type.as_str(),
         name = esc(&s.name),
-        ns = METADATA_NS,
-        img = esc(&m.image_name),
-        ver = esc(m.image_version.as_deref().unwrap_or("")),
-        sha = esc(&m.image_sha512),
-        digest = esc(&m.config_digest),
-        iid = esc(&m.instance_id),
-        fields = fields_xml(m.fields.as_deref()),
+        instance = metadata_xml(&s.metadata),
         mem = s.memory_mib,
         vcpus = s.vcpus,
         cpu = cpu,
@@ -211,21 +200,45 @@ pub fn domain_xml(s: &DomainSpec) -> String {
     x
 }
 
-/// `<kvmprov:fields>`: one `<kvmprov:field name=… value=…/>` per recorded config field.
-fn fields_xml(fields: Option<&[(String, String)]>) -> String {
-    let Some(fields) = fields else {
-        return String::new();
-    };
-    let mut x = String::from("      <kvmprov:fields>\n");
-    for (name, value) in fields {
-        let _ = writeln!(
-            x,
-            "        <kvmprov:field name='{}' value='{}'/>",
-            esc(name),
-            esc(value)
-        );
+/// kvmprov's `<kvmprov:instance>` element (inside the domain's `<metadata>`): what the domain
+/// was made from.
+pub fn metadata_xml(m: &KvmprovMetadata) -> String {
+    instance_xml(m, "kvmprov:", &format!(" xmlns:kvmprov='{METADATA_NS}'"))
+}
+
+/// The same element as libvirt's metadata call takes it (key `kvmprov`, namespace
+/// [`METADATA_NS`]): without prefix or namespace declaration, which libvirt adds itself (it
+/// refuses an element that declares them: "failed to create a new XML namespace"). Read back,
+/// it is the same element: names are matched without their namespace below the root.
+pub fn metadata_update_xml(m: &KvmprovMetadata) -> String {
+    instance_xml(m, "", "")
+}
+
+fn instance_xml(m: &KvmprovMetadata, prefix: &str, declaration: &str) -> String {
+    let mut x = format!(
+        "    <{prefix}instance{declaration}>
+      <{prefix}image name='{img}' version='{ver}' sha512='{sha}'/>
+      <{prefix}config digest='{digest}' instance-id='{iid}'/>
+",
+        img = esc(&m.image_name),
+        ver = esc(m.image_version.as_deref().unwrap_or("")),
+        sha = esc(&m.image_sha512),
+        digest = esc(&m.config_digest),
+        iid = esc(&m.instance_id),
+    );
+    if let Some(fields) = m.fields.as_deref() {
+        let _ = writeln!(x, "      <{prefix}fields>");
+        for (name, value) in fields {
+            let _ = writeln!(
+                x,
+                "        <{prefix}field name='{}' value='{}'/>",
+                esc(name),
+                esc(value)
+            );
+        }
+        let _ = writeln!(x, "      </{prefix}fields>");
     }
-    x.push_str("      </kvmprov:fields>\n");
+    let _ = writeln!(x, "    </{prefix}instance>");
     x
 }
 
@@ -264,10 +277,20 @@ pub fn mac_for_nic(instance_name: &str, index: usize) -> String {
 }
 
 /// What kvmprov reads back from a domain's XML.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedDomain {
+    /// The vCPUs the guest has (`<vcpu current=…>`, else all of them).
     pub vcpus: u32,
+    /// The most vCPUs it can have without a restart (`<vcpu>`'s text).
+    pub max_vcpus: u32,
+    /// The memory the guest has (`<currentMemory>`, else `<memory>`).
     pub memory_mib: u64,
+    /// The most memory it can have without a restart (`<memory>`: the balloon's ceiling).
+    pub max_memory_mib: u64,
+    /// Every disk's (and CD's) target device (`vda`, `sda`, …), in device order.
+    pub disk_targets: Vec<String>,
+    /// The disks that have a `<serial>` (kvmprov's data disks): (serial, target, source file).
+    pub serial_disks: Vec<(String, String, PathBuf)>,
     pub networks: Vec<String>,
     /// Lower case, in device order.
     pub macs: Vec<String>,
@@ -283,6 +306,10 @@ pub struct ObservedDomain {
     pub firmware: String,
     /// The UEFI variable store file, when the domain has one.
     pub nvram: Option<PathBuf>,
+    /// Running (libvirt gives a running domain an `id`).
+    pub running: bool,
+    /// Marked to start with the hypervisor: not in the XML, filled in by whoever observes.
+    pub autostart: bool,
 }
 
 /// The firmware of a domain, as `bios`, `uefi` or `uefi+secure-boot`, and its NVRAM file.
@@ -335,11 +362,21 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
     let doc = parse("domain XML", xml)?;
     let root = doc.root_element();
 
-    let vcpus = child(root, "vcpu")
+    let vcpu = child(root, "vcpu");
+    let max_vcpus = vcpu
         .and_then(|n| n.text())
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(0);
-    let memory_mib = child(root, "memory").and_then(memory_mib).unwrap_or(0);
+    let vcpus = vcpu
+        .and_then(|n| n.attribute("current"))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(max_vcpus);
+    let max_memory_mib = child(root, "memory").and_then(memory_mib).unwrap_or(0);
+    let memory_mib = child(root, "currentMemory")
+        .and_then(memory_mib)
+        .unwrap_or(max_memory_mib);
+    let mut disk_targets = Vec::new();
+    let mut serial_disks = Vec::new();
     let mut networks = Vec::new();
     let mut macs = Vec::new();
     let mut disk_paths = Vec::new();
@@ -361,9 +398,19 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
                     {
                         disk_paths.push(PathBuf::from(f));
                     }
+                    let target = child(dev, "target")
+                        .and_then(|t| t.attribute("dev"))
+                        .unwrap_or("")
+                        .to_string();
                     if let Some(serial) = child(dev, "serial").and_then(|s| s.text()) {
                         disk_serials.push(serial.trim().to_string());
+                        serial_disks.push((
+                            serial.trim().to_string(),
+                            target.clone(),
+                            source_of(dev).unwrap_or_default(),
+                        ));
                     }
+                    disk_targets.push(target);
                 }
                 _ => {}
             }
@@ -403,13 +450,19 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
         firmware,
         nvram,
         vcpus,
+        max_vcpus,
         memory_mib,
+        max_memory_mib,
+        disk_targets,
+        serial_disks,
         networks,
         macs,
         disk_paths,
         disk_serials,
         domain_type: root.attribute("type").map(String::from),
         metadata,
+        running: root.attribute("id").is_some_and(|id| id != "-1"),
+        autostart: false,
     })
 }
 
@@ -855,6 +908,69 @@ pub(super) mod tests {
         )
         .unwrap();
         assert_eq!(o.metadata, None);
+    }
+
+    /// What drift's plan reads: current and maximum vCPUs and memory, running, data disks.
+    #[test]
+    fn current_and_maximum_vcpus_and_memory_and_the_data_disks_are_read() {
+        let x = "<domain type='qemu' id='7'><name>a</name>\
+            <memory unit='KiB'>2097152</memory><currentMemory unit='KiB'>1048576</currentMemory>\
+            <vcpu placement='static' current='2'>4</vcpu><devices>\
+            <disk type='file' device='disk'><source file='/p/a.qcow2'/><target dev='vda' bus='virtio'/></disk>\
+            <disk type='file' device='disk'><source file='/p/a_data.qcow2'/><target dev='vdb' bus='virtio'/><serial>data</serial></disk>\
+            </devices></domain>";
+        let d = parse_domain_xml(x).unwrap();
+        assert_eq!((d.vcpus, d.max_vcpus), (2, 4));
+        assert_eq!((d.memory_mib, d.max_memory_mib), (1024, 2048));
+        assert!(d.running);
+        assert_eq!(d.disk_targets, ["vda", "vdb"]);
+        assert_eq!(
+            d.serial_disks,
+            [(
+                "data".to_string(),
+                "vdb".to_string(),
+                PathBuf::from("/p/a_data.qcow2")
+            )]
+        );
+        // A defined domain that is off: no id (or -1); one vCPU count means all of them.
+        let off = parse_domain_xml(
+            "<domain type='qemu' id='-1'><memory>1024</memory><vcpu>1</vcpu></domain>",
+        )
+        .unwrap();
+        assert!(!off.running);
+        assert_eq!(
+            (off.vcpus, off.max_vcpus, off.memory_mib, off.max_memory_mib),
+            (1, 1, 1, 1)
+        );
+    }
+
+    /// libvirt refused kvmprov's own element in its metadata call ("failed to create a new XML
+    /// namespace": it declares the namespace itself); what it writes back from the bare
+    /// element must read as the same record.
+    #[test]
+    fn regression_metadata_update_declared_its_own_namespace() {
+        let m = KvmprovMetadata {
+            image_name: "debian-12".into(),
+            image_version: None,
+            image_sha512: "ab".into(),
+            config_digest: "0123".into(),
+            instance_id: "a-1".into(),
+            fields: Some(vec![("vcpus".into(), "2".into())]),
+        };
+        let bare = metadata_update_xml(&m);
+        assert!(
+            !bare.contains("xmlns") && !bare.contains("kvmprov:"),
+            "{bare}"
+        );
+        // As libvirt stores it: the namespace on the root element only.
+        let stored = bare.replacen(
+            "<instance>",
+            &format!("<kvmprov:instance xmlns:kvmprov='{METADATA_NS}'>"),
+            1,
+        );
+        let stored = stored.replace("</instance>", "</kvmprov:instance>");
+        let x = format!("<domain type='qemu'><metadata>{stored}</metadata></domain>");
+        assert_eq!(parse_domain_xml(&x).unwrap().metadata, Some(m));
     }
 
     #[test]

@@ -18,10 +18,11 @@ use roxmltree::{Document, Node};
 use crate::HvError;
 
 pub use capabilities::{dac_baselabel, domain_types, parse_firmware_support, FirmwareSupport};
-pub use disks::{data_disks_xml, DataDiskSpec, MAX_SERIAL_LEN};
+pub use disks::{data_disk_xml, data_disks_xml, free_target, DataDiskSpec, MAX_SERIAL_LEN};
 pub use domain::{
-    domain_xml, mac_for, mac_for_nic, parse_domain_xml, snapshot_xml, used_files, DomainSpec,
-    DomainType, Firmware, KvmprovMetadata, ObservedDomain, UsedFile, METADATA_NS,
+    domain_xml, mac_for, mac_for_nic, metadata_update_xml, metadata_xml, parse_domain_xml,
+    snapshot_xml, used_files, DomainSpec, DomainType, Firmware, KvmprovMetadata, ObservedDomain,
+    UsedFile, METADATA_NS,
 };
 pub use interfaces::{interfaces_xml, InterfaceSource, InterfaceSpec};
 pub use network::{parse_network_xml, NetworkFacts, NetworkIpv4};

@@ -7,6 +7,8 @@
 //! seed holding them is 0600), are recorded only as a salted digest, and a change of one is
 //! reported without values.
 
+pub mod plan;
+
 use kvmprov_hypervisor::xml::DomainType;
 use sha2::{Digest, Sha256};
 
@@ -229,18 +231,56 @@ pub fn diff(recorded: &[(String, String)], wanted: &[(&str, String)], salt: &str
         .collect()
 }
 
+/// The items of a recorded list field (`disks`, `nics`: JSON lists; "" is none).
+fn disk_records(v: &str) -> Vec<String> {
+    if v.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(v).unwrap_or_else(|_| vec![v.to_string()])
+    }
+}
+
+/// The record after `applied` steps of a plan: each applied field takes its new value; in a
+/// list field (`disks`, `nics`) only the items added or removed, so an item whose change was
+/// not applied (a refused resize) stays as recorded and is still drift next time.
+pub fn record_after(
+    recorded: &[(String, String)],
+    applied: &[&plan::Step],
+) -> Vec<(String, String)> {
+    let mut out = recorded.to_vec();
+    for step in applied {
+        // Not recorded: autostart is read from the domain itself.
+        if step.field == "autostart" {
+            continue;
+        }
+        let value = match out.iter_mut().find(|(n, _)| *n == step.field) {
+            Some((_, v)) => v,
+            None => {
+                out.push((step.field.clone(), String::new()));
+                &mut out.last_mut().expect("just pushed").1
+            }
+        };
+        match step.field.as_str() {
+            "disks" | "nics" => {
+                let mut items = disk_records(value);
+                if step.new.is_empty() {
+                    items.retain(|i| *i != step.old);
+                } else {
+                    items.push(step.new.clone());
+                }
+                *value = list(items.into_iter());
+            }
+            _ => *value = step.new.clone(),
+        }
+    }
+    out
+}
+
 /// The data disks added, removed or changed between two recorded `disks` values (JSON lists
 /// of [`DataDisk::record`]s, each starting with the disk's name).
 fn describe_disks(old: &str, new: &str) -> String {
-    let parse = |v: &str| -> Vec<String> {
-        if v.is_empty() {
-            Vec::new()
-        } else {
-            serde_json::from_str(v).unwrap_or_else(|_| vec![v.to_string()])
-        }
-    };
     let name = |r: &str| r.split(' ').next().unwrap_or("").to_string();
-    let (old, new) = (parse(old), parse(new));
+    let (old, new) = (disk_records(old), disk_records(new));
     let mut out = Vec::new();
     for o in &old {
         match new.iter().find(|n| name(n) == name(o)) {
@@ -419,6 +459,38 @@ mod tests {
                 "nic_model virtio → e1000e"
             ]
         );
+    }
+
+    /// After a plan is applied the record says what the domain now is: no drift is left but
+    /// what was not applied (a refused data disk resize stays drift).
+    #[test]
+    fn the_record_after_applying_leaves_only_what_was_not_applied() {
+        let before = cfg(
+            "    vcpus: 1\n    disks: [{name: data, size_gib: 1}, {name: old, size_gib: 1}]\n",
+            "pw",
+        );
+        let after = cfg(
+            "    vcpus: 2\n    disks: [{name: data, size_gib: 2}, {name: new, size_gib: 1}]\n",
+            "pw",
+        );
+        let changes = diff(&recorded(&before), &fields(&after), SALT);
+        let facts = plan::Facts {
+            running: true,
+            vcpus: 1,
+            max_vcpus: 1,
+            max_memory_mib: 2048,
+            autostart: false,
+            want_autostart: false,
+        };
+        let steps = plan::plan(&changes, &facts);
+        let (applied, restart) = plan::applicable(&steps);
+        assert!(restart);
+        let now = record_after(&recorded(&before), &applied);
+        let left: Vec<String> = diff(&now, &fields(&after), SALT)
+            .iter()
+            .map(Change::describe)
+            .collect();
+        assert_eq!(left, ["data disk data 1 GiB raw → data 2 GiB raw"]);
     }
 
     #[test]

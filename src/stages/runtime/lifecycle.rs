@@ -1,0 +1,92 @@
+//! A guest's graceful restart: asked to power off (ACPI), waited for until it is off, started
+//! again, then waited for until it is ready (SSH with the pinned host key, cloud-init done).
+//! Drift's rollout restarts guests with it; a `restart` verb can too.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kvmprov_hypervisor::{DomainState, Hypervisor, NetworkInfo};
+
+use super::{wait, RuntimeError};
+use crate::config::Instance;
+use crate::settings::Session;
+
+/// How long a guest is given to power off after the ACPI request before it is forced off.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(120);
+
+/// A restart that went through: when the guest went down and when it was ready again (Unix
+/// seconds: several guests' windows compare), and the wait's summary line.
+#[derive(Debug, Clone)]
+pub struct Restarted {
+    pub down_at: f64,
+    pub ready_at: f64,
+    /// It did not power off within [`SHUTDOWN_GRACE`] and was forced off.
+    pub forced: bool,
+    pub summary: String,
+}
+
+impl Restarted {
+    /// `unavailable 93.1 s (unix 1765100000.2 to 1765100093.3); ready at …`
+    pub fn describe(&self) -> String {
+        format!(
+            "{}unavailable {:.1} s (unix {:.1} to {:.1}); {}",
+            if self.forced {
+                "forced off after the grace period; "
+            } else {
+                ""
+            },
+            self.ready_at - self.down_at,
+            self.down_at,
+            self.ready_at,
+            self.summary
+        )
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Power the guest off gracefully (forced after [`SHUTDOWN_GRACE`]); `true` when forced.
+/// A guest already off is left so.
+pub fn power_off(hv: &Hypervisor, name: &str) -> Result<bool, RuntimeError> {
+    let state = |hv: &Hypervisor| -> Result<Option<DomainState>, RuntimeError> {
+        Ok(hv.domain(name)?.map(|d| d.state))
+    };
+    if matches!(state(hv)?, Some(DomainState::ShutOff) | None) {
+        return Ok(false);
+    }
+    hv.shutdown(name)?;
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while Instant::now() < deadline {
+        if matches!(state(hv)?, Some(DomainState::ShutOff) | None) {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    tracing::warn!("{name}: not off {SHUTDOWN_GRACE:?} after the ACPI request: forced off");
+    hv.destroy(name)?;
+    Ok(true)
+}
+
+/// Restart `inst` gracefully and wait until it is ready; `networks`: the hypervisor's, to find
+/// its address.
+pub fn restart(
+    s: &Session,
+    hv: &Hypervisor,
+    networks: &[NetworkInfo],
+    inst: &Instance,
+) -> Result<Restarted, RuntimeError> {
+    let down_at = unix_now();
+    let forced = power_off(hv, &inst.name)?;
+    hv.start(&inst.name)?;
+    let summary = wait::wait_ready(s, hv, networks, inst)?;
+    Ok(Restarted {
+        down_at,
+        ready_at: unix_now(),
+        forced,
+        summary,
+    })
+}

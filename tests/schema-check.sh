@@ -35,8 +35,9 @@ validate "$profiled" >/dev/null && "$kvmprov" -c "$profiled" check >/dev/null \
 bridged="$work/bridged.yml"
 sed '/^  - instance_name: app-01$/{n;s/$/\n    nics: [{network: default}, {bridge: br0}]/}' "$example" >"$bridged"
 grep -q 'bridge: br0' "$bridged" || { echo "FAIL: the bridge edit changed nothing"; failed=1; }
-validate "$bridged" >/dev/null && "$kvmprov" -c "$bridged" check >/dev/null \
-    || { echo "FAIL: the example with a NIC on a host bridge is refused"; failed=1; }
+if ! validate "$bridged" >/dev/null || ! "$kvmprov" -c "$bridged" check >/dev/null; then
+    echo "FAIL: the example with a NIC on a host bridge is refused"; failed=1
+fi
 
 # name | sed expression applied to the example
 cases=(

@@ -69,7 +69,7 @@ sed "s/- bridge: $BR/- bridge: brn9/" "$NI_CFG" >"$NI/nobridge.yml"
 capture rc - kp -c "$NI/nobridge.yml" --check --output json preflight >"$NI/nobridge.json" 2>"$NI/nobridge.log"
 check "preflight refuses a host bridge that does not exist (exit $rc)" test "$rc" -eq 1
 check "... in one sentence naming the bridge and the hypervisor" \
-    jqt 'any(.stages[].outcomes[]; .target == "bridge brn9" and .status == "failed" and (.error | test("^host bridge `brn9` does not exist on qemu:///system: create it there")))' <"$NI/nobridge.json"
+    jqt 'any(.stages[].outcomes[]; .target == "bridge brn9" and .status == "failed" and (.detail | test("^host bridge `brn9` does not exist on qemu:///system: create it there")))' <"$NI/nobridge.json"
 
 # --- --check: a line per NIC, nothing made -----------------------------------------------------
 # The image first: an instance whose image is not cached yet is planned as blocked.

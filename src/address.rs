@@ -23,7 +23,7 @@ use std::time::Duration;
 use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo, SshDest};
 use serde::Serialize;
 
-use crate::config::{Instance, Nic, StaticIpv4};
+use crate::config::{Attachment, Instance, Nic, StaticIpv4};
 use crate::console::ConsoleLog;
 pub use crate::output::json::NicAddresses;
 use crate::ssh;
@@ -135,9 +135,31 @@ pub fn plan_or_all(inst: &Instance, net: Option<&NetworkInfo>) -> AddressPlan {
         })
 }
 
-/// The plan for `inst` on its network among `networks` (the hypervisor's, read once per run).
+/// Pure: which sources can find the address of `inst`, whose primary NIC sits directly on host
+/// bridge `bridge`: libvirt knows no lease there, so the guest's own announcement, as on a
+/// libvirt network that forwards onto a bridge.
+pub fn plan_on_bridge(inst: &Instance, bridge: &str) -> AddressPlan {
+    if let Some(st) = &inst.ipv4 {
+        return AddressPlan {
+            sources: vec![Source::Static],
+            how: format!("static {} (from the config)", st.address),
+        };
+    }
+    AddressPlan {
+        sources: vec![Source::Console, Source::Neighbour, Source::Agent],
+        how: format!(
+            "announced by the guest on its serial console (host bridge {bridge}; DHCP there is not libvirt's), else the hypervisor's neighbour table"
+        ),
+    }
+}
+
+/// The plan for `inst` on its network among `networks` (the hypervisor's, read once per run),
+/// or on its host bridge.
 pub fn plan_among(inst: &Instance, networks: &[NetworkInfo]) -> AddressPlan {
-    plan_or_all(inst, networks.iter().find(|n| n.name == inst.network))
+    match &inst.attach {
+        Attachment::Bridge(b) => plan_on_bridge(inst, b),
+        Attachment::Network(name) => plan_or_all(inst, networks.iter().find(|n| n.name == *name)),
+    }
 }
 
 /// Plan and ask once: the guest's address now (for `status`, `ssh` and the inventory).
@@ -171,7 +193,8 @@ pub fn current_per_nic(
         };
         out.push(NicAddresses {
             ipv6: nic.ipv6.as_ref().map(|v6| v6.address.addr()),
-            network: nic.network,
+            network: nic.attach.network().map(str::to_string),
+            bridge: nic.attach.bridge().map(str::to_string),
             mac: nic.mac,
             primary: nic.primary,
             ipv4,
@@ -184,7 +207,7 @@ pub fn current_per_nic(
 /// static address, MAC), so a secondary NIC's address is found the same way.
 pub fn nic_as_primary(inst: &Instance, nic: &Nic) -> Instance {
     Instance {
-        network: nic.network.clone(),
+        attach: nic.attach.clone(),
         ipv4: nic.ipv4.as_ref().map(|v4| StaticIpv4 {
             address: v4.address,
             // Discovery reads only the address; a secondary NIC has no gateway.
@@ -274,7 +297,8 @@ pub fn find(
 pub struct HostProbe<'a> {
     pub hv: &'a Hypervisor,
     pub domain: String,
-    pub network: String,
+    /// The libvirt network whose leases to ask; `None` on a host bridge (libvirt has none).
+    pub network: Option<String>,
     pub mac: String,
     pub console: ConsoleLog,
     /// The hypervisor is this machine: its ARP table is ours.
@@ -288,7 +312,7 @@ impl<'a> HostProbe<'a> {
         HostProbe {
             hv,
             domain: inst.name.clone(),
-            network: inst.network.clone(),
+            network: inst.attach.network().map(str::to_string),
             mac: inst.effective_mac(),
             console: ConsoleLog::on(
                 hv.uri(),
@@ -311,7 +335,10 @@ impl<'a> HostProbe<'a> {
 
 impl Probe for HostProbe<'_> {
     fn lease(&self) -> Result<Option<Ipv4Addr>, HvError> {
-        self.hv.dhcp_lease(&self.network, &self.mac)
+        match &self.network {
+            Some(network) => self.hv.dhcp_lease(network, &self.mac),
+            None => Ok(None),
+        }
     }
 
     fn console(&self) -> Option<Ipv4Addr> {
@@ -346,7 +373,7 @@ mod tests {
     fn inst(ipv4: Option<&str>) -> Instance {
         Instance {
             image_name: "debian-13".into(),
-            network: "net".into(),
+            attach: Attachment::Network("net".into()),
             ipv4: ipv4.map(|a| StaticIpv4 {
                 address: a.parse().unwrap(),
                 gateway: "192.168.100.1".parse().unwrap(),
@@ -402,6 +429,27 @@ mod tests {
             vec![Source::Console, Source::Neighbour, Source::Agent]
         );
         assert!(p.how.contains("bridge br0"), "{}", p.how);
+    }
+
+    /// A NIC plugged straight into a host bridge: no libvirt network, no lease; the guest's
+    /// console announcement, as on a libvirt network forwarding onto a bridge.
+    #[test]
+    fn a_dhcp_nic_on_a_host_bridge_is_found_on_the_console() {
+        let i = Instance {
+            attach: Attachment::Bridge("br0".into()),
+            ..inst(None)
+        };
+        let p = plan_among(&i, &[net(Some("nat"), true)]);
+        assert_eq!(
+            p.sources,
+            vec![Source::Console, Source::Neighbour, Source::Agent]
+        );
+        assert!(p.how.contains("host bridge br0"), "{}", p.how);
+        let i = Instance {
+            attach: Attachment::Bridge("br0".into()),
+            ..inst(Some("192.0.2.10/24"))
+        };
+        assert_eq!(plan_among(&i, &[]).sources, vec![Source::Static]);
     }
 
     #[test]

@@ -31,6 +31,14 @@ grep -q '^    profile: db$' "$profiled" || { echo "FAIL: the profile edit change
 validate "$profiled" >/dev/null && "$kvmprov" -c "$profiled" check >/dev/null \
     || { echo "FAIL: the example with a profile is refused"; failed=1; }
 
+# A NIC straight on a host bridge: accepted by both.
+bridged="$work/bridged.yml"
+sed '/^  - instance_name: app-01$/{n;s/$/\n    nics: [{network: default}, {bridge: br0}]/}' "$example" >"$bridged"
+grep -q 'bridge: br0' "$bridged" || { echo "FAIL: the bridge edit changed nothing"; failed=1; }
+if ! validate "$bridged" >/dev/null || ! "$kvmprov" -c "$bridged" check >/dev/null; then
+    echo "FAIL: the example with a NIC on a host bridge is refused"; failed=1
+fi
+
 # name | sed expression applied to the example
 cases=(
     "typo at the top|s/^kvm_instance_definitions:/kvm_instance_definition:/"
@@ -47,6 +55,8 @@ cases=(
     "neither image_name nor profile|/^  - instance_name: app-01$/{n;d}"
     "typo in a profile|s/^# kvm_instance_profiles:/kvm_instance_profiles:\n  db:\n    vcpu: 4/"
     "instance_name in a profile|s/^# kvm_instance_profiles:/kvm_instance_profiles:\n  db:\n    instance_name: x/"
+    "a NIC on a network and a bridge|/^  - instance_name: app-01$/{n;s/$/\n    nics: [{network: default, bridge: br0}]/}"
+    "a NIC on neither a network nor a bridge|/^  - instance_name: app-01$/{n;s/$/\n    nics: [{model: e1000e}]/}"
 )
 for c in "${cases[@]}"; do
     name=${c%%|*}

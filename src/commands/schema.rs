@@ -110,11 +110,15 @@ mod tests {
                 walk(root, items, &format!("{path}[]"), out);
             }
             if let Some(props) = node.get("properties").and_then(Value::as_object) {
-                // Keys required by an `anyOf` alternative count as required (an instance's
-                // image_name, which its profile can give instead).
-                let alternatives = node.get("anyOf").and_then(Value::as_array);
+                // Keys required by an `anyOf` or `oneOf` alternative count as required (an
+                // instance's image_name, which its profile can give instead; a NIC's network
+                // or bridge).
+                let alternatives = ["anyOf", "oneOf"]
+                    .into_iter()
+                    .filter_map(|k| node.get(k).and_then(Value::as_array))
+                    .flatten();
                 let required = std::iter::once(node)
-                    .chain(alternatives.into_iter().flatten())
+                    .chain(alternatives)
                     .filter_map(|n| n.get("required").and_then(Value::as_array))
                     .flatten()
                     .filter_map(|v| v.as_str().map(String::from))

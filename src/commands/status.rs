@@ -117,7 +117,8 @@ fn nic_rows(
     running: bool,
     primary_ipv4: Option<std::net::Ipv4Addr>,
 ) -> Result<Vec<address::NicAddresses>, HvError> {
-    if inst.other_nics.is_empty() {
+    // One NIC on a libvirt network: the row says all. On a host bridge: listed, so the bridge shows.
+    if inst.other_nics.is_empty() && inst.attach.bridge().is_none() {
         return Ok(Vec::new());
     }
     if running {
@@ -130,7 +131,8 @@ fn nic_rows(
         .map(|n| address::NicAddresses {
             ipv4: None,
             ipv6: None,
-            network: n.network,
+            network: n.attach.network().map(str::to_string),
+            bridge: n.attach.bridge().map(str::to_string),
             mac: n.mac,
             primary: n.primary,
         })

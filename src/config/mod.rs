@@ -40,7 +40,7 @@ pub use raw::{
     CatalogImage, CloudInitDefaults, DomainTypeChoice, FirmwareChoice, InstanceDefinition,
     InstanceProfile, NicDefinition, NicModel, Secret, StageChoice, UserData, Vars, TOP_LEVEL_KEYS,
 };
-pub use resolved::{Config, Instance, Nic, NicIpv4, StaticIpv4, StaticIpv6};
+pub use resolved::{Attachment, Config, Instance, Nic, NicIpv4, StaticIpv4, StaticIpv6};
 pub use resolved::{FieldOrigin, Origins};
 pub use validate::{libvirt_uri_for, valid_instance_name};
 

@@ -9,14 +9,14 @@ use ipnet::Ipv6Net;
 
 use super::diagnostics::Locator;
 use super::raw::{InstanceDefinition, NicDefinition, NicModel};
-use super::resolved::{effective_mac, Nic, NicIpv4, StaticIpv4, StaticIpv6};
+use super::resolved::{effective_mac, Attachment, Nic, NicIpv4, StaticIpv4, StaticIpv6};
 use super::validate::{host_address, parse_mac, parse_static, valid_simple_name};
 use super::ConfigError;
 
 /// An instance's NICs as resolved: the primary one in the shape of the one-NIC shorthand (what
 /// [`Instance`](super::Instance) keeps in its own fields) and the others.
 pub(super) struct ResolvedNics {
-    pub network: String,
+    pub attach: Attachment,
     pub ipv4: Option<StaticIpv4>,
     pub mac: Option<String>,
     pub ipv6: Option<StaticIpv6>,
@@ -34,7 +34,7 @@ pub(super) trait TakenAddresses {
 }
 
 /// The shorthand fields, which `nics` replaces.
-const SHORTHAND: &[&str] = &[
+pub(super) const SHORTHAND: &[&str] = &[
     "libvirt_network_name",
     "ipv4_address",
     "ipv4_gateway",
@@ -90,7 +90,7 @@ pub(super) fn resolve(
         None => None,
     };
     Ok(ResolvedNics {
-        network: p.network,
+        attach: p.attach,
         ipv4,
         mac: raw.mac.as_deref().map(str::to_ascii_lowercase),
         ipv6: p.ipv6,
@@ -108,7 +108,7 @@ fn resolve_nic(
     n: &NicDefinition,
     taken: &mut dyn TakenAddresses,
 ) -> Result<Nic, ConfigError> {
-    valid_simple_name(&n.network).map_err(|m| at.key("network").error(format!("network {m}")))?;
+    let attach = attachment(at, index, n)?;
     let configured = n
         .mac
         .as_deref()
@@ -125,7 +125,7 @@ fn resolve_nic(
     if let Err(owner) = taken.take_mac(&mac, instance) {
         let (field, how) = match configured {
             Some(_) => ("mac", "its mac"),
-            None => ("network", "its derived MAC"),
+            None => (attach.kind(), "its derived MAC"),
         };
         return Err(at.key(field).error(format!(
             "NIC {index} of instance `{instance}`: {how} {mac} is already the MAC of {owner}; set a distinct mac"
@@ -143,13 +143,45 @@ fn resolve_nic(
     let ipv4 = nic_ipv4(at, n, primary, taken)?;
     let ipv6 = nic_ipv6(at, n, taken)?;
     Ok(Nic {
-        network: n.network.clone(),
+        attach,
         mac,
         ipv4,
         ipv6,
         model: n.model,
         primary,
     })
+}
+
+/// The NIC's `network` or `bridge`: exactly one, a valid name.
+fn attachment(at: Locator, index: usize, n: &NicDefinition) -> Result<Attachment, ConfigError> {
+    match (&n.network, &n.bridge) {
+        (Some(net), None) => {
+            valid_simple_name(net).map_err(|m| at.key("network").error(format!("network {m}")))?;
+            Ok(Attachment::Network(net.clone()))
+        }
+        (None, Some(br)) => {
+            valid_bridge_name(br).map_err(|m| at.key("bridge").error(format!("bridge {m}")))?;
+            Ok(Attachment::Bridge(br.clone()))
+        }
+        (Some(_), Some(_)) => Err(at.key("bridge").error(format!(
+            "NIC {index} names both a network and a bridge: a NIC sits on a libvirt network or directly on a host bridge, so keep one of them"
+        ))),
+        (None, None) => Err(at.error(format!(
+            "NIC {index} names neither a network nor a bridge: set `network: NAME` (a libvirt network) or `bridge: NAME` (a host bridge)"
+        ))),
+    }
+}
+
+/// A Linux interface name as `ip link` takes it: 1–15 bytes (IFNAMSIZ), here of
+/// `A-Z a-z 0-9 - _ .`, not `.` first (no `.`/`..`, which are no names under /sys/class/net).
+fn valid_bridge_name(name: &str) -> Result<(), String> {
+    valid_simple_name(name)?;
+    if name.len() > 15 {
+        return Err(format!(
+            "`{name}` is longer than a Linux interface name can be (15 characters)"
+        ));
+    }
+    Ok(())
 }
 
 fn nic_ipv4(
@@ -314,7 +346,9 @@ kvm_instance_definitions:
         }
         assert!(block.contains("nics:"), "{block}");
         let c = p(&block).unwrap();
-        assert_eq!(c.instances[0].nics().len(), 2);
+        let nics = c.instances[0].nics();
+        assert_eq!(nics.len(), 3);
+        assert_eq!(nics[2].attach, Attachment::Bridge("br0".into()));
     }
 
     #[test]
@@ -375,13 +409,13 @@ kvm_instance_definitions:
 ")
         .unwrap();
         let i = &c.instances[0];
-        assert_eq!(i.network, "lan");
+        assert_eq!(i.attach, Attachment::Network("lan".into()));
         assert_eq!(i.primary_nic_index, 1);
         assert_eq!(i.effective_mac(), kvmprov_hypervisor::xml::mac_for("db-01"));
         assert_eq!(i.ipv4.as_ref().unwrap().gateway.to_string(), "10.0.0.1");
         assert_eq!(i.ipv6.as_ref().unwrap().gateway, "fe80::1".parse().ok());
         let nics = i.nics();
-        assert_eq!(nics[0].network, "storage");
+        assert_eq!(nics[0].attach, Attachment::Network("storage".into()));
         assert_eq!(
             nics[0].mac,
             kvmprov_hypervisor::xml::mac_for_nic("db-01", 0)
@@ -447,6 +481,104 @@ kvm_instance_definitions:
       - {network: storage, primary: true}
 ");
         assert!(e.contains("only one NIC can be primary"), "{e}");
+    }
+
+    #[test]
+    fn a_nic_can_sit_directly_on_a_host_bridge() {
+        let c = p("  - instance_name: db-01
+    image_name: debian-12
+    nics:
+      - network: default
+      - bridge: br0
+        ipv4_address: 192.0.2.10/24
+")
+        .unwrap();
+        let nics = c.instances[0].nics();
+        assert_eq!(nics[1].attach, Attachment::Bridge("br0".into()));
+        assert_eq!(
+            nics[1].mac,
+            kvmprov_hypervisor::xml::mac_for_nic("db-01", 1)
+        );
+        assert_eq!(
+            nics[1].describe(),
+            format!("bridge br0, mac {}, static 192.0.2.10/24", nics[1].mac)
+        );
+        assert_eq!(c.required_networks(), vec!["default"]);
+        assert_eq!(c.required_bridges(), vec!["br0"]);
+        let json = serde_json::to_value(&c.instances[0]).unwrap();
+        assert_eq!(json["other_nics"][0]["bridge"], "br0");
+        assert!(json["other_nics"][0].get("network").is_none());
+    }
+
+    /// The primary NIC, too: kvmprov then reaches the guest on the bridge.
+    #[test]
+    fn the_primary_nic_can_sit_on_a_host_bridge() {
+        let c = p("  - instance_name: edge-01
+    image_name: debian-12
+    nics:
+      - bridge: br0
+")
+        .unwrap();
+        let i = &c.instances[0];
+        assert_eq!(i.attach, Attachment::Bridge("br0".into()));
+        assert_eq!(
+            i.effective_mac(),
+            kvmprov_hypervisor::xml::mac_for("edge-01")
+        );
+        assert!(c.required_networks().is_empty());
+        let json = serde_json::to_value(i).unwrap();
+        assert_eq!(json["bridge"], "br0");
+        assert!(json.get("network").is_none());
+    }
+
+    /// A network instance's serialised form (its config digest) is what it was before
+    /// bridges: `"network":"…"` in the same place.
+    #[test]
+    fn a_network_instance_serialises_as_before_bridges() {
+        let c = p("  - {instance_name: web-01, image_name: debian-12}\n").unwrap();
+        let text = serde_json::to_string(&c.instances[0]).unwrap();
+        assert!(
+            text.contains(r#""disk_size_gib":20,"network":"default","ipv4":null"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_nic_names_exactly_one_of_network_and_bridge() {
+        let e = err("  - instance_name: db-01
+    image_name: debian-12
+    nics:
+      - network: default
+      - {network: lan, bridge: br0}
+");
+        assert!(
+            e.starts_with("vars.yml:12:32: NIC 1 names both a network and a bridge"),
+            "{e}"
+        );
+        let e = err("  - instance_name: db-01
+    image_name: debian-12
+    nics:
+      - network: default
+      - mac: '52:54:00:00:00:07'
+");
+        assert!(e.starts_with("vars.yml:12:"), "{e}");
+        assert!(
+            e.contains("NIC 1 names neither a network nor a bridge"),
+            "{e}"
+        );
+        let e = err("  - instance_name: db-01
+    image_name: debian-12
+    nics:
+      - bridge: br0-with-a-long-name
+");
+        assert!(e.starts_with("vars.yml:11:"), "{e}");
+        assert!(e.contains("longer than a Linux interface name"), "{e}");
+        let e = err("  - instance_name: db-01
+    image_name: debian-12
+    nics:
+      - bridge: ../eth0
+");
+        assert!(e.contains("bridge may contain only"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use marked_yaml::Span;
 
 use super::diagnostics::{did_you_mean, Locator, Sources};
 use super::document::coercible;
+use super::nics::SHORTHAND;
 use super::raw::InstanceDefinition;
 use super::resolved::{FieldOrigin, Instance, Origins, BUILT_IN};
 use super::validate::valid_simple_name;
@@ -218,6 +219,11 @@ pub(super) fn origins(
         if matches!(field, "instance_name" | PROFILE | "user_data_file") {
             continue;
         }
+        // With `nics`, the one-NIC shorthand is unused: where its default would come from
+        // says nothing about the instance (whose NICs `nics` lists).
+        if !d.nics.is_empty() && SHORTHAND.contains(&field) {
+            continue;
+        }
         let own = at.key(field).is_set() && !taken.fields.iter().any(|f| f == field);
         let (value, from) = if field == "user_data" {
             let mut layers = Vec::new();
@@ -245,7 +251,7 @@ pub(super) fn origins(
         } else if let Some((_, key)) = GLOBAL_FALLBACKS.iter().find(|(f, _)| *f == field) {
             let value = match field {
                 "firmware" => serde_json::Value::from(inst.firmware.as_str()),
-                "libvirt_network_name" => serde_json::Value::from(inst.network.as_str()),
+                "libvirt_network_name" => serde_json::Value::from(inst.attach.name()),
                 _ => serde_json::Value::from(inst.libvirt_uri.as_str()),
             };
             // kvm_libvirt_uri, when set, wins over kvm_hypervisor_host.
@@ -281,8 +287,24 @@ pub(super) fn origins(
     })
 }
 
+/// The field's value as serde read it; a field serde leaves out of the serialised form at its
+/// default (an empty list, no value) is that default, as the JSON Schema states it.
 fn raw_value(raw: &serde_json::Value, field: &str) -> serde_json::Value {
-    raw.get(field).cloned().unwrap_or(serde_json::Value::Null)
+    raw.get(field)
+        .cloned()
+        .unwrap_or_else(|| schema_default(field))
+}
+
+/// The `default` the JSON Schema gives an instance field (`[]` for a list), else null.
+fn schema_default(field: &str) -> serde_json::Value {
+    static SCHEMA: OnceLock<serde_json::Value> = OnceLock::new();
+    let schema = SCHEMA.get_or_init(|| schemars::schema_for!(InstanceDefinition).to_value());
+    schema
+        .get("properties")
+        .and_then(|p| p.get(field))
+        .and_then(|f| f.get("default"))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Every field of an instance definition, in declaration order: asked of serde itself (the

@@ -495,12 +495,19 @@ impl NicModel {
     }
 }
 
-/// One entry of an instance's `nics`.
+/// One entry of an instance's `nics`: on a libvirt network or directly on a host bridge.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["network"]}, {"required": ["bridge"]}]))]
 pub struct NicDefinition {
-    /// The libvirt network this NIC joins (any forward mode: NAT, routed, isolated, bridge, open).
-    pub network: String,
+    /// The libvirt network this NIC joins (any forward mode: NAT, routed, isolated, bridge, open). Exactly one of network and bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("type" = "string"))]
+    pub network: Option<String>,
+    /// A Linux bridge on the hypervisor (`br0`) the NIC is plugged into directly, with no libvirt network (`<interface type='bridge'>`); its DHCP server, if any, is not libvirt's: kvmprov finds a DHCP address on the guest's serial console. Exactly one of network and bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("type" = "string"))]
+    pub bridge: Option<String>,
     /// MAC address; else the first NIC (or the primary one) gets the instance's stable `52:54:00:…` MAC, the others one derived from the name and the NIC's position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = null))]

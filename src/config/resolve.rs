@@ -16,7 +16,7 @@ use super::profiles::{self, Expanded};
 use super::raw::{
     CatalogImage, CloudInitDefaults, FirmwareChoice, InstanceDefinition, NicModel, Vars,
 };
-use super::resolved::{effective_mac, Config, Instance, Origins, StaticIpv4};
+use super::resolved::{effective_mac, Attachment, Config, Instance, Origins, StaticIpv4};
 use super::user_data::{self, check_fqdn};
 use super::validate::{
     check_libvirt_uri, check_login_user, check_path, check_public_key, check_separate,
@@ -269,7 +269,7 @@ fn resolve_instance(
         vcpus: d.vcpus,
         memory_mib: d.memory_mib,
         disk_size_gib: d.disk_size_gib,
-        network: nics.network,
+        attach: nics.attach,
         ipv4: nics.ipv4,
         mac: nics.mac,
         ipv6: nics.ipv6,
@@ -307,7 +307,7 @@ fn one_nic(
     let ipv4 = static_ipv4(at, d, taken)?;
     let mac = mac_address(at, d, taken)?;
     Ok(ResolvedNics {
-        network,
+        attach: Attachment::Network(network),
         ipv4,
         mac,
         ipv6: None,

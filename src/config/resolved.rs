@@ -30,7 +30,10 @@ pub struct Instance {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_size_gib: u64,
-    pub network: String,
+    /// What the primary NIC is plugged into. Serialised as `network: NAME` (as before bridges
+    /// existed: a network instance's config digest stays the same) or `bridge: NAME`.
+    #[serde(flatten)]
+    pub attach: Attachment,
     pub ipv4: Option<StaticIpv4>,
     pub mac: Option<String>,
     // The primary NIC's settings beyond the shorthand's, and the other NICs: left out of the
@@ -93,7 +96,7 @@ impl Instance {
             vcpus: 1,
             memory_mib: 1024,
             disk_size_gib: 4,
-            network: "default".into(),
+            attach: Attachment::Network("default".into()),
             ipv4: None,
             mac: None,
             ipv6: None,
@@ -122,7 +125,7 @@ impl Instance {
     /// Every NIC, in device order, the primary one included (marked `primary`).
     pub fn nics(&self) -> Vec<Nic> {
         let primary = Nic {
-            network: self.network.clone(),
+            attach: self.attach.clone(),
             mac: self.effective_mac(),
             ipv4: self.ipv4.as_ref().map(NicIpv4::from),
             ipv6: self.ipv6.clone(),
@@ -244,12 +247,23 @@ impl Config {
         self.instances.iter().find(|i| i.name == name)
     }
 
-    /// The networks the instances need, each once.
+    /// The libvirt networks the instances need, each once.
     pub fn required_networks(&self) -> Vec<String> {
-        let mut seen = Vec::new();
+        self.required(Attachment::network)
+    }
+
+    /// The host bridges the instances' NICs are plugged into directly, each once.
+    pub fn required_bridges(&self) -> Vec<String> {
+        self.required(Attachment::bridge)
+    }
+
+    fn required(&self, which: fn(&Attachment) -> Option<&str>) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
         for nic in self.instances.iter().flat_map(Instance::nics) {
-            if !seen.contains(&nic.network) {
-                seen.push(nic.network);
+            if let Some(name) = which(&nic.attach) {
+                if !seen.iter().any(|s| s == name) {
+                    seen.push(name.to_string());
+                }
             }
         }
         seen
@@ -284,10 +298,63 @@ pub struct StaticIpv6 {
     pub gateway: Option<Ipv6Addr>,
 }
 
+/// What a NIC is plugged into: a libvirt network, or a host bridge no libvirt network wraps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attachment {
+    Network(String),
+    Bridge(String),
+}
+
+impl Attachment {
+    /// The libvirt network's name, if it is one.
+    pub fn network(&self) -> Option<&str> {
+        match self {
+            Attachment::Network(n) => Some(n),
+            Attachment::Bridge(_) => None,
+        }
+    }
+
+    /// The host bridge's name, if it is one.
+    pub fn bridge(&self) -> Option<&str> {
+        match self {
+            Attachment::Bridge(b) => Some(b),
+            Attachment::Network(_) => None,
+        }
+    }
+
+    /// The config key that names it: `network` or `bridge`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Attachment::Network(_) => "network",
+            Attachment::Bridge(_) => "bridge",
+        }
+    }
+
+    /// The network's or the bridge's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Attachment::Network(n) | Attachment::Bridge(n) => n,
+        }
+    }
+}
+
+/// `network default`, `bridge br0`.
+impl std::fmt::Display for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attachment::Network(n) => write!(f, "network {n}"),
+            Attachment::Bridge(b) => write!(f, "bridge {b}"),
+        }
+    }
+}
+
 /// One resolved NIC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Nic {
-    pub network: String,
+    /// Serialised as `network: NAME` or `bridge: NAME`.
+    #[serde(flatten)]
+    pub attach: Attachment,
     /// The MAC the guest's NIC gets (configured or derived), lower case.
     pub mac: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -302,10 +369,10 @@ pub struct Nic {
 }
 
 impl Nic {
-    /// One line for plans and listings: `network isolated, 52:54:00:…, static 10.77.0.10/24
-    /// fd77::10/64`.
+    /// One line for plans and listings: `network isolated, mac 52:54:00:…, static
+    /// 10.77.0.10/24, static fd77::10/64` (`bridge br0, …` on a host bridge).
     pub fn describe(&self) -> String {
-        let mut s = format!("network {}, mac {}", self.network, self.mac);
+        let mut s = format!("{}, mac {}", self.attach, self.mac);
         match &self.ipv4 {
             Some(v4) => s.push_str(&format!(", static {}", v4.address)),
             None => s.push_str(", DHCPv4"),

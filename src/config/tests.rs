@@ -108,7 +108,7 @@ fn good_file_resolves_defaults() {
     assert_eq!(c.libvirt_uri, "qemu:///system");
     assert_eq!(c.instances.len(), 2);
     assert_eq!(c.instances[0].vcpus, 2);
-    assert_eq!(c.instances[0].network, "default");
+    assert_eq!(c.instances[0].attach.network(), Some("default"));
     let s = c.instances[1].ipv4.as_ref().unwrap();
     assert_eq!(s.gateway, Ipv4Addr::new(192, 168, 122, 1));
     assert_eq!(s.dns, vec![Ipv4Addr::new(192, 168, 122, 1)]);

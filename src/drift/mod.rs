@@ -49,7 +49,15 @@ pub fn instance_fields(
         ("disk_size_gib", inst.disk_size_gib.to_string()),
         ("domain_type", domain_type.as_str().to_string()),
         ("firmware", firmware_label(inst).to_string()),
-        ("libvirt_network_name", inst.network.clone()),
+        (
+            "libvirt_network_name",
+            inst.attach.network().unwrap_or_default().to_string(),
+        ),
+        // The primary NIC's host bridge, when it sits on one instead of a network.
+        (
+            "bridge",
+            inst.attach.bridge().unwrap_or_default().to_string(),
+        ),
         ("mac_address", inst.effective_mac()),
         (
             "ipv4_address",
@@ -188,10 +196,11 @@ impl Change {
 }
 
 /// Fields added to the record after domains were first recorded, with the value every domain
-/// made before them had: no data disks, no other NICs, no user_data, no fqdn, no IPv6, virtio.
+/// made before them had: no data disks, no host bridge, no other NICs, no user_data, no fqdn, no IPv6, virtio.
 /// An older record without them compares as that value, so a change made since is drift.
 const ADDED_LATER: &[(&str, &str)] = &[
     ("disks", ""),
+    ("bridge", ""),
     ("nics", ""),
     ("user_data", ""),
     ("fqdn", ""),
@@ -491,6 +500,46 @@ mod tests {
             .map(Change::describe)
             .collect();
         assert_eq!(left, ["data disk data 1 GiB raw → data 2 GiB raw"]);
+    }
+
+    #[test]
+    fn a_nic_moved_from_a_network_to_a_host_bridge_is_drift() {
+        let on_net = cfg(
+            "    nics:\n      - network: default\n      - network: storage\n",
+            "pw",
+        );
+        let on_bridge = cfg(
+            "    nics:\n      - network: default\n      - bridge: storage\n",
+            "pw",
+        );
+        let mac1 = kvmprov_hypervisor::xml::mac_for_nic("app-01", 1);
+        let moved: Vec<String> = diff(&recorded(&on_net), &fields(&on_bridge), SALT)
+            .iter()
+            .map(Change::describe)
+            .collect();
+        assert_eq!(
+            moved,
+            vec![format!(
+                r#"nics ["1: network storage, mac {mac1}, DHCPv4"] → ["1: bridge storage, mac {mac1}, DHCPv4"]"#
+            )]
+        );
+        // The primary NIC: the network it left and the bridge it joined.
+        let primary = cfg("    nics:\n      - bridge: br0\n", "pw");
+        let moved: Vec<String> = diff(&recorded(&cfg("", "pw")), &fields(&primary), SALT)
+            .iter()
+            .map(Change::describe)
+            .collect();
+        assert_eq!(
+            moved,
+            vec![
+                "libvirt_network_name default → (none)",
+                "bridge (none) → br0"
+            ]
+        );
+        // A domain recorded before bridges existed has no `bridge` field: no false drift.
+        let mut older = recorded(&cfg("", "pw"));
+        older.retain(|(n, _)| n != "bridge");
+        assert!(diff(&older, &fields(&cfg("", "pw")), SALT).is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The human renderings: pure functions from values to the text kvmprov prints.
 
-use crate::config::{Config, FieldOrigin, Origins};
+use crate::config::{Attachment, Config, FieldOrigin, Origins};
 use crate::report::{Outcome, StageReport, Status};
 
 use super::json::{InstanceStatus, Probe};
@@ -198,7 +198,17 @@ pub fn config(cfg: &Config) -> String {
         };
         line(format!(
             "    {:<14} {:<10} {} vCPU {:>6} MiB {:>5} GiB  net {} ip {} snapshot {}{on}",
-            i.name, i.image_name, i.vcpus, i.memory_mib, i.disk_size_gib, i.network, ip, snap
+            i.name,
+            i.image_name,
+            i.vcpus,
+            i.memory_mib,
+            i.disk_size_gib,
+            match &i.attach {
+                Attachment::Network(n) => n.clone(),
+                Attachment::Bridge(b) => format!("bridge {b}"),
+            },
+            ip,
+            snap
         ));
         for d in &i.disks {
             line(format!("      data disk {} ({})", d.summary(), d.by_id()));
@@ -298,7 +308,7 @@ pub fn status_table(rows: &[InstanceStatus], several_hosts: bool) -> String {
             out.push_str(&format!(
                 "{:<16} nic{i} {} {} {}{}\n",
                 "",
-                n.network,
+                n.on(),
                 n.mac,
                 if addrs.is_empty() {
                     "-".to_string()

@@ -230,13 +230,29 @@ pub struct DiskStatus {
 /// One NIC's addresses as found now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NicAddresses {
-    pub network: String,
+    /// The libvirt network the NIC is on (absent for a NIC on a host bridge).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The host bridge the NIC is plugged into directly (absent for a NIC on a network).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
     pub mac: String,
     pub primary: bool,
     pub ipv4: Option<Ipv4Addr>,
     /// The static IPv6 address the config gives; addresses the guest takes by SLAAC are not
     /// looked up (no address source reports IPv6).
     pub ipv6: Option<Ipv6Addr>,
+}
+
+impl NicAddresses {
+    /// Where the NIC sits, for a listing: the network's name, or `bridge br0`.
+    pub fn on(&self) -> String {
+        match (&self.network, &self.bridge) {
+            (_, Some(b)) => format!("bridge {b}"),
+            (Some(n), None) => n.clone(),
+            (None, None) => "-".to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# `make bench`: the three benchmark parts in one run, then one table of their figures against
-# issue 18's targets (tests/bench/table.py):
+# `make bench`: the four benchmark parts in one run, then one table of their figures against
+# issues 18's and 25's targets (tests/bench/table.py):
 #   provision.sh  10 instances to started: kvmprov, the replaced chain, the bare-libvirt bound
 #   download.sh   1 GiB download + verify: kvmprov against curl | sha512sum, peak RSS
 #   boot.sh       boot to ready, 1 and 4 guests: kvmprov, kcli, virt-lightning, virt-install
+#   shapes.sh     one instance with two data disks and two NICs against a plain one (issue 25)
 # Each part runs its own namespace and libvirtd (one at a time). Needs root. ~25 minutes on
 # 2 cores, most of it the TCG guests booting. BENCH_PARTS="provision download" runs fewer.
 set -euo pipefail
@@ -14,7 +15,7 @@ trap 'rm -f "$BENCH_RESULTS"' EXIT
 printf 'cores\t%s\n' "$(nproc)" >>"$BENCH_RESULTS"
 # shellcheck source=tests/bench/lib.sh
 source "$dir/lib.sh"
-for part in ${BENCH_PARTS:-provision download boot}; do
+for part in ${BENCH_PARTS:-provision download boot shapes}; do
     quiet
     echo "bench: === $part" >&2
     bash "$dir/$part.sh"

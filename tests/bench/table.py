@@ -7,8 +7,9 @@
   boot  one|four  TOOL  WHY                     or why the tool could not
   split kvmprov  ADDRESS  PORT22  LOGIN  CLOUD_INIT
   rerun LABEL  SECONDS
+  shape plain|full  MEDIAN  MIN  N    one instance, plain or 2 disks + 2 NICs (tests/bench/shapes.sh)
   cores N
-Each target of issue 18 is printed next to its figure with ok / MISSED."""
+Each target of issues 18 and 25 is printed next to its figure with ok / MISSED."""
 import sys
 
 
@@ -17,7 +18,7 @@ def verdict(ok):
 
 
 def main(path):
-    prov, dl, boot, split, rerun, cores = {}, {}, {}, None, [], None
+    prov, dl, boot, split, rerun, cores, shape = {}, {}, {}, None, [], None, {}
     for line in open(path, encoding="utf-8"):
         f = line.rstrip("\n").split("\t")
         if f[0] == "prov":
@@ -30,6 +31,8 @@ def main(path):
             split = [float(x) for x in f[2:]]
         elif f[0] == "rerun":
             rerun.append((f[1], float(f[2])))
+        elif f[0] == "shape":
+            shape[f[1]] = (float(f[2]), float(f[3]), int(f[4]))
         elif f[0] == "cores":
             cores = int(f[1])
 
@@ -48,6 +51,11 @@ def main(path):
         print(f"  {'re-run, everything present, 10 guests booting':{w - 2}} {prov['rerun']:10.3f} s")
     for label, s in rerun:
         print(f"  {'re-run, everything present, ' + label:{w - 2}} {s:10.3f} s   <= 0.2 s {verdict(s <= 0.2)}")
+    if shape:
+        (p, pmin, n), (fl, fmin, _) = shape["plain"], shape["full"]
+        print(f"one instance defined and started (provision --no-wait), median of {n} (min)")
+        print(f"  {'plain: one disk, one NIC':{w - 2}} {p:10.3f} s   ({pmin:.3f})")
+        print(f"  {'two data disks and two NICs':{w - 2}} {fl:10.3f} s   ({fmin:.3f}) {fl / p:.2f}x plain, <= 1.2x {verdict(fl / p <= 1.2)}")
     if dl:
         curl, kp = dl["curl"], dl["kvmprov"]
         print("download + verify 1 GiB from 127.0.0.1 (best of 3)")

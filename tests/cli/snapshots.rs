@@ -407,3 +407,17 @@ fn digits_as_n(text: &str) -> String {
     }
     out
 }
+
+/// `check` of an instance whose NICs sit on a libvirt network and straight on a host bridge:
+/// the bridge NIC's line, and `bridge` in place of `network` in the JSON.
+#[test]
+fn check_of_nics_on_a_network_and_a_host_bridge() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), "test:///default", &[]);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "  - instance_name: edge-01\n    image_name: debian-12\n    nics:\n      - network: default\n      - {bridge: br0, ipv4_address: 192.0.2.10/24}\n  - instance_name: edge-02\n    image_name: debian-12\n    nics: [{bridge: br0}]\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    both("check_bridge", t.path(), &cfg, &["check"]);
+}

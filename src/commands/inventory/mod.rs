@@ -57,7 +57,8 @@ fn facts(
         },
     };
     let mut f = fact(inst, uri, login);
-    if f.login.is_ok() && !inst.other_nics.is_empty() {
+    let listed = !inst.other_nics.is_empty() || inst.attach.bridge().is_some();
+    if f.login.is_ok() && listed {
         if let (Ok(nets), Ok(t)) = (networks, &f.login) {
             let primary = match t.addr {
                 std::net::IpAddr::V4(a) => Some(a),
@@ -87,7 +88,7 @@ fn fact(inst: &Instance, uri: &str, login: Result<SshTarget, String>) -> Facts {
     Facts {
         name: inst.name.clone(),
         image: inst.image_name.clone(),
-        network: inst.network.clone(),
+        attach: inst.attach.clone(),
         libvirt_uri: uri.to_string(),
         nics: Vec::new(),
         login,

@@ -1,12 +1,13 @@
 //! The inventory itself, pure: which declared instances are in it (running, with an address,
-//! a login kvmprov can make), their host variables and their groups (per image, hypervisor and
-//! network).
+//! a login kvmprov can make), their host variables and their groups (per image, hypervisor,
+//! network and host bridge).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::address::NicAddresses;
+use crate::config::Attachment;
 use crate::report::error_chain;
 use crate::ssh::{shell_words, SshTarget};
 
@@ -15,9 +16,11 @@ use crate::ssh::{shell_words, SshTarget};
 pub struct Facts {
     pub name: String,
     pub image: String,
-    pub network: String,
+    /// What the primary NIC is plugged into.
+    pub attach: Attachment,
     pub libvirt_uri: String,
-    /// Every NIC's addresses, for an instance with several NICs (else empty).
+    /// Every NIC's addresses, for an instance with several NICs or one on a host bridge (else
+    /// empty).
     pub nics: Vec<NicAddresses>,
     /// How to log in, or why the instance is not in the inventory.
     pub login: Result<SshTarget, String>,
@@ -71,11 +74,15 @@ pub fn build(facts: &[Facts]) -> Inventory {
         let mut groups = vec![
             group_name("image", &f.image),
             group_name("hypervisor", &hypervisor_name(&f.libvirt_uri)),
-            group_name("network", &f.network),
+            group_name(f.attach.kind(), f.attach.name()),
         ];
-        // An instance is in the group of every network one of its NICs is on.
+        // An instance is in the group of every network and host bridge one of its NICs is on.
         for n in &f.nics {
-            let g = group_name("network", &n.network);
+            let g = match (&n.network, &n.bridge) {
+                (_, Some(b)) => group_name("bridge", b),
+                (Some(net), None) => group_name("network", net),
+                (None, None) => continue,
+            };
             if !groups.contains(&g) {
                 groups.push(g);
             }
@@ -155,7 +162,7 @@ pub(super) mod tests {
         Facts {
             name: name.into(),
             image: image.into(),
-            network: "default".into(),
+            attach: Attachment::Network("default".into()),
             libvirt_uri: uri.into(),
             nics: vec![],
             login,

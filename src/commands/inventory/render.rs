@@ -91,14 +91,16 @@ mod tests {
         );
         db.nics = vec![
             crate::address::NicAddresses {
-                network: "default".into(),
+                network: Some("default".into()),
+                bridge: None,
                 mac: "52:54:00:00:00:01".into(),
                 primary: true,
                 ipv4: Some([192, 168, 122, 9].into()),
                 ipv6: None,
             },
             crate::address::NicAddresses {
-                network: "storage".into(),
+                network: Some("storage".into()),
+                bridge: None,
                 mac: "52:54:00:00:00:02".into(),
                 primary: false,
                 ipv4: Some([10, 77, 0, 10].into()),

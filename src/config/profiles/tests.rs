@@ -329,3 +329,50 @@ fn a_profile_user_data_file_is_read_beside_the_variables_file_and_layered() {
         "{e}"
     );
 }
+
+/// `check` showed `libvirt_network_name` (from kvm_default_libvirt_network_name) for an
+/// instance whose NICs its profile's `nics` lists: a network it is not on.
+#[test]
+fn regression_origins_showed_the_shorthand_network_of_an_instance_with_nics() {
+    let text = with_profiles(TWO).replace(
+        "    packages: [postgresql]\n",
+        "    packages: [postgresql]\n    nics: [{network: storage}, {bridge: br0}]\n",
+    );
+    let c = p(&text, &[]).unwrap();
+    let db = &c.origins[0];
+    assert_eq!(db.instance, "db-01");
+    for shorthand in [
+        "libvirt_network_name",
+        "ipv4_address",
+        "mac_address",
+        "dns_servers",
+    ] {
+        assert!(
+            !db.fields.iter().any(|f| f.field == shorthand),
+            "{shorthand} shown: {:?}",
+            db.fields
+        );
+    }
+    let nics = db.fields.iter().find(|f| f.field == "nics").unwrap();
+    assert_eq!(nics.from, "profile db");
+    assert_eq!(nics.value[1]["bridge"], "br0");
+    // web-01 has no nics: its network and where it came from are still shown.
+    let web = &c.origins[1];
+    assert!(web.fields.iter().any(|f| f.field == "libvirt_network_name"));
+}
+
+/// `check --output json` gave a list field left at its built-in default (`disks`, `nics`)
+/// the value null: serde leaves an empty list out of the instance's serialised form.
+#[test]
+fn regression_a_list_fields_built_in_default_was_null_in_the_origins() {
+    let c = p(&with_profiles(TWO), &[]).unwrap();
+    let db = &c.origins[0];
+    for list in ["disks", "nics", "dns_servers", "runcmd"] {
+        let f = db.fields.iter().find(|f| f.field == list).unwrap();
+        assert_eq!(f.from, "built-in default", "{list}");
+        assert_eq!(f.value, serde_json::json!([]), "{list}");
+    }
+    // Fields without a value stay null.
+    let fqdn = db.fields.iter().find(|f| f.field == "fqdn").unwrap();
+    assert_eq!(fqdn.value, serde_json::Value::Null);
+}

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use kvmprov_hypervisor::{FirmwareSupport, HostInfo, NetworkInfo, SshDest};
 
 use crate::address;
-use crate::config::{Config, FirmwareChoice, Instance};
+use crate::config::{Attachment, Config, FirmwareChoice, Instance};
 use crate::host::resolve_domain_type;
 use crate::layout::pool_name_for;
 use crate::report::{Action, Op};
@@ -41,6 +41,20 @@ pub struct Observed {
     /// Directories on this machine kvmprov writes into as root (the image cache, a local
     /// instance pool, kvmprov's state directory) and why each is unsafe, if it is.
     pub trees: Vec<TreeState>,
+    /// The host bridges NICs are plugged into directly, as found on the hypervisor.
+    pub bridges: Vec<(String, BridgeState)>,
+}
+
+/// What the hypervisor has under a host bridge's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeState {
+    /// A Linux bridge.
+    Bridge,
+    /// A network interface that is not a bridge.
+    NotBridge,
+    Missing,
+    /// It could not be looked at (why).
+    Unknown(String),
 }
 
 /// A local directory kvmprov writes into as root, and what another user could do there.
@@ -156,6 +170,60 @@ fn address_check(inst: &Instance, net: &NetworkInfo) -> (Action, Verdict) {
     }
 }
 
+/// How the address of `inst`'s primary NIC will be found: on its libvirt network among
+/// `networks` (`None` when that network is not there: its own check fails), or on its host
+/// bridge, where no subnet is known to check a static address against.
+fn attached_address_check(inst: &Instance, networks: &[NetworkInfo]) -> Option<(Action, Verdict)> {
+    match &inst.attach {
+        Attachment::Network(name) => networks
+            .iter()
+            .find(|n| n.name == *name)
+            .map(|net| address_check(inst, net)),
+        Attachment::Bridge(b) => Some((
+            Action::new(
+                format!("address {}", inst.name),
+                Op::Check,
+                address::plan_on_bridge(inst, b).how,
+            ),
+            Verdict::Pass,
+        )),
+    }
+}
+
+/// A host bridge a NIC is plugged into: it exists on the hypervisor and is a bridge.
+fn bridge_check(cfg: &Config, name: &str, state: &BridgeState) -> (Action, Verdict) {
+    let target = format!("bridge {name}");
+    let uri = &cfg.libvirt_uri;
+    match state {
+        BridgeState::Bridge => (
+            Action::new(target, Op::Check, "host bridge exists on the hypervisor"),
+            Verdict::Pass,
+        ),
+        BridgeState::NotBridge => (
+            Action::new(target, Op::Check, "not a bridge"),
+            Verdict::Fail(format!(
+                "`{name}` on {uri} is a network interface but not a bridge: plug the NIC into a Linux bridge (`ip link add NAME type bridge`) or onto a libvirt network instead"
+            )),
+        ),
+        BridgeState::Missing => (
+            Action::new(target, Op::Check, "host bridge not found"),
+            Verdict::Fail(format!(
+                "host bridge `{name}` does not exist on {uri}: create it there (`ip link add {name} type bridge && ip link set {name} up`) or name an existing bridge in the NIC's `bridge`"
+            )),
+        ),
+        // As with access checks: not checkable is not a proven failure; libvirt says so when
+        // the domain starts.
+        BridgeState::Unknown(why) => (
+            Action::new(
+                target,
+                Op::Check,
+                format!("host bridge not checked ({why}); assuming it exists"),
+            ),
+            Verdict::Pass,
+        ),
+    }
+}
+
 /// How each NIC other than the primary one gets its address, checked like the primary one's:
 /// a static address outside its network's subnet fails. A DHCP NIC whose address no source can
 /// find passes (kvmprov reaches the guest on the primary NIC), and says so.
@@ -165,16 +233,17 @@ fn nic_address_checks(inst: &Instance, networks: &[NetworkInfo]) -> Vec<(Action,
         if nic.primary {
             continue;
         }
-        let Some(net) = networks.iter().find(|n| n.name == nic.network) else {
+        let Some((mut action, verdict)) =
+            attached_address_check(&address::nic_as_primary(inst, nic), networks)
+        else {
             continue; // the network's own check fails
         };
-        let (mut action, verdict) = address_check(&address::nic_as_primary(inst, nic), net);
         action.target = format!("address {} nic{i}", inst.name);
         let verdict = match verdict {
             Verdict::Fail(why) if nic.ipv4.is_none() => {
                 action.reason = format!(
                     "no address source on network `{}` (kvmprov does not need one: it reaches the guest on the primary NIC)",
-                    net.name
+                    nic.attach.name()
                 );
                 tracing::debug!("{}: {why}", action.target);
                 Verdict::Pass
@@ -242,10 +311,11 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
     for name in cfg.required_networks() {
         out.push(network_check(cfg, o, &name));
     }
+    for (name, state) in &o.bridges {
+        out.push(bridge_check(cfg, name, state));
+    }
     for inst in &cfg.instances {
-        if let Some(net) = o.networks.iter().find(|n| n.name == inst.network) {
-            out.push(address_check(inst, net));
-        }
+        out.extend(attached_address_check(inst, &o.networks));
         out.extend(nic_address_checks(inst, &o.networks));
         if inst.firmware == FirmwareChoice::Uefi {
             out.push(firmware_check(inst, o.firmware.as_ref()));
@@ -563,6 +633,40 @@ mod tests {
     }
 
     #[test]
+    fn a_host_bridge_must_exist_and_be_a_bridge() {
+        let c = cfg_with("nics: [{network: default}, {bridge: br0}]");
+        let mut o = remote(&[], None);
+        o.bridges = vec![("br0".into(), BridgeState::Bridge)];
+        let p = plan(&c, &o);
+        assert_eq!(verdict_for(&p, "bridge br0").1, Verdict::Pass);
+        let (a, v) = verdict_for(&p, "address app-01 nic1");
+        assert_eq!(v, &Verdict::Pass);
+        assert!(
+            a.reason.contains("serial console (host bridge br0"),
+            "{}",
+            a.reason
+        );
+        for (state, says) in [
+            (BridgeState::Missing, "host bridge `br0` does not exist on qemu+ssh://admin@hv1:2222/system: create it there"),
+            (BridgeState::NotBridge, "`br0` on qemu+ssh://admin@hv1:2222/system is a network interface but not a bridge"),
+        ] {
+            o.bridges = vec![("br0".into(), state)];
+            match &verdict_for(&plan(&c, &o), "bridge br0").1 {
+                Verdict::Fail(why) => assert!(why.starts_with(says), "{why}"),
+                v => panic!("{v:?}"),
+            }
+        }
+        o.bridges = vec![("br0".into(), BridgeState::Unknown("ssh: timeout".into()))];
+        let p = plan(&c, &o);
+        let (a, v) = verdict_for(&p, "bridge br0");
+        assert_eq!(v, &Verdict::Pass);
+        assert_eq!(
+            a.reason,
+            "host bridge not checked (ssh: timeout); assuming it exists"
+        );
+    }
+
+    #[test]
     fn regression_static_address_outside_the_subnet_waited_until_the_deadline() {
         let o = remote(&[], None);
         let p = plan(&cfg_with("ipv4_address: 10.9.0.5/24"), &o);
@@ -761,6 +865,7 @@ mod tests {
             local: false,
             remote: kvmprov_hypervisor::ssh_destination("qemu+ssh://admin@hv1:2222/system"),
             trees: Vec::new(),
+            bridges: Vec::new(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::{DomainType, FirmwareSupport, HostInfo, HvError, Hypervisor, SshDest};
 
-use super::plan::{Observed, PathState, TreeState};
+use super::plan::{BridgeState, Observed, PathState, TreeState};
 use crate::config::{Config, FirmwareChoice};
 use crate::host::resolve_domain_type;
 use crate::layout::data_disk_name;
@@ -79,6 +79,7 @@ pub(super) fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, HvError>
         tools: if local { tools(cfg) } else { Vec::new() },
         qemu_user: user,
         trees: local_trees(cfg, local),
+        bridges: bridges(cfg, local, remote.as_ref()),
         local,
         remote,
     })
@@ -154,6 +155,83 @@ fn remote_path(
         is_dir: true,
         blocked,
         access_error,
+    }
+}
+
+/// The host bridges NICs are plugged into, as the hypervisor has them: read under
+/// /sys/class/net here (a bridge has a `bridge` directory there), or there over SSH.
+fn bridges(cfg: &Config, local: bool, remote: Option<&SshDest>) -> Vec<(String, BridgeState)> {
+    let names = cfg.required_bridges();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    if local {
+        return names
+            .into_iter()
+            .map(|n| {
+                let state = local_bridge(&n);
+                (n, state)
+            })
+            .collect();
+    }
+    let Some(dest) = remote else {
+        let why = "the hypervisor is not reached over SSH".to_string();
+        return names
+            .into_iter()
+            .map(|n| (n, BridgeState::Unknown(why.clone())))
+            .collect();
+    };
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        BRIDGE_PROBE.into(),
+        "sh".into(),
+    ];
+    argv.extend(names.iter().cloned());
+    let answer = crate::ssh::hypervisor_run(dest, &argv, std::time::Duration::from_secs(30))
+        .map_err(|e| e.to_string())
+        .and_then(|o| match o.code {
+            Some(0) => Ok(o.stdout),
+            _ => Err(format!("on {}: {}", dest.display(), o.stderr.trim())),
+        });
+    names
+        .into_iter()
+        .map(|n| {
+            let state = match &answer {
+                Ok(text) => remote_bridge(text, &n),
+                Err(e) => BridgeState::Unknown(e.clone()),
+            };
+            (n, state)
+        })
+        .collect()
+}
+
+/// Prints `bridge NAME`, `other NAME` or `missing NAME` for each name it is given.
+const BRIDGE_PROBE: &str = r#"for b; do if [ -d "/sys/class/net/$b/bridge" ]; then echo "bridge $b"; elif [ -e "/sys/class/net/$b" ]; then echo "other $b"; else echo "missing $b"; fi; done"#;
+
+/// Pure: what [`BRIDGE_PROBE`] said of `name`.
+fn remote_bridge(answer: &str, name: &str) -> BridgeState {
+    for line in answer.lines() {
+        match line.split_once(' ') {
+            Some(("bridge", n)) if n == name => return BridgeState::Bridge,
+            Some(("other", n)) if n == name => return BridgeState::NotBridge,
+            Some(("missing", n)) if n == name => return BridgeState::Missing,
+            _ => {}
+        }
+    }
+    BridgeState::Unknown("the hypervisor did not answer for it".into())
+}
+
+/// A bridge on this machine (in kvmprov's network namespace, which is libvirtd's when they
+/// share one). The name was checked (`A-Z a-z 0-9 - _ .`, not `.` first, at most 15): it stays
+/// one entry under /sys/class/net, whose entries are the kernel's links to its devices.
+fn local_bridge(name: &str) -> BridgeState {
+    let dev = Path::new("/sys/class/net").join(name);
+    match std::fs::symlink_metadata(&dev) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BridgeState::Missing,
+        Err(e) => BridgeState::Unknown(format!("cannot read {}: {e}", dev.display())),
+        Ok(_) if dev.join("bridge").is_dir() => BridgeState::Bridge,
+        Ok(_) => BridgeState::NotBridge,
     }
 }
 
@@ -401,6 +479,33 @@ mod tests {
         assert!(rustix::process::getuid().is_root());
         assert!(rustix::process::geteuid().is_root());
         std::fs::write(t.path().join("still-root"), b"").unwrap();
+    }
+
+    #[test]
+    fn the_remote_bridge_probe_is_read_per_name() {
+        let answer = "bridge br0\nother eth0\nmissing br9\n";
+        assert_eq!(remote_bridge(answer, "br0"), BridgeState::Bridge);
+        assert_eq!(remote_bridge(answer, "eth0"), BridgeState::NotBridge);
+        assert_eq!(remote_bridge(answer, "br9"), BridgeState::Missing);
+        assert!(matches!(
+            remote_bridge(answer, "br"),
+            BridgeState::Unknown(_)
+        ));
+    }
+
+    /// The probe script as `sh` runs it on a hypervisor, here against this machine's
+    /// /sys/class/net: loopback exists and is no bridge; a name no interface has is missing.
+    #[test]
+    fn the_bridge_probe_script_tells_an_interface_from_a_missing_one() {
+        let out = std::process::Command::new("sh")
+            .args(["-c", BRIDGE_PROBE, "sh", "lo", "kvmprov-nx0"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(remote_bridge(&text, "lo"), BridgeState::NotBridge);
+        assert_eq!(remote_bridge(&text, "kvmprov-nx0"), BridgeState::Missing);
+        assert_eq!(local_bridge("lo"), BridgeState::NotBridge);
+        assert_eq!(local_bridge("kvmprov-nx0"), BridgeState::Missing);
     }
 
     #[test]

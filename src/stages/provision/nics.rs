@@ -3,14 +3,15 @@
 use kvmprov_hypervisor::xml::{InterfaceSource, InterfaceSpec};
 use kvmprov_seed::{Ipv6Static, NetworkSpec, NicNetwork};
 
-use crate::config::Instance;
+use crate::config::{Attachment, Instance};
 use crate::report::{Action, Op};
 
-/// `--check`'s line per NIC of an instance that has several (a one-NIC instance's line already
-/// says all): `db-01 nic1  create  network storage, mac …, static 10.77.0.10/24`.
+/// `--check`'s line per NIC of an instance that has several or one on a host bridge (a one-NIC
+/// instance on a network: its line already says all): `db-01 nic1  create  network storage,
+/// mac …, static 10.77.0.10/24`.
 pub(super) fn planned(inst: &Instance) -> Vec<Action> {
     let nics = inst.nics();
-    if nics.len() < 2 {
+    if nics.len() < 2 && inst.attach.bridge().is_none() {
         return Vec::new();
     }
     nics.iter()
@@ -24,7 +25,10 @@ pub(super) fn interfaces(inst: &Instance) -> Vec<InterfaceSpec> {
     inst.nics()
         .into_iter()
         .map(|n| InterfaceSpec {
-            source: InterfaceSource::Network(n.network),
+            source: match n.attach {
+                Attachment::Network(name) => InterfaceSource::Network(name),
+                Attachment::Bridge(name) => InterfaceSource::Bridge(name),
+            },
             mac: n.mac,
             model: n.model.as_str().to_string(),
         })
@@ -74,11 +78,42 @@ mod tests {
     }
 
     #[test]
+    fn a_nic_on_a_host_bridge_is_a_bridge_interface_with_a_plan_line() {
+        let inst = Instance {
+            attach: Attachment::Bridge("br0".into()),
+            ..Instance::for_tests("edge-01")
+        };
+        let mac = kvmprov_hypervisor::xml::mac_for("edge-01");
+        assert_eq!(
+            interfaces(&inst),
+            vec![InterfaceSpec {
+                source: InterfaceSource::Bridge("br0".into()),
+                mac: mac.clone(),
+                model: "virtio".into(),
+            }]
+        );
+        // Matched by MAC and on DHCP, as on a network.
+        assert_eq!(
+            seed_networks(&inst),
+            vec![NicNetwork::only(NetworkSpec::Dhcp { mac: mac.clone() })]
+        );
+        // One NIC, but on a bridge: `--check` says so on a line of its own.
+        let lines = planned(&inst);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].target, "edge-01 nic0");
+        assert_eq!(
+            lines[0].reason,
+            format!("bridge br0, mac {mac}, DHCPv4, primary")
+        );
+        assert!(planned(&Instance::for_tests("web-01")).is_empty());
+    }
+
+    #[test]
     fn the_primary_nic_sits_where_the_config_puts_it() {
         let inst = Instance {
             primary_nic_index: 1,
             other_nics: vec![Nic {
-                network: "storage".into(),
+                attach: Attachment::Network("storage".into()),
                 mac: "52:54:00:00:00:09".into(),
                 ipv4: Some(NicIpv4 {
                     address: "10.77.0.10/24".parse().unwrap(),

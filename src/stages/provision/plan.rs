@@ -4,7 +4,7 @@
 use kvmprov_hypervisor::xml::{DomainType, ObservedDomain};
 use kvmprov_image::CachedImage;
 
-use crate::config::{Config, Instance};
+use crate::config::{Attachment, Config, Instance};
 use crate::digest::sha256_hex;
 use crate::drift::{self, plan::Step};
 use crate::firmware::firmware_label;
@@ -150,12 +150,21 @@ fn edited(
             d.memory_mib, inst.memory_mib
         ));
     }
-    if !d.networks.contains(&inst.network) && !changed("libvirt_network_name") {
-        diffs.push(format!(
-            "network {} (config {})",
-            d.networks.join(","),
-            inst.network
-        ));
+    let shown = |v: &[String]| {
+        if v.is_empty() {
+            "(none)".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    match &inst.attach {
+        Attachment::Network(n) if !d.networks.contains(n) && !changed("libvirt_network_name") => {
+            diffs.push(format!("network {} (config {n})", shown(&d.networks)));
+        }
+        Attachment::Bridge(b) if !d.bridges.contains(b) && !changed("bridge") => {
+            diffs.push(format!("bridge {} (config {b})", shown(&d.bridges)));
+        }
+        _ => {}
     }
     // Other types (the test driver's `test`) say nothing about kvm or qemu.
     let observed_type = d
@@ -190,8 +199,8 @@ fn edited(
     for nic in inst.other_nics.iter() {
         if !d.macs.iter().any(|m| m.eq_ignore_ascii_case(&nic.mac)) && !changed("nics") {
             diffs.push(format!(
-                "no NIC with mac {} (config: on network {})",
-                nic.mac, nic.network
+                "no NIC with mac {} (config: on {})",
+                nic.mac, nic.attach
             ));
         }
     }
@@ -296,7 +305,8 @@ mod tests {
         ObservedDomain {
             vcpus: i.vcpus,
             memory_mib: i.memory_mib,
-            networks: vec![i.network.clone()],
+            networks: i.attach.network().map(String::from).into_iter().collect(),
+            bridges: i.attach.bridge().map(String::from).into_iter().collect(),
             macs: vec![xml::mac_for(&i.name)],
             disk_paths: vec![],
             disk_serials: i.disks.iter().map(|d| d.name.clone()).collect(),
@@ -500,6 +510,20 @@ mod tests {
             drift_of(&changed, o),
             vec!["the config changed since this domain was defined (field unknown: defined by an older kvmprov)"]
         );
+    }
+
+    /// Someone re-plugged the primary NIC from its host bridge into another behind kvmprov's
+    /// back: read from the domain XML.
+    #[test]
+    fn a_primary_nic_on_another_bridge_is_drift() {
+        let i = Instance {
+            attach: crate::config::Attachment::Bridge("br0".into()),
+            ..inst("a")
+        };
+        let mut o = defined(&i);
+        assert_eq!(drift_of(&i, o.clone()), Vec::<String>::new());
+        o.bridges = vec!["br1".into()];
+        assert_eq!(drift_of(&i, o), vec!["bridge br1 (config br0)"]);
     }
 
     #[test]

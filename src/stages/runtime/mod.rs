@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use kvmprov_hypervisor::{DomainState, HvError, Hypervisor, NetworkInfo};
 
-use crate::config::Instance;
+use crate::config::{Attachment, Instance};
 use crate::login::LoginError;
 use crate::parallel::parallel;
 use crate::report::{Action, Op, Outcome, StageReport, Status};
@@ -49,7 +49,10 @@ pub fn plan_instance(
     }
     let via = match &inst.ipv4 {
         Some(s) => format!("static {}", s.address.addr()),
-        None => format!("DHCP lease on `{}`", inst.network),
+        None => match &inst.attach {
+            Attachment::Network(n) => format!("DHCP lease on `{n}`"),
+            Attachment::Bridge(b) => format!("DHCP on host bridge {b}, from the guest's console"),
+        },
     };
     actions.push(Action::new(
         name,

@@ -356,7 +356,7 @@ mod tests {
     fn nat_plan(i: &Instance) -> address::AddressPlan {
         address::AddressPlan {
             sources: vec![address::Source::Lease],
-            how: format!("DHCP lease on `{}`", i.network),
+            how: format!("DHCP lease on `{}`", i.attach.name()),
         }
     }
 

@@ -291,7 +291,11 @@ pub struct ObservedDomain {
     pub disk_targets: Vec<String>,
     /// The disks that have a `<serial>` (kvmprov's data disks): (serial, target, source file).
     pub serial_disks: Vec<(String, String, PathBuf)>,
+    /// The libvirt networks of `<interface type='network'>`s.
     pub networks: Vec<String>,
+    /// The host bridges of `<interface type='bridge'>`s (a network interface's live XML names
+    /// its network's bridge too: not counted here).
+    pub bridges: Vec<String>,
     /// Lower case, in device order.
     pub macs: Vec<String>,
     /// Source files (or block devices) of all disks, disk and cdrom, in device order.
@@ -378,6 +382,7 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
     let mut disk_targets = Vec::new();
     let mut serial_disks = Vec::new();
     let mut networks = Vec::new();
+    let mut bridges = Vec::new();
     let mut macs = Vec::new();
     let mut disk_paths = Vec::new();
     let mut disk_serials = Vec::new();
@@ -385,8 +390,13 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
         for dev in devices.children().filter(|c| c.is_element()) {
             match dev.tag_name().name() {
                 "interface" => {
-                    if let Some(n) = child(dev, "source").and_then(|s| s.attribute("network")) {
+                    let source = child(dev, "source");
+                    if let Some(n) = source.and_then(|s| s.attribute("network")) {
                         networks.push(n.to_string());
+                    } else if dev.attribute("type") == Some("bridge") {
+                        if let Some(b) = source.and_then(|s| s.attribute("bridge")) {
+                            bridges.push(b.to_string());
+                        }
                     }
                     if let Some(m) = child(dev, "mac").and_then(|s| s.attribute("address")) {
                         macs.push(m.to_ascii_lowercase());
@@ -456,6 +466,7 @@ pub fn parse_domain_xml(xml: &str) -> Result<ObservedDomain, HvError> {
         disk_targets,
         serial_disks,
         networks,
+        bridges,
         macs,
         disk_paths,
         disk_serials,
@@ -585,6 +596,22 @@ pub(super) mod tests {
         children(devices, name)
             .find(|d| child(*d, "target").and_then(|t| t.attribute("dev")) == Some(dev))
             .unwrap_or_else(|| panic!("no {name} with target {dev}"))
+    }
+
+    /// A network interface's live XML names its network's bridge too; only a bridge
+    /// interface counts as one on a host bridge.
+    #[test]
+    fn bridges_are_read_from_bridge_interfaces_only() {
+        let o = parse_domain_xml(
+            "<domain type='qemu'><name>a</name><devices>
+               <interface type='network'><source network='default' bridge='virbr0'/><mac address='52:54:00:00:00:01'/></interface>
+               <interface type='bridge'><source bridge='br0'/><mac address='52:54:00:00:00:02'/></interface>
+             </devices></domain>",
+        )
+        .unwrap();
+        assert_eq!(o.networks, vec!["default"]);
+        assert_eq!(o.bridges, vec!["br0"]);
+        assert_eq!(o.macs.len(), 2);
     }
 
     #[test]

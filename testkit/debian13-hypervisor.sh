@@ -10,7 +10,8 @@
 #                              each PATH (a directory) bind-mounted into the root at the same
 #                              path: "this machine" for those files (pools, caches)
 #   d13_exec CMD...            run CMD inside it (its root, mount and network namespaces)
-#   d13_virsh ARGS...          virsh -q -c qemu:///system ARGS... inside it
+#   d13_virsh ARGS...          virsh -q ARGS... through its socket, from this machine (files
+#                              named in ARGS are this machine's)
 #   d13_stop                   stop what d13_start started (guests, daemons by PID, namespaces)
 # After d13_start: D13_URI is qemu+unix:///system?socket=DIR/run/libvirt/libvirt-sock, how a
 # client in the host's mount namespace reaches it ("this machine": crates/hypervisor/src/uri.rs
@@ -95,7 +96,7 @@ d13_start() {
         D13_NS_MADE=1
     fi
     ip -n "$ns" link set lo up
-    mkdir -p "$D13_DIR/upper" "$D13_DIR/work" "$D13_DIR/root" "$D13_DIR/run"
+    mkdir -p "$D13_DIR/upper" "$D13_DIR/work" "$D13_DIR/root" "$D13_DIR/run" "$lower.libvirt-cache"
     rm -f "$D13_DIR/run/kvmprov-ready"
     for p in "$@"; do
         [ -d "$p" ] || { d13_log "not a directory to share: $p"; return 1; }
@@ -123,6 +124,10 @@ d13_start() {
         mount --bind "$d/run" "$r/run"
         mkdir -p "$r/run/lock" "$r/run/sshd" "$r/run/libvirt"
         mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"
+        # QEMU capabilities libvirt probed before (~15 s a start on a busy machine): kept
+        # beside the root, keyed as it is. libvirt rewrites them atomically and checks them
+        # against the binaries, so runs may share them.
+        mount --bind "$lower.libvirt-cache" "$r/var/cache/libvirt"
         for p in "$@"; do
             mkdir -p "$r$p"
             mount --bind "$p" "$r$p"
@@ -164,7 +169,7 @@ d13_start() {
 
 d13_exec() { nsenter -t "$D13_HOLDER" -m -n "$@"; }
 
-d13_virsh() { d13_exec virsh -q -c qemu:///system "$@"; }
+d13_virsh() { virsh -q -c "qemu+unix:///system?socket=$D13_DIR/run/libvirt/libvirt-sock" "$@"; }
 
 # PIDs of what runs in the hypervisor, its holder excepted: what is in its mount namespace, and
 # the QEMUs libvirt started (each in a mount namespace of its own) in its network namespace.
@@ -190,6 +195,8 @@ _d13_pids() {
 }
 
 d13_stop() {
+    # A teardown: every step is tried (errexit off here only).
+    local -
     set +e
     local d p
     if [ -n "${D13_HOLDER:-}" ] && kill -0 "$D13_HOLDER" 2>/dev/null; then

@@ -175,21 +175,18 @@ d13_virsh() { virsh -q -c "qemu+unix:///system?socket=$D13_DIR/run/libvirt/libvi
 # the QEMUs libvirt started (each in a mount namespace of its own) in its network namespace.
 # By namespace, never by name alone.
 _d13_pids() {
-    local mntns netns p comm
-    [ -n "${D13_HOLDER:-}" ] || return 0
-    mntns=$(readlink "/proc/$D13_HOLDER/ns/mnt" 2>/dev/null) || return 0
-    netns=$(readlink "/proc/$D13_HOLDER/ns/net" 2>/dev/null) || return 0
+    local p comm
+    [ -n "${D13_HOLDER:-}" ] && [ -e "/proc/$D13_HOLDER/ns/mnt" ] || return 0
+    # -ef compares the namespace files' inodes without a process per entry (a busy machine
+    # has thousands).
     for p in /proc/[0-9]*; do
-        p=${p#/proc/}
-        [ "$p" = "$D13_HOLDER" ] && continue
-        if [ "$(readlink "/proc/$p/ns/mnt" 2>/dev/null)" = "$mntns" ]; then
-            echo "$p"
-            continue
+        [ "${p#/proc/}" = "$D13_HOLDER" ] && continue
+        if [ "$p/ns/mnt" -ef "/proc/$D13_HOLDER/ns/mnt" ]; then
+            echo "${p#/proc/}"
+        elif read -r comm 2>/dev/null <"$p/comm" && [[ $comm == qemu-system-* ]] &&
+            [ "$p/ns/net" -ef "/proc/$D13_HOLDER/ns/net" ]; then
+            echo "${p#/proc/}"
         fi
-        comm=$(cat "/proc/$p/comm" 2>/dev/null) || continue
-        case "$comm" in
-            qemu-system-*) [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$netns" ] && echo "$p" ;;
-        esac
     done
     return 0
 }

@@ -146,6 +146,17 @@ check "status shows both guests running and SSH-ready" jqt '
 check "the plain password is not in the run's output" \
     bash -c '! grep -qa "d13-Plain-Secret-7" "$0" "$1"' "$T/provision.log" "$T/provision.json"
 
+# --- a second run reads back what libvirt 11 wrote as what was asked: nothing to change ----------
+capture --stdout rc json kp13 --output json -e kvm_runtime_timeout_seconds=300 provision
+printf '%s\n' "$json" >"$T/rerun.json"
+evidence "$T/rerun.json"
+if changing=$(changes "$json"); then changed=$(grep -c . <<<"$changing" || true); else changed="(no report)"; fi
+[ -z "$changing" ] || while IFS= read -r line; do log "  changed: $line"; done <<<"$changing"
+check "a second provision on libvirt 11 exits 0 and changes nothing (changed=$changed)" \
+    test "$rc" -eq 0 -a "$changed" = 0
+check "the second run sees no drift in what libvirt 11 wrote back" \
+    jqt '[.stages[].outcomes[] | select(.op == "drift")] | length == 0' <<<"$json"
+
 # --- cleanup there leaves nothing ---------------------------------------------------------------
 capture rc out kp13 -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup
 printf '%s\n' "$out" >"$T/cleanup.log"

@@ -94,7 +94,7 @@ test-unit: ## Only the fast tests (no daemon, no guests)
 test-e2e: build ## Only the end-to-end tests (real libvirtds in namespaces, TCG guests; E2E_LANES=2 lanes side by side by default); SCENARIOS="boot ansible" runs only those
 	bash tests/e2e/run.sh $(SCENARIOS)
 
-test-remote: build ## Only the two-hypervisor test over qemu+ssh (namespaces, own libvirtds and sshds)
+test-remote: build ## Only the two-hypervisor test over qemu+ssh (namespaces, own libvirtds and sshds; one runs Debian 13's libvirt)
 	bash tests/e2e/remote.sh
 
 deps-demo: ## Install only what `make demo` needs (no test tools, no Recommends; needs root)

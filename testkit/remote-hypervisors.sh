@@ -11,6 +11,8 @@
 #   rh_setup DIR N          create the operator namespace and N hypervisors under DIR
 #   rh_add_host I shared    add hypervisor I whose storage is the operator's own $RH_POOLS
 #                           (the operator machine reached over qemu+ssh, or an NFS cache)
+#   rh_add_host I debian13  add hypervisor I running Debian 13's libvirt, QEMU and sshd
+#                           (testkit/debian13-hypervisor.sh; one per shell), storage its own
 #   rh_exec I CMD...        run CMD inside hypervisor I (its mount and network namespaces)
 #   rh_op CMD...            run CMD in the operator namespace with the test's ssh setup
 #   rh_stop_sshd I / rh_start_sshd I
@@ -85,6 +87,10 @@ KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
 EOF
+    if [ "$shared" = debian13 ]; then
+        rh_add_debian13 "$i" "$ns" "$d"
+        return
+    fi
     cp -a /etc/libvirt "$d/etc-libvirt"
     # Domains and pools other daemons defined are not this host's.
     rm -rf "$d"/etc-libvirt/qemu/*.xml "$d"/etc-libvirt/storage "$d"/etc-libvirt/qemu/autostart
@@ -121,6 +127,20 @@ EOF
     grep -qx default <<<"$nets" || rh_exec "$i" virsh -q -c qemu:///system net-start default >/dev/null
     rh_start_sshd "$i"
     rh_log "hypervisor $i: libvirtd and sshd up at $addr (namespace $ns)"
+}
+
+# Hypervisor I as a Debian 13 root in namespace NS: $RH_DIR is bind-mounted into it at the same
+# path (its sshd reads the config and keys there), its storage a tmpfs over $RH_POOLS there.
+rh_add_debian13() {
+    local i=$1 ns=$2 d=$3
+    # shellcheck source=testkit/debian13-hypervisor.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/debian13-hypervisor.sh"
+    d13_start "$d/debian13" "$ns" "$RH_DIR" || return 1
+    RH_HOLDERS+=("$D13_HOLDER")
+    eval "RH_HOLDER_$i=$D13_HOLDER RH_D13=$i"
+    rh_exec "$i" mount -t tmpfs -o mode=0755,size=3g tmpfs "$RH_POOLS"
+    rh_start_sshd "$i"
+    rh_log "hypervisor $i: Debian 13 (libvirt $(rh_exec "$i" libvirtd --version | awk '{print $NF}')) and its sshd up at $(rh_addr "$i") (namespace $ns)"
 }
 
 rh_holder() { eval "echo \${RH_HOLDER_$1:-}"; }
@@ -166,6 +186,13 @@ rh_teardown() {
     local i d p ns
     for i in $(seq 1 "$RH_N"); do
         [ -n "$(rh_holder "$i")" ] || continue
+        if [ "$i" = "${RH_D13:-}" ]; then
+            rh_stop_sshd "$i"
+            d13_stop
+            ns=$(eval "echo \${RH_NS_$i:-}")
+            [ -n "$ns" ] && ip netns delete "$ns" 2>/dev/null
+            continue
+        fi
         for d in $(rh_exec "$i" virsh -q -c qemu:///system list --name 2>/dev/null); do
             rh_exec "$i" virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
         done

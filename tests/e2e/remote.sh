@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Remote and multiple hypervisors, end to end: two "hypervisors" on this machine (each a network
 # and mount namespace with its own libvirtd, storage and sshd; testkit/remote-hypervisors.sh),
-# reached over qemu+ssh from an operator namespace. One run provisions a TCG guest on each,
+# reached over qemu+ssh from an operator namespace. Hypervisor 1 runs this machine's Debian 12
+# libvirt, hypervisor 2 Debian 13's (libvirt 11, QEMU 10, sshd: testkit/debian13-hypervisor.sh). One run provisions a TCG guest on each,
 # downloads the image once and uploads it to both through libvirt streams, SSH-checks the
 # guests through their hypervisor, runs Ansible (ansible-core from PyPI) against `kvmprov
 # inventory` through the hypervisors' jump, survives one host going down and another's network
@@ -32,7 +33,9 @@ chmod 0700 "$DIR"
 log "scratch $DIR"
 e2e_results_init "$DIR"
 IMAGE=$(bash "$TESTKIT/build-image.sh" "$E2E_SUITE" "$E2E_CACHE" | tail -n 1)
-rh_setup "$DIR" 2
+rh_setup "$DIR" 1
+rh_add_host 2 debian13
+RH_N=2
 
 bash "$TESTKIT/make-mirror.sh" "$IMAGE" "$DIR/mirror" "$E2E_SUITE" "$E2E_VERSION"
 ip netns exec "$RH_OP" python3 "$TESTKIT/mirror.py" --root "$DIR/mirror" --port 0 \
@@ -80,6 +83,10 @@ image_bytes() { awk '/genericcloud-amd64.*qcow2 / {sub("bytes=", "", $4); s += $
 out=$(kp_op ping 2>&1) || true
 check "ping reaches both hypervisors over qemu+ssh" \
     test "$(grep -c 'domain type qemu   available' <<<"$out")" -eq 2
+out=$(kp_op --output json ping 2>/dev/null) || true
+hv_version() { jq -r --arg u "$1" '.hypervisors[] | select(.uri == $u) | .host.libvirt_version' <<<"$out" 2>/dev/null; }
+check "hypervisor 1 runs Debian 12's libvirt ($(hv_version "$URI1")), hypervisor 2 Debian 13's ($(hv_version "$URI2"))" \
+    bash -c '[[ $0 == 9.* && $1 == 11.* ]]' "$(hv_version "$URI1")" "$(hv_version "$URI2")"
 
 # --- one run, two hosts ----------------------------------------------------------------------
 log "kvmprov provision (full) on two remote hypervisors: two TCG guests, a few minutes"

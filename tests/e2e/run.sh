@@ -15,6 +15,8 @@
 #   nics       two NICs (NAT by DHCP; static IPv4 and IPv6 on an isolated network) on one guest
 #   drift      drift applied on two guests: a data disk and a NIC hot-plugged; vCPUs, memory and
 #              root disk growth with a restart, one guest at a time
+#   trixie-host  a Debian 13 hypervisor (libvirt 11, its own namespaces) reached through its
+#              socket as this machine: a BIOS and a UEFI guest, status, cleanup
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -30,6 +32,7 @@ faults 245
 userdata 147
 nics 126
 provision 52
+trixie-host 200
 cleanup 17
 "
 read -ra ALL <<<"$(awk 'NF {printf "%s ", $1}' <<<"$E2E_EXPECTED")"

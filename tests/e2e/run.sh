@@ -14,14 +14,17 @@
 #   userdata   the operator's user_data, fqdn and password_file on one booted guest
 #   disks      two data disks on one booted guest, kept across cleanup-force and a re-provision
 #   nics       two NICs (NAT by DHCP; static IPv4 and IPv6 on an isolated network) on one guest
+#   fleet      three hypervisors over qemu+ssh, 24 small instances (--no-wait) in one run; one
+#              hypervisor's libvirtd killed mid-run: its instances fail, the others finish, the
+#              re-run converges
 # Prints "e2e: N passed, N failed" and exits non-zero when any check failed (or a scenario stopped
 # before its end).
-#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata disks nics
+#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata disks nics fleet
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-ALL=(provision cleanup faults boot ansible userdata disks nics)
+ALL=(provision cleanup faults boot ansible userdata disks nics fleet)
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=("${ALL[@]}")
 for s in "${scenarios[@]}"; do

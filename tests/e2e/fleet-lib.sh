@@ -110,7 +110,7 @@ fleet_destroy_all() {
 fleet_converged() {
     local names=$1 i want got vols bad=0 n
     for i in $(seq 1 "$FLEET_HOSTS"); do
-        want=$(while read -r n; do [ "$(fleet_host_of "$n")" = "$i" ] && echo "$n"; done <"$names" | sort)
+        want=$(while read -r n; do if [ "$(fleet_host_of "$n")" = "$i" ]; then echo "$n"; fi; done <"$names" | sort)
         got=$(fleet_domains "$i")
         if [ "$want" != "$got" ]; then
             echo "hypervisor $i: domains differ: $(diff <(echo "$want") <(echo "$got") | grep '^[<>]' | tr '\n' ' ')"
@@ -119,7 +119,7 @@ fleet_converged() {
         n=$(fleet_virsh "$i" list --name --state-running | sed '/^$/d' | wc -l)
         [ "$n" -eq "$(echo "$want" | sed '/^$/d' | wc -l)" ] || { echo "hypervisor $i: $n running"; bad=1; }
         vols=$(fleet_volumes "$i")
-        want=$(while read -r n; do [ "$(fleet_host_of "$n")" = "$i" ] && printf '%s.qcow2\n%s-seed.iso\n' "$n" "$n"; done <"$names" | sort)
+        want=$(while read -r n; do if [ "$(fleet_host_of "$n")" = "$i" ]; then printf '%s.qcow2\n%s-seed.iso\n' "$n" "$n"; fi; done <"$names" | sort)
         got=$(grep -v -- '-console\.log$' <<<"$vols" || true)
         if [ "$want" != "$got" ]; then
             echo "hypervisor $i: volumes differ: $(diff <(echo "$want") <(echo "$got") | grep '^[<>]' | tr '\n' ' ')"

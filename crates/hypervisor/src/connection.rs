@@ -152,9 +152,14 @@ impl Hypervisor {
 
     /// Count one libvirt call and name it in its error (`lv` for calls libvirt answers
     /// locally, which are not counted).
-    pub(crate) fn lv(&self, what: impl Into<String>) -> impl FnOnce(virt::error::Error) -> HvError {
+    /// A lost connection's error names this hypervisor ([`HvError::lost_on`]).
+    pub(crate) fn lv<'a>(
+        &'a self,
+        what: impl Into<String> + 'a,
+    ) -> impl FnOnce(virt::error::Error) -> HvError + 'a {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        lv(what)
+        let named = lv(what);
+        move |e| named(e).lost_on(&self.uri)
     }
 
     /// Versions, host name, driver and the x86_64 domain types the host offers (read once per

@@ -37,6 +37,7 @@ finish() {
     rm -rf "$D"
 }
 trap finish EXIT
+trap 'exit 143' TERM INT
 fleet_setup "$D" "$HOSTS"
 now() { date +%s%N; }
 secs() { python3 -c "import sys; print(f'{(int(sys.argv[2]) - int(sys.argv[1])) / 1e9:.3f}')" "$1" "$2"; }
@@ -107,10 +108,14 @@ for n in $COUNTS; do
         "$RH_POOLS/images/$file" default "$n" "fb$n" "$jobs")
     rows+=("fleet	bound	$n	$c")
     fleet_destroy_all
+    undefs=()
     for i in $(seq 1 "$HOSTS"); do
-        for dname in $(fleet_domains "$i"); do fleet_virsh "$i" undefine "$dname" >/dev/null 2>&1 & done
+        for dname in $(fleet_domains "$i"); do
+            fleet_virsh "$i" undefine "$dname" >/dev/null 2>&1 &
+            undefs+=("$!")
+        done
     done
-    wait
+    [ ${#undefs[@]} -eq 0 ] || wait "${undefs[@]}" || true
 done
 
 f=$(reprobed_any)

@@ -94,14 +94,17 @@ fleet_volumes() {
 }
 
 # fleet_destroy_all: stop every guest on every hypervisor now (they cost memory and CPU).
+# Only the destroys are waited for: a bare `wait` would wait for the hypervisors' namespace
+# holders too, which never end.
 fleet_destroy_all() {
-    local i d
+    local i d pids=()
     for i in $(seq 1 "$FLEET_HOSTS"); do
         for d in $(fleet_virsh "$i" list --name 2>/dev/null); do
             fleet_virsh "$i" destroy "$d" >/dev/null 2>&1 &
+            pids+=("$!")
         done
     done
-    wait
+    [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}" || true
 }
 
 # fleet_converged CFG_NAMES_FILE: every hypervisor holds exactly the domains declared on it, each

@@ -173,7 +173,10 @@ impl Hypervisor {
     }
 
     fn read_host_info(&self) -> Result<HostInfo, HvError> {
-        let caps = self.conn.capabilities().map_err(self.lv("read capabilities"))?;
+        let caps = self
+            .conn
+            .capabilities()
+            .map_err(self.lv("read capabilities"))?;
         let (kvm, qemu) = xml::domain_types(&caps)?;
         Ok(HostInfo {
             hostname: self.conn.hostname().map_err(self.lv("read host name"))?,
@@ -182,7 +185,10 @@ impl Hypervisor {
                     .lib_version()
                     .map_err(self.lv("read libvirt version"))?,
             ),
-            driver: self.conn.driver_type().map_err(self.lv("read driver type"))?,
+            driver: self
+                .conn
+                .driver_type()
+                .map_err(self.lv("read driver type"))?,
             hypervisor_version: version_string(
                 self.conn
                     .hyp_version()

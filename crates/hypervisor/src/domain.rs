@@ -37,7 +37,10 @@ impl Hypervisor {
 
     /// All domains, running or not, sorted by name.
     pub fn domains(&self) -> Result<Vec<DomainInfo>, HvError> {
-        let listed = self.conn.list_all_domains(0).map_err(self.lv("list domains"))?;
+        let listed = self
+            .conn
+            .list_all_domains(0)
+            .map_err(self.lv("list domains"))?;
         infos_of_listed(listed, |o| domain_info(self, o), |i| &i.name)
     }
 

@@ -171,7 +171,10 @@ impl Hypervisor {
             },
         };
         let pool_name = pool.name().map_err(lv("read pool name"))?;
-        if pool.is_active().map_err(self.lv(format!("pool {pool_name}")))? {
+        if pool
+            .is_active()
+            .map_err(self.lv(format!("pool {pool_name}")))?
+        {
             pool.refresh(0)
                 .map_err(self.lv(format!("refresh pool {pool_name}")))?;
         } else {
@@ -225,7 +228,8 @@ impl Hypervisor {
         if p.is_active().map_err(self.lv(format!("pool {name}")))? {
             p.destroy().map_err(self.lv(format!("stop pool {name}")))?;
         }
-        p.undefine().map_err(self.lv(format!("undefine pool {name}")))
+        p.undefine()
+            .map_err(self.lv(format!("undefine pool {name}")))
     }
 
     /// Rescan a pool's directory.
@@ -386,7 +390,8 @@ impl Hypervisor {
             .lookup_storage_vol_by_name(name)
             .map_err(self.lv(what.clone()))?;
         let stream = Stream::new(&self.conn, 0).map_err(self.lv(what.clone()))?;
-        v.download(&stream, 0, 0, 0).map_err(self.lv(what.clone()))?;
+        v.download(&stream, 0, 0, 0)
+            .map_err(self.lv(what.clone()))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
         loop {

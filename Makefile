@@ -109,5 +109,5 @@ demo-clean: build ## Remove everything `make demo` created
 fuzz: ## Property tests over hostile input with 100,000 cases per parser (make test runs 2,000)
 	PROPTEST_CASES=100000 cargo test --release --locked --test properties
 
-bench: deps build ## Benchmarks, one table: 10 instances vs the chain and the libvirt bound; 1 GiB download vs curl; boot to ready vs kcli, virt-lightning, virt-install; 2 disks + 2 NICs vs a plain instance
+bench: deps build ## Benchmarks, one table: 10 instances vs the chain and the libvirt bound; 1 GiB download vs curl; boot to ready vs kcli, virt-lightning, virt-install; 2 disks + 2 NICs vs a plain instance; 10/50/100 instances on three hypervisors vs the bound
 	bash tests/bench/run.sh

@@ -17,11 +17,9 @@ use crate::parallel::pipeline;
 use crate::report::{Outcome, StageReport};
 use crate::settings::{Session, Stage};
 
-/// What the runtime half gives for one instance: its outcomes, or why it could not look.
-type Ran = Result<Vec<Outcome>, HvError>;
-
 /// The provision stage's result, then the runtime stage's (report, error, or both: the
-/// instances done before one could not be looked at are kept).
+/// runtime half could not set out). An instance whose domain cannot be read (its host lost)
+/// fails on its own line, like any step of it, and the others go on.
 pub fn provision_then_runtime(
     s: &Session,
     hv: &Hypervisor,
@@ -44,44 +42,38 @@ pub fn provision_then_runtime(
         (runtime::workers(s), s.jobs),
         |item| host.apply(item),
         || held.release(&handoff.header(Stage::Runtime.as_str(), uri), s.check),
-        |(inst, _), made| -> Ran {
-            if made.failed() {
-                let o = runtime::not_started(inst);
+        |(inst, _), made| -> Vec<Outcome> {
+            let line = |o: Outcome| {
                 held.outcome(&o);
-                return Ok(vec![o]);
+                vec![o]
+            };
+            if made.failed() {
+                return line(runtime::not_started(inst));
             }
             let Ok(runner) = &runner else {
-                return Ok(Vec::new());
+                return Vec::new();
             };
-            let seen = runtime::observe(hv, inst)?;
-            Ok(runner.apply(inst, &seen, &|o| held.outcome(o)))
+            match runtime::observe(hv, inst) {
+                Ok(seen) => runner.apply(inst, &seen, &|o| held.outcome(o)),
+                Err(e) => line(runtime::unobserved(inst, &e)),
+            }
         },
     );
-    let (made, ran): (Vec<Outcome>, Vec<Ran>) = results.into_iter().unzip();
+    let (made, ran): (Vec<Outcome>, Vec<Vec<Outcome>>) = results.into_iter().unzip();
     let mut out = vec![Ok(host.finish(made))];
     out.extend(runtime_done(runner.err(), ran));
     out
 }
 
-/// The runtime half's report and, when it could not set out or look at an instance, the
-/// first such error after it.
-fn runtime_done(setup: Option<HvError>, ran: Vec<Ran>) -> Vec<Result<StageReport, StageError>> {
+/// The runtime half's report, or, when it could not set out, its error.
+fn runtime_done(
+    setup: Option<HvError>,
+    ran: Vec<Vec<Outcome>>,
+) -> Vec<Result<StageReport, StageError>> {
+    if let Some(e) = setup {
+        return vec![Err(StageError::Runtime(e))];
+    }
     let mut report = StageReport::new("runtime");
-    let mut error = setup;
-    for r in ran {
-        match r {
-            Ok(outcomes) => report.outcomes.extend(outcomes),
-            Err(e) => {
-                error.get_or_insert(e);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    if error.is_none() || !report.outcomes.is_empty() {
-        out.push(Ok(report));
-    }
-    if let Some(e) = error {
-        out.push(Err(StageError::Runtime(e)));
-    }
-    out
+    report.outcomes = ran.into_iter().flatten().collect();
+    vec![Ok(report)]
 }

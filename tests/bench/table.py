@@ -8,8 +8,12 @@
   split kvmprov  ADDRESS  PORT22  LOGIN  CLOUD_INIT
   rerun LABEL  SECONDS
   shape plain|full  MEDIAN  MIN  N    one instance, plain or 2 disks + 2 NICs (tests/bench/shapes.sh)
+  fleet a|bound|rerun|cleanup  COUNT  SECONDS   a fleet on several hypervisors (tests/bench/fleet.sh)
+  fleet calls|rerun-calls  COUNT  PER_INSTANCE
+  fleet rss  COUNT  MIB
+  fleet hosts N
   cores N
-Each target of issues 18 and 25 is printed next to its figure with ok / MISSED."""
+Each target of issues 18, 25 and 27 is printed next to its figure with ok / MISSED."""
 import sys
 
 
@@ -19,6 +23,7 @@ def verdict(ok):
 
 def main(path):
     prov, dl, boot, split, rerun, cores, shape = {}, {}, {}, None, [], None, {}
+    fleet, hosts = {}, None
     for line in open(path, encoding="utf-8"):
         f = line.rstrip("\n").split("\t")
         if f[0] == "prov":
@@ -33,6 +38,10 @@ def main(path):
             rerun.append((f[1], float(f[2])))
         elif f[0] == "shape":
             shape[f[1]] = (float(f[2]), float(f[3]), int(f[4]))
+        elif f[0] == "fleet" and f[1] == "hosts":
+            hosts = int(f[2])
+        elif f[0] == "fleet":
+            fleet[(f[1], int(f[2]))] = float(f[3])
         elif f[0] == "cores":
             cores = int(f[1])
 
@@ -102,6 +111,39 @@ def main(path):
         if k1 is not None and v1 is not None:
             print(f"  kvmprov's domain {k1:.1f} s against the chain's minimal virt-install domain {v1:.1f} s "
                   f"to cloud-init done: no slower {verdict(k1 <= v1 * 1.05)} (5% noise allowed)")
+
+    if fleet:
+        print_fleet(fleet, hosts, w)
+
+
+def print_fleet(fleet, hosts, w):
+    counts = sorted({n for (_, n) in fleet})
+    big, small = counts[-1], counts[0]
+    print(f"a fleet: instances on {hosts} hypervisors over qemu+ssh, defined and started (--no-wait)")
+    for n in counts:
+        a, c = fleet.get(("a", n)), fleet.get(("bound", n))
+        if a is None or c is None:
+            continue
+        line = f"  {f'{n} instances: kvmprov ({a / n * 1000:.0f} ms each); the bound':{w - 2}} {a:6.2f} / {c:5.2f} s"
+        if n == big:
+            line += f"   {a / c:.2f}x the bound, <= 1.2x {verdict(a / c <= 1.2)}"
+        print(line)
+    a_big, a_small = fleet.get(("a", big)), fleet.get(("a", small))
+    if a_big and a_small and big != small:
+        g = (a_big / big) / (a_small / small)
+        print(f"  {f'time per instance at {big} against at {small}':{w - 2}} {g:10.2f} x   <= 1.2x {verdict(g <= 1.2)}")
+    if ("rerun", big) in fleet:
+        r = fleet[("rerun", big)]
+        print(f"  {f're-run, everything present, {big} instances':{w - 2}} {r:10.3f} s   <= 1.5 s {verdict(r <= 1.5)}")
+    if ("rss", big) in fleet:
+        m = fleet[("rss", big)]
+        print(f"  {f'kvmprov peak RSS, {big} instances':{w - 2}} {m:8.1f} MiB   <= 64 MiB {verdict(m <= 64)}")
+    for n in counts:
+        if ("calls", n) in fleet:
+            extra = f", re-run {fleet[('rerun-calls', n)]:.1f}" if ("rerun-calls", n) in fleet else ""
+            print(f"  {f'libvirt calls per instance, {n} instances':{w - 2}} {fleet[('calls', n)]:10.1f}{extra}")
+    if ("cleanup", big) in fleet:
+        print(f"  {f'cleanup with disks, {big} instances':{w - 2}} {fleet[('cleanup', big)]:10.2f} s")
 
 
 if __name__ == "__main__":

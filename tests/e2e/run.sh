@@ -17,6 +17,8 @@
 #              root disk growth with a restart, one guest at a time
 #   trixie-host  a Debian 13 hypervisor (libvirt 11, its own namespaces) reached through its
 #              socket as this machine: a BIOS and a UEFI guest, status, cleanup
+#   fleet      three hypervisors over qemu+ssh, 24 instances (--no-wait), one libvirtd killed
+#              mid-run: its instances fail one line each, the others finish, the re-run converges
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -33,6 +35,7 @@ userdata 147
 nics 126
 provision 52
 trixie-host 200
+fleet 330
 cleanup 17
 "
 read -ra ALL <<<"$(awk 'NF {printf "%s ", $1}' <<<"$E2E_EXPECTED")"

@@ -1,5 +1,6 @@
 //! The libvirt connection and the host facts it gives: versions, domain types, firmware.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Once, OnceLock};
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub struct Hypervisor {
     /// `host_info`, read once per connection: preflight and provision both ask, and the
     /// capabilities XML alone takes libvirt ~1.5 ms to build.
     host: OnceLock<HostInfo>,
+    /// libvirt calls made on this connection (issue 27: calls per instance, and no step may
+    /// cost one listing per instance); logged at debug level when the connection closes.
+    calls: AtomicU64,
 }
 
 /// libvirt's default event loop, registered once per process and run by one thread for the
@@ -132,11 +136,30 @@ impl Hypervisor {
             conn,
             uri: uri.to_string(),
             host: OnceLock::new(),
+            calls: AtomicU64::new(0),
         })
     }
 
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The libvirt calls made on this connection so far (each API call that goes to the
+    /// daemon, a stream chunk included; not the ones libvirt answers locally, like a name).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Count one libvirt call and name it in its error (`lv` for calls libvirt answers
+    /// locally, which are not counted).
+    /// A lost connection's error names this hypervisor ([`HvError::lost_on`]).
+    pub(crate) fn lv<'a>(
+        &'a self,
+        what: impl Into<String> + 'a,
+    ) -> impl FnOnce(virt::error::Error) -> HvError + 'a {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let named = lv(what);
+        move |e| named(e).lost_on(&self.uri)
     }
 
     /// Versions, host name, driver and the x86_64 domain types the host offers (read once per
@@ -150,20 +173,26 @@ impl Hypervisor {
     }
 
     fn read_host_info(&self) -> Result<HostInfo, HvError> {
-        let caps = self.conn.capabilities().map_err(lv("read capabilities"))?;
+        let caps = self
+            .conn
+            .capabilities()
+            .map_err(self.lv("read capabilities"))?;
         let (kvm, qemu) = xml::domain_types(&caps)?;
         Ok(HostInfo {
-            hostname: self.conn.hostname().map_err(lv("read host name"))?,
+            hostname: self.conn.hostname().map_err(self.lv("read host name"))?,
             libvirt_version: version_string(
                 self.conn
                     .lib_version()
-                    .map_err(lv("read libvirt version"))?,
+                    .map_err(self.lv("read libvirt version"))?,
             ),
-            driver: self.conn.driver_type().map_err(lv("read driver type"))?,
+            driver: self
+                .conn
+                .driver_type()
+                .map_err(self.lv("read driver type"))?,
             hypervisor_version: version_string(
                 self.conn
                     .hyp_version()
-                    .map_err(lv("read hypervisor version"))?,
+                    .map_err(self.lv("read hypervisor version"))?,
             ),
             kvm,
             qemu,
@@ -182,11 +211,17 @@ impl Hypervisor {
                 Some(domain_type.as_str()),
                 0,
             )
-            .map_err(lv(format!(
+            .map_err(self.lv(format!(
                 "read the {} domain capabilities",
                 domain_type.as_str()
             )))?;
         xml::parse_firmware_support(&caps)
+    }
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        tracing::debug!("{}: {} libvirt calls", self.uri, self.calls());
     }
 }
 

@@ -32,13 +32,16 @@ impl Hypervisor {
     fn lookup_domain(&self, name: &str) -> Result<Domain, HvError> {
         self.conn
             .lookup_domain_by_name(name)
-            .map_err(lv(format!("look up domain {name}")))
+            .map_err(self.lv(format!("look up domain {name}")))
     }
 
     /// All domains, running or not, sorted by name.
     pub fn domains(&self) -> Result<Vec<DomainInfo>, HvError> {
-        let listed = self.conn.list_all_domains(0).map_err(lv("list domains"))?;
-        infos_of_listed(listed, domain_info, |i| &i.name)
+        let listed = self
+            .conn
+            .list_all_domains(0)
+            .map_err(self.lv("list domains"))?;
+        infos_of_listed(listed, |o| domain_info(self, o), |i| &i.name)
     }
 
     /// The names of all domains, running or not, sorted: one call, where `domains` costs two
@@ -47,7 +50,7 @@ impl Hypervisor {
         let mut out = self
             .conn
             .list_all_domains(0)
-            .map_err(lv("list domains"))?
+            .map_err(self.lv("list domains"))?
             .iter()
             .map(|d| d.name().map_err(lv("read domain name")))
             .collect::<Result<Vec<_>, _>>()?;
@@ -57,7 +60,7 @@ impl Hypervisor {
 
     pub fn domain(&self, name: &str) -> Result<Option<DomainInfo>, HvError> {
         match none_if_missing(self.lookup_domain(name))? {
-            Some(d) => none_if_missing(domain_info(&d)),
+            Some(d) => none_if_missing(domain_info(self, &d)),
             None => Ok(None),
         }
     }
@@ -66,7 +69,7 @@ impl Hypervisor {
     pub fn domain_xml(&self, name: &str) -> Result<String, HvError> {
         self.lookup_domain(name)?
             .xml_desc(0)
-            .map_err(lv(format!("read XML of domain {name}")))
+            .map_err(self.lv(format!("read XML of domain {name}")))
     }
 
     /// Define (or redefine) a persistent domain.
@@ -74,20 +77,20 @@ impl Hypervisor {
         self.conn
             .define_domain_xml(xml)
             .map(|_| ())
-            .map_err(lv("define domain"))
+            .map_err(self.lv("define domain"))
     }
 
     /// Start a shut-off domain; a paused one is resumed (it is active: a start would fail).
     pub fn start(&self, name: &str) -> Result<(), HvError> {
         let d = self.lookup_domain(name)?;
         let what = format!("start domain {name}");
-        let (state, _reason) = d.state().map_err(lv(what.clone()))?;
+        let (state, _reason) = d.state().map_err(self.lv(what.clone()))?;
         if map_state(state) == DomainState::Paused {
             d.resume()
                 .map(|_| ())
-                .map_err(lv(format!("resume domain {name}")))
+                .map_err(self.lv(format!("resume domain {name}")))
         } else {
-            d.create().map(|_| ()).map_err(lv(what))
+            d.create().map(|_| ()).map_err(self.lv(what))
         }
     }
 
@@ -95,7 +98,7 @@ impl Hypervisor {
         self.lookup_domain(name)?
             .set_autostart(on)
             .map(|_| ())
-            .map_err(lv(format!("set autostart of domain {name}")))
+            .map_err(self.lv(format!("set autostart of domain {name}")))
     }
 
     /// Ask the guest to power off (ACPI); returns at once.
@@ -103,7 +106,7 @@ impl Hypervisor {
         self.lookup_domain(name)?
             .shutdown()
             .map(|_| ())
-            .map_err(lv(format!("shut down domain {name}")))
+            .map_err(self.lv(format!("shut down domain {name}")))
     }
 
     /// Power off at once.
@@ -111,7 +114,7 @@ impl Hypervisor {
         self.lookup_domain(name)?
             .destroy()
             .map(|_| ())
-            .map_err(lv(format!("destroy domain {name}")))
+            .map_err(self.lv(format!("destroy domain {name}")))
     }
 
     /// Undefine with snapshot metadata, always keeping NVRAM (see `undefine_attempts`).
@@ -122,7 +125,7 @@ impl Hypervisor {
         let d = self.lookup_domain(name)?;
         let what = format!("undefine domain {name}");
         if !managed_save {
-            let saved = match d.has_managed_save(0).map_err(lv(what.clone())) {
+            let saved = match d.has_managed_save(0).map_err(self.lv(what.clone())) {
                 Ok(saved) => saved,
                 // A driver without managed save has none to lose.
                 Err(e) if e.is_unsupported() => false,
@@ -137,7 +140,7 @@ impl Hypervisor {
         let attempts = undefine_attempts(managed_save);
         let mut last = None;
         for flags in attempts {
-            match d.undefine_flags(flags).map_err(lv(what.clone())) {
+            match d.undefine_flags(flags).map_err(self.lv(what.clone())) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_unsupported() => last = Some(e),
                 Err(e) => return Err(e),
@@ -155,7 +158,7 @@ impl Hypervisor {
         let mut out = Vec::new();
         for s in d
             .list_all_snapshots(0)
-            .map_err(lv(format!("list snapshots of domain {name}")))?
+            .map_err(self.lv(format!("list snapshots of domain {name}")))?
         {
             out.push(s.name().map_err(lv("read snapshot name"))?);
         }
@@ -176,7 +179,7 @@ impl Hypervisor {
                 virt_sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
             )
             .map(|_| ())
-            .map_err(lv(format!("create snapshot {snapshot} of domain {name}")))
+            .map_err(self.lv(format!("create snapshot {snapshot} of domain {name}")))
     }
 
     /// The guest agent's IPv4 for the interface with `mac` (needs qemu-guest-agent running).
@@ -184,7 +187,7 @@ impl Hypervisor {
         let ifaces = self
             .lookup_domain(name)?
             .interface_addresses(virt_sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)
-            .map_err(lv(format!("ask the guest agent of domain {name}")))?;
+            .map_err(self.lv(format!("ask the guest agent of domain {name}")))?;
         Ok(ifaces
             .iter()
             .filter(|i| {
@@ -217,14 +220,14 @@ fn undefine_attempts(managed_save: bool) -> [u32; 4] {
     ]
 }
 
-fn domain_info(d: &Domain) -> Result<DomainInfo, HvError> {
+fn domain_info(hv: &Hypervisor, d: &Domain) -> Result<DomainInfo, HvError> {
     let name = d.name().map_err(lv("read domain name"))?;
     let what = format!("read domain {name}");
-    let (state, _reason) = d.state().map_err(lv(what.clone()))?;
+    let (state, _reason) = d.state().map_err(hv.lv(what.clone()))?;
     Ok(DomainInfo {
         uuid: d.uuid_string().map_err(lv(what.clone()))?,
         state: map_state(state),
-        persistent: d.is_persistent().map_err(lv(what))?,
+        persistent: d.is_persistent().map_err(hv.lv(what))?,
         name,
     })
 }

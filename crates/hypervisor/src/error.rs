@@ -48,6 +48,24 @@ impl HvError {
         matches!(self, HvError::Libvirt { message, .. } if message.contains(LOST_HINT))
     }
 
+    /// A lost connection's error names the hypervisor it was lost to: in a run over several,
+    /// the lines of their instances interleave, and "the connection was lost" alone does not
+    /// say whose. Other errors are left as they are.
+    pub(crate) fn lost_on(self, uri: &str) -> HvError {
+        match self {
+            HvError::Libvirt {
+                what,
+                message,
+                code,
+            } if message.contains(LOST_HINT) => HvError::Libvirt {
+                what,
+                message: message.replacen(LOST_HINT, &format!("{LOST_HINT} on {uri}"), 1),
+                code,
+            },
+            e => e,
+        }
+    }
+
     /// The driver does not support the call or one of its flags.
     pub(crate) fn is_unsupported(&self) -> bool {
         self.code_is(&[
@@ -145,6 +163,29 @@ mod tests {
         };
         assert!(e.is_connection_lost(), "{e}");
         assert!(e.to_string().contains("did not answer for 30 s"), "{e}");
+    }
+
+    #[test]
+    fn regression_lost_connection_did_not_name_the_hypervisor() {
+        let lost = HvError::Libvirt {
+            what: "start domain web-05".into(),
+            message: with_hint("End of file while reading data: Input/output error".into()),
+            code: Some(virt_sys::VIR_ERR_SYSTEM_ERROR),
+        }
+        .lost_on("qemu+ssh://root@hv2/system");
+        assert!(lost.is_connection_lost(), "{lost}");
+        assert!(
+            lost.to_string()
+                .contains("the connection to libvirtd was lost on qemu+ssh://root@hv2/system:"),
+            "{lost}"
+        );
+        let other = HvError::Libvirt {
+            what: "x".into(),
+            message: "Domain not found".into(),
+            code: None,
+        }
+        .lost_on("qemu+ssh://root@hv2/system");
+        assert_eq!(other.to_string(), "x: Domain not found");
     }
 
     #[test]

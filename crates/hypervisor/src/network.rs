@@ -35,8 +35,8 @@ impl Hypervisor {
         let listed = self
             .conn
             .list_all_networks(0)
-            .map_err(lv("list networks"))?;
-        infos_of_listed(listed, network_info, |i| &i.name)
+            .map_err(self.lv("list networks"))?;
+        infos_of_listed(listed, |o| network_info(self, o), |i| &i.name)
     }
 
     /// Start a defined network; a network that is already active is left alone.
@@ -44,11 +44,11 @@ impl Hypervisor {
         let n = self
             .conn
             .lookup_network_by_name(name)
-            .map_err(lv(format!("look up network {name}")))?;
-        if n.is_active().map_err(lv(format!("network {name}")))? {
+            .map_err(self.lv(format!("look up network {name}")))?;
+        if n.is_active().map_err(self.lv(format!("network {name}")))? {
             return Ok(());
         }
-        n.create().map_err(lv(format!("start network {name}")))
+        n.create().map_err(self.lv(format!("start network {name}")))
     }
 
     /// The IPv4 address the network's DHCP server leased to `mac`, if any. With several
@@ -58,12 +58,12 @@ impl Hypervisor {
         let net = self
             .conn
             .lookup_network_by_name(network)
-            .map_err(lv(format!("look up network {network}")))?;
+            .map_err(self.lv(format!("look up network {network}")))?;
         let mac_c = CString::new(mac).map_err(|_| HvError::Invalid {
             what: what.clone(),
             reason: "the MAC address contains a NUL byte".into(),
         })?;
-        let leases = dhcp_leases(&net, &mac_c).map_err(lv(what))?;
+        let leases = dhcp_leases(&net, &mac_c).map_err(self.lv(what))?;
         Ok(newest_ipv4(&leases))
     }
 }
@@ -118,13 +118,13 @@ fn newest_ipv4(leases: &[Lease]) -> Option<Ipv4Addr> {
         .map(|(_, ip)| ip)
 }
 
-fn network_info(n: &Network) -> Result<NetworkInfo, HvError> {
+fn network_info(hv: &Hypervisor, n: &Network) -> Result<NetworkInfo, HvError> {
     let name = n.name().map_err(lv("read network name"))?;
     let what = format!("read network {name}");
-    let facts = xml::parse_network_xml(&n.xml_desc(0).map_err(lv(what.clone()))?)?;
+    let facts = xml::parse_network_xml(&n.xml_desc(0).map_err(hv.lv(what.clone()))?)?;
     Ok(NetworkInfo {
-        active: n.is_active().map_err(lv(what.clone()))?,
-        autostart: n.autostart().map_err(lv(what))?,
+        active: n.is_active().map_err(hv.lv(what.clone()))?,
+        autostart: n.autostart().map_err(hv.lv(what))?,
         bridge: facts.bridge,
         forward: facts.forward,
         ipv4: facts.ipv4,

@@ -58,12 +58,12 @@ impl Hypervisor {
     fn lookup_pool(&self, name: &str) -> Result<StoragePool, HvError> {
         self.conn
             .lookup_storage_pool_by_name(name)
-            .map_err(lv(format!("look up pool {name}")))
+            .map_err(self.lv(format!("look up pool {name}")))
     }
 
     pub fn pool(&self, name: &str) -> Result<Option<PoolInfo>, HvError> {
         match none_if_missing(self.lookup_pool(name))? {
-            Some(p) => Ok(Some(pool_info(&p)?)),
+            Some(p) => Ok(Some(pool_info(self, &p)?)),
             None => Ok(None),
         }
     }
@@ -92,10 +92,10 @@ impl Hypervisor {
         for p in self
             .conn
             .list_all_storage_pools(0)
-            .map_err(lv("list storage pools"))?
+            .map_err(self.lv("list storage pools"))?
         {
             // `None` twice: a pool with no target path, or one undefined since the listing.
-            let Some(Some(target)) = none_if_missing(pool_target(&p))? else {
+            let Some(Some(target)) = none_if_missing(pool_target(self, &p))? else {
                 continue;
             };
             let canonical = resolve.then(|| target.canonicalize().ok()).flatten();
@@ -105,7 +105,7 @@ impl Hypervisor {
             }) else {
                 continue;
             };
-            match none_if_missing(pool_state(&p, target))? {
+            match none_if_missing(pool_state(self, &p, target))? {
                 Some(info) => found[i] = Some((p, info)),
                 None => continue,
             }
@@ -171,18 +171,21 @@ impl Hypervisor {
             },
         };
         let pool_name = pool.name().map_err(lv("read pool name"))?;
-        if pool.is_active().map_err(lv(format!("pool {pool_name}")))? {
+        if pool
+            .is_active()
+            .map_err(self.lv(format!("pool {pool_name}")))?
+        {
             pool.refresh(0)
-                .map_err(lv(format!("refresh pool {pool_name}")))?;
+                .map_err(self.lv(format!("refresh pool {pool_name}")))?;
         } else {
             // Started by another run meanwhile, or its directory was removed (building
             // recreates it).
             if pool.create(0).is_err() && !pool.is_active().unwrap_or(false) {
                 pool.build(0)
-                    .map_err(lv(format!("build pool {pool_name}")))?;
+                    .map_err(self.lv(format!("build pool {pool_name}")))?;
                 if let Err(e) = pool.create(0) {
                     if !pool.is_active().unwrap_or(false) {
-                        return Err(lv(format!("start pool {pool_name}"))(e));
+                        return Err(self.lv(format!("start pool {pool_name}"))(e));
                     }
                 }
             }
@@ -191,7 +194,7 @@ impl Hypervisor {
             }
         }
         Ok(PoolOutcome {
-            pool: pool_info(&pool)?,
+            pool: pool_info(self, &pool)?,
             action,
         })
     }
@@ -211,28 +214,29 @@ impl Hypervisor {
         let p = self
             .conn
             .define_storage_pool_xml(&xml::pool_xml(name, path), 0)
-            .map_err(lv(format!("define pool {name} at {}", path.display())))?;
+            .map_err(self.lv(format!("define pool {name} at {}", path.display())))?;
         p.build(0)
-            .map_err(lv(format!("build pool {name} (create {})", path.display())))?;
+            .map_err(self.lv(format!("build pool {name} (create {})", path.display())))?;
         p.set_autostart(true)
-            .map_err(lv(format!("set autostart of pool {name}")))?;
+            .map_err(self.lv(format!("set autostart of pool {name}")))?;
         Ok(p)
     }
 
     /// Stop and undefine a pool. Its directory and files stay: libvirt forgets the pool only.
     pub fn remove_pool(&self, name: &str) -> Result<(), HvError> {
         let p = self.lookup_pool(name)?;
-        if p.is_active().map_err(lv(format!("pool {name}")))? {
-            p.destroy().map_err(lv(format!("stop pool {name}")))?;
+        if p.is_active().map_err(self.lv(format!("pool {name}")))? {
+            p.destroy().map_err(self.lv(format!("stop pool {name}")))?;
         }
-        p.undefine().map_err(lv(format!("undefine pool {name}")))
+        p.undefine()
+            .map_err(self.lv(format!("undefine pool {name}")))
     }
 
     /// Rescan a pool's directory.
     pub fn refresh_pool(&self, name: &str) -> Result<(), HvError> {
         self.lookup_pool(name)?
             .refresh(0)
-            .map_err(lv(format!("refresh pool {name}")))
+            .map_err(self.lv(format!("refresh pool {name}")))
     }
 
     /// The volumes of a pool, sorted by name.
@@ -240,8 +244,8 @@ impl Hypervisor {
         let p = self.lookup_pool(pool)?;
         let listed = p
             .list_all_volumes(0)
-            .map_err(lv(format!("list volumes of pool {pool}")))?;
-        infos_of_listed(listed, volume_info, |i| &i.name)
+            .map_err(self.lv(format!("list volumes of pool {pool}")))?;
+        infos_of_listed(listed, |o| volume_info(self, o), |i| &i.name)
     }
 
     /// The volume at `path` in whichever pool holds it; `None` when no pool does.
@@ -253,8 +257,8 @@ impl Hypervisor {
         none_if_missing(
             self.conn
                 .lookup_storage_vol_by_path(p)
-                .map_err(lv(what))
-                .and_then(|v| volume_info(&v)),
+                .map_err(self.lv(what))
+                .and_then(|v| volume_info(self, &v)),
         )
     }
 
@@ -269,11 +273,11 @@ impl Hypervisor {
     ) -> Result<VolumeInfo, HvError> {
         let p = self.lookup_pool(pool)?;
         let xml = xml::overlay_volume_xml(name, capacity_bytes, backing_path, backing_format);
-        let v = StorageVol::create_xml(&p, &xml, 0).map_err(lv(format!(
+        let v = StorageVol::create_xml(&p, &xml, 0).map_err(self.lv(format!(
             "create overlay {name} in pool {pool} on {}",
             backing_path.display()
         )))?;
-        volume_info(&v)
+        volume_info(self, &v)
     }
 
     /// An empty volume of `capacity_bytes` in `format` (`qcow2`: libvirt runs qemu-img; the
@@ -288,8 +292,8 @@ impl Hypervisor {
         let p = self.lookup_pool(pool)?;
         let xml = xml::raw_volume_xml(name, capacity_bytes, format);
         let v = StorageVol::create_xml(&p, &xml, 0)
-            .map_err(lv(format!("create volume {name} in pool {pool}")))?;
-        volume_info(&v)
+            .map_err(self.lv(format!("create volume {name} in pool {pool}")))?;
+        volume_info(self, &v)
     }
 
     /// Create a volume and fill it with `bytes` through a libvirt stream (works remotely).
@@ -340,7 +344,7 @@ impl Hypervisor {
     ) -> Result<VolumeInfo, HvError> {
         let p = self.lookup_pool(pool)?;
         let v = StorageVol::create_xml(&p, &xml::raw_volume_xml(name, len, format), 0)
-            .map_err(lv(format!("create volume {name} in pool {pool}")))?;
+            .map_err(self.lv(format!("create volume {name} in pool {pool}")))?;
         // Everything the caller learns about the volume is known before the stream starts.
         // Once an upload stream closes, libvirtd refreshes the whole pool in a thread that
         // holds the pool's lock; every volume call on that pool (path, info, XML) waits for
@@ -350,12 +354,12 @@ impl Hypervisor {
             Ok(path) => PathBuf::from(path),
             Err(e) => {
                 let _ = v.delete(0);
-                return Err(lv(format!("read volume {name} in pool {pool}"))(e));
+                return Err(self.lv(format!("read volume {name} in pool {pool}"))(e));
             }
         };
         let sent = Stream::new(&self.conn, 0)
-            .map_err(lv(what))
-            .and_then(|stream| send_volume(&v, stream, source, len, what, progress));
+            .map_err(self.lv(what))
+            .and_then(|stream| send_volume(self, &v, stream, source, len, what, progress));
         if let Err(e) = sent {
             // Best effort: the upload error is the one worth reporting.
             let _ = v.delete(0);
@@ -384,9 +388,10 @@ impl Hypervisor {
         let v = self
             .lookup_pool(pool)?
             .lookup_storage_vol_by_name(name)
-            .map_err(lv(what.clone()))?;
-        let stream = Stream::new(&self.conn, 0).map_err(lv(what.clone()))?;
-        v.download(&stream, 0, 0, 0).map_err(lv(what.clone()))?;
+            .map_err(self.lv(what.clone()))?;
+        let stream = Stream::new(&self.conn, 0).map_err(self.lv(what.clone()))?;
+        v.download(&stream, 0, 0, 0)
+            .map_err(self.lv(what.clone()))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
         loop {
@@ -394,7 +399,7 @@ impl Hypervisor {
                 Ok(n) => n,
                 Err(e) => {
                     let _ = stream.abort();
-                    return Err(lv(what)(e));
+                    return Err(self.lv(what)(e));
                 }
             };
             // 0 is the end of the stream; libvirt reports errors as Err, never as n < 0 here.
@@ -411,7 +416,7 @@ impl Hypervisor {
             }
             total += n as u64;
         }
-        stream.finish().map_err(lv(what))?;
+        stream.finish().map_err(self.lv(what))?;
         Ok(total)
     }
 
@@ -420,12 +425,12 @@ impl Hypervisor {
         let p = self.lookup_pool(pool)?;
         let v = match p.lookup_storage_vol_by_name(name) {
             Ok(v) => v,
-            Err(e) => return none_if_missing(Err(lv(format!("look up volume {name}"))(e))),
+            Err(e) => return none_if_missing(Err(self.lv(format!("look up volume {name}"))(e))),
         };
         // VIR_STORAGE_VOL_GET_PHYSICAL: `allocation` holds the file's size.
         let info = v
             .info_flags(virt_sys::VIR_STORAGE_VOL_GET_PHYSICAL)
-            .map_err(lv(format!("read volume {name} in pool {pool}")))?;
+            .map_err(self.lv(format!("read volume {name} in pool {pool}")))?;
         Ok(Some(info.allocation))
     }
 
@@ -434,8 +439,8 @@ impl Hypervisor {
         let p = self.lookup_pool(pool)?;
         none_if_missing(
             p.lookup_storage_vol_by_name(name)
-                .map_err(lv(format!("look up volume {name} in pool {pool}")))
-                .and_then(|v| volume_info(&v)),
+                .map_err(self.lv(format!("look up volume {name} in pool {pool}")))
+                .and_then(|v| volume_info(self, &v)),
         )
     }
 
@@ -446,7 +451,7 @@ impl Hypervisor {
         match p.lookup_storage_vol_by_name(name) {
             Ok(_) => Ok(true),
             Err(e) => {
-                let e = lv(format!("look up volume {name} in pool {pool}"))(e);
+                let e = self.lv(format!("look up volume {name} in pool {pool}"))(e);
                 if e.is_not_found() {
                     Ok(false)
                 } else {
@@ -460,14 +465,15 @@ impl Hypervisor {
         let p = self.lookup_pool(pool)?;
         let v = p
             .lookup_storage_vol_by_name(name)
-            .map_err(lv(format!("look up volume {name} in pool {pool}")))?;
+            .map_err(self.lv(format!("look up volume {name} in pool {pool}")))?;
         v.delete(0)
-            .map_err(lv(format!("delete volume {name} in pool {pool}")))
+            .map_err(self.lv(format!("delete volume {name} in pool {pool}")))
     }
 }
 
 /// Stream `bytes` into `v`; the stream is finished on success and aborted on failure.
 fn send_volume(
+    hv: &Hypervisor,
     v: &StorageVol,
     stream: Stream,
     source: &mut dyn std::io::Read,
@@ -481,7 +487,7 @@ fn send_volume(
     let mut done = 0u64;
     let sent = v
         .upload(&stream, 0, len, 0)
-        .map_err(lv(what))
+        .map_err(hv.lv(what))
         .and_then(|()| {
             while done < len {
                 let want = (len - done).min(CHUNK as u64) as usize;
@@ -500,7 +506,7 @@ fn send_volume(
                 done += got as u64;
                 let mut rest = &buf[..got];
                 while !rest.is_empty() {
-                    let n = stream.send(rest).map_err(lv(what))?;
+                    let n = stream.send(rest).map_err(hv.lv(what))?;
                     // Blocking streams send at least one byte or fail.
                     let n = usize::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
                         HvError::Invalid {
@@ -515,7 +521,7 @@ fn send_volume(
             Ok(())
         });
     match sent {
-        Ok(()) => stream.finish().map_err(lv(what)),
+        Ok(()) => stream.finish().map_err(hv.lv(what)),
         Err(e) => {
             let _ = stream.abort();
             Err(e)
@@ -523,24 +529,24 @@ fn send_volume(
     }
 }
 
-fn pool_info(p: &StoragePool) -> Result<PoolInfo, HvError> {
-    let path = pool_target(p)?.unwrap_or_default();
-    pool_state(p, path)
+fn pool_info(hv: &Hypervisor, p: &StoragePool) -> Result<PoolInfo, HvError> {
+    let path = pool_target(hv, p)?.unwrap_or_default();
+    pool_state(hv, p, path)
 }
 
 /// The pool's target directory, from its XML (`None` for pools without one).
-fn pool_target(p: &StoragePool) -> Result<Option<PathBuf>, HvError> {
+fn pool_target(hv: &Hypervisor, p: &StoragePool) -> Result<Option<PathBuf>, HvError> {
     let name = p.name().map_err(lv("read pool name"))?;
-    xml::parse_pool_path(&p.xml_desc(0).map_err(lv(format!("read pool {name}")))?)
+    xml::parse_pool_path(&p.xml_desc(0).map_err(hv.lv(format!("read pool {name}")))?)
 }
 
 /// The pool's name, activity and free space, its target already known.
-fn pool_state(p: &StoragePool, path: PathBuf) -> Result<PoolInfo, HvError> {
+fn pool_state(hv: &Hypervisor, p: &StoragePool, path: PathBuf) -> Result<PoolInfo, HvError> {
     let name = p.name().map_err(lv("read pool name"))?;
     let what = format!("read pool {name}");
-    let active = p.is_active().map_err(lv(what.clone()))?;
+    let active = p.is_active().map_err(hv.lv(what.clone()))?;
     let available_bytes = if active {
-        p.info().map_err(lv(what))?.available
+        p.info().map_err(hv.lv(what))?.available
     } else {
         0
     };
@@ -552,12 +558,12 @@ fn pool_state(p: &StoragePool, path: PathBuf) -> Result<PoolInfo, HvError> {
     })
 }
 
-fn volume_info(v: &StorageVol) -> Result<VolumeInfo, HvError> {
+fn volume_info(hv: &Hypervisor, v: &StorageVol) -> Result<VolumeInfo, HvError> {
     let name = v.name().map_err(lv("read volume name"))?;
     let what = format!("read volume {name}");
-    let path = v.path().map_err(lv(what.clone()))?;
-    let info = v.info().map_err(lv(what.clone()))?;
-    let facts = xml::parse_volume_xml(&v.xml_desc(0).map_err(lv(what))?)?;
+    let path = v.path().map_err(hv.lv(what.clone()))?;
+    let info = v.info().map_err(hv.lv(what.clone()))?;
+    let facts = xml::parse_volume_xml(&v.xml_desc(0).map_err(hv.lv(what))?)?;
     Ok(VolumeInfo {
         name,
         path: PathBuf::from(path),

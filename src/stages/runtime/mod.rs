@@ -204,6 +204,15 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// The line of an instance whose domain could not be read (its hypervisor lost, say): it is
+/// not started, and the error says why.
+pub fn unobserved(inst: &Instance, e: &HvError) -> Outcome {
+    Outcome::failure(
+        Action::new(&inst.name, Op::Start, "its domain could not be read"),
+        crate::report::error_chain(e),
+    )
+}
+
 /// The line of an instance that the run does not start because its provision failed.
 pub fn not_started(inst: &Instance) -> Outcome {
     Outcome::done(Action::new(

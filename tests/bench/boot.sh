@@ -57,9 +57,11 @@ gone() { # destroy and undefine the named domains, so the next run has the CPUs 
     done
     sleep 2
 }
-# The qemu process's CPU seconds (user + system) for domain $1: the guest's CPU seconds. Read
-# when cloud-init is done (kvmprov logs its own figure then), they compare domains: what a
-# boot costs the host, whatever else shares the cores.
+# The qemu process's CPU seconds (user + system) for domain $1: the guest's CPU seconds, read
+# when cloud-init is done (kvmprov logs its own figure then). Compare them between guests booted
+# under the same load, and with their clocksource in mind: a TCG guest whose kernel marks the
+# TSC unstable (it happens at random when the host is busy) reads HPET or the ACPI PM timer
+# from then on, an emulated device access each time, and its boot costs ~20% more.
 cpu_seconds() {
     local pid
     pid=$(cat "/run/libvirt/qemu/$1.pid" 2>/dev/null) || { echo 0; return; }

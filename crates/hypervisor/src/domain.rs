@@ -182,6 +182,17 @@ impl Hypervisor {
             .map_err(self.lv(format!("create snapshot {snapshot} of domain {name}")))
     }
 
+    /// The CPU seconds a running domain has used so far. For QEMU that is its process's user
+    /// plus system time, all threads (vCPUs, emulation, I/O): under TCG, what a boot costs
+    /// the host.
+    pub fn cpu_seconds(&self, name: &str) -> Result<f64, HvError> {
+        let info = self
+            .lookup_domain(name)?
+            .info()
+            .map_err(lv(format!("read CPU time of domain {name}")))?;
+        Ok(info.cpu_time as f64 / 1e9)
+    }
+
     /// The guest agent's IPv4 for the interface with `mac` (needs qemu-guest-agent running).
     pub fn agent_ipv4(&self, name: &str, mac: &str) -> Result<Option<Ipv4Addr>, HvError> {
         let ifaces = self

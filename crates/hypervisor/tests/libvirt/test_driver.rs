@@ -330,6 +330,14 @@ fn domain_lifecycle_and_snapshots() {
         ip
     );
     assert_eq!(hv.agent_ipv4("kp-life", "52:54:00:ff:ff:ff").unwrap(), None);
+    // The test driver reports a running domain's CPU time as the wall clock.
+    let cpu = hv.cpu_seconds("kp-life").unwrap();
+    assert!(cpu > 1.0e9, "{cpu}");
+    let e = hv.cpu_seconds("kp-missing").unwrap_err();
+    assert!(
+        e.is_not_found() && e.to_string().contains("kp-missing"),
+        "{e}"
+    );
     hv.set_autostart("kp-life", true).unwrap();
 
     assert!(hv.snapshots("kp-life").unwrap().is_empty());

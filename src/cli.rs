@@ -355,9 +355,7 @@ fn run(cli: Cli) -> ExitStatus {
         }
         Command::Cleanup => with_session(g, name, |s| commands::cleanup::run(&s)),
         Command::Status => with_session(g, name, |s| commands::status::run(&s)),
-        Command::Start(args) => {
-            with_session(g, name, |s| commands::start::run(&s, &args.names))
-        }
+        Command::Start(args) => with_session(g, name, |s| commands::start::run(&s, &args.names)),
         Command::Stop(args) => with_session(g, name, |s| {
             commands::stop::run(&s, &args.names, args.force, secs(args.timeout))
         }),

@@ -144,7 +144,10 @@ impl ConsoleLog {
             path: path.clone(),
             source,
         };
-        let size = open_log(path).and_then(|f| f.metadata()).map_err(local)?.len();
+        let size = open_log(path)
+            .and_then(|f| f.metadata())
+            .map_err(local)?
+            .len();
         let start = size.saturating_sub(TAIL_BYTES);
         let mut first = read_range(path, start, size).map_err(local)?;
         if start > 0 {
@@ -336,6 +339,61 @@ mod tests {
         let shown = local(&link).last_lines(5);
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         assert!(shown.contains("symbolic link"), "{shown}");
+    }
+
+    /// `console --log --follow`: what the guest writes reaches the terminal sanitized and in
+    /// whole lines (an escape sequence written in two pieces is not let through as text), and
+    /// a log emptied by the domain's next start is read again from its top.
+    #[test]
+    fn follow_prints_whole_sanitized_lines_and_starts_again_after_a_truncation() {
+        use std::io::Write;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("app-01-console.log");
+        std::fs::write(&p, "boot\r\n\x1b]0;owned\x07login: \n").unwrap();
+        let writer = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let pause = || std::thread::sleep(Duration::from_millis(700));
+                let append = |b: &[u8]| {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+                    f.write_all(b).unwrap();
+                };
+                pause();
+                append(b"\x1b[3");
+                pause();
+                append(b"1mred\x1b[0m\n");
+                pause();
+                std::fs::write(&p, "again\n").unwrap();
+            })
+        };
+        let mut seen = String::new();
+        local(&p)
+            .follow(|text| {
+                seen.push_str(text);
+                !seen.contains("again")
+            })
+            .unwrap();
+        writer.join().unwrap();
+        assert_eq!(
+            seen,
+            "boot\nlogin: \nred\n--- the console log starts again (the domain was started again) ---\nagain\n"
+        );
+    }
+
+    #[test]
+    fn follow_refuses_a_remote_log_and_a_link() {
+        let remote = ConsoleLog::on("qemu+ssh://hv1/system", PathBuf::from("/p/a-console.log"));
+        let e = remote.follow(|_| true).unwrap_err().to_string();
+        assert!(
+            e.contains("--follow reads logs on this machine only"),
+            "{e}"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let key = t.path().join("id_ed25519");
+        std::fs::write(&key, "SECRET").unwrap();
+        let link = t.path().join("a-console.log");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        assert!(local(&link).follow(|_| true).is_err());
     }
 
     /// Run [`remote_tail_argv`] here as the remote shell would (ssh hands it to `sh -c`).

@@ -74,7 +74,11 @@ fn print_log(s: &Session, name: &str, follow: bool) -> ExitStatus {
     let mut out = s.printer.out();
     let result = if follow {
         // A closed stdout (`| head`) ends the following.
-        log.follow(|text| out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok())
+        log.follow(|text| {
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok()
+        })
     } else {
         log.tail().map(|text| {
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
@@ -83,7 +87,8 @@ fn print_log(s: &Session, name: &str, follow: bool) -> ExitStatus {
     match result {
         Ok(()) => ExitStatus::Success,
         Err(e) => {
-            s.printer.error(&format!("the console log of {name}: {}", error_chain(&e)));
+            s.printer
+                .error(&format!("the console log of {name}: {}", error_chain(&e)));
             ExitStatus::Failure
         }
     }

@@ -59,7 +59,10 @@ mod tests {
 
     #[test]
     fn no_names_select_every_declared_instance() {
-        assert_eq!(names(&cfg().select(&[]).unwrap()), ["app-01", "app-02", "db-01"]);
+        assert_eq!(
+            names(&cfg().select(&[]).unwrap()),
+            ["app-01", "app-02", "db-01"]
+        );
     }
 
     #[test]

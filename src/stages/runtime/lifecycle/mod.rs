@@ -261,7 +261,11 @@ impl Worker<'_> {
 
     /// Read the boot id, ask for a reboot, wait until the old boot no longer answers (or reset
     /// with `--force`).
-    fn reboot(&self, inst: &Instance, before: &mut Option<BootId>) -> Result<String, LifecycleError> {
+    fn reboot(
+        &self,
+        inst: &Instance,
+        before: &mut Option<BootId>,
+    ) -> Result<String, LifecycleError> {
         let (hv, name) = (self.hv, inst.name.as_str());
         let login = Login::new(self.s, inst)?;
         *before = self.boot_id(inst, &login);
@@ -317,10 +321,8 @@ impl Worker<'_> {
             loop {
                 match self.boot_id(inst, &login) {
                     Some(id) if id != *old => {
-                        new_boot = format!(
-                            "new boot {id} after {:.0} s, ",
-                            t0.elapsed().as_secs_f64()
-                        );
+                        new_boot =
+                            format!("new boot {id} after {:.0} s, ", t0.elapsed().as_secs_f64());
                         break;
                     }
                     _ if Instant::now() >= deadline => {

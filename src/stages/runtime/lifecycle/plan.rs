@@ -138,8 +138,15 @@ mod tests {
             ops(Verb::Start, Some(DomainState::Crashed), false),
             [Op::Start, Op::Wait]
         );
-        assert_eq!(ops(Verb::Start, Some(DomainState::Running), false), [Op::Ok]);
-        let paused = plan_instance("a", Some(DomainState::Paused), &settings(Verb::Start, false));
+        assert_eq!(
+            ops(Verb::Start, Some(DomainState::Running), false),
+            [Op::Ok]
+        );
+        let paused = plan_instance(
+            "a",
+            Some(DomainState::Paused),
+            &settings(Verb::Start, false),
+        );
         assert!(paused[0].reason.ends_with("resume"), "{paused:?}");
     }
 
@@ -158,7 +165,11 @@ mod tests {
 
     #[test]
     fn stop_says_its_timeout_and_what_force_does() {
-        let a = plan_instance("a", Some(DomainState::Running), &settings(Verb::Stop, false));
+        let a = plan_instance(
+            "a",
+            Some(DomainState::Running),
+            &settings(Verb::Stop, false),
+        );
         assert_eq!(a[0].op, Op::Stop);
         assert_eq!(
             a[0].reason,
@@ -170,7 +181,10 @@ mod tests {
 
     #[test]
     fn a_paused_guest_is_stopped_only_by_force() {
-        assert_eq!(ops(Verb::Stop, Some(DomainState::Paused), false), [Op::Check]);
+        assert_eq!(
+            ops(Verb::Stop, Some(DomainState::Paused), false),
+            [Op::Check]
+        );
         assert_eq!(ops(Verb::Stop, Some(DomainState::Paused), true), [Op::Stop]);
     }
 
@@ -184,7 +198,11 @@ mod tests {
             ops(Verb::Restart, Some(DomainState::ShutOff), false),
             [Op::Start, Op::Wait]
         );
-        let a = plan_instance("a", Some(DomainState::Running), &settings(Verb::Restart, false));
+        let a = plan_instance(
+            "a",
+            Some(DomainState::Running),
+            &settings(Verb::Restart, false),
+        );
         assert!(a[1].reason.starts_with("a new boot"), "{a:?}");
     }
 

@@ -370,7 +370,7 @@ mod tests {
         local(&p)
             .follow(|text| {
                 seen.push_str(text);
-                !seen.contains("again")
+                !seen.contains("\nagain\n")
             })
             .unwrap();
         writer.join().unwrap();

@@ -5,11 +5,13 @@ SHELL := /bin/bash
 CONFIG     ?= vars/kvm-provisioning.yml
 EXTRA_ARGS ?=
 STAGE      ?=
+NAME       ?=
+TIMEOUT    ?=
 KVMPROV    := target/release/kvmprov
 RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
 .PHONY: help venv build deps deps-demo check ping image-cache provision provision-stage provision-check drift-check provision-drift-apply \
-        cleanup cleanup-force cleanup-force-disks status inventory schema schema-check deb deb-check test test-unit test-e2e test-remote demo demo-clean fuzz bench
+        cleanup cleanup-force cleanup-force-disks status start stop stop-force restart console inventory schema schema-check deb deb-check test test-unit test-e2e test-remote demo demo-clean fuzz bench
 
 help: ## List the targets
 	@echo "kvmprov make targets (CONFIG=$(CONFIG); pass options with EXTRA_ARGS=\"-e key=value\"):"
@@ -59,6 +61,22 @@ cleanup-force-disks: build ## Remove the declared domains and their disks, seeds
 
 status: build ## Show the declared instances: state, IP, SSH, snapshots
 	$(RUN) status
+
+start: build ## Start the declared instances (or NAME=...) and wait for SSH and cloud-init
+	$(RUN) start $(NAME)
+
+stop: build ## Shut down the declared instances (or NAME=...) via ACPI; fails if one is still running after TIMEOUT (120 s)
+	$(RUN) stop --timeout $(or $(TIMEOUT),120) $(NAME)
+
+stop-force: build ## Like stop, then power off any instance still running after TIMEOUT
+	$(RUN) stop --force --timeout $(or $(TIMEOUT),120) $(NAME)
+
+restart: build ## Reboot the declared instances (or NAME=...) via ACPI; wait for a new boot, SSH and cloud-init
+	$(RUN) restart --timeout $(or $(TIMEOUT),120) $(NAME)
+
+console: build ## Attach to an instance's serial console: make console NAME=app-01 (Ctrl+] ends it)
+	@test -n "$(NAME)" || { echo "usage: make console NAME=instance" >&2; exit 2; }
+	$(RUN) console $(NAME)
 
 inventory: build ## Print an Ansible inventory (YAML) of the running instances
 	$(RUN) inventory --format yaml

@@ -90,6 +90,19 @@ pub enum Command {
     Cleanup,
     /// Show each declared instance: state, domain type, image, IP, SSH, snapshots.
     Status,
+    /// Start declared instances (all without NAME) and wait until each answers over SSH with
+    /// cloud-init done.
+    Start(StartArgs),
+    /// Shut down declared instances (ACPI; all without NAME), waiting up to --timeout for each
+    /// to power off; one still running fails, or is powered off with --force.
+    Stop(StopArgs),
+    /// Reboot declared instances (ACPI; all without NAME), then wait for a new boot to answer
+    /// over SSH with cloud-init done; one still in its old boot after --timeout fails, or is
+    /// reset with --force.
+    Restart(StopArgs),
+    /// Attach to an instance's serial console through libvirt (Ctrl+] ends it), or print its
+    /// console log (--log).
+    Console(ConsoleArgs),
     /// Open an SSH session to an instance, with its pinned host key.
     Ssh(SshArgs),
     /// Print an Ansible inventory of the declared instances that are running.
@@ -170,6 +183,40 @@ pub struct RuntimeArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Declared instances to work on (default: all of them); any other name is an error.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Declared instances to work on (default: all of them); any other name is an error.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Seconds a guest gets to power off (stop) or to leave its boot (restart) after the ACPI
+    /// request.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: u64,
+    /// stop: power off a guest still running after --timeout; restart: reset one still in its
+    /// old boot.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsoleArgs {
+    /// The instance name.
+    pub name: String,
+    /// Print the console log kvmprov keeps (sanitized) instead of attaching.
+    #[arg(long)]
+    pub log: bool,
+    /// With --log: keep printing what the guest writes (a log on this machine).
+    #[arg(long, requires = "log")]
+    pub follow: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct SshArgs {
     /// The instance name.
     pub name: String,
@@ -222,6 +269,8 @@ fn stop_on_signals(printer: Printer) {
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
+            // `console` may have the terminal in raw mode, and exiting does not unwind.
+            crate::terminal::restore();
             let what = if sig == SIGINT {
                 "interrupted"
             } else {
@@ -306,6 +355,16 @@ fn run(cli: Cli) -> ExitStatus {
         }
         Command::Cleanup => with_session(g, name, |s| commands::cleanup::run(&s)),
         Command::Status => with_session(g, name, |s| commands::status::run(&s)),
+        Command::Start(args) => with_session(g, name, |s| commands::start::run(&s, &args.names)),
+        Command::Stop(args) => with_session(g, name, |s| {
+            commands::stop::run(&s, &args.names, args.force, secs(args.timeout))
+        }),
+        Command::Restart(args) => with_session(g, name, |s| {
+            commands::restart::run(&s, &args.names, args.force, secs(args.timeout))
+        }),
+        Command::Console(args) => with_session(g, name, |s| {
+            commands::console::run(&s, &args.name, args.log, args.follow)
+        }),
         Command::Ssh(args) => with_session(g, name, |s| {
             commands::ssh::run(&s, &args.name, &args.command)
         }),
@@ -320,6 +379,10 @@ fn run(cli: Cli) -> ExitStatus {
             commands::man::run(&Printer::new(g.output), Cli::command(), out_dir.as_deref())
         }
     }
+}
+
+fn secs(s: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(s)
 }
 
 /// Read the variables file and run `command` with the session; an invalid file ends the
@@ -362,7 +425,11 @@ impl Command {
             Command::Runtime(_) => commands::runtime::NAME,
             Command::Cleanup => commands::cleanup::NAME,
             Command::Status => commands::status::NAME,
+            Command::Start(_) => commands::start::NAME,
+            Command::Stop(_) => commands::stop::NAME,
+            Command::Restart(_) => commands::restart::NAME,
             Command::Ssh(_)
+            | Command::Console(_)
             | Command::Inventory(_)
             | Command::Schema
             | Command::Completions { .. }

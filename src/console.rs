@@ -1,6 +1,6 @@
 //! A guest's serial console log (`<instance pool>/<instance>-console.log`, written by libvirt):
-//! the one reader of its end, for the address the guest announces there (`address`) and for the
-//! last lines shown when a wait gives up (runtime). On this machine it is read through
+//! the one reader of its end, for the address the guest announces there (`address`), for the
+//! last lines shown when a wait gives up (runtime) and for `kvmprov console --log [--follow]`. On this machine it is read through
 //! [`kvmprov_safefs::open_regular`]; on a remote hypervisor over SSH by a command with the same
 //! rules. Either way: never through a link (a log linked to a private key must not be printed),
 //! never blocking on a FIFO, at most [`TAIL_BYTES`], sanitized (the guest wrote it).
@@ -39,6 +39,8 @@ pub enum ConsoleError {
     },
     #[error("cannot read it on {host}: {stderr}")]
     Remote { host: String, stderr: String },
+    #[error("cannot follow {log}: --follow reads logs on this machine only; `kvmprov console NAME` attaches to the console of a guest on a remote hypervisor")]
+    FollowRemote { log: String },
     #[error("cannot read it: the hypervisor {uri} is reached over neither a local socket nor ssh")]
     Unreachable { uri: String },
 }
@@ -121,6 +123,95 @@ impl ConsoleLog {
     }
 }
 
+/// How often `--follow` looks at the log again.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+
+/// Most bytes `--follow` reads at a time, and most it holds back waiting for a line's end.
+const FOLLOW_CHUNK: u64 = 64 * 1024;
+
+impl ConsoleLog {
+    /// `kvmprov console --log --follow`: the end of the log as [`ConsoleLog::tail`] gives it,
+    /// then each complete line as the guest writes it, sanitized, until `emit` answers false.
+    /// libvirt empties the log when the domain starts again: then it says so and reads from
+    /// the top. Only for a log on this machine.
+    pub fn follow(&self, mut emit: impl FnMut(&str) -> bool) -> Result<(), ConsoleError> {
+        let ConsoleLog::Local(path) = self else {
+            return Err(ConsoleError::FollowRemote {
+                log: self.describe(),
+            });
+        };
+        let local = |source| ConsoleError::Local {
+            path: path.clone(),
+            source,
+        };
+        let size = open_log(path)
+            .and_then(|f| f.metadata())
+            .map_err(local)?
+            .len();
+        let start = size.saturating_sub(TAIL_BYTES);
+        let mut first = read_range(path, start, size).map_err(local)?;
+        if start > 0 {
+            if let Some(nl) = first.iter().position(|b| *b == b'\n') {
+                first.drain(..=nl);
+            }
+        }
+        let mut pos = size;
+        let mut pending = first;
+        loop {
+            // Whole lines only: an escape sequence cut in two would pass the sanitizer as text.
+            let cut = match pending.iter().rposition(|b| *b == b'\n') {
+                Some(nl) => nl + 1,
+                None if pending.len() as u64 >= FOLLOW_CHUNK => pending.len(),
+                None => 0,
+            };
+            if cut > 0 {
+                let text: Vec<u8> = pending.drain(..cut).collect();
+                if !emit(&sanitize(&String::from_utf8_lossy(&text), true)) {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(FOLLOW_POLL);
+            let size = match open_log(path).and_then(|f| f.metadata()) {
+                Ok(m) => m.len(),
+                // Between a domain's stop and its next start the log may be gone a moment.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(local(e)),
+            };
+            if size < pos {
+                if !emit("--- the console log starts again (the domain was started again) ---\n") {
+                    return Ok(());
+                }
+                pos = 0;
+                pending.clear();
+            }
+            if size > pos {
+                let end = size.min(pos + FOLLOW_CHUNK);
+                let bytes = read_range(path, pos, end).map_err(local)?;
+                pos += bytes.len() as u64;
+                pending.extend_from_slice(&bytes);
+            }
+        }
+    }
+}
+
+/// A local console log opened without following a link and without blocking on a FIFO.
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    kvmprov_safefs::open_regular(path).map_err(|e| match e {
+        kvmprov_safefs::FsError::Io { source, .. } => source,
+        other => std::io::Error::other(other),
+    })
+}
+
+/// Bytes `start..end` of a local log (fewer if it is shorter now).
+fn read_range(path: &Path, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = open_log(path)?;
+    f.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    f.take(end.saturating_sub(start)).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The last `n` non-empty lines of `text`, trailing blanks trimmed.
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text
@@ -136,10 +227,7 @@ fn read_end(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     // Not through a link (a console log linked to kvmprov's private key would print the key),
     // nor a FIFO (it would block).
-    let mut f = kvmprov_safefs::open_regular(path).map_err(|e| match e {
-        kvmprov_safefs::FsError::Io { source, .. } => source,
-        other => std::io::Error::other(other),
-    })?;
+    let mut f = open_log(path)?;
     let start = f.metadata()?.len().saturating_sub(max);
     f.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
@@ -251,6 +339,61 @@ mod tests {
         let shown = local(&link).last_lines(5);
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         assert!(shown.contains("symbolic link"), "{shown}");
+    }
+
+    /// `console --log --follow`: what the guest writes reaches the terminal sanitized and in
+    /// whole lines (an escape sequence written in two pieces is not let through as text), and
+    /// a log emptied by the domain's next start is read again from its top.
+    #[test]
+    fn follow_prints_whole_sanitized_lines_and_starts_again_after_a_truncation() {
+        use std::io::Write;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("app-01-console.log");
+        std::fs::write(&p, "boot\r\n\x1b]0;owned\x07login: \n").unwrap();
+        let writer = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let pause = || std::thread::sleep(Duration::from_millis(700));
+                let append = |b: &[u8]| {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+                    f.write_all(b).unwrap();
+                };
+                pause();
+                append(b"\x1b[3");
+                pause();
+                append(b"1mred\x1b[0m\n");
+                pause();
+                std::fs::write(&p, "again\n").unwrap();
+            })
+        };
+        let mut seen = String::new();
+        local(&p)
+            .follow(|text| {
+                seen.push_str(text);
+                !seen.contains("\nagain\n")
+            })
+            .unwrap();
+        writer.join().unwrap();
+        assert_eq!(
+            seen,
+            "boot\nlogin: \nred\n--- the console log starts again (the domain was started again) ---\nagain\n"
+        );
+    }
+
+    #[test]
+    fn follow_refuses_a_remote_log_and_a_link() {
+        let remote = ConsoleLog::on("qemu+ssh://hv1/system", PathBuf::from("/p/a-console.log"));
+        let e = remote.follow(|_| true).unwrap_err().to_string();
+        assert!(
+            e.contains("--follow reads logs on this machine only"),
+            "{e}"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let key = t.path().join("id_ed25519");
+        std::fs::write(&key, "SECRET").unwrap();
+        let link = t.path().join("a-console.log");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        assert!(local(&link).follow(|_| true).is_err());
     }
 
     /// Run [`remote_tail_argv`] here as the remote shell would (ssh hands it to `sh -c`).

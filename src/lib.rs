@@ -29,3 +29,4 @@ pub mod settings;
 pub mod ssh;
 pub mod stages;
 pub mod state;
+pub mod terminal;

@@ -27,6 +27,8 @@ pub enum Op {
     Create,
     Define,
     Start,
+    /// A running guest asked to reboot (`restart`).
+    Reboot,
     Wait,
     Snapshot,
     Stop,
@@ -54,6 +56,7 @@ impl Op {
             Op::Create => "create",
             Op::Define => "define",
             Op::Start => "start",
+            Op::Reboot => "reboot",
             Op::Wait => "wait",
             Op::Snapshot => "snapshot",
             Op::Stop => "stop",

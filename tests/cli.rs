@@ -410,6 +410,10 @@ fn help_explains_every_command() {
         "runtime",
         "cleanup",
         "status",
+        "start",
+        "stop",
+        "restart",
+        "console",
         "ssh",
     ] {
         assert!(t.contains(cmd), "{cmd} missing from --help: {t}");
@@ -418,6 +422,63 @@ fn help_explains_every_command() {
     }
     let o = kvmprov(&["nonsense"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// The day-two verbs take declared names only: an undeclared one, given to any of them, exits 2
+/// before anything is looked at or changed (the domain is still running for a plan run after);
+/// named instances are the only ones worked on; `stop` shuts the guest down (the test driver's
+/// ACPI shutdown is immediate), with its own `--output json` envelope.
+#[test]
+fn lifecycle_verbs_take_declared_names_only_and_stop_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = node(dir.path(), &[("web-01", 1), ("web-02", 1)]);
+    let cfg = config(dir.path(), &uri, &["web-01", "web-02"]);
+    let c = cfg.to_str().unwrap();
+    for verb in ["start", "stop", "restart"] {
+        let o = kvmprov(&["-c", c, "--output", "json", verb, "web-01", "web-03"]);
+        assert_eq!(o.status.code(), Some(2), "{verb}: {}", text(&o));
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(doc["command"], verb);
+        assert_eq!(doc["ok"], false);
+        let e = doc["error"].as_str().unwrap();
+        assert!(
+            e.starts_with("`web-03` is not a declared instance of")
+                && e.contains("(declared: web-01, web-02), did you mean `web-0"),
+            "{e}"
+        );
+        assert!(doc.get("stages").is_none(), "{doc}");
+    }
+    let o = kvmprov(&["-c", c, "console", "web-03"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // The console needs a terminal; the test's stdin is none.
+    let o = kvmprov(&["-c", c, "console", "web-01"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("`kvmprov console --log web-01` prints the console log"));
+
+    let o = kvmprov(&["-c", c, "--check", "--output", "json", "stop", "web-02"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let outcomes = doc["stages"][0]["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 1, "{doc}");
+    assert_eq!(outcomes[0]["target"], "web-02");
+    assert_eq!(outcomes[0]["status"], "planned");
+    assert_eq!(
+        outcomes[0]["reason"],
+        "shut down (ACPI), wait up to 120 s for it to power off"
+    );
+
+    let o = kvmprov(&["-c", c, "--output", "json", "stop", "web-01"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["command"], "stop");
+    let outcomes = doc["stages"][0]["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 1, "{doc}");
+    assert_eq!(outcomes[0]["op"], "stop");
+    assert_eq!(outcomes[0]["status"], "done");
+    assert_eq!(
+        outcomes[0]["reason"],
+        "shut down: powered off 0 s after the request"
+    );
 }
 
 /// `make bench` printed its results and then failed with "Error 143": the download benchmark's

@@ -10,6 +10,7 @@
 pub mod check;
 pub mod cleanup;
 pub mod completions;
+pub mod console;
 pub mod image_cache;
 pub mod image_cache_prune;
 pub mod inventory;
@@ -17,7 +18,10 @@ pub mod man;
 pub mod ping;
 pub mod preflight;
 pub mod provision;
+pub mod restart;
 pub mod runtime;
 pub mod schema;
 pub mod ssh;
+pub mod start;
 pub mod status;
+pub mod stop;

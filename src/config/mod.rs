@@ -17,6 +17,7 @@
 //! | `disks` | an instance's data disks: their form in the file, checks, resolved form |
 //! | `password` | the login password's source (`password`, `password_hash`, `password_file`) |
 //! | `resolved` | [`Config`] and [`Instance`]: what the stages read |
+//! | `select` | the instances a day-two verb names (declared only, byte for byte) |
 //! | `diagnostics` | [`Location`], [`ConfigError`], the wording of YAML and serde errors |
 
 mod diagnostics;
@@ -28,6 +29,7 @@ mod profiles;
 mod raw;
 mod resolve;
 mod resolved;
+mod select;
 mod user_data;
 mod validate;
 
@@ -42,6 +44,7 @@ pub use raw::{
 };
 pub use resolved::{Attachment, Config, Instance, Nic, NicIpv4, StaticIpv4, StaticIpv6};
 pub use resolved::{FieldOrigin, Origins};
+pub use select::UndeclaredInstance;
 pub use validate::{libvirt_uri_for, valid_instance_name};
 
 use diagnostics::{Locator, Sources};

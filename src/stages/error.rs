@@ -31,6 +31,13 @@ pub enum StageError {
     Provision(#[source] ProvisionError),
     #[error("runtime stage")]
     Runtime(#[source] HvError),
+    /// A day-two verb (`start`, `stop`, `restart`) could not observe the hypervisor.
+    #[error("{verb}")]
+    Lifecycle {
+        verb: &'static str,
+        #[source]
+        source: HvError,
+    },
     /// Cleanup could not observe the hypervisor.
     #[error(transparent)]
     Cleanup(HvError),

@@ -4,9 +4,11 @@
 # reached over qemu+ssh from an operator namespace. Hypervisor 1 runs this machine's Debian 12
 # libvirt, hypervisor 2 Debian 13's (libvirt 11, QEMU 10, sshd: testkit/debian13-hypervisor.sh). One run provisions a TCG guest on each,
 # downloads the image once and uploads it to both through libvirt streams, SSH-checks the
-# guests through their hypervisor, runs Ansible (ansible-core from PyPI) against `kvmprov
-# inventory` through the hypervisors' jump, survives one host going down and another's network
-# being cut mid-upload (that host's work ends within 60 s, the re-run converges), and cleans up.
+# guests through their hypervisor, attaches to a guest's serial console through its hypervisor's
+# libvirt connection (`kvmprov console` under a pseudo-terminal), runs Ansible (ansible-core from
+# PyPI) against `kvmprov inventory` through the hypervisors' jump, survives one host going down
+# and another's network being cut mid-upload (that host's work ends within 60 s, the re-run
+# converges), and cleans up.
 #   tests/e2e/remote.sh            (root; `make test-remote`, also run by `make test`)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -131,6 +133,15 @@ check "kvmprov ssh reaches the guest on hypervisor 2 through it" test "$out" = "
 out=$(kp_op status 2>&1) || true
 keep status
 check "status shows both guests ssh-ready" test "$(grep -c ' yes ' <<<"$out")" -eq 2
+
+# --- the serial console through hypervisor 2's libvirt connection (no ssh session of ours) ---
+# Under a pseudo-terminal: Enter (a fresh login prompt), then Ctrl+].
+session="$KVMPROV -c $CFG console $B; echo console-rc=\$?"
+capture rc - rh_op timeout 90 script -qfec "$session" /dev/null \
+    < <(sleep 4; printf '\r'; sleep 10; printf '\035'; sleep 5) >"$DIR/console.out" 2>&1
+evidence "$DIR/console.out"
+check "console of the guest on hypervisor 2 shows its login prompt" grep -q "$B login:" "$DIR/console.out"
+check "console of the guest on hypervisor 2 ends on Ctrl+]" grep -q "console-rc=0" "$DIR/console.out"
 
 # --- Ansible through each guest's hypervisor ----------------------------------------------------
 # The inventory sends every guest through its hypervisor (ProxyCommand over the operator's ssh,

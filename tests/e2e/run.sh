@@ -19,6 +19,8 @@
 #              socket as this machine: a BIOS and a UEFI guest, status, cleanup
 #   fleet      three hypervisors over qemu+ssh, 24 instances (--no-wait), one libvirtd killed
 #              mid-run: its instances fail one line each, the others finish, the re-run converges
+#   lifecycle  stop, start, restart (SSH-ready after each), a guest that ignores ACPI, the serial
+#              console under a pseudo-terminal, undeclared names
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -36,6 +38,7 @@ nics 126
 provision 52
 trixie-host 200
 fleet 330
+lifecycle 420
 cleanup 17
 "
 read -ra ALL <<<"$(awk 'NF {printf "%s ", $1}' <<<"$E2E_EXPECTED")"

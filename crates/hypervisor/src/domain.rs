@@ -29,7 +29,7 @@ pub struct DomainInfo {
 }
 
 impl Hypervisor {
-    fn lookup_domain(&self, name: &str) -> Result<Domain, HvError> {
+    pub(crate) fn lookup_domain(&self, name: &str) -> Result<Domain, HvError> {
         self.conn
             .lookup_domain_by_name(name)
             .map_err(self.lv(format!("look up domain {name}")))
@@ -101,12 +101,31 @@ impl Hypervisor {
             .map_err(self.lv(format!("set autostart of domain {name}")))
     }
 
-    /// Ask the guest to power off (ACPI); returns at once.
+    /// Ask the guest to power off (libvirt's default: its agent when one answers, else the
+    /// ACPI power button); returns at once.
     pub fn shutdown(&self, name: &str) -> Result<(), HvError> {
         self.lookup_domain(name)?
             .shutdown()
             .map(|_| ())
             .map_err(self.lv(format!("shut down domain {name}")))
+    }
+
+    /// Ask the guest to reboot, as `shutdown` asks it to power off (its agent when one
+    /// answers, else the ACPI power button, after which libvirt starts it again); returns at
+    /// once. A guest that ignores both does not reboot.
+    pub fn reboot(&self, name: &str) -> Result<(), HvError> {
+        self.lookup_domain(name)?
+            .reboot(0)
+            .map(|_| ())
+            .map_err(lv(format!("reboot domain {name}")))
+    }
+
+    /// Reset at once, like the reset button: no guest shutdown.
+    pub fn reset(&self, name: &str) -> Result<(), HvError> {
+        self.lookup_domain(name)?
+            .reset()
+            .map(|_| ())
+            .map_err(lv(format!("reset domain {name}")))
     }
 
     /// Power off at once.

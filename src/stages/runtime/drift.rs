@@ -13,7 +13,7 @@ use kvmprov_hypervisor::xml::{self, DataDiskSpec, ObservedDomain};
 use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo};
 
 use super::{lifecycle, RuntimeError};
-use crate::config::Instance;
+use crate::config::{Attachment, Instance};
 use crate::drift::plan::{self, Edit, How, Step};
 use crate::drift::{self as fields, record_after};
 use crate::host::resolve_domain_type;
@@ -142,13 +142,13 @@ fn apply_one(s: &Session, hv: &Hypervisor, networks: &[NetworkInfo], p: &Pending
         format!("drift applied: {}", listed.join("; ")),
     )
     .with_drift(p.steps.clone());
-    let result = (|| -> Result<Option<lifecycle::Restarted>, RuntimeError> {
+    let result = (|| -> Result<Option<lifecycle::graceful::Restarted>, RuntimeError> {
         let mut targets = p.observed.disk_targets.clone();
         for step in &apply {
             apply_edit(s, hv, p, step, &mut targets)?;
         }
         let restarted = if p.restart {
-            Some(lifecycle::restart(s, hv, networks, p.inst)?)
+            Some(lifecycle::graceful::restart(s, hv, networks, p.inst)?)
         } else {
             None
         };
@@ -256,7 +256,10 @@ fn apply_edit(
                 )));
             };
             let spec = xml::InterfaceSpec {
-                source: xml::InterfaceSource::Network(nic.network),
+                source: match nic.attach {
+                    Attachment::Network(n) => xml::InterfaceSource::Network(n),
+                    Attachment::Bridge(b) => xml::InterfaceSource::Bridge(b),
+                },
                 mac: nic.mac,
                 model: nic.model.as_str().to_string(),
             };

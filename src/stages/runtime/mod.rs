@@ -2,7 +2,8 @@
 //! host key) and for cloud-init to finish, then take the declared snapshot once.
 //! All instances in parallel; every wait has a deadline and says what it was waiting for.
 //!
-//! [`plan_instance`] is pure; [`wait`] holds the wait for a guest to be ready.
+//! [`plan_instance`] is pure; [`wait`] holds the wait for a guest to be ready; [`lifecycle`]
+//! the day-two verbs that end with that wait (`start`, `stop`, `restart`).
 
 pub mod drift;
 pub mod lifecycle;

@@ -1,12 +1,12 @@
 //! A guest's graceful restart: asked to power off (ACPI), waited for until it is off, started
 //! again, then waited for until it is ready (SSH with the pinned host key, cloud-init done).
-//! Drift's rollout restarts guests with it; a `restart` verb can too.
+//! Drift's rollout restarts guests with it (the `restart` verb reboots in place instead: [`super`]).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvmprov_hypervisor::{DomainState, Hypervisor, NetworkInfo};
 
-use super::{wait, RuntimeError};
+use super::super::{wait, RuntimeError};
 use crate::config::Instance;
 use crate::settings::Session;
 

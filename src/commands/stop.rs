@@ -1,0 +1,32 @@
+//! `kvmprov stop [--force] [--timeout SECS] [NAME…]`: shut declared instances down (ACPI), wait
+//! up to the timeout for each to power off; one still running then fails the command, or is
+//! powered off with `--force`.
+//! No names: every declared instance; an undeclared name changes nothing (exit 2).
+
+use std::time::Duration;
+
+use crate::exit::ExitStatus;
+use crate::settings::Session;
+use crate::stages::runtime::lifecycle::{self, Settings, Verb};
+
+/// The command's name in its `--output json` envelope.
+pub const NAME: &str = "stop";
+
+pub fn run(s: &Session, names: &[String], force: bool, timeout: Duration) -> ExitStatus {
+    let cfg = match s.cfg.select(names) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            s.printer.failure(Some(NAME), &e.to_string());
+            return ExitStatus::Usage;
+        }
+    };
+    let settings = Settings {
+        verb: Verb::Stop,
+        force,
+        timeout,
+    };
+    let s = s.with_config(cfg);
+    let (reports, error) = lifecycle::run_all(&s, &settings);
+    s.printer.stages(NAME, s.check, &reports, error.as_ref());
+    ExitStatus::failed_if(error.is_some() || reports.iter().any(|r| r.failed()))
+}

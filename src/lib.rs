@@ -26,6 +26,7 @@ pub mod parallel;
 pub mod process;
 pub mod report;
 pub mod settings;
+pub mod snapshot;
 pub mod ssh;
 pub mod stages;
 pub mod state;

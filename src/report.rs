@@ -29,6 +29,8 @@ pub enum Op {
     Start,
     Wait,
     Snapshot,
+    /// A domain brought back to one of its snapshots.
+    Revert,
     Stop,
     Undefine,
     Delete,
@@ -54,6 +56,7 @@ impl Op {
             Op::Start => "start",
             Op::Wait => "wait",
             Op::Snapshot => "snapshot",
+            Op::Revert => "revert",
             Op::Stop => "stop",
             Op::Undefine => "undefine",
             Op::Delete => "delete",

@@ -19,5 +19,7 @@ pub mod preflight;
 pub mod provision;
 pub mod runtime;
 pub mod schema;
+pub mod snapshot;
+pub mod snapshot_list;
 pub mod ssh;
 pub mod status;

@@ -42,7 +42,7 @@ pub use raw::{
 };
 pub use resolved::{Config, Instance, Nic, NicIpv4, StaticIpv4, StaticIpv6};
 pub use resolved::{FieldOrigin, Origins};
-pub use validate::{libvirt_uri_for, valid_instance_name};
+pub use validate::{libvirt_uri_for, valid_instance_name, valid_snapshot_name};
 
 use diagnostics::{Locator, Sources};
 

@@ -272,7 +272,7 @@ pub struct InstanceDefinition {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("default" = []))]
     pub nics: Vec<NicDefinition>,
-    /// Snapshot taken once after the first successful runtime check (not with `uefi`: libvirt takes no internal snapshots of a guest with UEFI NVRAM).
+    /// Snapshot taken once after the first successful runtime check; `kvmprov snapshot` lists, reverts and deletes it. With `uefi` it needs libvirt 10.10 or newer on the hypervisor (kvmprov then gives the guest a qcow2 NVRAM).
     #[serde(default)]
     pub snapshot_name: Option<String>,
     /// Passed to cloud-init `packages`.

@@ -3,7 +3,7 @@
 use crate::config::{Config, FieldOrigin, Origins};
 use crate::report::{Outcome, StageReport, Status};
 
-use super::json::{InstanceStatus, Probe};
+use super::json::{InstanceSnapshots, InstanceStatus, Probe};
 
 /// Under an instance that names a profile: each field with a value, and where the value came
 /// from. Fields left empty by a built-in default (no list, no option) are left out.
@@ -249,6 +249,53 @@ pub fn probe(p: &Probe) -> String {
         ));
     }
     out
+}
+
+/// `kvmprov snapshot list`: a row per snapshot (`*`: libvirt's current one), a row for an
+/// instance with none or not defined.
+pub fn snapshot_table(rows: &[InstanceSnapshots]) -> String {
+    let mut out = format!(
+        "{:<16} {:<20} {:<20} {:<8} current\n",
+        "instance", "snapshot", "taken (UTC)", "state"
+    );
+    for r in rows {
+        let name = super::sanitize(&r.name, false);
+        if !r.defined || r.snapshots.is_empty() {
+            let what = if r.defined { "(none)" } else { "(not defined)" };
+            out.push_str(&format!("{name:<16} {what}\n"));
+        }
+        for s in &r.snapshots {
+            out.push_str(&format!(
+                "{name:<16} {:<20} {:<20} {:<8} {}\n",
+                super::sanitize(&s.facts.name, false),
+                s.facts.created.map(utc).unwrap_or_else(|| "-".into()),
+                super::sanitize(&s.facts.state, false),
+                if s.current { "*" } else { "" }
+            ));
+        }
+    }
+    out
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` in UTC (days to a civil date: Howard
+/// Hinnant's `civil_from_days`).
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// `kvmprov status`: a row per instance (and its hypervisor when there are several).

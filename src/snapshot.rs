@@ -59,15 +59,15 @@ pub fn uefi_refusal(instance: &str, uri: &str, libvirt_version: &str) -> Option<
 }
 
 /// The action of `verb` for snapshot `snap` of `instance` on `uri`: `Ok` what to do, `Err` why
-/// it cannot be done (an action whose reason is the refusal).
+/// it cannot be done, one sentence.
 pub fn plan(
     verb: Verb,
     instance: &str,
     uri: &str,
     snap: &str,
     o: &Observed,
-) -> Result<Action, Action> {
-    let refuse = |why: String| Err(Action::new(instance, Op::Refuse, why));
+) -> Result<Action, String> {
+    let refuse = |why: String| Err(why);
     if !o.defined {
         return refuse(format!(
             "{instance} is not defined on {uri}: provision it first"
@@ -115,17 +115,16 @@ pub fn plan(
             names()
         )),
         (Verb::Revert, Some(s)) => {
-            let after = if s.facts.state == "running" {
-                "it runs on from that moment"
+            let (then, after) = if s.facts.state == "running" {
+                ("while running", "it runs on from that moment")
             } else {
-                "it is shut off, as it was then"
+                ("while shut off", "it is shut off, as it was then")
             };
             Ok(Action::new(
                 instance,
                 Op::Revert,
                 format!(
-                    "revert to snapshot `{snap}` (taken {}): what its disks got since is lost; {after}",
-                    s.facts.state
+                    "revert to snapshot `{snap}` (taken {then}): what its disks got since is lost; {after}"
                 ),
             ))
         }
@@ -187,22 +186,14 @@ mod tests {
         let o = defined(vec![snap("base", "running")]);
         let e = plan(Verb::Create, "app-01", URI, "base", &o).unwrap_err();
         assert_eq!(e.op, Op::Refuse);
-        assert!(
-            e.reason.contains("already has a snapshot `base`"),
-            "{}",
-            e.reason
-        );
+        assert!(e.contains("already has a snapshot `base`"), "{}", e.reason);
         let e = plan(Verb::Revert, "app-01", URI, "gone", &o).unwrap_err();
-        assert!(e.reason.contains("no snapshot `gone`"), "{}", e.reason);
-        assert!(e.reason.contains("it has base"), "{}", e.reason);
+        assert!(e.contains("no snapshot `gone`"), "{e}");
+        assert!(e.contains("it has base"), "{e}");
         let e = plan(Verb::Delete, "app-01", URI, "gone", &defined(vec![])).unwrap_err();
-        assert!(e.reason.contains("it has none"), "{}", e.reason);
+        assert!(e.contains("it has none"), "{e}");
         let e = plan(Verb::Create, "app-01", URI, "x", &Observed::default()).unwrap_err();
-        assert!(
-            e.reason.contains("not defined on qemu:///system"),
-            "{}",
-            e.reason
-        );
+        assert!(e.contains("not defined on qemu:///system"), "{}", e.reason);
     }
 
     #[test]
@@ -216,17 +207,13 @@ mod tests {
         };
         let e = plan(Verb::Create, "app-01", URI, "s", &uefi("9.0.0", "raw")).unwrap_err();
         assert!(
-            e.reason.contains("libvirt 9.0.0 on qemu:///system"),
+            e.contains("libvirt 9.0.0 on qemu:///system"),
             "{}",
             e.reason
         );
-        assert!(
-            e.reason.contains("libvirt 10.10.0 or newer"),
-            "{}",
-            e.reason
-        );
+        assert!(e.contains("libvirt 10.10.0 or newer"), "{}", e.reason);
         let e = plan(Verb::Create, "app-01", URI, "s", &uefi("11.3.0", "raw")).unwrap_err();
-        assert!(e.reason.contains("its NVRAM is raw"), "{}", e.reason);
+        assert!(e.contains("its NVRAM is raw"), "{e}");
         assert!(plan(Verb::Create, "app-01", URI, "s", &uefi("11.3.0", "qcow2")).is_ok());
         assert_eq!(uefi_refusal("a", URI, "10.10.0"), None);
     }

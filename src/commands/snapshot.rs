@@ -11,7 +11,7 @@ use kvmprov_hypervisor::{xml, DomainState, HvError, Hypervisor};
 use crate::config::{valid_snapshot_name, Instance};
 use crate::exit::ExitStatus;
 use crate::lock::RunLock;
-use crate::report::{run as run_action, Outcome, StageReport};
+use crate::report::{run as run_action, Action, Op, Outcome, StageReport};
 use crate::settings::Session;
 use crate::snapshot::{plan, Observed, UefiFacts, Verb};
 use crate::stages::StageError;
@@ -91,9 +91,12 @@ fn on_host(
     let observed = observe(&hv, inst).map_err(connected)?;
     let action = match plan(verb, &inst.name, uri, snap, &observed) {
         Ok(a) => a,
-        Err(refused) => {
-            let why = refused.reason.clone();
-            return Ok(Outcome::failure(refused, why));
+        Err(why) => {
+            let asked = format!("{} snapshot `{snap}`", verb.as_str());
+            return Ok(Outcome::failure(
+                Action::new(&inst.name, Op::Refuse, asked),
+                why,
+            ));
         }
     };
     if plan_only {

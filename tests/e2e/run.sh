@@ -14,14 +14,16 @@
 #   userdata   the operator's user_data, fqdn and password_file on one booted guest
 #   disks      two data disks on one booted guest, kept across cleanup-force and a re-provision
 #   nics       two NICs (NAT by DHCP; static IPv4 and IPv6 on an isolated network) on one guest
+#   snapshots  `kvmprov snapshot` create, revert (planned unless --yes), delete on one booted
+#              guest; a UEFI instance refused on libvirt < 10.10, naming the version
 # Prints "e2e: N passed, N failed" and exits non-zero when any check failed (or a scenario stopped
 # before its end).
-#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata disks nics
+#   tests/e2e/run.sh [SCENARIO...]      default: provision cleanup faults boot ansible userdata disks nics snapshots
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-ALL=(provision cleanup faults boot ansible userdata disks nics)
+ALL=(provision cleanup faults boot ansible userdata disks nics snapshots)
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=("${ALL[@]}")
 for s in "${scenarios[@]}"; do

@@ -21,6 +21,7 @@ pub mod host;
 pub mod layout;
 pub mod lock;
 pub mod login;
+pub mod nvram;
 pub mod output;
 pub mod parallel;
 pub mod process;

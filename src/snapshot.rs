@@ -52,7 +52,7 @@ pub struct Observed {
 pub fn uefi_refusal(instance: &str, uri: &str, libvirt_version: &str) -> Option<String> {
     (!takes_uefi_snapshots(libvirt_version)).then(|| {
         format!(
-            "{instance} boots with UEFI, and libvirt {libvirt_version} on {uri} takes no internal snapshots of UEFI guests: libvirt {} or newer (Debian 13 has 11.3) takes them, with the qcow2 NVRAM kvmprov gives UEFI guests it defines there; or use firmware: bios",
+            "{instance} boots with UEFI, and libvirt {libvirt_version} on {uri} takes no internal snapshots of UEFI guests: libvirt {} or newer (Debian 13 has 11.3) takes them, with the qcow2 NVRAM kvmprov gives UEFI instances with snapshot_name there; or use firmware: bios",
             uefi_snapshot_libvirt()
         )
     })
@@ -93,7 +93,7 @@ pub fn plan(
                 }
                 if u.nvram_format != "qcow2" {
                     return refuse(format!(
-                        "{instance} boots with UEFI and its NVRAM is {}: libvirt snapshots a UEFI guest only with a qcow2 NVRAM, which kvmprov gives UEFI guests it defines on libvirt {} or newer; re-create the domain (cleanup, then provision) to get one",
+                        "{instance} boots with UEFI and its NVRAM is {}: libvirt snapshots a UEFI guest only with a qcow2 NVRAM, which kvmprov gives UEFI instances with snapshot_name on libvirt {} or newer; set snapshot_name and re-create the domain (cleanup, then provision)",
                         u.nvram_format,
                         uefi_snapshot_libvirt()
                     ));

@@ -474,4 +474,55 @@ mod tests {
         lines.push(render_summary(&[fetched, hv1, hv2], false));
         insta::assert_snapshot!(lines.join("\n"));
     }
+
+    #[test]
+    fn snapshot_times_are_utc_civil_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_765_100_000), "2025-12-07 09:33:20");
+    }
+
+    #[test]
+    fn snapshot_table_has_a_row_per_snapshot_and_says_none_or_not_defined() {
+        use crate::output::json::InstanceSnapshots;
+        use kvmprov_hypervisor::{xml::SnapshotFacts, SnapshotInfo};
+        let snap = |name: &str, current| SnapshotInfo {
+            facts: SnapshotFacts {
+                name: name.into(),
+                description: None,
+                state: "running".into(),
+                created: Some(1_765_100_000),
+            },
+            current,
+        };
+        let row = |name: &str, defined, snapshots| InstanceSnapshots {
+            name: name.into(),
+            host: "qemu:///system".into(),
+            defined,
+            snapshots,
+        };
+        let t = snapshot_table(&[
+            row(
+                "app-01",
+                true,
+                vec![snap("base", false), snap("s1\x1b[2J", true)],
+            ),
+            row("app-02", true, vec![]),
+            row("app-03", false, vec![]),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        assert!(
+            lines[1]
+                .starts_with("app-01           base                 2025-12-07 09:33:20  running"),
+            "{t}"
+        );
+        // A name from another tool reaches the terminal sanitized.
+        assert!(
+            lines[2].contains("s1") && !lines[2].contains('\x1b') && lines[2].ends_with('*'),
+            "{t}"
+        );
+        assert_eq!(lines[3], "app-02           (none)");
+        assert_eq!(lines[4], "app-03           (not defined)");
+    }
 }

@@ -44,64 +44,17 @@ console_evidence "$SN_POOL/e2e-snap-console.log"
 check "provision exits 0" test "$rc" -eq 0
 check "runtime took snapshot base" outcome "$(cat "$SN/provision.json")" e2e-snap snapshot "base"
 
-sn_ssh() { kp -c "$SN_CFG" ssh e2e-snap -- "$1" 2>&1; }
-# The names `snapshot list --output json` gives e2e-snap, one line, oldest first.
-sn_names() {
-    kp -c "$SN_CFG" --output json snapshot list e2e-snap 2>/dev/null |
-        jq -r '[.instances[] | select(.name == "e2e-snap") | .snapshots[].name] | join(" ")'
-}
-check "snapshot list shows base" test "$(sn_names)" = base
-
-check "a file written in the guest" \
-    test "$(sn_ssh 'echo one >~/marker && sync && cat ~/marker')" = one
-plan=$(kp -c "$SN_CFG" --check --output json snapshot create e2e-snap s1 2>"$SN/check.err") || true
-check "create --check plans a snapshot of the running guest with its memory" \
-    outcome "$plan" e2e-snap snapshot '^take snapshot `s1` \(running: disks and memory\)$'
-check "create --check took none" test "$(sn_names)" = base
-
-t0=$(date +%s)
-capture rc out kp -c "$SN_CFG" --output json snapshot create e2e-snap s1
-printf '%s\n' "$out" >"$SN/create.out"
-evidence "$SN/create.out"
-check "snapshot create exits 0 ($(($(date +%s) - t0)) s)" test "$rc" -eq 0
-check "snapshot list shows base and s1" test "$(sn_names)" = "base s1"
-check "the file changed after the snapshot" \
-    test "$(sn_ssh 'echo two >~/marker && sync && cat ~/marker')" = two
-
-for how in "--check snapshot revert e2e-snap s1 --yes" "snapshot revert e2e-snap s1"; do
-    # shellcheck disable=SC2086 # the words of $how are kvmprov's arguments
-    capture rc out kp -c "$SN_CFG" --output json $how
-    check "$how exits 0" test "$rc" -eq 0
-    check "$how only plans the revert" \
-        jqt '.check == true and .stages[0].outcomes[0].op == "revert" and .stages[0].outcomes[0].status == "planned"' <<<"$out"
-    check "$how changed nothing: the file is still changed" test "$(sn_ssh 'cat ~/marker')" = two
-done
-
-t0=$(date +%s)
-capture rc out kp -c "$SN_CFG" --output json snapshot revert e2e-snap s1 --yes
-printf '%s\n' "$out" >"$SN/revert.out"
-evidence "$SN/revert.out"
-check "snapshot revert --yes exits 0 ($(($(date +%s) - t0)) s)" test "$rc" -eq 0
-check "the guest runs on after the revert" test "$(virsh_ns domstate e2e-snap)" = running
-# The guest is back at the moment of s1: its SSH server answers at once (up to 60 s of grace
-# for a slow TCG host).
-back=""
-for _ in $(seq 1 12); do
-    back=$(sn_ssh 'cat ~/marker') || true
-    [ "$back" = one ] && break
-    sleep 5
-done
-check "revert brought the file back (got: $back)" test "$back" = one
+# shellcheck source=tests/e2e/snapshot-lib.sh
+source "$E2E_ROOT/tests/e2e/snapshot-lib.sh"
+sn_kp() { kp -c "$SN_CFG" "$@"; }
+check "snapshot list shows base" test "$(_snap_names sn_kp e2e-snap)" = base
+snap_roundtrip sn_kp e2e-snap
 
 capture rc - kp -c "$SN_CFG" snapshot create nope s1
 check "an undeclared name exits 2" test "$rc" -eq 2
 capture rc - kp -c "$SN_CFG" snapshot revert e2e-snap "../s1" --yes
 check "an invalid snapshot name exits 2" test "$rc" -eq 2
-check "neither changed the snapshots" test "$(sn_names)" = "base s1"
-
-capture rc out kp -c "$SN_CFG" --output json snapshot delete e2e-snap s1
-check "snapshot delete exits 0" test "$rc" -eq 0
-check "snapshot list no longer has s1 (base stays)" test "$(sn_names)" = base
+check "neither changed the snapshots" test "$(_snap_names sn_kp e2e-snap)" = base
 capture rc out kp -c "$SN_CFG" snapshot delete e2e-snap s1
 check "deleting it again fails in one sentence naming what there is" \
     bash -c '[ "$0" -eq 1 ] && grep -q "e2e-snap has no snapshot \`s1\` on .* (it has base)" <<<"$1"' "$rc" "$out"

@@ -12,6 +12,7 @@ use crate::exit::ExitStatus;
 use crate::output::{OutputFormat, Printer};
 use crate::report::error_chain;
 use crate::settings::{Options, Session};
+use crate::snapshot::Verb;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,6 +106,18 @@ pub enum Command {
     Console(ConsoleArgs),
     /// Open an SSH session to an instance, with its pinned host key.
     Ssh(SshArgs),
+    /// List, take, revert to and delete snapshots of declared instances.
+    #[command(
+        long_about = "List, take, revert to and delete snapshots of declared instances: \
+            libvirt's internal snapshots (the disks and, of a running guest, its memory). \
+            Every verb takes --check (print the plan, change nothing) and --output json; \
+            a name that is not a declared instance is a usage error (exit 2) and nothing is \
+            asked or changed. `revert` only prints its plan unless --yes is given.\n\n\
+            UEFI guests: libvirt 10.10 or newer on the hypervisor, with the qcow2 NVRAM \
+            kvmprov gives UEFI guests it defines there; older libvirt is refused, naming its \
+            version."
+    )]
+    Snapshot(SnapshotArgs),
     /// Print an Ansible inventory of the declared instances that are running.
     #[command(
         long_about = "Print an Ansible inventory of the declared instances that are running \
@@ -144,6 +157,46 @@ pub struct InventoryArgs {
     /// json: Ansible's dynamic-inventory document; yaml: a static inventory file.
     #[arg(long, value_enum, default_value_t = commands::inventory::Format::Json, conflicts_with = "host")]
     pub format: commands::inventory::Format,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub action: SnapshotAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotAction {
+    /// The snapshots of the declared instances (or of those named): when taken, the guest's
+    /// state then, which is current.
+    List {
+        /// Declared instance names (default: all).
+        names: Vec<String>,
+    },
+    /// Take a snapshot of an instance (of a running guest: disks and memory).
+    Create {
+        /// The instance name.
+        name: String,
+        /// The snapshot's name (letters, digits, `-`, `_`, `.`; not starting with `.`).
+        snapshot: String,
+    },
+    /// Bring an instance back to a snapshot: prints the plan only, unless --yes.
+    Revert {
+        /// The instance name.
+        name: String,
+        /// The snapshot's name.
+        snapshot: String,
+        /// Really revert (what the disks got since the snapshot is lost).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Delete a snapshot of an instance (the guest keeps its current state).
+    Delete {
+        /// The instance name.
+        name: String,
+        /// The snapshot's name.
+        snapshot: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -368,6 +421,20 @@ fn run(cli: Cli) -> ExitStatus {
         Command::Ssh(args) => with_session(g, name, |s| {
             commands::ssh::run(&s, &args.name, &args.command)
         }),
+        Command::Snapshot(SnapshotArgs { action }) => with_session(g, name, |s| match action {
+            SnapshotAction::List { names } => commands::snapshot_list::run(&s, &names),
+            SnapshotAction::Create { name, snapshot } => {
+                commands::snapshot::run(&s, Verb::Create, &name, &snapshot, false)
+            }
+            SnapshotAction::Revert {
+                name,
+                snapshot,
+                yes,
+            } => commands::snapshot::run(&s, Verb::Revert, &name, &snapshot, yes),
+            SnapshotAction::Delete { name, snapshot } => {
+                commands::snapshot::run(&s, Verb::Delete, &name, &snapshot, false)
+            }
+        }),
         Command::Inventory(args) => with_session(g, name, |s| {
             commands::inventory::run(&s, args.host.as_deref(), args.format)
         }),
@@ -428,6 +495,12 @@ impl Command {
             Command::Start(_) => commands::start::NAME,
             Command::Stop(_) => commands::stop::NAME,
             Command::Restart(_) => commands::restart::NAME,
+            Command::Snapshot(SnapshotArgs { action }) => match action {
+                SnapshotAction::List { .. } => commands::snapshot_list::NAME,
+                SnapshotAction::Create { .. } => commands::snapshot::name(Verb::Create),
+                SnapshotAction::Revert { .. } => commands::snapshot::name(Verb::Revert),
+                SnapshotAction::Delete { .. } => commands::snapshot::name(Verb::Delete),
+            },
             Command::Ssh(_)
             | Command::Console(_)
             | Command::Inventory(_)

@@ -31,6 +31,8 @@ pub enum Op {
     Reboot,
     Wait,
     Snapshot,
+    /// A domain brought back to one of its snapshots.
+    Revert,
     Stop,
     Undefine,
     Delete,
@@ -59,6 +61,7 @@ impl Op {
             Op::Reboot => "reboot",
             Op::Wait => "wait",
             Op::Snapshot => "snapshot",
+            Op::Revert => "revert",
             Op::Stop => "stop",
             Op::Undefine => "undefine",
             Op::Delete => "delete",

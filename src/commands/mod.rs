@@ -21,6 +21,8 @@ pub mod provision;
 pub mod restart;
 pub mod runtime;
 pub mod schema;
+pub mod snapshot;
+pub mod snapshot_list;
 pub mod ssh;
 pub mod start;
 pub mod status;

@@ -45,7 +45,7 @@ pub use raw::{
 pub use resolved::{Attachment, Config, Instance, Nic, NicIpv4, StaticIpv4, StaticIpv6};
 pub use resolved::{FieldOrigin, Origins};
 pub use select::UndeclaredInstance;
-pub use validate::{libvirt_uri_for, valid_instance_name};
+pub use validate::{libvirt_uri_for, valid_instance_name, valid_snapshot_name};
 
 use diagnostics::{Locator, Sources};
 

@@ -274,7 +274,7 @@ pub struct InstanceDefinition {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("default" = []))]
     pub nics: Vec<NicDefinition>,
-    /// Snapshot taken once after the first successful runtime check (not with `uefi`: libvirt takes no internal snapshots of a guest with UEFI NVRAM).
+    /// Snapshot taken once after the first successful runtime check; `kvmprov snapshot` lists, reverts and deletes it. With `uefi` it needs libvirt 10.10 or newer on the hypervisor: kvmprov then gives the guest a qcow2 NVRAM (a qcow2 copy of OVMF's variable store template, `kvmprov-OVMF_VARS_4M*.qcow2` in the instance pool), which libvirt's snapshots need.
     #[serde(default)]
     pub snapshot_name: Option<String>,
     /// Passed to cloud-init `packages`.

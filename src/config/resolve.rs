@@ -439,12 +439,7 @@ fn firmware(
             "secure_boot needs firmware: uefi (set it on the instance or kvm_default_firmware)",
         ));
     }
-    if firmware == FirmwareChoice::Uefi && d.snapshot_name.is_some() {
-        // libvirt takes internal (qcow2) snapshots only; QEMU cannot snapshot the raw
-        // pflash NVRAM a UEFI guest has, so libvirt refuses them for such domains.
-        return Err(at.key("snapshot_name").error(
-            "snapshot_name cannot be used with firmware: uefi (libvirt refuses internal snapshots of guests with UEFI NVRAM)",
-        ));
-    }
+    // UEFI with snapshot_name is the hypervisor's question, not the file's: libvirt 10.10 and
+    // newer snapshot a UEFI guest whose NVRAM is qcow2 (preflight and runtime ask it).
     Ok(firmware)
 }

@@ -25,6 +25,12 @@ pub fn valid_instance_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A snapshot's name, in the file (`snapshot_name`) or on the command line (`kvmprov snapshot`):
+/// the rule of [`valid_simple_name`].
+pub fn valid_snapshot_name(name: &str) -> Result<(), String> {
+    valid_simple_name(name)
+}
+
 /// Names of snapshots, images and networks: safe in paths and XML.
 pub(super) fn valid_simple_name(name: &str) -> Result<(), String> {
     let len = name.len();

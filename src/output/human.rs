@@ -3,7 +3,7 @@
 use crate::config::{Attachment, Config, FieldOrigin, Origins};
 use crate::report::{Outcome, StageReport, Status};
 
-use super::json::{InstanceStatus, Probe};
+use super::json::{InstanceSnapshots, InstanceStatus, Probe};
 
 /// Under an instance that names a profile: each field with a value, and where the value came
 /// from. Fields left empty by a built-in default (no list, no option) are left out.
@@ -261,6 +261,53 @@ pub fn probe(p: &Probe) -> String {
     out
 }
 
+/// `kvmprov snapshot list`: a row per snapshot (`*`: libvirt's current one), a row for an
+/// instance with none or not defined.
+pub fn snapshot_table(rows: &[InstanceSnapshots]) -> String {
+    let mut out = format!(
+        "{:<16} {:<20} {:<20} {:<8} current\n",
+        "instance", "snapshot", "taken (UTC)", "state"
+    );
+    for r in rows {
+        let name = super::sanitize(&r.name, false);
+        if !r.defined || r.snapshots.is_empty() {
+            let what = if r.defined { "(none)" } else { "(not defined)" };
+            out.push_str(&format!("{name:<16} {what}\n"));
+        }
+        for s in &r.snapshots {
+            out.push_str(&format!(
+                "{name:<16} {:<20} {:<20} {:<8} {}\n",
+                super::sanitize(&s.facts.name, false),
+                s.facts.created.map(utc).unwrap_or_else(|| "-".into()),
+                super::sanitize(&s.facts.state, false),
+                if s.current { "*" } else { "" }
+            ));
+        }
+    }
+    out
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` in UTC (days to a civil date: Howard
+/// Hinnant's `civil_from_days`).
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// `kvmprov status`: a row per instance (and its hypervisor when there are several).
 pub fn status_table(rows: &[InstanceStatus], several_hosts: bool) -> String {
     let mut out = format!(
@@ -436,5 +483,56 @@ mod tests {
             .collect();
         lines.push(render_summary(&[fetched, hv1, hv2], false));
         insta::assert_snapshot!(lines.join("\n"));
+    }
+
+    #[test]
+    fn snapshot_times_are_utc_civil_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_765_100_000), "2025-12-07 09:33:20");
+    }
+
+    #[test]
+    fn snapshot_table_has_a_row_per_snapshot_and_says_none_or_not_defined() {
+        use crate::output::json::InstanceSnapshots;
+        use kvmprov_hypervisor::{xml::SnapshotFacts, SnapshotInfo};
+        let snap = |name: &str, current| SnapshotInfo {
+            facts: SnapshotFacts {
+                name: name.into(),
+                description: None,
+                state: "running".into(),
+                created: Some(1_765_100_000),
+            },
+            current,
+        };
+        let row = |name: &str, defined, snapshots| InstanceSnapshots {
+            name: name.into(),
+            host: "qemu:///system".into(),
+            defined,
+            snapshots,
+        };
+        let t = snapshot_table(&[
+            row(
+                "app-01",
+                true,
+                vec![snap("base", false), snap("s1\x1b[2J", true)],
+            ),
+            row("app-02", true, vec![]),
+            row("app-03", false, vec![]),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        assert!(
+            lines[1]
+                .starts_with("app-01           base                 2025-12-07 09:33:20  running"),
+            "{t}"
+        );
+        // A name from another tool reaches the terminal sanitized.
+        assert!(
+            lines[2].contains("s1") && !lines[2].contains('\x1b') && lines[2].ends_with('*'),
+            "{t}"
+        );
+        assert_eq!(lines[3], "app-02           (none)");
+        assert_eq!(lines[4], "app-03           (not defined)");
     }
 }

@@ -54,6 +54,10 @@ pub enum Payload<'a> {
     Instances {
         instances: &'a [InstanceStatus],
     },
+    /// `snapshot list`.
+    Snapshots {
+        instances: &'a [InstanceSnapshots],
+    },
 }
 
 /// The document, pretty-printed, every string in it sanitized.
@@ -188,6 +192,17 @@ pub struct Probe {
     /// What to try when the error is a remote hypervisor's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+}
+
+/// `snapshot list`: one declared instance's snapshots, oldest first.
+#[derive(Debug, Serialize)]
+pub struct InstanceSnapshots {
+    pub name: String,
+    /// The hypervisor's libvirt URI.
+    pub host: String,
+    /// Whether the domain exists (an instance not defined has no snapshots).
+    pub defined: bool,
+    pub snapshots: Vec<kvmprov_hypervisor::SnapshotInfo>,
 }
 
 /// `status`: one declared instance as its hypervisor sees it.

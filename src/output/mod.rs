@@ -191,6 +191,20 @@ impl Printer {
         self.envelope("status", error, Payload::Instances { instances: rows });
     }
 
+    /// `kvmprov snapshot list`: a table (or the document); `errors` were said already.
+    pub fn snapshots(&self, rows: &[json::InstanceSnapshots], errors: &[String]) {
+        if self.human() {
+            self.out_text(&human::snapshot_table(rows));
+            return;
+        }
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        self.envelope(
+            "snapshot list",
+            error,
+            Payload::Snapshots { instances: rows },
+        );
+    }
+
     /// The end of a stage command (`provision`, `cleanup`, `image-cache prune`, …): the summary
     /// table or the document, and the error that stopped the run, if one did (typed up to here,
     /// shown as its cause chain).

@@ -21,6 +21,8 @@
 #              mid-run: its instances fail one line each, the others finish, the re-run converges
 #   lifecycle  stop, start, restart (SSH-ready after each), a guest that ignores ACPI, the serial
 #              console under a pseudo-terminal, undeclared names
+#   snapshots  snapshot create, a file changed, revert (--check, --yes), delete, list; UEFI
+#              refused on libvirt 9.0 naming the version
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -39,6 +41,7 @@ provision 52
 trixie-host 200
 fleet 330
 lifecycle 420
+snapshots 300
 cleanup 17
 "
 read -ra ALL <<<"$(awk 'NF {printf "%s ", $1}' <<<"$E2E_EXPECTED")"

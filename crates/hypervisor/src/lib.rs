@@ -17,6 +17,7 @@ mod domain_change;
 mod error;
 mod keepalive;
 mod network;
+mod snapshot;
 mod storage;
 pub mod uri;
 pub mod xml;
@@ -27,6 +28,9 @@ pub use domain::{DomainInfo, DomainState};
 pub use error::HvError;
 pub use keepalive::{keepalive_deadline, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL};
 pub use network::NetworkInfo;
+pub use snapshot::{
+    takes_uefi_snapshots, uefi_snapshot_libvirt, SnapshotInfo, UEFI_SNAPSHOT_LIBVIRT,
+};
 pub use storage::{PoolAction, PoolInfo, PoolOutcome, VolumeInfo};
 pub use uri::{ssh_destination, SshDest};
 pub use xml::{domain_types, DomainType, Firmware, FirmwareSupport, NetworkIpv4};

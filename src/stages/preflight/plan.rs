@@ -305,6 +305,25 @@ fn firmware_check(
     }
 }
 
+/// Can the hypervisor's libvirt take `snapshot_name` of a UEFI instance? (Runtime would
+/// otherwise fail only after the guest's whole first boot.)
+fn uefi_snapshot_check(
+    cfg: &Config,
+    inst: &Instance,
+    snap: &str,
+    libvirt_version: &str,
+) -> (Action, Verdict) {
+    let action = Action::new(
+        format!("snapshot {}", inst.name),
+        Op::Check,
+        format!("UEFI snapshot `{snap}`: libvirt {libvirt_version} with a qcow2 NVRAM"),
+    );
+    match crate::snapshot::uefi_refusal(&inst.name, &cfg.libvirt_uri, libvirt_version) {
+        Some(why) => (action, Verdict::Fail(why)),
+        None => (action, Verdict::Pass),
+    }
+}
+
 /// Pure: the checks and their verdicts.
 pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
     let mut out = hypervisor_checks(cfg, o);
@@ -319,6 +338,14 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Verdict)> {
         out.extend(nic_address_checks(inst, &o.networks));
         if inst.firmware == FirmwareChoice::Uefi {
             out.push(firmware_check(inst, o.firmware.as_ref()));
+            if let Some(snap) = &inst.snapshot_name {
+                out.push(uefi_snapshot_check(
+                    cfg,
+                    inst,
+                    snap,
+                    &o.host.libvirt_version,
+                ));
+            }
         }
     }
     if o.local {
@@ -796,6 +823,33 @@ mod tests {
 
     /// New data disks count in the free-space check: their initial size in what is needed,
     /// their virtual size said; without any, the line is as it always was.
+    #[test]
+    fn uefi_snapshot_on_libvirt_9_fails_naming_the_version_and_what_works() {
+        let mut o = remote(&[], None);
+        let p = plan(&cfg_with("firmware: uefi, snapshot_name: base"), &o);
+        match &verdict_for(&p, "snapshot app-01").1 {
+            Verdict::Fail(m) => {
+                assert!(
+                    m.contains("libvirt 9.0.0 on qemu+ssh://admin@hv1:2222/system"),
+                    "{m}"
+                );
+                assert!(m.contains("10.10.0 or newer"), "{m}");
+            }
+            v => panic!("{v:?}"),
+        }
+        o.host.libvirt_version = "11.3.0".into();
+        let p = plan(&cfg_with("firmware: uefi, snapshot_name: base"), &o);
+        assert_eq!(verdict_for(&p, "snapshot app-01").1, Verdict::Pass);
+        // BIOS guests and UEFI guests without a snapshot are not asked.
+        for other in ["snapshot_name: base", "firmware: uefi"] {
+            let p = plan(&cfg_with(other), &remote(&[], None));
+            assert!(
+                !p.iter().any(|(a, _)| a.target == "snapshot app-01"),
+                "{other}"
+            );
+        }
+    }
+
     #[test]
     fn free_space_counts_new_data_disks() {
         let mut o = remote(&[], None);

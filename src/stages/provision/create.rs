@@ -1,18 +1,18 @@
 //! Creating one instance: the overlay disk (if missing) and a new cloud-init seed with a pinned
 //! host key, side by side, then the domain, so a domain never exists without its disk and seed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvmprov_hypervisor::xml::{self, DataDiskSpec, DomainSpec, DomainType, KvmprovMetadata};
-use kvmprov_hypervisor::Hypervisor;
+use kvmprov_hypervisor::{Firmware, Hypervisor};
 use kvmprov_image::CachedImage;
 use kvmprov_seed::{DataFilesystem, HostKeys, SeedSpec};
 
 use super::nics;
 use super::plan::config_digest;
 use super::ProvisionError;
-use crate::config::{Config, Instance};
+use crate::config::{Config, FirmwareChoice, Instance};
 use crate::drift;
 use crate::firmware::firmware_of;
 use crate::layout::{console_name, data_disk_name, disk_name, seed_name};
@@ -28,6 +28,16 @@ pub(super) struct Shared<'a> {
     /// kvmprov's checked state directory (`None` when only planning: nothing is created then).
     pub state: Option<state::StateDir>,
     pub operator_public: String,
+    /// This hypervisor's snapshot-capable UEFI firmware, per Secure Boot choice (see
+    /// `crate::nvram`); empty when it has none or only planning.
+    pub qcow2_nvram: Vec<Qcow2Nvram>,
+}
+
+/// A UEFI loader and the qcow2 template of its variable store, on the hypervisor.
+pub(super) struct Qcow2Nvram {
+    pub secure_boot: bool,
+    pub loader: PathBuf,
+    pub template: PathBuf,
 }
 
 /// Create one instance: overlay (if `make_disk`) and seed → domain.
@@ -196,7 +206,19 @@ fn domain_spec(
         seed_path: pool_path.join(seed_name(&inst.name)),
         interfaces: nics::interfaces(inst),
         console_log: pool_path.join(console_name(&inst.name)),
-        firmware: firmware_of(inst, pool_path),
+        firmware: match sh.qcow2_nvram.iter().find(|q| {
+            inst.firmware == FirmwareChoice::Uefi
+                && inst.snapshot_name.is_some()
+                && q.secure_boot == inst.secure_boot
+        }) {
+            Some(q) => Firmware::UefiQcow2 {
+                secure_boot: q.secure_boot,
+                loader: q.loader.clone(),
+                template: q.template.clone(),
+                nvram: pool_path.join(crate::layout::nvram_name(&inst.name)),
+            },
+            None => firmware_of(inst, pool_path),
+        },
         metadata: KvmprovMetadata {
             image_name: inst.image_name.clone(),
             image_version,

@@ -153,6 +153,11 @@ pub fn prepare<'a>(
         let operator = st.operator_key(needs_work)?;
         (Some(st), operator.map(|k| k.public).unwrap_or_default())
     };
+    let qcow2_nvram = if s.check || report.failed() {
+        Vec::new()
+    } else {
+        qcow2_nvram(s, hv, domain_type)
+    };
     let shared = create::Shared {
         cfg,
         hv,
@@ -160,6 +165,7 @@ pub fn prepare<'a>(
         instance_pool: inst_pool.name,
         state,
         operator_public,
+        qcow2_nvram,
     };
     Ok(Prepared {
         s,
@@ -170,6 +176,66 @@ pub fn prepare<'a>(
         disk_outcomes: Mutex::new(Vec::new()),
         shared,
     })
+}
+
+/// The snapshot-capable UEFI firmware of this hypervisor (`crate::nvram`), per Secure Boot
+/// choice its UEFI instances with `snapshot_name` need: only on libvirt 10.10 or newer, and
+/// with each qcow2 template made. What cannot be made is a warning, and those instances get
+/// the autoselected firmware (their snapshot is then refused, saying why).
+fn qcow2_nvram(s: &Session, hv: &Hypervisor, domain_type: DomainType) -> Vec<create::Qcow2Nvram> {
+    use crate::config::FirmwareChoice;
+    let wanted: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|sb| {
+            s.cfg.instances.iter().any(|i| {
+                i.firmware == FirmwareChoice::Uefi
+                    && i.secure_boot == *sb
+                    && i.snapshot_name.is_some()
+            })
+        })
+        .collect();
+    let capable = hv
+        .host_info()
+        .is_ok_and(|h| kvmprov_hypervisor::takes_uefi_snapshots(&h.libvirt_version));
+    if wanted.is_empty() || !capable {
+        return Vec::new();
+    }
+    let loaders = match hv.firmware_support(domain_type) {
+        Ok(f) => f.loaders,
+        Err(e) => {
+            s.printer.warning(&format!(
+                "cannot read the UEFI firmware of {}: {}; UEFI instances get a raw NVRAM (no snapshots)",
+                s.cfg.libvirt_uri,
+                crate::report::error_chain(&e)
+            ));
+            return Vec::new();
+        }
+    };
+    let remote = kvmprov_hypervisor::ssh_destination(&s.cfg.libvirt_uri);
+    let mut out = Vec::new();
+    for secure_boot in wanted {
+        let Some((loader, vars)) = crate::nvram::loader_and_vars(&loaders, secure_boot) else {
+            s.printer.warning(&format!(
+                "{} has no OVMF_CODE_4M{}.fd among its UEFI loaders; its UEFI instances get a raw NVRAM (no snapshots)",
+                s.cfg.libvirt_uri,
+                if secure_boot { ".ms" } else { "" }
+            ));
+            continue;
+        };
+        let template = crate::nvram::template_path(&s.cfg.instance_pool_path, &vars);
+        match crate::nvram::ensure_template(remote.as_ref(), &vars, &template) {
+            Ok(()) => out.push(create::Qcow2Nvram {
+                secure_boot,
+                loader,
+                template,
+            }),
+            Err(e) => s.printer.warning(&format!(
+                "{}; UEFI instances get a raw NVRAM (no snapshots)",
+                crate::report::error_chain(&e)
+            )),
+        }
+    }
+    out
 }
 
 impl<'a> Prepared<'a> {

@@ -54,6 +54,18 @@ pub enum Firmware {
         secure_boot: bool,
         nvram: PathBuf,
     },
+    /// UEFI that libvirt (10.10 or newer) can snapshot: the NVRAM is qcow2. Firmware
+    /// autoselection cannot choose one (Debian's descriptors are raw only) and libvirt does not
+    /// convert the raw template itself, so the firmware is named: the `loader` (raw, read-only)
+    /// and a qcow2 copy of its variable store `template` (made with `qemu-img convert`), which
+    /// libvirt copies to `nvram` at the first start. Checked by hand on Debian 13 (libvirt
+    /// 11.3): a running Secure Boot guest was snapshotted, reverted and the snapshot deleted.
+    UefiQcow2 {
+        secure_boot: bool,
+        loader: PathBuf,
+        template: PathBuf,
+        nvram: PathBuf,
+    },
 }
 
 /// One instance's domain.
@@ -87,6 +99,24 @@ pub struct DomainSpec {
 /// Microsoft's keys: `OVMF_CODE_4M.ms.fd`).
 fn os_xml(f: &Firmware) -> String {
     match f {
+        Firmware::UefiQcow2 {
+            secure_boot,
+            loader,
+            template,
+            nvram,
+        } => format!(
+            "  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <loader readonly='yes' secure='{}' type='pflash' format='raw'>{}</loader>
+    <nvram template='{}' templateFormat='qcow2' format='qcow2'>{}</nvram>
+    <boot dev='hd'/>
+  </os>
+",
+            if *secure_boot { "yes" } else { "no" },
+            p(loader),
+            p(template),
+            p(nvram)
+        ),
         Firmware::Bios => "  <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     <boot dev='hd'/>
@@ -187,6 +217,9 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         // Secure Boot's variable store is protected by SMM: OVMF's secure build needs it.
         smm = match s.firmware {
             Firmware::Uefi {
+                secure_boot: true, ..
+            }
+            | Firmware::UefiQcow2 {
                 secure_boot: true, ..
             } => "    <smm state='on'/>\n",
             _ => "",
@@ -680,6 +713,62 @@ pub(super) mod tests {
         // OVMF's Secure Boot build protects its variable store with SMM.
         assert!(x.contains("<smm state='on'/>"), "{x}");
         assert_eq!(parse_domain_xml(&x).unwrap().firmware, "uefi+secure-boot");
+    }
+
+    #[test]
+    fn snapshot_capable_uefi_names_its_firmware_and_a_qcow2_nvram() {
+        for (secure_boot, code, vars) in [
+            (true, "OVMF_CODE_4M.ms.fd", "OVMF_VARS_4M.ms.qcow2"),
+            (false, "OVMF_CODE_4M.fd", "OVMF_VARS_4M.qcow2"),
+        ] {
+            let mut s = spec("a", DomainType::Qemu);
+            s.firmware = Firmware::UefiQcow2 {
+                secure_boot,
+                loader: PathBuf::from("/usr/share/OVMF").join(code),
+                template: PathBuf::from("/p/.kvmprov").join(vars),
+                nvram: "/p/a_VARS.fd".into(),
+            };
+            let x = domain_xml(&s);
+            let doc = Document::parse(&x).unwrap();
+            let os = child(doc.root_element(), "os").unwrap();
+            // No autoselection: it would look for a raw NVRAM in Debian's descriptors.
+            assert_eq!(os.attribute("firmware"), None, "{x}");
+            let loader = child(os, "loader").unwrap();
+            let yes_no = if secure_boot { "yes" } else { "no" };
+            let attrs = |n: Node, names: &[&str]| -> Vec<String> {
+                names
+                    .iter()
+                    .map(|a| n.attribute(*a).unwrap_or("-").to_string())
+                    .collect()
+            };
+            assert_eq!(
+                attrs(loader, &["readonly", "secure", "type", "format"]),
+                ["yes", yes_no, "pflash", "raw"]
+            );
+            assert_eq!(
+                loader.text(),
+                Some(format!("/usr/share/OVMF/{code}").as_str())
+            );
+            let nvram = child(os, "nvram").unwrap();
+            assert_eq!(
+                attrs(nvram, &["template", "templateFormat", "format"]),
+                [format!("/p/.kvmprov/{vars}").as_str(), "qcow2", "qcow2"]
+            );
+            assert_eq!(x.contains("<smm state='on'/>"), secure_boot, "{x}");
+            // Read back like any UEFI domain: drift and cleanup see the same firmware and NVRAM.
+            let o = parse_domain_xml(&x).unwrap();
+            let label = if secure_boot {
+                "uefi+secure-boot"
+            } else {
+                "uefi"
+            };
+            assert_eq!(o.firmware, label);
+            assert_eq!(o.nvram, Some(PathBuf::from("/p/a_VARS.fd")));
+            assert_eq!(
+                crate::xml::nvram_format(&x).unwrap().as_deref(),
+                Some("qcow2")
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod disks;
 mod domain;
 mod interfaces;
 mod network;
+mod snapshot;
 mod storage;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ pub use domain::{
 };
 pub use interfaces::{interfaces_xml, InterfaceSource, InterfaceSpec};
 pub use network::{parse_network_xml, NetworkFacts, NetworkIpv4};
+pub use snapshot::{nvram_format, parse_snapshot_xml, SnapshotFacts};
 pub use storage::{
     overlay_volume_xml, parse_pool_path, parse_volume_xml, pool_xml, raw_volume_xml, VolumeFacts,
 };

@@ -500,3 +500,47 @@ fn regression_cleanup_removed_the_managed_save_of_a_domain_kvmprov_did_not_creat
     hv.undefine("kp-foreign-save", true).unwrap();
     assert!(hv.domain("kp-foreign-save").unwrap().is_none());
 }
+
+#[test]
+fn snapshots_listed_reverted_and_deleted() {
+    let hv = hv();
+    let dir = tempfile::tempdir().unwrap();
+    hv.define(&xml::domain_xml(&spec("kp-snaps", dir.path())))
+        .unwrap();
+    assert!(hv.snapshot_infos("kp-snaps").unwrap().is_empty());
+
+    // Taken shut off, then running: each records the state it was taken in.
+    hv.create_snapshot("kp-snaps", "cold", "shut off").unwrap();
+    hv.start("kp-snaps").unwrap();
+    hv.create_snapshot("kp-snaps", "warm", "running").unwrap();
+    let infos = hv.snapshot_infos("kp-snaps").unwrap();
+    let got: Vec<(&str, &str, bool)> = infos
+        .iter()
+        .map(|i| (i.facts.name.as_str(), i.facts.state.as_str(), i.current))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("cold", "shutoff", false), ("warm", "running", true)]
+    );
+    assert_eq!(infos[0].facts.description.as_deref(), Some("shut off"));
+    assert!(infos.iter().all(|i| i.facts.created.is_some()), "{infos:?}");
+
+    // Reverting to the shut-off one stops the guest; to the running one starts it again.
+    hv.revert_snapshot("kp-snaps", "cold").unwrap();
+    let state = |hv: &Hypervisor| hv.domain("kp-snaps").unwrap().unwrap().state;
+    assert_eq!(state(&hv), DomainState::ShutOff);
+    hv.revert_snapshot("kp-snaps", "warm").unwrap();
+    assert_eq!(state(&hv), DomainState::Running);
+
+    let e = hv.revert_snapshot("kp-snaps", "nope").unwrap_err();
+    assert!(
+        e.to_string().contains("snapshot nope of domain kp-snaps"),
+        "{e}"
+    );
+    hv.delete_snapshot("kp-snaps", "cold").unwrap();
+    assert_eq!(hv.snapshots("kp-snaps").unwrap(), vec!["warm"]);
+    let e = hv.delete_snapshot("kp-snaps", "cold").unwrap_err();
+    assert!(e.to_string().contains("cold"), "{e}");
+    hv.destroy("kp-snaps").unwrap();
+    hv.undefine("kp-snaps", true).unwrap();
+}

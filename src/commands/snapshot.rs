@@ -26,19 +26,11 @@ pub fn name(verb: Verb) -> &'static str {
 }
 
 /// The usage error for a name that is not a declared instance (exit 2, nothing asked).
-pub fn undeclared(s: &Session, name: &str) -> String {
-    let names: Vec<&str> = s.cfg.instances.iter().map(|i| i.name.as_str()).collect();
-    format!(
-        "`{name}` is not a declared instance (declared: {}){}",
-        names.join(", "),
-        crate::config::did_you_mean(name, &names)
-    )
-}
-
 pub fn run(s: &Session, verb: Verb, name: &str, snap: &str, yes: bool) -> ExitStatus {
     let command = self::name(verb);
     let Some(inst) = s.cfg.instance(name) else {
-        s.printer.failure(Some(command), &undeclared(s, name));
+        s.printer
+            .failure(Some(command), &s.cfg.undeclared(name).to_string());
         return ExitStatus::Usage;
     };
     if let Err(m) = valid_snapshot_name(snap) {

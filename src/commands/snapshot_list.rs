@@ -50,7 +50,7 @@ pub fn run(s: &Session, names: &[String]) -> ExitStatus {
         match s.cfg.instance(name) {
             Some(i) => chosen.push(i),
             None => {
-                let e = super::snapshot::undeclared(s, name);
+                let e = s.cfg.undeclared(name).to_string();
                 s.printer.failure(Some(NAME), &e);
                 return ExitStatus::Usage;
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::exit::ExitStatus;
 use crate::settings::Session;
-use crate::stages::runtime::lifecycle::{self, Settings, Verb};
+use crate::stages::runtime::lifecycle::{Settings, Verb};
 
 /// The command's name in its `--output json` envelope.
 pub const NAME: &str = "stop";
@@ -26,7 +26,7 @@ pub fn run(s: &Session, names: &[String], force: bool, timeout: Duration) -> Exi
         timeout,
     };
     let s = s.with_config(cfg);
-    let (reports, error) = lifecycle::run_all(&s, &settings);
+    let (reports, error) = crate::stages::hosts::run_verb(&s, &settings);
     s.printer.stages(NAME, s.check, &reports, error.as_ref());
     ExitStatus::failed_if(error.is_some() || reports.iter().any(|r| r.failed()))
 }

@@ -16,21 +16,26 @@ pub struct UndeclaredInstance {
 }
 
 impl Config {
+    /// The error for `name`, which the variables file does not declare.
+    pub fn undeclared(&self, name: &str) -> UndeclaredInstance {
+        let declared: Vec<&str> = self.instances.iter().map(|i| i.name.as_str()).collect();
+        UndeclaredInstance {
+            name: name.to_string(),
+            file: self.source.display().to_string(),
+            declared: if declared.is_empty() {
+                "none".to_string()
+            } else {
+                declared.join(", ")
+            },
+            hint: did_you_mean(name, &declared),
+        }
+    }
+
     /// The config with only the instances `names` names, in declaration order (each once);
     /// all of them when `names` is empty.
     pub fn select(&self, names: &[String]) -> Result<Config, UndeclaredInstance> {
-        let declared: Vec<&str> = self.instances.iter().map(|i| i.name.as_str()).collect();
-        if let Some(bad) = names.iter().find(|n| !declared.contains(&n.as_str())) {
-            return Err(UndeclaredInstance {
-                name: bad.clone(),
-                file: self.source.display().to_string(),
-                declared: if declared.is_empty() {
-                    "none".to_string()
-                } else {
-                    declared.join(", ")
-                },
-                hint: did_you_mean(bad, &declared),
-            });
+        if let Some(bad) = names.iter().find(|n| self.instance(n).is_none()) {
+            return Err(self.undeclared(bad));
         }
         let mut c = self.clone();
         if !names.is_empty() {

@@ -42,6 +42,11 @@ boot_id() { dr_ssh "$1" 'cat /proc/sys/kernel/random/boot_id'; }
 # --- two guests ----------------------------------------------------------------------------------
 drift_config 1 768 4 768 "" >"$DR_CFG"
 log "kvmprov provision (full): two TCG guests"
+# dr_failures JSON: the run's error and its failed actions, in the log (what a failed apply says).
+dr_failures() {
+    jq -r '(.error // empty), (.stages[]?.outcomes[]? | select(.status == "failed") | "\(.target) \(.op) failed: \(.detail)")' "$1" 2>/dev/null |
+        cut -c1-400 | while IFS= read -r l; do log "  $l"; done
+}
 capture rc - kp -c "$DR_CFG" --output json -e kvm_runtime_timeout_seconds=1200 provision >"$DR/provision.json" 2>"$DR/provision.log"
 evidence "$DR/provision.log"
 console_evidence "$DR_POOL/e2e-drift-a-console.log" "$DR_POOL/e2e-drift-b-console.log"
@@ -56,11 +61,12 @@ drift_config 1 768 4 768 "$DR_PLUGGED" >"$DR_CFG"
 plan=$(kp -c "$DR_CFG" --check --output json provision 2>"$DR/check-live.log") || true
 echo "$plan" >"$DR/check-live.json"
 check "provision --check: the data disk and the NIC are planned live" \
-    jqt '[.stages[].outcomes[] | select(.target == "e2e-drift-a" and .op == "drift") | .drift[]]
+    jqt '[.stages[].outcomes[] | select(.target == "e2e-drift-a" and .op == "drift") | (.drift // [])[]]
          | (map(select(.field == "disks" and .how == "live" and (.new | startswith("extra 1 GiB")))) | length == 1)
            and (map(select(.field == "nics" and .how == "live" and (.new | test("mac 52:54:00:d7:00:02")))) | length == 1)' <<<"$plan"
 capture rc - kp -c "$DR_CFG" --output json -e kvm_drift_apply_confirmed=true provision --stage runtime >"$DR/apply-live.json" 2>"$DR/apply-live.log"
 evidence "$DR/apply-live.log"
+dr_failures "$DR/apply-live.json"
 check "applying the live drift exits 0" test "$rc" -eq 0
 check "the live drift is applied without a restart" \
     outcome "$(cat "$DR/apply-live.json")" e2e-drift-a apply '^drift applied: .*\(live: .*\)$'
@@ -80,10 +86,10 @@ echo "$plan" >"$DR/check-restart.json"
 check "provision --check (human): vcpus, memory and root disk with old → new and restart" \
     bash -c 'grep -q "vcpus 1 → 2 (restart" <<<"$0" && grep -q "memory_mib 768 → 1024 (restart" <<<"$0" && grep -q "disk_size_gib 4 → 6 (restart" <<<"$0"' "$human"
 check "provision --check (JSON): the same three fields for e2e-drift-a, each old, new and how" \
-    jqt '[.stages[].outcomes[] | select(.target == "e2e-drift-a" and .op == "drift") | .drift[] | [.field, .old, .new, .how]]
+    jqt '[.stages[].outcomes[] | select(.target == "e2e-drift-a" and .op == "drift") | (.drift // [])[] | [.field, .old, .new, .how]]
          == [["vcpus","1","2","restart"],["memory_mib","768","1024","restart"],["disk_size_gib","4","6","restart"]]' <<<"$plan"
 check "provision --check (JSON): e2e-drift-b's memory, restart" \
-    jqt '[.stages[].outcomes[] | select(.target == "e2e-drift-b" and .op == "drift") | .drift[] | [.field, .old, .new, .how]]
+    jqt '[.stages[].outcomes[] | select(.target == "e2e-drift-b" and .op == "drift") | (.drift // [])[] | [.field, .old, .new, .how]]
          == [["memory_mib","768","1024","restart"]]' <<<"$plan"
 check "provision --check changed nothing: e2e-drift-a still 1 vCPU and 768 MiB" \
     bash -c 'grep -q "<vcpu placement=.static.>1</vcpu>" <<<"$0" && grep -q "<memory unit=.KiB.>786432</memory>" <<<"$0"' "$(virsh_ns dumpxml e2e-drift-a)"
@@ -97,6 +103,7 @@ log "kvmprov provision with kvm_drift_apply_confirmed=true: two restarts, one at
 t0=$(date +%s)
 capture rc - kp -c "$DR_CFG" --output json -e kvm_drift_apply_confirmed=true -e kvm_runtime_timeout_seconds=900 provision >"$DR/apply.json" 2>"$DR/apply.log"
 evidence "$DR/apply.log"
+dr_failures "$DR/apply.json"
 log "the rollout took $(($(date +%s) - t0)) s"
 check "applying the drift exits 0" test "$rc" -eq 0
 for g in e2e-drift-a e2e-drift-b; do

@@ -142,6 +142,15 @@ fn os_xml(f: &Firmware) -> String {
     }
 }
 
+/// Empty PCIe root ports for hot-plug: on q35 every hot-plugged device needs a free root
+/// port, and libvirt adds only the ports the defined devices use (drift's live data disk and
+/// NIC failed with "No more available PCI slots" without these). libvirt numbers them.
+const SPARE_ROOT_PORTS: &str = "    <controller type='pci' model='pcie-root-port'/>
+    <controller type='pci' model='pcie-root-port'/>
+    <controller type='pci' model='pcie-root-port'/>
+    <controller type='pci' model='pcie-root-port'/>
+";
+
 /// The domain XML: q35, virtio disk and NIC, the seed CD on virtio-scsi (the Debian cloud
 /// kernel has no AHCI driver, so a SATA CD would be invisible), serial console logged to a
 /// file, a VGA device, virtio-rng, a guest-agent channel, and kvmprov's metadata.
@@ -204,7 +213,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
       <backend model='random'>/dev/urandom</backend>
     </rng>
     <memballoon model='virtio'/>
-  </devices>
+{spare_ports}  </devices>
 </domain>
 ",
         dt = s.domain_type.as_str(),
@@ -213,6 +222,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         mem = s.memory_mib,
         vcpus = s.vcpus,
         cpu = cpu,
+        spare_ports = SPARE_ROOT_PORTS,
         os = os_xml(&s.firmware),
         // Secure Boot's variable store is protected by SMM: OVMF's secure build needs it.
         smm = match s.firmware {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvmprov_hypervisor::{DomainState, Hypervisor, NetworkInfo};
 
-use super::super::{wait, RuntimeError};
+use super::{wait, RuntimeError};
 use crate::config::Instance;
 use crate::settings::Session;
 

@@ -19,15 +19,13 @@ use kvmprov_hypervisor::{DomainState, HvError, Hypervisor, NetworkInfo};
 
 pub use plan::{plan_instance, Settings, Verb};
 
-use super::wait::wait_ready;
+use super::wait::{self, wait_ready};
 use super::RuntimeError;
 use crate::config::Instance;
-use crate::lock::RunLock;
 use crate::login::{Login, LoginError};
 use crate::parallel::parallel;
 use crate::report::{error_chain, Action, Op, Outcome, StageReport, Status};
 use crate::settings::Session;
-use crate::stages::error::StageError;
 use crate::stages::handoff::Handoff;
 use boot::BootId;
 
@@ -64,43 +62,6 @@ pub enum LifecycleError {
     },
     #[error("{0}")]
     Invalid(String),
-}
-
-/// The verb on every hypervisor the session names, in parallel: the reports (one per host)
-/// and the error of the hosts that could not be worked on, if any.
-pub fn run_all(s: &Session, settings: &Settings) -> (Vec<StageReport>, Option<StageError>) {
-    let hosts = s.per_host();
-    let handoff = Handoff {
-        several_hosts: hosts.len() > 1,
-        ..Handoff::default()
-    };
-    let mut reports = Vec::new();
-    let mut errors = Vec::new();
-    let done = parallel(&hosts, hosts.len(), |h| on_host(h, &handoff, settings));
-    for (h, result) in hosts.iter().zip(done) {
-        match result {
-            Ok(r) => reports.push(r),
-            Err(e) => errors.push(e.on_host(handoff.several_hosts, &h.cfg.libvirt_uri)),
-        }
-    }
-    (reports, StageError::of_hosts(errors))
-}
-
-/// One hypervisor: locked unless only planned, connected, the verb run.
-fn on_host(s: &Session, handoff: &Handoff, settings: &Settings) -> Result<StageReport, StageError> {
-    let _lock = if s.check {
-        None
-    } else {
-        Some(RunLock::acquire(s)?)
-    };
-    let hv = s.connect().map_err(|source| StageError::Connect {
-        uri: s.cfg.libvirt_uri.clone(),
-        source,
-    })?;
-    run(s, &hv, handoff, settings).map_err(|source| StageError::Lifecycle {
-        verb: settings.verb.as_str(),
-        source,
-    })
 }
 
 /// The verb on one hypervisor's instances (those of `s`, already narrowed to the names given).

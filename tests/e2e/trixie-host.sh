@@ -81,6 +81,7 @@ kvm_instance_definitions:
     disk_size_gib: 4
     firmware: uefi
     libvirt_network_name: d13-br
+    snapshot_name: base
 EOF
 chmod 0600 "$CFG"
 
@@ -156,6 +157,14 @@ check "a second provision on libvirt 11 exits 0 and changes nothing (changed=$ch
     test "$rc" -eq 0 -a "$changed" = 0
 check "the second run sees no drift in what libvirt 11 wrote back" \
     jqt '[.stages[].outcomes[] | select(.op == "drift")] | length == 0' <<<"$json"
+
+# --- a UEFI guest's snapshots on libvirt 11 (qcow2 NVRAM): runtime took `base`, then a round trip
+snaps=$(kp13 --output json snapshot list d13-uefi 2>/dev/null) || true
+check "runtime took d13-uefi's snapshot base on libvirt 11 (UEFI, qcow2 NVRAM)" \
+    jqt '[.instances[] | select(.name == "d13-uefi") | .snapshots[].name] | index("base") != null' <<<"$snaps"
+# shellcheck source=tests/e2e/snapshot-lib.sh
+source "$E2E_ROOT/tests/e2e/snapshot-lib.sh"
+snap_roundtrip kp13 d13-uefi "$POOLS/instances/d13-uefi_VARS.fd"
 
 # --- cleanup there leaves nothing ---------------------------------------------------------------
 capture rc out kp13 -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup

@@ -253,6 +253,50 @@ impl HostRun<'_> {
     }
 }
 
+/// A day-two verb (`start`, `stop`, `restart`) on every hypervisor the session names, in parallel: the reports (one per host)
+/// and the error of the hosts that could not be worked on, if any.
+pub fn run_verb(
+    s: &Session,
+    settings: &lifecycle::Settings,
+) -> (Vec<StageReport>, Option<StageError>) {
+    let hosts = s.per_host();
+    let handoff = Handoff {
+        several_hosts: hosts.len() > 1,
+        ..Handoff::default()
+    };
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    let done = parallel(&hosts, hosts.len(), |h| verb_on_host(h, &handoff, settings));
+    for (h, result) in hosts.iter().zip(done) {
+        match result {
+            Ok(r) => reports.push(r),
+            Err(e) => errors.push(e.on_host(handoff.several_hosts, &h.cfg.libvirt_uri)),
+        }
+    }
+    (reports, StageError::of_hosts(errors))
+}
+
+/// One hypervisor: locked unless only planned, connected, the verb run.
+fn verb_on_host(
+    s: &Session,
+    handoff: &Handoff,
+    settings: &lifecycle::Settings,
+) -> Result<StageReport, StageError> {
+    let _lock = if s.check {
+        None
+    } else {
+        Some(RunLock::acquire(s)?)
+    };
+    let hv = s.connect().map_err(|source| StageError::Connect {
+        uri: s.cfg.libvirt_uri.clone(),
+        source,
+    })?;
+    lifecycle::run(s, &hv, handoff, settings).map_err(|source| StageError::Lifecycle {
+        verb: settings.verb.as_str(),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -336,48 +380,4 @@ mod tests {
         assert_eq!(reports[1].outcomes.len(), 2, "{:?}", reports[1]);
         assert!(reports.iter().any(crate::report::StageReport::failed));
     }
-}
-
-/// A day-two verb (`start`, `stop`, `restart`) on every hypervisor the session names, in parallel: the reports (one per host)
-/// and the error of the hosts that could not be worked on, if any.
-pub fn run_verb(
-    s: &Session,
-    settings: &lifecycle::Settings,
-) -> (Vec<StageReport>, Option<StageError>) {
-    let hosts = s.per_host();
-    let handoff = Handoff {
-        several_hosts: hosts.len() > 1,
-        ..Handoff::default()
-    };
-    let mut reports = Vec::new();
-    let mut errors = Vec::new();
-    let done = parallel(&hosts, hosts.len(), |h| verb_on_host(h, &handoff, settings));
-    for (h, result) in hosts.iter().zip(done) {
-        match result {
-            Ok(r) => reports.push(r),
-            Err(e) => errors.push(e.on_host(handoff.several_hosts, &h.cfg.libvirt_uri)),
-        }
-    }
-    (reports, StageError::of_hosts(errors))
-}
-
-/// One hypervisor: locked unless only planned, connected, the verb run.
-fn verb_on_host(
-    s: &Session,
-    handoff: &Handoff,
-    settings: &lifecycle::Settings,
-) -> Result<StageReport, StageError> {
-    let _lock = if s.check {
-        None
-    } else {
-        Some(RunLock::acquire(s)?)
-    };
-    let hv = s.connect().map_err(|source| StageError::Connect {
-        uri: s.cfg.libvirt_uri.clone(),
-        source,
-    })?;
-    lifecycle::run(s, &hv, handoff, settings).map_err(|source| StageError::Lifecycle {
-        verb: settings.verb.as_str(),
-        source,
-    })
 }

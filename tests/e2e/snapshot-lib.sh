@@ -3,7 +3,7 @@
 # (libvirt 10.10 or newer, e.g. the Debian 13 one of testkit/debian13-hypervisor.sh). Sourced,
 # not run; needs lib.sh's check, capture, jqt and outcome.
 #
-#   snap_roundtrip KP INSTANCE [NVRAM]
+#   snap_roundtrip KP INSTANCE [NVRAM [WAKE]]
 # KP: a command running kvmprov with the scenario's config (`kp13`, or a function around
 # `kp -c FILE`); INSTANCE: a declared guest that is running and SSH-ready. Checks: a file is
 # written; `snapshot create --check` plans and takes nothing; `create s1` works (disks and
@@ -24,7 +24,7 @@ _snap_names() {
 _snap_ssh() { "$1" ssh "$2" -- "$3" 2>&1; }
 
 snap_roundtrip() {
-    local kpf=$1 g=$2 nvram=${3:-} before out rc t0 how back
+    local kpf=$1 g=$2 nvram=${3:-} wake=${4:-} before out rc t0 how back
     if [ -n "$nvram" ]; then
         check "$g: its NVRAM is qcow2 (libvirt snapshots UEFI guests only so)" \
             bash -c 'qemu-img info -U "$0" 2>&1 | grep -q "^file format: qcow2"' "$nvram"
@@ -59,6 +59,10 @@ snap_roundtrip() {
     # Back at the moment of s1 and running on: SSH answers (60 s of grace for a slow TCG host).
     back=""
     for _ in $(seq 1 12); do
+        # WAKE: a command that makes the restored guest known again where kvmprov looks for its
+        # address (a guest on a bridge with a foreign DHCP server: the console log starts anew
+        # with the restored QEMU and says nothing, the neighbour table forgot it).
+        [ -z "$wake" ] || $wake >/dev/null 2>&1 || true
         back=$(_snap_ssh "$kpf" "$g" 'cat ~/marker') || true
         [ "$back" = one ] && break
         sleep 5

@@ -109,7 +109,7 @@ test: deps ## Run every check and test: fmt, clippy, unit, snapshots, schema, en
 test-unit: ## Only the fast tests (no daemon, no guests)
 	cargo test --workspace --locked
 
-test-e2e: build ## Only the end-to-end tests (real libvirtds in namespaces, TCG guests; E2E_LANES=2 lanes side by side by default); SCENARIOS="boot ansible" runs only those
+test-e2e: build ## Only the end-to-end tests (real libvirtds in namespaces, TCG guests; E2E_LANES=2 runs two lanes side by side); SCENARIOS="boot ansible" runs only those
 	bash tests/e2e/run.sh $(SCENARIOS)
 
 test-remote: build ## Only the two-hypervisor test over qemu+ssh (namespaces, own libvirtds and sshds; one runs Debian 13's libvirt)

@@ -23,6 +23,12 @@
 #              console under a pseudo-terminal, undeclared names
 #   snapshots  snapshot create, a file changed, revert (--check, --yes), delete, list; UEFI
 #              refused on libvirt 9.0 naming the version
+#
+# Lanes (opt-in): E2E_LANES=N runs the scenarios in N lanes side by side, each a whole environment
+# (network namespace, a private libvirtd + virtlogd in its own mount namespace, mirror, results),
+# placed by the table E2E_EXPECTED below (longest first, to the least loaded lane); log lines carry
+# the lane, one summary adds them up. Default 1: one after another on the machine's libvirtd.
+#   tests/e2e/run.sh [SCENARIO...]      default: every scenario of E2E_EXPECTED
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -50,10 +56,10 @@ scenarios=("$@")
 for s in "${scenarios[@]}"; do
     [[ " ${ALL[*]} " == *" $s "* ]] || { echo "unknown scenario '$s'; one of: ${ALL[*]}" >&2; exit 2; }
 done
-if [ -z "${E2E_LANES:-}" ]; then
-    E2E_LANES=1
-    [ "$(nproc)" -ge 2 ] && E2E_LANES=2
-fi
+# One lane unless asked: in a lane's private libvirtd no guest's address came from libvirt's DHCP
+# lease (every one was found in the neighbour table, and boot's two Debian 13 guests on NAT never
+# were), so lanes stay opt-in until that is understood.
+E2E_LANES=${E2E_LANES:-1}
 [[ "$E2E_LANES" =~ ^[1-9][0-9]*$ ]] || { echo "E2E_LANES must be a number from 1 on, not '$E2E_LANES'" >&2; exit 2; }
 lanes=$E2E_LANES
 [ "$lanes" -le ${#scenarios[@]} ] || lanes=${#scenarios[@]}
@@ -93,7 +99,8 @@ run_lane() {
     shift
     E2E_DIR="$RUN_DIR/L$k"
     E2E_NS="kvmprov-e2e-$$-L$k"
-    E2E_PRIVATE=1
+    # One lane: the machine's libvirtd in the namespace, as before lanes; several: private ones.
+    [ "$lanes" -gt 1 ] && E2E_PRIVATE=1
     mkdir -p "$E2E_DIR"
     if [ "$lanes" -gt 1 ]; then
         E2E_LANE="L$k"

@@ -60,23 +60,13 @@ pub fn data_disk_xml(d: &DataDiskSpec, target: &str) -> String {
     )
 }
 
-/// The `<disk>` elements of the data disks, in order.
+/// The `<disk>` elements of the data disks, in order, indented for the domain's `<devices>`.
 pub fn data_disks_xml(disks: &[DataDiskSpec]) -> String {
     let mut x = String::new();
     for (i, d) in disks.iter().enumerate() {
-        let _ = write!(
-            x,
-            "    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' discard='unmap'/>
-      <source file='{}'/>
-      <target dev='{}' bus='virtio'/>
-      <serial>{}</serial>
-    </disk>
-",
-            p(&d.path),
-            target_dev(i),
-            esc(&d.serial)
-        );
+        for line in data_disk_xml(d, &target_dev(i)).lines() {
+            let _ = writeln!(x, "    {line}");
+        }
     }
     x
 }

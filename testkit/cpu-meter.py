@@ -1,18 +1,27 @@
 #!/usr/bin/env python3
 """CPU used by the processes of one network namespace, and by the whole machine.
 
-    testkit/cpu-meter.py PID OUT
+    testkit/cpu-meter.py NETNS OUT
 
-Every second: the CPU time of every process in PID's network namespace (an e2e lane: its
+Every second: the CPU time of every process in network namespace NETNS (an e2e lane: its
 libvirtd, guests' qemu, kvmprov runs, ssh, ansible, the mirror), summed over all processes seen
 since the start (an exited one counts with its last sample), and the machine's busy CPU time
 since the start (/proc/stat), written to OUT as "LANE_SECONDS MACHINE_SECONDS". Processes that
-live less than a second are missed: a lower bound. Ends when PID ends."""
+live less than a second are missed: a lower bound. Ends when the namespace is removed. By name,
+not by a process in it: the machine's libvirtd (one lane) is restarted by some scenarios."""
 import os
 import sys
 import time
 
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def named(name):
+    """The namespace `ip netns add NAME` made, as /proc/PID/ns/net reads it; None once removed."""
+    try:
+        return f"net:[{os.stat(f'/run/netns/{name}').st_ino}]"
+    except OSError:
+        return None
 
 
 def netns(pid):
@@ -30,11 +39,11 @@ def machine_busy():
 
 
 def main():
-    pid, out = int(sys.argv[1]), sys.argv[2]
-    want = netns(pid)
+    name, out = sys.argv[1], sys.argv[2]
+    want = named(name)
     seen = {}  # (pid, start time) -> CPU ticks at the last sample
     busy0 = machine_busy()
-    while want is not None and netns(pid) == want:
+    while want is not None and named(name) == want:
         for p in os.listdir("/proc"):
             if not p.isdigit() or netns(p) != want:
                 continue

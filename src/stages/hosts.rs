@@ -10,6 +10,7 @@ use super::error::StageError;
 use super::handoff::Handoff;
 use super::runtime::lifecycle;
 use super::{image_cache, pipeline, preflight, provision, runtime};
+use crate::exit::ExitStatus;
 use crate::lock::{lock_all, RunLock};
 use crate::parallel::parallel;
 use crate::report::StageReport;
@@ -253,48 +254,77 @@ impl HostRun<'_> {
     }
 }
 
-/// A day-two verb (`start`, `stop`, `restart`) on every hypervisor the session names, in parallel: the reports (one per host)
-/// and the error of the hosts that could not be worked on, if any.
-pub fn run_verb(
+/// Work that is not a run of the stages (cleanup, a day-two verb) on every hypervisor the
+/// session names, `at_once` hosts at a time: each host locked unless `planned_only` says its run
+/// only plans, connected, worked on; a host that fails is named and the others go on.
+pub fn each_hypervisor(
     s: &Session,
-    settings: &lifecycle::Settings,
-) -> (Vec<StageReport>, Option<StageError>) {
+    at_once: usize,
+    planned_only: impl Fn(&Session) -> bool + Sync,
+    work: impl Fn(&Session, &Hypervisor, &Handoff) -> Result<StageReport, StageError> + Sync,
+) -> RunReport {
     let hosts = s.per_host();
     let handoff = Handoff {
         several_hosts: hosts.len() > 1,
         ..Handoff::default()
     };
+    let done = parallel(&hosts, at_once, |h| {
+        let _lock = if planned_only(h) {
+            None
+        } else {
+            Some(RunLock::acquire(h)?)
+        };
+        let hv = h.connect().map_err(|source| StageError::Connect {
+            uri: h.cfg.libvirt_uri.clone(),
+            source,
+        })?;
+        work(h, &hv, &handoff)
+    });
     let mut reports = Vec::new();
     let mut errors = Vec::new();
-    let done = parallel(&hosts, hosts.len(), |h| verb_on_host(h, &handoff, settings));
     for (h, result) in hosts.iter().zip(done) {
         match result {
             Ok(r) => reports.push(r),
             Err(e) => errors.push(e.on_host(handoff.several_hosts, &h.cfg.libvirt_uri)),
         }
     }
-    (reports, StageError::of_hosts(errors))
+    RunReport {
+        reports,
+        error: StageError::of_hosts(errors),
+    }
 }
 
-/// One hypervisor: locked unless only planned, connected, the verb run.
-fn verb_on_host(
+/// A day-two verb's command (`start`, `stop`, `restart`, named `name` in its output): the
+/// named instances (all declared ones when none; an undeclared name changes nothing, exit 2),
+/// the verb on every hypervisor in parallel, the report printed.
+pub fn verb_command(
     s: &Session,
-    handoff: &Handoff,
+    name: &str,
+    names: &[String],
     settings: &lifecycle::Settings,
-) -> Result<StageReport, StageError> {
-    let _lock = if s.check {
-        None
-    } else {
-        Some(RunLock::acquire(s)?)
+) -> ExitStatus {
+    let cfg = match s.cfg.select(names) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            s.printer.failure(Some(name), &e.to_string());
+            return ExitStatus::Usage;
+        }
     };
-    let hv = s.connect().map_err(|source| StageError::Connect {
-        uri: s.cfg.libvirt_uri.clone(),
-        source,
-    })?;
-    lifecycle::run(s, &hv, handoff, settings).map_err(|source| StageError::Lifecycle {
-        verb: settings.verb.as_str(),
-        source,
-    })
+    let s = s.with_config(cfg);
+    let run = each_hypervisor(
+        &s,
+        s.per_host().len(),
+        |h| h.check,
+        |h, hv, handoff| {
+            lifecycle::run(h, hv, handoff, settings).map_err(|source| StageError::Lifecycle {
+                verb: settings.verb.as_str(),
+                source,
+            })
+        },
+    );
+    s.printer
+        .stages(name, s.check, &run.reports, run.error.as_ref());
+    ExitStatus::failed_if(run.failed())
 }
 
 #[cfg(test)]

@@ -110,8 +110,7 @@ run_lane() {
     fi
     trap lane_end EXIT
     e2e_setup
-    python3 "$TESTKIT/cpu-meter.py" "$(bash "$TESTKIT/netns-libvirtd.sh" holder "$E2E_NS")" \
-        "$E2E_DIR/cpu" </dev/null >/dev/null 2>&1 &
+    python3 "$TESTKIT/cpu-meter.py" "$E2E_NS" "$E2E_DIR/cpu" </dev/null >/dev/null 2>&1 &
     LANE_METER=$!
     for _ in $(seq 1 30); do [ -s "$E2E_DIR/cpu" ] && break; sleep 0.1; done
     for s in "$@"; do

@@ -1,10 +1,12 @@
 //! A guest's graceful restart: asked to power off (ACPI), waited for until it is off, started
 //! again, then waited for until it is ready (SSH with the pinned host key, cloud-init done).
-//! Drift's rollout restarts guests with it (the `restart` verb reboots in place instead: [`super`]).
+//! Drift's rollout restarts guests with it: a changed definition takes effect only in a new QEMU
+//! process, so the guest is powered off and started (the `restart` verb reboots in place instead:
+//! [`super`]).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kvmprov_hypervisor::{DomainState, Hypervisor, NetworkInfo};
+use kvmprov_hypervisor::{DomainState, HvError, Hypervisor, NetworkInfo};
 
 use super::{wait, RuntimeError};
 use crate::config::Instance;
@@ -49,22 +51,36 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Ask `name` to shut down (ACPI) and wait up to `timeout` for it to be off (or gone): `true`
+/// when it is. One loop for `stop` and for drift's restart.
+pub fn shut_down_within(hv: &Hypervisor, name: &str, timeout: Duration) -> Result<bool, HvError> {
+    hv.shutdown(name)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if matches!(
+            hv.domain(name)?.map(|d| d.state),
+            Some(DomainState::ShutOff) | None
+        ) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(super::POLL_STATE);
+    }
+}
+
 /// Power the guest off gracefully (forced after [`SHUTDOWN_GRACE`]); `true` when forced.
 /// A guest already off is left so.
 pub fn power_off(hv: &Hypervisor, name: &str) -> Result<bool, RuntimeError> {
-    let state = |hv: &Hypervisor| -> Result<Option<DomainState>, RuntimeError> {
-        Ok(hv.domain(name)?.map(|d| d.state))
-    };
-    if matches!(state(hv)?, Some(DomainState::ShutOff) | None) {
+    if matches!(
+        hv.domain(name)?.map(|d| d.state),
+        Some(DomainState::ShutOff) | None
+    ) {
         return Ok(false);
     }
-    hv.shutdown(name)?;
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while Instant::now() < deadline {
-        if matches!(state(hv)?, Some(DomainState::ShutOff) | None) {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(250));
+    if shut_down_within(hv, name, SHUTDOWN_GRACE)? {
+        return Ok(false);
     }
     tracing::warn!("{name}: not off {SHUTDOWN_GRACE:?} after the ACPI request: forced off");
     hv.destroy(name)?;

@@ -179,22 +179,11 @@ impl Worker<'_> {
                 return Ok("domain was Paused: powered off (--force)".into());
             }
         }
-        hv.shutdown(name)?;
-        let deadline = t0 + self.settings.timeout;
-        loop {
-            match hv.domain(name)? {
-                Some(d) if d.state != DomainState::ShutOff => {}
-                _ => {
-                    return Ok(format!(
-                        "shut down: powered off {:.0} s after the request",
-                        t0.elapsed().as_secs_f64()
-                    ))
-                }
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(POLL_STATE);
+        if graceful::shut_down_within(hv, name, self.settings.timeout)? {
+            return Ok(format!(
+                "shut down: powered off {:.0} s after the request",
+                t0.elapsed().as_secs_f64()
+            ));
         }
         if self.settings.force {
             hv.destroy(name)?;

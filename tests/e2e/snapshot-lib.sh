@@ -67,6 +67,11 @@ snap_roundtrip() {
         [ "$back" = one ] && break
         sleep 5
     done
+    if [ "$back" != one ]; then
+        # What the guest looked like to kvmprov: why it could not be reached.
+        log "$g after the revert: $("$kpf" status "$g" 2>&1 | tail -n 3 | tr '\n' ' ' | cut -c1-300)"
+        [ -z "$wake" ] || log "$g wake ($wake): $($wake 2>&1 | tail -n 2 | tr '\n' ' ')"
+    fi
     check "$g: revert brought the file back with the guest running (got: ${back:0:60})" test "$back" = one
 
     capture rc out "$kpf" --output json snapshot delete "$g" s1

@@ -164,9 +164,14 @@ check "runtime took d13-uefi's snapshot base on libvirt 11 (UEFI, qcow2 NVRAM)" 
     jqt '[.instances[] | select(.name == "d13-uefi") | .snapshots[].name] | index("base") != null' <<<"$snaps"
 # shellcheck source=tests/e2e/snapshot-lib.sh
 source "$E2E_ROOT/tests/e2e/snapshot-lib.sh"
-# After the revert the guest is found again once it answers a ping from the hypervisor (the
-# neighbour table): its console says nothing new and libvirt knows no lease on this bridge.
-snap_roundtrip kp13 d13-uefi "$POOLS/instances/d13-uefi_VARS.fd" "in13 ping -c 1 -W 1 $uefi_ip"
+# After the revert the guest is found again once the hypervisor has talked to it (the neighbour
+# table): its console says nothing new and libvirt knows no lease on this bridge. A TCP connect
+# to its SSH port makes the hypervisor resolve it (no ping here: iputils is not installed).
+wake13() {
+    in13 timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/22"' "$uefi_ip"
+    in13 ip neigh show dev "$BR"
+}
+snap_roundtrip kp13 d13-uefi "$POOLS/instances/d13-uefi_VARS.fd" wake13
 
 # --- cleanup there leaves nothing ---------------------------------------------------------------
 capture rc out kp13 -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup

@@ -125,7 +125,7 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
         } else {
             hv.networks()?
         };
-        let rollout = drift::rollout(s, hv, &networks, &|o| s.printer.outcome(o))?;
+        let rollout = drift::rollout(s, hv, handoff, &networks, &|o| s.printer.outcome(o))?;
         report.outcomes.extend(rollout.outcomes);
         observed.clear();
         for inst in &s.cfg.instances {

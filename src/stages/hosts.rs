@@ -9,7 +9,7 @@ use kvmprov_hypervisor::Hypervisor;
 use super::error::StageError;
 use super::handoff::Handoff;
 use super::runtime::lifecycle;
-use super::{image_cache, pipeline, preflight, provision, runtime};
+use super::{image_cache, pipeline, preflight, provision, recreate, runtime};
 use crate::lock::{lock_all, RunLock};
 use crate::parallel::parallel;
 use crate::report::StageReport;
@@ -231,7 +231,10 @@ impl HostRun<'_> {
             Stage::Preflight => preflight::run(s, hv, handoff).map_err(StageError::Preflight),
             Stage::ImageCache => image_cache::run(s, hv, handoff).map_err(|never| match never {}),
             Stage::Provision => provision::run(s, hv, handoff).map_err(StageError::Provision),
-            Stage::Runtime => runtime::run(s, hv, handoff).map_err(StageError::Runtime),
+            Stage::Runtime => {
+                let remake = recreate::Remaker::new(s, hv, handoff);
+                runtime::run(s, hv, handoff, &remake).map_err(StageError::Runtime)
+            }
         };
         self.done(result, handoff)
     }

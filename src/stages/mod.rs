@@ -8,6 +8,7 @@
 //!
 //! - [`hosts`]: runs the selected stages on every hypervisor, in parallel, in order
 //! - [`pipeline`]: provision straight on to runtime, instance by instance (`full`, applying)
+//! - [`recreate`]: cleanup's and provision's parts of drift's recreate, handed to runtime
 //! - [`handoff`]: what a stage reads besides the session and the hypervisor
 //! - [`error`]: why a run stopped, typed until the output layer shows it
 
@@ -19,6 +20,7 @@ pub mod image_cache;
 mod pipeline;
 pub mod preflight;
 pub mod provision;
+pub mod recreate;
 pub mod runtime;
 
 pub use error::StageError;

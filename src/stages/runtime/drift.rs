@@ -13,8 +13,9 @@
 //! rollout: powered off gracefully, its domain undefined and its seed (with a new root disk:
 //! its overlay; with new firmware: its NVRAM) deleted by cleanup's rules, then made again by
 //! provision's code for a missing instance (data disks kept and attached, a new seed whose new
-//! host key is pinned before the domain exists), started and waited for. Without that
-//! confirmation each such guest gets one line naming it.
+//! host key is pinned before the domain exists), started and waited for. Both other stages'
+//! parts come through [`Remake`], which the stage runner supplies (no stage imports another).
+//! Without that confirmation each such guest gets one line naming it.
 
 use kvmprov_hypervisor::xml::{self, DataDiskSpec, ObservedDomain};
 use kvmprov_hypervisor::{HvError, Hypervisor, NetworkInfo};
@@ -26,10 +27,8 @@ use crate::drift::{self as fields, record_after};
 use crate::host::resolve_domain_type;
 use crate::layout::{data_disk_name, disk_name, pool_name_for};
 use crate::parallel::parallel;
-use crate::report::{error_chain, Action, Op, Outcome, Status};
+use crate::report::{Action, Op, Outcome, Status};
 use crate::settings::Session;
-use crate::stages::handoff::Handoff;
-use crate::stages::{cleanup, provision};
 
 /// One guest with drift kvmprov can apply.
 struct Pending<'a> {
@@ -49,9 +48,20 @@ impl Pending<'_> {
     }
 }
 
-/// Provision prepared on this hypervisor for the guests drift re-creates (`Err`: why it
-/// could not be, one sentence).
-type Maker<'a> = Option<Result<provision::Prepared<'a>, String>>;
+/// What re-creating a guest needs of the other stages, on this hypervisor: cleanup removes,
+/// provision makes. The stage runner supplies it (`crate::stages::recreate`).
+pub trait Remake: Sync {
+    /// Whether `inst` can be made again (with a new root disk when `disk`): asked before
+    /// anything is removed, so a guest that could not come back is left as it is. `Err`: why
+    /// not, one sentence.
+    fn creatable(&self, inst: &Instance, disk: bool) -> Result<(), String>;
+    /// The declared instance `name`, its guest off, undefined and `files` of it deleted by
+    /// cleanup's rules; the lines (printed).
+    fn remove(&self, name: &str, files: &[std::path::PathBuf]) -> Result<Vec<Outcome>, HvError>;
+    /// `inst` made again as provision makes a missing instance (a new root disk when `disk`);
+    /// its line (printed).
+    fn make(&self, inst: &Instance, disk: bool) -> Outcome;
+}
 
 /// The rollout's lines, and the instances runtime must leave alone afterwards (their
 /// rollout failed: waiting for them again would only wait out the deadline again).
@@ -64,7 +74,7 @@ pub struct Rollout {
 pub fn rollout(
     s: &Session,
     hv: &Hypervisor,
-    handoff: &Handoff,
+    remake: &dyn Remake,
     networks: &[NetworkInfo],
     emit: &dyn Fn(&Outcome),
 ) -> Result<Rollout, HvError> {
@@ -125,10 +135,6 @@ pub fn rollout(
     for o in reported {
         push(o, &mut out);
     }
-    // Only when a guest is re-created: provision's own observation, plan and shared parts.
-    let maker: Maker = pending.iter().any(|p| p.recreate.is_some()).then(|| {
-        provision::prepare(s, hv, handoff).map_err(|e| error_chain(&e))
-    });
     // Lines the guests' workers printed themselves (a recreate's removal and creation): kept.
     let printed = |lines: Vec<Outcome>, out: &mut Rollout| {
         for o in lines {
@@ -140,7 +146,7 @@ pub fn rollout(
     };
     // In place first: no guest goes down for these.
     for p in pending.iter().filter(|p| !p.down()) {
-        let (lines, o) = apply_one(s, hv, networks, &maker, p);
+        let (lines, o) = apply_one(s, hv, networks, remake, p);
         printed(lines, &mut out);
         push(o, &mut out);
     }
@@ -166,7 +172,7 @@ pub fn rollout(
             }
             continue;
         }
-        let done = parallel(group, group.len(), |p| apply_one(s, hv, networks, &maker, p));
+        let done = parallel(group, group.len(), |p| apply_one(s, hv, networks, remake, p));
         for (lines, o) in done {
             printed(lines, &mut out);
             if o.failed() && stopped_by.is_none() {
@@ -208,7 +214,7 @@ fn apply_one(
     s: &Session,
     hv: &Hypervisor,
     networks: &[NetworkInfo],
-    maker: &Maker,
+    remake: &dyn Remake,
     p: &Pending,
 ) -> (Vec<Outcome>, Outcome) {
     let started = std::time::Instant::now();
@@ -223,7 +229,7 @@ fn apply_one(
     let mut lines = Vec::new();
     let result = (|| -> Result<Option<lifecycle::graceful::Restarted>, RuntimeError> {
         if let Some(removal) = p.recreate {
-            return recreate(s, hv, networks, maker, p, removal, &mut lines).map(Some);
+            return recreate(s, hv, networks, remake, p, removal, &mut lines).map(Some);
         }
         let mut targets = p.observed.disk_targets.clone();
         for step in &apply {
@@ -277,29 +283,21 @@ fn recreate(
     s: &Session,
     hv: &Hypervisor,
     networks: &[NetworkInfo],
-    maker: &Maker,
+    remake: &dyn Remake,
     p: &Pending,
     removal: Removal,
     lines: &mut Vec<Outcome>,
 ) -> Result<lifecycle::graceful::Restarted, RuntimeError> {
     let name = &p.inst.name;
-    let untouched = |why: &str| {
-        RuntimeError::Invalid(format!("not re-created (the guest is untouched): {why}"))
-    };
-    let maker = match maker {
-        Some(Ok(m)) => m,
-        Some(Err(why)) => return Err(untouched(&format!("provision could not prepare: {why}"))),
-        None => return Err(untouched("provision was not prepared")),
-    };
-    maker
+    remake
         .creatable(p.inst, removal.root_disk)
-        .map_err(|why| untouched(&why))?;
+        .map_err(|why| {
+            RuntimeError::Invalid(format!("not re-created (the guest is untouched): {why}"))
+        })?;
     let pool = &s.cfg.instance_pool_path;
     let files = removal.files(pool, name);
     lifecycle::graceful::restart_with(s, hv, networks, p.inst, || {
-        let removed = cleanup::remove_for_recreate(&s.cfg, hv, name, &files, &|o| {
-            s.printer.outcome(o)
-        })?;
+        let removed = remake.remove(name, &files)?;
         let failed = removed.iter().find_map(|o| {
             failure(o).map(|why| format!("{} {}: {why}", o.action.op.as_str(), o.action.reason))
         });
@@ -318,7 +316,7 @@ fn recreate(
                 }
             }
         }
-        let made = maker.recreate(p.inst, removal.root_disk);
+        let made = remake.make(p.inst, removal.root_disk);
         let failed = failure(&made).map(str::to_string);
         lines.push(made);
         if let Some(why) = failed {

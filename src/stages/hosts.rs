@@ -213,7 +213,8 @@ impl HostRun<'_> {
     }
 
     /// One stage on this host, under its header. Every stage has the same entry point,
-    /// `run(session, hypervisor, handoff)`, and its own error, named here after the stage.
+    /// `run(session, hypervisor, handoff)` (runtime also takes drift's recreate parts, from
+    /// the two stages that own them), and its own error, named here after the stage.
     fn stage(&self, stage: Stage, handoff: &Handoff) -> StageDone {
         let (Some(hv), true) = (&self.hv, self.going()) else {
             return Ok(None);

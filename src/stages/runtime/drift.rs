@@ -298,8 +298,10 @@ fn recreate(
     let files = removal.files(pool, name);
     lifecycle::graceful::restart_with(s, hv, networks, p.inst, || {
         let removed = remake.remove(name, &files)?;
+        // A file cleanup's rules refuse to delete stops it too: provision would not make it.
         let failed = removed.iter().find_map(|o| {
-            failure(o).map(|why| format!("{} {}: {why}", o.action.op.as_str(), o.action.reason))
+            let why = failure(o).or((o.action.op == Op::Refuse).then_some("refused"))?;
+            Some(format!("{} {}: {why}", o.action.op.as_str(), o.action.reason))
         });
         lines.extend(removed);
         if let Some(step) = failed {
@@ -423,7 +425,8 @@ fn apply_edit(
             }
         }
         Edit::Autostart { on } => hv.set_autostart(name, *on)?,
-        Edit::None => {}
+        // A recreate is the whole guest's ([`recreate`]), never one step's.
+        Edit::Recreate { .. } | Edit::None => {}
     }
     Ok(())
 }

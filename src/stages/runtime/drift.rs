@@ -447,3 +447,49 @@ fn instance_pool(s: &Session, hv: &Hypervisor) -> Result<String, HvError> {
         None => pool_name_for("instances", path),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::Change;
+
+    /// Without the recreate confirmation a guest's recreate steps make one line, naming the
+    /// fields once and the variables that apply them; a step kvmprov applies is not in it.
+    #[test]
+    fn unconfirmed_recreate_steps_are_one_line_naming_the_variables() {
+        let change = |field: &str, old: &str, new: &str| Change {
+            field: field.into(),
+            old: old.into(),
+            new: new.into(),
+        };
+        let facts = plan::Facts {
+            running: true,
+            vcpus: 1,
+            max_vcpus: 1,
+            max_memory_mib: 768,
+            autostart: false,
+            want_autostart: false,
+            recreate: false,
+        };
+        let steps = plan::plan(
+            &[
+                change("vcpus", "1", "2"),
+                change("firmware", "bios", "uefi"),
+                change("ipv4_address", "", "10.0.0.5/24"),
+            ],
+            &facts,
+        );
+        let o = not_recreated(&Instance::for_tests("app-01"), &steps);
+        assert_eq!(o.action.op, Op::Skip);
+        assert_eq!(
+            o.action.reason,
+            format!(
+                "not re-created: firmware, ipv4_address need the guest re-created; {}",
+                plan::RECREATE_HINT
+            )
+        );
+        let fields: Vec<&str> = o.action.drift.iter().map(|s| s.field.as_str()).collect();
+        assert_eq!(fields, ["firmware", "ipv4_address"]);
+        assert!(!o.failed());
+    }
+}

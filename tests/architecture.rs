@@ -35,7 +35,13 @@ const FOLDERS: [Folder; 2] = [
     Folder {
         name: "stages",
         member: "stage",
-        above: &["mod.rs", "hosts.rs", "pipeline.rs", "recreate.rs", "error.rs"],
+        above: &[
+            "mod.rs",
+            "hosts.rs",
+            "pipeline.rs",
+            "recreate.rs",
+            "error.rs",
+        ],
         shared: &["handoff"],
     },
     Folder {

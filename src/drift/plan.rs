@@ -696,7 +696,8 @@ mod tests {
     }
 
     #[test]
-    fn a_recreate_removes_the_seed_and_only_for_image_or_firmware_the_root_disk_never_a_data_disk() {
+    fn a_recreate_removes_the_seed_and_only_for_image_or_firmware_the_root_disk_never_a_data_disk()
+    {
         let facts = Facts {
             recreate: true,
             ..RUNNING
@@ -723,7 +724,11 @@ mod tests {
             files(&[
                 change("user", "debian", "ops"),
                 change("firmware", "uefi", "bios"),
-                change("disks", r#"["data 1 GiB raw"]"#, r#"["data 1 GiB raw","new 1 GiB raw"]"#),
+                change(
+                    "disks",
+                    r#"["data 1 GiB raw"]"#,
+                    r#"["data 1 GiB raw","new 1 GiB raw"]"#
+                ),
             ]),
             Some(vec![p("app-seed.iso"), p("app.qcow2"), p("app_VARS.fd")])
         );

@@ -525,8 +525,9 @@ mod tests {
         // The rules hold: a seed resolving out of the pool is refused, not deleted.
         o.files[1].real = Some("/etc/passwd".into());
         let p = plan_recreate(&c, &o, "app-01", &asked);
-        assert!(p.iter().any(|(a, s)| *s == Step::Refuse
-            && a.reason.contains("outside the instance pool")));
+        assert!(p
+            .iter()
+            .any(|(a, s)| *s == Step::Refuse && a.reason.contains("outside the instance pool")));
         // An undeclared name: nothing at all.
         assert!(plan_recreate(&c, &o, "APP-01", &asked).is_empty());
     }

@@ -493,7 +493,9 @@ mod tests {
         );
         // The recreate steps only reported: one sentence names what applies them.
         assert!(
-            action.reason.ends_with(&format!("; {}", drift::plan::RECREATE_HINT)),
+            action
+                .reason
+                .ends_with(&format!("; {}", drift::plan::RECREATE_HINT)),
             "{}",
             action.reason
         );

@@ -172,7 +172,9 @@ pub fn rollout(
             }
             continue;
         }
-        let done = parallel(group, group.len(), |p| apply_one(s, hv, networks, remake, p));
+        let done = parallel(group, group.len(), |p| {
+            apply_one(s, hv, networks, remake, p)
+        });
         for (lines, o) in done {
             printed(lines, &mut out);
             if o.failed() && stopped_by.is_none() {
@@ -289,11 +291,9 @@ fn recreate(
     lines: &mut Vec<Outcome>,
 ) -> Result<lifecycle::graceful::Restarted, RuntimeError> {
     let name = &p.inst.name;
-    remake
-        .creatable(p.inst, removal.root_disk)
-        .map_err(|why| {
-            RuntimeError::Invalid(format!("not re-created (the guest is untouched): {why}"))
-        })?;
+    remake.creatable(p.inst, removal.root_disk).map_err(|why| {
+        RuntimeError::Invalid(format!("not re-created (the guest is untouched): {why}"))
+    })?;
     let pool = &s.cfg.instance_pool_path;
     let files = removal.files(pool, name);
     lifecycle::graceful::restart_with(s, hv, networks, p.inst, || {
@@ -301,7 +301,11 @@ fn recreate(
         // A file cleanup's rules refuse to delete stops it too: provision would not make it.
         let failed = removed.iter().find_map(|o| {
             let why = failure(o).or((o.action.op == Op::Refuse).then_some("refused"))?;
-            Some(format!("{} {}: {why}", o.action.op.as_str(), o.action.reason))
+            Some(format!(
+                "{} {}: {why}",
+                o.action.op.as_str(),
+                o.action.reason
+            ))
         });
         lines.extend(removed);
         if let Some(step) = failed {

@@ -10,7 +10,7 @@ TIMEOUT    ?=
 KVMPROV    := target/release/kvmprov
 RUN        := $(KVMPROV) -c $(CONFIG) $(EXTRA_ARGS)
 
-.PHONY: help venv build deps deps-demo check ping image-cache provision provision-stage provision-check drift-check provision-drift-apply \
+.PHONY: help venv build deps deps-demo check ping image-cache provision provision-stage provision-check drift-check provision-drift-apply provision-drift-recreate \
         cleanup cleanup-force cleanup-force-disks status start stop stop-force restart console inventory schema schema-check deb deb-check test test-unit test-e2e test-remote demo demo-clean fuzz bench
 
 help: ## List the targets
@@ -49,6 +49,9 @@ drift-check: build ## Show the drift plan (per field: old -> new, live/restart/r
 
 provision-drift-apply: build ## Provision and apply drift (live, or restart one guest at a time)
 	$(RUN) -e kvm_drift_apply_confirmed=true provision
+
+provision-drift-recreate: build ## Provision and apply drift, re-creating guests where needed (data disks kept), one at a time
+	$(RUN) -e kvm_drift_apply_confirmed=true -e kvm_drift_recreate_confirmed=true provision
 
 cleanup: build ## Show what cleanup would remove (changes nothing)
 	$(RUN) cleanup

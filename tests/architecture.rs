@@ -24,7 +24,8 @@ struct Folder {
     /// What a member is called in a message.
     member: &'static str,
     /// Files of the folder that are no member and may import every member: `mod.rs`, and the
-    /// plumbing that runs them (the stage runner, the error that names each stage's error).
+    /// plumbing that runs them (the stage runner, the pipeline and drift's recreate that join
+    /// two stages' parts, the error that names each stage's error).
     above: &'static [&'static str],
     /// Modules of the folder every member may import: the types of the boundary they share.
     shared: &'static [&'static str],
@@ -34,7 +35,13 @@ const FOLDERS: [Folder; 2] = [
     Folder {
         name: "stages",
         member: "stage",
-        above: &["mod.rs", "hosts.rs", "pipeline.rs", "error.rs"],
+        above: &[
+            "mod.rs",
+            "hosts.rs",
+            "pipeline.rs",
+            "recreate.rs",
+            "error.rs",
+        ],
         shared: &["handoff"],
     },
     Folder {

@@ -33,6 +33,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "kvm_cleanup_confirmed",
     "kvm_cleanup_remove_instance_disks",
     "kvm_drift_apply_confirmed",
+    "kvm_drift_recreate_confirmed",
     "kvm_drift_max_unavailable",
 ];
 
@@ -406,6 +407,9 @@ pub struct Vars {
     /// Provision applies drift (the changes it can make live or with a restart; else it only reports them).
     #[serde(default)]
     pub kvm_drift_apply_confirmed: bool,
+    /// With kvm_drift_apply_confirmed: drift that needs the guest re-created (image, firmware, addresses, login, packages, user_data, …) is applied too, one guest at a time: a new seed and domain, a new root disk for image or firmware; data disks are kept (else it is only reported).
+    #[serde(default)]
+    pub kvm_drift_recreate_confirmed: bool,
     /// When drift is applied: how many guests of a hypervisor may be restarting at once.
     #[serde(default = "default_max_unavailable")]
     #[schemars(range(min = 1))]

@@ -90,6 +90,7 @@ pub(super) fn resolve(
         cleanup_confirmed: v.kvm_cleanup_confirmed,
         cleanup_remove_disks: v.kvm_cleanup_remove_instance_disks,
         drift_apply_confirmed: v.kvm_drift_apply_confirmed,
+        drift_recreate_confirmed: v.kvm_drift_recreate_confirmed,
         drift_max_unavailable: v.kvm_drift_max_unavailable,
     })
 }

@@ -204,6 +204,9 @@ pub struct Config {
     pub cleanup_remove_disks: bool,
     /// Provision applies drift (`kvm_drift_apply_confirmed`).
     pub drift_apply_confirmed: bool,
+    /// Drift's recreate steps are applied too (`kvm_drift_recreate_confirmed`; only with
+    /// `drift_apply_confirmed`).
+    pub drift_recreate_confirmed: bool,
     /// Guests of one hypervisor restarting at once while drift is applied (at least 1).
     pub drift_max_unavailable: u32,
 }

@@ -112,6 +112,7 @@ fn good_file_resolves_defaults() {
     assert_eq!(s.gateway, Ipv4Addr::new(192, 168, 122, 1));
     assert_eq!(s.dns, vec![Ipv4Addr::new(192, 168, 122, 1)]);
     assert!(!c.cleanup_confirmed);
+    assert!(!c.drift_recreate_confirmed);
     assert!(c.auto_fix_pool_access);
 }
 
@@ -265,10 +266,12 @@ fn overrides_are_typed() {
             "kvm_provision_stage=image-cache",
             "kvm_runtime_timeout_seconds=60",
             "kvm_hypervisor_host=admin@hv1",
+            "kvm_drift_recreate_confirmed=true",
         ],
     )
     .unwrap();
     assert!(c.cleanup_confirmed);
+    assert!(c.drift_recreate_confirmed);
     assert_eq!(c.stage, StageChoice::ImageCache);
     assert_eq!(c.runtime_timeout_seconds, 60);
     assert_eq!(c.libvirt_uri, "qemu+ssh://admin@hv1/system");

@@ -490,6 +490,7 @@ mod tests {
             max_memory_mib: 2048,
             autostart: false,
             want_autostart: false,
+            recreate: false,
         };
         let steps = plan::plan(&changes, &facts);
         let (applied, restart) = plan::applicable(&steps);

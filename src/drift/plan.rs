@@ -6,7 +6,8 @@
 //!   memory than the guest booted with; a bigger root disk, because the guest grows its root
 //!   file system at boot: Debian's cloud-initramfs-growroot and cloud-init's growpart);
 //! - `recreate`: only a new root disk or a new cloud-init seed can carry it (image, firmware,
-//!   domain type, addresses, login, packages, user_data, …): reported, not applied;
+//!   domain type, addresses, login, packages, user_data, …): reported, and applied (the guest
+//!   re-created, its data disks kept) only with `kvm_drift_recreate_confirmed` too;
 //! - `refused`: never done, with the reason (a shrink).
 
 use serde::Serialize;
@@ -63,7 +64,13 @@ pub enum Edit {
     Autostart {
         on: bool,
     },
-    /// Not applied by kvmprov (recreate, refused).
+    /// The guest re-created (`kvm_drift_recreate_confirmed`): a new seed and domain, and a new
+    /// root disk when `new_disk`; `firmware`: its NVRAM goes too.
+    Recreate {
+        new_disk: bool,
+        firmware: bool,
+    },
+    /// Not applied by kvmprov (refused; recreate without its confirmation).
     None,
 }
 
@@ -112,24 +119,55 @@ pub struct Facts {
     pub max_memory_mib: u64,
     pub autostart: bool,
     pub want_autostart: bool,
+    /// Recreate steps are applied: `kvm_drift_apply_confirmed` and
+    /// `kvm_drift_recreate_confirmed` both set.
+    pub recreate: bool,
 }
 
 impl Facts {
-    /// The facts of an observed domain; `want_autostart`: `kvm_domain_autostart`.
-    pub fn of(d: &kvmprov_hypervisor::xml::ObservedDomain, want_autostart: bool) -> Facts {
+    /// The facts of an observed domain, and what the config asks (`kvm_domain_autostart`,
+    /// both drift confirmations).
+    pub fn of(d: &kvmprov_hypervisor::xml::ObservedDomain, cfg: &crate::config::Config) -> Facts {
         Facts {
             running: d.running,
             vcpus: d.vcpus,
             max_vcpus: d.max_vcpus,
             max_memory_mib: d.max_memory_mib,
             autostart: d.autostart,
-            want_autostart,
+            want_autostart: cfg.domain_autostart,
+            recreate: cfg.drift_apply_confirmed && cfg.drift_recreate_confirmed,
         }
     }
 }
 
 /// Fields only a new root disk carries.
 const NEW_DISK: &[&str] = &["image_name", "firmware"];
+
+/// The variables that apply recreate steps, as the one sentence that names them.
+pub const RECREATE_HINT: &str = "its recreate steps are applied only with -e kvm_drift_apply_confirmed=true -e kvm_drift_recreate_confirmed=true (make provision-drift-recreate; data disks are kept)";
+
+/// A recreate step: applied when confirmed (`facts.recreate`), else reported with `why`.
+fn recreate(c: &Change, facts: &Facts, why: &str) -> Step {
+    let field = c.field.as_str();
+    if !facts.recreate {
+        return step(c, How::Recreate, why, Edit::None);
+    }
+    let new_disk = NEW_DISK.contains(&field);
+    let done = if new_disk {
+        "the guest is re-created: a new root disk from the image, a new seed and domain; its data disks are kept"
+    } else {
+        "the guest is re-created: a new seed and domain on its kept disks"
+    };
+    step(
+        c,
+        How::Recreate,
+        done,
+        Edit::Recreate {
+            new_disk,
+            firmware: field == "firmware",
+        },
+    )
+}
 
 /// Pure: the plan of `changes` (drift of the recorded fields) on a domain with `facts`.
 pub fn plan(changes: &[Change], facts: &Facts) -> Vec<Step> {
@@ -140,16 +178,15 @@ pub fn plan(changes: &[Change], facts: &Facts) -> Vec<Step> {
             "memory_mib" => steps.push(memory(c, facts)),
             "disk_size_gib" => steps.push(root_disk(c)),
             "disks" => steps.extend(data_disks(c)),
-            "nics" => steps.extend(nics(c)),
-            f => steps.push(step(
+            "nics" => steps.extend(nics(c, facts)),
+            f => steps.push(recreate(
                 c,
-                How::Recreate,
+                facts,
                 if NEW_DISK.contains(&f) {
                     "only a new root disk carries it: cleanup with kvm_cleanup_remove_instance_disks=true, then provision"
                 } else {
                     "only a new domain with a new cloud-init seed carries it: cleanup, then provision (the disks are kept)"
                 },
-                Edit::None,
             )),
         }
     }
@@ -336,7 +373,7 @@ fn nic_body(record: &str) -> &str {
     record.split_once(": ").map_or(record, |(_, b)| b)
 }
 
-fn nics(c: &Change) -> Vec<Step> {
+fn nics(c: &Change, facts: &Facts) -> Vec<Step> {
     let (old, new) = (disk_records(&c.old), disk_records(&c.new));
     let mut steps = Vec::new();
     let one = |old: &str, new: &str, how, why: &str, edit| Step {
@@ -359,13 +396,15 @@ fn nics(c: &Change) -> Vec<Step> {
                     network: nic_network(o).to_string(),
                 },
             )),
-            Some(n) if nic_body(n) != nic_body(o) => steps.push(one(
-                o,
-                n,
-                How::Recreate,
-                "the guest's network-config is in its cloud-init seed: cleanup, then provision",
-                Edit::None,
-            )),
+            Some(n) if nic_body(n) != nic_body(o) => steps.push(Step {
+                old: o.to_string(),
+                new: n.to_string(),
+                ..recreate(
+                    c,
+                    facts,
+                    "the guest's network-config is in its cloud-init seed: cleanup, then provision",
+                )
+            }),
             Some(_) => {}
         }
     }
@@ -385,14 +424,66 @@ fn nics(c: &Change) -> Vec<Step> {
     steps
 }
 
-/// The steps kvmprov applies (live and restart), and whether the guest must restart.
+/// The steps kvmprov applies (live and restart; recreate when confirmed), and whether the
+/// guest must restart.
 pub fn applicable(steps: &[Step]) -> (Vec<&Step>, bool) {
     let apply: Vec<&Step> = steps
         .iter()
-        .filter(|s| matches!(s.how, How::Live | How::Restart))
+        .filter(|s| match s.how {
+            How::Live | How::Restart => true,
+            How::Recreate => s.edit != Edit::None,
+            How::Refused => false,
+        })
         .collect();
     let restart = apply.iter().any(|s| s.how == How::Restart);
     (apply, restart)
+}
+
+/// Recreate steps that are only reported (their confirmation not given).
+pub fn recreate_pending(steps: &[Step]) -> bool {
+    steps
+        .iter()
+        .any(|s| s.how == How::Recreate && s.edit == Edit::None)
+}
+
+/// What re-creating a guest removes besides its domain: its seed always, its root disk and
+/// NVRAM when the steps ask. Its data disks, console log and pinned host key never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Removal {
+    /// A new root disk (a [`NEW_DISK`] field changed): the overlay goes.
+    pub root_disk: bool,
+    /// The firmware changed: the UEFI variable store goes (libvirt makes it anew, or none).
+    pub nvram: bool,
+}
+
+/// Pure: the removal the confirmed recreate steps of one guest need (`None`: no recreate is
+/// applied).
+pub fn removal(steps: &[Step]) -> Option<Removal> {
+    let mut out = None;
+    for s in steps {
+        if let Edit::Recreate { new_disk, firmware } = s.edit {
+            let r: &mut Removal = out.get_or_insert_with(Removal::default);
+            r.root_disk |= new_disk;
+            r.nvram |= firmware;
+        }
+    }
+    out
+}
+
+impl Removal {
+    /// The files of `instance` in the instance pool `pool` that go (seed, then overlay and
+    /// NVRAM when asked).
+    pub fn files(&self, pool: &std::path::Path, instance: &str) -> Vec<std::path::PathBuf> {
+        use crate::layout::{disk_name, nvram_name, seed_name};
+        let mut files = vec![pool.join(seed_name(instance))];
+        if self.root_disk {
+            files.push(pool.join(disk_name(instance)));
+        }
+        if self.nvram {
+            files.push(pool.join(nvram_name(instance)));
+        }
+        files
+    }
 }
 
 #[cfg(test)]
@@ -414,6 +505,7 @@ mod tests {
         max_memory_mib: 768,
         autostart: false,
         want_autostart: false,
+        recreate: false,
     };
 
     fn hows(steps: &[Step]) -> Vec<(&str, How)> {
@@ -561,5 +653,86 @@ mod tests {
         let steps = plan(&[change("vcpus", "1", "2")], &off);
         assert_eq!(steps[0].how, How::Restart);
         assert!(steps[0].why.contains("next start"));
+    }
+
+    #[test]
+    fn recreate_steps_are_applicable_only_with_their_confirmation() {
+        let changes = [
+            change("firmware", "bios", "uefi"),
+            change("packages", "[]", r#"["jq"]"#),
+        ];
+        let reported = plan(&changes, &RUNNING);
+        assert!(applicable(&reported).0.is_empty());
+        assert!(recreate_pending(&reported));
+        assert_eq!(removal(&reported), None);
+        assert!(reported[0].why.contains("cleanup"), "{:?}", reported[0]);
+
+        let confirmed = plan(
+            &changes,
+            &Facts {
+                recreate: true,
+                ..RUNNING
+            },
+        );
+        assert_eq!(
+            hows(&confirmed),
+            vec![("firmware", How::Recreate), ("packages", How::Recreate)]
+        );
+        let (apply, restart) = applicable(&confirmed);
+        assert_eq!(apply.len(), 2);
+        assert!(!restart, "a recreate is not a restart");
+        assert!(!recreate_pending(&confirmed));
+        assert_eq!(
+            confirmed[0].describe(),
+            "firmware bios → uefi (recreate: the guest is re-created: a new root disk from the image, a new seed and domain; its data disks are kept)"
+        );
+        assert_eq!(
+            removal(&confirmed),
+            Some(Removal {
+                root_disk: true,
+                nvram: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_recreate_removes_the_seed_and_only_for_image_or_firmware_the_root_disk_never_a_data_disk()
+    {
+        let facts = Facts {
+            recreate: true,
+            ..RUNNING
+        };
+        let files = |changes: &[Change]| {
+            removal(&plan(changes, &facts)).map(|r| r.files(std::path::Path::new("/p"), "app"))
+        };
+        let p = |f: &str| std::path::PathBuf::from(format!("/p/{f}"));
+        assert_eq!(
+            files(&[change("packages", "[]", r#"["jq"]"#)]),
+            Some(vec![p("app-seed.iso")])
+        );
+        let nic = change(
+            "nics",
+            r#"["1: network a, mac 52:54:00:00:00:01, DHCPv4"]"#,
+            r#"["1: network a, mac 52:54:00:00:00:01, static 10.0.0.5/24"]"#,
+        );
+        assert_eq!(files(&[nic]), Some(vec![p("app-seed.iso")]));
+        assert_eq!(
+            files(&[change("image_name", "debian-12", "debian-13")]),
+            Some(vec![p("app-seed.iso"), p("app.qcow2")])
+        );
+        assert_eq!(
+            files(&[
+                change("user", "debian", "ops"),
+                change("firmware", "uefi", "bios"),
+                change(
+                    "disks",
+                    r#"["data 1 GiB raw"]"#,
+                    r#"["data 1 GiB raw","new 1 GiB raw"]"#
+                ),
+            ]),
+            Some(vec![p("app-seed.iso"), p("app.qcow2"), p("app_VARS.fd")])
+        );
+        // No recreate step: nothing is removed.
+        assert_eq!(files(&[change("vcpus", "1", "2")]), None);
     }
 }

@@ -9,7 +9,7 @@ use kvmprov_hypervisor::Hypervisor;
 use super::error::StageError;
 use super::handoff::Handoff;
 use super::runtime::lifecycle;
-use super::{image_cache, pipeline, preflight, provision, runtime};
+use super::{image_cache, pipeline, preflight, provision, recreate, runtime};
 use crate::exit::ExitStatus;
 use crate::lock::{lock_all, RunLock};
 use crate::parallel::parallel;
@@ -214,7 +214,8 @@ impl HostRun<'_> {
     }
 
     /// One stage on this host, under its header. Every stage has the same entry point,
-    /// `run(session, hypervisor, handoff)`, and its own error, named here after the stage.
+    /// `run(session, hypervisor, handoff)` (runtime also takes drift's recreate parts, from
+    /// the two stages that own them), and its own error, named here after the stage.
     fn stage(&self, stage: Stage, handoff: &Handoff) -> StageDone {
         let (Some(hv), true) = (&self.hv, self.going()) else {
             return Ok(None);
@@ -232,7 +233,10 @@ impl HostRun<'_> {
             Stage::Preflight => preflight::run(s, hv, handoff).map_err(StageError::Preflight),
             Stage::ImageCache => image_cache::run(s, hv, handoff).map_err(|never| match never {}),
             Stage::Provision => provision::run(s, hv, handoff).map_err(StageError::Provision),
-            Stage::Runtime => runtime::run(s, hv, handoff).map_err(StageError::Runtime),
+            Stage::Runtime => {
+                let remake = recreate::Remaker::new(s, hv, handoff);
+                runtime::run(s, hv, handoff, &remake).map_err(StageError::Runtime)
+            }
         };
         self.done(result, handoff)
     }

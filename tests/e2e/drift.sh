@@ -6,7 +6,11 @@
 # text and the JSON, and changes nothing; applying restarts each guest once, one at a time (their
 # unavailable windows do not overlap), and inside the first `nproc`, /proc/meminfo and the root
 # file system show the new values while a file written before is still there. A run after it
-# finds no drift left.
+# finds no drift left. Last, the first guest's firmware goes BIOS → UEFI (a recreate step): with
+# only kvm_drift_apply_confirmed the step is reported with the variable that applies it and
+# nothing changes; `--check` with both confirmations says the guest is re-created; applying with
+# both re-creates it (new root disk, seed and domain) and it comes back SSH-ready with its pinned
+# (new) host key, booted by UEFI, with the bytes written on its kept data disk still there.
 # Runs alone: tests/e2e/run.sh drift
 DR="$E2E_SCRATCH"
 DR_CFG="$DR/vars.yml"
@@ -134,6 +138,49 @@ check "inside e2e-drift-b: /proc/meminfo shows ~1024 MiB" test "${memkb_b:-0}" -
 
 plan=$(kp -c "$DR_CFG" --check --output json provision 2>/dev/null) || true
 check "after the rollout no drift is left" \
+    jqt '[.stages[].outcomes[] | select(.op == "drift")] | length == 0' <<<"$plan"
+
+# --- recreate: BIOS → UEFI on e2e-drift-a, its data disk kept ---------------------------------------
+dr_ssh e2e-drift-a 'printf kept-on-the-data-disk | sudo dd of=/dev/disk/by-id/virtio-extra conv=fsync status=none' || true
+boot_a1=$(boot_id e2e-drift-a) || true
+boot_b1=$(boot_id e2e-drift-b) || true
+drift_config 2 1024 6 1024 "$DR_PLUGGED
+    firmware: uefi" >"$DR_CFG"
+capture rc - kp -c "$DR_CFG" --output json -e kvm_drift_apply_confirmed=true provision --stage runtime >"$DR/recreate-unconfirmed.json" 2>"$DR/recreate-unconfirmed.log"
+evidence "$DR/recreate-unconfirmed.log"
+check "applying without the recreate confirmation exits 0" test "$rc" -eq 0
+check "without it the firmware step is reported with the variable that applies it (one line)" \
+    jqt '[.stages[].outcomes[] | select(.target == "e2e-drift-a" and .op == "skip" and (.reason | test("not re-created: firmware .*kvm_drift_recreate_confirmed=true")))] | length == 1' <"$DR/recreate-unconfirmed.json"
+check "without it nothing changed: e2e-drift-a is still BIOS and in the same boot" \
+    bash -c '! grep -Eq "firmware=.efi.|<loader" <<<"$0" && [ "$1" = "$2" ]' "$(virsh_ns dumpxml e2e-drift-a)" "$(boot_id e2e-drift-a)" "$boot_a1"
+plan=$(kp -c "$DR_CFG" --check --output json -e kvm_drift_apply_confirmed=true -e kvm_drift_recreate_confirmed=true provision 2>"$DR/check-recreate.log") || true
+echo "$plan" >"$DR/check-recreate.json"
+check "provision --check with both confirmations: firmware bios → uefi, recreate, the guest is re-created" \
+    jqt '[.stages[].outcomes[] | select(.target == "e2e-drift-a" and .op == "drift") | (.drift // [])[]
+          | select(.field == "firmware" and .old == "bios" and .new == "uefi" and .how == "recreate" and (.why | test("re-created")))] | length == 1' <<<"$plan"
+check "provision --check with both confirmations changed nothing" \
+    bash -c '! grep -Eq "firmware=.efi.|<loader" <<<"$0"' "$(virsh_ns dumpxml e2e-drift-a)"
+log "kvmprov provision --stage runtime with both drift confirmations: e2e-drift-a re-created"
+t0=$(date +%s)
+capture rc - kp -c "$DR_CFG" --output json -e kvm_drift_apply_confirmed=true -e kvm_drift_recreate_confirmed=true -e kvm_runtime_timeout_seconds=900 provision --stage runtime >"$DR/recreate.json" 2>"$DR/recreate.log"
+evidence "$DR/recreate.log"
+console_evidence "$DR_POOL/e2e-drift-a-console.log"
+dr_failures "$DR/recreate.json"
+log "the recreate took $(($(date +%s) - t0)) s"
+check "applying the recreate exits 0" test "$rc" -eq 0
+check "e2e-drift-a was re-created and is ready again (SSH with its pinned key, cloud-init done)" \
+    outcome "$(cat "$DR/recreate.json")" e2e-drift-a apply 're-created: unavailable .* cloud-init done'
+check "its data disk was kept, not deleted" \
+    bash -c '! jq -e "[.stages[].outcomes[] | select(.op == \"delete\" and (.reason | test(\"_extra\")))] | length > 0" "$0" >/dev/null' "$DR/recreate.json"
+check "the domain boots by UEFI now (a loader in its XML)" \
+    bash -c 'grep -Eq "firmware=.efi.|<loader" <<<"$0"' "$(virsh_ns dumpxml e2e-drift-a)"
+check "inside e2e-drift-a: /sys/firmware/efi exists, a new boot" \
+    bash -c '[ "$0" = yes ] && [ "$1" != "$2" ]' "$(dr_ssh e2e-drift-a 'test -d /sys/firmware/efi && echo yes')" "$(boot_id e2e-drift-a)" "$boot_a1"
+check "inside e2e-drift-a: the bytes written on the data disk before are still there" \
+    test "$(dr_ssh e2e-drift-a 'sudo head -c 21 /dev/disk/by-id/virtio-extra')" = kept-on-the-data-disk
+check "e2e-drift-b was not touched (same boot)" test "$(boot_id e2e-drift-b)" = "$boot_b1"
+plan=$(kp -c "$DR_CFG" --check --output json provision 2>/dev/null) || true
+check "after the recreate no drift is left" \
     jqt '[.stages[].outcomes[] | select(.op == "drift")] | length == 0' <<<"$plan"
 
 kp -c "$DR_CFG" -e kvm_cleanup_confirmed=true -e kvm_cleanup_remove_instance_disks=true cleanup >/dev/null

@@ -14,7 +14,8 @@
 #   disks      two data disks on one booted guest, kept across cleanup-force and a re-provision
 #   nics       two NICs (NAT by DHCP; static IPv4 and IPv6 on an isolated network) on one guest
 #   drift      drift applied on two guests: a data disk and a NIC hot-plugged; vCPUs, memory and
-#              root disk growth with a restart, one guest at a time
+#              root disk growth with a restart, one guest at a time; BIOS → UEFI by re-creating
+#              one guest (kvm_drift_recreate_confirmed), its data disk kept
 #   trixie-host  a Debian 13 hypervisor (libvirt 11, its own namespaces) reached through its
 #              socket as this machine: a BIOS and a UEFI guest, status, cleanup
 #   fleet      three hypervisors over qemu+ssh, 24 instances (--no-wait), one libvirtd killed

@@ -190,6 +190,31 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
     Ok(report)
 }
 
+/// Drift's recreate (`kvm_drift_recreate_confirmed`): the declared instance `name`, its guest
+/// already off, undefined and `files` of it deleted, by this stage's rules and order
+/// ([`plan::plan_recreate`]); each line handed to `emit`. The caller holds the host's run lock.
+pub fn remove_for_recreate(
+    cfg: &Config,
+    hv: &Hypervisor,
+    name: &str,
+    files: &[PathBuf],
+    emit: &dyn Fn(&crate::report::Outcome),
+) -> Result<Vec<crate::report::Outcome>, HvError> {
+    let observed = observe(cfg, hv)?;
+    let outcomes = apply(
+        plan::plan_recreate(cfg, &observed, name, files),
+        false,
+        |name, step| exec(hv, cfg, name, step),
+        || domains::observe(hv).map_err(CleanupError::from),
+        emit,
+    );
+    // Let libvirt's pool listing forget the deleted files: provision makes them again.
+    if let Some(p) = hv.pool_by_path(&cfg.instance_pool_path)? {
+        hv.refresh_pool(&p.name)?;
+    }
+    Ok(outcomes)
+}
+
 /// Only a plan: `--check`, or `kvm_cleanup_confirmed` is not set.
 pub fn dry_run(s: &Session) -> bool {
     s.check || !s.cfg.cleanup_confirmed

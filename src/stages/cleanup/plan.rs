@@ -87,14 +87,45 @@ pub fn plan(cfg: &Config, o: &Observed) -> Vec<(Action, Step)> {
         out.extend(kept_data_disks(cfg, o));
         return out;
     }
-    // Files other (undeclared) domains use: never deleted.
-    let foreign: Vec<&PathBuf> = o
-        .domains
+    let foreign = foreign_files(&declared, o);
+    out.extend(o.files.iter().filter_map(|f| file_step(f, o, &foreign)));
+    out
+}
+
+/// Files other (undeclared) domains use: never deleted.
+fn foreign_files<'a>(declared: &[&str], o: &'a Observed) -> Vec<&'a PathBuf> {
+    o.domains
         .iter()
         .filter(|d| !declared.iter().any(|n| n.as_bytes() == d.name.as_bytes()))
         .flat_map(|d| d.files.iter())
-        .collect();
-    out.extend(o.files.iter().filter_map(|f| file_step(f, o, &foreign)));
+        .collect()
+}
+
+/// Pure: drift's recreate of the declared instance `name` (its guest already off): its
+/// domain's steps and the deletion of only `files` of it, each by the same rules as a
+/// cleanup with disks. The caller names the files (`drift::plan::Removal`): never a data disk.
+pub fn plan_recreate(
+    cfg: &Config,
+    o: &Observed,
+    name: &str,
+    files: &[PathBuf],
+) -> Vec<(Action, Step)> {
+    let declared: Vec<&str> = cfg.instances.iter().map(|i| i.name.as_str()).collect();
+    if !declared.iter().any(|n| n.as_bytes() == name.as_bytes()) {
+        return Vec::new();
+    }
+    let domain = o
+        .domains
+        .iter()
+        .find(|d| d.name.as_bytes() == name.as_bytes());
+    let mut out = domain_steps(name, domain);
+    let foreign = foreign_files(&declared, o);
+    out.extend(
+        o.files
+            .iter()
+            .filter(|f| f.instance == name && files.contains(&f.path))
+            .filter_map(|f| file_step(f, o, &foreign)),
+    );
     out
 }
 
@@ -449,6 +480,56 @@ mod tests {
                 path: "/p/app-01_data.qcow2".into(),
                 real: "/p/app-01_data.qcow2".into()
             }));
+    }
+
+    /// Drift's recreate: the domain undefined and only the files asked for deleted, by the
+    /// disk rules (a seed that is a link out of the pool is refused); the data disk, console
+    /// log and the other instance are never named, even with the cleanup disk opt-in set.
+    #[test]
+    fn a_recreate_removes_only_the_files_asked_for_by_the_cleanup_rules() {
+        let text = "kvm_image_cache_path: /c\nkvm_instance_disk_pool_path: /p\nkvm_cleanup_remove_instance_disks: true\n\
+             kvm_cloud_image_catalog:\n  - {image_name: d, image_url: http://x/a.qcow2, image_checksum_manifest_url: http://x/S}\n\
+             kvm_instance_definitions:\n  - instance_name: app-01\n    image_name: d\n    disks: [{name: data, size_gib: 1}]\n  - {instance_name: gone, image_name: d}\n";
+        let c = crate::config::parse(Path::new("t.yml"), text, &[]).unwrap();
+        let mut all: Vec<FileFacts> = crate::layout::instance_files(&c, "app-01")
+            .iter()
+            .map(|p| {
+                let p = p.to_str().unwrap();
+                file("app-01", p, Some(p))
+            })
+            .collect();
+        all.push(file("gone", "/p/gone.qcow2", Some("/p/gone.qcow2")));
+        let mut o = observed(all);
+        o.domains[0].state = DomainState::ShutOff;
+        let asked: Vec<PathBuf> = vec![
+            "/p/app-01-seed.iso".into(),
+            "/p/app-01.qcow2".into(),
+            "/p/gone.qcow2".into(),
+        ];
+        let p = plan_recreate(&c, &o, "app-01", &asked);
+        let steps: Vec<Step> = p.iter().map(|(_, s)| s.clone()).collect();
+        assert_eq!(
+            steps,
+            vec![
+                Step::Undefine { ours: true },
+                Step::Delete {
+                    path: "/p/app-01.qcow2".into(),
+                    real: "/p/app-01.qcow2".into()
+                },
+                Step::Delete {
+                    path: "/p/app-01-seed.iso".into(),
+                    real: "/p/app-01-seed.iso".into()
+                },
+            ]
+        );
+        // The rules hold: a seed resolving out of the pool is refused, not deleted.
+        o.files[1].real = Some("/etc/passwd".into());
+        let p = plan_recreate(&c, &o, "app-01", &asked);
+        assert!(p
+            .iter()
+            .any(|(a, s)| *s == Step::Refuse && a.reason.contains("outside the instance pool")));
+        // An undeclared name: nothing at all.
+        assert!(plan_recreate(&c, &o, "APP-01", &asked).is_empty());
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub(super) fn create(
 }
 
 /// The image, if `disk_size_gib` can hold it (the overlay cannot be smaller than its base).
-fn check_disk_size<'i>(
+pub(super) fn check_disk_size<'i>(
     inst: &Instance,
     image: &'i CachedImage,
 ) -> Result<&'i CachedImage, ProvisionError> {

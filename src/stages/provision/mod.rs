@@ -146,9 +146,12 @@ pub fn prepare<'a>(
     let (state, operator_public) = if s.check || report.failed() {
         (None, String::new())
     } else {
-        let needs_work = planned
-            .iter()
-            .any(|(_, p)| matches!(p, InstancePlan::Create { .. }));
+        // A guest drift re-creates gets a new seed: with the operator key too.
+        let needs_work = planned.iter().any(|(_, p)| match p {
+            InstancePlan::Create { .. } => true,
+            InstancePlan::Drift(_, steps) => crate::drift::plan::removal(steps).is_some(),
+            _ => false,
+        });
         let st = state::StateDir::open(&cfg.instance_pool_path)?;
         let operator = st.operator_key(needs_work)?;
         (Some(st), operator.map(|k| k.public).unwrap_or_default())
@@ -298,6 +301,34 @@ impl<'a> Prepared<'a> {
         };
         self.s.printer.outcome(&outcome);
         outcome
+    }
+
+    /// Whether `inst` can be made again after its domain (and, with `disk`, its overlay) is
+    /// removed for drift's recreate: asked before anything is removed, so a guest that could
+    /// not come back is left as it is. `Err`: why not, one sentence.
+    pub fn creatable(&self, inst: &Instance, disk: bool) -> Result<(), String> {
+        if self.shared.state.is_none() {
+            return Err("kvmprov's state directory was not opened".into());
+        }
+        if !disk {
+            return Ok(());
+        }
+        match self.images.get(&inst.image_name) {
+            Some(image) => create::check_disk_size(inst, image)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Err(format!(
+                "image `{}` is not cached on this hypervisor: run the image-cache stage first (make image-cache)",
+                inst.image_name
+            )),
+        }
+    }
+
+    /// Drift's recreate: `inst`, whose domain (and, with `disk`, overlay) was just removed,
+    /// made again as provision makes a missing instance (its data disks kept and attached, a
+    /// new seed with a new pinned host key, the overlay when `disk`); its line printed.
+    pub fn recreate(&self, inst: &Instance, disk: bool) -> Outcome {
+        self.apply(&(inst, InstancePlan::Create { disk }))
     }
 
     /// One line per data disk of `inst`, whose domain exists (printed): nothing is changed.

@@ -121,7 +121,7 @@ fn differences(
     // Only a domain kvmprov made has a plan: it knows what the domain was made from.
     let recorded = d.metadata.as_ref().is_some_and(|m| m.fields.is_some());
     let steps = if recorded {
-        drift::plan::plan(&changes, &drift::plan::Facts::of(d, cfg.domain_autostart))
+        drift::plan::plan(&changes, &drift::plan::Facts::of(d, cfg))
     } else {
         Vec::new()
     };
@@ -217,6 +217,9 @@ fn edited(
 /// What happens to a drifted domain: the plan is applied by the runtime stage when confirmed.
 fn drift_note(cfg: &Config, steps: &[Step]) -> &'static str {
     let (apply, _) = drift::plan::applicable(steps);
+    if drift::plan::removal(steps).is_some() {
+        return ", the runtime stage re-creates the guest (one at a time; its data disks are kept)";
+    }
     match (apply.is_empty(), cfg.drift_apply_confirmed) {
         (true, _) => ", left unchanged",
         (false, true) => ", the runtime stage applies what it can",
@@ -248,9 +251,15 @@ pub fn describe(
             &inst.name,
             Op::Drift,
             format!(
-                "domain exists but differs{}: {}",
+                "domain exists but differs{}: {}{}",
                 drift_note(cfg, steps),
-                d.join("; ")
+                d.join("; "),
+                // One sentence per instance: which variables apply what is only reported.
+                if drift::plan::recreate_pending(steps) {
+                    format!("; {}", drift::plan::RECREATE_HINT)
+                } else {
+                    String::new()
+                }
             ),
         )
         .with_drift(steps.clone()),
@@ -481,6 +490,56 @@ mod tests {
                 ("ipv4_address", "recreate"),
                 ("ipv4_gateway", "recreate")
             ]
+        );
+        // The recreate steps only reported: one sentence names what applies them.
+        assert!(
+            action
+                .reason
+                .ends_with(&format!("; {}", drift::plan::RECREATE_HINT)),
+            "{}",
+            action.reason
+        );
+    }
+
+    /// With both confirmations `--check` shows the recreate as what will be done, in the line
+    /// and in each step's `why` (the JSON's); the hint for an unconfirmed recreate is gone.
+    #[test]
+    fn with_both_confirmations_the_plan_says_the_guest_is_re_created() {
+        let before = inst("a");
+        let mut after = before.clone();
+        after.firmware = FirmwareChoice::Uefi;
+        let mut c = cfg();
+        c.drift_recreate_confirmed = true;
+        // The recreate confirmation alone applies nothing.
+        let plan_with = |c: &Config| {
+            let p = plan_instance(
+                c,
+                &after,
+                Backing::Cached(&cached()),
+                &Found::Exists(Box::new(defined(&before))),
+                DomainType::Qemu,
+            );
+            describe(c, &after, &p, None)
+        };
+        let only_recreate = plan_with(&c);
+        assert!(
+            only_recreate.reason.ends_with(drift::plan::RECREATE_HINT),
+            "{}",
+            only_recreate.reason
+        );
+        c.drift_apply_confirmed = true;
+        let action = plan_with(&c);
+        assert_eq!(
+            action.reason,
+            "domain exists but differs, the runtime stage re-creates the guest (one at a time; its data disks are kept): \
+             firmware bios → uefi (recreate: the guest is re-created: a new root disk from the image, a new seed and domain; its data disks are kept)"
+        );
+        assert_eq!(
+            drift::plan::removal(&action.drift),
+            Some(drift::plan::Removal {
+                root_disk: true,
+                nvram: true
+            })
         );
     }
 

@@ -101,7 +101,13 @@ pub enum RuntimeError {
     Invalid(String),
 }
 
-pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageReport, HvError> {
+/// `remake`: the other stages' parts drift's recreate needs (see [`drift::Remake`]).
+pub fn run(
+    s: &Session,
+    hv: &Hypervisor,
+    handoff: &Handoff,
+    remake: &dyn drift::Remake,
+) -> Result<StageReport, HvError> {
     let mut report = StageReport::new("runtime");
     let mut observed = Vec::new();
     for inst in &s.cfg.instances {
@@ -125,7 +131,7 @@ pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageRepor
         } else {
             hv.networks()?
         };
-        let rollout = drift::rollout(s, hv, &networks, &|o| s.printer.outcome(o))?;
+        let rollout = drift::rollout(s, hv, remake, &networks, &|o| s.printer.outcome(o))?;
         report.outcomes.extend(rollout.outcomes);
         observed.clear();
         for inst in &s.cfg.instances {

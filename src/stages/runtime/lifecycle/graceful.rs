@@ -95,8 +95,21 @@ pub fn restart(
     networks: &[NetworkInfo],
     inst: &Instance,
 ) -> Result<Restarted, RuntimeError> {
+    restart_with(s, hv, networks, inst, || Ok(()))
+}
+
+/// [`restart`] with `while_off` done between the power-off and the start (drift's recreate
+/// makes the domain anew there); when it fails the guest stays off.
+pub fn restart_with(
+    s: &Session,
+    hv: &Hypervisor,
+    networks: &[NetworkInfo],
+    inst: &Instance,
+    while_off: impl FnOnce() -> Result<(), RuntimeError>,
+) -> Result<Restarted, RuntimeError> {
     let down_at = unix_now();
     let forced = power_off(hv, &inst.name)?;
+    while_off()?;
     hv.start(&inst.name)?;
     let summary = wait::wait_ready(s, hv, networks, inst)?;
     Ok(Restarted {

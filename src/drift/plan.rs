@@ -125,6 +125,18 @@ pub struct Facts {
 }
 
 impl Facts {
+    /// Tests' guest: running, 1 vCPU of 1, 768 MiB, autostart off as wanted, no recreate.
+    #[cfg(test)]
+    pub const RUNNING_FOR_TESTS: Facts = Facts {
+        running: true,
+        vcpus: 1,
+        max_vcpus: 1,
+        max_memory_mib: 768,
+        autostart: false,
+        want_autostart: false,
+        recreate: false,
+    };
+
     /// The facts of an observed domain, and what the config asks (`kvm_domain_autostart`,
     /// both drift confirmations).
     pub fn of(d: &kvmprov_hypervisor::xml::ObservedDomain, cfg: &crate::config::Config) -> Facts {
@@ -498,15 +510,7 @@ mod tests {
         }
     }
 
-    const RUNNING: Facts = Facts {
-        running: true,
-        vcpus: 1,
-        max_vcpus: 1,
-        max_memory_mib: 768,
-        autostart: false,
-        want_autostart: false,
-        recreate: false,
-    };
+    const RUNNING: Facts = Facts::RUNNING_FOR_TESTS;
 
     fn hows(steps: &[Step]) -> Vec<(&str, How)> {
         steps.iter().map(|s| (s.field.as_str(), s.how)).collect()

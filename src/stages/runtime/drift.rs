@@ -466,22 +466,13 @@ mod tests {
             old: old.into(),
             new: new.into(),
         };
-        let facts = plan::Facts {
-            running: true,
-            vcpus: 1,
-            max_vcpus: 1,
-            max_memory_mib: 768,
-            autostart: false,
-            want_autostart: false,
-            recreate: false,
-        };
         let steps = plan::plan(
             &[
                 change("vcpus", "1", "2"),
                 change("firmware", "bios", "uefi"),
                 change("ipv4_address", "", "10.0.0.5/24"),
             ],
-            &facts,
+            &plan::Facts::RUNNING_FOR_TESTS,
         );
         let o = not_recreated(&Instance::for_tests("app-01"), &steps);
         assert_eq!(o.action.op, Op::Skip);

@@ -105,17 +105,16 @@ test: deps ## Run every check and test: fmt, clippy, unit, snapshots, schema, en
 	bash tests/schema-check.sh
 	bash tests/cloud-init-schema.sh
 	bash tests/e2e/run.sh
-	bash tests/e2e/remote.sh
 	bash packaging/build-deb.sh
 	bash packaging/check-deb.sh
 
 test-unit: ## Only the fast tests (no daemon, no guests)
 	cargo test --workspace --locked
 
-test-e2e: build ## Only the end-to-end tests (real libvirtds in namespaces, TCG guests; E2E_LANES=2 runs two lanes side by side); SCENARIOS="boot ansible" runs only those
+test-e2e: build ## Only the end-to-end tests, the remote one included (real libvirtds in namespaces, TCG guests; two lanes side by side, E2E_LANES=1 one after another); SCENARIOS="boot ansible" runs only those
 	bash tests/e2e/run.sh $(SCENARIOS)
 
-test-remote: build ## Only the two-hypervisor test over qemu+ssh (namespaces, own libvirtds and sshds; one runs Debian 13's libvirt)
+test-remote: build ## Only the two-hypervisor test (also SCENARIOS=remote) over qemu+ssh (namespaces, own libvirtds and sshds; one runs Debian 13's libvirt)
 	bash tests/e2e/remote.sh
 
 deps-demo: ## Install only what `make demo` needs (no test tools, no Recommends; needs root)

@@ -22,12 +22,28 @@ source "$TESTKIT/remote-hypervisors.sh"
 
 teardown() {
     set +e
+    # Run by tests/e2e/run.sh as a lane's job: the results, and copies of the files that show
+    # why a check failed, join the lane's.
+    if [ -n "${E2E_RESULTS_TO:-}" ] && [ -f "${DIR:-}/results" ]; then
+        cat "$DIR/results" >>"$E2E_RESULTS_TO/results"
+        mkdir -p "$E2E_RESULTS_TO/kept/remote"
+        local kind f
+        for kind in evidence consoles; do
+            while read -r f; do
+                [ -s "$f" ] || continue
+                cp "$f" "$E2E_RESULTS_TO/kept/remote/" &&
+                    echo "$E2E_RESULTS_TO/kept/remote/$(basename "$f")" >>"$E2E_RESULTS_TO/$kind"
+            done <"$DIR/$kind"
+        done
+    fi
     [ -n "${MIRROR_PID:-}" ] && kill "$MIRROR_PID" 2>/dev/null && wait "$MIRROR_PID" 2>/dev/null
     rh_teardown
     [ -n "${DIR:-}" ] && rm -rf "$DIR"
     return 0
 }
 trap teardown EXIT
+# A signal ends the run through the EXIT trap: guests, daemons and namespaces go.
+trap 'exit 143' TERM INT
 
 DIR=$(mktemp -d /tmp/kvmprov-remote.XXXXXX)
 # 0700 on purpose: qemu on the hypervisors cannot traverse it until preflight grants it (over ssh).

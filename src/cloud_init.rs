@@ -1,7 +1,65 @@
-//! cloud-init's verdict on a guest, read from `cloud-init status --long` (run over SSH by
-//! runtime): done, degraded, failed, or not finished yet.
+//! cloud-init's verdict on a guest, read over SSH by runtime from `/run/cloud-init/result.json`
+//! (else from `cloud-init status --long`): done, degraded, failed, or not finished yet.
 
 use crate::process::CommandOutput;
+
+/// The guest-side wait for cloud-init, run over SSH: until its last stage has written
+/// `/run/cloud-init/result.json` (a tmpfs: this boot's), then that file. A shell loop rather
+/// than `cloud-init status --wait`, whose Python start costs the booting guest seconds of CPU
+/// under TCG. When no result appears within a minute (cloud-init disabled, a stage that died),
+/// `cloud-init status --long` gives its own verdict, read by [`parse_cloud_init_status`].
+pub const WAIT_COMMAND: &str = "r=/run/cloud-init/result.json; i=0; \
+while [ ! -s $r ] && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done; \
+if [ -s $r ]; then cat $r; else cloud-init status --long; fi";
+
+/// cloud-init's verdict from [`WAIT_COMMAND`]'s output: `result.json` (`{"v1": {"errors":
+/// […], "recoverable_errors": {…}}}`, the latter from cloud-init 23.4 on), else `cloud-init
+/// status --long`'s.
+pub fn parse_wait_output(out: &CommandOutput) -> CloudInitStatus {
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
+        return parse_cloud_init_status(out);
+    };
+    let Some(v1) = doc.get("v1") else {
+        return parse_cloud_init_status(out);
+    };
+    let errors: Vec<String> = v1
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !errors.is_empty() {
+        return CloudInitStatus::Error(format!("errors: {}", errors.join(" | ")));
+    }
+    // {"WARNING": ["…"], "DEPRECATED": ["…"]}: any message at all makes it degraded, as
+    // `cloud-init status` says.
+    let recoverable: Vec<String> = v1
+        .get("recoverable_errors")
+        .and_then(|r| r.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(level, msgs)| {
+                    let msgs = msgs.as_array()?;
+                    (!msgs.is_empty()).then(|| {
+                        let text: Vec<String> = msgs
+                            .iter()
+                            .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string))
+                            .collect();
+                        format!("{level}: {}", text.join(" | "))
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if recoverable.is_empty() {
+        CloudInitStatus::Done
+    } else {
+        CloudInitStatus::Degraded(format!("recoverable_errors: {}", recoverable.join("; ")))
+    }
+}
 
 /// cloud-init's final state, from `cloud-init status --long` output and exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +114,46 @@ mod tests {
             stdout: stdout.to_string(),
             stderr: String::new(),
         }
+    }
+
+    #[test]
+    fn wait_output_result_json() {
+        // cloud-init 22.4 (Debian 12): no recoverable_errors.
+        let ok = r#"{"v1": {"datasource": "DataSourceNoCloud [seed=/dev/sr0][dsmode=net]", "errors": []}}"#;
+        assert_eq!(parse_wait_output(&out(0, ok)), CloudInitStatus::Done);
+        // 25.1 (Debian 13): empty recoverable_errors is done, any message degraded.
+        let clean = r#"{"v1": {"datasource": "x", "errors": [], "recoverable_errors": {}}}"#;
+        assert_eq!(parse_wait_output(&out(0, clean)), CloudInitStatus::Done);
+        let warned = r#"{"v1": {"errors": [], "recoverable_errors": {"WARNING": ["Failed to set locale"]}}}"#;
+        match parse_wait_output(&out(0, warned)) {
+            CloudInitStatus::Degraded(d) => {
+                assert!(d.contains("WARNING: Failed to set locale"), "{d}")
+            }
+            s => panic!("{s:?}"),
+        }
+        let failed =
+            r#"{"v1": {"errors": ["('scripts_user', RuntimeError('runparts: 1 failures'))"]}}"#;
+        match parse_wait_output(&out(0, failed)) {
+            CloudInitStatus::Error(d) => assert!(d.contains("runparts: 1 failures"), "{d}"),
+            s => panic!("{s:?}"),
+        }
+    }
+
+    #[test]
+    fn wait_output_falls_back_to_cloud_init_status() {
+        // No result within the loop's minute: `cloud-init status --long` answered.
+        assert!(matches!(
+            parse_wait_output(&out(0, "status: disabled\n")),
+            CloudInitStatus::Other(_)
+        ));
+        assert!(matches!(
+            parse_wait_output(&out(1, "status: error\nerrors:\n\t- boom\n")),
+            CloudInitStatus::Error(_)
+        ));
+        assert_eq!(
+            parse_wait_output(&out(0, "status: done\n")),
+            CloudInitStatus::Done
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use kvmprov_hypervisor::{Hypervisor, NetworkInfo, SshDest};
 
 use super::RuntimeError;
 use crate::address;
-use crate::cloud_init::{parse_cloud_init_status, CloudInitStatus};
+use crate::cloud_init::{parse_wait_output, CloudInitStatus, WAIT_COMMAND};
 use crate::config::Instance;
 use crate::console::ConsoleLog;
 use crate::layout::console_name;
@@ -268,8 +268,8 @@ fn wait_cloud_init(
         if remaining.is_zero() {
             return Err(timeout("cloud-init to finish".to_string()));
         }
-        let out = ssh::ssh_run(target, "cloud-init status --wait --long", remaining)?;
-        match parse_cloud_init_status(&out) {
+        let out = ssh::ssh_run(target, WAIT_COMMAND, remaining)?;
+        match parse_wait_output(&out) {
             CloudInitStatus::Done => return Ok(()),
             CloudInitStatus::Degraded(d) => {
                 tracing::warn!("{}: cloud-init finished degraded: {d}", inst.name);

@@ -42,7 +42,8 @@ pub fn provision_then_runtime(
         (runtime::workers(s), s.jobs),
         |item| host.apply(item),
         || held.release(&handoff.header(Stage::Runtime.as_str(), uri), s.check),
-        |(inst, _), made| -> Vec<Outcome> {
+        |item, made| -> Vec<Outcome> {
+            let (inst, _) = item;
             let line = |o: Outcome| {
                 held.outcome(&o);
                 vec![o]
@@ -53,7 +54,12 @@ pub fn provision_then_runtime(
             let Ok(runner) = &runner else {
                 return Vec::new();
             };
-            match runtime::observe(hv, inst) {
+            // A domain provision found and left as it was need not be read again.
+            let seen = match host.kept_state(item) {
+                Some(state) => runtime::observed(hv, inst, Some(state)),
+                None => runtime::observe(hv, inst),
+            };
+            match seen {
                 Ok(seen) => runner.apply(inst, &seen, &|o| held.outcome(o)),
                 Err(e) => line(runtime::unobserved(inst, &e)),
             }

@@ -51,7 +51,7 @@ impl DomainListing {
 }
 
 impl Hypervisor {
-    /// All domains, with state, persistence and autostart: seven listings (all, one per state
+    /// All domains, with state, persistence and autostart: six listings (all, one per state
     /// running / paused / shut off, persistent, autostart), and a state call only for a domain
     /// in none of those states (crashed, suspended, or one whose state changed meanwhile).
     pub fn list_domains(&self) -> Result<DomainListing, HvError> {

@@ -565,4 +565,23 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         assert!(blocked_dirs("no-such-user-kvmprov", t.path()).is_empty());
     }
+
+    #[test]
+    fn one_answer_for_both_pool_paths_splits_into_each_paths_blocked_directories() {
+        // What one SSH command for the image cache and the instance pool printed.
+        let blocked = [
+            PathBuf::from("/srv/kvm/images"),
+            PathBuf::from("/srv/kvm"),
+            PathBuf::from("/data"),
+        ];
+        assert_eq!(
+            blocked_on_way(&blocked, Path::new("/srv/kvm/images")),
+            vec![PathBuf::from("/srv/kvm"), PathBuf::from("/srv/kvm/images")]
+        );
+        assert_eq!(
+            blocked_on_way(&blocked, Path::new("/srv/kvm/instances")),
+            vec![PathBuf::from("/srv/kvm")]
+        );
+        assert!(blocked_on_way(&blocked, Path::new("/var/lib/kvm")).is_empty());
+    }
 }

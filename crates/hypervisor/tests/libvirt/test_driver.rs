@@ -550,7 +550,8 @@ fn one_listing_reads_every_domains_state_persistence_and_autostart() {
     let hv = hv();
     let dir = tempfile::tempdir().unwrap();
     for name in ["kp-ls-off", "kp-ls-on", "kp-ls-auto"] {
-        hv.define(&xml::domain_xml(&spec(name, dir.path()))).unwrap();
+        hv.define(&xml::domain_xml(&spec(name, dir.path())))
+            .unwrap();
     }
     hv.start("kp-ls-on").unwrap();
     hv.set_autostart("kp-ls-auto", true).unwrap();
@@ -593,6 +594,9 @@ fn volume_names_come_from_one_listing_with_sizes_only_where_asked() {
     assert_eq!(hv.calls() - before, 3);
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
-        vec![("a.qcow2".to_string(), None), ("b.qcow2".to_string(), Some(2 << 30))]
+        vec![
+            ("a.qcow2".to_string(), None),
+            ("b.qcow2".to_string(), Some(2 << 30))
+        ]
     );
 }

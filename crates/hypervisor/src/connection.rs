@@ -158,6 +158,9 @@ impl Hypervisor {
         what: impl Into<String> + 'a,
     ) -> impl FnOnce(virt::error::Error) -> HvError + 'a {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let what = what.into();
+        // Each call by kind (`KVMPROV_LOG=kvmprov_hypervisor=trace`): where a run's calls go.
+        tracing::trace!("libvirt call on {}: {what}", self.uri);
         let named = lv(what);
         move |e| named(e).lost_on(&self.uri)
     }

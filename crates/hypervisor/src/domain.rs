@@ -1,5 +1,6 @@
 //! Domains: define, start, stop, undefine, snapshots, and the guest agent's addresses.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::Serialize;
@@ -28,7 +29,98 @@ pub struct DomainInfo {
     pub persistent: bool,
 }
 
+/// Every domain of a host from one listing, each with its state, persistence and autostart,
+/// read by libvirt's filtered listings: a fixed number of calls per host however many
+/// domains it has (issue 27: a re-run with everything present made 8 calls per instance).
+pub struct DomainListing {
+    domains: BTreeMap<String, ListedDomain>,
+}
+
+/// One domain as [`Hypervisor::list_domains`] saw it.
+pub struct ListedDomain {
+    handle: Domain,
+    pub state: DomainState,
+    pub persistent: bool,
+    pub autostart: bool,
+}
+
+impl DomainListing {
+    pub fn get(&self, name: &str) -> Option<&ListedDomain> {
+        self.domains.get(name)
+    }
+}
+
 impl Hypervisor {
+    /// All domains, with state, persistence and autostart: six listings (all, one per state
+    /// running / paused / shut off, persistent, autostart), and a state call only for a domain
+    /// in none of those states (crashed, suspended, or one whose state changed meanwhile).
+    pub fn list_domains(&self) -> Result<DomainListing, HvError> {
+        use virt_sys as sys;
+        let named =
+            |flags: sys::virConnectListAllDomainsFlags| -> Result<BTreeSet<String>, HvError> {
+                Ok(self
+                    .conn
+                    .list_all_domains(flags)
+                    .map_err(self.lv("list domains"))?
+                    .iter()
+                    .filter_map(|d| d.name().ok())
+                    .collect())
+            };
+        let all = self
+            .conn
+            .list_all_domains(0)
+            .map_err(self.lv("list domains"))?;
+        let running = named(sys::VIR_CONNECT_LIST_DOMAINS_RUNNING)?;
+        let paused = named(sys::VIR_CONNECT_LIST_DOMAINS_PAUSED)?;
+        let shutoff = named(sys::VIR_CONNECT_LIST_DOMAINS_SHUTOFF)?;
+        let persistent = named(sys::VIR_CONNECT_LIST_DOMAINS_PERSISTENT)?;
+        let autostart = named(sys::VIR_CONNECT_LIST_DOMAINS_AUTOSTART)?;
+        let mut domains = BTreeMap::new();
+        for handle in all {
+            let name = handle.name().map_err(lv("read domain name"))?;
+            let state = if running.contains(&name) {
+                DomainState::Running
+            } else if paused.contains(&name) {
+                DomainState::Paused
+            } else if shutoff.contains(&name) {
+                DomainState::ShutOff
+            } else {
+                let what = format!("read domain {name}");
+                match none_if_missing(handle.state().map_err(self.lv(what)))? {
+                    Some((state, _reason)) => map_state(state),
+                    // Gone since the listing.
+                    None => continue,
+                }
+            };
+            let listed = ListedDomain {
+                state,
+                persistent: persistent.contains(&name),
+                autostart: autostart.contains(&name),
+                handle,
+            };
+            domains.insert(name, listed);
+        }
+        Ok(DomainListing { domains })
+    }
+
+    /// A listed domain's persistent definition, as [`Hypervisor::domain_xml`] reads it (no
+    /// lookup: the listing holds the domain).
+    pub fn listed_domain_xml(&self, name: &str, d: &ListedDomain) -> Result<String, HvError> {
+        d.handle
+            .xml_desc(0)
+            .map_err(self.lv(format!("read XML of domain {name}")))
+    }
+
+    /// The domain's state, `None` when there is no such domain: a lookup and the state, where
+    /// [`Hypervisor::domain`] reads its persistence too.
+    pub fn domain_state(&self, name: &str) -> Result<Option<DomainState>, HvError> {
+        let Some(d) = none_if_missing(self.lookup_domain(name))? else {
+            return Ok(None);
+        };
+        let what = format!("read domain {name}");
+        Ok(none_if_missing(d.state().map_err(self.lv(what)))?.map(|(s, _)| map_state(s)))
+    }
+
     pub(crate) fn lookup_domain(&self, name: &str) -> Result<Domain, HvError> {
         self.conn
             .lookup_domain_by_name(name)

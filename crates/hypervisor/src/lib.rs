@@ -24,7 +24,7 @@ pub mod xml;
 
 pub use connection::{HostInfo, Hypervisor};
 pub use console::Console;
-pub use domain::{DomainInfo, DomainState};
+pub use domain::{DomainInfo, DomainListing, DomainState, ListedDomain};
 pub use error::HvError;
 pub use keepalive::{keepalive_deadline, KEEPALIVE_COUNT, KEEPALIVE_INTERVAL};
 pub use network::NetworkInfo;

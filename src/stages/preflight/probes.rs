@@ -29,23 +29,30 @@ pub(super) fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, HvError>
         (Some(_), Some((uid, _))) => uid.to_string(),
         _ => qemu_user(),
     };
-    let mut paths = Vec::new();
+    let keyed = [
+        ("image cache", cfg.image_cache_path.as_path()),
+        ("instance pool", cfg.instance_pool_path.as_path()),
+    ];
     let mut instance_pool_free = None;
-    for (key, path) in [
-        ("image cache", &cfg.image_cache_path),
-        ("instance pool", &cfg.instance_pool_path),
-    ] {
-        paths.push(if local {
-            local_path(key, path, &user)
-        } else {
-            // Remote: the directory exists for us when an active libvirt pool holds it.
-            let pool = hv.pool_by_path(path)?.filter(|p| p.active);
-            if key == "instance pool" {
-                instance_pool_free = pool.as_ref().map(|p| p.available_bytes);
-            }
-            remote_path(key, path, pool.is_some(), remote.as_ref(), host.qemu_ids)
-        });
-    }
+    let paths = if local {
+        keyed
+            .iter()
+            .map(|(key, path)| local_path(key, path, &user))
+            .collect()
+    } else {
+        // Remote: the directory exists for us when an active libvirt pool holds it.
+        let pools: Vec<bool> = keyed
+            .iter()
+            .map(|(key, path)| {
+                let pool = hv.pool_by_path(path)?.filter(|p| p.active);
+                if *key == "instance pool" {
+                    instance_pool_free = pool.as_ref().map(|p| p.available_bytes);
+                }
+                Ok(pool.is_some())
+            })
+            .collect::<Result<_, HvError>>()?;
+        remote_paths(&keyed, &pools, remote.as_ref(), host.qemu_ids)
+    };
     let existing = hv.domain_names()?;
     let missing_instances = cfg
         .instances
@@ -132,30 +139,46 @@ fn local_path(key: &'static str, path: &Path, user: &str) -> PathState {
     }
 }
 
-/// A path on a remote hypervisor (`pooled`: an active pool holds it); its access is checked
-/// over SSH as the uid:gid qemu runs as, when libvirt said which.
-fn remote_path(
-    key: &'static str,
-    path: &Path,
-    pooled: bool,
+/// The paths on a remote hypervisor (`pooled[i]`: an active pool holds `keyed[i]`); the access
+/// of those pooled is checked over SSH as the uid:gid qemu runs as, when libvirt said which,
+/// all in one SSH command (each costs a connection: ~0.4 s).
+fn remote_paths(
+    keyed: &[(&'static str, &Path)],
+    pooled: &[bool],
     remote: Option<&SshDest>,
     qemu_ids: Option<(u32, u32)>,
-) -> PathState {
-    let (blocked, access_error) = match (remote, qemu_ids, pooled) {
-        (Some(dest), Some(ids), true) => match remote_blocked_dirs(dest, ids, path) {
-            Ok(b) => (b, None),
-            Err(e) => (Vec::new(), Some(e)),
-        },
-        _ => (Vec::new(), None),
+) -> Vec<PathState> {
+    let checked: Vec<&Path> = keyed
+        .iter()
+        .zip(pooled)
+        .filter(|(_, pooled)| **pooled)
+        .map(|((_, path), _)| *path)
+        .collect();
+    let answer = match (remote, qemu_ids) {
+        (Some(dest), Some(ids)) if !checked.is_empty() => {
+            Some(remote_blocked_dirs_of(dest, ids, &checked))
+        }
+        _ => None,
     };
-    PathState {
-        key,
-        path: path.to_path_buf(),
-        exists: pooled,
-        is_dir: true,
-        blocked,
-        access_error,
-    }
+    keyed
+        .iter()
+        .zip(pooled)
+        .map(|((key, path), pooled)| {
+            let (blocked, access_error) = match (&answer, pooled) {
+                (Some(Ok(blocked)), true) => (blocked_on_way(blocked, path), None),
+                (Some(Err(e)), true) => (Vec::new(), Some(e.clone())),
+                _ => (Vec::new(), None),
+            };
+            PathState {
+                key,
+                path: path.to_path_buf(),
+                exists: *pooled,
+                is_dir: true,
+                blocked,
+                access_error,
+            }
+        })
+        .collect()
 }
 
 /// The host bridges NICs are plugged into, as the hypervisor has them: read under
@@ -320,6 +343,28 @@ pub(super) fn remote_blocked_dirs(
     ids: (u32, u32),
     path: &Path,
 ) -> Result<Vec<PathBuf>, String> {
+    let blocked = remote_blocked_dirs_of(dest, ids, &[path])?;
+    Ok(blocked_on_way(&blocked, path))
+}
+
+/// Pure: the directories of `blocked` on the way to `path`, from `/` down.
+fn blocked_on_way(blocked: &[PathBuf], path: &Path) -> Vec<PathBuf> {
+    let mut on_way: Vec<PathBuf> = path
+        .ancestors()
+        .filter(|d| blocked.iter().any(|b| b == d))
+        .map(Path::to_path_buf)
+        .collect();
+    on_way.reverse();
+    on_way
+}
+
+/// [`remote_blocked_dirs`] of several paths in one SSH command: every directory on the way to
+/// any of them that uid:gid cannot traverse (each once, in no particular order).
+fn remote_blocked_dirs_of(
+    dest: &SshDest,
+    ids: (u32, u32),
+    paths: &[&Path],
+) -> Result<Vec<PathBuf>, String> {
     let mut argv = vec![
         "setpriv".to_string(),
         format!("--reuid={}", ids.0),
@@ -330,9 +375,16 @@ pub(super) fn remote_blocked_dirs(
         r#"for d; do [ -d "$d" ] || continue; [ -x "$d" ] || printf '%s\n' "$d"; done"#.into(),
         "sh".into(),
     ];
-    argv.extend(path.ancestors().map(|d| d.display().to_string()));
+    let mut dirs: Vec<String> = Vec::new();
+    for d in paths.iter().flat_map(|p| p.ancestors()) {
+        let d = d.display().to_string();
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    argv.extend(dirs);
     let stdout = hypervisor_run_as_root(dest, &argv)?;
-    Ok(stdout.lines().map(PathBuf::from).rev().collect())
+    Ok(stdout.lines().map(PathBuf::from).collect())
 }
 
 /// The user qemu runs as (`user = "…"` in qemu.conf; Debian's default is libvirt-qemu).
@@ -512,5 +564,24 @@ mod tests {
     fn blocked_dirs_of_an_unknown_user_assumes_access() {
         let t = tempfile::tempdir().unwrap();
         assert!(blocked_dirs("no-such-user-kvmprov", t.path()).is_empty());
+    }
+
+    #[test]
+    fn one_answer_for_both_pool_paths_splits_into_each_paths_blocked_directories() {
+        // What one SSH command for the image cache and the instance pool printed.
+        let blocked = [
+            PathBuf::from("/srv/kvm/images"),
+            PathBuf::from("/srv/kvm"),
+            PathBuf::from("/data"),
+        ];
+        assert_eq!(
+            blocked_on_way(&blocked, Path::new("/srv/kvm/images")),
+            vec![PathBuf::from("/srv/kvm"), PathBuf::from("/srv/kvm/images")]
+        );
+        assert_eq!(
+            blocked_on_way(&blocked, Path::new("/srv/kvm/instances")),
+            vec![PathBuf::from("/srv/kvm")]
+        );
+        assert!(blocked_on_way(&blocked, Path::new("/var/lib/kvm")).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! Creating one instance: the overlay disk (if missing) and a new cloud-init seed with a pinned
 //! host key, side by side, then the domain, so a domain never exists without its disk and seed.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,8 @@ pub(super) struct Shared<'a> {
     pub domain_type: DomainType,
     /// The name of the instance pool.
     pub instance_pool: String,
+    /// The instance pool's volumes when the stage began.
+    pub listed_volumes: BTreeSet<String>,
     /// kvmprov's checked state directory (`None` when only planning: nothing is created then).
     pub state: Option<state::StateDir>,
     pub operator_public: String,
@@ -169,8 +172,9 @@ fn upload_seed(sh: &Shared, inst: &Instance, spec: &SeedSpec) -> Result<(), Prov
         &spec.host_keys.ed25519_public_openssh,
     )?;
     let seed_vol = seed_name(&inst.name);
-    // A seed left by an interrupted run belongs to no domain: replace it.
-    if sh.hv.volume_exists(&sh.instance_pool, &seed_vol)? {
+    // A seed left by an interrupted run belongs to no domain: replace it. Only this instance
+    // makes its seed, so one the stage's listing did not have is not there: no lookup then.
+    if sh.listed_volumes.contains(&seed_vol) && sh.hv.volume_exists(&sh.instance_pool, &seed_vol)? {
         sh.hv.delete_volume(&sh.instance_pool, &seed_vol)?;
     }
     sh.hv

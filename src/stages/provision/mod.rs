@@ -11,13 +11,13 @@ pub mod disks;
 mod nics;
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::xml::{self, DomainType};
-use kvmprov_hypervisor::{HvError, Hypervisor, PoolInfo};
+use kvmprov_hypervisor::{DomainListing, DomainState, HvError, Hypervisor, PoolInfo};
 use kvmprov_image::CachedImage;
 
 use disks::{describe_disk, plan_disks, DiskPlan};
@@ -97,8 +97,10 @@ pub struct Prepared<'a> {
     report: StageReport,
     planned: Vec<(&'a Instance, InstancePlan)>,
     images: BTreeMap<String, CachedImage>,
-    /// The instance pool's volumes: name → virtual size in bytes.
+    /// The instance pool's data disk volumes: name → virtual size in bytes.
     volumes: BTreeMap<String, u64>,
+    /// The host's domains as prepared listed them.
+    domains: DomainListing,
     /// The data disk lines of applied instances, each put before its instance's line by
     /// [`Prepared::finish`] (the instance's own line is what the pipeline passes on).
     disk_outcomes: Mutex<Vec<Outcome>>,
@@ -121,17 +123,33 @@ pub fn prepare<'a>(
         resolve_domain_type(cfg.domain_type, &hv.host_info()?).map_err(ProvisionError::Invalid)?;
     let (cache_pool, inst_pool) = Pool::observe_both(hv, cfg)?;
     let images = usable_images(s, hv, handoff, &cache_pool)?;
-    let volumes: BTreeMap<String, u64> = match inst_pool.active() {
+    // The pool's volume names, listed once; sizes only of the declared data disks (the only
+    // sizes a plan compares).
+    let listed_volumes: BTreeMap<String, Option<u64>> = match inst_pool.active() {
         Some(p) => {
             hv.refresh_pool(&p.name)?;
-            hv.volumes(&p.name)?
-                .into_iter()
-                .map(|v| (v.name, v.capacity))
-                .collect()
+            let data: BTreeSet<String> = cfg
+                .instances
+                .iter()
+                .flat_map(|i| i.disks.iter().map(|d| data_disk_name(&i.name, &d.name)))
+                .collect();
+            hv.volume_names(&p.name, |n| data.contains(n))?
         }
         None => BTreeMap::new(),
     };
-    let planned = plan_all(cfg, hv, handoff, &images, &volumes, domain_type)?;
+    let volumes: BTreeMap<String, u64> = listed_volumes
+        .iter()
+        .filter_map(|(n, size)| size.map(|size| (n.clone(), size)))
+        .collect();
+    let domains = hv.list_domains()?;
+    let planned = plan_all(
+        cfg,
+        hv,
+        handoff,
+        &images,
+        (&domains, &listed_volumes),
+        domain_type,
+    )?;
 
     report.outcomes = create_pools(
         s,
@@ -166,6 +184,7 @@ pub fn prepare<'a>(
         hv,
         domain_type,
         instance_pool: inst_pool.name,
+        listed_volumes: listed_volumes.into_keys().collect(),
         state,
         operator_public,
         qcow2_nvram,
@@ -176,6 +195,7 @@ pub fn prepare<'a>(
         planned,
         images,
         volumes,
+        domains,
         disk_outcomes: Mutex::new(Vec::new()),
         shared,
     })
@@ -249,6 +269,17 @@ impl<'a> Prepared<'a> {
 
     pub fn instances(&self) -> &[Planned<'a>] {
         &self.planned
+    }
+
+    /// The state of a domain this stage found and left as it was (plan `Keep` or `Drift`), as
+    /// listed when the stage began: runtime need not read it again. `None` for the others.
+    pub fn kept_state(&self, (inst, p): &Planned) -> Option<DomainState> {
+        match p {
+            InstancePlan::Keep | InstancePlan::Drift(..) => {
+                self.domains.get(&inst.name).map(|d| d.state)
+            }
+            _ => None,
+        }
     }
 
     /// `--check`: every instance's line, as planned (printed).
@@ -450,15 +481,15 @@ fn plan_all<'a>(
     hv: &Hypervisor,
     handoff: &Handoff,
     images: &BTreeMap<String, CachedImage>,
-    volumes: &BTreeMap<String, u64>,
+    (domains, volumes): (&DomainListing, &BTreeMap<String, Option<u64>>),
     domain_type: DomainType,
 ) -> Result<Vec<(&'a Instance, InstancePlan)>, HvError> {
     let mut planned = Vec::new();
     for inst in &cfg.instances {
-        let found = match hv.domain(&inst.name)? {
-            Some(_) => {
-                let mut d = xml::parse_domain_xml(&hv.domain_xml(&inst.name)?)?;
-                d.autostart = hv.autostart(&inst.name)?;
+        let found = match domains.get(&inst.name) {
+            Some(listed) => {
+                let mut d = xml::parse_domain_xml(&hv.listed_domain_xml(&inst.name, listed)?)?;
+                d.autostart = listed.autostart;
                 Found::Exists(Box::new(d))
             }
             None => Found::NoDomain {

@@ -160,15 +160,22 @@ pub struct Observed {
 }
 
 pub fn observe(hv: &Hypervisor, inst: &Instance) -> Result<Observed, HvError> {
-    let dom = hv.domain(&inst.name)?;
-    let snapshots = match (&dom, &inst.snapshot_name) {
+    let state = hv.domain_state(&inst.name)?;
+    observed(hv, inst, state)
+}
+
+/// [`observe`] with the domain's state known already (a listing of the host's domains read
+/// it): only the snapshots are read, when the instance declares one.
+pub fn observed(
+    hv: &Hypervisor,
+    inst: &Instance,
+    state: Option<DomainState>,
+) -> Result<Observed, HvError> {
+    let snapshots = match (&state, &inst.snapshot_name) {
         (Some(_), Some(_)) => hv.snapshots(&inst.name)?,
         _ => Vec::new(),
     };
-    Ok(Observed {
-        state: dom.map(|d| d.state),
-        snapshots,
-    })
+    Ok(Observed { state, snapshots })
 }
 
 /// The stage applying on one host: what its instances share.

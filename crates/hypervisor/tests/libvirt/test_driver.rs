@@ -544,3 +544,59 @@ fn snapshots_listed_reverted_and_deleted() {
     hv.destroy("kp-snaps").unwrap();
     hv.undefine("kp-snaps", true).unwrap();
 }
+
+#[test]
+fn one_listing_reads_every_domains_state_persistence_and_autostart() {
+    let hv = hv();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["kp-ls-off", "kp-ls-on", "kp-ls-auto"] {
+        hv.define(&xml::domain_xml(&spec(name, dir.path())))
+            .unwrap();
+    }
+    hv.start("kp-ls-on").unwrap();
+    hv.set_autostart("kp-ls-auto", true).unwrap();
+    let before = hv.calls();
+    let listing = hv.list_domains().unwrap();
+    // A fixed number of calls, however many domains the host has.
+    assert_eq!(hv.calls() - before, 6);
+    for name in ["kp-ls-off", "kp-ls-on", "kp-ls-auto"] {
+        let listed = listing.get(name).unwrap();
+        let one = hv.domain(name).unwrap().unwrap();
+        assert_eq!(listed.state, one.state, "{name}");
+        assert_eq!(listed.persistent, one.persistent, "{name}");
+        assert_eq!(listed.autostart, hv.autostart(name).unwrap(), "{name}");
+        assert_eq!(
+            hv.listed_domain_xml(name, listed).unwrap(),
+            hv.domain_xml(name).unwrap()
+        );
+        assert_eq!(hv.domain_state(name).unwrap(), Some(one.state));
+    }
+    assert_eq!(listing.get("kp-ls-on").unwrap().state, DomainState::Running);
+    assert!(listing.get("kp-ls-auto").unwrap().autostart);
+    assert!(!listing.get("kp-ls-off").unwrap().autostart);
+    assert!(listing.get("kp-ls-none").is_none());
+    assert_eq!(hv.domain_state("kp-ls-none").unwrap(), None);
+}
+
+#[test]
+fn volume_names_come_from_one_listing_with_sizes_only_where_asked() {
+    let hv = hv();
+    let dir = tempfile::tempdir().unwrap();
+    hv.ensure_dir_pool("kp-names", &dir.path().join("names"))
+        .unwrap();
+    hv.create_volume("kp-names", "a.qcow2", 1 << 30, "qcow2")
+        .unwrap();
+    hv.create_volume("kp-names", "b.qcow2", 2 << 30, "qcow2")
+        .unwrap();
+    let before = hv.calls();
+    let names = hv.volume_names("kp-names", |n| n == "b.qcow2").unwrap();
+    // The pool's lookup, the listing, and one size.
+    assert_eq!(hv.calls() - before, 3);
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("a.qcow2".to_string(), None),
+            ("b.qcow2".to_string(), Some(2 << 30))
+        ]
+    );
+}

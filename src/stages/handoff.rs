@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use kvmprov_image::CachedImage;
 
+use super::preflight::AccessAhead;
+
 /// What a stage reads besides the session and its hypervisor, one per run. The command sets
 /// how the stages run (`no_wait`, `several_hosts`); the image-cache stage fills in the images
 /// before the stages that use them run.
@@ -20,6 +22,9 @@ pub struct Handoff {
     /// Image names a `--check` run would download: provision plans their instances as if the
     /// image were cached.
     pub pending: Vec<String>,
+    /// libvirt URI → the access check of that remote hypervisor's pool directories, made over
+    /// SSH while its libvirt connection was being made (preflight uses it when it agrees).
+    pub access_ahead: BTreeMap<String, AccessAhead>,
 }
 
 impl Handoff {

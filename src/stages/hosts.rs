@@ -3,6 +3,8 @@
 //! once, between every host's preflight and the rest; the reports collected in stage order.
 //! What a host's provision and runtime do together is [`super::pipeline`]'s.
 
+use std::collections::BTreeMap;
+
 use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::Hypervisor;
 
@@ -63,7 +65,8 @@ pub fn run(s: &Session, settings: &StageSettings) -> RunReport {
         several_hosts: hosts.len() > 1,
         ..Handoff::default()
     };
-    let mut runs = connect(&hosts, stages);
+    let (mut runs, ahead) = connect(&hosts, stages);
+    handoff.access_ahead = ahead;
 
     if stages.contains(&Stage::Preflight) {
         on_each_host(&mut runs, |r| vec![r.stage(Stage::Preflight, &handoff)]);
@@ -86,20 +89,34 @@ pub fn run(s: &Session, settings: &StageSettings) -> RunReport {
 }
 
 /// Connect to every hypervisor at once. `image-cache` alone needs no local hypervisor: it
-/// only fills the local cache.
-fn connect<'a>(hosts: &'a [Session], stages: &[Stage]) -> Vec<HostRun<'a>> {
+/// only fills the local cache. Meanwhile preflight's access check of each remote hypervisor
+/// runs over SSH (each costs a connection; preflight uses the answer only when it agrees with
+/// what libvirt says): the URI → its answer.
+fn connect<'a>(
+    hosts: &'a [Session],
+    stages: &[Stage],
+) -> (Vec<HostRun<'a>>, BTreeMap<String, preflight::AccessAhead>) {
     let image_cache_only = stages.iter().all(|st| *st == Stage::ImageCache);
+    let with_preflight = stages.contains(&Stage::Preflight);
     let conns = parallel(hosts, hosts.len(), |h| {
-        if image_cache_only && is_local(&h.cfg.libvirt_uri) {
-            None
-        } else {
-            Some(h.connect())
-        }
+        std::thread::scope(|scope| {
+            let ahead = with_preflight.then(|| scope.spawn(|| preflight::access_ahead(h)));
+            let conn = if image_cache_only && is_local(&h.cfg.libvirt_uri) {
+                None
+            } else {
+                Some(h.connect())
+            };
+            (conn, ahead.and_then(|a| a.join().ok().flatten()))
+        })
     });
-    hosts
+    let mut ahead = BTreeMap::new();
+    let runs = hosts
         .iter()
         .zip(conns)
-        .map(|(h, c)| {
+        .map(|(h, (c, a))| {
+            if let Some(a) = a {
+                ahead.insert(h.cfg.libvirt_uri.clone(), a);
+            }
             let (hv, error) = match c {
                 None => (None, None),
                 Some(Ok(hv)) => (Some(hv), None),
@@ -118,7 +135,8 @@ fn connect<'a>(hosts: &'a [Session], stages: &[Stage]) -> Vec<HostRun<'a>> {
                 reports: Vec::new(),
             }
         })
-        .collect()
+        .collect();
+    (runs, ahead)
 }
 
 /// Run `work` on every host at once; each host takes in its results in order.

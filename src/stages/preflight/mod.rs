@@ -13,14 +13,17 @@ use kvmprov_hypervisor::{HvError, Hypervisor};
 
 use plan::{plan, Observed, Verdict};
 use probes::blocked_dirs;
+pub use probes::{access_ahead, AccessAhead};
 
 use crate::report::{Action, Op, Outcome, StageReport};
 use crate::settings::Session;
 use crate::stages::handoff::Handoff;
 
-/// The stage on one host. It reads nothing an earlier stage hands on: it comes first.
-pub fn run(s: &Session, hv: &Hypervisor, _: &Handoff) -> Result<StageReport, HvError> {
-    let observed = probes::observe(s, hv)?;
+/// The stage on one host. It comes first: of the handoff it reads only the access check made
+/// while connecting.
+pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageReport, HvError> {
+    let ahead = handoff.access_ahead.get(&s.cfg.libvirt_uri);
+    let observed = probes::observe(s, hv, ahead)?;
     let mut report = StageReport::new("preflight");
     for (action, verdict) in plan(&s.cfg, &observed) {
         let outcome = outcome(s, hv, &observed, action, verdict);

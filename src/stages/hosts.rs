@@ -9,7 +9,7 @@ use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::Hypervisor;
 
 use super::error::StageError;
-use super::handoff::Handoff;
+use super::handoff::{AccessAhead, Handoff};
 use super::runtime::lifecycle;
 use super::{image_cache, pipeline, preflight, provision, recreate, runtime};
 use crate::exit::ExitStatus;
@@ -95,7 +95,7 @@ pub fn run(s: &Session, settings: &StageSettings) -> RunReport {
 fn connect<'a>(
     hosts: &'a [Session],
     stages: &[Stage],
-) -> (Vec<HostRun<'a>>, BTreeMap<String, preflight::AccessAhead>) {
+) -> (Vec<HostRun<'a>>, BTreeMap<String, AccessAhead>) {
     let image_cache_only = stages.iter().all(|st| *st == Stage::ImageCache);
     let with_preflight = stages.contains(&Stage::Preflight);
     let conns = parallel(hosts, hosts.len(), |h| {

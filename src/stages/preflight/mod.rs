@@ -12,8 +12,8 @@ mod probes;
 use kvmprov_hypervisor::{HvError, Hypervisor};
 
 use plan::{plan, Observed, Verdict};
+pub use probes::access_ahead;
 use probes::blocked_dirs;
-pub use probes::{access_ahead, AccessAhead};
 
 use crate::report::{Action, Op, Outcome, StageReport};
 use crate::settings::Session;

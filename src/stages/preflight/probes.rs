@@ -11,6 +11,7 @@ use crate::config::{Config, FirmwareChoice};
 use crate::host::resolve_domain_type;
 use crate::layout::data_disk_name;
 use crate::settings::Session;
+use crate::stages::handoff::AccessAhead;
 
 /// Look at the hypervisor: host, networks, the two pool paths and their access, free space,
 /// the instances still to create, tools and firmware.
@@ -389,26 +390,6 @@ fn remote_blocked_dirs_of(
     argv.extend(ancestors_once(paths));
     let stdout = hypervisor_run_as_root(dest, &argv)?;
     Ok(stdout.lines().map(PathBuf::from).collect())
-}
-
-/// A remote hypervisor's access check made while kvmprov connects to its libvirt (both cost an
-/// SSH connection, ~0.4–1 s each): the uid:gid qemu runs as is read there from `virsh
-/// capabilities`, the same base label [`kvmprov_hypervisor`] reads through the connection, and
-/// the answer is used only when the two agree.
-#[derive(Debug, Clone)]
-pub struct AccessAhead {
-    ids: (u32, u32),
-    paths: Vec<PathBuf>,
-    blocked: Vec<PathBuf>,
-}
-
-impl AccessAhead {
-    /// The directories blocked on the way to `paths`, when this check was made as `ids` and
-    /// covered them all.
-    fn answer_for(&self, ids: (u32, u32), paths: &[&Path]) -> Option<Vec<PathBuf>> {
-        (self.ids == ids && paths.iter().all(|p| self.paths.iter().any(|q| q == p)))
-            .then(|| self.blocked.clone())
-    }
 }
 
 /// The script of [`access_ahead`]: the first numeric DAC base label (`+uid:+gid`) of the

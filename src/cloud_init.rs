@@ -22,15 +22,7 @@ pub fn parse_wait_output(out: &CommandOutput) -> CloudInitStatus {
     let Some(v1) = doc.get("v1") else {
         return parse_cloud_init_status(out);
     };
-    let errors: Vec<String> = v1
-        .get("errors")
-        .and_then(|e| e.as_array())
-        .map(|a| {
-            a.iter()
-                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let errors = v1.get("errors").map(messages).unwrap_or_default();
     if !errors.is_empty() {
         return CloudInitStatus::Error(format!("errors: {}", errors.join(" | ")));
     }
@@ -42,14 +34,8 @@ pub fn parse_wait_output(out: &CommandOutput) -> CloudInitStatus {
         .map(|m| {
             m.iter()
                 .filter_map(|(level, msgs)| {
-                    let msgs = msgs.as_array()?;
-                    (!msgs.is_empty()).then(|| {
-                        let text: Vec<String> = msgs
-                            .iter()
-                            .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string))
-                            .collect();
-                        format!("{level}: {}", text.join(" | "))
-                    })
+                    let text = messages(msgs);
+                    (!text.is_empty()).then(|| format!("{level}: {}", text.join(" | ")))
                 })
                 .collect()
         })
@@ -59,6 +45,18 @@ pub fn parse_wait_output(out: &CommandOutput) -> CloudInitStatus {
     } else {
         CloudInitStatus::Degraded(format!("recoverable_errors: {}", recoverable.join("; ")))
     }
+}
+
+/// A JSON list of cloud-init's messages as text (a string as it is, anything else as JSON);
+/// nothing when it is no list.
+fn messages(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// cloud-init's final state, from `cloud-init status --long` output and exit code.

@@ -275,17 +275,25 @@ e2e_release() (
             virsh_ns pool-undefine "$p" >/dev/null 2>&1
         done
     fi
-    mkdir -p "$E2E_DIR/kept/$1"
-    for kind in evidence consoles; do
-        while read -r f; do
-            [ -s "$f" ] || continue
-            cp "$f" "$E2E_DIR/kept/$1/" && echo "$E2E_DIR/kept/$1/$(basename "$f")" >>"$E2E_RESULTS/$kind"
-        done < <(cat "$owned/$kind" 2>/dev/null)
-    done
+    e2e_keep "$owned" "$E2E_DIR/kept/$1" "$E2E_RESULTS"
     [ -n "$scratch" ] && rm -rf "$scratch"
     rm -rf "$owned"
     return 0
 )
+
+# e2e_keep LISTS KEPT RESULTS: copy the files named in LISTS/evidence and LISTS/consoles into
+# directory KEPT and name the copies in RESULTS/evidence and RESULTS/consoles, so the summary
+# still quotes them once the directory they were in is gone.
+e2e_keep() {
+    local kind f
+    mkdir -p "$2"
+    for kind in evidence consoles; do
+        while read -r f; do
+            [ -s "$f" ] || continue
+            cp "$f" "$2/" && echo "$2/$(basename "$f")" >>"$3/$kind"
+        done < <(cat "$1/$kind" 2>/dev/null)
+    done
+}
 
 # Domains this test declared (E2E_DOMAINS, set by the test: the benchmarks) and what any
 # scenario recorded are destroyed and undefined here, whatever state the run left them in; then

@@ -26,15 +26,7 @@ teardown() {
     # why a check failed, join the lane's.
     if [ -n "${E2E_RESULTS_TO:-}" ] && [ -f "${DIR:-}/results" ]; then
         cat "$DIR/results" >>"$E2E_RESULTS_TO/results"
-        mkdir -p "$E2E_RESULTS_TO/kept/remote"
-        local kind f
-        for kind in evidence consoles; do
-            while read -r f; do
-                [ -s "$f" ] || continue
-                cp "$f" "$E2E_RESULTS_TO/kept/remote/" &&
-                    echo "$E2E_RESULTS_TO/kept/remote/$(basename "$f")" >>"$E2E_RESULTS_TO/$kind"
-            done <"$DIR/$kind"
-        done
+        e2e_keep "$DIR" "$E2E_RESULTS_TO/kept/remote" "$E2E_RESULTS_TO"
     fi
     [ -n "${MIRROR_PID:-}" ] && kill "$MIRROR_PID" 2>/dev/null && wait "$MIRROR_PID" 2>/dev/null
     rh_teardown

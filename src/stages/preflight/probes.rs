@@ -384,7 +384,7 @@ fn remote_blocked_dirs_of(
         "--init-groups".into(),
         "sh".into(),
         "-c".into(),
-        r#"for d; do [ -d "$d" ] || continue; [ -x "$d" ] || printf '%s\n' "$d"; done"#.into(),
+        BLOCKED_DIRS_SCRIPT.into(),
         "sh".into(),
     ];
     argv.extend(ancestors_once(paths));
@@ -392,13 +392,19 @@ fn remote_blocked_dirs_of(
     Ok(stdout.lines().map(PathBuf::from).collect())
 }
 
-/// The script of [`access_ahead`]: the first numeric DAC base label (`+uid:+gid`) of the
-/// capabilities, printed as `ids UID GID`, then the directories given that uid:gid (with its
-/// supplementary groups) cannot traverse.
+/// Run as the qemu user with its directories as arguments: those it cannot traverse.
+const BLOCKED_DIRS_SCRIPT: &str =
+    r#"for d; do [ -d "$d" ] || continue; [ -x "$d" ] || printf '%s\n' "$d"; done"#;
+
+/// The script of [`access_ahead`], given [`BLOCKED_DIRS_SCRIPT`] and the directories: the first
+/// numeric DAC base label (`+uid:+gid`) of the capabilities, printed as `ids UID GID`, then
+/// the directories that uid:gid (with its supplementary groups) cannot traverse.
 const ACCESS_AHEAD_SCRIPT: &str = r#"ids=$(virsh -q -c qemu:///system capabilities 2>/dev/null | sed -n "s/.*<baselabel type='[a-z]*'>+\([0-9][0-9]*\):+\([0-9][0-9]*\)<\/baselabel>.*/\1 \2/p" | head -n 1)
 [ -n "$ids" ] || exit 3
 echo "ids $ids"
-exec setpriv --reuid="${ids% *}" --regid="${ids#* }" --init-groups sh -c 'for d; do [ -d "$d" ] || continue; [ -x "$d" ] || printf "%s\n" "$d"; done' sh "$@""#;
+check=$1
+shift
+exec setpriv --reuid="${ids% *}" --regid="${ids#* }" --init-groups sh -c "$check" sh "$@""#;
 
 /// The access check of a remote hypervisor's image cache and instance pool, made before its
 /// libvirt connection is up (see [`AccessAhead`]). None when it cannot be made ahead: a local
@@ -420,6 +426,7 @@ pub fn access_ahead(s: &Session) -> Option<AccessAhead> {
         "-c".into(),
         ACCESS_AHEAD_SCRIPT.into(),
         "sh".into(),
+        BLOCKED_DIRS_SCRIPT.into(),
     ];
     argv.extend(ancestors_once(
         &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
@@ -682,7 +689,7 @@ mod tests {
                 "PATH",
                 format!("{}:/usr/bin:/bin:/usr/sbin:/sbin", bin.display()),
             )
-            .args(["-c", ACCESS_AHEAD_SCRIPT, "sh"])
+            .args(["-c", ACCESS_AHEAD_SCRIPT, "sh", BLOCKED_DIRS_SCRIPT])
             .args(ancestors_once(&[inner.as_path()]))
             .output()
             .unwrap();

@@ -3,19 +3,38 @@
 
 use crate::process::CommandOutput;
 
-/// The guest-side wait for cloud-init, run over SSH: until its last stage has written
-/// `/run/cloud-init/result.json` (a tmpfs: this boot's), then that file. A shell loop rather
-/// than `cloud-init status --wait`, whose Python start costs the booting guest seconds of CPU
-/// under TCG. When no result appears within a minute (cloud-init disabled, a stage that died),
-/// `cloud-init status --long` gives its own verdict, read by [`parse_cloud_init_status`].
-pub const WAIT_COMMAND: &str = "r=/run/cloud-init/result.json; i=0; \
+/// The guest-side wait for cloud-init, run over SSH: [`LOGGED_IN`] at once, then until its
+/// last stage has written `/run/cloud-init/result.json` (a tmpfs: this boot's), that file. A
+/// shell loop rather than `cloud-init status --wait`, whose Python start costs the booting guest
+/// seconds of CPU under TCG. When no result appears within a minute (cloud-init disabled, a
+/// stage that died), `cloud-init status --long` gives its own verdict, read by
+/// [`parse_cloud_init_status`]. It is also the login check: one session, not two (each SSH
+/// session costs a booting TCG guest ~1.5 s of CPU: sshd, PAM, logind).
+pub const WAIT_COMMAND: &str = "echo kvmprov-logged-in; r=/run/cloud-init/result.json; i=0; \
 while [ ! -s $r ] && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done; \
 if [ -s $r ]; then cat $r; else cloud-init status --long; fi";
 
-/// cloud-init's verdict from [`WAIT_COMMAND`]'s output: `result.json` (`{"v1": {"errors":
-/// […], "recoverable_errors": {…}}}`, the latter from cloud-init 23.4 on), else `cloud-init
-/// status --long`'s.
+/// [`WAIT_COMMAND`]'s first line: the session logged in and the command runs.
+pub const LOGGED_IN: &str = "kvmprov-logged-in";
+
+/// Did [`WAIT_COMMAND`] run (its first line is [`LOGGED_IN`])? ssh's own failures (refused,
+/// the host key, authentication) print nothing on stdout.
+pub fn logged_in(out: &CommandOutput) -> bool {
+    out.stdout.lines().next() == Some(LOGGED_IN)
+}
+
+/// cloud-init's verdict from [`WAIT_COMMAND`]'s output after its [`LOGGED_IN`] line:
+/// `result.json` (`{"v1": {"errors": […], "recoverable_errors": {…}}}`, the latter from
+/// cloud-init 23.4 on), else `cloud-init status --long`'s.
 pub fn parse_wait_output(out: &CommandOutput) -> CloudInitStatus {
+    let out = &CommandOutput {
+        stdout: out
+            .stdout
+            .strip_prefix(LOGGED_IN)
+            .map_or(out.stdout.as_str(), |rest| rest.trim_start_matches('\n'))
+            .to_string(),
+        ..out.clone()
+    };
     let Ok(doc) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
         return parse_cloud_init_status(out);
     };
@@ -106,11 +125,13 @@ pub fn parse_cloud_init_status(out: &CommandOutput) -> CloudInitStatus {
 mod tests {
     use super::*;
 
+    /// What a session running [`WAIT_COMMAND`] returns: its login line, then `stdout`.
     fn out(code: i32, stdout: &str) -> CommandOutput {
         CommandOutput {
             code: Some(code),
-            stdout: stdout.to_string(),
+            stdout: format!("{LOGGED_IN}\n{stdout}"),
             stderr: String::new(),
+            first_stdout: None,
         }
     }
 
@@ -152,6 +173,26 @@ mod tests {
             parse_wait_output(&out(0, "status: done\n")),
             CloudInitStatus::Done
         );
+    }
+
+    #[test]
+    fn the_wait_is_the_login_check() {
+        assert!(WAIT_COMMAND.starts_with(&format!("echo {LOGGED_IN};")));
+        assert!(logged_in(&out(0, "status: done\n")));
+        // ssh's own failures: exit 255, nothing on stdout; a command that never ran.
+        let refused = CommandOutput {
+            code: Some(255),
+            stdout: String::new(),
+            stderr: "Permission denied (publickey).".into(),
+            first_stdout: None,
+        };
+        assert!(!logged_in(&refused));
+        // The line alone (cloud-init's status unreadable) is still a login, and not done.
+        assert!(logged_in(&out(0, "")));
+        assert!(matches!(
+            parse_wait_output(&out(0, "")),
+            CloudInitStatus::Other(_)
+        ));
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub struct CommandOutput {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    /// When the first byte of stdout arrived: over SSH, the moment the remote command ran,
+    /// so after the login (runtime's wait logs in and waits for cloud-init in one session).
+    pub first_stdout: Option<Instant>,
 }
 
 /// The ssh processes running now, so an interrupted run can stop them (`stop_children`).
@@ -76,7 +79,7 @@ fn wait_bounded(
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
     let out_t = std::thread::spawn(move || read_all(out.as_mut()));
-    let err_t = std::thread::spawn(move || read_all(err.as_mut()));
+    let err_t = std::thread::spawn(move || read_all(err.as_mut()).0);
     let start = Instant::now();
     let status = loop {
         match child.try_wait().map_err(Some)? {
@@ -89,10 +92,12 @@ fn wait_bounded(
             None => std::thread::sleep(Duration::from_millis(50)),
         }
     };
+    let (stdout, first_stdout) = out_t.join().unwrap_or_default();
     Ok(CommandOutput {
         code: status.code(),
-        stdout: out_t.join().unwrap_or_default(),
+        stdout,
         stderr: err_t.join().unwrap_or_default(),
+        first_stdout,
     })
 }
 
@@ -102,21 +107,34 @@ fn wait_bounded(
 const MAX_OUTPUT: u64 = 1024 * 1024;
 
 /// What a remote command printed (a guest or a hypervisor: neither is kvmprov), at most
-/// [`MAX_OUTPUT`] bytes of it, sanitized ([`sanitize`]). The rest is read and dropped, so the
-/// command never blocks on a full pipe.
-fn read_all<R: std::io::Read>(r: Option<&mut R>) -> String {
+/// [`MAX_OUTPUT`] bytes of it, sanitized ([`sanitize`]), and when its first byte came. The
+/// rest is read and dropped, so the command never blocks on a full pipe.
+fn read_all<R: std::io::Read>(r: Option<&mut R>) -> (String, Option<Instant>) {
     let mut buf = Vec::new();
+    let mut first = None;
     let mut cut = false;
     if let Some(r) = r {
         use std::io::Read;
-        let _ = r.by_ref().take(MAX_OUTPUT).read_to_end(&mut buf);
+        let mut kept = r.by_ref().take(MAX_OUTPUT);
+        let mut chunk = [0u8; 8192];
+        loop {
+            match kept.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    first.get_or_insert_with(Instant::now);
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
         cut = std::io::copy(r, &mut std::io::sink()).is_ok_and(|n| n > 0);
     }
     let mut text = sanitize(&String::from_utf8_lossy(&buf), true);
     if cut {
         text.push_str(&format!("\n(output cut at {} KiB)", MAX_OUTPUT / 1024));
     }
-    text
+    (text, first)
 }
 
 #[cfg(test)]
@@ -142,7 +160,8 @@ mod tests {
     #[test]
     fn regression_ssh_output_was_unbounded_and_unsanitized() {
         let mut flood = std::io::repeat(b'y').take(3 * MAX_OUTPUT);
-        let out = read_all(Some(&mut flood));
+        let (out, first) = read_all(Some(&mut flood));
+        assert!(first.is_some());
         assert!(out.len() < MAX_OUTPUT as usize + 100, "{} bytes", out.len());
         assert!(
             out.ends_with("(output cut at 1024 KiB)"),
@@ -150,7 +169,7 @@ mod tests {
             &out[out.len() - 40..]
         );
         let mut guest: &[u8] = b"status: error\r\nerrors:\n\t- \x1b]2;owned\x07\x1b[2Jbad\n";
-        let out = read_all(Some(&mut guest));
+        let (out, _) = read_all(Some(&mut guest));
         assert_eq!(out, "status: error\nerrors:\n\t- bad\n");
     }
 }

@@ -18,7 +18,14 @@ use super::validate::valid_instance_name;
 use super::{ConfigError, MAX_FILE_BYTES};
 
 /// Keys whose value kvmprov joins with its own list ([`merge`]'s rules): they must be lists.
-const JOINED_LISTS: &[&str] = &["users", "packages", "runcmd", "fs_setup", "mounts"];
+const JOINED_LISTS: &[&str] = &[
+    "users",
+    "packages",
+    "runcmd",
+    "fs_setup",
+    "mounts",
+    "write_files",
+];
 
 /// The user_data of one level (`kvm_cloud_init_defaults` or an instance) at `at`, which holds
 /// `user_data` or `user_data_file` (not both); empty when neither. `base` is the variables

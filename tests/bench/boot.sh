@@ -112,6 +112,17 @@ log_epoch() { # log name what
     ts=$(grep -m1 " $2: $3" "$1" | awk '{print $1}')
     [ -n "$ts" ] && date -d "$ts" +%s.%N
 }
+# The epoch of the login: its line is written when the session that logged in returns (it goes
+# on to wait for cloud-init), and says when the login came after the wait's start, as the port
+# line does; so the port line's epoch plus the difference of the two.
+login_epoch() { # log name
+    local port after_port after_login
+    port=$(log_epoch "$1" "$2" "port 22 open") || return 0
+    after_port=$(grep -m1 " $2: port 22 open" "$1" | sed -n 's/.* after \([0-9.]*\)s$/\1/p')
+    after_login=$(grep -m1 " $2: ssh login at" "$1" | sed -n 's/.* after \([0-9.]*\)s$/\1/p')
+    [ -n "$port" ] && [ -n "$after_port" ] && [ -n "$after_login" ] &&
+        python3 -c "import sys; print(float(sys.argv[1]) + float(sys.argv[3]) - float(sys.argv[2]))" "$port" "$after_port" "$after_login"
+}
 # The epoch of the address kvmprov logged in to: its last "NAME: address …" line before the
 # login. The first can be a stale lease another guest with the same MAC left in dnsmasq's file
 # (kvmprov asks again before each SSH attempt and logs "address changed").
@@ -138,7 +149,7 @@ kvmprov_run() { # label prefix count
     for i in $(seq 1 "$3"); do
         n=$2-$(printf %02d "$i")
         cpu=$(python3 -c "print($cpu + $(done_cpu "$E2E_DIR/$2.log" "$n"))")
-        e=$(log_epoch "$E2E_DIR/$2.log" "$n" "ssh login at")
+        e=$(login_epoch "$E2E_DIR/$2.log" "$n")
         ssh_last=$(fmax "$ssh_last" "$e")
         e=$(log_epoch "$E2E_DIR/$2.log" "$n" "cloud-init done")
         done_last=$(fmax "$done_last" "$e")
@@ -150,7 +161,7 @@ kvmprov_run() { # label prefix count
         row split kvmprov \
             "$(since "$t0" "$(address_epoch "$E2E_DIR/$2.log" "$n")")" \
             "$(since "$t0" "$(log_epoch "$E2E_DIR/$2.log" "$n" "port 22 open")")" \
-            "$(since "$t0" "$(log_epoch "$E2E_DIR/$2.log" "$n" "ssh login at")")" \
+            "$(since "$t0" "$(login_epoch "$E2E_DIR/$2.log" "$n")")" \
             "$(since "$t0" "$(log_epoch "$E2E_DIR/$2.log" "$n" "cloud-init done")")"
     fi
     # Everything present, the guests idle (cloud-init done): what a re-run costs.

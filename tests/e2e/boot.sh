@@ -176,6 +176,16 @@ check "the user can sudo" test "$(ssh_out e2e-dhcp 'sudo -n id -u')" = 0
 shadow=$(ssh_out e2e-dhcp "sudo -n grep '^debian:' /etc/shadow") || true
 check "shadow holds a SHA-512 crypt hash" grep -q '^debian:\$6\$' <<<"$shadow"
 check "shadow does not hold the plain password" bash -c '! grep -q "e2e-Plain-Secret-42" <<<"$0"' "$shadow"
+# sshd's PasswordAuthentication: kvmprov writes the line ahead where cloud-init's set-passwords
+# would (22.4 and 25.1 alike), so that module does not restart sshd in the middle of the boot.
+for g in e2e-dhcp e2e-static; do
+    pa=$(ssh_out "$g" "sudo -n sshd -T | grep -i '^passwordauthentication '; sudo -n stat -c '%a %U' /etc/ssh/sshd_config.d/50-cloud-init.conf; sudo -n cat /etc/ssh/sshd_config.d/50-cloud-init.conf") || true
+    check "$g: sshd refuses passwords, set in 50-cloud-init.conf (0600, root) as set-passwords writes it" \
+        test "$pa" = $'passwordauthentication no\n600 root\nPasswordAuthentication no'
+    cilog=$(ssh_out "$g" "sudo -n grep -E 'No need to restart SSH service|Restarted the SSH daemon' /var/log/cloud-init.log") || true
+    check "regression_sshd_restarted_during_boot_for_ssh_pwauth: $g's cloud-init left sshd running ($cilog)" \
+        bash -c 'grep -q "No need to restart SSH service" <<<"$0" && ! grep -q "Restarted the SSH daemon" <<<"$0"' "$cilog"
+done
 ci=$(ssh_out e2e-static "cloud-init status --long") || true
 check "cloud-init finished without errors" grep -q "status: done" <<<"$ci"
 st=$(kp -c "$CFG" --output json status) || true

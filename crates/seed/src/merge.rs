@@ -11,7 +11,8 @@
 //! - [`join`] (kvmprov's document with the merged user_data): `users` is kvmprov's login user
 //!   first, then the operator's users; `packages` and `runcmd` are the user_data's items, then
 //!   the instance's own `packages`/`runcmd` fields; `fs_setup` and `mounts` are the data disks'
-//!   entries, then the operator's; a key kvmprov owns keeps kvmprov's value (the
+//!   entries, then the operator's; `write_files` is kvmprov's sshd setting, then the operator's
+//!   files; a key kvmprov owns keeps kvmprov's value (the
 //!   config layer refuses such a key with its position before it gets here); every other key is
 //!   the operator's, after kvmprov's keys, in the operator's order.
 
@@ -174,8 +175,9 @@ pub(crate) fn join(mut own: CloudConfig, operator: &CloudConfig) -> CloudConfig 
         };
         match (key.as_str(), &mut *existing, value) {
             ("users", Node::Seq(ours), Node::Seq(theirs)) => ours.extend(theirs.iter().cloned()),
-            // The data disks' entries first, then the operator's own.
-            ("fs_setup" | "mounts", Node::Seq(ours), Node::Seq(theirs)) => {
+            // The data disks' entries (or sshd's setting) first, then the operator's own, so
+            // an operator's file of the same path is written after ours.
+            ("fs_setup" | "mounts" | "write_files", Node::Seq(ours), Node::Seq(theirs)) => {
                 ours.extend(theirs.iter().cloned())
             }
             ("packages" | "runcmd", Node::Seq(ours), Node::Seq(theirs)) => {

@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use std::path::{Path, PathBuf};
-
 use kvmprov_image::CachedImage;
 
 /// What a stage reads besides the session and its hypervisor, one per run. The command sets
@@ -22,9 +20,6 @@ pub struct Handoff {
     /// Image names a `--check` run would download: provision plans their instances as if the
     /// image were cached.
     pub pending: Vec<String>,
-    /// libvirt URI → the access check of that remote hypervisor's pool directories, made over
-    /// SSH while its libvirt connection was being made (preflight uses it when it agrees).
-    pub access_ahead: BTreeMap<String, AccessAhead>,
 }
 
 impl Handoff {
@@ -40,30 +35,5 @@ impl Handoff {
     /// The host a stage's report names: the hypervisor's URI when the run spans several.
     pub fn host(&self, uri: &str) -> Option<String> {
         self.several_hosts.then(|| uri.to_string())
-    }
-}
-
-/// A remote hypervisor's access check made while kvmprov connects to its libvirt (both cost an
-/// SSH connection, ~0.4–1 s each): the uid:gid qemu runs as is read there from `virsh
-/// capabilities`, the same base label kvmprov_hypervisor reads through the connection, and
-/// the answer is used only when the two agree.
-///
-/// Made by preflight (`access_ahead`); defined here, where the runner hands it over.
-#[derive(Debug, Clone)]
-pub struct AccessAhead {
-    /// The uid:gid the check ran as.
-    pub(crate) ids: (u32, u32),
-    /// The paths whose every ancestor it checked.
-    pub(crate) paths: Vec<PathBuf>,
-    /// The directories that uid:gid could not traverse.
-    pub(crate) blocked: Vec<PathBuf>,
-}
-
-impl AccessAhead {
-    /// The directories blocked on the way to `paths`, when this check was made as `ids` and
-    /// covered them all.
-    pub(crate) fn answer_for(&self, ids: (u32, u32), paths: &[&Path]) -> Option<Vec<PathBuf>> {
-        (self.ids == ids && paths.iter().all(|p| self.paths.iter().any(|q| q == p)))
-            .then(|| self.blocked.clone())
     }
 }

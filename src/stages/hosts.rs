@@ -3,13 +3,11 @@
 //! once, between every host's preflight and the rest; the reports collected in stage order.
 //! What a host's provision and runtime do together is [`super::pipeline`]'s.
 
-use std::collections::BTreeMap;
-
 use kvmprov_hypervisor::uri::is_local;
 use kvmprov_hypervisor::Hypervisor;
 
 use super::error::StageError;
-use super::handoff::{AccessAhead, Handoff};
+use super::handoff::Handoff;
 use super::runtime::lifecycle;
 use super::{image_cache, pipeline, preflight, provision, recreate, runtime};
 use crate::exit::ExitStatus;
@@ -65,8 +63,7 @@ pub fn run(s: &Session, settings: &StageSettings) -> RunReport {
         several_hosts: hosts.len() > 1,
         ..Handoff::default()
     };
-    let (mut runs, ahead) = connect(&hosts, stages);
-    handoff.access_ahead = ahead;
+    let mut runs = connect(&hosts, stages);
 
     if stages.contains(&Stage::Preflight) {
         on_each_host(&mut runs, |r| vec![r.stage(Stage::Preflight, &handoff)]);
@@ -89,34 +86,20 @@ pub fn run(s: &Session, settings: &StageSettings) -> RunReport {
 }
 
 /// Connect to every hypervisor at once. `image-cache` alone needs no local hypervisor: it
-/// only fills the local cache. Meanwhile preflight's access check of each remote hypervisor
-/// runs over SSH (each costs a connection; preflight uses the answer only when it agrees with
-/// what libvirt says): the URI → its answer.
-fn connect<'a>(
-    hosts: &'a [Session],
-    stages: &[Stage],
-) -> (Vec<HostRun<'a>>, BTreeMap<String, AccessAhead>) {
+/// only fills the local cache.
+fn connect<'a>(hosts: &'a [Session], stages: &[Stage]) -> Vec<HostRun<'a>> {
     let image_cache_only = stages.iter().all(|st| *st == Stage::ImageCache);
-    let with_preflight = stages.contains(&Stage::Preflight);
     let conns = parallel(hosts, hosts.len(), |h| {
-        std::thread::scope(|scope| {
-            let ahead = with_preflight.then(|| scope.spawn(|| preflight::access_ahead(h)));
-            let conn = if image_cache_only && is_local(&h.cfg.libvirt_uri) {
-                None
-            } else {
-                Some(h.connect())
-            };
-            (conn, ahead.and_then(|a| a.join().ok().flatten()))
-        })
+        if image_cache_only && is_local(&h.cfg.libvirt_uri) {
+            None
+        } else {
+            Some(h.connect())
+        }
     });
-    let mut ahead = BTreeMap::new();
-    let runs = hosts
+    hosts
         .iter()
         .zip(conns)
-        .map(|(h, (c, a))| {
-            if let Some(a) = a {
-                ahead.insert(h.cfg.libvirt_uri.clone(), a);
-            }
+        .map(|(h, c)| {
             let (hv, error) = match c {
                 None => (None, None),
                 Some(Ok(hv)) => (Some(hv), None),
@@ -135,8 +118,7 @@ fn connect<'a>(
                 reports: Vec::new(),
             }
         })
-        .collect();
-    (runs, ahead)
+        .collect()
 }
 
 /// Run `work` on every host at once; each host takes in its results in order.
@@ -248,7 +230,7 @@ impl HostRun<'_> {
         s.printer
             .stage_header(&handoff.header(name, &s.cfg.libvirt_uri), s.check);
         let result = match stage {
-            Stage::Preflight => preflight::run(s, hv, handoff).map_err(StageError::Preflight),
+            Stage::Preflight => preflight::run(s, hv).map_err(StageError::Preflight),
             Stage::ImageCache => image_cache::run(s, hv, handoff).map_err(|never| match never {}),
             Stage::Provision => provision::run(s, hv, handoff).map_err(StageError::Provision),
             Stage::Runtime => {

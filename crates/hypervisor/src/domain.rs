@@ -136,6 +136,16 @@ impl Hypervisor {
         infos_of_listed(listed, |o| domain_info(self, o), |i| &i.name)
     }
 
+    /// The names of the running (active) domains: one call.
+    pub fn active_domain_names(&self) -> Result<BTreeSet<String>, HvError> {
+        self.conn
+            .list_all_domains(virt_sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .map_err(self.lv("list domains"))?
+            .iter()
+            .map(|d| d.name().map_err(lv("read domain name")))
+            .collect()
+    }
+
     /// The names of all domains, running or not, sorted: one call, where `domains` costs two
     /// more a domain.
     pub fn domain_names(&self) -> Result<Vec<String>, HvError> {

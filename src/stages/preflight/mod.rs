@@ -12,18 +12,14 @@ mod probes;
 use kvmprov_hypervisor::{HvError, Hypervisor};
 
 use plan::{plan, Observed, Verdict};
-pub use probes::access_ahead;
 use probes::blocked_dirs;
 
 use crate::report::{Action, Op, Outcome, StageReport};
 use crate::settings::Session;
-use crate::stages::handoff::Handoff;
 
-/// The stage on one host. It comes first: of the handoff it reads only the access check made
-/// while connecting.
-pub fn run(s: &Session, hv: &Hypervisor, handoff: &Handoff) -> Result<StageReport, HvError> {
-    let ahead = handoff.access_ahead.get(&s.cfg.libvirt_uri);
-    let observed = probes::observe(s, hv, ahead)?;
+/// The stage on one host. It comes first: it reads nothing from the stages.
+pub fn run(s: &Session, hv: &Hypervisor) -> Result<StageReport, HvError> {
+    let observed = probes::observe(s, hv)?;
     let mut report = StageReport::new("preflight");
     for (action, verdict) in plan(&s.cfg, &observed) {
         let outcome = outcome(s, hv, &observed, action, verdict);

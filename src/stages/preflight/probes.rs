@@ -11,15 +11,10 @@ use crate::config::{Config, FirmwareChoice};
 use crate::host::resolve_domain_type;
 use crate::layout::data_disk_name;
 use crate::settings::Session;
-use crate::stages::handoff::AccessAhead;
 
 /// Look at the hypervisor: host, networks, the two pool paths and their access, free space,
 /// the instances still to create, tools and firmware.
-pub(super) fn observe(
-    s: &Session,
-    hv: &Hypervisor,
-    ahead: Option<&AccessAhead>,
-) -> Result<Observed, HvError> {
+pub(super) fn observe(s: &Session, hv: &Hypervisor) -> Result<Observed, HvError> {
     let cfg = &s.cfg;
     let host = hv.host_info()?;
     let networks = hv.networks()?;
@@ -39,6 +34,15 @@ pub(super) fn observe(
         ("instance pool", cfg.instance_pool_path.as_path()),
     ];
     let mut instance_pool_free = None;
+    let existing = hv.domain_names()?;
+    // Remotely the access check costs an SSH connection (~0.35 s here, more across a WAN): it
+    // is made unless every declared instance there already runs, when qemu has nothing new to
+    // open (a fleet's re-run).
+    let all_running = !local
+        && !cfg.instances.is_empty()
+        && hv
+            .active_domain_names()
+            .map(|active| cfg.instances.iter().all(|i| active.contains(&i.name)))?;
     let paths = if local {
         keyed
             .iter()
@@ -56,9 +60,9 @@ pub(super) fn observe(
                 Ok(pool.is_some())
             })
             .collect::<Result<_, HvError>>()?;
-        remote_paths(&keyed, &pools, remote.as_ref(), host.qemu_ids, ahead)
+        let remote = remote.as_ref().filter(|_| !all_running);
+        remote_paths(&keyed, &pools, remote, host.qemu_ids)
     };
-    let existing = hv.domain_names()?;
     let missing_instances = cfg
         .instances
         .iter()
@@ -92,6 +96,7 @@ pub(super) fn observe(
         qemu_user: user,
         trees: local_trees(cfg, local),
         bridges: bridges(cfg, local, remote.as_ref()),
+        access_unneeded: all_running,
         local,
         remote,
     })
@@ -145,14 +150,13 @@ fn local_path(key: &'static str, path: &Path, user: &str) -> PathState {
 }
 
 /// The paths on a remote hypervisor (`pooled[i]`: an active pool holds `keyed[i]`); the access
-/// of those pooled is checked over SSH as the uid:gid qemu runs as, when libvirt said which,
-/// all in one SSH command (each costs a connection: ~0.4 s).
+/// of those pooled is checked over SSH (at `remote`; none: not checked) as the uid:gid qemu
+/// runs as, when libvirt said which, all in one SSH command (each costs a connection).
 fn remote_paths(
     keyed: &[(&'static str, &Path)],
     pooled: &[bool],
     remote: Option<&SshDest>,
     qemu_ids: Option<(u32, u32)>,
-    ahead: Option<&AccessAhead>,
 ) -> Vec<PathState> {
     let checked: Vec<&Path> = keyed
         .iter()
@@ -162,13 +166,7 @@ fn remote_paths(
         .collect();
     let answer = match (remote, qemu_ids) {
         (Some(dest), Some(ids)) if !checked.is_empty() => {
-            match ahead.and_then(|a| a.answer_for(ids, &checked)) {
-                Some(blocked) => {
-                    tracing::debug!("{}: access checked while connecting", dest.display());
-                    Some(Ok(blocked))
-                }
-                None => Some(remote_blocked_dirs_of(dest, ids, &checked)),
-            }
+            Some(remote_blocked_dirs_of(dest, ids, &checked))
         }
         _ => None,
     };
@@ -396,57 +394,6 @@ fn remote_blocked_dirs_of(
 const BLOCKED_DIRS_SCRIPT: &str =
     r#"for d; do [ -d "$d" ] || continue; [ -x "$d" ] || printf '%s\n' "$d"; done"#;
 
-/// The script of [`access_ahead`], given [`BLOCKED_DIRS_SCRIPT`] and the directories: the first
-/// numeric DAC base label (`+uid:+gid`) of the capabilities, printed as `ids UID GID`, then
-/// the directories that uid:gid (with its supplementary groups) cannot traverse.
-const ACCESS_AHEAD_SCRIPT: &str = r#"ids=$(virsh -q -c qemu:///system capabilities 2>/dev/null | sed -n "s/.*<baselabel type='[a-z]*'>+\([0-9][0-9]*\):+\([0-9][0-9]*\)<\/baselabel>.*/\1 \2/p" | head -n 1)
-[ -n "$ids" ] || exit 3
-echo "ids $ids"
-check=$1
-shift
-exec setpriv --reuid="${ids% *}" --regid="${ids#* }" --init-groups sh -c "$check" sh "$@""#;
-
-/// The access check of a remote hypervisor's image cache and instance pool, made before its
-/// libvirt connection is up (see [`AccessAhead`]). None when it cannot be made ahead: a local
-/// hypervisor, a URI whose daemon `virsh -c qemu:///system` there may not be (a session or
-/// another socket), or any failure (preflight then checks after connecting, as always).
-pub fn access_ahead(s: &Session) -> Option<AccessAhead> {
-    let cfg = &s.cfg;
-    if is_local(&cfg.libvirt_uri) {
-        return None;
-    }
-    let uri = kvmprov_hypervisor::uri::LibvirtUri::parse(&cfg.libvirt_uri)?;
-    if uri.path != "/system" || uri.query_param("socket").is_some() {
-        return None;
-    }
-    let dest = kvmprov_hypervisor::ssh_destination(&cfg.libvirt_uri)?;
-    let paths = vec![cfg.image_cache_path.clone(), cfg.instance_pool_path.clone()];
-    let mut argv = vec![
-        "sh".to_string(),
-        "-c".into(),
-        ACCESS_AHEAD_SCRIPT.into(),
-        "sh".into(),
-        BLOCKED_DIRS_SCRIPT.into(),
-    ];
-    argv.extend(ancestors_once(
-        &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
-    ));
-    let stdout = hypervisor_run_as_root(&dest, &argv).ok()?;
-    parse_access_ahead(&stdout, paths)
-}
-
-/// Pure: [`ACCESS_AHEAD_SCRIPT`]'s answer (`ids UID GID`, then one blocked directory a line).
-fn parse_access_ahead(stdout: &str, paths: Vec<PathBuf>) -> Option<AccessAhead> {
-    let mut lines = stdout.lines();
-    let mut ids = lines.next()?.strip_prefix("ids ")?.split(' ');
-    let ids = (ids.next()?.parse().ok()?, ids.next()?.parse().ok()?);
-    Some(AccessAhead {
-        ids,
-        paths,
-        blocked: lines.map(PathBuf::from).collect(),
-    })
-}
-
 /// Every directory on the way to any of `paths`, each once, as text.
 fn ancestors_once(paths: &[&Path]) -> Vec<String> {
     let mut dirs: Vec<String> = Vec::new();
@@ -638,68 +585,28 @@ mod tests {
         assert!(blocked_dirs("no-such-user-kvmprov", t.path()).is_empty());
     }
 
+    /// The remote check's command (what [`remote_blocked_dirs_of`] runs over SSH), run here as
+    /// nobody: it lists the directory that uid cannot traverse, and only that one.
     #[test]
-    fn the_access_check_made_while_connecting_is_used_only_when_it_agrees() {
-        let paths = vec![PathBuf::from("/srv/a/images"), PathBuf::from("/srv/b/pool")];
-        let ahead = parse_access_ahead("ids 64055 994\n/srv/b\n", paths).unwrap();
-        let pool = Path::new("/srv/b/pool");
-        assert_eq!(
-            ahead.answer_for((64055, 994), &[pool]),
-            Some(vec![PathBuf::from("/srv/b")])
-        );
-        // Another uid or gid than libvirt's, or a path it did not cover: checked again.
-        assert_eq!(ahead.answer_for((64055, 64055), &[pool]), None);
-        assert_eq!(ahead.answer_for((0, 994), &[pool]), None);
-        assert_eq!(ahead.answer_for((64055, 994), &[Path::new("/srv/c")]), None);
-        // No ids line (virsh missing, no DAC label): no answer.
-        assert!(parse_access_ahead("/srv/b\n", vec![]).is_none());
-        assert!(parse_access_ahead("ids x 1\n", vec![]).is_none());
-        assert!(parse_access_ahead("", vec![]).is_none());
-    }
-
-    /// The script itself, on this machine: its ids line is the first numeric DAC base label of
-    /// the capabilities (a stand-in `virsh` prints them; nobody's ids), and it lists what that
-    /// uid cannot traverse.
-    #[test]
-    fn the_access_ahead_script_reads_the_base_label_and_checks_as_that_uid() {
+    fn the_remote_access_check_lists_what_the_uid_cannot_traverse() {
         if !running_as_root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        let virsh = bin.join("virsh");
-        std::fs::write(
-            &virsh,
-            "#!/bin/sh\ncat <<'EOF'\n<capabilities><host><secmodel><model>selinux</model>\n\
-             <baselabel type='kvm'>system_u:system_r:svirt_t:s0</baselabel></secmodel>\n\
-             <secmodel><model>dac</model><doi>0</doi>\n\
-             <baselabel type='kvm'>+65534:+65534</baselabel>\n\
-             <baselabel type='qemu'>+65534:+65534</baselabel></secmodel></host></capabilities>\nEOF\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&virsh, std::fs::Permissions::from_mode(0o755)).unwrap();
         let closed = dir.path().join("closed");
         std::fs::create_dir(&closed).unwrap();
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let inner = closed.join("pool");
-        let out = std::process::Command::new("sh")
-            .env(
-                "PATH",
-                format!("{}:/usr/bin:/bin:/usr/sbin:/sbin", bin.display()),
-            )
-            .args(["-c", ACCESS_AHEAD_SCRIPT, "sh", BLOCKED_DIRS_SCRIPT])
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--init-groups"])
+            .args(["sh", "-c", BLOCKED_DIRS_SCRIPT, "sh"])
             .args(ancestors_once(&[inner.as_path()]))
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let ahead = parse_access_ahead(&stdout, vec![inner.clone()]).unwrap();
-        assert_eq!(ahead.ids, (65534, 65534), "{stdout}");
-        assert_eq!(
-            ahead.answer_for((65534, 65534), &[inner.as_path()]),
-            Some(vec![closed])
-        );
+        let blocked: Vec<PathBuf> = stdout.lines().map(PathBuf::from).collect();
+        assert_eq!(blocked_on_way(&blocked, &inner), vec![closed], "{stdout}");
     }
 
     #[test]

@@ -86,6 +86,16 @@ capture --stdout rc doc kpf --output json provision --no-wait 2>"$D/rerun.err"
 printf '%s\n' "$doc" >"$D/rerun.json"
 evidence "$D/rerun.err"
 check "fleet: with hypervisor 2 back the re-run exits 0 (exit $rc)" test "$rc" -eq 0
+# The qemu user's access (an SSH connection per host): checked where instances were still to
+# make (hypervisor 2), not where every instance ran (1 and 3).
+access_lines() { # json host-number -> the preflight access lines of that host
+    jq -r --arg h "$(uri "$2")" '.stages[] | select(.stage == "preflight" and .host == $h)
+        | .outcomes[] | select(.reason | test("qemu user")) | .reason' <<<"$1"
+}
+check "fleet: the re-run checked hypervisor 2's pool access over SSH ($(access_lines "$doc" 2 | paste -sd'|'))" \
+    test "$(access_lines "$doc" 2 | grep -c 'can traverse it')" -eq 2
+check "fleet: regression_a_re_run_checked_remote_access_over_ssh: not on hypervisors 1 and 3, where every instance ran" \
+    test "$( (access_lines "$doc" 1; access_lines "$doc" 3) | grep -c 'not checked: every instance here runs')" -eq 4
 capture rc diffs fleet_converged "$D/names"
 printf '%s\n' "$diffs" >"$D/converged.log"
 evidence "$D/converged.log"

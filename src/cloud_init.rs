@@ -17,10 +17,23 @@ if [ -s $r ]; then cat $r; else cloud-init status --long; fi";
 /// [`WAIT_COMMAND`]'s first line: the session logged in and the command runs.
 pub const LOGGED_IN: &str = "kvmprov-logged-in";
 
-/// Did [`WAIT_COMMAND`] run (its first line is [`LOGGED_IN`])? ssh's own failures (refused,
+/// Did [`WAIT_COMMAND`] run (it printed its [`LOGGED_IN`] line)? ssh's own failures (refused,
 /// the host key, authentication) print nothing on stdout.
 pub fn logged_in(out: &CommandOutput) -> bool {
-    out.stdout.lines().next() == Some(LOGGED_IN)
+    after_login(&out.stdout).is_some()
+}
+
+/// What [`WAIT_COMMAND`] printed after its [`LOGGED_IN`] line, when that line came. The user's
+/// shell may print something of its own before it.
+fn after_login(stdout: &str) -> Option<&str> {
+    let mut end = 0;
+    for line in stdout.split_inclusive('\n') {
+        end += line.len();
+        if line.trim_end() == LOGGED_IN {
+            return Some(&stdout[end..]);
+        }
+    }
+    None
 }
 
 /// cloud-init's verdict from [`WAIT_COMMAND`]'s output after its [`LOGGED_IN`] line:
@@ -28,11 +41,7 @@ pub fn logged_in(out: &CommandOutput) -> bool {
 /// cloud-init 23.4 on), else `cloud-init status --long`'s.
 pub fn parse_wait_output(out: &CommandOutput) -> CloudInitStatus {
     let out = &CommandOutput {
-        stdout: out
-            .stdout
-            .strip_prefix(LOGGED_IN)
-            .map_or(out.stdout.as_str(), |rest| rest.trim_start_matches('\n'))
-            .to_string(),
+        stdout: after_login(&out.stdout).unwrap_or(&out.stdout).to_string(),
         ..out.clone()
     };
     let Ok(doc) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
@@ -189,6 +198,19 @@ mod tests {
         assert!(!logged_in(&refused));
         // The line alone (cloud-init's status unreadable) is still a login, and not done.
         assert!(logged_in(&out(0, "")));
+        // A shell that prints something of its own first: still a login, read after the line.
+        let chatty = CommandOutput {
+            stdout: format!("welcome\n{LOGGED_IN}\nstatus: done\n"),
+            ..out(0, "")
+        };
+        assert!(logged_in(&chatty));
+        assert_eq!(parse_wait_output(&chatty), CloudInitStatus::Done);
+        // The word inside another line is no login.
+        let inside = CommandOutput {
+            stdout: format!("not {LOGGED_IN}\n"),
+            ..out(0, "")
+        };
+        assert!(!logged_in(&inside));
         assert!(matches!(
             parse_wait_output(&out(0, "")),
             CloudInitStatus::Other(_)

@@ -481,31 +481,22 @@ fn path_checks(cfg: &Config, o: &Observed, p: &PathState) -> Vec<(Action, Verdic
     if !o.local && o.remote.is_none() {
         return out;
     }
-    if o.access_unneeded && p.exists {
-        out.push((
+    // Not checked: nothing new for qemu to open there, or the check itself could not run. As on
+    // a local host where the check cannot run, not checkable is not a proven failure; qemu
+    // itself reports a directory it cannot open when the domain starts.
+    let not_checked = if o.access_unneeded && p.exists {
+        Some(": every instance here runs, nothing new to open".to_string())
+    } else {
+        p.access_error
+            .as_ref()
+            .map(|e| format!(" ({e}); assuming access"))
+    };
+    out.push(match not_checked {
+        Some(why) => (
             Action::new(
                 target,
                 Op::Check,
-                format!(
-                    "qemu user `{}` access not checked: every instance here runs, nothing new to open",
-                    o.qemu_user
-                ),
-            ),
-            Verdict::Pass,
-        ));
-        return out;
-    }
-    out.push(match &p.access_error {
-        // As on a local host where the check cannot run: not checkable is not a proven failure;
-        // qemu itself reports a directory it cannot open when the domain starts.
-        Some(e) => (
-            Action::new(
-                target,
-                Op::Check,
-                format!(
-                    "qemu user `{}` access not checked ({e}); assuming access",
-                    o.qemu_user
-                ),
+                format!("qemu user `{}` access not checked{why}", o.qemu_user),
             ),
             Verdict::Pass,
         ),
